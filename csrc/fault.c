@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* fault.c -- fault injection for crash tests.
+ *
+ * SHMQ_FAULT=<point>[:<n>] makes the process kill itself with SIGKILL on the
+ * n-th time (default 1) it reaches <point>: a real kill -9 at an exact place,
+ * with no handler and no cleanup. Read once per handle, never on the hot path. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core.h"
+
+static const struct {
+    const char *name;
+    int point;
+} fault_names[] = {
+    {"init_before_magic", SHMQ_FAULT_INIT_BEFORE_MAGIC},
+    {"push_after_claim", SHMQ_FAULT_PUSH_AFTER_CLAIM},
+    {"push_mid_copy", SHMQ_FAULT_PUSH_MID_COPY},
+    {"push_before_publish", SHMQ_FAULT_PUSH_BEFORE_PUBLISH},
+    {"push_mid_publish", SHMQ_FAULT_PUSH_MID_PUBLISH},
+    {"pop_after_claim", SHMQ_FAULT_POP_AFTER_CLAIM},
+    {"pop_mid_copy", SHMQ_FAULT_POP_MID_COPY},
+    {"pop_mid_release", SHMQ_FAULT_POP_MID_RELEASE},
+    {"repair_after_takeover", SHMQ_FAULT_REPAIR_AFTER_TAKEOVER},
+};
+
+int shmq_fault_parse(const char *spec, long *nth)
+{
+    if (!spec || !*spec)
+        return SHMQ_FAULT_NONE;
+    size_t name_length = strcspn(spec, ":");
+    for (size_t i = 0; i < sizeof fault_names / sizeof fault_names[0]; i++) {
+        if (strlen(fault_names[i].name) == name_length && strncmp(spec, fault_names[i].name, name_length) == 0) {
+            *nth = spec[name_length] == ':' ? strtol(spec + name_length + 1, NULL, 10) : 1;
+            if (*nth < 1)
+                *nth = 1;
+            return fault_names[i].point;
+        }
+    }
+    return SHMQ_FAULT_NONE;
+}
+
+void shmq_fault_hit(shmq_handle *h)
+{
+    /* relaxed: a countdown private to this process; only the kill matters. */
+    if (atomic_fetch_sub_explicit(&h->fault_countdown, 1, memory_order_relaxed) == 1)
+        kill(getpid(), SIGKILL);
+}

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* lane.h -- helpers shared by the producer (lane_push.c) and consumer
+ * (lane_pop.c) halves of the lock-free multi-producer multi-consumer lane.
+ * The protocol is specified in layout.h.
+ *
+ * Producers: claim (CAS a FREE slot to WRITING), copy, publish (store READY).
+ * Consumers: take (CAS READY to READING), copy, release (store FREE, next lap).
+ * Waiting: spin, yield, then sleep on a futex word that is bumped only when
+ * someone sleeps. Repairs of dead owners happen on the slow path only. */
+#ifndef SHMQ_LANE_H
+#define SHMQ_LANE_H
+
+#include <string.h>
+
+#include "core.h"
+
+enum {
+    SPIN_ROUNDS = 64,        /* busy re-checks before yielding the CPU */
+    YIELD_ROUNDS = 4,        /* sched_yield re-checks before sleeping */
+};
+/* Sleeping behind another process's claim re-checks its owner this often. */
+static const int64_t SHMQ_OWNER_RECHECK_NS = 20 * 1000 * 1000;
+/* A producer sleeping on a full lane re-checks for dead consumers this often. */
+static const int64_t SHMQ_FULL_RECHECK_NS = 100 * 1000 * 1000;
+
+typedef struct lane_ref {
+    shmq_lane_header *header;
+    _Atomic uint64_t *states;
+    uint8_t *data;
+} lane_ref;
+
+static inline lane_ref lane_at(const shmq_handle *h, uint32_t index)
+{
+    uint8_t *base = h->base + h->lanes_offset + (uint64_t)index * h->lane_bytes;
+    return (lane_ref){(shmq_lane_header *)base, (_Atomic uint64_t *)(base + SHMQ_LANE_STATES_OFFSET),
+                      base + h->data_offset};
+}
+
+static inline uint32_t lap_of(const shmq_handle *h, uint64_t pos) { return (uint32_t)(pos >> h->slot_shift); }
+static inline _Atomic uint64_t *state_at(const shmq_handle *h, lane_ref lane, uint64_t pos)
+{
+    return &lane.states[pos & h->slot_mask];
+}
+static inline uint64_t free_state(const shmq_handle *h, uint64_t pos)
+{
+    return shmq_state(lap_of(h, pos), SHMQ_SLOT_FREE, 0, 0);
+}
+static inline uint32_t span_for(const shmq_handle *h, uint64_t length)
+{
+    return (uint32_t)((SHMQ_MSG_HEADER_BYTES + length + h->slot_bytes - 1) / h->slot_bytes);
+}
+
+/* Copies into / out of the ring at byte `offset` of the message at `pos`,
+ * in two pieces where it wraps past the last slot. */
+static inline void ring_write(const shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t offset, const void *src,
+                       uint64_t n)
+{
+    uint64_t at = ((pos & h->slot_mask) * h->slot_bytes + offset) % h->ring_bytes;
+    uint64_t first = n < h->ring_bytes - at ? n : h->ring_bytes - at;
+    memcpy(lane.data + at, src, first);
+    if (first < n)
+        memcpy(lane.data, (const uint8_t *)src + first, n - first);
+}
+
+static inline void ring_read(const shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t offset, void *dst, uint64_t n)
+{
+    uint64_t at = ((pos & h->slot_mask) * h->slot_bytes + offset) % h->ring_bytes;
+    uint64_t first = n < h->ring_bytes - at ? n : h->ring_bytes - at;
+    memcpy(dst, lane.data + at, first);
+    if (first < n)
+        memcpy((uint8_t *)dst + first, lane.data, n - first);
+}
+
+static inline shmq_msg_header *header_at(const shmq_handle *h, lane_ref lane, uint64_t pos)
+{
+    return (shmq_msg_header *)(lane.data + (pos & h->slot_mask) * h->slot_bytes);
+}
+
+/* Moves a hint (tail or head) from `from` to `to`; losing the race is fine:
+ * whoever won moved it at least as far. release: a process that reads the new
+ * hint also sees the claim it was moved over; pairs with the acquire loads of
+ * the hint in claim() and take(). */
+static inline void advance_hint(_Atomic uint64_t *hint, uint64_t from, uint64_t to)
+{
+    atomic_compare_exchange_strong_explicit(hint, &from, to, memory_order_release, memory_order_relaxed);
+}
+
+/* Wakes sleepers on `event` if any. The seq_cst fence orders our publish (or
+ * release) before the load of `waiters`; it pairs with the fence after the
+ * sleeper's increment of `waiters` in wait_prepare(): one of the two sides
+ * always sees the other, so no wake-up is lost. */
+static inline void wake(_Atomic uint32_t *event, _Atomic uint32_t *waiters)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(waiters, memory_order_relaxed) == 0)
+        return;
+    atomic_fetch_add_explicit(event, 1, memory_order_relaxed);
+    shmq_futex_wake_all(event);
+}
+
+void shmq_lane_release_span(shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span);
+int shmq_lane_repair_reader(shmq_handle *h, lane_ref lane, uint64_t blocked);
+
+#endif /* SHMQ_LANE_H */

@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* lane_pop.c -- consumers: take, copy, release; and the repair of claims left
+ * by producers that died (found when a consumer waits behind them). */
+#define _GNU_SOURCE
+#include <sched.h>
+
+#include "lane.h"
+
+enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT };
+
+/* Payload bytes a span can hold at most: a bound known from the state word
+ * alone, so we decide whether a message fits before we claim it. */
+static inline uint64_t span_capacity(const shmq_handle *h, uint32_t span)
+{
+    return (uint64_t)span * h->slot_bytes - SHMQ_MSG_HEADER_BYTES;
+}
+
+void shmq_lane_release_span(shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span)
+{
+    for (uint32_t i = 1; i < span; i++) {
+        /* release: our reads of this slot happen before a producer's next
+         * writes to it; pairs with the acquire loads in claim(). */
+        atomic_store_explicit(state_at(h, lane, pos + i), shmq_state(lap_of(h, pos + i) + 1, SHMQ_SLOT_FREE, 0, 0),
+                              memory_order_release);
+        if (i == 1)
+            shmq_fault(h, SHMQ_FAULT_POP_MID_RELEASE);
+    }
+    /* release: as above. The first slot goes last: a producer that sees it
+     * free sees the rest of the span free too. */
+    atomic_store_explicit(state_at(h, lane, pos), shmq_state(lap_of(h, pos) + 1, SHMQ_SLOT_FREE, 0, 0),
+                          memory_order_release);
+}
+
+/* Claims the message at the head if its payload can fit in `room` bytes.
+ * TAKE_BUSY: the head message is still being written; *busy is its state. */
+static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy)
+{
+    for (;;) {
+        /* acquire: pairs with advance_hint's release. */
+        uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+        _Atomic uint64_t *first = state_at(h, lane, head);
+        /* acquire: pairs with the release in publish(): once READY is seen,
+         * the header and payload written before it are visible. */
+        uint64_t state = atomic_load_explicit(first, memory_order_acquire);
+        uint32_t lap = lap_of(h, head), state_lap = shmq_state_lap(state);
+        if (state_lap != lap) {
+            if (shmq_lap_before(state_lap, lap))
+                return TAKE_EMPTY; /* the slot still holds last lap's message: nothing new here */
+            continue;              /* a later lap: our head was stale */
+        }
+        uint32_t span = shmq_state_span(state);
+        switch (shmq_state_kind(state)) {
+        case SHMQ_SLOT_FREE:
+            return TAKE_EMPTY;
+        case SHMQ_SLOT_WRITING:
+            msg->position = head;
+            *busy = state;
+            return TAKE_BUSY;
+        case SHMQ_SLOT_READING:
+            advance_hint(&lane.header->head, head, head + span);
+            continue;
+        default: /* READY */
+            break;
+        }
+        if (span_capacity(h, span) > room)
+            return TAKE_NO_FIT;
+        uint64_t mine = shmq_state(lap, SHMQ_SLOT_READING, h->self, span);
+        /* acquire on success: as the load above. The CAS is the claim; exactly
+         * one consumer wins it. */
+        if (!atomic_compare_exchange_strong_explicit(first, &state, mine, memory_order_acquire,
+                                                     memory_order_relaxed))
+            continue;
+        shmq_fault(h, SHMQ_FAULT_POP_AFTER_CLAIM);
+        advance_hint(&lane.header->head, head, head + span);
+        const shmq_msg_header *mh = header_at(h, lane, head);
+        if (mh->length > span_capacity(h, span) || span_for(h, mh->length) != span) {
+            /* Impossible for a message written by this code: drop it, count it. */
+            shmq_lane_release_span(h, lane, head, span);
+            atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed);
+            continue;
+        }
+        msg->position = head;
+        msg->span = span;
+        msg->length = mh->length;
+        msg->tag = mh->tag;
+        msg->flags = mh->flags;
+        return TAKE_OK;
+    }
+}
+
+/* A producer died between claiming and publishing the head message. Its put
+ * never returned, so the span is dropped: take it over, move both hints past
+ * it (the producer may have died before moving the tail), release it. */
+static int repair_dead_writer(shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t state)
+{
+    if (shmq_participant_alive(h, shmq_state_owner(state)))
+        return 0;
+    uint32_t span = shmq_state_span(state);
+    uint64_t mine = shmq_state(lap_of(h, pos), SHMQ_SLOT_READING, h->self, span);
+    /* acq_rel: takeover; exactly one repairer wins. */
+    if (!atomic_compare_exchange_strong_explicit(state_at(h, lane, pos), &state, mine, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return 1;
+    shmq_fault(h, SHMQ_FAULT_REPAIR_AFTER_TAKEOVER);
+    advance_hint(&lane.header->tail, pos, pos + span);
+    advance_hint(&lane.header->head, pos, pos + span);
+    shmq_lane_release_span(h, lane, pos, span);
+    atomic_fetch_add_explicit(&h->header->dropped_dead_producer, 1, memory_order_relaxed); /* statistics */
+    wake(&h->header->space_event, &h->header->space_waiters);
+    return 1;
+}
+
+typedef struct pop_batch {
+    uint8_t *buffer;
+    uint64_t capacity, used;
+    uint32_t max_items, count;
+    uint32_t *lengths;
+    uint8_t *tags;
+    shmq_message *claimed;
+    /* the first lane found blocked behind a message being written */
+    int busy_lane;
+    uint64_t busy_state;
+    uint64_t busy_position;
+} pop_batch;
+
+/* Takes what it can from one lane into the batch. Returns TAKE_NO_FIT when
+ * the batch is done (buffer full, or a message that needs its own buffer was
+ * claimed as the first item: SHMQ_ECLAIMED), else TAKE_OK/EMPTY/BUSY. */
+static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
+{
+    lane_ref lane = lane_at(h, index);
+    uint32_t taken = 0;
+    int rc = TAKE_EMPTY;
+    while (b->count < b->max_items) {
+        shmq_message msg;
+        uint64_t busy = 0;
+        rc = take(h, lane, b->capacity - b->used, &msg, &busy);
+        if (rc == TAKE_NO_FIT && b->count == 0) {
+            /* Too big for the shared buffer: claim it for a buffer of its own. */
+            rc = take(h, lane, UINT64_MAX, &msg, &busy);
+            if (rc == TAKE_OK) {
+                msg.lane = index;
+                *b->claimed = msg;
+                taken++;
+                rc = TAKE_NO_FIT;
+            }
+        }
+        if (rc == TAKE_BUSY && b->busy_lane < 0) {
+            b->busy_lane = (int)index;
+            b->busy_state = busy;
+            b->busy_position = msg.position;
+        }
+        if (rc != TAKE_OK)
+            break;
+        ring_read(h, lane, msg.position, SHMQ_MSG_HEADER_BYTES, b->buffer + b->used, msg.length);
+        shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
+        shmq_lane_release_span(h, lane, msg.position, msg.span);
+        b->lengths[b->count] = msg.length;
+        b->tags[b->count] = msg.tag;
+        b->used += msg.length;
+        b->count++;
+        taken++;
+    }
+    if (taken)
+        atomic_fetch_add_explicit(&lane.header->popped, taken, memory_order_relaxed); /* statistics */
+    return rc;
+}
+
+/* One pass over the lanes, from a rotating start. */
+static int pop_round(shmq_handle *h, pop_batch *b)
+{
+    uint32_t start = atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
+    for (uint32_t i = 0; i < h->lane_count && b->count < b->max_items; i++) {
+        if (take_from_lane(h, (start + i) % h->lane_count, b) == TAKE_NO_FIT) {
+            if (b->count == 0)
+                return SHMQ_ECLAIMED;
+            break;
+        }
+    }
+    if (b->count == 0)
+        return SHMQ_EEMPTY;
+    wake(&h->header->space_event, &h->header->space_waiters);
+    return SHMQ_OK;
+}
+
+int shmq_pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
+                  uint32_t *lengths /* OUT */, uint8_t *tags /* OUT */, uint32_t *count /* OUT */,
+                  shmq_message *claimed /* OUT */)
+{
+    *count = 0;
+    if (max_items == 0)
+        return SHMQ_EINVAL;
+    pop_batch b = {(uint8_t *)buffer, capacity, 0, max_items, 0, lengths, tags, claimed, -1, 0, 0};
+    shmq_region_header *hdr = h->header;
+    int64_t deadline = 0;
+    for (unsigned round = 0;; round++) {
+        b.busy_lane = -1;
+        int rc = pop_round(h, &b);
+        *count = b.count;
+        if (rc != SHMQ_EEMPTY)
+            return rc;
+        if (timeout_ns == 0)
+            return SHMQ_EEMPTY;
+        if (round < SPIN_ROUNDS) {
+            shmq_cpu_relax();
+            continue;
+        }
+        if (round < SPIN_ROUNDS + YIELD_ROUNDS) {
+            sched_yield();
+            continue;
+        }
+        if (b.busy_lane >= 0 &&
+            repair_dead_writer(h, lane_at(h, (uint32_t)b.busy_lane), b.busy_position, b.busy_state)) {
+            round = 0;
+            continue;
+        }
+        if (deadline == 0)
+            deadline = shmq_deadline(timeout_ns);
+        /* relaxed: only a value for the futex to compare; states are re-read
+         * with acquire loads after waking. */
+        uint32_t seen = atomic_load_explicit(&hdr->data_event, memory_order_relaxed);
+        atomic_fetch_add_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+        /* seq_cst: orders our waiters increment before the re-check below;
+         * pairs with the fence in wake(): one side always sees the other. */
+        atomic_thread_fence(memory_order_seq_cst);
+        rc = pop_round(h, &b);
+        *count = b.count;
+        if (rc != SHMQ_EEMPTY) {
+            atomic_fetch_sub_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+            return rc;
+        }
+        /* Behind a live writer: re-check it now and then, in case it dies. */
+        rc = shmq_futex_wait(&hdr->data_event, seen, deadline, b.busy_lane >= 0 ? SHMQ_OWNER_RECHECK_NS : -1);
+        atomic_fetch_sub_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+        if (rc != SHMQ_OK)
+            return rc; /* EINTR, or EEMPTY at the deadline */
+        round = SPIN_ROUNDS / 2; /* woken: spin a little before sleeping again */
+    }
+}
+
+int shmq_pop(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns,
+             shmq_message *message /* OUT */)
+{
+    uint32_t length, count;
+    uint8_t tag;
+    int rc = shmq_pop_many(h, buffer, capacity, 1, timeout_ns, &length, &tag, &count, message);
+    if (rc == SHMQ_OK) {
+        message->length = length;
+        message->tag = tag;
+    }
+    return rc;
+}
+
+/* Is `message` a claim this handle holds? Guards against a stale or forged one. */
+static int holds(const shmq_handle *h, const shmq_message *message)
+{
+    if (message->lane >= h->lane_count)
+        return 0;
+    lane_ref lane = lane_at(h, message->lane);
+    uint64_t expected = shmq_state(lap_of(h, message->position), SHMQ_SLOT_READING, h->self, message->span);
+    /* acquire: pairs with our own claim; a plain check of ownership. */
+    return atomic_load_explicit(state_at(h, lane, message->position), memory_order_acquire) == expected;
+}
+
+int shmq_pop_finish(shmq_handle *h, const shmq_message *message, char *buffer)
+{
+    if (!holds(h, message))
+        return SHMQ_EINVAL;
+    lane_ref lane = lane_at(h, message->lane);
+    ring_read(h, lane, message->position, SHMQ_MSG_HEADER_BYTES, buffer, message->length);
+    shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
+    shmq_lane_release_span(h, lane, message->position, message->span);
+    wake(&h->header->space_event, &h->header->space_waiters);
+    return SHMQ_OK;
+}
+
+void shmq_pop_abandon(shmq_handle *h, const shmq_message *message)
+{
+    if (!holds(h, message))
+        return;
+    lane_ref lane = lane_at(h, message->lane);
+    shmq_lane_release_span(h, lane, message->position, message->span);
+    wake(&h->header->space_event, &h->header->space_waiters);
+}
+
+int shmq_is_empty(const shmq_handle *h)
+{
+    for (uint32_t i = 0; i < h->lane_count; i++) {
+        lane_ref lane = lane_at(h, i);
+        /* acquire: as in take(); a snapshot. */
+        uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+        uint64_t state = atomic_load_explicit(state_at(h, lane, head), memory_order_acquire);
+        if (shmq_state_lap(state) == lap_of(h, head) && shmq_state_kind(state) != SHMQ_SLOT_FREE)
+            return 0;
+    }
+    return 1;
+}
+
+/* Repairs whatever dead processes left at every head and tail, now. */
+int shmq_repair(shmq_handle *h)
+{
+    int repaired = 0;
+    for (uint32_t i = 0; i < h->lane_count; i++) {
+        lane_ref lane = lane_at(h, i);
+        shmq_message msg;
+        uint64_t busy;
+        if (take(h, lane, 0, &msg, &busy) == TAKE_BUSY)
+            repaired += repair_dead_writer(h, lane, msg.position, busy);
+        uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
+        for (uint64_t pos = tail; pos < tail + h->max_span; pos++) {
+            uint64_t state = atomic_load_explicit(state_at(h, lane, pos), memory_order_acquire);
+            if (state != free_state(h, pos)) {
+                repaired += shmq_lane_repair_reader(h, lane, pos);
+                break;
+            }
+        }
+    }
+    return repaired;
+}
+
+void shmq_counts_read(const shmq_handle *h, shmq_counts *counts /* OUT */)
+{
+    *counts = (shmq_counts){0};
+    for (uint32_t i = 0; i < h->lane_count; i++) {
+        lane_ref lane = lane_at(h, i);
+        /* relaxed: statistics. */
+        counts->pushed += atomic_load_explicit(&lane.header->pushed, memory_order_relaxed);
+        counts->popped += atomic_load_explicit(&lane.header->popped, memory_order_relaxed);
+    }
+    counts->dropped_dead_producer = atomic_load_explicit(&h->header->dropped_dead_producer, memory_order_relaxed);
+    counts->released_dead_consumer = atomic_load_explicit(&h->header->released_dead_consumer, memory_order_relaxed);
+    counts->dropped_corrupt = atomic_load_explicit(&h->header->dropped_corrupt, memory_order_relaxed);
+}

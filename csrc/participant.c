@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* participant.c -- the table of attached handles, and whether their process lives.
+ *
+ * A slot state names its owner by participant index. An entry holds the
+ * owner's pid and process start time: with pid_max as low as 32768, pids are
+ * reused, and the start time tells a new process from the dead one. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+
+/* Reads the state letter and start time (fields 3 and 22) of /proc/<pid>/stat.
+ * Returns 0, or -1 with errno (ENOENT: no such process). */
+static int read_proc_stat(int pid, char *state, uint64_t *start_time)
+{
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    int saved = errno;
+    close(fd);
+    if (n <= 0) {
+        errno = n < 0 ? saved : ENOENT;
+        return -1;
+    }
+    text[n] = '\0';
+    /* The command name (field 2) may hold spaces and ')': skip to the last ')'. */
+    char *cursor = strrchr(text, ')');
+    if (!cursor || cursor[1] != ' ') {
+        errno = EINVAL;
+        return -1;
+    }
+    cursor += 2;
+    *state = *cursor;
+    for (int field = 3; field < 22; field++) {
+        cursor = strchr(cursor, ' ');
+        if (!cursor) {
+            errno = EINVAL;
+            return -1;
+        }
+        cursor++;
+    }
+    *start_time = strtoull(cursor, NULL, 10);
+    return 0;
+}
+
+uint64_t shmq_process_start_time(int pid)
+{
+    char state;
+    uint64_t start = 0;
+    return read_proc_stat(pid, &state, &start) == 0 ? start : 0;
+}
+
+uint64_t shmq_pid_namespace(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+int shmq_participant_alive(const shmq_handle *h, unsigned index)
+{
+    if (index == 0 || index >= h->header->participant_capacity)
+        return 0;
+    const shmq_participant *entry = &h->participants[index];
+    /* acquire: pairs with the release store of start_time in register, so a
+     * non-zero start_time read below belongs to this pid. */
+    uint32_t pid = atomic_load_explicit((_Atomic uint32_t *)&entry->pid, memory_order_acquire);
+    if (pid == 0)
+        return 0;
+    uint64_t expected = atomic_load_explicit((_Atomic uint64_t *)&entry->start_time, memory_order_acquire);
+    char state;
+    uint64_t start;
+    if (read_proc_stat((int)pid, &state, &start) == 0) {
+        if (state == 'Z' || state == 'X')
+            return 0; /* killed, not yet reaped: it will never write again */
+        return expected == 0 || expected == start;
+    }
+    if (errno == ENOENT || errno == ESRCH)
+        return 0;
+    return !(kill((pid_t)pid, 0) == -1 && errno == ESRCH);
+}
+
+/* Does any slot state still name `index` as owner of a claim? */
+static int index_referenced(const shmq_handle *h, unsigned index)
+{
+    uint64_t slots = h->slot_mask + 1;
+    for (uint32_t lane = 0; lane < h->lane_count; lane++) {
+        _Atomic uint64_t *states =
+            (_Atomic uint64_t *)(h->base + h->lanes_offset + lane * h->lane_bytes + SHMQ_LANE_STATES_OFFSET);
+        for (uint64_t i = 0; i < slots; i++) {
+            /* relaxed: a snapshot; the dead owner adds no claims, others only remove them. */
+            uint64_t s = atomic_load_explicit(&states[i], memory_order_relaxed);
+            unsigned kind = shmq_state_kind(s);
+            if ((kind == SHMQ_SLOT_WRITING || kind == SHMQ_SLOT_READING) && shmq_state_owner(s) == index)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static void claim_entry(shmq_handle *h, unsigned index, uint32_t pid)
+{
+    /* release: publishes the start time after the pid; pairs with the acquire in alive(). */
+    atomic_store_explicit(&h->participants[index].start_time, shmq_process_start_time((int)pid),
+                          memory_order_release);
+    h->self = index;
+}
+
+int shmq_participant_register(shmq_handle *h)
+{
+    uint32_t pid = (uint32_t)getpid();
+    uint32_t capacity = h->header->participant_capacity;
+    for (unsigned i = 1; i < capacity; i++) {
+        uint32_t expected = 0;
+        /* acq_rel: the entry becomes ours; no one else can claim it now. */
+        if (atomic_compare_exchange_strong_explicit(&h->participants[i].pid, &expected, pid,
+                                                    memory_order_acq_rel, memory_order_relaxed)) {
+            atomic_store_explicit(&h->participants[i].start_time, 0, memory_order_relaxed);
+            claim_entry(h, i, pid);
+            return SHMQ_OK;
+        }
+    }
+    /* Full: take over an entry of a dead process that owns no claim any more. */
+    for (unsigned i = 1; i < capacity; i++) {
+        uint32_t dead = atomic_load_explicit(&h->participants[i].pid, memory_order_acquire);
+        if (dead == 0 || shmq_participant_alive(h, i) || index_referenced(h, i))
+            continue;
+        if (atomic_compare_exchange_strong_explicit(&h->participants[i].pid, &dead, pid,
+                                                    memory_order_acq_rel, memory_order_relaxed)) {
+            claim_entry(h, i, pid);
+            return SHMQ_OK;
+        }
+    }
+    return SHMQ_EPARTICIPANTS;
+}
+
+void shmq_participant_unregister(shmq_handle *h)
+{
+    if (h->self == 0)
+        return;
+    shmq_participant *entry = &h->participants[h->self];
+    uint32_t pid = (uint32_t)getpid();
+    /* release: our last slot writes happen before the entry is free again.
+     * Only clear it if it is still ours (a forked child's handle is not). */
+    atomic_compare_exchange_strong_explicit(&entry->pid, &pid, 0, memory_order_release, memory_order_relaxed);
+    h->self = 0;
+}

@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* region.c -- sizing, mapping, creating and checking a region; handles. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "core.h"
+
+const char *shmq_strerror(int status)
+{
+    switch (status) {
+    case SHMQ_OK: return "ok";
+    case SHMQ_EEMPTY: return "queue empty";
+    case SHMQ_EFULL: return "queue full";
+    case SHMQ_EINTR: return "interrupted by a signal";
+    case SHMQ_EINVAL: return "invalid parameter";
+    case SHMQ_ENOTSHMQ: return "not a shmq region (bad magic)";
+    case SHMQ_EVERSION: return "region made by another layout version";
+    case SHMQ_EUNINIT: return "region not initialised (its creator has not finished or died)";
+    case SHMQ_ESIZE: return "region smaller than its header says";
+    case SHMQ_ETOOBIG: return "message does not fit in a lane";
+    case SHMQ_ECLAIMED: return "message claimed; it needs its own buffer";
+    case SHMQ_EPARTICIPANTS: return "participant table full (too many open handles)";
+    case SHMQ_ENAMESPACE: return "region made in another pid namespace";
+    case SHMQ_ESYS: return "system call failed";
+    default: return "unknown status";
+    }
+}
+
+static int is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
+
+static int params_valid(const shmq_params *p)
+{
+    return p->lane_count >= 1 && p->lane_count <= 1024 &&
+           is_power_of_two(p->slots_per_lane) && p->slots_per_lane >= 2 &&
+           p->slots_per_lane <= (1u << 30) && p->slot_bytes >= 16 &&
+           p->slot_bytes <= 65536 && p->slot_bytes % 16 == 0 &&
+           p->participant_capacity >= 2 &&
+           p->participant_capacity <= SHMQ_MAX_PARTICIPANTS + 1 &&
+           p->max_message_bytes >= 1 && p->max_message_bytes <= (1ull << 40);
+}
+
+static uint64_t lanes_offset_for(uint32_t participant_capacity)
+{
+    return shmq_align_up(SHMQ_PARTICIPANTS_OFFSET + sizeof(shmq_participant) * (uint64_t)participant_capacity,
+                         SHMQ_CACHE_LINE);
+}
+
+uint64_t shmq_region_size(const shmq_params *p)
+{
+    if (!params_valid(p))
+        return 0;
+    return lanes_offset_for(p->participant_capacity) +
+           (uint64_t)p->lane_count * shmq_lane_bytes(p->slots_per_lane, p->slot_bytes);
+}
+
+int shmq_map(int fd, uint64_t size, void **base /* OUT */)
+{
+    void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mem == MAP_FAILED)
+        return SHMQ_ESYS;
+    *base = mem;
+    return SHMQ_OK;
+}
+
+int shmq_unmap(void *base, uint64_t size) { return munmap(base, size) == 0 ? SHMQ_OK : SHMQ_ESYS; }
+
+/* `base` must be zero-filled (a fresh ftruncate'd object is): zero is a valid
+ * empty lane, so only the header is written. */
+int shmq_region_init(void *base, uint64_t size, const shmq_params *p)
+{
+    uint64_t needed = shmq_region_size(p);
+    if (needed == 0)
+        return SHMQ_EINVAL;
+    if (size < needed)
+        return SHMQ_ESIZE;
+    shmq_region_header *hdr = base;
+    hdr->layout_version = SHMQ_LAYOUT_VERSION;
+    hdr->header_bytes = (uint32_t)sizeof(shmq_region_header);
+    hdr->region_bytes = needed;
+    hdr->lane_count = p->lane_count;
+    hdr->slots_per_lane = p->slots_per_lane;
+    hdr->slot_bytes = p->slot_bytes;
+    hdr->codec_id = p->codec_id;
+    hdr->max_message_bytes = p->max_message_bytes;
+    hdr->lane_bytes = shmq_lane_bytes(p->slots_per_lane, p->slot_bytes);
+    hdr->lanes_offset = lanes_offset_for(p->participant_capacity);
+    hdr->participant_capacity = p->participant_capacity;
+    hdr->creator_pid = (uint32_t)getpid();
+    hdr->pid_namespace = shmq_pid_namespace();
+
+    long nth = 0;
+    if (shmq_fault_parse(getenv("SHMQ_FAULT"), &nth) == SHMQ_FAULT_INIT_BEFORE_MAGIC)
+        shmq_fault_hit(&(shmq_handle){.fault_point = SHMQ_FAULT_INIT_BEFORE_MAGIC, .fault_countdown = 1});
+
+    /* release: publishes every header field above; pairs with the acquire
+     * load in shmq_region_read. A reader that sees the magic sees a whole header. */
+    atomic_store_explicit(&hdr->magic, (uint64_t)SHMQ_MAGIC, memory_order_release);
+    return SHMQ_OK;
+}
+
+int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */,
+                     uint32_t *layout_version /* OUT */)
+{
+    if (size < SHMQ_HEADER_BYTES)
+        return size == 0 ? SHMQ_EUNINIT : SHMQ_ESIZE;
+    const shmq_region_header *hdr = base;
+    /* acquire: pairs with the release store of the magic in shmq_region_init. */
+    uint64_t magic = atomic_load_explicit((_Atomic uint64_t *)&hdr->magic, memory_order_acquire);
+    *layout_version = hdr->layout_version;
+    if (magic == 0)
+        return SHMQ_EUNINIT;
+    if (magic != (uint64_t)SHMQ_MAGIC)
+        return SHMQ_ENOTSHMQ;
+    if (hdr->layout_version != SHMQ_LAYOUT_VERSION)
+        return SHMQ_EVERSION;
+    out->lane_count = hdr->lane_count;
+    out->slots_per_lane = hdr->slots_per_lane;
+    out->slot_bytes = hdr->slot_bytes;
+    out->codec_id = hdr->codec_id;
+    out->max_message_bytes = hdr->max_message_bytes;
+    out->participant_capacity = hdr->participant_capacity;
+    if (!params_valid(out) || hdr->region_bytes != shmq_region_size(out))
+        return SHMQ_ENOTSHMQ;
+    if (size < hdr->region_bytes)
+        return SHMQ_ESIZE;
+    return SHMQ_OK;
+}
+
+static uint32_t log2_u64(uint64_t v)
+{
+    uint32_t shift = 0;
+    while ((1ull << shift) < v)
+        shift++;
+    return shift;
+}
+
+int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
+{
+    shmq_params p;
+    uint32_t version;
+    int rc = shmq_region_read(base, size, &p, &version);
+    if (rc != SHMQ_OK)
+        return rc;
+    shmq_region_header *hdr = base;
+    uint64_t ns = shmq_pid_namespace();
+    if (hdr->pid_namespace && ns && hdr->pid_namespace != ns)
+        return SHMQ_ENAMESPACE;
+
+    shmq_handle *h = calloc(1, sizeof *h);
+    if (!h)
+        return SHMQ_ESYS;
+    h->base = base;
+    h->size = size;
+    h->header = hdr;
+    h->participants = (shmq_participant *)((uint8_t *)base + SHMQ_PARTICIPANTS_OFFSET);
+    h->lanes_offset = hdr->lanes_offset;
+    h->lane_bytes = hdr->lane_bytes;
+    h->data_offset = shmq_lane_data_offset(p.slots_per_lane);
+    h->ring_bytes = (uint64_t)p.slots_per_lane * p.slot_bytes;
+    h->slot_mask = p.slots_per_lane - 1u;
+    h->slot_shift = log2_u64(p.slots_per_lane);
+    h->slot_bytes = p.slot_bytes;
+    h->lane_count = p.lane_count;
+    /* Half a lane at most, so one message never starves every other producer. */
+    h->max_span = p.slots_per_lane / 2 < SHMQ_MAX_SPAN ? p.slots_per_lane / 2 : SHMQ_MAX_SPAN;
+    if (h->max_span == 0)
+        h->max_span = 1;
+    long nth = 1;
+    h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);
+    h->fault_countdown = nth;
+    atomic_store_explicit(&h->push_cursor, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&h->pop_cursor, (uint32_t)getpid(), memory_order_relaxed);
+
+    rc = shmq_participant_register(h);
+    if (rc != SHMQ_OK) {
+        free(h);
+        return rc;
+    }
+    *out = h;
+    return SHMQ_OK;
+}
+
+void shmq_detach(shmq_handle *h)
+{
+    if (!h)
+        return;
+    shmq_participant_unregister(h);
+    free(h);
+}
+
+/* In a forked child the inherited entry names the parent: take our own, so
+ * the parent's death is never mistaken for ours (or ours for the parent's). */
+int shmq_after_fork(shmq_handle *h)
+{
+    long nth = 1;
+    h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);
+    h->fault_countdown = nth;
+    return shmq_participant_register(h);
+}
+
+uint32_t shmq_inline_max(const shmq_handle *h)
+{
+    uint64_t bytes = (uint64_t)h->max_span * h->slot_bytes - SHMQ_MSG_HEADER_BYTES;
+    return bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+}
+
+uint32_t shmq_participant_index(const shmq_handle *h) { return h->self; }

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * shmq_api.h -- the public C API of the shmq core.
+ *
+ * This is the only header cffi reads (csrc/ffi_build.py): keep it free of
+ * #include and of anything cffi's cdef parser does not take. Each
+ * "#define NAME value" reaches Python as NAME with the compiler's value.
+ *
+ * Conventions: functions return SHMQ_OK (0) or a negative shmq_status;
+ * shmq_strerror() names it. SHMQ_ESYS leaves errno set. Timeouts are
+ * nanoseconds: < 0 waits forever, 0 never waits. Output parameters are
+ * marked OUT. Byte buffers are char so that Python bytes pass without a copy.
+ */
+#ifndef SHMQ_API_H
+#define SHMQ_API_H
+
+#include <stdint.h>
+
+#define SHMQ_MAGIC 0x31474552514d4853
+#define SHMQ_LAYOUT_VERSION 1
+#define SHMQ_MSG_HEADER_BYTES 8
+#define SHMQ_MAX_PARTICIPANTS 8191
+
+enum shmq_status {
+    SHMQ_OK = 0,
+    SHMQ_EEMPTY = -1,        /* nothing to take before the timeout */
+    SHMQ_EFULL = -2,         /* no room before the timeout */
+    SHMQ_EINTR = -3,         /* a signal arrived while waiting: handle it, then retry */
+    SHMQ_EINVAL = -4,        /* a parameter is out of range */
+    SHMQ_ENOTSHMQ = -5,      /* the region does not start with SHMQ_MAGIC */
+    SHMQ_EVERSION = -6,      /* the region has another layout version */
+    SHMQ_EUNINIT = -7,       /* the region's creator has not finished (or died) */
+    SHMQ_ESIZE = -8,         /* the region is smaller than its header says */
+    SHMQ_ETOOBIG = -9,       /* the message does not fit in a lane */
+    SHMQ_ECLAIMED = -10,     /* the message is claimed and needs its own buffer */
+    SHMQ_EPARTICIPANTS = -11,/* the participant table is full */
+    SHMQ_ENAMESPACE = -12,   /* the region was made in another pid namespace */
+    SHMQ_ESYS = -13,         /* a system call failed: see errno */
+};
+
+typedef struct shmq_params {
+    uint32_t lane_count;
+    uint32_t slots_per_lane;       /* a power of two, 2 .. 2^30 */
+    uint32_t slot_bytes;           /* a multiple of 16, 16 .. 65536 */
+    uint32_t codec_id;
+    uint64_t max_message_bytes;
+    uint32_t participant_capacity; /* 2 .. SHMQ_MAX_PARTICIPANTS + 1 */
+} shmq_params;
+
+/* A message taken from a lane; with SHMQ_ECLAIMED it is still held (READING)
+ * and must be passed to shmq_pop_finish or shmq_pop_abandon. */
+typedef struct shmq_message {
+    uint64_t position;
+    uint32_t lane;
+    uint32_t span;
+    uint32_t length;
+    uint8_t tag;
+    uint8_t flags;
+} shmq_message;
+
+typedef struct shmq_counts {
+    uint64_t pushed;
+    uint64_t popped;
+    uint64_t dropped_dead_producer;
+    uint64_t released_dead_consumer;
+    uint64_t dropped_corrupt;
+} shmq_counts;
+
+typedef struct shmq_handle shmq_handle;
+
+const char *shmq_strerror(int status);
+
+/* Regions: sizing, mapping, creating, checking. */
+uint64_t shmq_region_size(const shmq_params *params);
+int shmq_map(int fd, uint64_t size, void **base /* OUT */);
+int shmq_unmap(void *base, uint64_t size);
+int shmq_region_init(void *base, uint64_t size, const shmq_params *params);
+int shmq_region_read(const void *base, uint64_t size, shmq_params *params /* OUT */,
+                     uint32_t *layout_version /* OUT */);
+
+/* Handles: one per attached queue object; registers this process. */
+int shmq_attach(void *base, uint64_t size, shmq_handle **handle /* OUT */);
+void shmq_detach(shmq_handle *handle);
+int shmq_after_fork(shmq_handle *handle);
+uint32_t shmq_inline_max(const shmq_handle *handle);
+uint32_t shmq_participant_index(const shmq_handle *handle);
+
+/* Producing. lane < 0 picks one. */
+int shmq_push(shmq_handle *handle, int lane, uint8_t tag, uint8_t flags,
+              const char *first, uint32_t first_length,
+              const char *second, uint32_t second_length, int64_t timeout_ns);
+int shmq_push_many(shmq_handle *handle, int lane, const char *data,
+                   const uint32_t *lengths, const char *tags, uint8_t tag,
+                   uint32_t count, int64_t timeout_ns, uint32_t *pushed /* OUT */);
+
+/* Consuming. */
+int shmq_pop(shmq_handle *handle, char *buffer, uint32_t capacity, int64_t timeout_ns,
+             shmq_message *message /* OUT */);
+int shmq_pop_many(shmq_handle *handle, char *buffer, uint32_t capacity, uint32_t max_items,
+                  int64_t timeout_ns, uint32_t *lengths /* OUT */, uint8_t *tags /* OUT */,
+                  uint32_t *count /* OUT */, shmq_message *claimed /* OUT */);
+int shmq_pop_finish(shmq_handle *handle, const shmq_message *message, char *buffer);
+void shmq_pop_abandon(shmq_handle *handle, const shmq_message *message);
+
+/* Observing. */
+void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);
+int shmq_is_empty(const shmq_handle *handle);
+int shmq_is_full(const shmq_handle *handle);
+int shmq_repair(shmq_handle *handle);
+
+#endif /* SHMQ_API_H */

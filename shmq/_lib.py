@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The compiled core, and the one place where its status codes become exceptions."""
+
+from __future__ import annotations
+
+try:
+    from shmq._core import ffi, lib
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "shmq's C core (shmq._core) is not built: install the package with "
+        "`pip install .` (or `pip install -e .` in a checkout), which compiles csrc/"
+    ) from exc
+
+from shmq import errors
+
+OK = lib.SHMQ_OK
+EEMPTY = lib.SHMQ_EEMPTY
+EFULL = lib.SHMQ_EFULL
+EINTR = lib.SHMQ_EINTR
+ECLAIMED = lib.SHMQ_ECLAIMED
+
+
+def status_text(status: int) -> str:
+    return ffi.string(lib.shmq_strerror(status)).decode()
+
+
+def raise_for(status: int, what: str) -> None:
+    """Raises the exception for a failed core call; `what` names the operation."""
+    text = status_text(status)
+    if status == lib.SHMQ_ESYS:
+        err = ffi.errno
+        raise OSError(err, f"{what}: {text}: {__import__('os').strerror(err)}")
+    if status == lib.SHMQ_EPARTICIPANTS:
+        raise errors.ShmqError(
+            f"{what}: {text}. Close queue handles you no longer use (q.close()), "
+            "or recreate the queue after the processes using it have exited"
+        )
+    if status == lib.SHMQ_ENAMESPACE:
+        raise errors.ShmqError(
+            f"{what}: {text}. Every process using one queue must share a pid namespace "
+            "(run them in the same container), so that shmq can tell which of them died"
+        )
+    if status in (lib.SHMQ_ENOTSHMQ, lib.SHMQ_EVERSION, lib.SHMQ_ESIZE):
+        raise errors.LayoutMismatch(f"{what}: {text}")
+    raise errors.ShmqError(f"{what}: {text} (status {status})")

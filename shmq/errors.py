@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Exceptions raised by shmq.
+
+Every message names what went wrong and how to fix it. ``Empty`` and ``Full``
+also derive from the standard library's ``queue.Empty`` and ``queue.Full`` so
+code written for ``multiprocessing.Queue`` keeps catching them.
+"""
+
+from __future__ import annotations
+
+import queue as _stdlib_queue
+
+
+class ShmqError(Exception):
+    """Base class of every shmq error except Empty and Full."""
+
+
+class Empty(_stdlib_queue.Empty):
+    """get() found no message before its timeout."""
+
+
+class Full(_stdlib_queue.Full):
+    """put() found no room before its timeout.
+
+    ``accepted`` is how many items of a put_many() went in before it gave up
+    (0 for a single put); those are in the queue and will be delivered.
+    """
+
+    def __init__(self, message: str = "", accepted: int = 0):
+        super().__init__(message)
+        self.accepted = accepted
+
+
+class ConfigError(ShmqError, ValueError):
+    """A queue parameter is invalid or contradicts the existing queue."""
+
+
+class PayloadTooLarge(ShmqError, ValueError):
+    """A message is larger than the queue's max_message_bytes."""
+
+
+class EncodeError(ShmqError, TypeError):
+    """The codec cannot encode this object."""
+
+
+class DecodeError(ShmqError):
+    """A message could not be decoded (bad data, or refused for safety)."""
+
+
+class LayoutMismatch(ShmqError):
+    """The shared region was made by another layout version, or is not a shmq region."""
+
+
+class QueueClosed(ShmqError):
+    """The handle was closed; open the queue again."""
+
+
+class PermissionDenied(ShmqError, PermissionError):
+    """The region or data directory belongs to another user."""
+
+
+class QueueCorrupted(ShmqError):
+    """The shared region is damaged beyond what shmq repairs by itself."""

@@ -1,0 +1,689 @@
+# SPDX-License-Identifier: Apache-2.0
+"""shmq.Queue: a multi-producer multi-consumer queue in POSIX shared memory.
+
+A drop-in for multiprocessing.Queue between local processes: put/get of
+Python objects, bytes and numpy arrays, with batching (put_many/get_many).
+Every operation is one call into the C core; blocking waits sleep on a futex
+with the GIL released.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import hashlib
+import mmap
+import os
+import re
+import secrets
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import posix_ipc
+
+from shmq import codec as _codec
+from shmq import errors
+from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, raise_for, status_text
+
+__all__ = ["Queue", "QueueParams", "region_name"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SCRATCH_BYTES = 256 * 1024  # messages up to this size are copied via a reused buffer
+_MAX_BATCH = 4096
+# High bit of a message tag: the payload names a shared-memory object holding
+# the message (too large for a lane). Tags are opaque to the core.
+_TAG_BLOB = 0x80
+
+DEFAULTS = {
+    "lanes": 1,
+    "capacity": 65536,  # slots per lane
+    "slot_bytes": 128,
+    "max_message_bytes": 64 * 1024 * 1024,
+    "codec": "msgpack",
+}
+
+
+@dataclass(frozen=True)
+class QueueParams:
+    """The parameters a queue was created with (fixed for its lifetime)."""
+
+    lanes: int
+    capacity: int
+    slot_bytes: int
+    max_message_bytes: int
+    codec: str
+
+
+def default_path() -> str:
+    return os.path.abspath(os.environ.get("SHMQ_PATH") or ".shmq")
+
+
+def region_name(name: str, path: str) -> str:
+    """The shared-memory object name of queue `name` in data directory `path`.
+
+    The directory's real path is part of the name, so two projects' queues of
+    the same name never meet.
+    """
+    digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
+    return f"/shmq.{name}.{digest}"
+
+
+def _check_int(key: str, value: Any, low: int, high: int, *, power_of_two: bool = False, multiple: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise errors.ConfigError(f"{key}={value} is out of range: allowed {low} .. {high}")
+    if power_of_two and value & (value - 1):
+        up = 1 << (value - 1).bit_length()
+        raise errors.ConfigError(f"{key}={value} must be a power of two: use {up} (or {up // 2})")
+    if value % multiple:
+        up = (value + multiple - 1) // multiple * multiple
+        raise errors.ConfigError(f"{key}={value} must be a multiple of {multiple}: use {up}")
+    return value
+
+
+def _validate(requested: dict) -> dict:
+    checked = dict(requested)
+    if "lanes" in checked:
+        _check_int("lanes", checked["lanes"], 1, 1024)
+    if "capacity" in checked:
+        _check_int("capacity", checked["capacity"], 2, 1 << 30, power_of_two=True)
+    if "slot_bytes" in checked:
+        _check_int("slot_bytes", checked["slot_bytes"], 16, 65536, multiple=16)
+    if "max_message_bytes" in checked:
+        _check_int("max_message_bytes", checked["max_message_bytes"], 1, 1 << 40)
+    if "codec" in checked:
+        _codec.get_codec(checked["codec"])  # raises ConfigError naming the choices
+    return checked
+
+
+class _Region:
+    """One mapping of a queue's shared-memory object and a handle on it."""
+
+    def __init__(self, name: str, path: str, requested: dict):
+        self.shm_name = region_name(name, path)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            lock_fd = os.open(os.path.join(path, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except PermissionError as exc:
+            raise errors.PermissionDenied(
+                f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
+                "or fix its permissions"
+            ) from None
+        try:
+            # Creation and attach are serialised per queue by this lock, so a
+            # half-made region seen here belongs to a creator that died.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self._open(requested)
+        finally:
+            os.close(lock_fd)
+
+    def _open(self, requested: dict) -> None:
+        try:
+            shm = posix_ipc.SharedMemory(self.shm_name)
+        except posix_ipc.ExistentialError:
+            shm = None
+        except posix_ipc.PermissionsError:
+            owner = _owner_of("/dev/shm" + self.shm_name)
+            raise errors.PermissionDenied(
+                f"queue region {self.shm_name} belongs to {owner} and is readable by its owner only. "
+                "Run as that user, or use another name or path"
+            ) from None
+        if shm is not None:
+            if self._map_existing(shm):
+                return
+            posix_ipc.unlink_shared_memory(self.shm_name)  # its creator died mid-way
+        self._create(requested)
+
+    def _map_existing(self, shm) -> bool:
+        size = shm.size
+        base = ffi.new("void **")
+        try:
+            if size == 0:
+                return False
+            if lib.shmq_map(shm.fd, size, base) != OK:
+                raise_for(lib.SHMQ_ESYS, f"mapping {self.shm_name}")
+        finally:
+            shm.close_fd()
+        params = ffi.new("shmq_params *")
+        version = ffi.new("uint32_t *")
+        rc = lib.shmq_region_read(base[0], size, params, version)
+        if rc == lib.SHMQ_EUNINIT:
+            lib.shmq_unmap(base[0], size)
+            return False
+        if rc == lib.SHMQ_EVERSION:
+            lib.shmq_unmap(base[0], size)
+            raise errors.LayoutMismatch(
+                f"queue region {self.shm_name} was made by layout version {version[0]}, and this shmq "
+                f"uses layout version {lib.SHMQ_LAYOUT_VERSION}. Stop the processes of the other version "
+                "and remove the old queue (Queue(...).unlink() there, or delete "
+                f"/dev/shm{self.shm_name}), or run the same shmq version everywhere"
+            )
+        if rc != OK:
+            lib.shmq_unmap(base[0], size)
+            raise errors.LayoutMismatch(
+                f"/dev/shm{self.shm_name} is not a usable shmq queue region ({status_text(rc)}). "
+                "If nothing else owns it, delete it and open the queue again"
+            )
+        self._finish(base[0], size, params)
+        return True
+
+    def _create(self, requested: dict) -> None:
+        values = {**DEFAULTS, **requested}
+        params = ffi.new(
+            "shmq_params *",
+            {
+                "lane_count": values["lanes"],
+                "slots_per_lane": values["capacity"],
+                "slot_bytes": values["slot_bytes"],
+                "codec_id": _codec.CODEC_IDS[values["codec"]],
+                "max_message_bytes": values["max_message_bytes"],
+                "participant_capacity": 1024,
+            },
+        )
+        size = lib.shmq_region_size(params)
+        if size == 0:
+            raise errors.ConfigError(f"invalid queue parameters {values}")
+        try:
+            shm = posix_ipc.SharedMemory(self.shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
+        except (OSError, ValueError, posix_ipc.Error) as exc:
+            raise errors.ShmqError(
+                f"cannot create queue region {self.shm_name} of {size} bytes: {exc}. "
+                "Free space in /dev/shm, or lower capacity / slot_bytes / lanes"
+            ) from None
+        base = ffi.new("void **")
+        try:
+            os.fchmod(shm.fd, 0o600)  # whatever the umask, owner only
+            if lib.shmq_map(shm.fd, size, base) != OK:
+                raise_for(lib.SHMQ_ESYS, f"mapping {self.shm_name}")
+        finally:
+            shm.close_fd()
+        rc = lib.shmq_region_init(base[0], size, params)
+        if rc != OK:
+            lib.shmq_unmap(base[0], size)
+            raise_for(rc, f"initialising {self.shm_name}")
+        self._finish(base[0], size, params)
+
+    def _finish(self, base, size: int, params) -> None:
+        self.base, self.size = base, size
+        self.params = QueueParams(
+            lanes=params.lane_count,
+            capacity=params.slots_per_lane,
+            slot_bytes=params.slot_bytes,
+            max_message_bytes=params.max_message_bytes,
+            codec=_codec.codec_name(params.codec_id),
+        )
+        handle = ffi.new("shmq_handle **")
+        rc = lib.shmq_attach(base, size, handle)
+        if rc != OK:
+            lib.shmq_unmap(base, size)
+            raise_for(rc, f"attaching to {self.shm_name}")
+        self.handle = handle[0]
+
+    def close(self) -> None:
+        if self.handle is not None:
+            lib.shmq_detach(self.handle)
+            lib.shmq_unmap(self.base, self.size)
+            self.handle = None
+
+
+def _owner_of(path: str) -> str:
+    try:
+        import pwd
+
+        uid = os.stat(path).st_uid
+        try:
+            return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            return f"uid {uid}"
+    except OSError:
+        return "another user"
+
+
+_open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child must not act under its parent's participant entry.
+    for q in list(_open_queues):
+        if q._region is not None and q._region.handle is not None:
+            lib.shmq_after_fork(q._region.handle)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers: several threads may call get() on one Queue."""
+
+    def __init__(self) -> None:
+        self.buffer = ffi.new("char[]", _SCRATCH_BYTES)
+        self.message = ffi.new("shmq_message *")
+        self.lengths = ffi.new("uint32_t[]", _MAX_BATCH)
+        self.tags = ffi.new("uint8_t[]", _MAX_BATCH)
+        self.count = ffi.new("uint32_t *")
+
+
+class Queue:
+    """A queue living in POSIX shared memory, shared by name between processes.
+
+    ``Queue(name)`` creates the queue or attaches to an existing one. Parameters
+    given explicitly must match an existing queue; parameters left out take the
+    existing queue's values (or the defaults, when creating):
+
+    - ``path``: data directory (default ``$SHMQ_PATH`` or ``./.shmq``); part of
+      the region's identity.
+    - ``lanes``: number of rings (default 1). Producers spread over lanes,
+      consumers take from any; one lane keeps FIFO order.
+    - ``capacity``: slots per lane, a power of two (default 65536).
+    - ``slot_bytes``: bytes per slot, a multiple of 16 (default 128); a message
+      of up to ``slot_bytes - 8`` bytes takes one slot, larger ones several.
+    - ``max_message_bytes``: the largest message accepted (default 64 MiB);
+      messages larger than half a lane travel in a shared-memory object of
+      their own.
+    - ``codec``: ``"msgpack"`` (default), ``"pickle"`` (any object; decoding runs
+      code, so opt in only between trusted processes) or ``"raw"`` (bytes).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        path: str | os.PathLike | None = None,
+        *,
+        lanes: int | None = None,
+        capacity: int | None = None,
+        slot_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+        codec: str | None = None,
+    ):
+        self._region = None
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise errors.ConfigError(
+                f"invalid queue name {name!r}: use 1-100 characters of letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        self.name = name
+        self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+        requested = {
+            key: value
+            for key, value in (
+                ("lanes", lanes),
+                ("capacity", capacity),
+                ("slot_bytes", slot_bytes),
+                ("max_message_bytes", max_message_bytes),
+                ("codec", codec),
+            )
+            if value is not None
+        }
+        requested = _validate(requested)
+        self._region = _Region(name, self.path, requested)
+        actual = self._region.params
+        for key, value in requested.items():
+            if getattr(actual, key) != value:
+                self._region.close()
+                self._region = None
+                raise errors.ConfigError(
+                    f"queue {name!r} in {self.path} exists with {key}={getattr(actual, key)!r}, but "
+                    f"{key}={value!r} was asked for. Pass {key}={getattr(actual, key)!r} or leave it out, "
+                    "or remove the queue first (Queue(...).unlink())"
+                )
+        self.params = actual
+        self._handle = self._region.handle
+        self._codec = _codec.get_codec(actual.codec)
+        self._encode = self._codec.encode
+        self._decode = self._codec.decode
+        self._inline_max = lib.shmq_inline_max(self._handle)
+        self._scratch = _Scratch()
+        _open_queues.add(self)
+
+    # ------------------------------------------------------------ plumbing
+
+    def __repr__(self) -> str:
+        state = "closed" if self._region is None else f"{self.params}"
+        return f"<shmq.Queue {self.name!r} path={self.path!r} {state}>"
+
+    def __reduce__(self):
+        # Children reattach by name and use the queue's own parameters.
+        return (_reattach, (self.name, self.path))
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _live_handle(self):
+        if self._region is None:
+            raise errors.QueueClosed(f"queue {self.name!r} is closed; open it again with shmq.Queue({self.name!r})")
+        return self._handle
+
+    @staticmethod
+    def _timeout_ns(block: bool, timeout: float | None) -> int:
+        if not block:
+            return 0
+        if timeout is None:
+            return -1
+        if timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        return int(timeout * 1e9)
+
+    @staticmethod
+    def _remaining(deadline: int | None) -> int:
+        if deadline is None:
+            return -1
+        return max(0, deadline - time.monotonic_ns())
+
+    # ------------------------------------------------------------ producing
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts one object; waits for room up to `timeout` seconds (None: forever;
+        0 or block=False: never). Raises shmq.Full (a queue.Full) on time-out."""
+        handle = self._live_handle()
+        tag, first, second = self._encode(obj)
+        timeout_ns = self._timeout_ns(block, timeout)
+        if second is None:
+            length = len(first)
+            if length > self._inline_max:
+                return self._put_large(tag, first, None, timeout_ns)
+            if type(first) is not bytes:
+                first = ffi.from_buffer(first)
+            rc = lib.shmq_push(handle, -1, tag, 0, first, length, ffi.NULL, 0, timeout_ns)
+        else:
+            total = len(first) + second.nbytes
+            if total > self._inline_max:
+                return self._put_large(tag, first, second, timeout_ns)
+            rc = lib.shmq_push(
+                handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second), second.nbytes,
+                timeout_ns,
+            )
+        if rc != OK:
+            self._put_failed(rc, tag, first, second, timeout_ns)
+
+    def _put_failed(self, rc: int, tag: int, first, second, timeout_ns: int) -> None:
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        while rc == EINTR:  # a signal handler ran (and did not raise): go on waiting
+            remaining = self._remaining(deadline)
+            if second is None:
+                rc = lib.shmq_push(self._handle, -1, tag, 0, first, len(first), ffi.NULL, 0, remaining)
+            else:
+                rc = lib.shmq_push(
+                    self._handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second),
+                    second.nbytes, remaining,
+                )
+        if rc == OK:
+            return
+        if rc == EFULL:
+            raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
+        raise_for(rc, f"put on queue {self.name!r}")
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, block=False)
+
+    def _put_large(self, tag: int, first, second, timeout_ns: int) -> None:
+        """A message larger than half a lane travels in a shared-memory object of
+        its own; the lane carries its name."""
+        length = len(first) + (second.nbytes if second is not None else 0)
+        if length > self.params.max_message_bytes:
+            raise errors.PayloadTooLarge(
+                f"message of {length} bytes is larger than max_message_bytes={self.params.max_message_bytes} "
+                f"of queue {self.name!r}. Create the queue with a larger max_message_bytes "
+                "(it is fixed at creation: unlink the queue first), or send smaller messages"
+            )
+        blob = f"{self._region.shm_name}.b{secrets.token_hex(8)}"
+        shm = posix_ipc.SharedMemory(blob, posix_ipc.O_CREX, mode=0o600, size=max(length, 1))
+        try:
+            with mmap.mmap(shm.fd, max(length, 1)) as mapped:
+                mapped[: len(first)] = first
+                if second is not None:
+                    mapped[len(first) : length] = second
+        except BaseException:
+            posix_ipc.unlink_shared_memory(blob)
+            raise
+        finally:
+            shm.close_fd()
+        reference = blob.encode() + b"\0" + str(length).encode()
+        rc = lib.shmq_push(self._handle, -1, tag | _TAG_BLOB, 0, reference, len(reference), ffi.NULL, 0, timeout_ns)
+        if rc != OK:
+            posix_ipc.unlink_shared_memory(blob)
+            self._put_failed(rc, tag, reference, None, 0) if rc == EINTR else None
+            if rc == EFULL:
+                raise errors.Full(f"queue {self.name!r} is full")
+            raise_for(rc, f"put on queue {self.name!r}")
+
+    def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
+        """Puts several objects with one call into the core per batch.
+
+        Waits for room as put() does. If it times out part-way, the shmq.Full it
+        raises carries ``accepted``: how many items went in (those are queued)."""
+        handle = self._live_handle()
+        timeout_ns = self._timeout_ns(block, timeout)
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        encode = self._encode
+        accepted = 0
+        batch: list = []
+        tags = bytearray()
+        pushed = ffi.new("uint32_t *")
+
+        def flush() -> None:
+            nonlocal accepted
+            done = 0
+            while done < len(batch):
+                part = batch[done:]
+                data = b"".join(part)
+                lengths = array.array("I", map(len, part))
+                uniform = tags.count(tags[done]) == len(tags) if done == 0 else False
+                rc = lib.shmq_push_many(
+                    handle, -1, data, ffi.from_buffer("uint32_t[]", lengths),
+                    ffi.NULL if uniform else ffi.from_buffer(tags[done:]), tags[done],
+                    len(part), self._remaining(deadline) if done else (-1 if deadline is None else max(0, deadline - time.monotonic_ns())), pushed,
+                )
+                done += pushed[0]
+                accepted += pushed[0]
+                if rc == OK:
+                    break
+                if rc == EINTR:
+                    continue
+                if rc == EFULL:
+                    raise errors.Full(
+                        f"queue {self.name!r} is full: {accepted} item(s) of this put_many went in", accepted
+                    )
+                raise_for(rc, f"put_many on queue {self.name!r}")
+            batch.clear()
+            tags.clear()
+
+        for obj in items:
+            tag, first, second = encode(obj)
+            if second is not None:
+                first = bytes(first) + second.tobytes()
+            elif type(first) is not bytes:
+                first = bytes(first)
+            if len(first) > self._inline_max:
+                flush()
+                self.put(obj, timeout=None if deadline is None else self._remaining(deadline) / 1e9)
+                accepted += 1
+                continue
+            batch.append(first)
+            tags.append(tag)
+            if len(batch) >= _MAX_BATCH:
+                flush()
+        if batch:
+            flush()
+
+    # ------------------------------------------------------------ consuming
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Takes one object; waits up to `timeout` seconds (None: forever; 0 or
+        block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
+        handle = self._live_handle()
+        scratch = self._scratch
+        message = scratch.message
+        rc = lib.shmq_pop(handle, scratch.buffer, _SCRATCH_BYTES, self._timeout_ns(block, timeout), message)
+        if rc == OK:
+            tag = message.tag
+            if tag & _TAG_BLOB:
+                return self._decode_message(tag, ffi.unpack(scratch.buffer, message.length))
+            return self._decode(tag, ffi.unpack(scratch.buffer, message.length))
+        return self._get_slow(rc, block, timeout)
+
+    def _get_slow(self, rc: int, block: bool, timeout: float | None) -> Any:
+        scratch = self._scratch
+        message = scratch.message
+        timeout_ns = self._timeout_ns(block, timeout)
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        while rc == EINTR:
+            rc = lib.shmq_pop(self._handle, scratch.buffer, _SCRATCH_BYTES, self._remaining(deadline), message)
+        if rc == OK:
+            return self._decode_message(message.tag, ffi.unpack(scratch.buffer, message.length))
+        if rc == ECLAIMED:
+            return self._finish_claimed(message)
+        if rc == EEMPTY:
+            raise errors.Empty(f"queue {self.name!r} is empty")
+        raise_for(rc, f"get on queue {self.name!r}")
+
+    def _finish_claimed(self, message) -> Any:
+        """The message was too large for the shared buffer: copy it once into
+        a buffer of its own (a bytearray, so numpy arrays come out writable)."""
+        try:
+            out = bytearray(message.length)
+        except BaseException:
+            lib.shmq_pop_abandon(self._handle, message)
+            raise
+        rc = lib.shmq_pop_finish(self._handle, message, ffi.from_buffer(out))
+        if rc != OK:
+            raise_for(rc, f"get on queue {self.name!r}")
+        return self._decode_message(message.tag, out)
+
+    def _decode_message(self, tag: int, data) -> Any:
+        if tag & _TAG_BLOB:
+            name, _, length = bytes(data).partition(b"\0")
+            return self._decode(tag & ~_TAG_BLOB, _read_blob(name.decode(), int(length)))
+        return self._decode(tag, data)
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+    def get_many(self, max_items: int = 64, block: bool = True, timeout: float | None = None) -> list:
+        """Takes up to `max_items` objects with one call into the core; waits (as
+        get() does) only until at least one is there."""
+        handle = self._live_handle()
+        if isinstance(max_items, bool) or not isinstance(max_items, int):
+            raise TypeError(f"max_items must be an int, got {type(max_items).__name__}")
+        if max_items <= 0:
+            if max_items == 0:
+                return []
+            raise ValueError(f"max_items must be >= 0, got {max_items}")
+        max_items = min(max_items, _MAX_BATCH)
+        scratch = self._scratch
+        timeout_ns = self._timeout_ns(block, timeout)
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        while True:
+            rc = lib.shmq_pop_many(
+                handle, scratch.buffer, _SCRATCH_BYTES, max_items, timeout_ns, scratch.lengths, scratch.tags,
+                scratch.count, scratch.message,
+            )
+            if rc != EINTR:
+                break
+            timeout_ns = self._remaining(deadline)
+        if rc == OK:
+            count = scratch.count[0]
+            lengths = ffi.unpack(scratch.lengths, count)
+            tags = ffi.unpack(scratch.tags, count)
+            data = ffi.unpack(scratch.buffer, sum(lengths))
+            decode = self._decode
+            out = []
+            at = 0
+            for tag, length in zip(tags, lengths):
+                if tag & _TAG_BLOB:
+                    out.append(self._decode_message(tag, data[at : at + length]))
+                else:
+                    out.append(decode(tag, data[at : at + length]))
+                at += length
+            return out
+        if rc == ECLAIMED:
+            return [self._finish_claimed(scratch.message)]
+        if rc == EEMPTY:
+            raise errors.Empty(f"queue {self.name!r} is empty")
+        raise_for(rc, f"get_many on queue {self.name!r}")
+
+    # ------------------------------------------------------------ observing
+
+    def qsize(self) -> int:
+        """Messages in the queue now (approximate while others put and get)."""
+        counts = ffi.new("shmq_counts *")
+        lib.shmq_counts_read(self._live_handle(), counts)
+        return max(0, counts.pushed - counts.popped)
+
+    def empty(self) -> bool:
+        return bool(lib.shmq_is_empty(self._live_handle()))
+
+    def full(self) -> bool:
+        return bool(lib.shmq_is_full(self._live_handle()))
+
+    def counts(self) -> dict:
+        """Lifetime counters of the queue (all processes)."""
+        counts = ffi.new("shmq_counts *")
+        lib.shmq_counts_read(self._live_handle(), counts)
+        return {field: getattr(counts, field) for field in dir(counts)}
+
+    def repair(self) -> int:
+        """Releases now what dead processes left claimed (done on demand otherwise)."""
+        return lib.shmq_repair(self._live_handle())
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Detaches this handle (idempotent). The queue stays for other processes.
+        Do not call it while another thread of this process is inside put/get."""
+        if self._region is not None:
+            _open_queues.discard(self)
+            self._region.close()
+            self._region = None
+
+    def unlink(self) -> None:
+        """Removes the queue: its region, and large-message objects left over.
+        Processes still attached keep their mapping until they close."""
+        shm_name = region_name(self.name, self.path)
+        self.close()
+        _unlink_queue(shm_name)
+
+
+def _reattach(name: str, path: str) -> Queue:
+    return Queue(name, path)
+
+
+def _read_blob(name: str, length: int) -> bytearray:
+    shm = posix_ipc.SharedMemory(name)
+    try:
+        with mmap.mmap(shm.fd, max(length, 1)) as mapped:
+            out = bytearray(length)
+            out[:] = mapped[:length]
+    finally:
+        shm.close_fd()
+        posix_ipc.unlink_shared_memory(name)
+    return out
+
+
+def _unlink_queue(shm_name: str) -> None:
+    try:
+        posix_ipc.unlink_shared_memory(shm_name)
+    except posix_ipc.ExistentialError:
+        pass
+    prefix = shm_name.lstrip("/") + ".b"
+    try:
+        leftovers = [entry for entry in os.listdir("/dev/shm") if entry.startswith(prefix)]
+    except OSError:
+        leftovers = []
+    for entry in leftovers:
+        try:
+            posix_ipc.unlink_shared_memory("/" + entry)
+        except posix_ipc.ExistentialError:
+            pass
