@@ -251,6 +251,13 @@ int shmq_pop(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns
     return rc;
 }
 
+int64_t shmq_get(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns,
+                 shmq_message *message /* OUT */)
+{
+    int rc = shmq_pop(h, buffer, capacity, timeout_ns, message);
+    return rc == SHMQ_OK ? ((int64_t)message->tag << 32) | message->length : rc;
+}
+
 /* Is `message` a claim this handle holds? Guards against a stale or forged one. */
 static int holds(const shmq_handle *h, const shmq_message *message)
 {

@@ -248,6 +248,11 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
     return SHMQ_OK;
 }
 
+int shmq_put(shmq_handle *h, uint8_t tag, const char *data, uint32_t length, int64_t timeout_ns)
+{
+    return shmq_push(h, -1, tag, 0, data, length, NULL, 0, timeout_ns);
+}
+
 /* Writes messages [first, end) into a claimed span, then publishes the later
  * ones first and the first one last: consumers cannot pass a first slot that
  * is still WRITING, so they never see half a batch. */

@@ -85,6 +85,13 @@ int shmq_after_fork(shmq_handle *handle);
 uint32_t shmq_inline_max(const shmq_handle *handle);
 uint32_t shmq_participant_index(const shmq_handle *handle);
 
+/* The fast paths: one message, any lane, few arguments (each costs in cffi).
+ * shmq_get returns (tag << 32) | length, or a negative status; with
+ * SHMQ_ECLAIMED the claim is in *message. */
+int shmq_put(shmq_handle *handle, uint8_t tag, const char *data, uint32_t length, int64_t timeout_ns);
+int64_t shmq_get(shmq_handle *handle, char *buffer, uint32_t capacity, int64_t timeout_ns,
+                 shmq_message *message /* OUT */);
+
 /* Producing. lane < 0 picks one. */
 int shmq_push(shmq_handle *handle, int lane, uint8_t tag, uint8_t flags,
               const char *first, uint32_t first_length,

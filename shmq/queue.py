@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import fcntl
 import hashlib
+import itertools
 import mmap
 import os
 import re
@@ -256,8 +257,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Scratch(threading.local):
-    """Per-thread buffers: several threads may call get() on one Queue."""
+class _Scratch:
+    """Buffers for one call at a time. A Queue keeps a free list of them, so
+    threads calling get() at once each take their own (list pop/append are
+    atomic under the GIL, and cheaper than a threading.local)."""
+
+    __slots__ = ("buffer", "message", "lengths", "tags", "count")
 
     def __init__(self) -> None:
         self.buffer = ffi.new("char[]", _SCRATCH_BYTES)
@@ -265,6 +270,11 @@ class _Scratch(threading.local):
         self.lengths = ffi.new("uint32_t[]", _MAX_BATCH)
         self.tags = ffi.new("uint8_t[]", _MAX_BATCH)
         self.count = ffi.new("uint32_t *")
+
+
+_core_put = lib.shmq_put
+_core_get = lib.shmq_get
+_unpack = ffi.unpack
 
 
 class Queue:
@@ -336,7 +346,7 @@ class Queue:
         self._encode = self._codec.encode
         self._decode = self._codec.decode
         self._inline_max = lib.shmq_inline_max(self._handle)
-        self._scratch = _Scratch()
+        self._scratch_free = [_Scratch()]
         _open_queues.add(self)
 
     # ------------------------------------------------------------ plumbing
@@ -387,9 +397,23 @@ class Queue:
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts one object; waits for room up to `timeout` seconds (None: forever;
         0 or block=False: never). Raises shmq.Full (a queue.Full) on time-out."""
+        # The hot path, kept flat: plain bytes skip the codec (every codec sends
+        # bytes as they are) and go in with one call into the core.
+        if type(obj) is bytes and len(obj) <= self._inline_max:
+            timeout_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+            try:
+                rc = _core_put(self._handle, 0, obj, len(obj), timeout_ns)
+            except TypeError:
+                self._live_handle()  # closed: raises QueueClosed
+                raise
+            if rc:
+                self._put_failed(rc, 0, obj, None, timeout_ns)
+            return
+        self._put_encoded(obj, self._timeout_ns(block, timeout))
+
+    def _put_encoded(self, obj: Any, timeout_ns: int) -> None:
         handle = self._live_handle()
         tag, first, second = self._encode(obj)
-        timeout_ns = self._timeout_ns(block, timeout)
         if second is None:
             length = len(first)
             if length > self._inline_max:
@@ -464,85 +488,91 @@ class Queue:
 
         Waits for room as put() does. If it times out part-way, the shmq.Full it
         raises carries ``accepted``: how many items went in (those are queued)."""
-        handle = self._live_handle()
+        self._live_handle()
         timeout_ns = self._timeout_ns(block, timeout)
         deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        encode = self._encode
         accepted = 0
-        batch: list = []
-        tags = bytearray()
-        pushed = ffi.new("uint32_t *")
+        iterator = iter(items)
+        while True:
+            chunk = list(itertools.islice(iterator, _MAX_BATCH))
+            if not chunk:
+                return
+            try:
+                self._put_chunk(chunk, deadline)
+            except errors.Full as exc:
+                exc.accepted += accepted
+                exc.args = (f"queue {self.name!r} is full: {exc.accepted} item(s) of this put_many went in",)
+                raise
+            accepted += len(chunk)
 
-        def flush() -> None:
-            nonlocal accepted
+    def _put_chunk(self, chunk: list, deadline: int | None) -> None:
+        if set(map(type, chunk)) == {bytes}:
+            payloads, tags = chunk, None  # every codec sends bytes as they are (tag 0)
+        else:
+            payloads, tag_list = [], []
+            for obj in chunk:
+                tag, first, second = self._encode(obj)
+                payloads.append(bytes(first) + second.tobytes() if second is not None else bytes(first))
+                tag_list.append(tag)
+            tags = bytes(tag_list)
+        lengths = array.array("I", map(len, payloads))
+        if max(lengths) > self._inline_max:  # rare: send the large ones on their own
             done = 0
-            while done < len(batch):
-                part = batch[done:]
-                data = b"".join(part)
-                lengths = array.array("I", map(len, part))
-                uniform = tags.count(tags[done]) == len(tags) if done == 0 else False
-                rc = lib.shmq_push_many(
-                    handle, -1, data, ffi.from_buffer("uint32_t[]", lengths),
-                    ffi.NULL if uniform else ffi.from_buffer(tags[done:]), tags[done],
-                    len(part), self._remaining(deadline) if done else (-1 if deadline is None else max(0, deadline - time.monotonic_ns())), pushed,
-                )
-                done += pushed[0]
-                accepted += pushed[0]
-                if rc == OK:
-                    break
-                if rc == EINTR:
-                    continue
-                if rc == EFULL:
-                    raise errors.Full(
-                        f"queue {self.name!r} is full: {accepted} item(s) of this put_many went in", accepted
-                    )
-                raise_for(rc, f"put_many on queue {self.name!r}")
-            batch.clear()
-            tags.clear()
+            for i, length in enumerate(lengths):
+                if length > self._inline_max:
+                    self._push_batch(payloads[done:i], lengths[done:i], tags and tags[done:i], deadline)
+                    self._put_large(tags[i] if tags else 0, payloads[i], None, self._remaining(deadline))
+                    done = i + 1
+            self._push_batch(payloads[done:], lengths[done:], tags and tags[done:], deadline)
+            return
+        self._push_batch(payloads, lengths, tags, deadline)
 
-        for obj in items:
-            tag, first, second = encode(obj)
-            if second is not None:
-                first = bytes(first) + second.tobytes()
-            elif type(first) is not bytes:
-                first = bytes(first)
-            if len(first) > self._inline_max:
-                flush()
-                self.put(obj, timeout=None if deadline is None else self._remaining(deadline) / 1e9)
-                accepted += 1
+    def _push_batch(self, payloads: list, lengths: array.array, tags: bytes | None, deadline: int | None) -> None:
+        done = 0
+        pushed = ffi.new("uint32_t *")
+        while done < len(payloads):
+            rest = len(payloads) - done
+            rc = lib.shmq_push_many(
+                self._handle, -1, b"".join(payloads[done:]), ffi.from_buffer("uint32_t[]", lengths[done:]),
+                ffi.from_buffer(tags[done:]) if tags else ffi.NULL, 0, rest, self._remaining(deadline), pushed,
+            )
+            done += pushed[0]
+            if rc == OK or rc == EINTR:
                 continue
-            batch.append(first)
-            tags.append(tag)
-            if len(batch) >= _MAX_BATCH:
-                flush()
-        if batch:
-            flush()
+            if rc == EFULL:
+                raise errors.Full(f"queue {self.name!r} is full", done)
+            raise_for(rc, f"put_many on queue {self.name!r}")
 
     # ------------------------------------------------------------ consuming
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Takes one object; waits up to `timeout` seconds (None: forever; 0 or
         block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
-        handle = self._live_handle()
-        scratch = self._scratch
-        message = scratch.message
-        rc = lib.shmq_pop(handle, scratch.buffer, _SCRATCH_BYTES, self._timeout_ns(block, timeout), message)
-        if rc == OK:
-            tag = message.tag
-            if tag & _TAG_BLOB:
-                return self._decode_message(tag, ffi.unpack(scratch.buffer, message.length))
-            return self._decode(tag, ffi.unpack(scratch.buffer, message.length))
-        return self._get_slow(rc, block, timeout)
+        timeout_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            try:
+                result = _core_get(self._handle, scratch.buffer, _SCRATCH_BYTES, timeout_ns, scratch.message)
+            except TypeError:
+                self._live_handle()  # closed: raises QueueClosed
+                raise
+            if result >= 0:
+                tag = result >> 32
+                data = _unpack(scratch.buffer, result & 0xFFFFFFFF)
+                # Tag 0 is bytes as sent, in every codec: no decode call.
+                return data if tag == 0 else self._decode_message(tag, data)
+            return self._get_slow(result, scratch, timeout_ns)
+        finally:
+            free.append(scratch)
 
-    def _get_slow(self, rc: int, block: bool, timeout: float | None) -> Any:
-        scratch = self._scratch
+    def _get_slow(self, rc: int, scratch: _Scratch, timeout_ns: int) -> Any:
         message = scratch.message
-        timeout_ns = self._timeout_ns(block, timeout)
         deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        while rc == EINTR:
+        while rc == EINTR:  # a signal handler ran (and did not raise): go on waiting
             rc = lib.shmq_pop(self._handle, scratch.buffer, _SCRATCH_BYTES, self._remaining(deadline), message)
         if rc == OK:
-            return self._decode_message(message.tag, ffi.unpack(scratch.buffer, message.length))
+            return self._decode_message(message.tag, _unpack(scratch.buffer, message.length))
         if rc == ECLAIMED:
             return self._finish_claimed(message)
         if rc == EEMPTY:
@@ -582,7 +612,14 @@ class Queue:
                 return []
             raise ValueError(f"max_items must be >= 0, got {max_items}")
         max_items = min(max_items, _MAX_BATCH)
-        scratch = self._scratch
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            return self._get_many(handle, scratch, max_items, block, timeout)
+        finally:
+            free.append(scratch)
+
+    def _get_many(self, handle, scratch: _Scratch, max_items: int, block: bool, timeout: float | None) -> list:
         timeout_ns = self._timeout_ns(block, timeout)
         deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
         while True:
@@ -595,19 +632,14 @@ class Queue:
             timeout_ns = self._remaining(deadline)
         if rc == OK:
             count = scratch.count[0]
-            lengths = ffi.unpack(scratch.lengths, count)
-            tags = ffi.unpack(scratch.tags, count)
-            data = ffi.unpack(scratch.buffer, sum(lengths))
-            decode = self._decode
-            out = []
-            at = 0
-            for tag, length in zip(tags, lengths):
-                if tag & _TAG_BLOB:
-                    out.append(self._decode_message(tag, data[at : at + length]))
-                else:
-                    out.append(decode(tag, data[at : at + length]))
-                at += length
-            return out
+            lengths = _unpack(scratch.lengths, count)
+            tags = ffi.buffer(scratch.tags, count)[:]
+            data = _unpack(scratch.buffer, sum(lengths))
+            offsets = list(itertools.accumulate(lengths, initial=0))
+            if tags.count(0) == count:  # all bytes as sent: slice, no decode calls
+                return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
+            decode_message = self._decode_message
+            return [decode_message(tags[i], data[offsets[i] : offsets[i + 1]]) for i in range(count)]
         if rc == ECLAIMED:
             return [self._finish_claimed(scratch.message)]
         if rc == EEMPTY:
