@@ -48,6 +48,9 @@ void shmq_participant_unregister(shmq_handle *h);
 int shmq_participant_alive(const shmq_handle *h, unsigned index);
 uint64_t shmq_process_start_time(int pid);
 uint64_t shmq_pid_namespace(void);
+void shmq_sleep_begin(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
+void shmq_sleep_end(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
+int shmq_sweep_sleepers(shmq_handle *h);
 
 /* wait.c */
 int64_t shmq_now_ns(void);

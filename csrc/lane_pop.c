@@ -219,19 +219,19 @@ int shmq_pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_
         /* relaxed: only a value for the futex to compare; states are re-read
          * with acquire loads after waking. */
         uint32_t seen = atomic_load_explicit(&hdr->data_event, memory_order_relaxed);
-        atomic_fetch_add_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+        shmq_sleep_begin(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
         /* seq_cst: orders our waiters increment before the re-check below;
          * pairs with the fence in wake(): one side always sees the other. */
         atomic_thread_fence(memory_order_seq_cst);
         rc = pop_round(h, &b);
         *count = b.count;
         if (rc != SHMQ_EEMPTY) {
-            atomic_fetch_sub_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+            shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
             return rc;
         }
         /* Behind a live writer: re-check it now and then, in case it dies. */
         rc = shmq_futex_wait(&hdr->data_event, seen, deadline, b.busy_lane >= 0 ? SHMQ_OWNER_RECHECK_NS : -1);
-        atomic_fetch_sub_explicit(&hdr->data_waiters, 1, memory_order_relaxed);
+        shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
         if (rc != SHMQ_OK)
             return rc; /* EINTR, or EEMPTY at the deadline */
         round = SPIN_ROUNDS / 2; /* woken: spin a little before sleeping again */
@@ -303,10 +303,11 @@ int shmq_is_empty(const shmq_handle *h)
     return 1;
 }
 
-/* Repairs whatever dead processes left at every head and tail, now. */
+/* Repairs whatever dead processes left at every head and tail, and in the
+ * waiters counters, now. */
 int shmq_repair(shmq_handle *h)
 {
-    int repaired = 0;
+    int repaired = shmq_sweep_sleepers(h);
     for (uint32_t i = 0; i < h->lane_count; i++) {
         lane_ref lane = lane_at(h, i);
         shmq_message msg;
@@ -337,4 +338,6 @@ void shmq_counts_read(const shmq_handle *h, shmq_counts *counts /* OUT */)
     counts->dropped_dead_producer = atomic_load_explicit(&h->header->dropped_dead_producer, memory_order_relaxed);
     counts->released_dead_consumer = atomic_load_explicit(&h->header->released_dead_consumer, memory_order_relaxed);
     counts->dropped_corrupt = atomic_load_explicit(&h->header->dropped_corrupt, memory_order_relaxed);
+    counts->data_waiters = atomic_load_explicit(&h->header->data_waiters, memory_order_relaxed);
+    counts->space_waiters = atomic_load_explicit(&h->header->space_waiters, memory_order_relaxed);
 }

@@ -204,16 +204,16 @@ static int claim_wait(shmq_handle *h, int lane, uint32_t *span, const batch_fit 
         /* relaxed: only a value for the futex to compare; the states are
          * re-read with acquire loads after waking. */
         uint32_t seen = atomic_load_explicit(&hdr->space_event, memory_order_relaxed);
-        atomic_fetch_add_explicit(&hdr->space_waiters, 1, memory_order_relaxed);
+        shmq_sleep_begin(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
         /* seq_cst: orders our waiters increment before the re-check below;
          * pairs with the fence in wake(): one side always sees the other. */
         atomic_thread_fence(memory_order_seq_cst);
         if (claim_any(h, lane, *span, lane_index, position, &blocker, &room) == SHMQ_OK) {
-            atomic_fetch_sub_explicit(&hdr->space_waiters, 1, memory_order_relaxed);
+            shmq_sleep_end(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
             return SHMQ_OK;
         }
         int rc = shmq_futex_wait(&hdr->space_event, seen, *deadline, SHMQ_FULL_RECHECK_NS);
-        atomic_fetch_sub_explicit(&hdr->space_waiters, 1, memory_order_relaxed);
+        shmq_sleep_end(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
         if (rc == SHMQ_EINTR)
             return SHMQ_EINTR;
         if (rc == SHMQ_EEMPTY)

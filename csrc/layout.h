@@ -9,8 +9,8 @@
  *
  * Byte map of a region
  * --------------------
- *   0                      shmq_region_header (256 bytes)
- *   256                    shmq_participant[participant_capacity] (16 bytes each)
+ *   0                      shmq_region_header (320 bytes)
+ *   320                    shmq_participant[participant_capacity] (16 bytes each)
  *   lanes_offset           lane 0, lane 1, ... each lane_bytes long, 64-aligned
  *
  * Byte map of a lane
@@ -59,7 +59,9 @@
  * Dead processes (nothing waits forever)
  * --------------------------------------
  * Each attached handle registers in the participant table (pid + process
- * start time, so a reused pid is not taken for the dead one). A consumer
+ * start time, so a reused pid is not taken for the dead one). Sleepers
+ * mark themselves there too, so a sleeper's death does not leave the
+ * waiters counters raised (shmq_sweep_sleepers). A consumer
  * that finds WRITING(dead owner) at the head takes it over as READING and
  * releases the whole span: the put never returned, so dropping it is
  * allowed. A producer blocked by READING(dead owner) from the previous lap
@@ -79,6 +81,14 @@
 #include "shmq_api.h"
 
 #define SHMQ_CACHE_LINE 64
+
+/* Units of shmq_participant.sleeping: how many of the process's threads
+ * sleep for data (low 16 bits) and for space (high 16 bits). A process
+ * killed while asleep leaves them set, and whoever sweeps dead participants
+ * takes them back from the waiters counters (else every publish would pay
+ * a futex wake). */
+#define SHMQ_SLEEP_DATA 1u
+#define SHMQ_SLEEP_SPACE 0x10000u
 
 enum shmq_slot_kind {
     SHMQ_SLOT_FREE = 0,
@@ -166,11 +176,12 @@ _Static_assert(sizeof(shmq_region_header) == 320, "header is five cache lines");
 
 typedef struct shmq_participant {
     _Atomic uint32_t pid;          /* 0 = free; CAS 0 -> pid claims the entry */
-    uint32_t reserved;
+    _Atomic uint32_t sleeping;     /* SHMQ_SLEEP_* units: this process's sleepers in data/space_waiters */
     _Atomic uint64_t start_time;   /* field 22 of /proc/<pid>/stat; 0 = unknown */
 } shmq_participant;
 
 _Static_assert(offsetof(shmq_participant, pid) == 0, "format");
+_Static_assert(offsetof(shmq_participant, sleeping) == 4, "format");
 _Static_assert(offsetof(shmq_participant, start_time) == 8, "format");
 _Static_assert(sizeof(shmq_participant) == 16, "format");
 

@@ -107,6 +107,15 @@ static int index_referenced(const shmq_handle *h, unsigned index)
     return 0;
 }
 
+static int give_back_sleepers(shmq_handle *h, shmq_participant *entry)
+{
+    /* relaxed: counts only; the exchange makes us their sole taker. */
+    uint32_t sleeping = atomic_exchange_explicit(&entry->sleeping, 0, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&h->header->data_waiters, sleeping & 0xFFFFu, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&h->header->space_waiters, sleeping >> 16, memory_order_relaxed);
+    return sleeping != 0;
+}
+
 static void claim_entry(shmq_handle *h, unsigned index, uint32_t pid)
 {
     /* release: publishes the start time after the pid; pairs with the acquire in alive(). */
@@ -136,6 +145,7 @@ int shmq_participant_register(shmq_handle *h)
             continue;
         if (atomic_compare_exchange_strong_explicit(&h->participants[i].pid, &dead, pid,
                                                     memory_order_acq_rel, memory_order_relaxed)) {
+            give_back_sleepers(h, &h->participants[i]); /* the dead owner may have died asleep */
             claim_entry(h, i, pid);
             return SHMQ_OK;
         }
@@ -148,9 +158,48 @@ void shmq_participant_unregister(shmq_handle *h)
     if (h->self == 0)
         return;
     shmq_participant *entry = &h->participants[h->self];
+    /* A claim still names us (a message taken but never finished): keep the
+     * entry, so the claim stays ours until this process dies and is then
+     * repaired, rather than passing to whoever registers next. */
+    if (index_referenced(h, h->self)) {
+        h->self = 0;
+        return;
+    }
     uint32_t pid = (uint32_t)getpid();
     /* release: our last slot writes happen before the entry is free again.
      * Only clear it if it is still ours (a forked child's handle is not). */
     atomic_compare_exchange_strong_explicit(&entry->pid, &pid, 0, memory_order_release, memory_order_relaxed);
     h->self = 0;
+}
+
+/* Sleepers count themselves in a waiters counter, then in their entry; on
+ * waking they uncount in the reverse order. Death between the two steps of
+ * either pair leaks one count (a few instructions' window); death while
+ * asleep, where a process spends its waiting time, is taken back by the sweep. */
+void shmq_sleep_begin(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t unit)
+{
+    atomic_fetch_add_explicit(waiters, 1, memory_order_relaxed); /* ordered by the caller's seq_cst fence */
+    if (h->self)
+        atomic_fetch_add_explicit(&h->participants[h->self].sleeping, unit, memory_order_relaxed);
+}
+
+void shmq_sleep_end(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t unit)
+{
+    if (h->self)
+        atomic_fetch_sub_explicit(&h->participants[h->self].sleeping, unit, memory_order_relaxed);
+    atomic_fetch_sub_explicit(waiters, 1, memory_order_relaxed); /* a count only; orders nothing */
+}
+
+/* Takes back the waiters counts of participants that died asleep. */
+int shmq_sweep_sleepers(shmq_handle *h)
+{
+    int swept = 0;
+    for (unsigned i = 1; i < h->header->participant_capacity; i++) {
+        shmq_participant *entry = &h->participants[i];
+        /* relaxed: counts to give back; give_back's exchange makes us their sole taker. */
+        if (atomic_load_explicit(&entry->sleeping, memory_order_relaxed) == 0 || shmq_participant_alive(h, i))
+            continue;
+        swept += give_back_sleepers(h, entry);
+    }
+    return swept;
 }

@@ -180,6 +180,7 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
         free(h);
         return rc;
     }
+    shmq_sweep_sleepers(h); /* a newcomer often follows a crash: tidy up after it */
     *out = h;
     return SHMQ_OK;
 }

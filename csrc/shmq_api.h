@@ -64,6 +64,8 @@ typedef struct shmq_counts {
     uint64_t dropped_dead_producer;
     uint64_t released_dead_consumer;
     uint64_t dropped_corrupt;
+    uint32_t data_waiters;   /* consumers asleep now */
+    uint32_t space_waiters;  /* producers asleep now */
 } shmq_counts;
 
 typedef struct shmq_handle shmq_handle;
