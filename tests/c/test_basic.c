@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Single-thread basics: regions, round trips at the slot boundaries, empty,
+ * full, timeouts, lanes. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "harness.h"
+#include "tests.h"
+
+void test_region_params(void)
+{
+    shmq_params p = test_params(1, 16, 32);
+    CHECK(shmq_region_size(&p) > 0);
+    shmq_params bad = p;
+    bad.slots_per_lane = 24;
+    CHECK_EQ(shmq_region_size(&bad), 0);
+    bad = p;
+    bad.slot_bytes = 24;
+    CHECK_EQ(shmq_region_size(&bad), 0);
+    bad = p;
+    bad.lane_count = 0;
+    CHECK_EQ(shmq_region_size(&bad), 0);
+    bad = p;
+    bad.participant_capacity = 1;
+    CHECK_EQ(shmq_region_size(&bad), 0);
+
+    uint64_t size = shmq_region_size(&p);
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(base != MAP_FAILED);
+    shmq_params out;
+    uint32_t version = 99;
+    shmq_handle *h = NULL;
+    CHECK_RC(shmq_region_read(base, size, &out, &version), SHMQ_EUNINIT);
+    CHECK_RC(shmq_attach(base, size, &h), SHMQ_EUNINIT);
+    CHECK_RC(shmq_region_init(base, size, &bad), SHMQ_EINVAL);
+    CHECK_RC(shmq_region_init(base, size - 1, &p), SHMQ_ESIZE);
+    CHECK_RC(shmq_region_init(base, size, &p), SHMQ_OK);
+    CHECK_RC(shmq_region_read(base, size, &out, &version), SHMQ_OK);
+    CHECK_EQ(version, SHMQ_LAYOUT_VERSION);
+    CHECK_EQ(out.lane_count, p.lane_count);
+    CHECK_EQ(out.slots_per_lane, p.slots_per_lane);
+    CHECK_EQ(out.slot_bytes, p.slot_bytes);
+    CHECK_EQ(out.max_message_bytes, p.max_message_bytes);
+    CHECK_EQ(out.participant_capacity, p.participant_capacity);
+    CHECK_RC(shmq_region_read(base, size - 1, &out, &version), SHMQ_ESIZE);
+
+    shmq_region_header *hdr = base;
+    hdr->layout_version = SHMQ_LAYOUT_VERSION + 1;
+    CHECK_RC(shmq_region_read(base, size, &out, &version), SHMQ_EVERSION);
+    hdr->layout_version = SHMQ_LAYOUT_VERSION;
+    atomic_store(&hdr->magic, 12345);
+    CHECK_RC(shmq_region_read(base, size, &out, &version), SHMQ_ENOTSHMQ);
+    atomic_store(&hdr->magic, (uint64_t)SHMQ_MAGIC);
+
+    /* Each handle is its own participant; detach frees the entry. */
+    shmq_handle *a = NULL, *b = NULL;
+    CHECK_RC(shmq_attach(base, size, &a), SHMQ_OK);
+    CHECK_RC(shmq_attach(base, size, &b), SHMQ_OK);
+    unsigned ia = shmq_participant_index(a), ib = shmq_participant_index(b);
+    CHECK(ia != 0 && ib != 0 && ia != ib);
+    CHECK_EQ(atomic_load(&a->participants[ia].pid), getpid());
+    CHECK(shmq_participant_alive(a, ib));
+    shmq_detach(b);
+    CHECK_EQ(atomic_load(&a->participants[ib].pid), 0);
+    CHECK(!shmq_participant_alive(a, ib));
+    shmq_detach(a);
+    CHECK_RC(shmq_unmap(base, size), SHMQ_OK);
+}
+
+void test_basic_round_trip(void)
+{
+    enum { SLOT = 32 };
+    test_region r = region_create(1, 16, SLOT);
+    shmq_handle *h = region_attach(&r);
+    uint32_t max = shmq_inline_max(h);
+    CHECK_EQ(max, 8 * SLOT - SHMQ_MSG_HEADER_BYTES); /* half a lane */
+
+    static uint8_t in[4096], out[4096];
+    const uint32_t sizes[] = {0, 1, SLOT - 8, SLOT - 7, 2 * SLOT - 8, 2 * SLOT - 7, max - 1, max};
+    const uint32_t spans[] = {1, 1, 1, 2, 2, 3, 8, 8};
+    uint64_t pos = 0;
+    for (int round = 0; round < 3; round++) { /* rounds 2 and 3 wrap the ring */
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            uint64_t seq = round * 100 + i;
+            fill_pattern(in, seq, sizes[i]);
+            CHECK_RC(shmq_push(h, -1, (uint8_t)seq, 0, (const char *)in, sizes[i], NULL, 0, 0), SHMQ_OK);
+            CHECK_EQ(lane_tail(h, 0), pos + spans[i]);
+            CHECK_EQ(lane_state(h, 0, pos),
+                     shmq_state(lap_of(h, pos), SHMQ_SLOT_READY, shmq_participant_index(h), spans[i]));
+            CHECK(!shmq_is_empty(h));
+            memset(out, 0xEE, sizeof out);
+            shmq_message m;
+            CHECK_RC(shmq_pop(h, (char *)out, sizeof out, 0, &m), SHMQ_OK);
+            CHECK_EQ(m.length, sizes[i]);
+            CHECK_EQ(m.tag, (uint8_t)seq);
+            CHECK_EQ(check_pattern(out, seq, sizes[i]), 0);
+            CHECK_EQ(out[sizes[i]], 0xEE); /* nothing past the message */
+            CHECK_EQ(lane_head(h, 0), pos + spans[i]);
+            check_released(h, 0, pos, spans[i]);
+            CHECK(shmq_is_empty(h));
+            pos += spans[i];
+        }
+    }
+
+    /* Two pieces are one message. */
+    fill_pattern(in, 7, 100);
+    CHECK_RC(shmq_push(h, -1, 3, 0, (const char *)in, 30, (const char *)in + 30, 70, 0), SHMQ_OK);
+    shmq_message m;
+    CHECK_RC(shmq_pop(h, (char *)out, sizeof out, 0, &m), SHMQ_OK);
+    CHECK_EQ(m.length, 100);
+    CHECK_EQ(check_pattern(out, 7, 100), 0);
+
+    /* The fast paths. */
+    CHECK_RC(shmq_put(h, 9, (const char *)in, 10, 0), SHMQ_OK);
+    CHECK_EQ(shmq_get(h, (char *)out, sizeof out, 0, &m), ((int64_t)9 << 32) | 10);
+    CHECK_EQ(check_pattern(out, 7, 10), 0);
+
+    CHECK_RC(shmq_push(h, -1, 0, 0, (const char *)in, max + 1, NULL, 0, 0), SHMQ_ETOOBIG);
+    CHECK_RC(shmq_push(h, -1, 0, 0, (const char *)in, max, (const char *)in, 1, 0), SHMQ_ETOOBIG);
+    CHECK_RC(shmq_put(h, 0, (const char *)in, max + 1, -1), SHMQ_ETOOBIG);
+    CHECK(shmq_is_empty(h));
+
+    shmq_counts c;
+    shmq_counts_read(h, &c);
+    CHECK_EQ(c.pushed, 3 * 8 + 2);
+    CHECK_EQ(c.popped, 3 * 8 + 2);
+    CHECK_EQ(c.dropped_dead_producer + c.released_dead_consumer + c.dropped_corrupt, 0);
+    shmq_detach(h);
+    region_destroy(&r);
+}
+
+void test_basic_empty_full(void)
+{
+    test_region r = region_create(1, 16, 32);
+    shmq_handle *h = region_attach(&r);
+    char buf[512];
+    uint32_t lengths[4], count = 99;
+    uint8_t tags[4];
+    shmq_message m;
+
+    CHECK(shmq_is_empty(h));
+    CHECK(!shmq_is_full(h));
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    CHECK_RC(shmq_pop_many(h, buf, sizeof buf, 4, 0, lengths, tags, &count, &m), SHMQ_EEMPTY);
+    CHECK_EQ(count, 0);
+
+    for (uint64_t i = 0; i < 16; i++) {
+        fill_pattern((uint8_t *)buf, i, 20);
+        CHECK_RC(shmq_push(h, -1, 0, 0, buf, 20, NULL, 0, 0), SHMQ_OK);
+    }
+    CHECK(shmq_is_full(h));
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 0, NULL, 0, 0), SHMQ_EFULL);
+    uint32_t pushed = 99, zero = 0;
+    CHECK_RC(shmq_push_many(h, -1, buf, &zero, NULL, 0, 1, 0, &pushed), SHMQ_EFULL);
+    CHECK_EQ(pushed, 0);
+
+    /* One slot free, at the ring's start: a one-slot message fits, a two-slot one does not. */
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
+    CHECK_EQ(check_pattern((uint8_t *)buf, 0, 20), 0);
+    CHECK(!shmq_is_full(h));
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 25, NULL, 0, 0), SHMQ_EFULL);
+    fill_pattern((uint8_t *)buf, 16, 24);
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 24, NULL, 0, 0), SHMQ_OK);
+    CHECK(shmq_is_full(h));
+
+    for (uint64_t i = 1; i <= 16; i++) {
+        CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
+        CHECK_EQ(m.length, i == 16 ? 24 : 20);
+        CHECK_EQ(check_pattern((uint8_t *)buf, i, m.length), 0);
+    }
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    CHECK(shmq_is_empty(h));
+    shmq_detach(h);
+    region_destroy(&r);
+}
+
+typedef struct delayed_op {
+    test_region *region;
+    int delay_ms;
+    int push; /* 1: push one message; 0: pop one */
+} delayed_op;
+
+static void *delayed_thread(void *arg)
+{
+    delayed_op *op = arg;
+    shmq_handle *h = region_attach(op->region);
+    char buf[64] = "late";
+    shmq_message m;
+    sleep_ms(op->delay_ms);
+    if (op->push)
+        CHECK_RC(shmq_push(h, -1, 1, 0, buf, 4, NULL, 0, 0), SHMQ_OK);
+    else
+        CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
+    shmq_detach(h);
+    return NULL;
+}
+
+void test_basic_timeouts(void)
+{
+    const int64_t ms = 1000000, timeout = 50 * ms, upper = 5000 * ms;
+    test_region r = region_create(1, 8, 16);
+    shmq_handle *h = region_attach(&r);
+    char buf[256];
+    uint32_t lengths[4], count;
+    uint8_t tags[4];
+    shmq_message m;
+
+    int64_t start = now_ns();
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, timeout, &m), SHMQ_EEMPTY);
+    int64_t elapsed = now_ns() - start;
+    CHECK(elapsed >= timeout && elapsed < upper);
+
+    start = now_ns();
+    CHECK_RC(shmq_pop_many(h, buf, sizeof buf, 4, timeout, lengths, tags, &count, &m), SHMQ_EEMPTY);
+    elapsed = now_ns() - start;
+    CHECK(elapsed >= timeout && elapsed < upper);
+
+    /* A sleeping consumer is woken by a push. */
+    delayed_op op = {&r, 30, 1};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, delayed_thread, &op), 0);
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, -1, &m), SHMQ_OK);
+    CHECK_EQ(m.length, 4);
+    CHECK(memcmp(buf, "late", 4) == 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+
+    for (int i = 0; i < 8; i++)
+        CHECK_RC(shmq_push(h, -1, 0, 0, buf, 8, NULL, 0, 0), SHMQ_OK);
+    start = now_ns();
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 8, NULL, 0, timeout), SHMQ_EFULL);
+    elapsed = now_ns() - start;
+    CHECK(elapsed >= timeout && elapsed < upper);
+
+    /* A sleeping producer is woken by a pop. */
+    op = (delayed_op){&r, 30, 0};
+    CHECK_EQ(pthread_create(&t, NULL, delayed_thread, &op), 0);
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 8, NULL, 0, -1), SHMQ_OK);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK(shmq_is_full(h));
+    shmq_detach(h);
+    region_destroy(&r);
+}
+
+void test_basic_lanes(void)
+{
+    test_region r = region_create(3, 8, 16);
+    shmq_handle *h = region_attach(&r);
+    char buf[256];
+    uint32_t pushed, length = 1;
+    shmq_message m;
+
+    CHECK_RC(shmq_push(h, 3, 0, 0, buf, 1, NULL, 0, 0), SHMQ_EINVAL);
+    CHECK_RC(shmq_push_many(h, 3, buf, &length, NULL, 0, 1, 0, &pushed), SHMQ_EINVAL);
+
+    /* An explicit lane fills alone; -1 takes the others. */
+    for (int i = 0; i < 8; i++)
+        CHECK_RC(shmq_push(h, 1, 0, 0, buf, 1, NULL, 0, 0), SHMQ_OK);
+    CHECK_RC(shmq_push(h, 1, 0, 0, buf, 1, NULL, 0, 0), SHMQ_EFULL);
+    CHECK_EQ(lane_tail(h, 1), 8);
+    CHECK_EQ(lane_tail(h, 0) + lane_tail(h, 2), 0);
+    CHECK(!shmq_is_full(h));
+    for (int i = 0; i < 16; i++)
+        CHECK_RC(shmq_push(h, -1, 0, 0, buf, 1, NULL, 0, 0), SHMQ_OK);
+    CHECK(shmq_is_full(h));
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 1, NULL, 0, 0), SHMQ_EFULL);
+    CHECK_EQ(lane_tail(h, 0), 8);
+    CHECK_EQ(lane_tail(h, 2), 8);
+
+    int popped = 0;
+    while (shmq_pop(h, buf, sizeof buf, 0, &m) == SHMQ_OK)
+        popped++;
+    CHECK_EQ(popped, 24);
+    CHECK(shmq_is_empty(h));
+    shmq_detach(h);
+    region_destroy(&r);
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* tests.h -- every test, in the order the runner runs them. */
+#ifndef SHMQ_TESTS_H
+#define SHMQ_TESTS_H
+
+#define SHMQ_TESTS(X)            \
+    X(region_params)             \
+    X(basic_round_trip)          \
+    X(basic_empty_full)          \
+    X(basic_timeouts)            \
+    X(basic_lanes)               \
+    X(wrap_single)               \
+    X(wrap_batches)              \
+    X(wrap_lap_overflow)         \
+    X(batch_push_many)           \
+    X(batch_push_many_blocks)    \
+    X(batch_pop_many)            \
+    X(batch_claimed)             \
+    X(batch_publish_order)       \
+    X(mpmc_one_lane)             \
+    X(mpmc_three_lanes)          \
+    X(mpmc_tiny_lanes)           \
+    X(repair_participant_alive)  \
+    X(repair_dead_writer)        \
+    X(repair_dead_batch_writer)  \
+    X(repair_wakes_sleeper)      \
+    X(repair_live_owners_kept)   \
+    X(repair_dead_reader)        \
+    X(repair_reader_scan_back)   \
+    X(repair_races)              \
+    X(repair_explicit)           \
+    X(repair_release_order)
+
+#define X(name) void test_##name(void);
+SHMQ_TESTS(X)
+#undef X
+
+#endif /* SHMQ_TESTS_H */
