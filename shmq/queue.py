@@ -272,6 +272,32 @@ class _Scratch:
         self.count = ffi.new("uint32_t *")
 
 
+# A blocked call returns to the interpreter at least this often, so that signal
+# handlers (KeyboardInterrupt) run even when the signal came between two sleeps.
+_SLICE_NS = 100_000_000
+
+
+def _first_wait(total_ns: int) -> int:
+    """The wait of the first core call for a total of `total_ns` (-1: forever)."""
+    return _SLICE_NS if total_ns < 0 or total_ns > _SLICE_NS else total_ns
+
+
+class _Budget:
+    """What is left of a caller's timeout after the first core call waited `first_ns`."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, total_ns: int, first_ns: int):
+        self.deadline = None if total_ns < 0 else time.monotonic_ns() + total_ns - first_ns
+
+    def next_wait(self) -> int | None:
+        """The next core call's wait, or None when the time is up."""
+        if self.deadline is None:
+            return _SLICE_NS
+        left = self.deadline - time.monotonic_ns()
+        return min(left, _SLICE_NS) if left > 0 else None
+
+
 _core_put = lib.shmq_put
 _core_get = lib.shmq_get
 _unpack = ffi.unpack
@@ -345,7 +371,8 @@ class Queue:
         self._codec = _codec.get_codec(actual.codec)
         self._encode = self._codec.encode
         self._decode = self._codec.decode
-        self._inline_max = lib.shmq_inline_max(self._handle)
+        # Clamped so that larger messages take _put_large, which enforces max_message_bytes.
+        self._inline_max = min(lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
         _open_queues.add(self)
 
@@ -386,12 +413,6 @@ class Queue:
             raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
         return int(timeout * 1e9)
 
-    @staticmethod
-    def _remaining(deadline: int | None) -> int:
-        if deadline is None:
-            return -1
-        return max(0, deadline - time.monotonic_ns())
-
     # ------------------------------------------------------------ producing
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -399,60 +420,60 @@ class Queue:
         0 or block=False: never). Raises shmq.Full (a queue.Full) on time-out."""
         # The hot path, kept flat: plain bytes skip the codec (every codec sends
         # bytes as they are) and go in with one call into the core.
+        total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
         if type(obj) is bytes and len(obj) <= self._inline_max:
-            timeout_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+            first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
             try:
-                rc = _core_put(self._handle, 0, obj, len(obj), timeout_ns)
+                rc = _core_put(self._handle, 0, obj, len(obj), first_ns)
             except TypeError:
                 self._live_handle()  # closed: raises QueueClosed
                 raise
             if rc:
-                self._put_failed(rc, 0, obj, None, timeout_ns)
+                self._put_failed(rc, 0, obj, None, _Budget(total_ns, first_ns))
             return
-        self._put_encoded(obj, self._timeout_ns(block, timeout))
+        self._put_encoded(obj, total_ns)
 
-    def _put_encoded(self, obj: Any, timeout_ns: int) -> None:
+    def _put_encoded(self, obj: Any, total_ns: int) -> None:
         handle = self._live_handle()
         tag, first, second = self._encode(obj)
         if second is None:
             length = len(first)
             if length > self._inline_max:
-                return self._put_large(tag, first, None, timeout_ns)
+                return self._put_large(tag, first, None, total_ns)
             if type(first) is not bytes:
                 first = ffi.from_buffer(first)
-            rc = lib.shmq_push(handle, -1, tag, 0, first, length, ffi.NULL, 0, timeout_ns)
-        else:
-            total = len(first) + second.nbytes
-            if total > self._inline_max:
-                return self._put_large(tag, first, second, timeout_ns)
-            rc = lib.shmq_push(
-                handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second), second.nbytes,
-                timeout_ns,
-            )
+        elif len(first) + second.nbytes > self._inline_max:
+            return self._put_large(tag, first, second, total_ns)
+        rc = self._push_parts(tag, first, second, _first_wait(total_ns))
         if rc != OK:
-            self._put_failed(rc, tag, first, second, timeout_ns)
+            self._put_failed(rc, tag, first, second, _Budget(total_ns, _first_wait(total_ns)))
 
-    def _put_failed(self, rc: int, tag: int, first, second, timeout_ns: int) -> None:
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        while rc == EINTR:  # a signal handler ran (and did not raise): go on waiting
-            remaining = self._remaining(deadline)
-            if second is None:
-                rc = lib.shmq_push(self._handle, -1, tag, 0, first, len(first), ffi.NULL, 0, remaining)
-            else:
-                rc = lib.shmq_push(
-                    self._handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second),
-                    second.nbytes, remaining,
-                )
+    def _push_parts(self, tag: int, first, second, wait_ns: int) -> int:
+        if second is None:
+            return lib.shmq_push(self._handle, -1, tag, 0, first, len(first), ffi.NULL, 0, wait_ns)
+        return lib.shmq_push(
+            self._handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second), second.nbytes,
+            wait_ns,
+        )
+
+    def _put_failed(self, rc: int, tag: int, first, second, budget: _Budget) -> None:
+        # EINTR: a signal handler ran and returned; EFULL: a slice ended. Both go
+        # on waiting while the caller's time lasts.
+        while rc == EINTR or rc == EFULL:
+            remaining = budget.next_wait()
+            if remaining is None:
+                break
+            rc = self._push_parts(tag, first, second, remaining)
         if rc == OK:
             return
-        if rc == EFULL:
+        if rc == EFULL or rc == EINTR:
             raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
         raise_for(rc, f"put on queue {self.name!r}")
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, block=False)
 
-    def _put_large(self, tag: int, first, second, timeout_ns: int) -> None:
+    def _put_large(self, tag: int, first, second, total_ns: int) -> None:
         """A message larger than half a lane travels in a shared-memory object of
         its own; the lane carries its name."""
         length = len(first) + (second.nbytes if second is not None else 0)
@@ -475,13 +496,14 @@ class Queue:
         finally:
             shm.close_fd()
         reference = blob.encode() + b"\0" + str(length).encode()
-        rc = lib.shmq_push(self._handle, -1, tag | _TAG_BLOB, 0, reference, len(reference), ffi.NULL, 0, timeout_ns)
+        first_ns = _first_wait(total_ns)
+        rc = self._push_parts(tag | _TAG_BLOB, reference, None, first_ns)
         if rc != OK:
-            posix_ipc.unlink_shared_memory(blob)
-            self._put_failed(rc, tag, reference, None, 0) if rc == EINTR else None
-            if rc == EFULL:
-                raise errors.Full(f"queue {self.name!r} is full")
-            raise_for(rc, f"put on queue {self.name!r}")
+            try:
+                self._put_failed(rc, tag | _TAG_BLOB, reference, None, _Budget(total_ns, first_ns))
+            except BaseException:
+                posix_ipc.unlink_shared_memory(blob)
+                raise
 
     def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
         """Puts several objects with one call into the core per batch.
@@ -489,8 +511,7 @@ class Queue:
         Waits for room as put() does. If it times out part-way, the shmq.Full it
         raises carries ``accepted``: how many items went in (those are queued)."""
         self._live_handle()
-        timeout_ns = self._timeout_ns(block, timeout)
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        budget = _Budget(self._timeout_ns(block, timeout), 0)
         accepted = 0
         iterator = iter(items)
         while True:
@@ -498,14 +519,14 @@ class Queue:
             if not chunk:
                 return
             try:
-                self._put_chunk(chunk, deadline)
+                self._put_chunk(chunk, budget)
             except errors.Full as exc:
                 exc.accepted += accepted
                 exc.args = (f"queue {self.name!r} is full: {exc.accepted} item(s) of this put_many went in",)
                 raise
             accepted += len(chunk)
 
-    def _put_chunk(self, chunk: list, deadline: int | None) -> None:
+    def _put_chunk(self, chunk: list, budget: _Budget) -> None:
         if set(map(type, chunk)) == {bytes}:
             payloads, tags = chunk, None  # every codec sends bytes as they are (tag 0)
         else:
@@ -518,28 +539,38 @@ class Queue:
         lengths = array.array("I", map(len, payloads))
         if max(lengths) > self._inline_max:  # rare: send the large ones on their own
             done = 0
-            for i, length in enumerate(lengths):
-                if length > self._inline_max:
-                    self._push_batch(payloads[done:i], lengths[done:i], tags and tags[done:i], deadline)
-                    self._put_large(tags[i] if tags else 0, payloads[i], None, self._remaining(deadline))
-                    done = i + 1
-            self._push_batch(payloads[done:], lengths[done:], tags and tags[done:], deadline)
+            try:
+                for i, length in enumerate(lengths):
+                    if length > self._inline_max:
+                        self._push_batch(payloads[done:i], lengths[done:i], tags and tags[done:i], budget)
+                        done = i
+                        left = budget.next_wait()
+                        total_ns = -1 if budget.deadline is None else (left or 0)
+                        self._put_large(tags[i] if tags else 0, payloads[i], None, total_ns)
+                        done = i + 1
+                self._push_batch(payloads[done:], lengths[done:], tags and tags[done:], budget)
+            except errors.Full as exc:
+                exc.accepted += done  # Full counts from the start of its own sub-batch
+                raise
             return
-        self._push_batch(payloads, lengths, tags, deadline)
+        self._push_batch(payloads, lengths, tags, budget)
 
-    def _push_batch(self, payloads: list, lengths: array.array, tags: bytes | None, deadline: int | None) -> None:
+    def _push_batch(self, payloads: list, lengths: array.array, tags: bytes | None, budget: _Budget) -> None:
         done = 0
         pushed = ffi.new("uint32_t *")
+        wait = budget.next_wait()
         while done < len(payloads):
-            rest = len(payloads) - done
             rc = lib.shmq_push_many(
                 self._handle, -1, b"".join(payloads[done:]), ffi.from_buffer("uint32_t[]", lengths[done:]),
-                ffi.from_buffer(tags[done:]) if tags else ffi.NULL, 0, rest, self._remaining(deadline), pushed,
+                ffi.from_buffer(tags[done:]) if tags else ffi.NULL, 0, len(payloads) - done, wait or 0, pushed,
             )
             done += pushed[0]
-            if rc == OK or rc == EINTR:
+            if rc == OK:
                 continue
-            if rc == EFULL:
+            wait = budget.next_wait()
+            if (rc == EINTR or rc == EFULL) and wait is not None:
+                continue  # a handler ran and returned, or a slice ended: go on while time lasts
+            if rc == EFULL or rc == EINTR:
                 raise errors.Full(f"queue {self.name!r} is full", done)
             raise_for(rc, f"put_many on queue {self.name!r}")
 
@@ -548,12 +579,13 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Takes one object; waits up to `timeout` seconds (None: forever; 0 or
         block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
-        timeout_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
         free = self._scratch_free
         scratch = free.pop() if free else _Scratch()
         try:
             try:
-                result = _core_get(self._handle, scratch.buffer, _SCRATCH_BYTES, timeout_ns, scratch.message)
+                result = _core_get(self._handle, scratch.buffer, _SCRATCH_BYTES, first_ns, scratch.message)
             except TypeError:
                 self._live_handle()  # closed: raises QueueClosed
                 raise
@@ -562,20 +594,24 @@ class Queue:
                 data = _unpack(scratch.buffer, result & 0xFFFFFFFF)
                 # Tag 0 is bytes as sent, in every codec: no decode call.
                 return data if tag == 0 else self._decode_message(tag, data)
-            return self._get_slow(result, scratch, timeout_ns)
+            return self._get_slow(result, scratch, _Budget(total_ns, first_ns))
         finally:
             free.append(scratch)
 
-    def _get_slow(self, rc: int, scratch: _Scratch, timeout_ns: int) -> Any:
+    def _get_slow(self, rc: int, scratch: _Scratch, budget: _Budget) -> Any:
         message = scratch.message
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        while rc == EINTR:  # a signal handler ran (and did not raise): go on waiting
-            rc = lib.shmq_pop(self._handle, scratch.buffer, _SCRATCH_BYTES, self._remaining(deadline), message)
+        # EINTR: a signal handler ran and returned; EEMPTY: a slice ended. Both go
+        # on waiting while the caller's time lasts.
+        while rc == EINTR or rc == EEMPTY:
+            wait = budget.next_wait()
+            if wait is None:
+                break
+            rc = lib.shmq_pop(self._handle, scratch.buffer, _SCRATCH_BYTES, wait, message)
         if rc == OK:
             return self._decode_message(message.tag, _unpack(scratch.buffer, message.length))
         if rc == ECLAIMED:
             return self._finish_claimed(message)
-        if rc == EEMPTY:
+        if rc == EEMPTY or rc == EINTR:
             raise errors.Empty(f"queue {self.name!r} is empty")
         raise_for(rc, f"get on queue {self.name!r}")
 
@@ -620,16 +656,19 @@ class Queue:
             free.append(scratch)
 
     def _get_many(self, handle, scratch: _Scratch, max_items: int, block: bool, timeout: float | None) -> list:
-        timeout_ns = self._timeout_ns(block, timeout)
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        total_ns = self._timeout_ns(block, timeout)
+        wait = _first_wait(total_ns)
+        budget = _Budget(total_ns, wait)
         while True:
             rc = lib.shmq_pop_many(
-                handle, scratch.buffer, _SCRATCH_BYTES, max_items, timeout_ns, scratch.lengths, scratch.tags,
+                handle, scratch.buffer, _SCRATCH_BYTES, max_items, wait, scratch.lengths, scratch.tags,
                 scratch.count, scratch.message,
             )
-            if rc != EINTR:
+            if rc != EINTR and rc != EEMPTY:
                 break
-            timeout_ns = self._remaining(deadline)
+            wait = budget.next_wait()  # a handler ran and returned, or a slice ended
+            if wait is None:
+                break
         if rc == OK:
             count = scratch.count[0]
             lengths = _unpack(scratch.lengths, count)
@@ -642,7 +681,7 @@ class Queue:
             return [decode_message(tags[i], data[offsets[i] : offsets[i + 1]]) for i in range(count)]
         if rc == ECLAIMED:
             return [self._finish_claimed(scratch.message)]
-        if rc == EEMPTY:
+        if rc == EEMPTY or rc == EINTR:
             raise errors.Empty(f"queue {self.name!r} is empty")
         raise_for(rc, f"get_many on queue {self.name!r}")
 
@@ -679,6 +718,7 @@ class Queue:
             _open_queues.discard(self)
             self._region.close()
             self._region = None
+            self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
 
     def unlink(self) -> None:
         """Removes the queue: its region, and large-message objects left over.
