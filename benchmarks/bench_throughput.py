@@ -1,0 +1,847 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Cross-process queue throughput: shmq side by side with multiprocessing.Queue,
+faster_fifo and a C reference ring, on the same machine in the same invocation.
+
+Producers and consumers are separate processes. Every message is a bytes object
+of --payload bytes whose first and last 8 bytes carry a tag (producer, sequence);
+every consumer checks every message, and a run that loses, duplicates, reorders
+or corrupts a message fails loudly (exit status 1).
+
+See benchmarks/README.md for how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shlex
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+C_SOURCE = HERE / "c_reference" / "ring_bench.c"
+
+# Appended, not prepended: an installed shmq wins over the source tree.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+PRODUCER_SHIFT = 48
+SEQ_MASK = (1 << PRODUCER_SHIFT) - 1
+TAIL_KEY = 0x5A5A5A5A5A5A5A5A
+# Shorter than any payload (>= 16 bytes), so it can never be mistaken for data.
+STOP = b"\x00STOP\x00\x00\x00"
+BENCH_EXTRA = "pip install 'shmq[bench]'"
+
+SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "shmq", "c-ring"]
+SYSTEM_ALIASES = {
+    "mp.queue": "mp.Queue", "mp": "mp.Queue", "mpqueue": "mp.Queue", "multiprocessing": "mp.Queue",
+    "faster_fifo": "faster_fifo", "faster-fifo": "faster_fifo", "ff": "faster_fifo",
+    "shmq": "shmq",
+    "c-ring": "c-ring", "c_ring": "c-ring", "cring": "c-ring", "c": "c-ring",
+}
+
+
+class BenchError(RuntimeError):
+    """A run went wrong: lost/corrupt messages, a crashed or stuck process."""
+
+
+@dataclass
+class Settings:
+    payload: int
+    batch: int
+    procs: int
+    capacity: int
+    pin: bool
+    cpus: tuple[int, int] | None
+    timeout: float
+    start_method: str
+    shmq_lanes: int
+    shmq_slot_bytes: int | None
+
+
+def _message_struct(payload: int) -> struct.Struct:
+    # Tag at both ends, zero filler between: one allocation per message, and a
+    # wrong length makes unpack() raise.
+    return struct.Struct(f"<Q{payload - 16}xQ")
+
+
+def _round_to(n: int, step: int) -> int:
+    return max(step, n // step * step)
+
+
+# --------------------------------------------------------------------------- systems
+
+
+class PySystem:
+    """A Python queue driven by the shared producer/consumer loops below.
+
+    Subclasses stay small: how to create, use and destroy one queue."""
+
+    name = ""
+    install_hint = ""
+    note = ""
+    has_put_many = True
+    has_get_many = True
+    warmup_msgs = 20_000
+    max_msgs = 20_000_000
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def version(self) -> str | None:
+        return None
+
+    def create(self, ctx, s: Settings, run_id: str):
+        raise NotImplementedError
+
+    def put_fn(self, q):
+        return q.put
+
+    def put_many_fn(self, q):
+        return q.put_many
+
+    def get_fn(self, q):
+        return q.get
+
+    def get_many_fn(self, q, k: int):
+        raise NotImplementedError
+
+    def leftover(self, q):
+        """A message still in the queue after a run (there must be none), or None."""
+        try:
+            return self.get_fn(q)(timeout=0.01)
+        except queue.Empty:
+            return None
+
+    def child_done(self, q) -> None:
+        pass
+
+    def destroy(self, q) -> None:
+        pass
+
+
+class MpQueueSystem(PySystem):
+    name = "mp.Queue"
+    note = ("mp.Queue: no put_many/get_many, so a batch is that many put()/get() calls; "
+            "pickles every message; unbounded (maxsize=0), its fastest setting")
+    has_put_many = False
+    has_get_many = False
+
+    def create(self, ctx, s, run_id):
+        return ctx.Queue()
+
+    def destroy(self, q):
+        q.close()
+        q.join_thread()
+
+
+def _identity(x):
+    return x
+
+
+class FasterFifoSystem(PySystem):
+    name = "faster_fifo"
+    install_hint = BENCH_EXTRA
+    note = ("faster_fifo: raw bytes (dumps=identity, loads=bytes; no pickling), put_many/get_many for batches, "
+            "ring of --capacity x (payload + 8) bytes")
+
+    def unavailable(self):
+        try:
+            import faster_fifo  # noqa: F401
+            import faster_fifo_reduction  # noqa: F401  (lets a queue be pickled into 'spawn' children)
+        except Exception as e:  # any import failure means: not usable here
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def version(self):
+        return _dist_version("faster-fifo")
+
+    def create(self, ctx, s, run_id):
+        import faster_fifo
+        import faster_fifo_reduction  # noqa: F401
+
+        # Each message costs its length plus an 8-byte size header in the ring.
+        return faster_fifo.Queue(max_size_bytes=s.capacity * (s.payload + 8), loads=bytes, dumps=_identity)
+
+    def get_many_fn(self, q, k):
+        return functools.partial(q.get_many, max_messages_to_get=k)
+
+
+class ShmqSystem(PySystem):
+    name = "shmq"
+    install_hint = "pip install -e '.[bench]'  (from the repository root)"
+    note = "shmq: codec='raw', put_many/get_many for batches, --capacity slots per lane"
+
+    def unavailable(self):
+        try:
+            import shmq
+
+            shmq.Queue  # noqa: B018  (the package may exist before its Queue does)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def version(self):
+        try:
+            import shmq
+
+            return f"{getattr(shmq, '__version__', _dist_version('shmq'))} ({Path(shmq.__file__).parent})"
+        except Exception:
+            return None
+
+    def create(self, ctx, s, run_id):
+        import shmq
+
+        path = tempfile.mkdtemp(prefix="shmq-bench-")
+        extra = {} if s.shmq_slot_bytes is None else {"slot_bytes": s.shmq_slot_bytes}
+        q = shmq.Queue(f"bench-{os.getpid()}-{run_id}", path=path, lanes=s.shmq_lanes,
+                       capacity=s.capacity, codec="raw", **extra)
+        return _ShmqHandle(q, path)
+
+    def put_fn(self, h):
+        return h.q.put
+
+    def put_many_fn(self, h):
+        return h.q.put_many
+
+    def get_fn(self, h):
+        return h.q.get
+
+    def get_many_fn(self, h, k):
+        return functools.partial(h.q.get_many, k)
+
+    def child_done(self, h):
+        h.q.close()
+
+    def destroy(self, h):
+        try:
+            h.q.close()
+            h.q.unlink()
+        finally:
+            shutil.rmtree(h.path, ignore_errors=True)
+
+
+@dataclass
+class _ShmqHandle:
+    q: object
+    path: str
+
+
+PY_SYSTEMS: dict[str, PySystem] = {s.name: s for s in (MpQueueSystem(), FasterFifoSystem(), ShmqSystem())}
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def _child_main(role, index, system, q, s, count, barrier, results, counts):
+    try:
+        if s.cpus is not None:
+            os.sched_setaffinity(0, {s.cpus[0] if role == "producer" else s.cpus[1]})
+        if role == "producer":
+            out = _produce(system, q, s, index, count, barrier)
+        else:
+            out = _consume(system, q, s, index, count, barrier, counts)
+        system.child_done(q)
+        results.put(("ok", role, index, out))
+    except BaseException:
+        results.put(("error", role, index, traceback.format_exc()))
+        results.close()
+        results.join_thread()
+        os._exit(1)
+
+
+def _produce(system, q, s, index, count, barrier):
+    pack = _message_struct(s.payload).pack
+    key = TAIL_KEY
+    base = index << PRODUCER_SHIFT
+    stop = base + count
+    batch = s.batch
+    put = system.put_fn(q)
+    barrier.wait(s.timeout)
+    t_start = time.perf_counter_ns()
+    try:
+        if batch == 1:
+            for tag in range(base, stop):
+                put(pack(tag, tag ^ key))
+        elif system.has_put_many:
+            put_many = system.put_many_fn(q)
+            for first in range(base, stop, batch):
+                put_many([pack(tag, tag ^ key) for tag in range(first, first + batch)])
+        else:
+            for first in range(base, stop, batch):
+                for m in [pack(tag, tag ^ key) for tag in range(first, first + batch)]:
+                    put(m)
+    except queue.Full:
+        raise BenchError(f"producer {index}: put timed out (consumer stalled or gone)") from None
+    return {"t_start": t_start, "t_end": time.perf_counter_ns()}
+
+
+def _consume(system, q, s, index, count, barrier, counts):
+    unpack = _message_struct(s.payload).unpack
+    key = TAIL_KEY
+    get = system.get_fn(q)
+    get_many = system.get_many_fn(q, s.batch) if s.batch > 1 and system.has_get_many else None
+    barrier.wait(s.timeout)
+    t_start = time.perf_counter_ns()
+    try:
+        if s.procs == 1:
+            out = _consume_in_order(get, get_many, unpack, key, count)
+            if (extra := system.leftover(q)) is not None:
+                raise BenchError(f"consumer: got more than the {count} messages sent (extra: {extra[:16]!r}...)")
+        else:
+            out = _consume_any_order(system, q, get, get_many, unpack, key, s, index, counts, count)
+    except queue.Empty:
+        raise BenchError(f"consumer {index}: get timed out (producer stalled or gone)") from None
+    except struct.error:
+        raise BenchError(f"consumer {index}: message of wrong length (expected {s.payload} bytes)") from None
+    out["t_start"] = t_start
+    return out
+
+
+def _consume_in_order(get, get_many, unpack, key, count):
+    """One producer: message i must carry tag i; checked for every message."""
+    if get_many is None:
+        for i in range(count):
+            head, tail = unpack(get())
+            if head != i or tail != i ^ key:
+                raise BenchError(f"consumer: message {i}: tag {head:#x}/{tail:#x}, expected {i:#x}")
+        i = count
+    else:
+        i = 0
+        while i < count:
+            for m in get_many():
+                head, tail = unpack(m)
+                if head != i or tail != i ^ key:
+                    raise BenchError(f"consumer: message {i}: tag {head:#x}/{tail:#x}, expected {i:#x}")
+                i += 1
+        if i != count:
+            raise BenchError(f"consumer: received {i} messages, {count} were sent")
+    return {"t_end": time.perf_counter_ns(), "count": i, "seen": None}
+
+
+def _consume_any_order(system, q, get, get_many, unpack, key, s, index, counts, per_producer):
+    """Several producers: any order; each consumer marks what it saw, the parent
+    checks that every message arrived exactly once. The parent puts one STOP per
+    consumer once the counts add up (it can't know earlier who will get what)."""
+    seen = [bytearray(per_producer) for _ in range(s.procs)]
+    nprocs = s.procs
+    received = 0
+    stops = 0
+    t_end = time.perf_counter_ns()
+    while not stops:
+        got = get_many() if get_many is not None else (get(),)
+        before = received
+        for m in got:
+            if m == STOP:
+                stops += 1
+                continue
+            head, tail = unpack(m)
+            producer = head >> PRODUCER_SHIFT
+            seq = head & SEQ_MASK
+            if tail != head ^ key or producer >= nprocs or seq >= per_producer:
+                raise BenchError(f"consumer {index}: corrupt message, tag {head:#x}/{tail:#x}")
+            row = seen[producer]
+            if row[seq]:
+                raise BenchError(f"consumer {index}: producer {producer} message {seq} received twice")
+            row[seq] = 1
+            received += 1
+        if received != before:
+            counts[index] = received
+            t_end = time.perf_counter_ns()
+    put = system.put_fn(q)
+    for _ in range(stops - 1):  # a get_many may have taken another consumer's STOP
+        put(STOP)
+    return {"t_end": t_end, "count": received, "seen": [bytes(r) for r in seen]}
+
+
+def run_python(system: PySystem, s: Settings, total: int, run_id: str) -> float:
+    """One run; returns the seconds from the first process starting to the last message received."""
+    ctx = mp.get_context(s.start_method)
+    per = total // s.procs
+    q = system.create(ctx, s, run_id)
+    procs: list = []
+    try:
+        barrier = ctx.Barrier(2 * s.procs)
+        results = ctx.Queue()
+        counts = ctx.RawArray("q", s.procs)
+        for role in ("producer", "consumer"):
+            for i in range(s.procs):
+                procs.append(ctx.Process(
+                    target=_child_main, name=f"{system.name}-{role}-{i}", daemon=True,
+                    args=(role, i, system, q, s, per, barrier, results, counts)))
+        for p in procs:
+            p.start()
+
+        deadline = time.monotonic() + s.timeout
+        done: dict[tuple[str, int], dict] = {}
+        stop_sent = s.procs == 1
+        while len(done) < len(procs):
+            try:
+                status, role, idx, payload = results.get(timeout=0.05 if stop_sent else 0.001)
+                if status == "error":
+                    raise BenchError(f"{system.name} {role} {idx} failed:\n{payload}")
+                done[(role, idx)] = payload
+                continue
+            except queue.Empty:
+                pass
+            if not stop_sent and sum(counts) >= total:
+                put = system.put_fn(q)
+                for _ in range(s.procs):
+                    put(STOP)
+                stop_sent = True
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                try:  # prefer the child's own traceback if it managed to send one
+                    status, role, idx, payload = results.get(timeout=0.5)
+                    if status == "error":
+                        raise BenchError(f"{system.name} {role} {idx} failed:\n{payload}")
+                except queue.Empty:
+                    pass
+                raise BenchError(f"{system.name}: {dead[0].name} died with exit code {dead[0].exitcode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{system.name}: run did not finish within {s.timeout:g} s "
+                                 f"(received {sum(counts) if s.procs > 1 else '?'} of {total})")
+        for p in procs:
+            p.join(s.timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        system.destroy(q)
+
+    consumers = [done[("consumer", i)] for i in range(s.procs)]
+    received = sum(c["count"] for c in consumers)
+    if received != total:
+        raise BenchError(f"{system.name}: consumers received {received} messages, {total} were sent")
+    if s.procs > 1:
+        for producer in range(s.procs):
+            times = np.zeros(per, dtype=np.uint16)
+            for c in consumers:
+                times += np.frombuffer(c["seen"][producer], dtype=np.uint8)
+            if not (times == 1).all():
+                lost, dup = int((times == 0).sum()), int((times > 1).sum())
+                raise BenchError(f"{system.name}: producer {producer}: {lost} messages lost, {dup} duplicated")
+    t_start = min(r["t_start"] for r in done.values())
+    t_end = max(c["t_end"] for c in consumers)
+    return (t_end - t_start) / 1e9
+
+
+class CRingSystem:
+    name = "c-ring"
+    note = "c-ring: C11 reference ring (benchmarks/c_reference/ring_bench.c), compiled with -O2 at run time"
+    install_hint = "install a C compiler (e.g. apt-get install gcc) or set CC"
+    warmup_msgs = 2_000_000
+    max_msgs = 200_000_000
+
+    def __init__(self):
+        self.binary: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._compiler: str | None = None
+        self._compile_error: str | None = None
+
+    def _find_compiler(self) -> str | None:
+        for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+            if cand and shutil.which(cand):
+                return cand
+        return None
+
+    def unavailable(self):
+        self._compiler = self._find_compiler()
+        if self._compiler is None:
+            return "no C compiler found (tried $CC, cc, gcc, clang)"
+        return None
+
+    def version(self):
+        if not self._compiler:
+            return None
+        try:
+            out = subprocess.run([self._compiler, "--version"], capture_output=True, text=True, timeout=10)
+            return out.stdout.splitlines()[0] if out.stdout else None
+        except Exception:
+            return None
+
+    def build(self) -> None:
+        if self.binary is not None:
+            return
+        if self._compile_error is not None:
+            raise BenchError(self._compile_error)
+        self._tmp = tempfile.TemporaryDirectory(prefix="ring-bench-")
+        binary = Path(self._tmp.name) / "ring_bench"
+        cmd = [self._compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+               "-o", str(binary), str(C_SOURCE), "-lrt"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            self._compile_error = f"compiling the C reference failed:\n$ {shlex.join(cmd)}\n{out.stderr}"
+            raise BenchError(self._compile_error)
+        self.binary = binary
+
+    def run(self, s: Settings, total: int, run_id: str) -> float:
+        self.build()
+        cmd = [str(self.binary), "--payload", str(s.payload), "--batch", str(s.batch),
+               "--msgs", str(total), "--procs", str(s.procs), "--capacity", str(s.capacity),
+               "--timeout", str(s.timeout)]
+        if s.cpus is not None:
+            cmd.append("--pin")
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=s.timeout + 10)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"c-ring: {shlex.join(cmd)} did not finish") from None
+        if out.returncode != 0:
+            raise BenchError(f"c-ring failed (exit {out.returncode}):\n$ {shlex.join(cmd)}\n{out.stderr}")
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if not res.get("verified") or res.get("msgs") != total:
+            raise BenchError(f"c-ring: unexpected result {res}")
+        return float(res["seconds"])
+
+    def close(self):
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass
+class Result:
+    system: str
+    payload: int
+    batch: int
+    procs: int
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    msgs: int = 0
+    warmup: list = field(default_factory=list)  # [{"msgs", "seconds", "msgs_per_s"}]
+    runs: list = field(default_factory=list)  # [{"seconds", "msgs_per_s"}]
+    note: str = ""
+
+    def rates(self) -> list[float]:
+        return [r["msgs_per_s"] for r in self.runs]
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.rates()) if self.runs else None
+
+
+def _run(system, s: Settings, total: int, run_id: str) -> float:
+    if isinstance(system, CRingSystem):
+        return system.run(s, total, run_id)
+    return run_python(system, s, total, run_id)
+
+
+def _fail(res: Result, err: Exception) -> None:
+    res.status, res.reason = "failed", str(err)
+    print(f"\n*** FAILED: {res.system} payload={res.payload} batch={res.batch} procs={res.procs}\n{err}\n",
+          file=sys.stderr, flush=True)
+
+
+def bench_config(systems, skipped: dict[str, str], s: Settings, args) -> list[Result]:
+    step = s.batch * s.procs
+    results = {name: Result(name, s.payload, s.batch, s.procs) for name in args.systems}
+    for name, why in skipped.items():
+        results[name].status, results[name].reason = "skipped", why
+    active = [sys_ for sys_ in systems if sys_.name not in skipped]
+
+    # Warm-up, which also sizes the measured runs when --messages is not given. A
+    # short warm-up underestimates the steady rate, so with auto sizing it is
+    # repeated, larger, until one lasts at least a quarter of --target-seconds.
+    for system in active:
+        res = results[system.name]
+        res.note = system.note
+        n = _round_to(args.messages or system.warmup_msgs, step)
+        try:
+            while True:
+                secs = _run(system, s, n, f"w{s.payload}-{s.batch}-{s.procs}-{len(res.warmup)}")
+                res.warmup.append({"msgs": n, "seconds": secs, "msgs_per_s": n / secs})
+                _progress(f"{system.name}: warm-up {n:,} msgs: {n / secs:,.0f} msgs/s")
+                if args.messages or secs >= args.target_seconds / 4 or n >= system.max_msgs:
+                    break
+                n = _round_to(min(int(n * min(50.0, args.target_seconds / 2 / secs)), system.max_msgs), step)
+        except BenchError as e:
+            _fail(res, e)
+            continue
+        if args.messages:
+            res.msgs = n
+        else:
+            want = int(n / secs * args.target_seconds)
+            res.msgs = _round_to(min(max(want, step), system.max_msgs), step)
+        _progress(f"{system.name}: {res.msgs:,} msgs per run")
+
+    # Measured runs, interleaved across systems so drift hits every system alike.
+    for run in range(args.runs):
+        for system in active:
+            res = results[system.name]
+            if res.status != "ok":
+                continue
+            try:
+                secs = _run(system, s, res.msgs, f"r{s.payload}-{s.batch}-{s.procs}-{run}")
+            except BenchError as e:
+                _fail(res, e)
+                continue
+            res.runs.append({"seconds": secs, "msgs_per_s": res.msgs / secs})
+            _progress(f"{system.name}: run {run + 1}/{args.runs}: {res.msgs / secs:,.0f} msgs/s")
+    return [results[name] for name in args.systems]
+
+
+def _progress(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def print_table(results: list[Result], s: Settings, runs: int) -> None:
+    who = "1 producer -> 1 consumer" if s.procs == 1 else f"{s.procs} producers -> {s.procs} consumers"
+    print(f"\n== payload {s.payload} B | batch {s.batch} | {who} | median of {runs} runs ==")
+    shmq = next((r for r in results if r.system == "shmq" and r.status == "ok" and r.runs), None)
+    hdr = (f"{'system':<12} {'msgs/run':>12} {'median msgs/s':>15} {'min msgs/s':>13} {'max msgs/s':>13} "
+           f"{'MB/s':>9}  shmq/system")
+    print(hdr)
+    print("-" * len(hdr))
+    notes = []
+    for r in results:
+        if r.status != "ok" or not r.runs:
+            label = "SKIPPED" if r.status == "skipped" else "FAILED (see stderr)"
+            last = r.reason.strip().splitlines()[-1] if r.reason.strip() else ""
+            print(f"{r.system:<12} {label}: {last}")
+            continue
+        rates = r.rates()
+        med = statistics.median(rates)
+        ratio = "-"
+        if shmq is not None:
+            ratio = f"{shmq.median / med:.2f}x"
+            if r.system == "c-ring":
+                ratio += f"  (shmq = {100 * shmq.median / med:.1f}% of c-ring)"
+        print(f"{r.system:<12} {r.msgs:>12,} {med:>15,.0f} {min(rates):>13,.0f} {max(rates):>13,.0f} "
+              f"{med * s.payload / 1e6:>9,.1f}  {ratio}")
+        if r.system == "mp.Queue" and s.batch > 1:
+            notes.append(f"mp.Queue has no put_many/get_many: each batch is {s.batch} put() and {s.batch} get() calls")
+    for n in notes:
+        print(f"  note: {n}")
+    sys.stdout.flush()
+
+
+_C_RING = CRingSystem()
+
+
+def _system_obj(name: str):
+    return _C_RING if name == "c-ring" else PY_SYSTEMS[name]
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+def machine_info(systems) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    for system in systems:
+        v = system.version()
+        if v:
+            info[system.name] = v
+    return info
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            vals = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError("empty list")
+        return vals
+    return parse
+
+
+def _systems_arg(text: str) -> list[str]:
+    out = []
+    for raw in text.split(","):
+        key = raw.strip().lower()
+        if not key:
+            continue
+        if key == "all":
+            out.extend(SYSTEM_ORDER)
+            continue
+        if key not in SYSTEM_ALIASES:
+            raise argparse.ArgumentTypeError(f"unknown system {raw!r}; choose from {', '.join(SYSTEM_ORDER)}")
+        out.append(SYSTEM_ALIASES[key])
+    return [name for name in SYSTEM_ORDER if name in out]
+
+
+def _messages_arg(text: str) -> int | None:
+    if text.lower() == "auto":
+        return None
+    n = int(float(text)) if any(c in text for c in ".eE") else int(text)
+    if n <= 0:
+        raise argparse.ArgumentTypeError("--messages must be > 0")
+    return n
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="bench_throughput.py",
+        description="Cross-process queue throughput: shmq vs multiprocessing.Queue, faster_fifo and a C "
+                    "reference ring. Separate producer and consumer processes; every message is checked.",
+        epilog="examples:\n"
+               "  python benchmarks/bench_throughput.py\n"
+               "  python benchmarks/bench_throughput.py --payload 64 --batch 64 --systems shmq,c-ring --pin\n"
+               "  python benchmarks/bench_throughput.py --procs 1,2 --runs 3 --json benchmarks/results/run.json\n"
+               "\nFull guide: benchmarks/README.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--payload", type=_csv(int), default=[64, 1024], metavar="BYTES[,BYTES...]",
+                   help="message sizes in bytes, each >= 16 (default: 64,1024)")
+    p.add_argument("--batch", type=_csv(int), default=[1, 64], metavar="N[,N...]",
+                   help="messages per put_many/get_many; 1 = put()/get() (default: 1,64)")
+    p.add_argument("--procs", type=_csv(int), default=[1], metavar="P[,P...]",
+                   help="P producer and P consumer processes on one queue (default: 1; 2 = 2 producers/2 consumers)")
+    p.add_argument("--messages", type=_messages_arg, default=None, metavar="N|auto",
+                   help="messages per run, the same for every system (default: auto: sized from the warm-up "
+                        "so each run takes about --target-seconds for each system)")
+    p.add_argument("--target-seconds", type=float, default=1.0, metavar="S",
+                   help="with --messages auto, the length of one run (default: 1.0)")
+    p.add_argument("--runs", type=int, default=5, help="measured runs per system, after one warm-up run (default: 5)")
+    p.add_argument("--systems", type=_systems_arg, default=list(SYSTEM_ORDER), metavar="NAME[,NAME...]",
+                   help=f"which systems to run (default: all = {','.join(SYSTEM_ORDER)})")
+    p.add_argument("--pin", action="store_true",
+                   help="pin producers to the first allowed CPU and consumers to the second (os.sched_setaffinity)")
+    p.add_argument("--capacity", type=int, default=65536,
+                   help="size of the bounded queues, a power of two: c-ring slots (one message each), faster_fifo "
+                        "bytes = capacity x (payload + 8), shmq slots per lane (see --shmq-slot-bytes); "
+                        "mp.Queue stays unbounded (default: 65536)")
+    p.add_argument("--shmq-lanes", type=int, default=1, help="lanes for the shmq queue (default: 1)")
+    p.add_argument("--shmq-slot-bytes", type=int, default=None, metavar="BYTES",
+                   help="slot_bytes for the shmq queue (default: shmq's own; a message larger than a slot "
+                        "spans several)")
+    p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default="fork",
+                   help="multiprocessing start method for the Python systems (default: fork)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds after which a run counts as hung and fails (default: 120)")
+    p.add_argument("--json", metavar="PATH", help="also write every raw result (each run) to this JSON file")
+    args = p.parse_args(argv)
+    if any(x < 16 for x in args.payload):
+        p.error("--payload must be >= 16 (each message carries two 8-byte check words)")
+    if any(x < 1 for x in args.batch):
+        p.error("--batch must be >= 1")
+    if any(x < 1 or x > 16 for x in args.procs):
+        p.error("--procs must be between 1 and 16")
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    if args.capacity < max(args.batch) or args.capacity & (args.capacity - 1):
+        p.error("--capacity must be a power of two >= the largest --batch")
+    if not args.systems:
+        p.error("--systems selects nothing")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    systems_all = [_system_obj(name) for name in args.systems]
+    skipped: dict[str, str] = {}
+    for system in systems_all:
+        why = system.unavailable()
+        if why:
+            hint = f"; install with: {system.install_hint}" if system.install_hint else ""
+            skipped[system.name] = f"{why}{hint}"
+
+    cpus = None
+    if args.pin:
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) >= 2:
+            cpus = (allowed[0], allowed[1])
+        else:
+            print("warning: --pin needs 2 allowed CPUs; running unpinned", file=sys.stderr)
+
+    machine = machine_info([s for s in systems_all if s.name not in skipped])
+    command = shlex.join([Path(sys.executable).name] + sys.argv) if argv is None else shlex.join(argv)
+    print(f"command: {command}")
+    print(f"machine: {machine['cpu']} | {machine['cores']} cores ({machine['usable_cpus']} usable) | "
+          f"kernel {machine['kernel']} | Python {machine['python']} | numpy {machine['numpy']}")
+    for name in args.systems:
+        if name in machine:
+            print(f"  {name}: {machine[name]}")
+    messages = args.messages or f"auto (~{args.target_seconds:g} s/run)"
+    print(f"settings: runs={args.runs} (after warm-up), messages={messages}, "
+          f"capacity={args.capacity}, start method={args.start_method}, "
+          f"pinned={'producers->CPU %d, consumers->CPU %d' % cpus if cpus else 'no'}")
+    for system in systems_all:
+        if system.name not in skipped and system.note:
+            print(f"  note: {system.note}")
+    for name, why in skipped.items():
+        print(f"skipped: {name}: {why}")
+    sys.stdout.flush()
+
+    all_results: list[Result] = []
+    try:
+        for payload in args.payload:
+            for batch in args.batch:
+                for procs in args.procs:
+                    s = Settings(payload=payload, batch=batch, procs=procs, capacity=args.capacity, pin=bool(cpus),
+                                 cpus=cpus, timeout=args.timeout, start_method=args.start_method,
+                                 shmq_lanes=args.shmq_lanes, shmq_slot_bytes=args.shmq_slot_bytes)
+                    _progress(f"payload {payload} B, batch {batch}, procs {procs}")
+                    results = bench_config(systems_all, skipped, s, args)
+                    print_table(results, s, args.runs)
+                    all_results.extend(results)
+    finally:
+        _C_RING.close()
+
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "command": command,
+            "machine": machine,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": [dict(asdict(r), median_msgs_per_s=r.median,
+                             min_msgs_per_s=min(r.rates()) if r.runs else None,
+                             max_msgs_per_s=max(r.rates()) if r.runs else None) for r in all_results],
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nraw results: {path}")
+
+    failed = [r for r in all_results if r.status == "failed"]
+    if failed:
+        print(f"\n{len(failed)} benchmark(s) FAILED: " +
+              ", ".join(f"{r.system} (payload {r.payload}, batch {r.batch}, procs {r.procs})" for r in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
