@@ -1,0 +1,8 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``python -m shmq``: the same as the ``shmq`` command."""
+
+import sys
+
+from shmq.cli import main
+
+sys.exit(main())
