@@ -60,10 +60,11 @@ def queue(tmp_path):
 
 def assert_still_usable(q: shmq.Queue) -> None:
     """A fresh round through the whole ring still works, in order."""
-    seqs = list(range(10_000, 10_000 + 800))
-    for start in range(0, len(seqs), 100):
-        q.put_many([message(s) for s in seqs[start : start + 100]], timeout=10)
-        assert drain(q, until=seqs[start + 99]) == seqs[start : start + 100]
+    chunk = min(100, q.params.capacity // 4)  # whole chunks fit: a message takes 3 slots
+    seqs = list(range(10_000, 10_000 + 8 * chunk))
+    for start in range(0, len(seqs), chunk):
+        q.put_many([message(s) for s in seqs[start : start + chunk]], timeout=10)
+        assert drain(q, until=seqs[start + chunk - 1]) == seqs[start : start + chunk]
 
 
 @pytest.mark.parametrize("order", ["put_then_get", "get_then_put"])
@@ -177,11 +178,16 @@ def test_consumer_killed_while_blocked(queue):
     assert_still_usable(queue)
 
 
+# tools/soak raises these for long runs.
+ROUNDS = int(os.environ.get("SHMQ_CRASH_ROUNDS", "20"))
+SEED = int(os.environ.get("SHMQ_CRASH_SEED", "1234"))
+
+
 def test_producers_killed_at_random_moments(queue):
-    """Twenty rounds: a batch producer killed by kill -9 at a random moment."""
-    rng = random.Random(1234)
+    """ROUNDS rounds: a batch producer killed by kill -9 at a random moment."""
+    rng = random.Random(SEED)
     next_seq, delivered = 0, []
-    for _ in range(20):
+    for _ in range(ROUNDS):
         child = subprocess.Popen(
             [sys.executable, ACTORS, "produce", queue.name, queue.path, str(next_seq), "1000000", "batch"],
             stdout=subprocess.PIPE, text=True,
@@ -197,8 +203,42 @@ def test_producers_killed_at_random_moments(queue):
         assert not set(got) - set(range(next_seq, max(accepted) + 9)), "a message nobody sent"
         delivered.extend(got)
         next_seq = max(got) + 100
-    assert len(delivered) > 20
+    assert len(delivered) > ROUNDS
     assert_still_usable(queue)
+
+
+def test_consumers_killed_at_random_moments(tmp_path):
+    """ROUNDS rounds: a batch consumer killed by kill -9 at a random moment
+    while the parent keeps producing through a small ring (so the parent must
+    repair whatever the dead consumer held)."""
+    q = shmq.Queue(f"crash-{uuid.uuid4().hex[:10]}", path=tmp_path, capacity=64, slot_bytes=32, codec="raw")
+    rng = random.Random(SEED)
+    sent, by_children, by_parent, kills = 0, [], [], 0
+    try:
+        for _ in range(ROUNDS):
+            child = subprocess.Popen([sys.executable, ACTORS, "consume", q.name, q.path, "batch"],
+                                     stdout=subprocess.PIPE, text=True)
+            q.put_many([message(s) for s in range(sent, sent + 20)], timeout=10)
+            sent += 20
+            first = child.stdout.readline()  # it is consuming now
+            time.sleep(rng.uniform(0.0, 0.01))
+            child.kill()
+            out, _ = child.communicate()
+            kills += child.returncode == -signal.SIGKILL
+            by_children.extend(numbers([first, *out.splitlines()], "got"))
+            for _ in range(30):  # more than the ring holds: reuses the dead consumer's slots
+                q.put(message(sent), timeout=10)
+                sent += 1
+                by_parent.extend(drain(q, idle=0.0) if not q.empty() else [])
+        by_parent.extend(drain(q, idle=0.3))
+        assert kills == ROUNDS, "a consumer ended before it was killed"
+        delivered = by_children + by_parent
+        assert len(delivered) == len(set(delivered)), "delivered twice"
+        missing = set(range(sent)) - set(delivered)
+        assert len(missing) <= 8 * kills, f"lost more than the dead consumers held: {len(missing)} > 8 x {kills}"
+        assert_still_usable(q)
+    finally:
+        q.unlink()
 
 
 def test_creators_racing_for_one_new_queue(tmp_path):
