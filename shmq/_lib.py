@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 try:
     from shmq._core import ffi, lib
 except ImportError as exc:  # pragma: no cover - only without a build
@@ -29,7 +31,7 @@ def raise_for(status: int, what: str) -> None:
     text = status_text(status)
     if status == lib.SHMQ_ESYS:
         err = ffi.errno
-        raise OSError(err, f"{what}: {text}: {__import__('os').strerror(err)}")
+        raise OSError(err, f"{what}: {text}: {os.strerror(err)}")
     if status == lib.SHMQ_EPARTICIPANTS:
         raise errors.ShmqError(
             f"{what}: {text}. Close queue handles you no longer use (q.close()), "

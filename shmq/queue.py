@@ -17,7 +17,6 @@ import mmap
 import os
 import re
 import secrets
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -434,7 +433,7 @@ class Queue:
         self._put_encoded(obj, total_ns)
 
     def _put_encoded(self, obj: Any, total_ns: int) -> None:
-        handle = self._live_handle()
+        self._live_handle()
         tag, first, second = self._encode(obj)
         if second is None:
             length = len(first)

@@ -5,7 +5,6 @@ refused with the right exception and a message that says what to do."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import struct
