@@ -197,6 +197,7 @@ void shmq_detach(shmq_handle *h)
  * the parent's death is never mistaken for ours (or ours for the parent's). */
 int shmq_after_fork(shmq_handle *h)
 {
+    h->self = 0; /* the parent's entry, never ours: on failure the handle must not be used */
     long nth = 1;
     h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);
     h->fault_countdown = nth;

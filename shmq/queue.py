@@ -247,10 +247,13 @@ _open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    # The child must not act under its parent's participant entry.
+    # The child must not act under its parent's participant entry. A handle
+    # that cannot get an entry of its own is unusable in the child.
     for q in list(_open_queues):
         if q._region is not None and q._region.handle is not None:
-            lib.shmq_after_fork(q._region.handle)
+            rc = lib.shmq_after_fork(q._region.handle)
+            if rc != OK:
+                q._disable_after_fork(status_text(rc))
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -335,6 +338,7 @@ class Queue:
         codec: str | None = None,
     ):
         self._region = None
+        self._closed_reason = ""
         if not isinstance(name, str) or not _NAME.match(name):
             raise errors.ConfigError(
                 f"invalid queue name {name!r}: use 1-100 characters of letters, digits, '_', '.', '-', "
@@ -399,8 +403,16 @@ class Queue:
 
     def _live_handle(self):
         if self._region is None:
-            raise errors.QueueClosed(f"queue {self.name!r} is closed; open it again with shmq.Queue({self.name!r})")
+            raise errors.QueueClosed(
+                f"queue {self.name!r} is closed{self._closed_reason}; open it again with shmq.Queue({self.name!r})"
+            )
         return self._handle
+
+    def _disable_after_fork(self, reason: str) -> None:
+        _open_queues.discard(self)
+        self._region = None  # the parent's mapping stays; the parent still uses it
+        self._handle = None
+        self._closed_reason = f" in this forked child ({reason})"
 
     @staticmethod
     def _timeout_ns(block: bool, timeout: float | None) -> int:

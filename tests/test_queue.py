@@ -896,3 +896,36 @@ def test_signal_handler_does_not_end_blocked_put(make_queue, size):
     assert proc.exitcode == 0
     assert q.get_many(100, timeout=1) == [b"."] * 12 + [data]
     assert not blobs_of(q)
+
+
+def test_forked_child_without_a_participant_entry_cannot_use_the_inherited_handle(make_queue):
+    """With the participant table full, a forked child gets no entry of its own:
+    its inherited handle must refuse to work rather than act as the parent."""
+    q = make_queue(capacity=16)
+    extra = []
+    with pytest.raises(shmq.ShmqError, match="participant table full"):
+        for _ in range(2000):
+            extra.append(shmq.Queue(q.name, q.path))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        try:
+            q.put(b"x")
+            outcome = b"put worked"
+        except shmq.QueueClosed as exc:
+            outcome = b"closed: " + str(exc).encode()
+        except BaseException as exc:
+            outcome = repr(exc).encode()
+        os.write(write_end, outcome)
+        os._exit(0)
+    os.close(write_end)
+    outcome = os.read(read_end, 4096)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert outcome.startswith(b"closed: "), outcome
+    assert b"forked child" in outcome
+    q.put(b"parent still works")
+    assert q.get(timeout=1) == b"parent still works"
+    for handle in extra:
+        handle.close()
