@@ -169,7 +169,8 @@ static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
 /* One pass over the lanes, from a rotating start. */
 static int pop_round(shmq_handle *h, pop_batch *b)
 {
-    uint32_t start = atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
+    /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
+    uint32_t start = h->lane_count == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
     for (uint32_t i = 0; i < h->lane_count && b->count < b->max_items; i++) {
         if (take_from_lane(h, (start + i) % h->lane_count, b) == TAKE_NO_FIT) {
             if (b->count == 0)

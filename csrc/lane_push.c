@@ -126,7 +126,10 @@ static int claim_any(shmq_handle *h, int lane, uint32_t span, uint32_t *lane_ind
                      uint64_t *blocker, uint32_t *room)
 {
     uint32_t count = lane < 0 ? h->lane_count : 1;
-    uint32_t start = lane < 0 ? atomic_fetch_add_explicit(&h->push_cursor, 1, memory_order_relaxed) : (uint32_t)lane;
+    /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
+    uint32_t start = lane >= 0            ? (uint32_t)lane
+                     : h->lane_count == 1 ? 0
+                                          : atomic_fetch_add_explicit(&h->push_cursor, 1, memory_order_relaxed);
     uint32_t best_room = 0;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t index = (start + i) % h->lane_count;
