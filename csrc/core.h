@@ -4,6 +4,8 @@
 #ifndef SHMQ_CORE_H
 #define SHMQ_CORE_H
 
+#include <pthread.h>
+
 #include "layout.h"
 
 /* Fault-injection points: SHMQ_FAULT=<name>[:<nth hit>] makes the process
@@ -19,7 +21,30 @@ enum shmq_fault_point {
     SHMQ_FAULT_POP_MID_COPY,
     SHMQ_FAULT_POP_MID_RELEASE,
     SHMQ_FAULT_REPAIR_AFTER_TAKEOVER,
+    SHMQ_FAULT_LOG_AFTER_RESERVE,  /* space reserved, word still 0 */
+    SHMQ_FAULT_LOG_MID_RECORD,     /* PENDING, body half written */
+    SHMQ_FAULT_LOG_BEFORE_PUSH,    /* ENQUEUE published, not in a lane yet */
+    SHMQ_FAULT_POP_BEFORE_DONE,    /* message copied out, DONE not written */
+    SHMQ_FAULT_FEED_AFTER_PUSH,    /* backlog record pushed, cursor not moved */
+    SHMQ_FAULT_CHECKPOINT_MID,     /* checkpoint copies half written */
+    SHMQ_FAULT_RECOVER_MID,        /* recovery: new log half written, old one intact */
 };
+
+/* A mapped log segment, per process. Slot i holds segment index with
+ * index % SHMQ_SEGMENT_SLOTS == i; `base` is stored last (release) and
+ * cleared first, so a reader that sees base and then a matching index may
+ * use the mapping until it leaves the log code (see `inside`). */
+#define SHMQ_SEGMENT_SLOTS 1024u
+typedef struct shmq_segment_slot {
+    _Atomic(uint8_t *) base;
+    _Atomic uint64_t index;
+    int fd;
+} shmq_segment_slot;
+
+typedef struct shmq_retired_map {
+    uint8_t *base;
+    int fd;
+} shmq_retired_map;
 
 struct shmq_handle {
     uint8_t *base;
@@ -40,6 +65,22 @@ struct shmq_handle {
     _Atomic uint32_t pop_cursor;
     int fault_point;
     _Atomic long fault_countdown;
+
+    /* The log (log.c); log_on = 0 when the queue has none. */
+    int log_on;
+    uint32_t durability;
+    uint64_t segment_bytes;
+    int log_dirfd;
+    char *log_dir;
+    _Atomic uint32_t inside;           /* threads of this process in log code now */
+    pthread_mutex_t segment_lock;      /* mapping and unmapping segments */
+    shmq_segment_slot *segments;       /* [SHMQ_SEGMENT_SLOTS] */
+    shmq_retired_map *retired;         /* unmapped once no thread is inside */
+    uint32_t retired_count, retired_capacity;
+    int64_t last_retention_ns;
+    uint32_t inline_ref_min;           /* payloads above this travel as a reference to their record */
+    uint64_t hole_position;            /* the unwritten position this handle saw last, and when */
+    int64_t hole_seen_ns;
 };
 
 /* participant.c */
@@ -58,6 +99,39 @@ int64_t shmq_deadline(int64_t timeout_ns);
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns, int64_t cap_ns);
 void shmq_futex_wake_all(_Atomic uint32_t *word);
 void shmq_cpu_relax(void);
+
+/* log.c */
+void shmq_log_close(shmq_handle *h);
+typedef struct shmq_log_entry {
+    uint64_t position;
+    shmq_record_header *record;
+} shmq_log_entry;
+typedef struct shmq_enqueue_args {
+    uint64_t job_id;            /* 0: a new job (its id is its position) */
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t flags;              /* SHMQ_ENQ_* */
+    int64_t enqueued_ns;        /* 0: now */
+    const uint8_t *first;
+    uint32_t first_length;
+    const uint8_t *second;
+    uint32_t second_length;
+} shmq_enqueue_args;
+int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *args, uint64_t *position, int *spilling);
+int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason);
+int shmq_log_durable(shmq_handle *h);
+int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
+int shmq_log_feed(shmq_handle *h, uint32_t budget);
+int shmq_log_spilling(const shmq_handle *h);
+void shmq_log_pin(shmq_handle *h);
+void shmq_log_unpin(shmq_handle *h);
+
+/* lane_push.c (used by the log's feeder and redelivery) */
+int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *first,
+                           uint32_t first_length, const uint8_t *second, uint32_t second_length,
+                           int64_t timeout_ns);
+int shmq_lane_redeliver_dead(shmq_handle *h);
 
 /* fault.c */
 int shmq_fault_parse(const char *spec, long *nth);

@@ -25,6 +25,13 @@ static const struct {
     {"pop_mid_copy", SHMQ_FAULT_POP_MID_COPY},
     {"pop_mid_release", SHMQ_FAULT_POP_MID_RELEASE},
     {"repair_after_takeover", SHMQ_FAULT_REPAIR_AFTER_TAKEOVER},
+    {"log_after_reserve", SHMQ_FAULT_LOG_AFTER_RESERVE},
+    {"log_mid_record", SHMQ_FAULT_LOG_MID_RECORD},
+    {"log_before_push", SHMQ_FAULT_LOG_BEFORE_PUSH},
+    {"pop_before_done", SHMQ_FAULT_POP_BEFORE_DONE},
+    {"feed_after_push", SHMQ_FAULT_FEED_AFTER_PUSH},
+    {"checkpoint_mid", SHMQ_FAULT_CHECKPOINT_MID},
+    {"recover_mid", SHMQ_FAULT_RECOVER_MID},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)

@@ -5,8 +5,9 @@
 #include <sched.h>
 
 #include "lane.h"
+#include "log.h"
 
-enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT };
+enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT, TAKE_BIG };
 
 /* Payload bytes a span can hold at most: a bound known from the state word
  * alone, so we decide whether a message fits before we claim it. */
@@ -73,7 +74,12 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
         shmq_fault(h, SHMQ_FAULT_POP_AFTER_CLAIM);
         advance_hint(&lane.header->head, head, head + span);
         const shmq_msg_header *mh = header_at(h, lane, head);
-        if (mh->length > span_capacity(h, span) || span_for(h, mh->length) != span) {
+        if (mh->flags & SHMQ_MSG_SKIP) { /* a claim whose log record failed: nothing to deliver */
+            shmq_lane_release_span(h, lane, head, span);
+            continue;
+        }
+        uint64_t carried = (mh->flags & SHMQ_MSG_REF) ? SHMQ_MSG_REF_BYTES : mh->length;
+        if (carried > span_capacity(h, span) || span_for(h, carried) != span) {
             /* Impossible for a message written by this code: drop it, count it. */
             shmq_lane_release_span(h, lane, head, span);
             atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed);
@@ -84,8 +90,50 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
         msg->length = mh->length;
         msg->tag = mh->tag;
         msg->flags = mh->flags;
-        return TAKE_OK;
+        msg->attempt = mh->attempt;
+        msg->job_id = mh->job_id;
+        /* A payload in the log may be larger than the room left. */
+        return (mh->flags & SHMQ_MSG_REF) && mh->length > room ? TAKE_BIG : TAKE_OK;
     }
+}
+
+/* Copies a taken message's payload: from the ring, or from its log record. */
+static int copy_payload(shmq_handle *h, lane_ref lane, const shmq_message *msg, uint8_t *out)
+{
+    if (!(msg->flags & SHMQ_MSG_REF)) {
+        ring_read(h, lane, msg->position, SHMQ_MSG_HEADER_BYTES, out, msg->length);
+        return SHMQ_OK;
+    }
+    shmq_msg_ref ref;
+    ring_read(h, lane, msg->position, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
+    shmq_log_enter(h);
+    int rc = shmq_log_read_payload(h, ref.record, ref.offset, out, msg->length);
+    shmq_log_leave(h);
+    return rc;
+}
+
+/* Records the jobs of taken messages as done, then releases their slots:
+ * a consumer killed before the release leaves READING slots, and the job
+ * is put back (it may run twice: it was in flight at a kill). */
+static void finish_taken(shmq_handle *h, lane_ref lane, const uint64_t *positions, const uint32_t *spans,
+                         uint64_t *job_ids, uint32_t count)
+{
+    if (count == 0)
+        return;
+    if (h->log_on) {
+        uint32_t ids = 0;
+        for (uint32_t i = 0; i < count; i++)
+            if (job_ids[i])
+                job_ids[ids++] = job_ids[i];
+        shmq_fault(h, SHMQ_FAULT_POP_BEFORE_DONE);
+        if (ids) {
+            shmq_log_enter(h);
+            shmq_log_done(h, job_ids, ids); /* on failure the jobs run again after recovery: at least once */
+            shmq_log_leave(h);
+        }
+    }
+    for (uint32_t i = 0; i < count; i++)
+        shmq_lane_release_span(h, lane, positions[i], spans[i]);
 }
 
 /* A producer died between claiming and publishing the head message. Its put
@@ -117,6 +165,7 @@ typedef struct pop_batch {
     uint32_t *lengths;
     uint8_t *tags;
     shmq_message *claimed;
+    shmq_message first;  /* the first message taken (for shmq_pop) */
     /* the first lane found blocked behind a message being written */
     int busy_lane;
     uint64_t busy_state;
@@ -125,11 +174,15 @@ typedef struct pop_batch {
 
 /* Takes what it can from one lane into the batch. Returns TAKE_NO_FIT when
  * the batch is done (buffer full, or a message that needs its own buffer was
- * claimed as the first item: SHMQ_ECLAIMED), else TAKE_OK/EMPTY/BUSY. */
+ * claimed: *claimed, SHMQ_ECLAIMED when it is the only one), else
+ * TAKE_OK/EMPTY/BUSY. */
+enum { FINISH_CHUNK = 64 };
 static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
 {
     lane_ref lane = lane_at(h, index);
-    uint32_t taken = 0;
+    uint32_t taken = 0, held = 0;
+    uint64_t positions[FINISH_CHUNK], job_ids[FINISH_CHUNK];
+    uint32_t spans[FINISH_CHUNK];
     int rc = TAKE_EMPTY;
     while (b->count < b->max_items) {
         shmq_message msg;
@@ -138,12 +191,20 @@ static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
         if (rc == TAKE_NO_FIT && b->count == 0) {
             /* Too big for the shared buffer: claim it for a buffer of its own. */
             rc = take(h, lane, UINT64_MAX, &msg, &busy);
+            if (rc == TAKE_BIG)
+                rc = TAKE_OK;
             if (rc == TAKE_OK) {
                 msg.lane = index;
                 *b->claimed = msg;
                 taken++;
                 rc = TAKE_NO_FIT;
             }
+        }
+        if (rc == TAKE_BIG) { /* claimed; it ends the batch and goes to a buffer of its own */
+            msg.lane = index;
+            *b->claimed = msg;
+            taken++;
+            rc = TAKE_NO_FIT;
         }
         if (rc == TAKE_BUSY && b->busy_lane < 0) {
             b->busy_lane = (int)index;
@@ -152,15 +213,32 @@ static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
         }
         if (rc != TAKE_OK)
             break;
-        ring_read(h, lane, msg.position, SHMQ_MSG_HEADER_BYTES, b->buffer + b->used, msg.length);
+        if (copy_payload(h, lane, &msg, b->buffer + b->used) != SHMQ_OK) {
+            /* its record is unreadable: counted, and its job stays in the log */
+            shmq_lane_release_span(h, lane, msg.position, msg.span);
+            atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed);
+            continue;
+        }
         shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
-        shmq_lane_release_span(h, lane, msg.position, msg.span);
+        if (b->count == 0) {
+            b->first = msg;
+            b->first.lane = index;
+        }
         b->lengths[b->count] = msg.length;
         b->tags[b->count] = msg.tag;
         b->used += msg.length;
         b->count++;
         taken++;
+        positions[held] = msg.position;
+        spans[held] = msg.span;
+        job_ids[held] = msg.job_id;
+        if (++held == FINISH_CHUNK) {
+            finish_taken(h, lane, positions, spans, job_ids, held);
+            held = 0;
+        }
     }
+    if (held)
+        finish_taken(h, lane, positions, spans, job_ids, held);
     if (taken)
         atomic_fetch_add_explicit(&lane.header->popped, taken, memory_order_relaxed); /* statistics */
     return rc;
@@ -173,7 +251,7 @@ static int pop_round(shmq_handle *h, pop_batch *b)
     uint32_t start = h->lane_count == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
     for (uint32_t i = 0; i < h->lane_count && b->count < b->max_items; i++) {
         if (take_from_lane(h, (start + i) % h->lane_count, b) == TAKE_NO_FIT) {
-            if (b->count == 0)
+            if (b->count == 0 && b->claimed->span)
                 return SHMQ_ECLAIMED;
             break;
         }
@@ -184,22 +262,37 @@ static int pop_round(shmq_handle *h, pop_batch *b)
     return SHMQ_OK;
 }
 
+static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
+                    uint32_t *lengths, uint8_t *tags, uint32_t *count, shmq_message *claimed, shmq_message *first);
+
 int shmq_pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
                   uint32_t *lengths /* OUT */, uint8_t *tags /* OUT */, uint32_t *count /* OUT */,
                   shmq_message *claimed /* OUT */)
 {
+    return pop_many(h, buffer, capacity, max_items, timeout_ns, lengths, tags, count, claimed, NULL);
+}
+
+static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
+                    uint32_t *lengths, uint8_t *tags, uint32_t *count, shmq_message *claimed, shmq_message *first)
+{
     *count = 0;
+    claimed->span = 0; /* set when a claimed message ends the batch: see shmq_pop_finish */
     if (max_items == 0)
         return SHMQ_EINVAL;
-    pop_batch b = {(uint8_t *)buffer, capacity, 0, max_items, 0, lengths, tags, claimed, -1, 0, 0};
+    pop_batch b = {(uint8_t *)buffer, capacity, 0, max_items, 0, lengths, tags, claimed, {0}, -1, 0, 0};
     shmq_region_header *hdr = h->header;
     int64_t deadline = 0;
     for (unsigned round = 0;; round++) {
         b.busy_lane = -1;
         int rc = pop_round(h, &b);
         *count = b.count;
-        if (rc != SHMQ_EEMPTY)
+        if (rc != SHMQ_EEMPTY) {
+            if (first)
+                *first = b.first;
             return rc;
+        }
+        if (shmq_log_spilling(h) && shmq_log_feed(h, 256) > 0)
+            continue; /* jobs waited in the log: moved into the lanes now */
         if (timeout_ns == 0)
             return SHMQ_EEMPTY;
         if (round < SPIN_ROUNDS) {
@@ -228,6 +321,8 @@ int shmq_pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_
         *count = b.count;
         if (rc != SHMQ_EEMPTY) {
             shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
+            if (first)
+                *first = b.first;
             return rc;
         }
         /* Behind a live writer: re-check it now and then, in case it dies. */
@@ -244,8 +339,10 @@ int shmq_pop(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns
 {
     uint32_t length, count;
     uint8_t tag;
-    int rc = shmq_pop_many(h, buffer, capacity, 1, timeout_ns, &length, &tag, &count, message);
+    shmq_message first;
+    int rc = pop_many(h, buffer, capacity, 1, timeout_ns, &length, &tag, &count, message, &first);
     if (rc == SHMQ_OK) {
+        *message = first;
         message->length = length;
         message->tag = tag;
     }
@@ -275,9 +372,14 @@ int shmq_pop_finish(shmq_handle *h, const shmq_message *message, char *buffer)
     if (!holds(h, message))
         return SHMQ_EINVAL;
     lane_ref lane = lane_at(h, message->lane);
-    ring_read(h, lane, message->position, SHMQ_MSG_HEADER_BYTES, buffer, message->length);
+    int rc = copy_payload(h, lane, message, (uint8_t *)buffer);
+    if (rc != SHMQ_OK) {
+        shmq_lane_release_span(h, lane, message->position, message->span);
+        return rc;
+    }
     shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
-    shmq_lane_release_span(h, lane, message->position, message->span);
+    uint64_t job_id = message->job_id;
+    finish_taken(h, lane, &message->position, &message->span, &job_id, 1);
     wake(&h->header->space_event, &h->header->space_waiters);
     return SHMQ_OK;
 }

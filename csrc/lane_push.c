@@ -4,7 +4,10 @@
 #define _GNU_SOURCE
 #include <sched.h>
 
+#include <stdlib.h>
+
 #include "lane.h"
+#include "log.h"
 
 
 /* Claims `span` slots at the tail: OK and *position, or EFULL with the
@@ -60,15 +63,13 @@ static int claim(shmq_handle *h, lane_ref lane, uint32_t span, uint64_t *positio
     }
 }
 
-static void write_message(const shmq_handle *h, lane_ref lane, uint64_t pos, uint8_t tag, uint8_t flags,
+/* Writes a message: `given` is its header (length is the payload's, which
+ * for SHMQ_MSG_REF lies in the log while the lane holds the reference). */
+static void write_message(const shmq_handle *h, lane_ref lane, uint64_t pos, const shmq_msg_header *given,
                           const uint8_t *first, uint32_t first_length, const uint8_t *second,
                           uint32_t second_length)
 {
-    shmq_msg_header *mh = header_at(h, lane, pos);
-    mh->length = first_length + second_length;
-    mh->tag = tag;
-    mh->flags = flags;
-    mh->reserved = 0;
+    *header_at(h, lane, pos) = *given;
     ring_write(h, lane, pos, SHMQ_MSG_HEADER_BYTES, first, first_length);
     if (second_length)
         ring_write(h, lane, pos, SHMQ_MSG_HEADER_BYTES + first_length, second, second_length);
@@ -80,6 +81,57 @@ static inline void publish(const shmq_handle *h, lane_ref lane, uint64_t pos, ui
      * the acquire load of the state in take(). */
     atomic_store_explicit(state_at(h, lane, pos), shmq_state(lap_of(h, pos), SHMQ_SLOT_READY, h->self, span),
                           memory_order_release);
+}
+
+/* A consumer died holding the message at `pos` (we hold it now): with a
+ * log, the job goes back as a copy (attempt + 1) through the backlog, so
+ * it runs again; its consumer may or may not have finished it. */
+static void redeliver(shmq_handle *h, lane_ref lane, uint64_t pos)
+{
+    if (!h->log_on)
+        return; /* no log: the message had been handed over; it is dropped */
+    shmq_msg_header mh = *header_at(h, lane, pos);
+    if (mh.job_id == 0 || (mh.flags & SHMQ_MSG_SKIP))
+        return;
+    shmq_log_enter(h);
+    /* The payload: from the ring (in up to two pieces where it wraps), or
+     * from the record a reference names. */
+    const uint8_t *first = NULL, *second = NULL;
+    uint32_t first_length = 0, second_length = 0;
+    if (mh.flags & SHMQ_MSG_REF) {
+        shmq_msg_ref ref;
+        ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, ref.record, 0, &err);
+        if (!rec) {
+            shmq_log_fail(h, err);
+            shmq_log_leave(h);
+            return;
+        }
+        first = (const uint8_t *)rec + ref.offset;
+        first_length = mh.length;
+    } else {
+        uint64_t at = ((pos & h->slot_mask) * h->slot_bytes + SHMQ_MSG_HEADER_BYTES) % h->ring_bytes;
+        first = lane.data + at;
+        first_length = mh.length < h->ring_bytes - at ? mh.length : (uint32_t)(h->ring_bytes - at);
+        second = lane.data;
+        second_length = mh.length - first_length;
+    }
+    shmq_enqueue_args args = {.job_id = mh.job_id, .attempt = (uint16_t)(mh.attempt + 1), .tag = mh.tag,
+                              .flags = SHMQ_ENQ_COPY, .first = first, .first_length = first_length,
+                              .second = second, .second_length = second_length};
+    for (int tries = 0; tries < 8; tries++) {
+        shmq_log_spill_begin(h);
+        uint64_t position;
+        int spilling = 0;
+        if (shmq_log_enqueue(h, &args, &position, &spilling) != SHMQ_OK)
+            break; /* the log refuses (disk full): the job stays in the log only */
+        if (spilling) { /* the feeder moves it; else the backlog emptied meanwhile: again */
+            atomic_fetch_add_explicit(&h->header->redelivered, 1, memory_order_relaxed); /* statistics */
+            break;
+        }
+    }
+    shmq_log_leave(h);
 }
 
 /* A consumer died holding the message whose slots block `blocked` (a
@@ -113,11 +165,44 @@ int shmq_lane_repair_reader(shmq_handle *h, lane_ref lane, uint64_t blocked)
             return 1;
         shmq_fault(h, SHMQ_FAULT_REPAIR_AFTER_TAKEOVER);
         advance_hint(&lane.header->head, pos, pos + span);
+        redeliver(h, lane, pos);
         shmq_lane_release_span(h, lane, pos, span);
         atomic_fetch_add_explicit(&h->header->released_dead_consumer, 1, memory_order_relaxed);
         return 1;
     }
     return 0;
+}
+
+/* Every READING message whose consumer died, in every lane: taken over,
+ * put back (with a log) and released. Maintenance calls it; a producer that
+ * needs the slots finds them itself (shmq_lane_repair_reader). */
+int shmq_lane_redeliver_dead(shmq_handle *h)
+{
+    int repaired = 0;
+    uint64_t slots = h->slot_mask + 1;
+    for (uint32_t index = 0; index < h->lane_count; index++) {
+        lane_ref lane = lane_at(h, index);
+        for (uint64_t i = 0; i < slots; i++) {
+            /* acquire: pairs with the claim; the message is intact while READING. */
+            uint64_t state = atomic_load_explicit(&lane.states[i], memory_order_acquire);
+            if (shmq_state_kind(state) != SHMQ_SLOT_READING || shmq_participant_alive(h, shmq_state_owner(state)))
+                continue;
+            uint64_t pos = ((uint64_t)shmq_state_lap(state) << h->slot_shift) | i;
+            uint32_t span = shmq_state_span(state);
+            uint64_t mine = shmq_state(shmq_state_lap(state), SHMQ_SLOT_READING, h->self, span);
+            /* acq_rel: takeover; exactly one repairer wins. */
+            if (!atomic_compare_exchange_strong_explicit(&lane.states[i], &state, mine, memory_order_acq_rel,
+                                                         memory_order_relaxed))
+                continue;
+            shmq_fault(h, SHMQ_FAULT_REPAIR_AFTER_TAKEOVER);
+            redeliver(h, lane, pos);
+            shmq_lane_release_span(h, lane, pos, span);
+            atomic_fetch_add_explicit(&h->header->released_dead_consumer, 1, memory_order_relaxed);
+            wake(&h->header->space_event, &h->header->space_waiters);
+            repaired++;
+        }
+    }
+    return repaired;
 }
 
 /* One attempt over the lanes (`lane` < 0: all, starting at a rotating one).
@@ -225,30 +310,120 @@ static int claim_wait(shmq_handle *h, int lane, uint32_t *span, const batch_fit 
     }
 }
 
-int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *first, uint32_t first_length,
-              const char *second, uint32_t second_length, int64_t timeout_ns)
+/* Claims room for a message with header `mh` and its bytes, waiting per the
+ * timeout; writes and publishes it. With `log`, the job's ENQUEUE record is
+ * written while the claim is held (so a put that times out waiting for room
+ * has written nothing), and the message carries the record's job id. */
+static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
+                    const uint8_t *second, uint32_t second_length, int64_t timeout_ns, int log)
 {
-    uint64_t length = (uint64_t)first_length + second_length;
-    if (lane >= (int)h->lane_count)
-        return SHMQ_EINVAL;
-    if (length > shmq_inline_max(h))
-        return SHMQ_ETOOBIG;
-    uint32_t span = span_for(h, length);
+    int ref = log && mh.length > h->inline_ref_min;
+    uint32_t span = span_for(h, ref ? SHMQ_MSG_REF_BYTES : (uint64_t)first_length + second_length);
     int64_t deadline = 0;
     uint32_t index;
     uint64_t pos;
     int rc = claim_wait(h, lane, &span, NULL, timeout_ns, &deadline, &index, &pos);
     if (rc != SHMQ_OK)
         return rc;
-    lane_ref ref = lane_at(h, index);
-    write_message(h, ref, pos, tag, flags, (const uint8_t *)first, first_length, (const uint8_t *)second,
-                  second_length);
+    lane_ref lr = lane_at(h, index);
+    if (log) {
+        shmq_enqueue_args args = {.tag = mh.tag, .flags = SHMQ_ENQ_LANED, .first = first,
+                                  .first_length = first_length, .second = second, .second_length = second_length};
+        uint64_t record;
+        int spilling;
+        rc = shmq_log_enqueue(h, &args, &record, &spilling);
+        if (rc != SHMQ_OK) { /* the claim must still be published: as a message consumers skip */
+            shmq_msg_header skip = {.length = 0, .flags = SHMQ_MSG_SKIP};
+            write_message(h, lr, pos, &skip, NULL, 0, NULL, 0);
+            publish(h, lr, pos, span);
+            return rc;
+        }
+        shmq_fault(h, SHMQ_FAULT_LOG_BEFORE_PUSH);
+        mh.job_id = record;
+        if (ref) {
+            shmq_msg_ref r = {.record = record, .offset = SHMQ_ENQUEUE_OVERHEAD, .reserved = 0};
+            mh.flags |= SHMQ_MSG_REF;
+            first = (const uint8_t *)&r;
+            write_message(h, lr, pos, &mh, first, sizeof r, NULL, 0);
+            first = NULL;
+        } else {
+            write_message(h, lr, pos, &mh, first, first_length, second, second_length);
+        }
+    } else {
+        write_message(h, lr, pos, &mh, first, first_length, second, second_length);
+    }
     shmq_fault(h, SHMQ_FAULT_PUSH_BEFORE_PUBLISH);
-    publish(h, ref, pos, span);
+    publish(h, lr, pos, span);
     /* relaxed: statistics only. */
-    atomic_fetch_add_explicit(&ref.header->pushed, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&lr.header->pushed, 1, memory_order_relaxed);
     wake(&h->header->data_event, &h->header->data_waiters);
     return SHMQ_OK;
+}
+
+int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *first,
+                           uint32_t first_length, const uint8_t *second, uint32_t second_length,
+                           int64_t timeout_ns)
+{
+    return push_one(h, lane, *mh, first, first_length, second, second_length, timeout_ns, 0);
+}
+
+/* While spilling: the job waits in the log and the feeder moves it. */
+static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
+                       const uint8_t *second, uint32_t second_length, int64_t timeout_ns)
+{
+    shmq_enqueue_args args = {.tag = mh.tag, .first = first, .first_length = first_length, .second = second,
+                              .second_length = second_length};
+    uint64_t record;
+    int spilling;
+    int rc = shmq_log_enqueue(h, &args, &record, &spilling);
+    if (rc != SHMQ_OK)
+        return rc;
+    if (spilling) {
+        shmq_log_feed(h, 64);
+        return SHMQ_OK;
+    }
+    /* The backlog emptied between our look and our reservation: no one
+     * feeds this record, we push it. */
+    mh.job_id = record;
+    if (mh.length > h->inline_ref_min) {
+        shmq_msg_ref r = {.record = record, .offset = SHMQ_ENQUEUE_OVERHEAD, .reserved = 0};
+        mh.flags |= SHMQ_MSG_REF;
+        rc = push_one(h, lane, mh, (const uint8_t *)&r, sizeof r, NULL, 0, timeout_ns, 0);
+    } else {
+        rc = push_one(h, lane, mh, first, first_length, second, second_length, timeout_ns, 0);
+    }
+    if (rc != SHMQ_OK)
+        shmq_log_done(h, &record, 1); /* not accepted after all: the record must not come back */
+    return rc;
+}
+
+int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *first, uint32_t first_length,
+              const char *second, uint32_t second_length, int64_t timeout_ns)
+{
+    uint64_t length = (uint64_t)first_length + second_length;
+    if (lane >= (int)h->lane_count || (flags & (SHMQ_MSG_REF | SHMQ_MSG_SKIP)))
+        return SHMQ_EINVAL; /* those flags are the core's own */
+    shmq_msg_header mh = {.length = (uint32_t)length, .tag = tag, .flags = flags, .attempt = 1, .job_id = 0};
+    if (!h->log_on) {
+        if (length > shmq_inline_max(h))
+            return SHMQ_ETOOBIG;
+        return push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
+                        timeout_ns, 0);
+    }
+    if (length > h->header->max_message_bytes)
+        return SHMQ_ETOOBIG;
+    shmq_log_enter(h);
+    shmq_log_pin(h);
+    int rc = shmq_log_spilling(h)
+                 ? put_spilled(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
+                               second_length, timeout_ns)
+                 : push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
+                            second_length, timeout_ns, 1);
+    shmq_log_unpin(h);
+    if (rc == SHMQ_OK)
+        rc = shmq_log_durable(h);
+    shmq_log_leave(h);
+    return rc;
 }
 
 int shmq_put(shmq_handle *h, uint8_t tag, const char *data, uint32_t length, int64_t timeout_ns)
@@ -256,15 +431,31 @@ int shmq_put(shmq_handle *h, uint8_t tag, const char *data, uint32_t length, int
     return shmq_push(h, -1, tag, 0, data, length, NULL, 0, timeout_ns);
 }
 
-/* Writes messages [first, end) into a claimed span, then publishes the later
- * ones first and the first one last: consumers cannot pass a first slot that
- * is still WRITING, so they never see half a batch. */
-static void write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_t *data, const uint32_t *lengths,
-                        const uint8_t *tags, uint8_t tag, uint32_t first, uint32_t end)
+/* Writes messages [first, end) into a claimed span (logging each first, if
+ * the queue has a log), then publishes the later ones first and the first
+ * one last: consumers cannot pass a first slot that is still WRITING, so
+ * they never see half a batch. A log failure at message k publishes k and
+ * later ones as messages consumers skip, and returns the error with *written = k. */
+static int write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_t *data, const uint32_t *lengths,
+                       const uint8_t *tags, uint8_t tag, uint32_t first, uint32_t end, uint32_t *written)
 {
     uint64_t at = pos;
+    int rc = SHMQ_OK;
+    *written = end;
     for (uint32_t i = first; i < end; i++) {
-        write_message(h, lane, at, tags ? tags[i] : tag, 0, data, lengths[i], NULL, 0);
+        shmq_msg_header mh = {.length = lengths[i], .tag = tags ? tags[i] : tag, .flags = 0, .attempt = 1,
+                              .job_id = 0};
+        if (h->log_on && rc == SHMQ_OK) {
+            shmq_enqueue_args args = {.tag = mh.tag, .flags = SHMQ_ENQ_LANED, .first = data,
+                                      .first_length = lengths[i]};
+            int spilling;
+            rc = shmq_log_enqueue(h, &args, &mh.job_id, &spilling);
+            if (rc != SHMQ_OK)
+                *written = i;
+        }
+        if (rc != SHMQ_OK)
+            mh.flags = SHMQ_MSG_SKIP;
+        write_message(h, lane, at, &mh, data, rc == SHMQ_OK ? lengths[i] : 0, NULL, 0);
         if (i == first)
             shmq_fault(h, SHMQ_FAULT_PUSH_MID_COPY);
         data += lengths[i];
@@ -278,15 +469,13 @@ static void write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8
     }
     shmq_fault(h, SHMQ_FAULT_PUSH_MID_PUBLISH);
     publish(h, lane, pos, span_for(h, lengths[first]));
+    return rc;
 }
 
-int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *lengths, const char *tags,
-                   uint8_t tag, uint32_t count, int64_t timeout_ns, uint32_t *pushed /* OUT */)
+static int push_many(shmq_handle *h, int lane, const char *data, const uint32_t *lengths, const char *tags,
+                     uint8_t tag, uint32_t count, int64_t timeout_ns, uint32_t *pushed /* OUT */)
 {
-    *pushed = 0;
-    if (lane >= (int)h->lane_count)
-        return SHMQ_EINVAL;
-    uint32_t inline_max = shmq_inline_max(h);
+    uint32_t inline_max = h->log_on ? h->inline_ref_min : shmq_inline_max(h);
     int64_t deadline = 0;
     uint32_t done = 0;
     while (done < count) {
@@ -294,8 +483,18 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
         uint32_t end = done, span = 0;
         while (end < count && lengths[end] <= inline_max && span + span_for(h, lengths[end]) <= h->max_span)
             span += span_for(h, lengths[end++]);
-        if (end == done)
-            return SHMQ_ETOOBIG;
+        if (end == done) {
+            if (!h->log_on || lengths[done] > h->header->max_message_bytes)
+                return SHMQ_ETOOBIG;
+            /* Larger than a lane takes inline: alone, as a reference to its record. */
+            shmq_msg_header mh = {.length = lengths[done], .tag = tags ? (uint8_t)tags[done] : tag, .attempt = 1};
+            int rc = push_one(h, lane, mh, (const uint8_t *)data, lengths[done], NULL, 0, timeout_ns, 1);
+            if (rc != SHMQ_OK)
+                return rc;
+            data += lengths[done++];
+            *pushed = done;
+            continue;
+        }
         batch_fit fit = {h, lengths + done, end - done};
         uint32_t index;
         uint64_t pos;
@@ -310,16 +509,53 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
             }
         }
         lane_ref ref = lane_at(h, index);
-        write_batch(h, ref, pos, (const uint8_t *)data, lengths, (const uint8_t *)tags, tag, done, end);
+        uint32_t written;
+        rc = write_batch(h, ref, pos, (const uint8_t *)data, lengths, (const uint8_t *)tags, tag, done, end,
+                         &written);
         for (uint32_t i = done; i < end; i++)
             data += lengths[i];
         /* relaxed: statistics only. */
         atomic_fetch_add_explicit(&ref.header->pushed, end - done, memory_order_relaxed);
         wake(&h->header->data_event, &h->header->data_waiters);
+        *pushed = written;
+        if (rc != SHMQ_OK)
+            return rc;
         done = end;
-        *pushed = done;
     }
     return SHMQ_OK;
+}
+
+int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *lengths, const char *tags,
+                   uint8_t tag, uint32_t count, int64_t timeout_ns, uint32_t *pushed /* OUT */)
+{
+    *pushed = 0;
+    if (lane >= (int)h->lane_count)
+        return SHMQ_EINVAL;
+    if (!h->log_on)
+        return push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
+    shmq_log_enter(h);
+    shmq_log_pin(h);
+    int rc = SHMQ_OK;
+    if (shmq_log_spilling(h)) {
+        /* While spilling every job waits in the log; the feeder moves them. */
+        for (uint32_t i = 0; i < count && rc == SHMQ_OK; i++) {
+            shmq_msg_header mh = {.length = lengths[i], .tag = tags ? (uint8_t)tags[i] : tag, .attempt = 1};
+            rc = put_spilled(h, lane, mh, (const uint8_t *)data, lengths[i], NULL, 0, timeout_ns);
+            if (rc == SHMQ_OK)
+                *pushed = i + 1;
+            data += lengths[i];
+        }
+    } else {
+        rc = push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
+    }
+    shmq_log_unpin(h);
+    if (*pushed) {
+        int durable = shmq_log_durable(h);
+        if (rc == SHMQ_OK)
+            rc = durable;
+    }
+    shmq_log_leave(h);
+    return rc;
 }
 
 int shmq_is_full(const shmq_handle *h)

@@ -9,8 +9,8 @@
  *
  * Byte map of a region
  * --------------------
- *   0                      shmq_region_header (320 bytes)
- *   320                    shmq_participant[participant_capacity] (16 bytes each)
+ *   0                      shmq_region_header (640 bytes)
+ *   640                    shmq_participant[participant_capacity] (32 bytes each)
  *   lanes_offset           lane 0, lane 1, ... each lane_bytes long, 64-aligned
  *
  * Byte map of a lane
@@ -53,7 +53,7 @@
  *
  * A message is valid iff its first slot's state is READY(L) for the lap L
  * of its position; then its header and span slots of data were written
- * before that release store, and span == ceil((8 + length) / slot_bytes)
+ * before that release store, and span == ceil((16 + length) / slot_bytes)
  * (a consumer that finds otherwise drops the message and counts it).
  *
  * Dead processes (nothing waits forever)
@@ -153,6 +153,50 @@ typedef struct shmq_region_header {
     _Atomic uint64_t released_dead_consumer; /* spans of dead readers released */
     _Atomic uint64_t dropped_corrupt;        /* messages whose header contradicted their span */
     uint8_t reserved3[SHMQ_CACHE_LINE - 24];
+
+    /* Log: the append point, alone on its line (every put and get adds to it). */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t log_tail; /* SHMQ_TAIL_SPILL | next position to reserve */
+    uint8_t reserved4[SHMQ_CACHE_LINE - 8];
+
+    /* Log parameters: written once by the creator, before the magic. */
+    alignas(SHMQ_CACHE_LINE) uint64_t segment_bytes;  /* a multiple of 4096 */
+    uint32_t durability;                              /* SHMQ_DURABILITY_* */
+    uint32_t log_flags;                               /* reserved, 0 */
+    uint64_t flush_interval_ns;                       /* interval: flush at least this often */
+    uint64_t flush_bytes;                             /* interval: or after this many bytes (0: every append) */
+    uint64_t log_origin;                              /* first position of this region's log */
+    uint8_t reserved5[SHMQ_CACHE_LINE - 40];
+
+    /* Log maintenance: retention, the backlog feeder, checkpoints. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t log_base; /* first position whose segment still exists */
+    _Atomic uint64_t feed_cursor;      /* while SPILL: next log position to feed into the lanes */
+    _Atomic uint64_t checkpoint_floor; /* live records below it have copies at or above it */
+    _Atomic uint32_t feeder;           /* participant feeding the backlog (0: none) */
+    _Atomic uint32_t maintainer;       /* participant running maintenance (0: none) */
+    _Atomic int64_t maintained_ns;     /* when maintenance last ran (monotonic) */
+    _Atomic uint64_t segments_made;    /* segments [0, segments_made) were created (some since deleted) */
+    uint8_t reserved6[SHMQ_CACHE_LINE - 48];
+
+    /* Group commit (sync, interval): generations of flushes. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t flush_started; /* flushes begun */
+    _Atomic uint64_t flush_done;       /* highest generation whose flush finished */
+    _Atomic uint64_t flushed_tail;     /* log_tail read before the last flush began */
+    _Atomic int64_t flushed_ns;        /* when the last flush began (monotonic) */
+    _Atomic uint32_t flusher;          /* participant flushing now (0: none) */
+    _Atomic uint32_t flush_event;      /* futex: bumped when a flush ends and someone waits */
+    _Atomic uint32_t flush_waiters;
+    _Atomic int32_t log_errno;         /* last errno of a failed log write or flush (0: none) */
+    uint8_t reserved7[SHMQ_CACHE_LINE - 48];
+
+    /* Log statistics: relaxed counters. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t records_appended;
+    _Atomic uint64_t bytes_appended;
+    _Atomic uint64_t flushes;
+    _Atomic uint64_t holes_filled;
+    _Atomic uint64_t redelivered;      /* messages of dead consumers put back */
+    _Atomic uint64_t fed;              /* backlog records fed into lanes */
+    _Atomic uint64_t checkpoints;
+    _Atomic uint64_t segments_deleted;
 } shmq_region_header;
 
 _Static_assert(offsetof(shmq_region_header, magic) == 0, "magic first: a reader checks it before anything else");
@@ -172,18 +216,26 @@ _Static_assert(offsetof(shmq_region_header, pid_namespace) == 72, "format");
 _Static_assert(offsetof(shmq_region_header, data_event) == 128, "own cache line: consumers' futex word, away from the parameters");
 _Static_assert(offsetof(shmq_region_header, space_event) == 192, "own cache line: producers' futex word, no false sharing with data_event");
 _Static_assert(offsetof(shmq_region_header, dropped_dead_producer) == 256, "format");
-_Static_assert(sizeof(shmq_region_header) == 320, "header is five cache lines");
+_Static_assert(offsetof(shmq_region_header, log_tail) == 320, "own cache line: every append adds to it");
+_Static_assert(offsetof(shmq_region_header, segment_bytes) == 384, "format");
+_Static_assert(offsetof(shmq_region_header, log_base) == 448, "format");
+_Static_assert(offsetof(shmq_region_header, flush_started) == 512, "format");
+_Static_assert(offsetof(shmq_region_header, records_appended) == 576, "format");
+_Static_assert(sizeof(shmq_region_header) == 640, "header is ten cache lines");
 
 typedef struct shmq_participant {
     _Atomic uint32_t pid;          /* 0 = free; CAS 0 -> pid claims the entry */
     _Atomic uint32_t sleeping;     /* SHMQ_SLEEP_* units: this process's sleepers in data/space_waiters */
     _Atomic uint64_t start_time;   /* field 22 of /proc/<pid>/stat; 0 = unknown */
+    _Atomic uint64_t pin;          /* log position + 1 below which this process's records stay needed; 0 = none */
+    uint64_t reserved;
 } shmq_participant;
 
 _Static_assert(offsetof(shmq_participant, pid) == 0, "format");
 _Static_assert(offsetof(shmq_participant, sleeping) == 4, "format");
 _Static_assert(offsetof(shmq_participant, start_time) == 8, "format");
-_Static_assert(sizeof(shmq_participant) == 16, "format");
+_Static_assert(offsetof(shmq_participant, pin) == 16, "format");
+_Static_assert(sizeof(shmq_participant) == 32, "format");
 
 typedef struct shmq_lane_header {
     /* Producer line: only producers write it. */
@@ -204,16 +256,191 @@ _Static_assert(sizeof(shmq_lane_header) == 128, "format");
 
 /* Written at the start of a message's first slot. */
 typedef struct shmq_msg_header {
-    uint32_t length;   /* payload bytes following this header */
+    uint32_t length;   /* payload bytes following this header (SHMQ_MSG_REF: in the log record) */
     uint8_t tag;       /* codec tag, opaque to the core */
     uint8_t flags;     /* SHMQ_MSG_* */
-    uint16_t reserved;
+    uint16_t attempt;  /* 1 for the first delivery */
+    uint64_t job_id;   /* log position of the job's first ENQUEUE record (0: not logged) */
 } shmq_msg_header;
 
 _Static_assert(offsetof(shmq_msg_header, length) == 0, "format");
 _Static_assert(offsetof(shmq_msg_header, tag) == 4, "format");
 _Static_assert(offsetof(shmq_msg_header, flags) == 5, "format");
-_Static_assert(sizeof(shmq_msg_header) == 8, "format");
+_Static_assert(offsetof(shmq_msg_header, attempt) == 6, "format");
+_Static_assert(offsetof(shmq_msg_header, job_id) == 8, "format");
+_Static_assert(sizeof(shmq_msg_header) == SHMQ_MSG_HEADER_BYTES, "format");
+
+/* SHMQ_MSG_REF: the lane carries a shmq_msg_ref instead of the payload. */
+typedef struct shmq_msg_ref {
+    uint64_t record;   /* log position of the ENQUEUE record holding the payload */
+    uint32_t offset;   /* of the payload within that record */
+    uint32_t reserved;
+} shmq_msg_ref;
+_Static_assert(sizeof(shmq_msg_ref) == 16, "format");
+
+/*
+ * ======================================================================
+ * The log (write-ahead log): format version SHMQ_LOG_VERSION
+ * ======================================================================
+ *
+ * Unlike the region, the log is written to disk: all fields are
+ * little-endian (shmq builds only on little-endian hosts, see below).
+ *
+ * Files, in the log directory (<data dir>/<queue>.log/, or for durability
+ * "memory" /dev/shm/shmq.<queue>.<12 hex>.log/), mode 0600:
+ *   <16 hex digits of index>.seg   segment `index`
+ *   snapshot                       live jobs at a clean shutdown (optional)
+ *
+ * Positions: the log is one byte sequence numbered 0, 1, 2, ... forever.
+ * Segment i holds positions [i * S, (i + 1) * S), S = segment_bytes, at
+ * file offset SHMQ_SEGMENT_HEADER_BYTES + (position - i * S). A segment
+ * file is SHMQ_SEGMENT_HEADER_BYTES + S bytes, made whole (zero-filled or
+ * allocated) before it is renamed into place, so writing into the mapping
+ * never meets a missing block (no SIGBUS on a full disk).
+ *
+ * Records: 8-aligned, never across a segment end; each starts with a
+ * shmq_record_header. A record's `length` covers header, body and padding
+ * to 8. Its job_id is the position of the job's first ENQUEUE record, so
+ * ids are unique and grow with time; `seq` is the record's own position.
+ *
+ * Appending (any number of processes at once):
+ *   1. reserve: p = fetch_add(log_tail, length). If [p, p + length) crosses
+ *      a segment end, the writer fills both pieces with PAD records and
+ *      reserves again.
+ *   2. claim: CAS word 0 -> PENDING(length, owner). Failure means a hole
+ *      filler voided the space (below): reserve again.
+ *   3. write the body and the rest of the header, CRC last.
+ *   4. publish: CAS word PENDING -> (length, type). release: the body is
+ *      visible to whoever sees the type. Failure: voided, reserve again.
+ * So a reader never takes a half-written record for a whole one: a word
+ * that is 0 or PENDING is not a record yet, and a record whose CRC does not
+ * match is corrupt.
+ *
+ * Holes: a writer killed between reserve and publish leaves zeros or a
+ * PENDING word. A filler (the backlog feeder, recovery) that finds one
+ * turns it into PAD: PENDING(owner dead) -> PAD(length) by CAS; zeros ->
+ * every 8-byte word up to the next non-zero word is CAS'd 0 -> VOID, then
+ * the first becomes PAD. A live writer that was only slow then fails its
+ * CAS and writes its record again further on; nothing is lost or hidden.
+ *
+ * CRC32C (Castagnoli) covers bytes [12, length) of the record, then the 8
+ * bytes of the published word. PADs shorter than a header (at a segment's
+ * end or start) are the word alone.
+ *
+ * Recovery reads the snapshot, then every record of every segment in
+ * position order; a job is live from its ENQUEUE until its DONE or DEAD.
+ * Beyond the last valid record the tail is cut (reported with offset and
+ * byte count); a corrupt record with valid records after it is skipped
+ * (found by scanning on at 8-byte steps for a header whose CRC holds).
+ */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the log format is little-endian; shmq does not support big-endian hosts"
+#endif
+
+#define SHMQ_SEGMENT_MAGIC 0x31474553514d4853ull  /* "SHMQSEG1" */
+#define SHMQ_SNAPSHOT_MAGIC 0x31504e53514d4853ull /* "SHMQSNP1" */
+#define SHMQ_LOG_VERSION 1u
+#define SHMQ_SEGMENT_HEADER_BYTES 4096u
+#define SHMQ_RECORD_ALIGN 8u
+
+enum shmq_record_type {
+    SHMQ_REC_NONE = 0,     /* never published: 0 word = unwritten */
+    SHMQ_REC_PAD = 1,      /* filler: end of segment, or a voided reservation */
+    SHMQ_REC_ENQUEUE = 2,  /* a job: shmq_enqueue_body, group, unique key, payload */
+    SHMQ_REC_START = 3,    /* job_id handed to a consumer that will ack: shmq_start_body */
+    SHMQ_REC_DONE = 4,     /* job_id finished (body empty) */
+    SHMQ_REC_DONE_MANY = 5,/* body: uint32 count, uint32 0, uint64 job_id[count] */
+    SHMQ_REC_RETRY = 6,    /* job_id runs again: shmq_retry_body, then error text */
+    SHMQ_REC_DEAD = 7,     /* job_id failed for good: shmq_retry_body, then error text */
+    SHMQ_REC_CHECKPOINT_BEGIN = 8, /* copies of live jobs follow: shmq_checkpoint_body */
+    SHMQ_REC_CHECKPOINT_END = 9,   /* the copies are complete: shmq_checkpoint_body */
+    SHMQ_REC_TYPE_MAX = 9,
+    SHMQ_REC_PENDING = 0xFE, /* reserved, being written by `owner` */
+    SHMQ_REC_VOID = 0xFF,    /* inside a filled hole */
+};
+
+/* The published word: bits 0..31 length, 32..39 type, 40..52 owner (PENDING only). */
+static inline uint64_t shmq_record_word(uint32_t length, unsigned type, unsigned owner)
+{
+    return (uint64_t)length | ((uint64_t)(type & 0xFFu) << 32) | ((uint64_t)(owner & 0x1FFFu) << 40);
+}
+static inline uint32_t shmq_word_length(uint64_t w) { return (uint32_t)w; }
+static inline unsigned shmq_word_type(uint64_t w) { return (unsigned)(w >> 32) & 0xFFu; }
+static inline unsigned shmq_word_owner(uint64_t w) { return (unsigned)(w >> 40) & 0x1FFFu; }
+
+typedef struct shmq_record_header {
+    _Atomic uint64_t word;  /* length | type << 32, written last (see "Appending") */
+    uint32_t crc;           /* CRC32C, see above */
+    uint32_t body_bytes;    /* bytes of body after this header (length = align8(32 + body_bytes)) */
+    uint64_t seq;           /* this record's position */
+    uint64_t job_id;        /* the job it is about (DONE_MANY, PAD, CHECKPOINT_*: 0) */
+} shmq_record_header;
+_Static_assert(offsetof(shmq_record_header, word) == 0, "format");
+_Static_assert(offsetof(shmq_record_header, crc) == 8, "format");
+_Static_assert(offsetof(shmq_record_header, body_bytes) == 12, "format");
+_Static_assert(offsetof(shmq_record_header, seq) == 16, "format");
+_Static_assert(offsetof(shmq_record_header, job_id) == 24, "format");
+_Static_assert(sizeof(shmq_record_header) == 32, "format");
+
+typedef struct shmq_enqueue_body {
+    int64_t enqueued_ns;    /* CLOCK_REALTIME of the first enqueue */
+    int64_t not_before_ns;  /* CLOCK_REALTIME; 0 = at once */
+    uint32_t lane;          /* UINT32_MAX: any */
+    uint16_t attempt;       /* 1 = first run */
+    uint8_t tag;            /* codec tag of the payload */
+    uint8_t flags;          /* SHMQ_ENQ_* */
+    uint16_t group_bytes;
+    uint16_t unique_bytes;
+    uint32_t payload_bytes;
+    /* then group, unique key, payload: no padding between */
+} shmq_enqueue_body;
+_Static_assert(sizeof(shmq_enqueue_body) == 32, "format");
+#define SHMQ_ENQ_LANED 1u   /* its writer pushes it into a lane: the feeder skips it */
+#define SHMQ_ENQ_SPILLED 2u /* written while spilling: the feeder moves it into a lane */
+#define SHMQ_ENQ_COPY 4u    /* a copy of a job enqueued earlier (checkpoint, recovery, redelivery) */
+
+typedef struct shmq_start_body {
+    uint32_t lane;
+    uint16_t attempt;
+    uint16_t reserved;
+    uint32_t pid;
+    uint32_t reserved2;
+    int64_t lease_until_ns; /* CLOCK_REALTIME */
+} shmq_start_body;
+_Static_assert(sizeof(shmq_start_body) == 24, "format");
+
+typedef struct shmq_retry_body {
+    int64_t not_before_ns;  /* RETRY: when it may run again */
+    uint16_t attempt;       /* RETRY: the next attempt; DEAD: the last one */
+    uint16_t reason;        /* SHMQ_RETRY_* */
+    uint32_t error_bytes;   /* error text (UTF-8) after this body */
+} shmq_retry_body;
+_Static_assert(sizeof(shmq_retry_body) == 16, "format");
+enum { SHMQ_RETRY_FAILED = 1, SHMQ_RETRY_CONSUMER_DIED = 2, SHMQ_RETRY_RECOVERED = 3 };
+
+typedef struct shmq_checkpoint_body {
+    uint64_t floor;         /* END: every live job with a record below it has a copy after BEGIN */
+    uint64_t begin;         /* END: position of the matching BEGIN */
+    uint64_t count;         /* END: copies written */
+    uint64_t reserved;
+} shmq_checkpoint_body;
+_Static_assert(sizeof(shmq_checkpoint_body) == 32, "format");
+
+/* First bytes of a segment file (the rest of its 4096-byte header page is 0). */
+typedef struct shmq_segment_header {
+    uint64_t magic;          /* SHMQ_SEGMENT_MAGIC, or SHMQ_SNAPSHOT_MAGIC for the snapshot */
+    uint32_t version;        /* SHMQ_LOG_VERSION */
+    uint32_t header_bytes;   /* SHMQ_SEGMENT_HEADER_BYTES */
+    uint64_t segment_bytes;  /* S; snapshot: bytes of records after the header */
+    uint64_t index;          /* segment index; snapshot: 0 */
+    uint64_t base;           /* index * S; snapshot: the log position it covers up to */
+    int64_t created_ns;      /* CLOCK_REALTIME */
+    uint32_t durability;     /* of the queue when written */
+    uint32_t crc;            /* CRC32C of the bytes above */
+} shmq_segment_header;
+_Static_assert(sizeof(shmq_segment_header) == 56, "format");
+
+#define SHMQ_TAIL_SPILL (1ull << 63) /* log_tail bit: new jobs wait in the log, the feeder moves them */
 
 #define SHMQ_HEADER_BYTES ((uint64_t)sizeof(shmq_region_header))
 #define SHMQ_PARTICIPANTS_OFFSET SHMQ_HEADER_BYTES

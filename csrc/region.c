@@ -26,6 +26,9 @@ const char *shmq_strerror(int status)
     case SHMQ_EPARTICIPANTS: return "participant table full (too many open handles)";
     case SHMQ_ENAMESPACE: return "region made in another pid namespace";
     case SHMQ_ESYS: return "system call failed";
+    case SHMQ_ELOG: return "the log could not be written";
+    case SHMQ_ELOGSIZE: return "record larger than a log segment";
+    case SHMQ_ELOGFORMAT: return "not a shmq log file of this format version";
     default: return "unknown status";
     }
 }
@@ -40,7 +43,11 @@ static int params_valid(const shmq_params *p)
            p->slot_bytes <= 65536 && p->slot_bytes % 16 == 0 &&
            p->participant_capacity >= 2 &&
            p->participant_capacity <= SHMQ_MAX_PARTICIPANTS + 1 &&
-           p->max_message_bytes >= 1 && p->max_message_bytes <= (1ull << 40);
+           p->max_message_bytes >= 1 && p->max_message_bytes <= (1ull << 40) &&
+           p->durability <= SHMQ_DURABILITY_SYNC &&
+           (p->durability == SHMQ_DURABILITY_NONE ||
+            (p->segment_bytes >= 8192 && p->segment_bytes % 4096 == 0 && p->segment_bytes <= (1ull << 40) &&
+             p->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD <= p->segment_bytes));
 }
 
 static uint64_t lanes_offset_for(uint32_t participant_capacity)
@@ -91,6 +98,10 @@ int shmq_region_init(void *base, uint64_t size, const shmq_params *p)
     hdr->participant_capacity = p->participant_capacity;
     hdr->creator_pid = (uint32_t)getpid();
     hdr->pid_namespace = shmq_pid_namespace();
+    hdr->durability = p->durability;
+    hdr->segment_bytes = p->durability == SHMQ_DURABILITY_NONE ? 0 : p->segment_bytes;
+    hdr->flush_interval_ns = p->flush_interval_ns;
+    hdr->flush_bytes = p->flush_bytes;
 
     long nth = 0;
     if (shmq_fault_parse(getenv("SHMQ_FAULT"), &nth) == SHMQ_FAULT_INIT_BEFORE_MAGIC)
@@ -123,6 +134,10 @@ int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */
     out->codec_id = hdr->codec_id;
     out->max_message_bytes = hdr->max_message_bytes;
     out->participant_capacity = hdr->participant_capacity;
+    out->durability = hdr->durability;
+    out->segment_bytes = hdr->segment_bytes;
+    out->flush_interval_ns = hdr->flush_interval_ns;
+    out->flush_bytes = hdr->flush_bytes;
     if (!params_valid(out) || hdr->region_bytes != shmq_region_size(out))
         return SHMQ_ENOTSHMQ;
     if (size < hdr->region_bytes)
@@ -189,6 +204,7 @@ void shmq_detach(shmq_handle *h)
 {
     if (!h)
         return;
+    shmq_log_close(h);
     shmq_participant_unregister(h);
     free(h);
 }

@@ -17,8 +17,18 @@
 #include <stdint.h>
 
 #define SHMQ_MAGIC 0x31474552514d4853
-#define SHMQ_LAYOUT_VERSION 1
-#define SHMQ_MSG_HEADER_BYTES 8
+#define SHMQ_LAYOUT_VERSION 2
+#define SHMQ_MSG_HEADER_BYTES 16
+#define SHMQ_MSG_REF 1
+#define SHMQ_MSG_SKIP 2
+#define SHMQ_MSG_REF_BYTES 16
+#define SHMQ_DURABILITY_NONE 0
+#define SHMQ_DURABILITY_MEMORY 1
+#define SHMQ_DURABILITY_OS 2
+#define SHMQ_DURABILITY_INTERVAL 3
+#define SHMQ_DURABILITY_SYNC 4
+#define SHMQ_RECORD_HEADER_BYTES 32
+#define SHMQ_ENQUEUE_OVERHEAD 64
 #define SHMQ_MAX_PARTICIPANTS 8191
 
 enum shmq_status {
@@ -36,6 +46,9 @@ enum shmq_status {
     SHMQ_EPARTICIPANTS = -11,/* the participant table is full */
     SHMQ_ENAMESPACE = -12,   /* the region was made in another pid namespace */
     SHMQ_ESYS = -13,         /* a system call failed: see errno */
+    SHMQ_ELOG = -14,         /* the log could not be written: errno says why (ENOSPC, EACCES, ...) */
+    SHMQ_ELOGSIZE = -15,     /* a record does not fit in a log segment */
+    SHMQ_ELOGFORMAT = -16,   /* a log file has another format version, or is not a shmq log */
 };
 
 typedef struct shmq_params {
@@ -45,18 +58,59 @@ typedef struct shmq_params {
     uint32_t codec_id;
     uint64_t max_message_bytes;
     uint32_t participant_capacity; /* 2 .. SHMQ_MAX_PARTICIPANTS + 1 */
+    uint32_t durability;           /* SHMQ_DURABILITY_*; NONE: no log */
+    uint64_t segment_bytes;        /* log segment size, a multiple of 4096 */
+    uint64_t flush_interval_ns;    /* INTERVAL: flush at least this often */
+    uint64_t flush_bytes;          /* INTERVAL: or once this many bytes are unflushed (0: every append) */
 } shmq_params;
 
 /* A message taken from a lane; with SHMQ_ECLAIMED it is still held (READING)
  * and must be passed to shmq_pop_finish or shmq_pop_abandon. */
 typedef struct shmq_message {
     uint64_t position;
+    uint64_t job_id;
     uint32_t lane;
     uint32_t span;
     uint32_t length;
+    uint16_t attempt;
     uint8_t tag;
     uint8_t flags;
 } shmq_message;
+
+/* The log, as seen by shmq_log_stats. */
+typedef struct shmq_log_stats {
+    uint64_t tail;             /* next position to be written */
+    uint64_t base;             /* first position still on disk */
+    uint64_t feed_cursor;      /* backlog: next position to feed (when spilling) */
+    uint64_t flushed_tail;
+    uint64_t records_appended;
+    uint64_t bytes_appended;
+    uint64_t flushes;
+    uint64_t holes_filled;
+    uint64_t redelivered;
+    uint64_t fed;
+    uint64_t checkpoints;
+    uint64_t segments_deleted;
+    uint64_t segments_made;
+    int32_t spilling;          /* 1 while new jobs wait in the log for the feeder */
+    int32_t last_errno;        /* of the last failed log write or flush */
+} shmq_log_stats;
+
+/* What recovery found (shmq_log_recover). */
+typedef struct shmq_recovery {
+    uint64_t segments;         /* files read, snapshot included */
+    uint64_t records;          /* valid records read */
+    uint64_t live;             /* jobs pending again */
+    uint64_t running;          /* of which were running: attempt + 1 */
+    uint64_t done;             /* jobs found finished */
+    uint64_t corrupt_records;  /* corrupt spans skipped in the middle */
+    uint64_t corrupt_bytes;
+    uint64_t torn_bytes;       /* bytes cut off the end */
+    uint64_t torn_position;    /* where the cut began (0: none) */
+    uint64_t holes;            /* unwritten reservations skipped */
+    uint64_t next_position;    /* where the new log begins */
+    int64_t elapsed_ns;
+} shmq_recovery;
 
 typedef struct shmq_counts {
     uint64_t pushed;
@@ -110,6 +164,20 @@ int shmq_pop_many(shmq_handle *handle, char *buffer, uint32_t capacity, uint32_t
                   uint32_t *count /* OUT */, shmq_message *claimed /* OUT */);
 int shmq_pop_finish(shmq_handle *handle, const shmq_message *message, char *buffer);
 void shmq_pop_abandon(shmq_handle *handle, const shmq_message *message);
+
+/* The log. shmq_log_open enables it on a handle (the region must have been
+ * created with a durability other than NONE); `dir` is the log directory. The
+ * creator of a region calls shmq_log_recover before anyone else attaches. */
+int shmq_log_open(shmq_handle *handle, const char *dir);
+int shmq_log_recover(shmq_handle *handle, shmq_recovery *report /* OUT */);
+int shmq_log_maintain(shmq_handle *handle);
+int shmq_log_flush(shmq_handle *handle);
+int shmq_log_snapshot(shmq_handle *handle);
+void shmq_log_stats_read(const shmq_handle *handle, shmq_log_stats *stats /* OUT */);
+int shmq_log_errno(const shmq_handle *handle);
+uint32_t shmq_durability(const shmq_handle *handle);
+int shmq_live_participants(const shmq_handle *handle);
+uint32_t shmq_crc32c_value(const char *data, uint32_t length);
 
 /* Observing. */
 void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);

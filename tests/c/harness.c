@@ -2,11 +2,32 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+
+/* Temporary directories are named after the test's process, so the runner
+ * can remove what a test killed by a signal or a sanitizer left behind. */
+#define TEMP_PREFIX "shmq-test."
+
+static void remove_tree(const char *path)
+{
+    DIR *dir = opendir(path);
+    if (dir) {
+        int fd = dirfd(dir);
+        struct dirent *entry;
+        while ((entry = readdir(dir)))
+            if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0)
+                unlinkat(fd, entry->d_name, 0);
+        closedir(dir);
+    }
+    rmdir(path);
+}
 
 void test_fail(const char *file, int line, const char *fmt, ...)
 {
@@ -30,15 +51,80 @@ shmq_params test_params(uint32_t lanes, uint32_t slots, uint32_t slot_bytes)
                          .participant_capacity = 64};
 }
 
-test_region region_create(uint32_t lanes, uint32_t slots, uint32_t slot_bytes)
+test_region region_create_with(const shmq_params *p)
 {
-    shmq_params p = test_params(lanes, slots, slot_bytes);
-    uint64_t size = shmq_region_size(&p);
+    uint64_t size = shmq_region_size(p);
     CHECK(size > 0);
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(base != MAP_FAILED);
-    CHECK_RC(shmq_region_init(base, size, &p), SHMQ_OK);
+    CHECK_RC(shmq_region_init(base, size, p), SHMQ_OK);
     return (test_region){base, size};
+}
+
+test_region region_create(uint32_t lanes, uint32_t slots, uint32_t slot_bytes)
+{
+    shmq_params p = test_params(lanes, slots, slot_bytes);
+    return region_create_with(&p);
+}
+
+char *temp_dir_create(void)
+{
+    char *dir = malloc(64);
+    CHECK(dir != NULL);
+    snprintf(dir, 64, "/tmp/" TEMP_PREFIX "%d.XXXXXX", (int)getpid());
+    CHECK(mkdtemp(dir) != NULL);
+    return dir;
+}
+
+void temp_dirs_sweep(pid_t pid)
+{
+    char prefix[32], path[512];
+    snprintf(prefix, sizeof prefix, TEMP_PREFIX "%d.", (int)pid);
+    DIR *tmp = opendir("/tmp");
+    if (!tmp)
+        return;
+    struct dirent *entry;
+    while ((entry = readdir(tmp)))
+        if (strncmp(entry->d_name, prefix, strlen(prefix)) == 0) {
+            snprintf(path, sizeof path, "/tmp/%s", entry->d_name);
+            remove_tree(path);
+        }
+    closedir(tmp);
+}
+
+void temp_dir_remove(char *dir)
+{
+    remove_tree(dir);
+    struct stat st;
+    CHECK(stat(dir, &st) != 0); /* gone */
+    free(dir);
+}
+
+shmq_params logged_params(uint32_t lanes, uint32_t slots, uint32_t slot_bytes, uint32_t durability,
+                          uint64_t segment_bytes)
+{
+    shmq_params p = test_params(lanes, slots, slot_bytes);
+    p.durability = durability;
+    p.segment_bytes = segment_bytes;
+    if (p.max_message_bytes + SHMQ_ENQUEUE_OVERHEAD > segment_bytes)
+        p.max_message_bytes = segment_bytes / 4;
+    return p;
+}
+
+shmq_handle *logged_attach(const test_region *r, const char *dir)
+{
+    shmq_handle *h = region_attach(r);
+    CHECK_RC(shmq_log_open(h, dir), SHMQ_OK);
+    return h;
+}
+
+shmq_handle *logged_region_create(test_region *r, const shmq_params *p, const char *dir,
+                                  shmq_recovery *report /* OUT */)
+{
+    *r = region_create_with(p);
+    shmq_handle *h = logged_attach(r, dir);
+    CHECK_RC(shmq_log_recover(h, report), SHMQ_OK);
+    return h;
 }
 
 void region_destroy(test_region *r)

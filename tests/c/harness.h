@@ -47,8 +47,24 @@ typedef struct test_region {
 
 shmq_params test_params(uint32_t lanes, uint32_t slots, uint32_t slot_bytes);
 test_region region_create(uint32_t lanes, uint32_t slots, uint32_t slot_bytes);
+test_region region_create_with(const shmq_params *p);
 void region_destroy(test_region *r);
 shmq_handle *region_attach(const test_region *r);
+
+/* Logged regions: the log lives in a fresh directory under /tmp, removed by
+ * temp_dir_remove; the runner sweeps those of a test that did not get there. */
+char *temp_dir_create(void);
+void temp_dir_remove(char *dir);
+void temp_dirs_sweep(pid_t pid);
+/* test_params plus a log; max_message_bytes shrinks to what a segment holds. */
+shmq_params logged_params(uint32_t lanes, uint32_t slots, uint32_t slot_bytes, uint32_t durability,
+                          uint64_t segment_bytes);
+/* Attaches and opens the log in `dir`. */
+shmq_handle *logged_attach(const test_region *r, const char *dir);
+/* A new region over the log in `dir`, as its creator makes it: attach, open
+ * the log, recover (which starts an empty log). Returns the creator's handle. */
+shmq_handle *logged_region_create(test_region *r, const shmq_params *p, const char *dir,
+                                  shmq_recovery *report /* OUT */);
 
 int64_t now_ns(void);
 void sleep_ms(int ms);

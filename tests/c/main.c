@@ -55,6 +55,7 @@ int main(int argc, char **argv)
         int status = 0;
         while (waitpid(pid, &status, 0) < 0)
             ;
+        temp_dirs_sweep(pid);
         double seconds = (double)(now_ns() - start) / 1e9;
         if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
             printf("PASS %-28s %6.2f s\n", tests[i].name, seconds);

@@ -78,7 +78,8 @@ void test_basic_round_trip(void)
     CHECK_EQ(max, 8 * SLOT - SHMQ_MSG_HEADER_BYTES); /* half a lane */
 
     static uint8_t in[4096], out[4096];
-    const uint32_t sizes[] = {0, 1, SLOT - 8, SLOT - 7, 2 * SLOT - 8, 2 * SLOT - 7, max - 1, max};
+    enum { H = SHMQ_MSG_HEADER_BYTES };
+    const uint32_t sizes[] = {0, 1, SLOT - H, SLOT - H + 1, 2 * SLOT - H, 2 * SLOT - H + 1, max - 1, max};
     const uint32_t spans[] = {1, 1, 1, 2, 2, 3, 8, 8};
     uint64_t pos = 0;
     for (int round = 0; round < 3; round++) { /* rounds 2 and 3 wrap the ring */
@@ -133,7 +134,9 @@ void test_basic_round_trip(void)
 
 void test_basic_empty_full(void)
 {
-    test_region r = region_create(1, 16, 32);
+    /* ONE: the largest payload that fits in one slot. */
+    enum { SLOT = 32, ONE = SLOT - SHMQ_MSG_HEADER_BYTES, SMALL = ONE - 4 };
+    test_region r = region_create(1, 16, SLOT);
     shmq_handle *h = region_attach(&r);
     char buf[512];
     uint32_t lengths[4], count = 99;
@@ -147,8 +150,8 @@ void test_basic_empty_full(void)
     CHECK_EQ(count, 0);
 
     for (uint64_t i = 0; i < 16; i++) {
-        fill_pattern((uint8_t *)buf, i, 20);
-        CHECK_RC(shmq_push(h, -1, 0, 0, buf, 20, NULL, 0, 0), SHMQ_OK);
+        fill_pattern((uint8_t *)buf, i, SMALL);
+        CHECK_RC(shmq_push(h, -1, 0, 0, buf, SMALL, NULL, 0, 0), SHMQ_OK);
     }
     CHECK(shmq_is_full(h));
     CHECK_RC(shmq_push(h, -1, 0, 0, buf, 0, NULL, 0, 0), SHMQ_EFULL);
@@ -158,16 +161,16 @@ void test_basic_empty_full(void)
 
     /* One slot free, at the ring's start: a one-slot message fits, a two-slot one does not. */
     CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
-    CHECK_EQ(check_pattern((uint8_t *)buf, 0, 20), 0);
+    CHECK_EQ(check_pattern((uint8_t *)buf, 0, SMALL), 0);
     CHECK(!shmq_is_full(h));
-    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 25, NULL, 0, 0), SHMQ_EFULL);
-    fill_pattern((uint8_t *)buf, 16, 24);
-    CHECK_RC(shmq_push(h, -1, 0, 0, buf, 24, NULL, 0, 0), SHMQ_OK);
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, ONE + 1, NULL, 0, 0), SHMQ_EFULL);
+    fill_pattern((uint8_t *)buf, 16, ONE);
+    CHECK_RC(shmq_push(h, -1, 0, 0, buf, ONE, NULL, 0, 0), SHMQ_OK);
     CHECK(shmq_is_full(h));
 
     for (uint64_t i = 1; i <= 16; i++) {
         CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
-        CHECK_EQ(m.length, i == 16 ? 24 : 20);
+        CHECK_EQ(m.length, i == 16 ? ONE : SMALL);
         CHECK_EQ(check_pattern((uint8_t *)buf, i, m.length), 0);
     }
     CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
@@ -200,7 +203,8 @@ static void *delayed_thread(void *arg)
 void test_basic_timeouts(void)
 {
     const int64_t ms = 1000000, timeout = 50 * ms, upper = 5000 * ms;
-    test_region r = region_create(1, 8, 16);
+    /* Slots with room for the header and an 8-byte payload: one message a slot. */
+    test_region r = region_create(1, 8, SHMQ_MSG_HEADER_BYTES + 16);
     shmq_handle *h = region_attach(&r);
     char buf[256];
     uint32_t lengths[4], count;
@@ -245,7 +249,7 @@ void test_basic_timeouts(void)
 
 void test_basic_lanes(void)
 {
-    test_region r = region_create(3, 8, 16);
+    test_region r = region_create(3, 8, SHMQ_MSG_HEADER_BYTES + 16); /* a 1-byte message takes one slot */
     shmq_handle *h = region_attach(&r);
     char buf[256];
     uint32_t pushed, length = 1;
@@ -272,6 +276,38 @@ void test_basic_lanes(void)
     while (shmq_pop(h, buf, sizeof buf, 0, &m) == SHMQ_OK)
         popped++;
     CHECK_EQ(popped, 24);
+    CHECK(shmq_is_empty(h));
+    shmq_detach(h);
+    region_destroy(&r);
+}
+
+/* The flags of a put are the caller's, except the bits the core gives a
+ * meaning (SHMQ_MSG_REF, SHMQ_MSG_SKIP): a put that sets them is refused, or
+ * its message arrives like any other. Never dropped, never read as a log
+ * reference on a queue without a log. */
+void test_basic_core_flags(void)
+{
+    test_region r = region_create(1, 16, 32);
+    shmq_handle *h = region_attach(&r);
+    const uint8_t core[] = {SHMQ_MSG_SKIP, SHMQ_MSG_REF};
+    char buf[64];
+    for (size_t i = 0; i < sizeof core; i++) {
+        fill_pattern((uint8_t *)buf, i, 10);
+        int rc = shmq_push(h, -1, 7, core[i], buf, 10, NULL, 0, 0);
+        if (rc != SHMQ_OK) {
+            CHECK_RC(rc, SHMQ_EINVAL);
+            continue;
+        }
+        shmq_message m;
+        memset(buf, 0, sizeof buf);
+        CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
+        CHECK_EQ(m.length, 10);
+        CHECK_EQ(m.tag, 7);
+        CHECK_EQ(check_pattern((uint8_t *)buf, i, 10), 0);
+    }
+    shmq_counts c;
+    shmq_counts_read(h, &c);
+    CHECK_EQ(c.dropped_corrupt, 0);
     CHECK(shmq_is_empty(h));
     shmq_detach(h);
     region_destroy(&r);

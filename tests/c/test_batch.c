@@ -10,6 +10,8 @@
 #include "tests.h"
 
 enum { SLOT = 32, SLOTS = 16 };
+/* ONE: the largest payload of a one-slot message; SMALL: a one-slot payload. */
+enum { ONE = SLOT - SHMQ_MSG_HEADER_BYTES, SMALL = ONE - 4 };
 
 /* Concatenated pattern messages seq0, seq0+1, ... with the given lengths. */
 static void build_batch(uint8_t *data, const uint32_t *lengths, uint32_t count, uint64_t seq0)
@@ -51,7 +53,7 @@ void test_batch_push_many(void)
     pop_expect(h, 500, 33, 4);
 
     /* Several messages of several spans, a tag each. */
-    const uint32_t sizes[10] = {0, 1, 24, 25, 88, 7, 56, 2, 3, 10}; /* spans 14 */
+    const uint32_t sizes[10] = {0, 1, ONE, ONE + 1, 2 * SLOT + ONE, 7, SLOT + ONE, 2, 3, 10}; /* spans 14 */
     uint32_t total_span = 0;
     for (int i = 0; i < 10; i++) {
         lengths[i] = sizes[i];
@@ -70,24 +72,24 @@ void test_batch_push_many(void)
 
     /* More than fits, timeout 0: what fits goes in, in order, then EFULL. */
     for (int i = 0; i < 20; i++)
-        lengths[i] = 20;
+        lengths[i] = SMALL;
     build_batch(data, lengths, 20, 2000);
     CHECK_RC(shmq_push_many(h, -1, (const char *)data, lengths, NULL, 1, 20, 0, &pushed), SHMQ_EFULL);
     CHECK_EQ(pushed, SLOTS);
     CHECK(shmq_is_full(h));
     for (int i = 0; i < SLOTS; i++)
-        pop_expect(h, 2000 + i, 20, 1);
+        pop_expect(h, 2000 + i, SMALL, 1);
 
     /* Three-slot messages: 5 fit in 16 slots; the last claim shrinks to what fits. */
     for (int i = 0; i < 8; i++)
-        lengths[i] = 3 * SLOT - 8;
+        lengths[i] = 3 * SLOT - SHMQ_MSG_HEADER_BYTES;
     build_batch(data, lengths, 8, 3000);
     tail = lane_tail(h, 0);
     CHECK_RC(shmq_push_many(h, -1, (const char *)data, lengths, NULL, 2, 8, 0, &pushed), SHMQ_EFULL);
     CHECK_EQ(pushed, 5);
     CHECK_EQ(lane_tail(h, 0), tail + 15);
     for (int i = 0; i < 5; i++)
-        pop_expect(h, 3000 + i, 3 * SLOT - 8, 2);
+        pop_expect(h, 3000 + i, 3 * SLOT - SHMQ_MSG_HEADER_BYTES, 2);
 
     /* A full lane with a timeout: waits it out, then EFULL with what went in. */
     for (int i = 0; i < 20; i++)
@@ -134,7 +136,7 @@ static void *blocked_push_thread(void *arg)
     static uint8_t data[4096];
     uint32_t lengths[64];
     for (uint32_t i = 0; i < b->count; i++)
-        lengths[i] = 20;
+        lengths[i] = SMALL;
     build_batch(data, lengths, b->count, 7000);
     b->rc = shmq_push_many(h, -1, (const char *)data, lengths, NULL, 6, b->count, -1, &b->pushed);
     atomic_store(&b->done, 1);
@@ -168,9 +170,9 @@ void test_batch_push_many_blocks(void)
     for (uint32_t i = 0; i < b.count; i++) {
         shmq_message m;
         CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 10000000000, &m), SHMQ_OK);
-        CHECK_EQ(m.length, 20);
+        CHECK_EQ(m.length, SMALL);
         CHECK_EQ(m.tag, 6);
-        CHECK_EQ(check_pattern(buf, 7000 + i, 20), 0);
+        CHECK_EQ(check_pattern(buf, 7000 + i, SMALL), 0);
     }
     CHECK_EQ(pthread_join(t, NULL), 0);
     CHECK_RC(b.rc, SHMQ_OK);
@@ -194,7 +196,7 @@ void test_batch_pop_many(void)
 
     /* max_items is respected. */
     for (int i = 0; i < 10; i++)
-        lengths[i] = 20;
+        lengths[i] = SMALL;
     build_batch(data, lengths, 10, 100);
     CHECK_RC(shmq_push_many(h, -1, (const char *)data, lengths, NULL, 8, 10, 0, &pushed), SHMQ_OK);
     const uint32_t takes[] = {3, 3, 1, 10};
@@ -206,9 +208,9 @@ void test_batch_pop_many(void)
                  SHMQ_OK);
         CHECK_EQ(count, expect[round]);
         for (uint32_t i = 0; i < count; i++) {
-            CHECK_EQ(out_lengths[i], 20);
+            CHECK_EQ(out_lengths[i], SMALL);
             CHECK_EQ(out_tags[i], 8);
-            CHECK_EQ(check_pattern(buf + 20 * i, seq++, 20), 0);
+            CHECK_EQ(check_pattern(buf + SMALL * i, seq++, SMALL), 0);
         }
     }
     CHECK_RC(shmq_pop_many(h, (char *)buf, sizeof buf, 5, 0, out_lengths, out_tags, &count, &claimed),
@@ -216,24 +218,29 @@ void test_batch_pop_many(void)
     CHECK_EQ(count, 0);
 
     /* The buffer is respected: a message is taken only if its span's room
-     * (here 24 bytes) is left, so 50 bytes take two 20-byte messages, 43 one. */
+     * (ONE bytes) is left, so 2 * SMALL + 10 bytes take two SMALL messages,
+     * and SMALL + ONE - 1 (room for the bytes of two, not for the second's
+     * span) one. */
     for (int i = 0; i < 6; i++)
-        lengths[i] = 20;
+        lengths[i] = SMALL;
     build_batch(data, lengths, 6, 200);
     CHECK_RC(shmq_push_many(h, -1, (const char *)data, lengths, NULL, 9, 6, 0, &pushed), SHMQ_OK);
     memset(buf, 0xEE, sizeof buf);
-    CHECK_RC(shmq_pop_many(h, (char *)buf, 50, 10, 0, out_lengths, out_tags, &count, &claimed), SHMQ_OK);
+    CHECK_RC(shmq_pop_many(h, (char *)buf, 2 * SMALL + 10, 10, 0, out_lengths, out_tags, &count, &claimed),
+             SHMQ_OK);
     CHECK_EQ(count, 2);
-    CHECK_EQ(check_pattern(buf, 200, 20), 0);
-    CHECK_EQ(check_pattern(buf + 20, 201, 20), 0);
-    CHECK_EQ(buf[40], 0xEE);
-    CHECK_RC(shmq_pop_many(h, (char *)buf, 43, 10, 0, out_lengths, out_tags, &count, &claimed), SHMQ_OK);
+    CHECK_EQ(check_pattern(buf, 200, SMALL), 0);
+    CHECK_EQ(check_pattern(buf + SMALL, 201, SMALL), 0);
+    CHECK_EQ(buf[2 * SMALL], 0xEE);
+    _Static_assert(SMALL + ONE - 1 >= 2 * SMALL, "the buffer holds the bytes of two messages");
+    CHECK_RC(shmq_pop_many(h, (char *)buf, SMALL + ONE - 1, 10, 0, out_lengths, out_tags, &count, &claimed),
+             SHMQ_OK);
     CHECK_EQ(count, 1);
-    CHECK_EQ(check_pattern(buf, 202, 20), 0);
+    CHECK_EQ(check_pattern(buf, 202, SMALL), 0);
     CHECK_RC(shmq_pop_many(h, (char *)buf, sizeof buf, 10, 0, out_lengths, out_tags, &count, &claimed), SHMQ_OK);
     CHECK_EQ(count, 3);
     for (uint32_t i = 0; i < 3; i++)
-        CHECK_EQ(check_pattern(buf + 20 * i, 203 + i, 20), 0);
+        CHECK_EQ(check_pattern(buf + SMALL * i, 203 + i, SMALL), 0);
     shmq_detach(h);
     region_destroy(&r);
 
@@ -264,16 +271,17 @@ void test_batch_claimed(void)
     shmq_message m, claimed;
     unsigned self = shmq_participant_index(h);
 
-    /* Bigger than the buffer: claimed, then copied by pop_finish. */
+    /* Bigger than the buffer: claimed, then copied by pop_finish. Flags
+     * other than the core's own (SHMQ_MSG_REF, SHMQ_MSG_SKIP) pass through. */
     fill_pattern(data, 1, 200);
-    CHECK_RC(shmq_push(h, -1, 5, 3, (const char *)data, 200, NULL, 0, 0), SHMQ_OK);
+    CHECK_RC(shmq_push(h, -1, 5, 0x30, (const char *)data, 200, NULL, 0, 0), SHMQ_OK);
     CHECK_RC(shmq_pop(h, (char *)buf, 64, 0, &m), SHMQ_ECLAIMED);
     CHECK_EQ(m.length, 200);
     CHECK_EQ(m.span, 7);
     CHECK_EQ(m.lane, 0);
     CHECK_EQ(m.position, 0);
     CHECK_EQ(m.tag, 5);
-    CHECK_EQ(m.flags, 3);
+    CHECK_EQ(m.flags, 0x30);
     CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, 7));
     CHECK_RC(shmq_pop(other, (char *)buf, sizeof buf, 0, &claimed), SHMQ_EEMPTY);
     /* Only the claim's holder may finish or abandon it. */
@@ -395,7 +403,7 @@ static void *publish_watcher(void *arg)
  * message is published last, and whoever sees it sees the batch. */
 void test_batch_publish_order(void)
 {
-    test_region r = region_create(1, 64, 16);
+    test_region r = region_create(1, 64, SLOT);
     shmq_handle *h = region_attach(&r);
     publish_watch w = {.h = h, .count = 31, .pos = UINT64_MAX, .polling = UINT64_MAX};
     pthread_t t;

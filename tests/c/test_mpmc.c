@@ -20,6 +20,7 @@ _Static_assert(sizeof(wire) == WIRE, "wire header");
 typedef struct mpmc {
     test_region region;
     uint32_t per_producer;
+    uint32_t max_body; /* MAX_BODY, or less where the largest message would not fit in a lane */
     int ordered; /* one lane: each consumer sees each producer's messages in order */
     _Atomic uint64_t received;
     _Atomic uint8_t *seen;
@@ -38,9 +39,9 @@ static uint32_t checksum(const wire *w, const uint8_t *body)
 }
 
 /* Writes message (producer, seq) at dst; returns its length. */
-static uint32_t make_message(uint8_t *dst, uint32_t producer, uint32_t seq, uint64_t *rng)
+static uint32_t make_message(uint8_t *dst, uint32_t producer, uint32_t seq, uint32_t max_body, uint64_t *rng)
 {
-    wire w = {producer, seq, 0, rng_below(rng, MAX_BODY + 1)};
+    wire w = {producer, seq, 0, rng_below(rng, max_body + 1)};
     uint8_t *body = dst + WIRE;
     for (uint32_t i = 0; i < w.body_length; i++)
         body[i] = (uint8_t)rng_next(rng);
@@ -60,20 +61,20 @@ static void *producer_main(void *arg)
     for (uint32_t seq = 0; seq < m->per_producer;) {
         uint32_t mode = rng_below(&rng, 4);
         if (mode == 0) {
-            uint32_t length = make_message(data, self->id, seq++, &rng);
+            uint32_t length = make_message(data, self->id, seq++, m->max_body, &rng);
             /* header and body as the two pieces of one message */
             CHECK_RC(shmq_push(h, -1, (uint8_t)self->id, 0, (const char *)data, WIRE, (const char *)data + WIRE,
                                length - WIRE, -1),
                      SHMQ_OK);
         } else if (mode == 1) {
-            uint32_t length = make_message(data, self->id, seq++, &rng);
+            uint32_t length = make_message(data, self->id, seq++, m->max_body, &rng);
             CHECK_RC(shmq_put(h, (uint8_t)self->id, (const char *)data, length, -1), SHMQ_OK);
         } else {
             uint32_t count = 1 + rng_below(&rng, MAX_BATCH), at = 0;
             if (count > m->per_producer - seq)
                 count = m->per_producer - seq;
             for (uint32_t i = 0; i < count; i++) {
-                lengths[i] = make_message(data + at, self->id, seq++, &rng);
+                lengths[i] = make_message(data + at, self->id, seq++, m->max_body, &rng);
                 at += lengths[i];
             }
             uint32_t pushed = 0;
@@ -165,6 +166,11 @@ static void mpmc_run(uint32_t lanes, uint32_t slots, uint32_t slot_bytes, uint32
     CHECK(m != NULL);
     m->region = region_create(lanes, slots, slot_bytes);
     m->per_producer = per_producer;
+    shmq_handle *probe = region_attach(&m->region);
+    uint32_t inline_max = shmq_inline_max(probe);
+    shmq_detach(probe);
+    CHECK(inline_max > WIRE);
+    m->max_body = inline_max - WIRE < MAX_BODY ? inline_max - WIRE : MAX_BODY;
     m->ordered = lanes == 1;
     m->seen = calloc((size_t)PRODUCERS * per_producer, 1);
     CHECK(m->seen != NULL);
@@ -217,5 +223,6 @@ void test_mpmc_one_lane(void) { mpmc_run(1, 64, 32, 25000); }
 
 void test_mpmc_three_lanes(void) { mpmc_run(3, 64, 32, 25000); }
 
-/* Lanes of 16 slots that one batch can half fill: mostly full, always waiting. */
+/* Lanes of 16 slots that one batch can half fill: mostly full, always waiting.
+ * The largest message fills half a lane (max_body). */
 void test_mpmc_tiny_lanes(void) { mpmc_run(2, 16, 16, 10000); }

@@ -230,12 +230,13 @@ void test_repair_live_owners_kept(void)
     CHECK_EQ(lane_state(h, 0, 0), writing(h, 0, live, 1));
     CHECK_EQ(shmq_repair(h), 0);
     /* It publishes at last: both messages arrive in order. */
-    fill_pattern(buf, 0, 20);
+    enum { ONE = SLOT - SHMQ_MSG_HEADER_BYTES }; /* fills its one slot */
+    fill_pattern(buf, 0, ONE);
     shmq_msg_header *mh = header_at(h, lane_at(h, 0), 0);
-    *mh = (shmq_msg_header){.length = 20, .tag = 0};
-    ring_write(h, lane_at(h, 0), 0, SHMQ_MSG_HEADER_BYTES, buf, 20);
+    *mh = (shmq_msg_header){.length = ONE, .tag = 0};
+    ring_write(h, lane_at(h, 0), 0, SHMQ_MSG_HEADER_BYTES, buf, ONE);
     lane_set_state(h, 0, 0, shmq_state(0, SHMQ_SLOT_READY, live, 1));
-    pop_seq(h, 0, 20, 0);
+    pop_seq(h, 0, ONE, 0);
     pop_seq(h, 1, 10, 0);
 
     /* A live reader holds the oldest message of a full lane: producers wait. */

@@ -9,6 +9,7 @@
     X(basic_empty_full)          \
     X(basic_timeouts)            \
     X(basic_lanes)               \
+    X(basic_core_flags)          \
     X(wrap_single)               \
     X(wrap_batches)              \
     X(wrap_lap_overflow)         \
@@ -29,7 +30,19 @@
     X(repair_reader_scan_back)   \
     X(repair_races)              \
     X(repair_explicit)           \
-    X(repair_release_order)
+    X(repair_release_order)      \
+    X(crc32c_check_values)       \
+    X(crc32c_reference)          \
+    X(crc32c_chaining)           \
+    X(crc32c_paths_agree)        \
+    X(crc32c_threads)            \
+    X(log_put_get_records)       \
+    X(log_concurrent_append)     \
+    X(log_recover_pending)       \
+    X(log_hole_filled)           \
+    X(log_torn_tail)             \
+    X(log_torn_tail_ahead)       \
+    X(log_corrupt_middle)
 
 #define X(name) void test_##name(void);
 SHMQ_TESTS(X)

@@ -1,0 +1,884 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* log.c -- the write-ahead log while a queue runs: segment files, appending
+ * from many processes at once, holes, flushing with group commit, and the
+ * feeder that moves jobs waiting in the log (the backlog) into the lanes.
+ * The format is specified in layout.h ("The log"); recovery, retention and
+ * snapshots are in log_recover.c and log_retain.c. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "lane.h"
+#include "log.h"
+
+/* ------------------------------------------------------------ helpers */
+
+int64_t shmq_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int shmq_log_fail(shmq_handle *h, int err)
+{
+    /* relaxed: a diagnostic value only. */
+    atomic_store_explicit(&h->header->log_errno, err ? err : EIO, memory_order_relaxed);
+    errno = err ? err : EIO;
+    return SHMQ_ELOG;
+}
+
+uint32_t shmq_record_crc(const shmq_record_header *rec, uint64_t word)
+{
+    uint32_t length = shmq_word_length(word);
+    uint32_t crc = shmq_crc32c(0, (const uint8_t *)rec + 12, length - 12);
+    return shmq_crc32c(crc, &word, sizeof word);
+}
+
+uint32_t shmq_crc32c_value(const char *data, uint32_t length) { return shmq_crc32c(0, data, length); }
+
+/* Threads of this process inside log code: a mapping may be unmapped only
+ * while none is. seq_cst: pairs with the seq_cst clear of a slot's base and
+ * load of `inside` in shmq_log_unmap_retired; one side sees the other. */
+void shmq_log_enter(shmq_handle *h) { atomic_fetch_add_explicit(&h->inside, 1, memory_order_seq_cst); }
+void shmq_log_leave(shmq_handle *h) { atomic_fetch_sub_explicit(&h->inside, 1, memory_order_seq_cst); }
+
+/* ------------------------------------------------------------ segments */
+
+void shmq_segment_name(char *out, size_t size, uint64_t index)
+{
+    snprintf(out, size, "%016llx.seg", (unsigned long long)index);
+}
+
+/* Makes a new file whole before it is used: no block is missing when the
+ * mapping is written (a full disk then fails here, not with SIGBUS later).
+ * Durable modes zero-fill it: writes into written blocks need no journal
+ * commit at flush time (about 1.6x faster fdatasync); dropping the cached
+ * pages afterwards keeps one store from dirtying a large cached folio. */
+static int make_whole(int fd, uint64_t bytes, uint32_t durability)
+{
+    if (durability < SHMQ_DURABILITY_INTERVAL)
+        return posix_fallocate(fd, 0, (off_t)bytes);
+    static const uint8_t zeros[1 << 20];
+    for (uint64_t at = 0; at < bytes;) {
+        size_t n = bytes - at < sizeof zeros ? (size_t)(bytes - at) : sizeof zeros;
+        ssize_t w = pwrite(fd, zeros, n, (off_t)at);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        at += (uint64_t)w;
+    }
+    if (fdatasync(fd) != 0)
+        return errno;
+    posix_fadvise(fd, 0, (off_t)bytes, POSIX_FADV_DONTNEED);
+    return 0;
+}
+
+int shmq_segment_header_check(const shmq_segment_header *sh, uint64_t magic)
+{
+    if (sh->magic != magic || sh->header_bytes != SHMQ_SEGMENT_HEADER_BYTES)
+        return SHMQ_ELOGFORMAT;
+    if (sh->version != SHMQ_LOG_VERSION)
+        return SHMQ_ELOGFORMAT;
+    if (shmq_crc32c(0, sh, offsetof(shmq_segment_header, crc)) != sh->crc)
+        return SHMQ_ELOGFORMAT;
+    return SHMQ_OK;
+}
+
+void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t segment_bytes, uint64_t index,
+                              uint64_t base, uint32_t durability)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->magic = magic;
+    sh->version = SHMQ_LOG_VERSION;
+    sh->header_bytes = SHMQ_SEGMENT_HEADER_BYTES;
+    sh->segment_bytes = segment_bytes;
+    sh->index = index;
+    sh->base = base;
+    sh->created_ns = shmq_wall_ns();
+    sh->durability = durability;
+    sh->crc = shmq_crc32c(0, sh, offsetof(shmq_segment_header, crc));
+}
+
+/* Opens segment `index`, creating it if `create` (another process may be
+ * creating it at the same moment: the first link() wins, the other uses it).
+ * Returns an fd, or -errno. */
+static int segment_open(shmq_handle *h, uint64_t index, int create)
+{
+    char name[32], tmp[64];
+    shmq_segment_name(name, sizeof name, index);
+    int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 || errno != ENOENT || !create)
+        return fd >= 0 ? fd : -errno;
+    static _Atomic uint32_t counter;
+    /* relaxed: only makes the name unique within this process. */
+    snprintf(tmp, sizeof tmp, "tmp.%016llx.%d.%u", (unsigned long long)index, (int)getpid(),
+             atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed));
+    fd = openat(h->log_dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int err = fchmod(fd, 0600) == 0 ? 0 : errno; /* whatever the umask: owner only */
+    if (!err)
+        err = make_whole(fd, SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes, h->durability);
+    shmq_segment_header sh;
+    shmq_segment_header_fill(&sh, SHMQ_SEGMENT_MAGIC, h->segment_bytes, index, index * h->segment_bytes,
+                             h->durability);
+    if (!err && pwrite(fd, &sh, sizeof sh, 0) != (ssize_t)sizeof sh)
+        err = errno ? errno : EIO;
+    if (!err && h->durability >= SHMQ_DURABILITY_OS && fdatasync(fd) != 0)
+        err = errno;
+    if (!err && linkat(h->log_dirfd, tmp, h->log_dirfd, name, 0) != 0) {
+        if (errno == EEXIST) { /* someone else made it first: use theirs */
+            close(fd);
+            fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
+            if (fd < 0)
+                err = errno;
+        } else {
+            err = errno;
+        }
+    }
+    unlinkat(h->log_dirfd, tmp, 0);
+    if (err) {
+        if (fd >= 0)
+            close(fd);
+        return -err;
+    }
+    if (h->durability >= SHMQ_DURABILITY_OS)
+        fsync(h->log_dirfd); /* the new name survives a power cut */
+    /* relaxed: a high-water mark for maintenance; races only lose to a larger value. */
+    uint64_t made = atomic_load_explicit(&h->header->segments_made, memory_order_relaxed);
+    while (made < index + 1 &&
+           !atomic_compare_exchange_weak_explicit(&h->header->segments_made, &made, index + 1, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+    return fd;
+}
+
+/* The mapping of segment `index` in this process (mapped on first use;
+ * created first if `create`). NULL with *err = errno on failure. The caller
+ * is inside log code (shmq_log_enter). */
+uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err)
+{
+    shmq_segment_slot *slot = &h->segments[index % SHMQ_SEGMENT_SLOTS];
+    /* acquire: pairs with the release store of base below; index and fd were written before it. */
+    uint8_t *base = atomic_load_explicit(&slot->base, memory_order_acquire);
+    if (base && atomic_load_explicit(&slot->index, memory_order_relaxed) == index)
+        return base;
+    pthread_mutex_lock(&h->segment_lock);
+    base = atomic_load_explicit(&slot->base, memory_order_relaxed);
+    if (base && atomic_load_explicit(&slot->index, memory_order_relaxed) == index) {
+        pthread_mutex_unlock(&h->segment_lock);
+        return base;
+    }
+    if (base) {
+        /* The slot holds another segment: 1024 segments apart, so the older
+         * one is long gone unless the log is that long. */
+        uint64_t other = atomic_load_explicit(&slot->index, memory_order_relaxed);
+        uint64_t log_base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
+        if ((other + 1) * h->segment_bytes > log_base && other + SHMQ_SEGMENT_SLOTS > index) {
+            pthread_mutex_unlock(&h->segment_lock);
+            *err = EFBIG;
+            return NULL;
+        }
+        shmq_log_retire_slot(h, slot);
+    }
+    int fd = segment_open(h, index, create);
+    if (fd < 0) {
+        pthread_mutex_unlock(&h->segment_lock);
+        *err = -fd;
+        return NULL;
+    }
+    uint64_t bytes = SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < bytes) {
+        *err = fstat(fd, &st) != 0 ? errno : EINVAL; /* a truncated segment: not ours to grow */
+        close(fd);
+        pthread_mutex_unlock(&h->segment_lock);
+        return NULL;
+    }
+    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mem == MAP_FAILED) {
+        *err = errno;
+        close(fd);
+        pthread_mutex_unlock(&h->segment_lock);
+        return NULL;
+    }
+    if (shmq_segment_header_check(mem, SHMQ_SEGMENT_MAGIC) != SHMQ_OK ||
+        ((shmq_segment_header *)mem)->index != index ||
+        ((shmq_segment_header *)mem)->segment_bytes != h->segment_bytes) {
+        munmap(mem, bytes);
+        close(fd);
+        pthread_mutex_unlock(&h->segment_lock);
+        *err = EINVAL;
+        return NULL;
+    }
+    slot->fd = fd;
+    atomic_store_explicit(&slot->index, index, memory_order_relaxed);
+    /* release: publishes index and fd with the mapping; pairs with the acquire above. */
+    atomic_store_explicit(&slot->base, (uint8_t *)mem, memory_order_release);
+    pthread_mutex_unlock(&h->segment_lock);
+    return mem;
+}
+
+/* Takes a slot's mapping out of use; it is unmapped once no thread is
+ * inside (caller holds segment_lock). */
+void shmq_log_retire_slot(shmq_handle *h, shmq_segment_slot *slot)
+{
+    /* seq_cst: see shmq_log_enter. */
+    uint8_t *base = atomic_exchange_explicit(&slot->base, NULL, memory_order_seq_cst);
+    if (!base)
+        return;
+    if (h->retired_count == h->retired_capacity) {
+        uint32_t capacity = h->retired_capacity ? h->retired_capacity * 2 : 16;
+        shmq_retired_map *grown = realloc(h->retired, capacity * sizeof *grown);
+        if (!grown) { /* keep it mapped: leaks address space, never a mapping in use */
+            close(slot->fd);
+            return;
+        }
+        h->retired = grown;
+        h->retired_capacity = capacity;
+    }
+    h->retired[h->retired_count++] = (shmq_retired_map){base, slot->fd};
+}
+
+/* Unmaps retired segments if no other thread of this process is inside
+ * (the caller is inside once itself). */
+void shmq_log_unmap_retired(shmq_handle *h, uint32_t self_inside)
+{
+    pthread_mutex_lock(&h->segment_lock);
+    /* seq_cst: see shmq_log_enter. */
+    if (h->retired_count && atomic_load_explicit(&h->inside, memory_order_seq_cst) == self_inside) {
+        for (uint32_t i = 0; i < h->retired_count; i++) {
+            munmap(h->retired[i].base, SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes);
+            close(h->retired[i].fd);
+        }
+        h->retired_count = 0;
+    }
+    pthread_mutex_unlock(&h->segment_lock);
+}
+
+shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create, int *err)
+{
+    uint8_t *base = shmq_segment_map(h, position / h->segment_bytes, create, err);
+    return base ? (shmq_record_header *)(base + SHMQ_SEGMENT_HEADER_BYTES + position % h->segment_bytes) : NULL;
+}
+
+/* ------------------------------------------------------------ opening */
+
+int shmq_log_open(shmq_handle *h, const char *dir)
+{
+    if (h->log_on)
+        return SHMQ_OK;
+    if (h->header->durability == SHMQ_DURABILITY_NONE)
+        return SHMQ_EINVAL;
+    h->durability = h->header->durability;
+    h->segment_bytes = h->header->segment_bytes;
+    h->segments = calloc(SHMQ_SEGMENT_SLOTS, sizeof *h->segments);
+    h->log_dir = strdup(dir);
+    if (!h->segments || !h->log_dir) {
+        free(h->segments);
+        free(h->log_dir);
+        h->segments = NULL;
+        h->log_dir = NULL;
+        errno = ENOMEM;
+        return SHMQ_ESYS;
+    }
+    h->log_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (h->log_dirfd < 0) {
+        int saved = errno;
+        free(h->segments);
+        free(h->log_dir);
+        h->segments = NULL;
+        h->log_dir = NULL;
+        errno = saved;
+        return SHMQ_ELOG;
+    }
+    pthread_mutex_init(&h->segment_lock, NULL);
+    /* Payloads that fit in a lane travel inline (one copy into the lane,
+     * consumers never touch the log); larger ones as a reference. */
+    h->inline_ref_min = shmq_inline_max(h);
+    h->log_on = 1;
+    return SHMQ_OK;
+}
+
+void shmq_log_close(shmq_handle *h)
+{
+    if (!h->log_on)
+        return;
+    for (uint32_t i = 0; i < SHMQ_SEGMENT_SLOTS; i++) {
+        uint8_t *base = atomic_load_explicit(&h->segments[i].base, memory_order_relaxed);
+        if (base) {
+            munmap(base, SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes);
+            close(h->segments[i].fd);
+        }
+    }
+    for (uint32_t i = 0; i < h->retired_count; i++) {
+        munmap(h->retired[i].base, SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes);
+        close(h->retired[i].fd);
+    }
+    free(h->retired);
+    free(h->segments);
+    free(h->log_dir);
+    close(h->log_dirfd);
+    pthread_mutex_destroy(&h->segment_lock);
+    h->log_on = 0;
+}
+
+uint32_t shmq_durability(const shmq_handle *h) { return h->header->durability; }
+
+/* ------------------------------------------------------------ appending */
+
+/* Writes a PAD over [position, position + length) that we reserved. */
+static void write_pad(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint32_t length)
+{
+    uint64_t expected = 0;
+    uint64_t pending = shmq_record_word(length, SHMQ_REC_PENDING, h->self);
+    /* relaxed: only claims the word; a failure means a filler voided it: a pad already. */
+    if (!atomic_compare_exchange_strong_explicit(&rec->word, &expected, pending, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return;
+    uint64_t word = shmq_record_word(length, SHMQ_REC_PAD, 0);
+    if (length >= sizeof *rec) {
+        rec->crc = 0;
+        rec->body_bytes = length - (uint32_t)sizeof *rec;
+        rec->seq = position;
+        rec->job_id = 0;
+        memset(rec + 1, 0, length - sizeof *rec);
+        rec->crc = shmq_record_crc(rec, word);
+    }
+    /* release: the fields above are visible with the type; pairs with readers' acquire. */
+    atomic_compare_exchange_strong_explicit(&rec->word, &pending, word, memory_order_release, memory_order_relaxed);
+}
+
+/* Checks that the segments a record of `length` at the tail needs exist,
+ * so a full disk fails the append before any space is reserved. */
+static int room_ahead(shmq_handle *h, uint32_t length)
+{
+    /* relaxed: an estimate; the reservation below is what counts. */
+    uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
+    uint64_t first = tail / h->segment_bytes, last = (tail + length) / h->segment_bytes;
+    for (uint64_t index = first; index <= last; index++) {
+        int err = 0;
+        if (!shmq_segment_map(h, index, 1, &err))
+            return shmq_log_fail(h, err);
+    }
+    return SHMQ_OK;
+}
+
+/* Reserves `length` bytes (a multiple of 8, at most a segment). */
+static int reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_record_header **out, int *spilling)
+{
+    uint64_t S = h->segment_bytes;
+    int rc = room_ahead(h, length);
+    if (rc != SHMQ_OK)
+        return rc;
+    for (;;) {
+        /* acq_rel: the reservation. acquire pairs with the feeder's release
+         * when it clears SPILL (the records it fed happen before); release
+         * orders our pin store (seq_cst, before) for maintenance readers. */
+        uint64_t tail = atomic_fetch_add_explicit(&h->header->log_tail, length, memory_order_acq_rel);
+        uint64_t p = tail & ~SHMQ_TAIL_SPILL;
+        uint64_t offset = p % S;
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, p, 1, &err);
+        if (!rec)
+            return shmq_log_fail(h, err); /* the space stays a hole; fillers skip it */
+        if (offset + length <= S) {
+            *position = p;
+            *out = rec;
+            *spilling = (tail & SHMQ_TAIL_SPILL) != 0;
+            return SHMQ_OK;
+        }
+        /* Across a segment end: pad both pieces, reserve again. */
+        write_pad(h, rec, p, (uint32_t)(S - offset));
+        uint64_t next = (p / S + 1) * S;
+        shmq_record_header *second = shmq_record_at(h, next, 1, &err);
+        if (!second)
+            return shmq_log_fail(h, err);
+        write_pad(h, second, next, (uint32_t)(p + length - next));
+    }
+}
+
+/* Appends one record: reserve, claim, write, publish (layout.h, "Appending"). */
+int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *parts, unsigned count,
+                    uint64_t *position, int *spilling)
+{
+    uint64_t body = 0;
+    for (unsigned i = 0; i < count; i++)
+        body += parts[i].length;
+    uint64_t length64 = (sizeof(shmq_record_header) + body + SHMQ_RECORD_ALIGN - 1) & ~(uint64_t)(SHMQ_RECORD_ALIGN - 1);
+    if (length64 > h->segment_bytes)
+        return SHMQ_ELOGSIZE;
+    uint32_t length = (uint32_t)length64;
+    for (;;) {
+        uint64_t p = 0;
+        shmq_record_header *rec = NULL;
+        int rc = reserve(h, length, &p, &rec, spilling);
+        if (rc != SHMQ_OK)
+            return rc;
+        shmq_fault(h, SHMQ_FAULT_LOG_AFTER_RESERVE);
+        uint64_t expected = 0, pending = shmq_record_word(length, SHMQ_REC_PENDING, h->self);
+        /* relaxed: claims the word against hole fillers; the data is ordered by the publish below. */
+        if (!atomic_compare_exchange_strong_explicit(&rec->word, &expected, pending, memory_order_relaxed,
+                                                     memory_order_relaxed))
+            continue; /* voided by a filler: write it further on */
+        rec->crc = 0;
+        rec->body_bytes = (uint32_t)body;
+        rec->seq = p;
+        rec->job_id = job_id ? job_id : p; /* a new job's id is its position */
+        uint8_t *at = (uint8_t *)(rec + 1);
+        for (unsigned i = 0; i < count; i++) {
+            if (parts[i].length)
+                memcpy(at, parts[i].data, parts[i].length);
+            at += parts[i].length;
+            if (i == 0)
+                shmq_fault(h, SHMQ_FAULT_LOG_MID_RECORD);
+        }
+        memset(at, 0, length - sizeof *rec - body);
+        if (type == SHMQ_REC_ENQUEUE && *spilling) {
+            /* The feeder moves it iff it was written while spilling by a
+             * writer that does not push it itself (SHMQ_ENQ_LANED). */
+            shmq_enqueue_body *eb = (shmq_enqueue_body *)(rec + 1);
+            if (!(eb->flags & SHMQ_ENQ_LANED))
+                eb->flags |= SHMQ_ENQ_SPILLED;
+        }
+        uint64_t word = shmq_record_word(length, type, 0);
+        rec->crc = shmq_record_crc(rec, word);
+        /* release: the record is visible to whoever sees its type; pairs with
+         * the acquire loads of the word by the feeder and maintenance. */
+        if (!atomic_compare_exchange_strong_explicit(&rec->word, &pending, word, memory_order_release,
+                                                     memory_order_relaxed))
+            continue; /* voided while we wrote: our bytes lie under a PAD */
+        /* relaxed: statistics. */
+        atomic_fetch_add_explicit(&h->header->records_appended, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&h->header->bytes_appended, length, memory_order_relaxed);
+        *position = p;
+        return SHMQ_OK;
+    }
+}
+
+void shmq_log_pin(shmq_handle *h)
+{
+    if (!h->self)
+        return;
+    /* seq_cst: the pin is visible before our reservation; maintenance reads
+     * log_tail, then the pins (seq_cst), so it sees the pin or our record. */
+    uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_seq_cst) & ~SHMQ_TAIL_SPILL;
+    atomic_store_explicit(&h->participants[h->self].pin, tail + 1, memory_order_seq_cst);
+}
+
+void shmq_log_unpin(shmq_handle *h)
+{
+    if (h->self)
+        /* release: our lane publish happens before the pin goes. */
+        atomic_store_explicit(&h->participants[h->self].pin, 0, memory_order_release);
+}
+
+int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *a, uint64_t *position, int *spilling)
+{
+    shmq_enqueue_body body = {
+        .enqueued_ns = a->enqueued_ns ? a->enqueued_ns : shmq_wall_ns(),
+        .not_before_ns = 0,
+        .lane = UINT32_MAX,
+        .attempt = a->attempt ? a->attempt : 1,
+        .tag = a->tag,
+        .flags = a->flags,
+        .payload_bytes = a->first_length + a->second_length,
+    };
+    part parts[3] = {{&body, sizeof body}, {a->first, a->first_length}, {a->second, a->second_length}};
+    return shmq_log_append(h, SHMQ_REC_ENQUEUE, a->job_id, parts, 3, position, spilling);
+}
+
+int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count)
+{
+    uint64_t position;
+    int spilling;
+    if (count == 1)
+        return shmq_log_append(h, SHMQ_REC_DONE, job_ids[0], NULL, 0, &position, &spilling);
+    uint32_t head[2] = {count, 0};
+    part parts[2] = {{head, sizeof head}, {job_ids, count * (uint32_t)sizeof *job_ids}};
+    return shmq_log_append(h, SHMQ_REC_DONE_MANY, 0, parts, 2, &position, &spilling);
+}
+
+int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason)
+{
+    shmq_retry_body body = {.not_before_ns = 0, .attempt = attempt, .reason = reason, .error_bytes = 0};
+    part parts[1] = {{&body, sizeof body}};
+    uint64_t position;
+    int spilling;
+    return shmq_log_append(h, SHMQ_REC_RETRY, job_id, parts, 1, &position, &spilling);
+}
+
+/* Copies `length` payload bytes of the record at `record` (at `offset` in it). */
+int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length)
+{
+    int err = 0;
+    shmq_record_header *rec = shmq_record_at(h, record, 0, &err);
+    if (!rec)
+        return shmq_log_fail(h, err);
+    /* acquire: pairs with the publish; the record was published before the
+     * lane message naming it, so this only re-checks it. */
+    uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
+    if (shmq_word_type(word) != SHMQ_REC_ENQUEUE || (uint64_t)offset + length > shmq_word_length(word))
+        return shmq_log_fail(h, EBADMSG);
+    memcpy(out, (const uint8_t *)rec + offset, length);
+    return SHMQ_OK;
+}
+
+/* ------------------------------------------------------------ flushing */
+
+/* fdatasync of every segment that may hold records appended since the
+ * last flush (a record reserved before that flush read the tail may have
+ * been published after it, so start one record's length back). */
+static int flush_segments(shmq_handle *h, uint64_t from, uint64_t to)
+{
+    uint64_t S = h->segment_bytes;
+    uint64_t back = h->header->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD + 4096;
+    from = from > back ? from - back : 0;
+    uint64_t log_base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
+    if (from < log_base)
+        from = log_base;
+    for (uint64_t index = from / S; index * S < to; index++) {
+        int err = 0;
+        if (!shmq_segment_map(h, index, 0, &err))
+            continue; /* deleted by retention meanwhile: nothing to flush */
+        int fd = h->segments[index % SHMQ_SEGMENT_SLOTS].fd;
+        if (fdatasync(fd) != 0)
+            return shmq_log_fail(h, errno);
+    }
+    return SHMQ_OK;
+}
+
+/* One flush, as the flusher (the caller holds `flusher`). */
+static int flush_as_flusher(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    /* seq_cst: a writer that read the generation before this increment had
+     * published before it, so the fdatasync below covers its record. */
+    uint64_t generation = atomic_fetch_add_explicit(&hdr->flush_started, 1, memory_order_seq_cst) + 1;
+    uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_seq_cst) & ~SHMQ_TAIL_SPILL;
+    uint64_t from = atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed);
+    atomic_store_explicit(&hdr->flushed_ns, shmq_now_ns(), memory_order_relaxed); /* a time stamp only */
+    int rc = flush_segments(h, from, tail);
+    if (rc == SHMQ_OK) {
+        atomic_store_explicit(&hdr->flushed_tail, tail, memory_order_relaxed); /* the next range's start */
+        /* release: waiters that see the generation see the flush done. */
+        atomic_store_explicit(&hdr->flush_done, generation, memory_order_release);
+        atomic_fetch_add_explicit(&hdr->flushes, 1, memory_order_relaxed); /* statistics */
+    }
+    return rc;
+}
+
+static int flusher_take(shmq_handle *h)
+{
+    uint32_t expected = 0;
+    /* acquire: the previous flusher's flushed_tail is visible to us. */
+    if (atomic_compare_exchange_strong_explicit(&h->header->flusher, &expected, h->self, memory_order_acquire,
+                                                memory_order_relaxed))
+        return 1;
+    if (expected != h->self && !shmq_participant_alive(h, expected))
+        /* the flusher died: free the role; the next round takes it. */
+        atomic_compare_exchange_strong_explicit(&h->header->flusher, &expected, 0, memory_order_relaxed,
+                                                memory_order_relaxed);
+    return 0;
+}
+
+static void flusher_give(shmq_handle *h)
+{
+    /* release: pairs with flusher_take's acquire. */
+    atomic_store_explicit(&h->header->flusher, 0, memory_order_release);
+    atomic_fetch_add_explicit(&h->header->flush_event, 1, memory_order_release);
+    shmq_futex_wake_all(&h->header->flush_event);
+}
+
+/* Returns once everything published before the call is on disk: one
+ * fdatasync serves every writer waiting meanwhile (group commit). */
+int shmq_log_sync(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    /* seq_cst: orders our publish (before) before this read; see flush_as_flusher. */
+    uint64_t seen = atomic_load_explicit(&hdr->flush_started, memory_order_seq_cst);
+    for (;;) {
+        /* acquire: pairs with the release of flush_done. */
+        if (atomic_load_explicit(&hdr->flush_done, memory_order_acquire) > seen)
+            return SHMQ_OK;
+        uint32_t event = atomic_load_explicit(&hdr->flush_event, memory_order_acquire);
+        if (flusher_take(h)) {
+            int rc = flush_as_flusher(h);
+            flusher_give(h);
+            if (rc != SHMQ_OK)
+                return rc;
+            continue;
+        }
+        /* Someone flushes now; its flush may have begun before our publish. */
+        int rc = shmq_futex_wait(&hdr->flush_event, event, -1, 5 * 1000 * 1000);
+        if (rc == SHMQ_EINTR)
+            return rc;
+    }
+}
+
+int shmq_log_flush(shmq_handle *h)
+{
+    if (!h->log_on || h->durability == SHMQ_DURABILITY_MEMORY)
+        return SHMQ_OK;
+    shmq_log_enter(h);
+    int rc = shmq_log_sync(h);
+    shmq_log_leave(h);
+    return rc;
+}
+
+/* After a put's record is published: make it as durable as the setting says. */
+int shmq_log_durable(shmq_handle *h)
+{
+    switch (h->durability) {
+    case SHMQ_DURABILITY_SYNC:
+        return shmq_log_sync(h);
+    case SHMQ_DURABILITY_INTERVAL: {
+        shmq_region_header *hdr = h->header;
+        if (hdr->flush_bytes == 0)
+            return shmq_log_sync(h);
+        /* relaxed: a threshold test; the flush itself orders what it covers. */
+        uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
+        if (tail - atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed) >= hdr->flush_bytes &&
+            flusher_take(h)) {
+            int rc = flush_as_flusher(h);
+            flusher_give(h);
+            return rc;
+        }
+        return SHMQ_OK;
+    }
+    default:
+        return SHMQ_OK;
+    }
+}
+
+/* Flushes if the interval has passed (maintenance, INTERVAL only). */
+int shmq_log_flush_due(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    if (h->durability != SHMQ_DURABILITY_INTERVAL)
+        return SHMQ_OK;
+    uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
+    if (tail == atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed) ||
+        shmq_now_ns() - atomic_load_explicit(&hdr->flushed_ns, memory_order_relaxed) <
+            (int64_t)hdr->flush_interval_ns ||
+        !flusher_take(h))
+        return SHMQ_OK;
+    int rc = flush_as_flusher(h);
+    flusher_give(h);
+    return rc;
+}
+
+/* ------------------------------------------------------------ holes */
+
+/* The record at `position` is unpublished (word 0 or PENDING) although the
+ * tail is past it. Turns it into a PAD if its writer is dead, or if `force`
+ * (no writer can be live: recovery), or if it has stayed unwritten for
+ * SHMQ_HOLE_WAIT_NS. Returns 1 if the position now holds a record (the
+ * caller re-reads it), 0 to come back later. */
+int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint64_t tail, int force)
+{
+    /* acquire: as any reader of the word. */
+    uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
+    if (shmq_word_type(word) == SHMQ_REC_PENDING) {
+        if (!force && shmq_participant_alive(h, shmq_word_owner(word)))
+            return 0;
+        uint64_t pad = shmq_record_word(shmq_word_length(word), SHMQ_REC_PAD, 0);
+        /* relaxed: replaces the claim; the writer's publish CAS then fails. */
+        if (atomic_compare_exchange_strong_explicit(&rec->word, &word, pad, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            atomic_fetch_add_explicit(&h->header->holes_filled, 1, memory_order_relaxed);
+        return 1;
+    }
+    if (word != 0)
+        return 1;
+    int64_t now = shmq_now_ns();
+    if (!force) {
+        if (h->hole_position != position) {
+            h->hole_position = position;
+            h->hole_seen_ns = now;
+            return 0;
+        }
+        if (now - h->hole_seen_ns < SHMQ_HOLE_WAIT_NS)
+            return 0;
+    }
+    /* Void every zero word up to the next non-zero one (a record's claim),
+     * the tail, or the segment end; then pad over them. */
+    uint64_t S = h->segment_bytes;
+    uint64_t end = (position / S + 1) * S;
+    if (tail < end)
+        end = tail;
+    uint64_t at = position + 8;
+    _Atomic uint64_t *words = (_Atomic uint64_t *)rec;
+    for (; at < end; at += 8) {
+        uint64_t zero = 0;
+        /* relaxed: a writer that claims later fails its claim and moves on. */
+        if (!atomic_compare_exchange_strong_explicit(&words[(at - position) / 8], &zero,
+                                                     shmq_record_word(0, SHMQ_REC_VOID, 0), memory_order_relaxed,
+                                                     memory_order_relaxed))
+            break;
+    }
+    uint64_t zero = 0;
+    if (atomic_compare_exchange_strong_explicit(&rec->word, &zero,
+                                                shmq_record_word((uint32_t)(at - position), SHMQ_REC_PAD, 0),
+                                                memory_order_relaxed, memory_order_relaxed))
+        atomic_fetch_add_explicit(&h->header->holes_filled, 1, memory_order_relaxed);
+    return 1;
+}
+
+/* ------------------------------------------------------------ the backlog */
+
+int shmq_log_spilling(const shmq_handle *h)
+{
+    return h->log_on &&
+           (atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & SHMQ_TAIL_SPILL) != 0;
+}
+
+/* From now on new jobs wait in the log (SPILL), fed into lanes in order. */
+void shmq_log_spill_begin(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_acquire);
+    while (!(tail & SHMQ_TAIL_SPILL)) {
+        /* acq_rel: from this value on, reservations carry SPILL. */
+        if (atomic_compare_exchange_weak_explicit(&hdr->log_tail, &tail, tail | SHMQ_TAIL_SPILL,
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+            /* The feeder starts here at the latest; earlier positions hold
+             * no SPILLED record it has not fed. Only ever raised. */
+            uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);
+            while (cursor < tail &&
+                   !atomic_compare_exchange_weak_explicit(&hdr->feed_cursor, &cursor, tail, memory_order_release,
+                                                          memory_order_acquire))
+                ;
+            return;
+        }
+    }
+}
+
+static int feeder_take(shmq_handle *h)
+{
+    uint32_t expected = 0;
+    /* acquire: the previous feeder's cursor and pushes are visible to us. */
+    if (atomic_compare_exchange_strong_explicit(&h->header->feeder, &expected, h->self, memory_order_acquire,
+                                                memory_order_relaxed))
+        return 1;
+    if (expected != h->self && !shmq_participant_alive(h, expected) &&
+        atomic_compare_exchange_strong_explicit(&h->header->feeder, &expected, h->self, memory_order_acquire,
+                                                memory_order_relaxed))
+        return 1; /* the feeder died; at worst its last record is pushed twice */
+    return 0;
+}
+
+/* Pushes one ENQUEUE record of the backlog into a lane, now or never:
+ * SHMQ_EFULL when the lanes have no room. */
+static int feed_record(shmq_handle *h, uint64_t position, const shmq_record_header *rec)
+{
+    const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
+    uint32_t offset = (uint32_t)(sizeof *rec + sizeof *body) + body->group_bytes + body->unique_bytes;
+    shmq_msg_header mh = {.length = body->payload_bytes, .tag = body->tag, .flags = 0,
+                          .attempt = body->attempt, .job_id = rec->job_id};
+    if (body->payload_bytes <= h->inline_ref_min)
+        return shmq_lane_push_message(h, -1, &mh, (const uint8_t *)rec + offset, body->payload_bytes, NULL, 0, 0);
+    shmq_msg_ref ref = {.record = position, .offset = offset, .reserved = 0};
+    mh.flags = SHMQ_MSG_REF;
+    return shmq_lane_push_message(h, -1, &mh, (const uint8_t *)&ref, sizeof ref, NULL, 0, 0);
+}
+
+/* Moves up to `budget` backlog jobs into the lanes, in log order; clears
+ * SPILL when it catches up with the tail. Returns how many it moved. */
+int shmq_log_feed(shmq_handle *h, uint32_t budget)
+{
+    shmq_region_header *hdr = h->header;
+    if (!shmq_log_spilling(h) || !feeder_take(h))
+        return 0;
+    shmq_log_enter(h);
+    int fed = 0;
+    for (;;) {
+        uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);
+        uint64_t tail_word = atomic_load_explicit(&hdr->log_tail, memory_order_acquire);
+        uint64_t tail = tail_word & ~SHMQ_TAIL_SPILL;
+        if (cursor >= tail) {
+            if (!(tail_word & SHMQ_TAIL_SPILL))
+                break;
+            /* acq_rel: clears SPILL only if no one reserved since we read the
+             * tail; a later reservation sees no SPILL and pushes itself. */
+            if (atomic_compare_exchange_strong_explicit(&hdr->log_tail, &tail_word, tail, memory_order_acq_rel,
+                                                        memory_order_relaxed))
+                break;
+            continue;
+        }
+        if ((uint32_t)fed >= budget)
+            break;
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, cursor, 0, &err);
+        if (!rec)
+            break; /* its segment is missing (a disk error left a hole): maintenance reports it */
+        /* acquire: pairs with the publish CAS; the body is visible. */
+        uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
+        unsigned type = shmq_word_type(word);
+        if (type == SHMQ_REC_NONE || type == SHMQ_REC_PENDING) {
+            if (shmq_log_fill_hole(h, rec, cursor, tail, 0))
+                continue;
+            break; /* a live writer is still on it */
+        }
+        uint32_t length = shmq_word_length(word);
+        if (length < 8 || length % 8 || cursor % h->segment_bytes + length > h->segment_bytes) {
+            /* cannot be: skip to the next segment rather than stop the backlog */
+            length = (uint32_t)(h->segment_bytes - cursor % h->segment_bytes);
+        } else if (type == SHMQ_REC_ENQUEUE && (((shmq_enqueue_body *)(rec + 1))->flags & SHMQ_ENQ_SPILLED)) {
+            if (feed_record(h, cursor, rec) != SHMQ_OK)
+                break; /* lanes full: the rest waits */
+            shmq_fault(h, SHMQ_FAULT_FEED_AFTER_PUSH);
+            fed++;
+        }
+        /* release: the push above happens before the cursor passes it. */
+        atomic_compare_exchange_strong_explicit(&hdr->feed_cursor, &cursor, cursor + length, memory_order_release,
+                                                memory_order_relaxed);
+    }
+    shmq_log_leave(h);
+    /* release: pairs with feeder_take's acquire. */
+    atomic_store_explicit(&hdr->feeder, 0, memory_order_release);
+    if (fed)
+        atomic_fetch_add_explicit(&hdr->fed, (uint64_t)fed, memory_order_relaxed); /* statistics */
+    return fed;
+}
+
+/* ------------------------------------------------------------ observing */
+
+void shmq_log_stats_read(const shmq_handle *h, shmq_log_stats *s /* OUT */)
+{
+    const shmq_region_header *hdr = h->header;
+    *s = (shmq_log_stats){0};
+    /* relaxed: statistics. */
+    uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed);
+    s->tail = tail & ~SHMQ_TAIL_SPILL;
+    s->spilling = (tail & SHMQ_TAIL_SPILL) != 0;
+    s->base = atomic_load_explicit(&hdr->log_base, memory_order_relaxed);
+    s->feed_cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_relaxed);
+    s->flushed_tail = atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed);
+    s->records_appended = atomic_load_explicit(&hdr->records_appended, memory_order_relaxed);
+    s->bytes_appended = atomic_load_explicit(&hdr->bytes_appended, memory_order_relaxed);
+    s->flushes = atomic_load_explicit(&hdr->flushes, memory_order_relaxed);
+    s->holes_filled = atomic_load_explicit(&hdr->holes_filled, memory_order_relaxed);
+    s->redelivered = atomic_load_explicit(&hdr->redelivered, memory_order_relaxed);
+    s->fed = atomic_load_explicit(&hdr->fed, memory_order_relaxed);
+    s->checkpoints = atomic_load_explicit(&hdr->checkpoints, memory_order_relaxed);
+    s->segments_deleted = atomic_load_explicit(&hdr->segments_deleted, memory_order_relaxed);
+    s->segments_made = atomic_load_explicit(&hdr->segments_made, memory_order_relaxed);
+    s->last_errno = atomic_load_explicit(&hdr->log_errno, memory_order_relaxed);
+}
+
+int shmq_log_errno(const shmq_handle *h)
+{
+    return atomic_load_explicit(&h->header->log_errno, memory_order_relaxed);
+}

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* log.h -- what the log's .c files (log.c, log_recover.c, log_retain.c) and
+ * the lanes share. The format is in layout.h. */
+#ifndef SHMQ_LOG_H
+#define SHMQ_LOG_H
+
+#include "core.h"
+
+/* An unwritten record older than this is filled even if its writer lives. */
+static const int64_t SHMQ_HOLE_WAIT_NS = 200 * 1000 * 1000;
+
+typedef struct part {
+    const void *data;
+    uint32_t length;
+} part;
+
+int64_t shmq_wall_ns(void);
+int shmq_log_fail(shmq_handle *h, int err);
+uint32_t shmq_record_crc(const shmq_record_header *rec, uint64_t word);
+void shmq_log_enter(shmq_handle *h);
+void shmq_log_leave(shmq_handle *h);
+void shmq_segment_name(char *out, size_t size, uint64_t index);
+int shmq_segment_header_check(const shmq_segment_header *sh, uint64_t magic);
+void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t segment_bytes, uint64_t index,
+                              uint64_t base, uint32_t durability);
+uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err);
+void shmq_log_retire_slot(shmq_handle *h, shmq_segment_slot *slot);
+void shmq_log_unmap_retired(shmq_handle *h, uint32_t self_inside);
+shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create, int *err);
+int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *parts, unsigned count,
+                    uint64_t *position, int *spilling);
+int shmq_log_sync(shmq_handle *h);
+int shmq_log_flush_due(shmq_handle *h);
+int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint64_t tail, int force);
+void shmq_log_spill_begin(shmq_handle *h);
+
+/* Is the published record at `position` whole? (length, alignment, CRC, seq) */
+static inline int shmq_record_valid(const shmq_record_header *rec, uint64_t word, uint64_t position,
+                                    uint64_t segment_bytes)
+{
+    uint32_t length = shmq_word_length(word);
+    unsigned type = shmq_word_type(word);
+    uint64_t offset = position % segment_bytes;
+    if (length < 8 || length % 8 || offset + length > segment_bytes)
+        return 0;
+    if (type == SHMQ_REC_PAD && length < sizeof(shmq_record_header))
+        return offset == 0 || offset + length == segment_bytes;
+    if (type < SHMQ_REC_PAD || type > SHMQ_REC_TYPE_MAX || length < sizeof(shmq_record_header))
+        return 0;
+    if (rec->seq != position || 32ull + rec->body_bytes > length || length - 32ull - rec->body_bytes >= 8)
+        return 0;
+    return shmq_record_crc(rec, word) == rec->crc;
+}
+
+#endif /* SHMQ_LOG_H */

@@ -1,0 +1,757 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The write-ahead log, with real segment files in a temporary directory:
+ * what a put and a get write, appends from many threads, recovery of pending
+ * jobs into a new region, and recovery over a hole, a torn tail and a
+ * corrupt record. The tests read the segment files themselves (layout.h,
+ * "The log") rather than trusting the code that wrote them. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "crc32c.h"
+#include "harness.h"
+#include "log.h"
+#include "tests.h"
+
+enum { SEGMENT = 64 * 1024 }; /* small, so the tests cross segments */
+
+/* ------------------------------------------------------------ the files */
+
+typedef struct log_segment {
+    uint64_t index;
+    uint8_t *records; /* S bytes: the file past its header page */
+    uint8_t *file;    /* the whole file */
+} log_segment;
+
+/* Every segment file of a log directory, read into memory. */
+typedef struct log_image {
+    uint64_t S;
+    uint32_t count;
+    log_segment *segments; /* by index */
+} log_image;
+
+static int compare_segments(const void *a, const void *b)
+{
+    uint64_t x = ((const log_segment *)a)->index, y = ((const log_segment *)b)->index;
+    return x < y ? -1 : x > y;
+}
+
+static void segment_path(char *out, size_t size, const char *dir, uint64_t index)
+{
+    char name[32];
+    shmq_segment_name(name, sizeof name, index);
+    snprintf(out, size, "%s/%s", dir, name);
+}
+
+static log_image image_load(const char *dir, uint64_t S)
+{
+    log_image img = {.S = S};
+    DIR *d = opendir(dir);
+    CHECK(d != NULL);
+    struct dirent *entry;
+    uint32_t capacity = 0;
+    while ((entry = readdir(d))) {
+        unsigned long long index;
+        char rest[8];
+        if (strlen(entry->d_name) != 20 || sscanf(entry->d_name, "%16llx%7s", &index, rest) != 2 ||
+            strcmp(rest, ".seg") != 0)
+            continue;
+        if (img.count == capacity) {
+            capacity = capacity ? 2 * capacity : 16;
+            img.segments = realloc(img.segments, capacity * sizeof *img.segments);
+            CHECK(img.segments != NULL);
+        }
+        char path[512];
+        segment_path(path, sizeof path, dir, index);
+        int fd = open(path, O_RDONLY);
+        CHECK(fd >= 0);
+        struct stat st;
+        CHECK_EQ(fstat(fd, &st), 0);
+        CHECK_EQ(st.st_size, SHMQ_SEGMENT_HEADER_BYTES + S);
+        uint8_t *file = malloc(st.st_size);
+        CHECK(file != NULL);
+        CHECK_EQ(pread(fd, file, st.st_size, 0), st.st_size);
+        close(fd);
+        const shmq_segment_header *sh = (const shmq_segment_header *)file;
+        CHECK_RC(shmq_segment_header_check(sh, SHMQ_SEGMENT_MAGIC), SHMQ_OK);
+        CHECK_EQ(sh->index, index);
+        CHECK_EQ(sh->segment_bytes, S);
+        CHECK_EQ(sh->base, index * S);
+        img.segments[img.count++] = (log_segment){index, file + SHMQ_SEGMENT_HEADER_BYTES, file};
+    }
+    closedir(d);
+    qsort(img.segments, img.count, sizeof *img.segments, compare_segments);
+    return img;
+}
+
+static void image_free(log_image *img)
+{
+    for (uint32_t i = 0; i < img->count; i++)
+        free(img->segments[i].file);
+    free(img->segments);
+    img->segments = NULL;
+    img->count = 0;
+}
+
+/* The record at `position`, or NULL if no file holds it. */
+static shmq_record_header *image_record(const log_image *img, uint64_t position)
+{
+    uint64_t index = position / img->S;
+    for (uint32_t i = 0; i < img->count; i++)
+        if (img->segments[i].index == index)
+            return (shmq_record_header *)(img->segments[i].records + position % img->S);
+    return NULL;
+}
+
+static uint64_t record_word(const shmq_record_header *rec)
+{
+    return atomic_load(&((shmq_record_header *)rec)->word);
+}
+
+typedef void (*record_visit)(void *ctx, uint64_t position, unsigned type, const shmq_record_header *rec);
+
+/* Visits every record in [from, to): each must be whole, and each must
+ * start where the one before it ended (PADs included, across segments). */
+static void image_walk(const log_image *img, uint64_t from, uint64_t to, record_visit visit, void *ctx)
+{
+    uint64_t p = from;
+    while (p < to) {
+        const shmq_record_header *rec = image_record(img, p);
+        if (!rec)
+            test_fail(__FILE__, __LINE__, "no segment file holds log position %llu", (unsigned long long)p);
+        uint64_t word = record_word(rec);
+        if (!shmq_record_valid(rec, word, p, img->S))
+            test_fail(__FILE__, __LINE__, "no whole record at log position %llu (word 0x%llx)",
+                      (unsigned long long)p, (unsigned long long)word);
+        uint32_t length = shmq_word_length(word);
+        if (length >= sizeof *rec) {
+            /* The CRC as layout.h defines it, computed here from the bytes. */
+            uint32_t crc = shmq_crc32c(0, (const uint8_t *)rec + 12, length - 12);
+            CHECK_EQ(shmq_crc32c(crc, &word, sizeof word), rec->crc);
+        }
+        visit(ctx, p, shmq_word_type(word), rec);
+        p += length;
+    }
+    CHECK_EQ(p, to);
+}
+
+static const shmq_enqueue_body *enqueue_body(const shmq_record_header *rec)
+{
+    return (const shmq_enqueue_body *)(rec + 1);
+}
+
+static const uint8_t *enqueue_payload(const shmq_record_header *rec)
+{
+    const shmq_enqueue_body *body = enqueue_body(rec);
+    return (const uint8_t *)(body + 1) + body->group_bytes + body->unique_bytes;
+}
+
+/* What a walk found: ENQUEUE positions in log order, every job id a DONE
+ * or DONE_MANY names, and how many records (PADs apart) of which kind. */
+typedef struct log_summary {
+    uint64_t *enqueues, *dones;
+    uint64_t enqueue_count, done_count, capacity;
+    uint64_t records, pads, checkpoints, others;
+} log_summary;
+
+static void summary_add(uint64_t **list, uint64_t *count, uint64_t capacity, uint64_t value)
+{
+    if (*count == capacity)
+        test_fail(__FILE__, __LINE__, "more records than expected");
+    (*list)[(*count)++] = value;
+}
+
+static void summarize(void *ctx, uint64_t position, unsigned type, const shmq_record_header *rec)
+{
+    log_summary *s = ctx;
+    if (type != SHMQ_REC_PAD)
+        s->records++;
+    switch (type) {
+    case SHMQ_REC_ENQUEUE:
+        CHECK(rec->body_bytes >= sizeof(shmq_enqueue_body));
+        CHECK_EQ(rec->job_id, position); /* a new job's id is its position */
+        summary_add(&s->enqueues, &s->enqueue_count, s->capacity, position);
+        break;
+    case SHMQ_REC_DONE:
+        CHECK_EQ(rec->body_bytes, 0);
+        summary_add(&s->dones, &s->done_count, s->capacity, rec->job_id);
+        break;
+    case SHMQ_REC_DONE_MANY: {
+        const uint32_t *head = (const uint32_t *)(rec + 1);
+        CHECK(head[0] >= 1);
+        CHECK_EQ(head[1], 0);
+        CHECK_EQ(rec->body_bytes, 8 + 8ull * head[0]);
+        const uint64_t *ids = (const uint64_t *)(rec + 1) + 1;
+        for (uint32_t i = 0; i < head[0]; i++)
+            summary_add(&s->dones, &s->done_count, s->capacity, ids[i]);
+        break;
+    }
+    case SHMQ_REC_PAD:
+        s->pads++;
+        break;
+    case SHMQ_REC_CHECKPOINT_BEGIN:
+    case SHMQ_REC_CHECKPOINT_END: /* a log may start with an (empty) checkpoint */
+        s->checkpoints++;
+        break;
+    default:
+        s->others++;
+        break;
+    }
+}
+
+static log_summary summary_new(uint64_t capacity)
+{
+    log_summary s = {.capacity = capacity};
+    s.enqueues = malloc(capacity * sizeof *s.enqueues);
+    s.dones = malloc(capacity * sizeof *s.dones);
+    CHECK(s.enqueues && s.dones);
+    return s;
+}
+
+static log_summary summary_make(const log_image *img, uint64_t from, uint64_t to, uint64_t capacity)
+{
+    log_summary s = summary_new(capacity);
+    image_walk(img, from, to, summarize, &s);
+    return s;
+}
+
+static void summary_free(log_summary *s)
+{
+    free(s->enqueues);
+    free(s->dones);
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every ENQUEUE has exactly one DONE, and every DONE names an ENQUEUE. */
+static void check_each_done_once(log_summary *s)
+{
+    CHECK_EQ(s->done_count, s->enqueue_count);
+    qsort(s->dones, s->done_count, sizeof *s->dones, compare_u64);
+    for (uint64_t i = 0; i < s->enqueue_count; i++) /* enqueues are in log order: sorted */
+        if (s->dones[i] != s->enqueues[i])
+            test_fail(__FILE__, __LINE__, "DONE records do not match the ENQUEUEs one to one: job %llu vs done %llu",
+                      (unsigned long long)s->enqueues[i], (unsigned long long)s->dones[i]);
+}
+
+/* Overwrites bytes of the segment file that holds `position`. */
+static void file_patch(const char *dir, uint64_t S, uint64_t position, const void *bytes, size_t n)
+{
+    char path[512];
+    segment_path(path, sizeof path, dir, position / S);
+    int fd = open(path, O_WRONLY);
+    CHECK(fd >= 0);
+    CHECK_EQ(pwrite(fd, bytes, n, (off_t)(SHMQ_SEGMENT_HEADER_BYTES + position % S)), (ssize_t)n);
+    close(fd);
+}
+
+/* ------------------------------------------------------------ messages */
+
+/* Length of test message `seq`: 0..limit bytes, the same in every run. */
+static uint32_t length_of(uint64_t seq, uint32_t limit) { return (uint32_t)(mix64(seq * 31 + 7) % (limit + 1)); }
+
+static void push_seq(shmq_handle *h, uint64_t seq, uint32_t length)
+{
+    static uint8_t data[4096];
+    CHECK(length <= sizeof data);
+    fill_pattern(data, seq, length);
+    CHECK_RC(shmq_push(h, -1, (uint8_t)seq, 0, (const char *)data, length, NULL, 0, 0), SHMQ_OK);
+}
+
+/* Pops the next message: it must be `seq`. With `claim`, through a buffer
+ * too small for it (claimed, then shmq_pop_finish). Returns what shmq_pop
+ * reported; fields it did not write are all ones. */
+static shmq_message pop_seq(shmq_handle *h, uint64_t seq, uint32_t length, int claim)
+{
+    static uint8_t buf[4096];
+    shmq_message m;
+    memset(&m, 0xFF, sizeof m);
+    if (claim) {
+        CHECK_RC(shmq_pop(h, (char *)buf, 0, 0, &m), SHMQ_ECLAIMED);
+        CHECK_EQ(m.length, length);
+        CHECK_RC(shmq_pop_finish(h, &m, (char *)buf), SHMQ_OK);
+    } else {
+        CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &m), SHMQ_OK);
+    }
+    CHECK_EQ(m.length, length);
+    CHECK_EQ(m.tag, (uint8_t)seq);
+    CHECK_EQ(check_pattern(buf, seq, length), 0);
+    return m;
+}
+
+static void check_clean(const shmq_recovery *rep)
+{
+    CHECK_EQ(rep->corrupt_records, 0);
+    CHECK_EQ(rep->corrupt_bytes, 0);
+    CHECK_EQ(rep->torn_bytes, 0);
+    CHECK_EQ(rep->torn_position, 0);
+}
+
+static void close_region(shmq_handle *h, test_region *r)
+{
+    shmq_detach(h);
+    region_destroy(r);
+}
+
+static shmq_log_stats log_stats(const shmq_handle *h)
+{
+    shmq_log_stats st;
+    shmq_log_stats_read(h, &st);
+    return st;
+}
+
+/* ------------------------------------------------------------ a */
+
+/* Each put writes an ENQUEUE whose position is the job id the message
+ * carries; each get writes a DONE for it. */
+void test_log_put_get_records(void)
+{
+    enum { COUNT = 1000, ROUND = 8, BIG = 1500 };
+    char *dir = temp_dir_create();
+    /* 64 slots of 32 bytes: payloads over 1008 bytes travel as references to their record. */
+    shmq_params p = logged_params(1, 64, 32, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK_EQ(rep.live, 0);
+    CHECK_EQ(rep.records, 0);
+    CHECK(shmq_inline_max(h) < BIG);
+    uint64_t origin = rep.next_position;
+
+    static uint32_t lengths[COUNT];
+    static uint64_t ids[COUNT];
+    for (uint64_t i = 0; i < COUNT; i++)
+        lengths[i] = i % 17 == 5 ? BIG : length_of(i, 200);
+    for (uint64_t done = 0; done < COUNT; done += ROUND) {
+        for (uint64_t i = done; i < done + ROUND; i++)
+            push_seq(h, i, lengths[i]);
+        for (uint64_t i = done; i < done + ROUND; i++) {
+            shmq_message m = pop_seq(h, i, lengths[i], i % 2);
+            if (m.job_id == UINT64_MAX)
+                test_fail(__FILE__, __LINE__, "shmq_pop did not report the job id of message %llu",
+                          (unsigned long long)i);
+            CHECK_EQ(m.attempt, 1);
+            if (lengths[i] == BIG && i % 2)
+                CHECK(m.flags & SHMQ_MSG_REF); /* a claim shows it: the payload came from the log */
+            ids[i] = m.job_id;
+            if (ids[i] == 0)
+                test_fail(__FILE__, __LINE__, "message %llu has job id 0 (\"not logged\")", (unsigned long long)i);
+            if (i > 0)
+                CHECK(ids[i] > ids[i - 1]);
+        }
+    }
+    shmq_log_stats st = log_stats(h);
+    CHECK(st.tail / SEGMENT > origin / SEGMENT + 1); /* three segments at least */
+
+    log_image img = image_load(dir, SEGMENT);
+    log_summary s = summary_make(&img, origin, st.tail, 2 * COUNT);
+    CHECK_EQ(s.enqueue_count, COUNT);
+    CHECK(s.pads > 0); /* segment ends */
+    CHECK_EQ(s.others, 0);
+    for (uint64_t i = 0; i < COUNT; i++) {
+        CHECK_EQ(ids[i], s.enqueues[i]);
+        const shmq_record_header *rec = image_record(&img, ids[i]);
+        const shmq_enqueue_body *body = enqueue_body(rec);
+        CHECK_EQ(body->payload_bytes, lengths[i]);
+        CHECK_EQ(body->tag, (uint8_t)i);
+        CHECK_EQ(body->attempt, 1);
+        CHECK_EQ(body->flags, SHMQ_ENQ_LANED);
+        CHECK_EQ(check_pattern(enqueue_payload(rec), i, lengths[i]), 0);
+    }
+    check_each_done_once(&s);
+    CHECK_EQ(s.records, s.enqueue_count + s.done_count + s.checkpoints); /* one DONE per get */
+    CHECK_EQ(st.records_appended, s.records);
+    summary_free(&s);
+    image_free(&img);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ b */
+
+enum { B_PRODUCERS = 4, B_CONSUMERS = 2, B_PER_PRODUCER = 20000, B_BATCH = 16 };
+
+typedef struct b_message {
+    uint32_t producer, seq, check;
+} b_message;
+
+typedef struct b_run {
+    test_region *region;
+    const char *dir;
+    shmq_handle *shared; /* used by some threads at once: TSan sees one mapping of the log */
+    _Atomic uint64_t received;
+    _Atomic uint8_t *seen;
+} b_run;
+
+typedef struct b_worker {
+    b_run *run;
+    uint32_t id;
+    int shared; /* 1: uses run->shared; 0: a handle of its own, as another process would */
+    pthread_t thread;
+} b_worker;
+
+static shmq_handle *b_handle(const b_worker *w)
+{
+    return w->shared ? w->run->shared : logged_attach(w->run->region, w->run->dir);
+}
+
+static void b_release(const b_worker *w, shmq_handle *h)
+{
+    if (!w->shared)
+        shmq_detach(h);
+}
+
+static uint32_t b_check(uint32_t producer, uint32_t seq)
+{
+    return (uint32_t)mix64((uint64_t)producer << 32 | seq);
+}
+
+static void *b_producer(void *arg)
+{
+    b_worker *w = arg;
+    shmq_handle *h = b_handle(w);
+    for (uint32_t seq = 0; seq < B_PER_PRODUCER; seq++) {
+        b_message m = {w->id, seq, b_check(w->id, seq)};
+        CHECK_RC(shmq_push(h, -1, (uint8_t)w->id, 0, (const char *)&m, sizeof m, NULL, 0, -1), SHMQ_OK);
+    }
+    b_release(w, h);
+    return NULL;
+}
+
+static void *b_consumer(void *arg)
+{
+    b_worker *w = arg;
+    b_run *run = w->run;
+    shmq_handle *h = b_handle(w);
+    const uint64_t total = (uint64_t)B_PRODUCERS * B_PER_PRODUCER;
+    static _Thread_local uint8_t buf[B_BATCH * sizeof(b_message)];
+    uint32_t lengths[B_BATCH], count;
+    uint8_t tags[B_BATCH];
+    shmq_message claimed;
+    while (atomic_load(&run->received) < total) {
+        int rc = shmq_pop_many(h, (char *)buf, sizeof buf, B_BATCH, 10 * 1000000, lengths, tags, &count, &claimed);
+        if (rc == SHMQ_EEMPTY)
+            continue;
+        CHECK_RC(rc, SHMQ_OK);
+        for (uint32_t i = 0; i < count; i++) {
+            b_message m;
+            CHECK_EQ(lengths[i], sizeof m);
+            memcpy(&m, buf + i * sizeof m, sizeof m);
+            CHECK(m.producer < B_PRODUCERS && m.seq < B_PER_PRODUCER);
+            CHECK_EQ(tags[i], m.producer);
+            CHECK_EQ(m.check, b_check(m.producer, m.seq));
+            if (atomic_fetch_add(&run->seen[(uint64_t)m.producer * B_PER_PRODUCER + m.seq], 1) != 0)
+                test_fail(__FILE__, __LINE__, "producer %u seq %u received twice", m.producer, m.seq);
+        }
+        atomic_fetch_add(&run->received, count);
+    }
+    b_release(w, h);
+    return NULL;
+}
+
+typedef struct b_scan {
+    log_summary summary;
+    uint8_t *logged; /* per (producer, seq): ENQUEUE records seen */
+} b_scan;
+
+static void b_visit(void *ctx, uint64_t position, unsigned type, const shmq_record_header *rec)
+{
+    b_scan *scan = ctx;
+    summarize(&scan->summary, position, type, rec);
+    if (type != SHMQ_REC_ENQUEUE)
+        return;
+    b_message m;
+    CHECK_EQ(enqueue_body(rec)->payload_bytes, sizeof m);
+    memcpy(&m, enqueue_payload(rec), sizeof m);
+    CHECK(m.producer < B_PRODUCERS && m.seq < B_PER_PRODUCER);
+    CHECK_EQ(m.check, b_check(m.producer, m.seq));
+    CHECK_EQ(scan->logged[(uint64_t)m.producer * B_PER_PRODUCER + m.seq]++, 0);
+}
+
+/* Producers and consumers append at once: the log is still one gapless
+ * sequence of whole records, and every job has exactly one DONE. Half the
+ * threads share a handle (one mapping of each segment, which TSan can
+ * check); the others have their own, as separate processes would. */
+void test_log_concurrent_append(void)
+{
+    const uint64_t total = (uint64_t)B_PRODUCERS * B_PER_PRODUCER;
+    char *dir = temp_dir_create();
+    /* Room for every message at once: producers never wait for consumers. */
+    shmq_params p = logged_params(1, 1u << 17, 32, SHMQ_DURABILITY_MEMORY, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+
+    b_run run = {.region = &r, .dir = dir, .shared = logged_attach(&r, dir)};
+    run.seen = calloc(total, 1);
+    CHECK(run.seen != NULL);
+    b_worker producers[B_PRODUCERS], consumers[B_CONSUMERS];
+    for (uint32_t i = 0; i < B_CONSUMERS; i++) {
+        consumers[i] = (b_worker){.run = &run, .id = i, .shared = i == 0};
+        CHECK_EQ(pthread_create(&consumers[i].thread, NULL, b_consumer, &consumers[i]), 0);
+    }
+    for (uint32_t i = 0; i < B_PRODUCERS; i++) {
+        producers[i] = (b_worker){.run = &run, .id = i, .shared = i < 2};
+        CHECK_EQ(pthread_create(&producers[i].thread, NULL, b_producer, &producers[i]), 0);
+    }
+    for (uint32_t i = 0; i < B_PRODUCERS; i++)
+        CHECK_EQ(pthread_join(producers[i].thread, NULL), 0);
+    for (uint32_t i = 0; i < B_CONSUMERS; i++)
+        CHECK_EQ(pthread_join(consumers[i].thread, NULL), 0);
+    CHECK_EQ(atomic_load(&run.received), total);
+    for (uint64_t i = 0; i < total; i++)
+        if (atomic_load(&run.seen[i]) != 1)
+            test_fail(__FILE__, __LINE__, "producer %llu seq %llu received %u times",
+                      (unsigned long long)(i / B_PER_PRODUCER), (unsigned long long)(i % B_PER_PRODUCER),
+                      atomic_load(&run.seen[i]));
+    CHECK(shmq_is_empty(h));
+    shmq_detach(run.shared);
+
+    shmq_log_stats st = log_stats(h);
+    CHECK_EQ(st.last_errno, 0);
+    CHECK_EQ(st.holes_filled, 0);
+    log_image img = image_load(dir, SEGMENT);
+    CHECK(img.count > 2);
+    b_scan scan = {.summary = summary_new(2 * total), .logged = calloc(total, 1)};
+    CHECK(scan.logged != NULL);
+    image_walk(&img, origin, st.tail, b_visit, &scan);
+    CHECK_EQ(scan.summary.enqueue_count, total); /* each (producer, seq) once: b_visit */
+    CHECK_EQ(scan.summary.others, 0);
+    CHECK_EQ(scan.summary.records, st.records_appended);
+    check_each_done_once(&scan.summary);
+
+    summary_free(&scan.summary);
+    free(scan.logged);
+    image_free(&img);
+    free(run.seen);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ c */
+
+/* A queue whose region is gone (a reboot): a new region over the same log
+ * gets back exactly the jobs that were not taken, in their order, with
+ * their ids. */
+void test_log_recover_pending(void)
+{
+    enum { COUNT = 1000, TAKEN = 300, LIMIT = 120 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 4096, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    for (uint64_t i = 0; i < COUNT; i++)
+        push_seq(h, i, length_of(i, LIMIT));
+    for (uint64_t i = 0; i < TAKEN; i++)
+        pop_seq(h, i, length_of(i, LIMIT), 0);
+    shmq_log_stats st = log_stats(h);
+    close_region(h, &r);
+
+    /* The job ids, from the files, before recovery replaces them. */
+    log_image img = image_load(dir, SEGMENT);
+    log_summary s = summary_make(&img, origin, st.tail, 2 * COUNT);
+    CHECK_EQ(s.enqueue_count, COUNT);
+    CHECK_EQ(s.done_count, TAKEN);
+    image_free(&img);
+
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, COUNT - TAKEN);
+    CHECK_EQ(rep.done, TAKEN);
+    CHECK_EQ(rep.running, 0);
+    CHECK_EQ(rep.holes, 0);
+    CHECK_EQ(rep.records, s.records); /* every record of the files */
+    CHECK(rep.next_position >= st.tail);
+    /* Every other one claimed: a claim always reports the job's id and
+     * attempt (log_put_get_records checks that shmq_pop reports them too). */
+    for (uint64_t i = TAKEN; i < COUNT; i++) {
+        shmq_message got = pop_seq(h, i, length_of(i, LIMIT), i % 2);
+        if (i % 2) {
+            CHECK_EQ(got.job_id, s.enqueues[i]); /* the same job, not a new one */
+            CHECK_EQ(got.attempt, 1);
+        }
+    }
+    shmq_message m;
+    static char buf[4096];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+
+    /* Taken after recovery: done for good. */
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 0);
+    CHECK_EQ(rep.done, COUNT - TAKEN);
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ d */
+
+/* A writer that died right after its reservation leaves unwritten space:
+ * recovery counts the hole and finds every record after it. */
+void test_log_hole_filled(void)
+{
+    enum { BEFORE = 10, AFTER = 90, TAKEN = 20, HOLE = 64, LIMIT = 100 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 1024, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    for (uint64_t i = 0; i < BEFORE; i++)
+        push_seq(h, i, length_of(i, LIMIT));
+    /* The dead writer's reservation: never claimed, never written. */
+    uint64_t hole = atomic_fetch_add(&h->header->log_tail, HOLE) & ~SHMQ_TAIL_SPILL;
+    CHECK(hole % SEGMENT + HOLE <= SEGMENT);
+    for (uint64_t i = BEFORE; i < BEFORE + AFTER; i++)
+        push_seq(h, i, length_of(i, LIMIT));
+    for (uint64_t i = 0; i < TAKEN; i++)
+        pop_seq(h, i, length_of(i, LIMIT), 0);
+    shmq_log_stats st = log_stats(h);
+    close_region(h, &r);
+
+    /* On disk: zeros where the hole is, whole records on both sides. */
+    log_image img = image_load(dir, SEGMENT);
+    const uint8_t *zeros = (const uint8_t *)image_record(&img, hole);
+    for (int i = 0; i < HOLE; i++)
+        CHECK_EQ(zeros[i], 0);
+    log_summary s = summary_new(2 * (BEFORE + AFTER));
+    image_walk(&img, origin, hole, summarize, &s);
+    image_walk(&img, hole + HOLE, st.tail, summarize, &s);
+    CHECK_EQ(s.enqueue_count, BEFORE + AFTER);
+    CHECK_EQ(s.done_count, TAKEN);
+    CHECK_EQ(s.records, st.records_appended);
+    image_free(&img);
+
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.holes, 1);
+    CHECK_EQ(rep.records, s.records); /* nothing after the hole was missed */
+    CHECK_EQ(rep.live, BEFORE + AFTER - TAKEN);
+    CHECK_EQ(rep.done, TAKEN);
+    for (uint64_t i = TAKEN; i < BEFORE + AFTER; i++)
+        pop_seq(h, i, length_of(i, LIMIT), 0);
+    shmq_message m;
+    char buf[256];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ e, f */
+
+/* A region with COUNT jobs pushed and none taken, then dropped: returns the
+ * ENQUEUE positions (from the files) in *s. With `maintain`, a maintenance
+ * pass runs first, as it does in a live queue (it makes the next segment). */
+static void pending_log(const char *dir, const shmq_params *p, uint64_t count, uint32_t limit, int maintain,
+                        log_summary *s)
+{
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    for (uint64_t i = 0; i < count; i++)
+        push_seq(h, i, 20 + length_of(i, limit - 20));
+    if (maintain)
+        CHECK_RC(shmq_log_maintain(h), SHMQ_OK);
+    shmq_log_stats st = log_stats(h);
+    close_region(h, &r);
+    log_image img = image_load(dir, SEGMENT);
+    *s = summary_make(&img, origin, st.tail, 2 * count);
+    CHECK_EQ(s->enqueue_count, count);
+    CHECK_EQ(s->done_count, 0);
+    /* The last ENQUEUE is the last record. */
+    const shmq_record_header *last = image_record(&img, s->enqueues[count - 1]);
+    CHECK_EQ(s->enqueues[count - 1] + shmq_word_length(record_word(last)), st.tail);
+    image_free(&img);
+}
+
+/* The last record is half written (a crash mid-write): recovery cuts it off,
+ * says where, and keeps every job before it. */
+static void torn_tail_run(int maintain)
+{
+    enum { COUNT = 100, LIMIT = 100 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 1024, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    log_summary s;
+    pending_log(dir, &p, COUNT, LIMIT, maintain, &s);
+
+    uint64_t last = s.enqueues[COUNT - 1];
+    log_image img = image_load(dir, SEGMENT);
+    uint32_t length = shmq_word_length(record_word(image_record(&img, last)));
+    image_free(&img);
+    uint8_t garbage[16];
+    memset(garbage, 0xA5, sizeof garbage);
+    file_patch(dir, SEGMENT, last + length - sizeof garbage, garbage, sizeof garbage);
+
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK_EQ(rep.torn_position, last);
+    CHECK_EQ(rep.torn_bytes, length); /* from the record's start to the last garbage byte */
+    CHECK_EQ(rep.corrupt_records, 0);
+    CHECK_EQ(rep.live, COUNT - 1);
+    for (uint64_t i = 0; i < COUNT - 1; i++)
+        pop_seq(h, i, 20 + length_of(i, LIMIT - 20), 0);
+    shmq_message m;
+    char buf[256];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+void test_log_torn_tail(void) { torn_tail_run(0); }
+
+/* An empty segment made ahead of the tail does not turn the torn tail into
+ * a corrupt record. */
+void test_log_torn_tail_ahead(void) { torn_tail_run(1); }
+
+/* One flipped byte in a record amid whole ones: that record is skipped and
+ * counted, every other job comes back in order. */
+void test_log_corrupt_middle(void)
+{
+    enum { COUNT = 100, BAD = 49, LIMIT = 100 }; /* BAD: the 50th record */
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 1024, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    log_summary s;
+    pending_log(dir, &p, COUNT, LIMIT, 0, &s);
+
+    /* A payload byte in the middle of the record. */
+    uint64_t at = s.enqueues[BAD] + sizeof(shmq_record_header) + sizeof(shmq_enqueue_body) + 10;
+    log_image img = image_load(dir, SEGMENT);
+    uint8_t byte = *((const uint8_t *)image_record(&img, s.enqueues[BAD]) + (at - s.enqueues[BAD])) ^ 0x40;
+    uint32_t length = shmq_word_length(record_word(image_record(&img, s.enqueues[BAD])));
+    image_free(&img);
+    file_patch(dir, SEGMENT, at, &byte, 1);
+
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK_EQ(rep.corrupt_records, 1);
+    CHECK_EQ(rep.corrupt_bytes, length);
+    CHECK_EQ(rep.torn_bytes, 0);
+    CHECK_EQ(rep.live, COUNT - 1);
+    for (uint64_t i = 0; i < COUNT; i++)
+        if (i != BAD)
+            pop_seq(h, i, 20 + length_of(i, LIMIT - 20), 0);
+    shmq_message m;
+    char buf[256];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
