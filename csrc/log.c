@@ -435,7 +435,7 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
         rec->crc = 0;
         rec->body_bytes = (uint32_t)body;
         rec->seq = p;
-        rec->job_id = job_id ? job_id : p; /* a new job's id is its position */
+        rec->job_id = job_id || type != SHMQ_REC_ENQUEUE ? job_id : p; /* a new job's id is its position */
         uint8_t *at = (uint8_t *)(rec + 1);
         for (unsigned i = 0; i < count; i++) {
             if (parts[i].length)

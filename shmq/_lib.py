@@ -42,6 +42,24 @@ def raise_for(status: int, what: str) -> None:
             f"{what}: {text}. Every process using one queue must share a pid namespace "
             "(run them in the same container), so that shmq can tell which of them died"
         )
+    if status == lib.SHMQ_ELOG:
+        raise log_error(ffi.errno, what)
     if status in (lib.SHMQ_ENOTSHMQ, lib.SHMQ_EVERSION, lib.SHMQ_ESIZE):
         raise errors.LayoutMismatch(f"{what}: {text}")
     raise errors.ShmqError(f"{what}: {text} (status {status})")
+
+
+def log_error(err: int, what: str, where: str = "the log directory") -> errors.ShmqError:
+    """The exception for a failed log write or flush, naming the cause and the fix."""
+    import errno as _errno
+
+    reason = os.strerror(err) if err else "I/O error"
+    if err in (_errno.ENOSPC, _errno.EDQUOT):
+        return errors.LogWriteError(
+            f"{what}: the disk holding {where} is full ({reason}). Nothing already accepted is lost; "
+            "free some space (or move the queue's path) and try again", err)
+    if err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        return errors.PermissionDenied(
+            f"{what}: cannot write {where} ({reason}). Give this user write permission there, "
+            "or open the queue with another path=")
+    return errors.LogWriteError(f"{what}: writing {where} failed ({reason})", err)

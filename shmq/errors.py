@@ -61,3 +61,18 @@ class PermissionDenied(ShmqError, PermissionError):
 
 class QueueCorrupted(ShmqError):
     """The shared region is damaged beyond what shmq repairs by itself."""
+
+
+class LogWriteError(ShmqError, OSError):
+    """The write-ahead log could not be written (disk full, no permission, I/O
+    error). Nothing already accepted is lost; the call that raised it was not
+    accepted. It works again once the cause is fixed."""
+
+    def __init__(self, message: str, errno_value: int = 0):
+        ShmqError.__init__(self, message)
+        self.errno = errno_value
+
+
+class LogDamaged(UserWarning):
+    """Recovery found a torn tail or corrupt records in the log; it kept every
+    intact job and reports what it cut off or skipped."""

@@ -18,6 +18,9 @@ import os
 import re
 import secrets
 import time
+import shutil
+import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -26,7 +29,7 @@ import posix_ipc
 
 from shmq import codec as _codec
 from shmq import errors
-from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, raise_for, status_text
+from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, raise_for, status_text
 
 __all__ = ["Queue", "QueueParams", "region_name"]
 
@@ -41,9 +44,21 @@ DEFAULTS = {
     "lanes": 1,
     "capacity": 65536,  # slots per lane
     "slot_bytes": 128,
-    "max_message_bytes": 64 * 1024 * 1024,
+    "max_message_bytes": 16 * 1024 * 1024,
     "codec": "msgpack",
+    "durability": "os",
+    "segment_bytes": 64 * 1024 * 1024,
+    "flush_interval": 0.2,  # seconds (durability="interval")
+    "flush_bytes": 1024 * 1024,  # durability="interval"; 0 = every put
 }
+
+DURABILITY = {"none": 0, "memory": 1, "os": 2, "interval": 3, "sync": 4}
+_DURABILITY_NAMES = {value: key for key, value in DURABILITY.items()}
+# Bytes a job's log record adds to its payload (record header and job fields).
+_RECORD_OVERHEAD = 64
+# How often each process's maintenance thread runs (flush interval, next
+# segment, retention, redelivery of jobs of dead consumers, the backlog).
+_MAINTAIN_EVERY = 0.05
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,10 @@ class QueueParams:
     slot_bytes: int
     max_message_bytes: int
     codec: str
+    durability: str = "os"
+    segment_bytes: int = 64 * 1024 * 1024
+    flush_interval: float = 0.2
+    flush_bytes: int = 1024 * 1024
 
 
 def default_path() -> str:
@@ -97,7 +116,42 @@ def _validate(requested: dict) -> dict:
         _check_int("max_message_bytes", checked["max_message_bytes"], 1, 1 << 40)
     if "codec" in checked:
         _codec.get_codec(checked["codec"])  # raises ConfigError naming the choices
+    if "durability" in checked and checked["durability"] not in DURABILITY:
+        raise errors.ConfigError(
+            f"durability={checked['durability']!r} is not one of {', '.join(map(repr, DURABILITY))}: "
+            "'os' (the default) survives any process crash, 'sync' also a power cut"
+        )
+    if "segment_bytes" in checked:
+        _check_int("segment_bytes", checked["segment_bytes"], 64 * 1024, 1 << 40, multiple=4096)
+    if "flush_interval" in checked:
+        value = checked["flush_interval"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.001 <= value <= 3600:
+            raise errors.ConfigError(f"flush_interval={value!r} must be seconds between 0.001 and 3600")
+        checked["flush_interval"] = float(value)
+    if "flush_bytes" in checked:
+        _check_int("flush_bytes", checked["flush_bytes"], 0, 1 << 40)
     return checked
+
+
+def _check_fits(values: dict) -> None:
+    """A job's record must fit in one log segment."""
+    if values["durability"] == "none":
+        return
+    limit = values["segment_bytes"] - _RECORD_OVERHEAD
+    if values["max_message_bytes"] > limit:
+        raise errors.ConfigError(
+            f"max_message_bytes={values['max_message_bytes']} does not fit in a log segment of "
+            f"segment_bytes={values['segment_bytes']} (a message may be at most segment_bytes - "
+            f"{_RECORD_OVERHEAD} = {limit}). Raise segment_bytes or lower max_message_bytes"
+        )
+
+
+def log_dir(name: str, path: str, durability: str) -> str:
+    """Where queue `name`'s log lives: in the data directory, or in /dev/shm
+    (tmpfs) for durability="memory"."""
+    if durability == "memory":
+        return "/dev/shm" + region_name(name, path) + ".log"
+    return os.path.join(path, f"{name}.log")
 
 
 class _Region:
@@ -105,6 +159,8 @@ class _Region:
 
     def __init__(self, name: str, path: str, requested: dict):
         self.shm_name = region_name(name, path)
+        self.name, self.path = name, path
+        self.recovery = None
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
             lock_fd = os.open(os.path.join(path, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -120,6 +176,12 @@ class _Region:
             self._open(requested)
         finally:
             os.close(lock_fd)
+
+    def lock(self) -> int:
+        """Takes the queue's lock (as creation and attach do); returns its fd."""
+        fd = os.open(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
 
     def _open(self, requested: dict) -> None:
         try:
@@ -173,6 +235,10 @@ class _Region:
 
     def _create(self, requested: dict) -> None:
         values = {**DEFAULTS, **requested}
+        if "max_message_bytes" not in requested and values["durability"] != "none":
+            # The default limit shrinks with small segments (a record fits in one).
+            values["max_message_bytes"] = min(values["max_message_bytes"], values["segment_bytes"] - _RECORD_OVERHEAD)
+        _check_fits(values)
         params = ffi.new(
             "shmq_params *",
             {
@@ -182,6 +248,10 @@ class _Region:
                 "codec_id": _codec.CODEC_IDS[values["codec"]],
                 "max_message_bytes": values["max_message_bytes"],
                 "participant_capacity": 1024,
+                "durability": DURABILITY[values["durability"]],
+                "segment_bytes": values["segment_bytes"],
+                "flush_interval_ns": int(values["flush_interval"] * 1e9),
+                "flush_bytes": values["flush_bytes"],
             },
         )
         size = lib.shmq_region_size(params)
@@ -205,23 +275,82 @@ class _Region:
         if rc != OK:
             lib.shmq_unmap(base[0], size)
             raise_for(rc, f"initialising {self.shm_name}")
-        self._finish(base[0], size, params)
+        try:
+            self._finish(base[0], size, params)
+            if self.params.durability != "none":
+                self._recover()
+        except BaseException:
+            # A region without its log must not be found by the next opener.
+            self.close()
+            posix_ipc.unlink_shared_memory(self.shm_name)
+            raise
 
     def _finish(self, base, size: int, params) -> None:
         self.base, self.size = base, size
+        logged = params.durability != DURABILITY["none"]
         self.params = QueueParams(
             lanes=params.lane_count,
             capacity=params.slots_per_lane,
             slot_bytes=params.slot_bytes,
             max_message_bytes=params.max_message_bytes,
             codec=_codec.codec_name(params.codec_id),
+            durability=_DURABILITY_NAMES.get(params.durability, "none"),
+            segment_bytes=params.segment_bytes if logged else 0,
+            flush_interval=params.flush_interval_ns / 1e9,
+            flush_bytes=params.flush_bytes,
         )
+        self.log_dir = log_dir(self.name, self.path, self.params.durability) if logged else None
         handle = ffi.new("shmq_handle **")
         rc = lib.shmq_attach(base, size, handle)
         if rc != OK:
             lib.shmq_unmap(base, size)
             raise_for(rc, f"attaching to {self.shm_name}")
         self.handle = handle[0]
+        if logged:
+            self._open_log()
+
+    def _open_log(self) -> None:
+        try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+            os.chmod(self.log_dir, 0o700)
+        except PermissionError as exc:
+            self.close()
+            raise errors.PermissionDenied(
+                f"cannot use log directory {self.log_dir!r}: {exc.strerror}. Give this user write "
+                "permission there, or open the queue with another path="
+            ) from None
+        rc = lib.shmq_log_open(self.handle, self.log_dir.encode())
+        if rc != OK:
+            err = ffi.errno
+            self.close()
+            raise log_error(err, f"opening the log of queue {self.name!r}", self.log_dir)
+
+    def _recover(self) -> None:
+        """A new region: rebuild it from the log (if there is one)."""
+        report = ffi.new("shmq_recovery *")
+        rc = lib.shmq_log_recover(self.handle, report)
+        if rc == lib.SHMQ_ELOG:
+            raise log_error(ffi.errno, f"recovering queue {self.name!r}", self.log_dir)
+        if rc != OK:
+            raise_for(rc, f"recovering queue {self.name!r} from {self.log_dir}")
+        self.recovery = {field: getattr(report, field) for field in dir(report)}
+        damaged = [
+            f"{what}"
+            for what, present in (
+                (f"a torn tail of {report.torn_bytes} bytes at log position {report.torn_position} was cut off",
+                 report.torn_bytes),
+                (f"{report.corrupt_records} corrupt span(s) ({report.corrupt_bytes} bytes) were skipped",
+                 report.corrupt_records),
+            )
+            if present
+        ]
+        if damaged:
+            warnings.warn(
+                f"queue {self.name!r}: recovered {report.live} pending job(s) from {self.log_dir}, but "
+                + "; ".join(damaged) + ". Every intact job was kept (python -m shmq.tools.logdump shows the log)",
+                errors.LogDamaged,
+                stacklevel=4,
+            )
 
     def close(self) -> None:
         if self.handle is not None:
@@ -254,6 +383,8 @@ def _after_fork_in_child() -> None:
             rc = lib.shmq_after_fork(q._region.handle)
             if rc != OK:
                 q._disable_after_fork(status_text(rc))
+            elif q._logged:
+                q._start_maintenance()  # threads do not survive fork
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -324,6 +455,13 @@ class Queue:
       their own.
     - ``codec``: ``"msgpack"`` (default), ``"pickle"`` (any object; decoding runs
       code, so opt in only between trusted processes) or ``"raw"`` (bytes).
+    - ``durability``: ``"os"`` (default: every put is in the log, in the page
+      cache, before it returns; survives any process crash), ``"memory"`` (the
+      log on tmpfs), ``"interval"`` (also flushed to disk every
+      ``flush_interval`` seconds or ``flush_bytes`` bytes), ``"sync"`` (a put
+      returns once its record is on disk; survives a power cut) or ``"none"``
+      (no log: a plain shared-memory queue).
+    - ``segment_bytes``: size of a log segment file (default 64 MiB).
     """
 
     def __init__(
@@ -336,6 +474,10 @@ class Queue:
         slot_bytes: int | None = None,
         max_message_bytes: int | None = None,
         codec: str | None = None,
+        durability: str | None = None,
+        segment_bytes: int | None = None,
+        flush_interval: float | None = None,
+        flush_bytes: int | None = None,
     ):
         self._region = None
         self._closed_reason = ""
@@ -354,6 +496,10 @@ class Queue:
                 ("slot_bytes", slot_bytes),
                 ("max_message_bytes", max_message_bytes),
                 ("codec", codec),
+                ("durability", durability),
+                ("segment_bytes", segment_bytes),
+                ("flush_interval", flush_interval),
+                ("flush_bytes", flush_bytes),
             )
             if value is not None
         }
@@ -374,10 +520,59 @@ class Queue:
         self._codec = _codec.get_codec(actual.codec)
         self._encode = self._codec.encode
         self._decode = self._codec.decode
-        # Clamped so that larger messages take _put_large, which enforces max_message_bytes.
-        self._inline_max = min(lib.shmq_inline_max(self._handle), actual.max_message_bytes)
+        self._logged = actual.durability != "none"
+        # Clamped so that larger messages take _put_large, which enforces
+        # max_message_bytes; with a log the core takes every size itself.
+        self._inline_max = actual.max_message_bytes if self._logged else min(
+            lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
+        self.recovery = self._region.recovery
+        self._maintainer = None
+        self._maintenance_error = None
         _open_queues.add(self)
+        if self._logged:
+            self._start_maintenance()
+
+    # ------------------------------------------------------------ maintenance
+
+    def _start_maintenance(self) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_maintain_loop, args=(weakref.ref(self), self._handle, stop), name=f"shmq-maintain-{self.name}",
+            daemon=True,
+        )
+        self._maintainer = (thread, stop)
+        thread.start()
+
+    def _stop_maintenance(self) -> None:
+        if self._maintainer is not None:
+            thread, stop = self._maintainer
+            self._maintainer = None
+            stop.set()
+            if thread is not threading.current_thread() and thread.is_alive():
+                thread.join()
+
+    def maintain(self) -> None:
+        """Runs the log's maintenance now (each process also runs it in the
+        background): flushes due, the next segment, retention, jobs of dead
+        consumers put back, jobs waiting in the log moved into the lanes."""
+        rc = lib.shmq_log_maintain(self._live_handle())
+        if rc != OK:
+            raise_for(rc, f"maintenance of queue {self.name!r}")
+
+    def flush(self) -> None:
+        """Writes the log to disk now (fdatasync), whatever the durability."""
+        rc = lib.shmq_log_flush(self._live_handle())
+        if rc != OK:
+            raise_for(rc, f"flush of queue {self.name!r}")
+
+    def log_stats(self) -> dict:
+        """Positions and counters of the log (empty without one)."""
+        if not self._logged:
+            return {}
+        stats = ffi.new("shmq_log_stats *")
+        lib.shmq_log_stats_read(self._live_handle(), stats)
+        return {field: getattr(stats, field) for field in dir(stats)}
 
     # ------------------------------------------------------------ plumbing
 
@@ -485,8 +680,8 @@ class Queue:
         self.put(obj, block=False)
 
     def _put_large(self, tag: int, first, second, total_ns: int) -> None:
-        """A message larger than half a lane travels in a shared-memory object of
-        its own; the lane carries its name."""
+        """A message larger than half a lane (in a queue without a log) travels
+        in a shared-memory object of its own; the lane carries its name."""
         length = len(first) + (second.nbytes if second is not None else 0)
         if length > self.params.max_message_bytes:
             raise errors.PayloadTooLarge(
@@ -687,9 +882,13 @@ class Queue:
             data = _unpack(scratch.buffer, sum(lengths))
             offsets = list(itertools.accumulate(lengths, initial=0))
             if tags.count(0) == count:  # all bytes as sent: slice, no decode calls
-                return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
-            decode_message = self._decode_message
-            return [decode_message(tags[i], data[offsets[i] : offsets[i + 1]]) for i in range(count)]
+                items = [data[offsets[i] : offsets[i + 1]] for i in range(count)]
+            else:
+                decode_message = self._decode_message
+                items = [decode_message(tags[i], data[offsets[i] : offsets[i + 1]]) for i in range(count)]
+            if scratch.message.span:  # a large message, claimed after these, ends the batch
+                items.append(self._finish_claimed(scratch.message))
+            return items
         if rc == ECLAIMED:
             return [self._finish_claimed(scratch.message)]
         if rc == EEMPTY or rc == EINTR:
@@ -724,19 +923,58 @@ class Queue:
 
     def close(self) -> None:
         """Detaches this handle (idempotent). The queue stays for other processes.
+        The last handle to close writes a snapshot of the live jobs (when the
+        queue has a log), so the next start reads one file.
         Do not call it while another thread of this process is inside put/get."""
         if self._region is not None:
             _open_queues.discard(self)
-            self._region.close()
+            self._stop_maintenance()
+            region = self._region
+            if self._logged and self._snapshot_on_close:
+                self._snapshot_if_last(region)
+            region.close()
             self._region = None
             self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
 
+    _snapshot_on_close = True
+
+    def _snapshot_if_last(self, region) -> None:
+        try:
+            lock_fd = region.lock()
+        except OSError:
+            return
+        try:
+            # Under the queue's lock no one attaches meanwhile.
+            if lib.shmq_live_participants(region.handle) <= 1:
+                rc = lib.shmq_log_snapshot(region.handle)
+                if rc != OK:
+                    warnings.warn(f"queue {self.name!r}: no snapshot written at close ({status_text(rc)}); "
+                                  "the log keeps every job", RuntimeWarning, stacklevel=3)
+        finally:
+            os.close(lock_fd)
+
     def unlink(self) -> None:
-        """Removes the queue: its region, and large-message objects left over.
-        Processes still attached keep their mapping until they close."""
+        """Removes the queue: its region, its log, and large-message objects left
+        over. Processes still attached keep their mapping until they close."""
         shm_name = region_name(self.name, self.path)
+        durability = self.params.durability
+        self._snapshot_on_close = False
         self.close()
         _unlink_queue(shm_name)
+        for mode in {durability or "os", "memory"}:
+            shutil.rmtree(log_dir(self.name, self.path, mode), ignore_errors=True)
+
+
+def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
+    """Each process's background maintenance of a queue's log (the core call
+    releases the GIL). Holds only a weak reference: a dropped Queue stops it."""
+    while not stop.wait(_MAINTAIN_EVERY):
+        queue = queue_ref()
+        if queue is None or queue._handle is not handle:
+            return
+        rc = lib.shmq_log_maintain(handle)
+        queue._maintenance_error = None if rc == OK else rc
+        del queue
 
 
 def _reattach(name: str, path: str) -> Queue:

@@ -288,3 +288,28 @@ def test_data_directory_not_writable(make_queue, shared_dir):
         assert result["permission_error"]
         assert path in result["message"] and "data directory" in result["message"]
     assert_no_region(name, shared_dir)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"durability": "fast"}, ["durability='fast'", "'os'", "'sync'"]),
+        ({"segment_bytes": 5000}, ["segment_bytes=5000", "out of range"]),
+        ({"segment_bytes": 70000}, ["segment_bytes=70000", "multiple of 4096"]),
+        ({"flush_interval": 0}, ["flush_interval=0", "seconds"]),
+        ({"segment_bytes": 1 << 20, "max_message_bytes": 2 << 20}, ["max_message_bytes=2097152", "segment_bytes=1048576"]),
+    ],
+)
+def test_bad_log_settings_name_the_problem(make_queue, kwargs, words):
+    with pytest.raises(shmq.ConfigError) as info:
+        make_queue(**kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_payload_larger_than_max_with_a_log(make_queue):
+    q = make_queue(max_message_bytes=1000)
+    q.put(b"x" * 1000)
+    with pytest.raises(shmq.PayloadTooLarge):
+        q.put(b"x" * 1001)
+    assert q.get(timeout=1) == b"x" * 1000  # what was accepted is still there

@@ -25,7 +25,7 @@ from shmq._lib import lib
 from shmq.queue import region_name
 
 CONTEXTS = ["fork", "spawn"]
-SMALL = dict(capacity=16, slot_bytes=32)  # inline max 8 slots * 32 - 8 = 248 bytes
+SMALL = dict(capacity=16, slot_bytes=32)  # inline max 8 slots * 32 - 16 = 240 bytes
 
 
 @dataclass
@@ -358,7 +358,7 @@ def test_fifo_order_one_lane(make_queue):
 
 def test_wrap_around_varied_sizes(make_queue):
     q = make_queue(lanes=1, **SMALL)
-    assert q._inline_max == 248
+    assert shmq.queue.lib.shmq_inline_max(q._handle) == 240
     expected = []  # a model of the queue's content
     sent = received = 0
     rounds = 0
@@ -516,17 +516,20 @@ def test_put_many_larger_than_one_core_batch(make_queue):
 # ---------------------------------------------------------------- large messages
 
 
+@pytest.mark.parametrize("durability", ["os", "none"])
 @pytest.mark.parametrize("codec", ["msgpack", "raw"])
-def test_sizes_around_inline_max(make_queue, codec):
-    q = make_queue(codec=codec)
-    m = q._inline_max
+def test_sizes_around_inline_max(make_queue, codec, durability):
+    """Up to half a lane a message travels inline; above, with a log, as a
+    reference to its log record; without one, in a shared-memory object."""
+    q = make_queue(codec=codec, durability=durability)
+    m = shmq.queue.lib.shmq_inline_max(q._handle)
     assert m > 256 * 1024  # so sizes near it also take the claimed-buffer path
     for size in (m - 1, m, m + 1):
         data = payload(size, size)
         q.put(data)
         # raw sends any buffer as it is; through the codec, not the bytes fast path
         q.put(bytearray(data) if codec == "raw" else data)
-        assert bool(blobs_of(q)) == (size > m)
+        assert bool(blobs_of(q)) == (size > m and durability == "none")
         assert q.get(timeout=5) == data
         assert q.get_many(5, timeout=5) == [data]
         assert not blobs_of(q)
@@ -541,12 +544,13 @@ def test_messages_larger_than_shared_buffer(make_queue):
     assert q.get(timeout=1) == b"after"
 
 
-def test_sixteen_mib_bytes(make_queue):
-    q = make_queue()
+@pytest.mark.parametrize("durability", ["os", "none"])
+def test_sixteen_mib_bytes(make_queue, durability):
+    q = make_queue(durability=durability)
     data = os.urandom(16 * 1024 * 1024)
     q.put(data)
     blobs = blobs_of(q)
-    assert len(blobs) == 1
+    assert len(blobs) == (durability == "none")
     assert q.qsize() == 1
     got = q.get(timeout=5)
     assert got == data
@@ -555,7 +559,7 @@ def test_sixteen_mib_bytes(make_queue):
 
 @pytest.mark.parametrize("nbytes", [4 * 1024 * 1024, 1024 * 1024], ids=["4MiB-blob", "1MiB-claimed"])
 def test_large_numpy_is_writable(make_queue, nbytes):
-    q = make_queue()
+    q = make_queue(durability="none")
     arr = np.random.default_rng(0).random(nbytes // 8)
     q.put(arr)
     assert bool(blobs_of(q)) == (nbytes > q._inline_max)
