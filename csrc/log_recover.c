@@ -179,10 +179,15 @@ static int all_zero(const uint8_t *from, const uint8_t *to)
     return 1;
 }
 
-static int record_ok(const uint8_t *at, uint64_t position, uint64_t S)
+/* A whole record at `at`, with `available` bytes readable from there. */
+static int record_ok(const uint8_t *at, uint64_t available, uint64_t position, uint64_t S)
 {
     const shmq_record_header *rec = (const shmq_record_header *)at;
     uint64_t word = atomic_load_explicit(&((shmq_record_header *)at)->word, memory_order_relaxed);
+    if (shmq_word_length(word) > available)
+        return 0; /* runs past the end of a file cut short */
+    if (available < sizeof *rec && shmq_word_type(word) != SHMQ_REC_PAD)
+        return 0;
     return shmq_record_valid(rec, word, position, S);
 }
 
@@ -196,7 +201,7 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
     while (off + 8 <= bytes) {
         const shmq_record_header *rec = (const shmq_record_header *)(data + off);
         uint64_t word = atomic_load_explicit(&((shmq_record_header *)rec)->word, memory_order_relaxed);
-        if (shmq_record_valid(rec, word, base + off, S)) {
+        if (record_ok(data + off, bytes - off, base + off, S)) {
             unsigned type = shmq_word_type(word);
             if (base + off >= rc->covered) {
                 int applied = type == SHMQ_REC_PAD ? 0 : apply(rc, rec, type);
@@ -213,7 +218,7 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
             continue;
         }
         uint64_t next = off + 8;
-        while (next + 8 <= bytes && !record_ok(data + next, base + next, S))
+        while (next + 8 <= bytes && !record_ok(data + next, bytes - next, base + next, S))
             next += 8;
         unsigned type = shmq_word_type(word);
         int unwritten = word == 0 || type == SHMQ_REC_PENDING || type == SHMQ_REC_VOID ||
@@ -396,11 +401,10 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
         shmq_segment_name(name, sizeof name, indexes[i]);
         mapped_file *f = &files[mapped];
         int r = map_file(h->log_dirfd, name, f, SHMQ_SEGMENT_MAGIC);
-        if (r == SHMQ_ELOGFORMAT || (r == SHMQ_OK && (f->index != indexes[i] ||
-                                                      f->bytes < SHMQ_SEGMENT_HEADER_BYTES + f->S))) {
+        if (r == SHMQ_ELOGFORMAT || (r == SHMQ_OK && (f->index != indexes[i] || f->S == 0))) {
             if (r == SHMQ_OK)
                 munmap(f->base, f->bytes);
-            report->corrupt_records++; /* a segment whose header is unreadable, or cut short */
+            report->corrupt_records++; /* a segment whose header is unreadable */
             continue;
         }
         if (r != SHMQ_OK) {
@@ -414,7 +418,9 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
             end_position = base + f->S;
         if (base + f->S <= rc.covered)
             continue; /* wholly covered by the snapshot */
-        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, f->S, base, f->S, nothing_after(h, indexes, i, count));
+        /* A file cut short (copied or truncated) is read as far as it goes. */
+        uint64_t present = f->bytes - SHMQ_SEGMENT_HEADER_BYTES < f->S ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : f->S;
+        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, f->S, nothing_after(h, indexes, i, count));
         if (status != SHMQ_OK)
             goto out;
     }
