@@ -327,6 +327,9 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
         return rc;
     lane_ref lr = lane_at(h, index);
     if (log) {
+        /* Pinned from before the record exists until the lane holds it:
+         * retention sees the job in one place or the other. */
+        shmq_log_pin(h);
         shmq_enqueue_args args = {.tag = mh.tag, .flags = SHMQ_ENQ_LANED, .first = first,
                                   .first_length = first_length, .second = second, .second_length = second_length};
         uint64_t record;
@@ -336,6 +339,7 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
             shmq_msg_header skip = {.length = 0, .flags = SHMQ_MSG_SKIP};
             write_message(h, lr, pos, &skip, NULL, 0, NULL, 0);
             publish(h, lr, pos, span);
+            shmq_log_unpin(h);
             return rc;
         }
         shmq_fault(h, SHMQ_FAULT_LOG_BEFORE_PUSH);
@@ -354,6 +358,8 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
     }
     shmq_fault(h, SHMQ_FAULT_PUSH_BEFORE_PUBLISH);
     publish(h, lr, pos, span);
+    if (log)
+        shmq_log_unpin(h);
     /* relaxed: statistics only. */
     atomic_fetch_add_explicit(&lr.header->pushed, 1, memory_order_relaxed);
     wake(&h->header->data_event, &h->header->data_waiters);
@@ -413,13 +419,11 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
     if (length > h->header->max_message_bytes)
         return SHMQ_ETOOBIG;
     shmq_log_enter(h);
-    shmq_log_pin(h);
     int rc = shmq_log_spilling(h)
                  ? put_spilled(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
                                second_length, timeout_ns)
                  : push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
                             second_length, timeout_ns, 1);
-    shmq_log_unpin(h);
     if (rc == SHMQ_OK)
         rc = shmq_log_durable(h);
     shmq_log_leave(h);
@@ -452,6 +456,8 @@ static int write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_
             rc = shmq_log_enqueue(h, &args, &mh.job_id, &spilling);
             if (rc != SHMQ_OK)
                 *written = i;
+            else if (i == first)
+                shmq_fault(h, SHMQ_FAULT_LOG_BEFORE_PUSH);
         }
         if (rc != SHMQ_OK)
             mh.flags = SHMQ_MSG_SKIP;
@@ -510,8 +516,12 @@ static int push_many(shmq_handle *h, int lane, const char *data, const uint32_t 
         }
         lane_ref ref = lane_at(h, index);
         uint32_t written;
+        if (h->log_on)
+            shmq_log_pin(h); /* as in push_one */
         rc = write_batch(h, ref, pos, (const uint8_t *)data, lengths, (const uint8_t *)tags, tag, done, end,
                          &written);
+        if (h->log_on)
+            shmq_log_unpin(h);
         for (uint32_t i = done; i < end; i++)
             data += lengths[i];
         /* relaxed: statistics only. */
@@ -534,7 +544,6 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
     if (!h->log_on)
         return push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
     shmq_log_enter(h);
-    shmq_log_pin(h);
     int rc = SHMQ_OK;
     if (shmq_log_spilling(h)) {
         /* While spilling every job waits in the log; the feeder moves them. */
@@ -548,7 +557,6 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
     } else {
         rc = push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
     }
-    shmq_log_unpin(h);
     if (*pushed) {
         int durable = shmq_log_durable(h);
         if (rc == SHMQ_OK)

@@ -161,7 +161,7 @@ typedef struct shmq_region_header {
     /* Log parameters: written once by the creator, before the magic. */
     alignas(SHMQ_CACHE_LINE) uint64_t segment_bytes;  /* a multiple of 4096 */
     uint32_t durability;                              /* SHMQ_DURABILITY_* */
-    uint32_t log_flags;                               /* reserved, 0 */
+    _Atomic uint32_t log_flags;                       /* SHMQ_LOG_READY once recovery finished */
     uint64_t flush_interval_ns;                       /* interval: flush at least this often */
     uint64_t flush_bytes;                             /* interval: or after this many bytes (0: every append) */
     uint64_t log_origin;                              /* first position of this region's log */
@@ -288,7 +288,7 @@ _Static_assert(sizeof(shmq_msg_ref) == 16, "format");
  *
  * Files, in the log directory (<data dir>/<queue>.log/, or for durability
  * "memory" /dev/shm/shmq.<queue>.<12 hex>.log/), mode 0600:
- *   <16 hex digits of index>.seg   segment `index`
+ *   <16 hex digits of base>.seg    segment `index`, base = index * S (its first position)
  *   snapshot                       live jobs at a clean shutdown (optional)
  *
  * Positions: the log is one byte sequence numbered 0, 1, 2, ... forever.
@@ -440,6 +440,7 @@ typedef struct shmq_segment_header {
 } shmq_segment_header;
 _Static_assert(sizeof(shmq_segment_header) == 56, "format");
 
+#define SHMQ_LOG_READY 1u /* log_flags: the creator finished recovery (else it died in it) */
 #define SHMQ_TAIL_SPILL (1ull << 63) /* log_tail bit: new jobs wait in the log, the feeder moves them */
 
 #define SHMQ_HEADER_BYTES ((uint64_t)sizeof(shmq_region_header))

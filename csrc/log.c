@@ -53,9 +53,12 @@ void shmq_log_leave(shmq_handle *h) { atomic_fetch_sub_explicit(&h->inside, 1, m
 
 /* ------------------------------------------------------------ segments */
 
-void shmq_segment_name(char *out, size_t size, uint64_t index)
+/* Named by their first position, not their index: a log recovered with
+ * another segment size continues past every old position, so names never
+ * collide across sizes. */
+void shmq_segment_name(char *out, size_t size, uint64_t base)
 {
-    snprintf(out, size, "%016llx.seg", (unsigned long long)index);
+    snprintf(out, size, "%016llx.seg", (unsigned long long)base);
 }
 
 /* Makes a new file whole before it is used: no block is missing when the
@@ -116,7 +119,7 @@ void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t 
 static int segment_open(shmq_handle *h, uint64_t index, int create)
 {
     char name[32], tmp[64];
-    shmq_segment_name(name, sizeof name, index);
+    shmq_segment_name(name, sizeof name, index * h->segment_bytes);
     int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
     if (fd >= 0 || errno != ENOENT || !create)
         return fd >= 0 ? fd : -errno;
@@ -275,12 +278,29 @@ shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create
 
 /* ------------------------------------------------------------ opening */
 
+static int log_open(shmq_handle *h, const char *dir);
+
 int shmq_log_open(shmq_handle *h, const char *dir)
 {
     if (h->log_on)
         return SHMQ_OK;
     if (h->header->durability == SHMQ_DURABILITY_NONE)
         return SHMQ_EINVAL;
+    return log_open(h, dir);
+}
+
+/* Attaching to a region whose creator died during recovery: EUNINIT (the
+ * caller removes it and creates it again, which recovers from the start). */
+int shmq_log_attach(shmq_handle *h, const char *dir)
+{
+    /* acquire: pairs with the release that set READY at the end of recovery. */
+    if (!(atomic_load_explicit(&h->header->log_flags, memory_order_acquire) & SHMQ_LOG_READY))
+        return SHMQ_EUNINIT;
+    return shmq_log_open(h, dir);
+}
+
+static int log_open(shmq_handle *h, const char *dir)
+{
     h->durability = h->header->durability;
     h->segment_bytes = h->header->segment_bytes;
     h->segments = calloc(SHMQ_SEGMENT_SLOTS, sizeof *h->segments);

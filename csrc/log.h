@@ -19,7 +19,7 @@ int shmq_log_fail(shmq_handle *h, int err);
 uint32_t shmq_record_crc(const shmq_record_header *rec, uint64_t word);
 void shmq_log_enter(shmq_handle *h);
 void shmq_log_leave(shmq_handle *h);
-void shmq_segment_name(char *out, size_t size, uint64_t index);
+void shmq_segment_name(char *out, size_t size, uint64_t base);
 int shmq_segment_header_check(const shmq_segment_header *sh, uint64_t magic);
 void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t segment_bytes, uint64_t index,
                               uint64_t base, uint32_t durability);

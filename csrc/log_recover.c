@@ -283,14 +283,14 @@ static int map_file(int dirfd, const char *name, mapped_file *out, uint64_t magi
     return SHMQ_OK;
 }
 
-/* Is segment indexes[i] the last one written? Later segments may exist
+/* Is the segment at bases[i] the last one written? Later segments may exist
  * unwritten (made ahead of need): their first record word is still 0. */
-static int nothing_after(shmq_handle *h, const uint64_t *indexes, size_t i, size_t count)
+static int nothing_after(shmq_handle *h, const uint64_t *bases, size_t i, size_t count)
 {
     for (size_t k = i + 1; k < count; k++) {
         char name[32];
         uint64_t word = 0;
-        shmq_segment_name(name, sizeof name, indexes[k]);
+        shmq_segment_name(name, sizeof name, bases[k]);
         int fd = openat(h->log_dirfd, name, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             continue;
@@ -336,7 +336,7 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     DIR *dir = dirfd >= 0 ? fdopendir(dirfd) : NULL;
     if (!dir)
         return shmq_log_fail(h, errno);
-    uint64_t *indexes = NULL;
+    uint64_t *bases = NULL;
     size_t count = 0, capacity = 0;
     int have_snapshot = 0;
     struct dirent *entry;
@@ -351,26 +351,26 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
                    strcmp(tail, ".seg") == 0) {
             if (count == capacity) {
                 capacity = capacity ? capacity * 2 : 64;
-                uint64_t *grown = realloc(indexes, capacity * sizeof *grown);
+                uint64_t *grown = realloc(bases, capacity * sizeof *grown);
                 if (!grown) {
                     closedir(dir);
-                    free(indexes);
+                    free(bases);
                     errno = ENOMEM;
                     return SHMQ_ESYS;
                 }
-                indexes = grown;
+                bases = grown;
             }
-            indexes[count++] = index;
+            bases[count++] = index;
         }
     }
     closedir(dir);
     if (count)
-        qsort(indexes, count, sizeof *indexes, compare_u64);
+        qsort(bases, count, sizeof *bases, compare_u64);
 
     mapped_file *files = calloc(count + 1, sizeof *files);
     size_t mapped = 0;
     if (!files) {
-        free(indexes);
+        free(bases);
         errno = ENOMEM;
         return SHMQ_ESYS;
     }
@@ -398,10 +398,12 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     }
     for (size_t i = 0; i < count; i++) {
         char name[32];
-        shmq_segment_name(name, sizeof name, indexes[i]);
+        shmq_segment_name(name, sizeof name, bases[i]);
         mapped_file *f = &files[mapped];
         int r = map_file(h->log_dirfd, name, f, SHMQ_SEGMENT_MAGIC);
-        if (r == SHMQ_ELOGFORMAT || (r == SHMQ_OK && (f->index != indexes[i] || f->S == 0))) {
+        if (r == SHMQ_ELOGFORMAT ||
+            (r == SHMQ_OK && (f->S == 0 || ((const shmq_segment_header *)f->base)->base != bases[i] ||
+                              f->index * f->S != bases[i]))) {
             if (r == SHMQ_OK)
                 munmap(f->base, f->bytes);
             report->corrupt_records++; /* a segment whose header is unreadable */
@@ -420,7 +422,7 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
             continue; /* wholly covered by the snapshot */
         /* A file cut short (copied or truncated) is read as far as it goes. */
         uint64_t present = f->bytes - SHMQ_SEGMENT_HEADER_BYTES < f->S ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : f->S;
-        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, f->S, nothing_after(h, indexes, i, count));
+        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, f->S, nothing_after(h, bases, i, count));
         if (status != SHMQ_OK)
             goto out;
     }
@@ -491,7 +493,7 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     if (status == SHMQ_OK) {
         for (size_t i = 0; i < count; i++) {
             char name[32];
-            shmq_segment_name(name, sizeof name, indexes[i]);
+            shmq_segment_name(name, sizeof name, bases[i]);
             unlinkat(h->log_dirfd, name, 0); /* all old: the new log starts past them */
         }
         if (have_snapshot)
@@ -503,10 +505,13 @@ out:
     for (size_t i = 0; i < mapped; i++)
         munmap(files[i].base, files[i].bytes);
     free(files);
-    free(indexes);
+    free(bases);
     free(rc.jobs.slots);
     if (status == SHMQ_OK && report->live)
         shmq_log_feed(h, UINT32_MAX);
+    if (status == SHMQ_OK)
+        /* release: everything recovery wrote is visible to whoever sees READY. */
+        atomic_fetch_or_explicit(&h->header->log_flags, SHMQ_LOG_READY, memory_order_release);
     report->elapsed_ns = shmq_now_ns() - started;
     return status;
 }

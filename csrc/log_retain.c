@@ -179,7 +179,7 @@ static void delete_segments(shmq_handle *h, uint64_t low)
     atomic_store_explicit(&hdr->log_base, keep, memory_order_release);
     for (uint64_t index = base / S; index < keep / S; index++) {
         char name[32];
-        shmq_segment_name(name, sizeof name, index);
+        shmq_segment_name(name, sizeof name, index * S);
         if (unlinkat(h->log_dirfd, name, 0) == 0)
             atomic_fetch_add_explicit(&hdr->segments_deleted, 1, memory_order_relaxed); /* statistics */
     }

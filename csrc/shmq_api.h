@@ -169,6 +169,7 @@ void shmq_pop_abandon(shmq_handle *handle, const shmq_message *message);
  * created with a durability other than NONE); `dir` is the log directory. The
  * creator of a region calls shmq_log_recover before anyone else attaches. */
 int shmq_log_open(shmq_handle *handle, const char *dir);
+int shmq_log_attach(shmq_handle *handle, const char *dir); /* EUNINIT: its creator died recovering */
 int shmq_log_recover(shmq_handle *handle, shmq_recovery *report /* OUT */);
 int shmq_log_maintain(shmq_handle *handle);
 int shmq_log_flush(shmq_handle *handle);

@@ -146,12 +146,23 @@ def _check_fits(values: dict) -> None:
         )
 
 
+def _has_files(path: str) -> bool:
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
+
+
 def log_dir(name: str, path: str, durability: str) -> str:
     """Where queue `name`'s log lives: in the data directory, or in /dev/shm
     (tmpfs) for durability="memory"."""
     if durability == "memory":
         return "/dev/shm" + region_name(name, path) + ".log"
     return os.path.join(path, f"{name}.log")
+
+
+class _CreatorDied(Exception):
+    """The region's creator died before its log was recovered."""
 
 
 class _Region:
@@ -161,6 +172,8 @@ class _Region:
         self.shm_name = region_name(name, path)
         self.name, self.path = name, path
         self.recovery = None
+        self.handle = None
+        self.log_dir = None
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
             lock_fd = os.open(os.path.join(path, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -230,11 +243,16 @@ class _Region:
                 f"/dev/shm{self.shm_name} is not a usable shmq queue region ({status_text(rc)}). "
                 "If nothing else owns it, delete it and open the queue again"
             )
-        self._finish(base[0], size, params)
+        try:
+            self._finish(base[0], size, params, attaching=True)
+        except _CreatorDied:
+            return False  # its creator died while recovering: made again, recovery starts over
         return True
 
     def _create(self, requested: dict) -> None:
         values = {**DEFAULTS, **requested}
+        if "durability" not in requested and _has_files(log_dir(self.name, self.path, "memory")):
+            values["durability"] = "memory"  # recreated over a tmpfs log: keep it there
         if "max_message_bytes" not in requested and values["durability"] != "none":
             # The default limit shrinks with small segments (a record fits in one).
             values["max_message_bytes"] = min(values["max_message_bytes"], values["segment_bytes"] - _RECORD_OVERHEAD)
@@ -285,7 +303,7 @@ class _Region:
             posix_ipc.unlink_shared_memory(self.shm_name)
             raise
 
-    def _finish(self, base, size: int, params) -> None:
+    def _finish(self, base, size: int, params, attaching: bool = False) -> None:
         self.base, self.size = base, size
         logged = params.durability != DURABILITY["none"]
         self.params = QueueParams(
@@ -307,9 +325,9 @@ class _Region:
             raise_for(rc, f"attaching to {self.shm_name}")
         self.handle = handle[0]
         if logged:
-            self._open_log()
+            self._open_log(attaching)
 
-    def _open_log(self) -> None:
+    def _open_log(self, attaching: bool) -> None:
         try:
             os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
             os.chmod(self.log_dir, 0o700)
@@ -319,7 +337,10 @@ class _Region:
                 f"cannot use log directory {self.log_dir!r}: {exc.strerror}. Give this user write "
                 "permission there, or open the queue with another path="
             ) from None
-        rc = lib.shmq_log_open(self.handle, self.log_dir.encode())
+        rc = (lib.shmq_log_attach if attaching else lib.shmq_log_open)(self.handle, self.log_dir.encode())
+        if rc == lib.SHMQ_EUNINIT:
+            self.close()
+            raise _CreatorDied
         if rc != OK:
             err = ffi.errno
             self.close()

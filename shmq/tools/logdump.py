@@ -250,14 +250,29 @@ class LogScan:
         have_snapshot, segments = self.files()
         if have_snapshot:
             yield from self._snapshot()
-        previous: int | None = None
-        for i, (index, name) in enumerate(segments):
-            if previous is not None and index > previous + 1:
-                self.summary.missing_segments += index - previous - 1
-                yield {"kind": "gap", "first_index": previous + 1, "last_index": index - 1,
-                       "count": index - previous - 1}
-            previous = index
-            yield from self._segment(index, name, last=i + 1 == len(segments))
+        # Segment files are named by their first position (index * segment_bytes).
+        # A file that is there but unreadable (or deleted meanwhile) still
+        # fills the slot its name starts, if that is a segment boundary: only
+        # segments no file is named for are missing.
+        previous_end: int | None = None
+        previous_size = 0
+        for i, (base, name) in enumerate(segments):
+            if previous_end is not None and base > previous_end and previous_size:
+                missing = (base - previous_end) // previous_size
+                if missing:
+                    self.summary.missing_segments += missing
+                    yield {"kind": "gap", "first_index": previous_end // previous_size,
+                           "last_index": previous_end // previous_size + missing - 1, "count": missing,
+                           "first_position": previous_end, "end_position": previous_end + missing * previous_size}
+            size = 0
+            for entry in self._segment(base, name, last=i + 1 == len(segments), size_hint=previous_size):
+                if entry["kind"] == "file":
+                    size = entry["size"]
+                yield entry
+            if size:
+                previous_size, previous_end = size, base + size
+            elif previous_size and base % previous_size == 0:
+                previous_end = max(previous_end or 0, base + previous_size)
 
     def _snapshot(self) -> Iterator[dict]:
         fd = self._open("snapshot")
@@ -287,16 +302,23 @@ class LogScan:
         finally:
             os.close(fd)
 
-    def _segment(self, index: int, name: str, last: bool) -> Iterator[dict]:
+    def _segment(self, named_base: int, name: str, last: bool, size_hint: int = 0) -> Iterator[dict]:
+        """One segment file; `size_hint` (the segment size seen so far, 0 if
+        none) gives the index of a file whose own header cannot be trusted."""
         fd = self._open(name)
+        index = named_base // size_hint if size_hint else None
         if fd is None:
             yield {"kind": "gone", "file": name, "index": index}
             return
         try:
             self.summary.files += 1
             header, problem, file_bytes = self._header(fd, SEGMENT_MAGIC)
-            if header is not None and header["index"] != index:
-                header, problem = None, f"header says index {header['index']}, the name says {index}"
+            if header is not None:
+                if header["segment_bytes"] and named_base % header["segment_bytes"] == 0:
+                    index = named_base // header["segment_bytes"]
+                if header["base"] != named_base or header["index"] * header["segment_bytes"] != named_base:
+                    header, problem = None, (f"header says base {header['base']} (index {header['index']}), "
+                                             f"the name says base {named_base}")
             if header is not None and header["segment_bytes"] < 8:
                 header, problem = None, f"segment_bytes {header['segment_bytes']} is impossible"
             if header is None:
@@ -304,7 +326,7 @@ class LogScan:
                 yield {"kind": "bad_file", "file": name, "index": index, "problem": problem}
                 return
             S = header["segment_bytes"]
-            base = index * S
+            base = named_base
             covered = base + S <= self.covered
             yield {"kind": "file", "file": name, "snapshot": False, "index": index, "base": base, "size": S,
                    "file_bytes": file_bytes, "created_ns": header["created_ns"],
@@ -518,7 +540,8 @@ def format_entry(e: dict) -> str:
     if kind == "short":
         return f"!! {e['file']}: cut short: {e['present']} of {e['expected']} bytes of records present"
     if kind == "gap":
-        return f"!! segments {e['first_index']}..{e['last_index']} missing ({e['count']} files)"
+        return (f"!! segments {e['first_index']}..{e['last_index']} missing ({e['count']} files, "
+                f"positions {e['first_position']}..{e['end_position']})")
     if kind == "gone":
         return f"-- {e['file']}: deleted by the queue while reading"
     at = f"{e['position']:>12}"
