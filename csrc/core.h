@@ -119,6 +119,8 @@ typedef struct shmq_enqueue_args {
 } shmq_enqueue_args;
 int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *args, uint64_t *position, int *spilling);
 int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
+                           uint8_t tag, uint32_t count, uint64_t *job_ids);
 int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason);
 int shmq_log_durable(shmq_handle *h);
 int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);

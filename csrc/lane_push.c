@@ -443,29 +443,31 @@ int shmq_put(shmq_handle *h, uint8_t tag, const char *data, uint32_t length, int
 static int write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_t *data, const uint32_t *lengths,
                        const uint8_t *tags, uint8_t tag, uint32_t first, uint32_t end, uint32_t *written)
 {
-    uint64_t at = pos;
+    enum { CHUNK = 64 }; /* records logged with one reservation */
+    uint64_t at = pos, job_ids[CHUNK];
     int rc = SHMQ_OK;
     *written = end;
-    for (uint32_t i = first; i < end; i++) {
-        shmq_msg_header mh = {.length = lengths[i], .tag = tags ? tags[i] : tag, .flags = 0, .attempt = 1,
-                              .job_id = 0};
+    for (uint32_t chunk = first; chunk < end; chunk += CHUNK) {
+        uint32_t n = end - chunk < CHUNK ? end - chunk : CHUNK;
         if (h->log_on && rc == SHMQ_OK) {
-            shmq_enqueue_args args = {.tag = mh.tag, .flags = SHMQ_ENQ_LANED, .first = data,
-                                      .first_length = lengths[i]};
-            int spilling;
-            rc = shmq_log_enqueue(h, &args, &mh.job_id, &spilling);
+            rc = shmq_log_enqueue_batch(h, data, lengths + chunk, tags ? tags + chunk : NULL, tag, n, job_ids);
             if (rc != SHMQ_OK)
-                *written = i;
-            else if (i == first)
+                *written = chunk;
+            else if (chunk == first)
                 shmq_fault(h, SHMQ_FAULT_LOG_BEFORE_PUSH);
         }
-        if (rc != SHMQ_OK)
-            mh.flags = SHMQ_MSG_SKIP;
-        write_message(h, lane, at, &mh, data, rc == SHMQ_OK ? lengths[i] : 0, NULL, 0);
-        if (i == first)
-            shmq_fault(h, SHMQ_FAULT_PUSH_MID_COPY);
-        data += lengths[i];
-        at += span_for(h, lengths[i]);
+        for (uint32_t k = 0; k < n; k++) {
+            uint32_t i = chunk + k;
+            shmq_msg_header mh = {.length = lengths[i], .tag = tags ? tags[i] : tag, .flags = 0, .attempt = 1,
+                                  .job_id = h->log_on && rc == SHMQ_OK ? job_ids[k] : 0};
+            if (rc != SHMQ_OK)
+                mh.flags = SHMQ_MSG_SKIP; /* not logged: consumers skip it */
+            write_message(h, lane, at, &mh, data, rc == SHMQ_OK ? lengths[i] : 0, NULL, 0);
+            if (i == first)
+                shmq_fault(h, SHMQ_FAULT_PUSH_MID_COPY);
+            data += lengths[i];
+            at += span_for(h, lengths[i]);
+        }
     }
     shmq_fault(h, SHMQ_FAULT_PUSH_BEFORE_PUBLISH);
     at = pos + span_for(h, lengths[first]);

@@ -170,12 +170,13 @@ typedef struct shmq_region_header {
     /* Log maintenance: retention, the backlog feeder, checkpoints. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t log_base; /* first position whose segment still exists */
     _Atomic uint64_t feed_cursor;      /* while SPILL: next log position to feed into the lanes */
-    _Atomic uint64_t checkpoint_floor; /* live records below it have copies at or above it */
+    _Atomic uint64_t checkpoint_floor; /* lane jobs with ids below it have copies from checkpoint_begin on */
     _Atomic uint32_t feeder;           /* participant feeding the backlog (0: none) */
     _Atomic uint32_t maintainer;       /* participant running maintenance (0: none) */
     _Atomic int64_t maintained_ns;     /* when maintenance last ran (monotonic) */
     _Atomic uint64_t segments_made;    /* segments [0, segments_made) were created (some since deleted) */
-    uint8_t reserved6[SHMQ_CACHE_LINE - 48];
+    _Atomic uint64_t checkpoint_begin; /* the copies of the last checkpoint start here */
+    uint8_t reserved6[SHMQ_CACHE_LINE - 56];
 
     /* Group commit (sync, interval): generations of flushes. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t flush_started; /* flushes begun */

@@ -519,6 +519,88 @@ int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *a, uint64_t *posit
     return shmq_log_append(h, SHMQ_REC_ENQUEUE, a->job_id, parts, 3, position, spilling);
 }
 
+static inline uint32_t enqueue_length(uint32_t payload)
+{
+    return (uint32_t)((SHMQ_ENQUEUE_OVERHEAD + (uint64_t)payload + SHMQ_RECORD_ALIGN - 1) &
+                      ~(uint64_t)(SHMQ_RECORD_ALIGN - 1));
+}
+
+/* Writes one ENQUEUE record into space we reserved; 0 if a hole filler voided it. */
+static int fill_enqueue(shmq_handle *h, shmq_record_header *rec, uint64_t position, const uint8_t *payload,
+                        uint32_t length, uint8_t tag, int64_t now, int spilling)
+{
+    uint32_t bytes = enqueue_length(length);
+    uint64_t expected = 0, pending = shmq_record_word(bytes, SHMQ_REC_PENDING, h->self);
+    /* relaxed: claims the word against hole fillers, as in shmq_log_append. */
+    if (!atomic_compare_exchange_strong_explicit(&rec->word, &expected, pending, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return 0;
+    rec->crc = 0;
+    rec->body_bytes = (uint32_t)sizeof(shmq_enqueue_body) + length;
+    rec->seq = position;
+    rec->job_id = position;
+    shmq_enqueue_body *body = (shmq_enqueue_body *)(rec + 1);
+    *body = (shmq_enqueue_body){.enqueued_ns = now, .lane = UINT32_MAX, .attempt = 1, .tag = tag,
+                                .flags = SHMQ_ENQ_LANED, .payload_bytes = length};
+    (void)spilling; /* LANED: its writer pushes it, spilling or not */
+    memcpy(body + 1, payload, length);
+    shmq_fault(h, SHMQ_FAULT_LOG_MID_RECORD);
+    memset((uint8_t *)(body + 1) + length, 0, bytes - SHMQ_ENQUEUE_OVERHEAD - length);
+    uint64_t word = shmq_record_word(bytes, SHMQ_REC_ENQUEUE, 0);
+    rec->crc = shmq_record_crc(rec, word);
+    /* release: as the publish in shmq_log_append. */
+    return atomic_compare_exchange_strong_explicit(&rec->word, &pending, word, memory_order_release,
+                                                   memory_order_relaxed);
+}
+
+int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
+                           uint8_t tag, uint32_t count, uint64_t *job_ids)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < count; i++)
+        total += enqueue_length(lengths[i]);
+    int64_t now = shmq_wall_ns();
+    if (count > 1 && total <= h->segment_bytes / 2) {
+        /* One reservation for the whole batch. */
+        uint64_t p = 0;
+        shmq_record_header *rec = NULL;
+        int spilling = 0;
+        int rc = reserve(h, (uint32_t)total, &p, &rec, &spilling);
+        if (rc != SHMQ_OK)
+            return rc;
+        shmq_fault(h, SHMQ_FAULT_LOG_AFTER_RESERVE);
+        uint8_t *at = (uint8_t *)rec;
+        for (uint32_t i = 0; i < count; i++) {
+            uint8_t t = tags ? tags[i] : tag;
+            if (fill_enqueue(h, (shmq_record_header *)at, p, data, lengths[i], t, now, spilling)) {
+                job_ids[i] = p;
+            } else { /* voided by a filler while we were slow: that record goes further on */
+                shmq_enqueue_args args = {.tag = t, .flags = SHMQ_ENQ_LANED, .first = data, .first_length = lengths[i]};
+                rc = shmq_log_enqueue(h, &args, &job_ids[i], &spilling);
+                if (rc != SHMQ_OK)
+                    return rc;
+            }
+            at += enqueue_length(lengths[i]);
+            p += enqueue_length(lengths[i]);
+            data += lengths[i];
+        }
+        /* relaxed: statistics. */
+        atomic_fetch_add_explicit(&h->header->records_appended, count, memory_order_relaxed);
+        atomic_fetch_add_explicit(&h->header->bytes_appended, total, memory_order_relaxed);
+        return SHMQ_OK;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        shmq_enqueue_args args = {.tag = tags ? tags[i] : tag, .flags = SHMQ_ENQ_LANED, .first = data,
+                                  .first_length = lengths[i], .enqueued_ns = now};
+        int spilling;
+        int rc = shmq_log_enqueue(h, &args, &job_ids[i], &spilling);
+        if (rc != SHMQ_OK)
+            return rc;
+        data += lengths[i];
+    }
+    return SHMQ_OK;
+}
+
 int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count)
 {
     uint64_t position;

@@ -487,6 +487,9 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     }
     if (status == SHMQ_OK)
         status = marker(h, SHMQ_REC_CHECKPOINT_END, next, begin, live_count, &position);
+    /* relaxed: no one else is attached yet. Recovered jobs keep their old
+     * ids (below the floor); their records are the copies from `begin` on. */
+    atomic_store_explicit(&hdr->checkpoint_begin, begin, memory_order_relaxed);
     if (status == SHMQ_OK && h->durability >= SHMQ_DURABILITY_OS)
         status = shmq_log_sync(h); /* the new log is on disk before the old one goes */
 

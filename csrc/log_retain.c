@@ -91,7 +91,9 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
         if (cursor < low)
             low = cursor;
     }
+    /* acquire: pairs with checkpoint()'s release of the floor; begin was stored before it. */
     uint64_t floor = atomic_load_explicit(&hdr->checkpoint_floor, memory_order_acquire);
+    uint64_t copies = atomic_load_explicit(&hdr->checkpoint_begin, memory_order_relaxed);
     *below = *below_bytes = 0;
     uint64_t slots = h->slot_mask + 1;
     for (uint32_t index = 0; index < h->lane_count; index++) {
@@ -103,7 +105,7 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
             if (!lane_job_at(h, lane, i, state, &job))
                 continue;
             if (!job.ref && job.job_id < floor)
-                continue; /* a checkpoint (or snapshot) holds its copy */
+                job.needs = copies; /* its latest copy is from the last checkpoint (or the snapshot) */
             if (job.needs < low)
                 low = job.needs;
             if (!job.ref && job.job_id < target) {
@@ -115,12 +117,11 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
     return low;
 }
 
-/* Copies the inline lane messages with ids in [floor, target) to the tail,
+/* Copies the inline lane messages with ids below `target` to the tail,
  * between CHECKPOINT markers; then the floor rises to `target`. */
 static int checkpoint(shmq_handle *h, uint64_t target)
 {
     shmq_region_header *hdr = h->header;
-    uint64_t floor = atomic_load_explicit(&hdr->checkpoint_floor, memory_order_acquire);
     shmq_checkpoint_body mark = {0};
     part parts[1] = {{&mark, sizeof mark}};
     uint64_t begin, position;
@@ -133,7 +134,9 @@ static int checkpoint(shmq_handle *h, uint64_t target)
         for (uint64_t i = 0; i < slots && rc == SHMQ_OK; i++) {
             uint64_t state = atomic_load_explicit(&lane.states[i], memory_order_acquire);
             lane_job job;
-            if (!lane_job_at(h, lane, i, state, &job) || job.ref || job.job_id < floor || job.job_id >= target)
+            /* Every inline job below the target, also ones copied before:
+             * their older copies may lie below the target too. */
+            if (!lane_job_at(h, lane, i, state, &job) || job.ref || job.job_id >= target)
                 continue;
             /* A copy of what the slot holds now. If a consumer takes the job
              * meanwhile, its DONE comes after our BEGIN and cancels this copy
@@ -160,7 +163,9 @@ static int checkpoint(shmq_handle *h, uint64_t target)
     if (rc == SHMQ_OK && h->durability >= SHMQ_DURABILITY_OS)
         rc = shmq_log_sync(h); /* the copies are on disk before their originals may go */
     if (rc == SHMQ_OK) {
-        /* release: the copies are written before anyone deletes below the floor. */
+        atomic_store_explicit(&hdr->checkpoint_begin, begin, memory_order_relaxed); /* published by the release below */
+        /* release: the copies and their begin are visible before anyone
+         * deletes below the floor. */
         atomic_store_explicit(&hdr->checkpoint_floor, target, memory_order_release);
         atomic_fetch_add_explicit(&hdr->checkpoints, 1, memory_order_relaxed); /* statistics */
     }
@@ -356,6 +361,7 @@ int shmq_log_snapshot(shmq_handle *h)
     atomic_store_explicit(&hdr->log_tail, covered, memory_order_relaxed);
     atomic_store_explicit(&hdr->feed_cursor, covered, memory_order_relaxed);
     atomic_store_explicit(&hdr->flushed_tail, covered, memory_order_relaxed);
+    atomic_store_explicit(&hdr->checkpoint_begin, covered, memory_order_relaxed); /* the copies are in the snapshot */
     atomic_store_explicit(&hdr->checkpoint_floor, covered, memory_order_relaxed);
     delete_segments(h, covered);
     return SHMQ_OK;

@@ -73,10 +73,15 @@ def header_page(magic: bytes, segment_bytes: int, index: int, base: int) -> byte
     return head + bytes(PAGE - len(head))
 
 
+def segment_name(index: int, segment_bytes: int = S) -> str:
+    """A segment's file name: its base position (index * S) in 16 hex digits."""
+    return f"{index * segment_bytes:016x}.seg"
+
+
 def write_segment(directory, index: int, data: bytes, segment_bytes: int = S) -> str:
     """A segment file as the queue makes it: header page, records, zeros to S."""
     assert len(data) <= segment_bytes
-    path = os.path.join(directory, f"{index:016x}.seg")
+    path = os.path.join(directory, segment_name(index, segment_bytes))
     with open(path, "wb") as f:
         f.write(header_page(b"SHMQSEG1", segment_bytes, index, index * segment_bytes))
         f.write(data + bytes(segment_bytes - len(data)))
@@ -140,6 +145,7 @@ def test_segment_boundaries_and_pads(make_queue, capsys):
     files = [e for e in doc["entries"] if e["kind"] == "file"]
     assert [f["index"] for f in files] == list(range(len(files))) and len(files) >= 4
     assert all(f["base"] == f["index"] * S and f["size"] == S for f in files)
+    assert [f["file"] for f in files] == [segment_name(f["index"]) for f in files]  # named by base
     for f in files:
         mine = [r for r in records(doc) if r["file"] == f["file"]]
         assert all(f["base"] <= r["position"] < f["base"] + S for r in mine)
@@ -157,7 +163,7 @@ def test_segment_boundaries_and_pads(make_queue, capsys):
     code, out, _ = run(capsys, log_dir(q.name, q.path, "os"))
     assert code == 0
     for f in files:
-        assert f"== {f['index']:016x}.seg: index {f['index']}, positions {f['base']}..{f['base'] + S}" in out
+        assert f"== {f['base']:016x}.seg: index {f['index']}, positions {f['base']}..{f['base'] + S}" in out
     assert " PAD " in out
 
 
@@ -445,7 +451,7 @@ def test_segments_the_snapshot_covers_do_not_count_for_live_jobs(tmp_path, capsy
     assert code == 0
     files = [e for e in doc["entries"] if e["kind"] == "file"]
     assert [(f["file"], f.get("covered_by_snapshot")) for f in files] == [
-        ("snapshot", None), ("0000000000000000.seg", True), ("0000000000000001.seg", False)]
+        ("snapshot", None), ("0000000000000000.seg", True), ("0000000000010000.seg", False)]
     assert [payload_of(r) for r in records(doc, "ENQUEUE")] == [b"A", b"A", b"C", b"E"]
     assert doc["summary"]["live_jobs"] == 2  # A (from the snapshot) and E
     code, out, _ = run(capsys, d)
@@ -467,8 +473,38 @@ def test_unreadable_segment_header_and_gap(tmp_path, capsys):
     kinds = [e["kind"] for e in doc["entries"] if e["kind"] not in ("record", "free")]
     assert kinds == ["file", "bad_file", "gap", "file"]
     assert doc["summary"]["bad_files"] == 1 and doc["summary"]["missing_segments"] == 1
-    assert "CRC" in [e for e in doc["entries"] if e["kind"] == "bad_file"][0]["problem"]
+    bad_entry = [e for e in doc["entries"] if e["kind"] == "bad_file"][0]
+    assert "CRC" in bad_entry["problem"]
+    assert (bad_entry["file"], bad_entry["index"]) == (segment_name(1), 1)
+    # The unreadable file still fills its slot: only segment 2 (no file named 0x20000) is missing.
+    gap = [e for e in doc["entries"] if e["kind"] == "gap"][0]
+    assert (gap["first_index"], gap["last_index"], gap["count"]) == (2, 2, 1)
+    assert (gap["first_position"], gap["end_position"]) == (2 * S, 3 * S)
     assert [r["position"] for r in records(doc)] == [0, 3 * S]
+    code, out, _ = run(capsys, d)
+    assert code == 1
+    assert f"!! segments 2..2 missing (1 files, positions {2 * S}..{3 * S})" in out
+    assert "missing segments: 1" in out
+
+
+def test_segment_named_by_other_than_its_base_is_a_bad_file(tmp_path, capsys):
+    """A file's name is its base position; a header that disagrees with it
+    (here: named by its index, 1, not by its base, S) is not trusted."""
+    d = tmp_path / "named.log"
+    d.mkdir()
+    write_segment(d, 0, enqueue(0, b"a"))
+    os.rename(write_segment(d, 1, enqueue(S, b"b")), d / f"{1:016x}.seg")
+    write_segment(d, 2, enqueue(2 * S, b"c"))
+    code, doc = run_json(capsys, d)
+    assert code == 1
+    bad = [e for e in doc["entries"] if e["kind"] == "bad_file"]
+    assert [e["file"] for e in bad] == [f"{1:016x}.seg"]
+    assert f"base {S}" in bad[0]["problem"] and "the name says base 1" in bad[0]["problem"]
+    # Nothing is named for segment 1's base: it is missing.
+    gaps = [(e["first_index"], e["last_index"], e["count"]) for e in doc["entries"] if e["kind"] == "gap"]
+    assert gaps == [(1, 1, 1)]
+    assert [r["position"] for r in records(doc)] == [0, 2 * S]
+    assert doc["summary"]["bad_files"] == 1 and doc["summary"]["missing_segments"] == 1
 
 
 # ------------------------------------------------------------------ usage

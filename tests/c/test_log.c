@@ -2,7 +2,8 @@
 /* The write-ahead log, with real segment files in a temporary directory:
  * what a put and a get write, appends from many threads, recovery of pending
  * jobs into a new region, and recovery over a hole, a torn tail and a
- * corrupt record. The tests read the segment files themselves (layout.h,
+ * corrupt record; retention, checkpoints, the backlog feeder, redelivery of
+ * a dead reader's message, and the snapshot. The tests read the segment files themselves (layout.h,
  * "The log") rather than trusting the code that wrote them. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -39,10 +40,11 @@ static int compare_segments(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void segment_path(char *out, size_t size, const char *dir, uint64_t index)
+/* Segment files are named by their base position (index * S). */
+static void segment_path(char *out, size_t size, const char *dir, uint64_t base)
 {
     char name[32];
-    shmq_segment_name(name, sizeof name, index);
+    shmq_segment_name(name, sizeof name, base);
     snprintf(out, size, "%s/%s", dir, name);
 }
 
@@ -59,13 +61,14 @@ static log_image image_load(const char *dir, uint64_t S)
         if (strlen(entry->d_name) != 20 || sscanf(entry->d_name, "%16llx%7s", &index, rest) != 2 ||
             strcmp(rest, ".seg") != 0)
             continue;
+        index /= S; /* the name is the base position */
         if (img.count == capacity) {
             capacity = capacity ? 2 * capacity : 16;
             img.segments = realloc(img.segments, capacity * sizeof *img.segments);
             CHECK(img.segments != NULL);
         }
         char path[512];
-        segment_path(path, sizeof path, dir, index);
+        segment_path(path, sizeof path, dir, index * S);
         int fd = open(path, O_RDONLY);
         CHECK(fd >= 0);
         struct stat st;
@@ -245,7 +248,7 @@ static void check_each_done_once(log_summary *s)
 static void file_patch(const char *dir, uint64_t S, uint64_t position, const void *bytes, size_t n)
 {
     char path[512];
-    segment_path(path, sizeof path, dir, position / S);
+    segment_path(path, sizeof path, dir, position / S * S);
     int fd = open(path, O_WRONLY);
     CHECK(fd >= 0);
     CHECK_EQ(pwrite(fd, bytes, n, (off_t)(SHMQ_SEGMENT_HEADER_BYTES + position % S)), (ssize_t)n);
@@ -751,6 +754,660 @@ void test_log_corrupt_middle(void)
     shmq_message m;
     char buf[256];
     CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ retention helpers */
+
+/* Indexes of the segment files in `dir` (named by base position), ascending. */
+static uint32_t segment_files(const char *dir, uint64_t *indexes, uint32_t capacity)
+{
+    DIR *d = opendir(dir);
+    CHECK(d != NULL);
+    uint32_t count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(d))) {
+        unsigned long long index;
+        char rest[8];
+        if (strlen(entry->d_name) != 20 || sscanf(entry->d_name, "%16llx%7s", &index, rest) != 2 ||
+            strcmp(rest, ".seg") != 0)
+            continue;
+        if (count == capacity)
+            test_fail(__FILE__, __LINE__, "more than %u segment files in %s", capacity, dir);
+        indexes[count++] = index / SEGMENT;
+    }
+    closedir(d);
+    qsort(indexes, count, sizeof *indexes, compare_u64);
+    return count;
+}
+
+static int file_exists(const char *dir, const char *name)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0;
+}
+
+/* A copy of every file of a log directory, so a recovery can run over it
+ * while the queue that owns the original keeps going. */
+static char *dir_copy(const char *src)
+{
+    char *dst = temp_dir_create();
+    DIR *d = opendir(src);
+    CHECK(d != NULL);
+    struct dirent *entry;
+    static uint8_t block[1 << 16];
+    while ((entry = readdir(d))) {
+        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+            continue;
+        char from[512], to[512];
+        snprintf(from, sizeof from, "%s/%s", src, entry->d_name);
+        snprintf(to, sizeof to, "%s/%s", dst, entry->d_name);
+        int in = open(from, O_RDONLY);
+        CHECK(in >= 0);
+        int out = open(to, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        CHECK(out >= 0);
+        ssize_t n;
+        while ((n = read(in, block, sizeof block)) > 0)
+            CHECK_EQ(write(out, block, (size_t)n), n);
+        CHECK_EQ(n, 0);
+        close(in);
+        close(out);
+    }
+    closedir(d);
+    return dst;
+}
+
+/* A job the tests follow through the log: its payload is test message `seq`. */
+typedef struct tracked_job {
+    uint64_t job_id, seq;
+    uint32_t length;
+    /* what a walk found: */
+    uint32_t records, copies;
+    uint16_t attempt; /* of its last ENQUEUE */
+    uint8_t flags;
+    uint64_t position;
+} tracked_job;
+
+typedef struct job_scan {
+    tracked_job *jobs;
+    uint32_t count;
+} job_scan;
+
+static void scan_jobs(void *ctx, uint64_t position, unsigned type, const shmq_record_header *rec)
+{
+    job_scan *scan = ctx;
+    if (type != SHMQ_REC_ENQUEUE)
+        return;
+    for (uint32_t i = 0; i < scan->count; i++) {
+        tracked_job *j = &scan->jobs[i];
+        if (rec->job_id != j->job_id)
+            continue;
+        const shmq_enqueue_body *body = enqueue_body(rec);
+        CHECK_EQ(body->payload_bytes, j->length);
+        CHECK_EQ(body->tag, (uint8_t)j->seq);
+        CHECK_EQ(check_pattern(enqueue_payload(rec), j->seq, j->length), 0);
+        j->records++;
+        if (body->flags & SHMQ_ENQ_COPY)
+            j->copies++;
+        else
+            CHECK_EQ(position, j->job_id); /* an original lies at its id */
+        j->attempt = body->attempt;
+        j->flags = body->flags;
+        j->position = position;
+    }
+}
+
+/* The ENQUEUE records of `jobs` in the files of `dir`, over [log_base, tail). */
+static void scan_files(const char *dir, const shmq_handle *h, tracked_job *jobs, uint32_t count)
+{
+    for (uint32_t i = 0; i < count; i++)
+        jobs[i].records = jobs[i].copies = 0;
+    shmq_log_stats st = log_stats(h);
+    log_image img = image_load(dir, SEGMENT);
+    job_scan scan = {jobs, count};
+    image_walk(&img, st.base, st.tail, scan_jobs, &scan);
+    image_free(&img);
+}
+
+/* Recovers a copy of `dir` into a new region (the queue of `dir` runs on):
+ * it must bring back exactly `jobs`, each once, whatever lane they land in. */
+static void recover_copy(const char *dir, const shmq_params *p, const tracked_job *jobs, uint32_t count)
+{
+    char *copy = dir_copy(dir);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, p, copy, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, count);
+    uint8_t seen[8] = {0};
+    CHECK(count <= sizeof seen);
+    static uint8_t buf[4096];
+    shmq_message m;
+    for (uint32_t n = 0; n < count; n++) {
+        CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &m), SHMQ_OK);
+        uint32_t i = 0;
+        while (i < count && jobs[i].job_id != m.job_id)
+            i++;
+        if (i == count)
+            test_fail(__FILE__, __LINE__, "recovery brought back job %llu, not one of the live ones",
+                      (unsigned long long)m.job_id);
+        CHECK_EQ(seen[i]++, 0);
+        CHECK_EQ(m.length, jobs[i].length);
+        CHECK_EQ(m.tag, (uint8_t)jobs[i].seq);
+        CHECK_EQ(check_pattern(buf, jobs[i].seq, jobs[i].length), 0);
+    }
+    CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+    temp_dir_remove(copy);
+}
+
+static uint32_t traffic_length(uint64_t seq) { return 20 + length_of(seq, 80); }
+
+static void push_to(shmq_handle *h, int lane, uint64_t seq)
+{
+    static uint8_t data[4096];
+    uint32_t length = traffic_length(seq);
+    fill_pattern(data, seq, length);
+    CHECK_RC(shmq_push(h, lane, (uint8_t)seq, 0, (const char *)data, length, NULL, 0, 0), SHMQ_OK);
+}
+
+enum { RUN_MAX = 256 };
+
+/* Pops messages first .. first + count - 1 with one shmq_pop_many that
+ * starts at `lane` and stops at `count`: other lanes are not touched
+ * (pop_round starts at the handle's pop cursor). */
+static void pop_run(shmq_handle *h, uint32_t lane, uint64_t first, uint32_t count)
+{
+    static uint8_t buf[RUN_MAX * 128];
+    uint32_t lengths[RUN_MAX], got = 0;
+    uint8_t tags[RUN_MAX];
+    shmq_message claimed;
+    CHECK(count <= RUN_MAX);
+    atomic_store(&h->pop_cursor, lane);
+    CHECK_RC(shmq_pop_many(h, (char *)buf, sizeof buf, count, 0, lengths, tags, &got, &claimed), SHMQ_OK);
+    CHECK_EQ(got, count);
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t seq = first + i;
+        CHECK_EQ(lengths[i], traffic_length(seq));
+        CHECK_EQ(tags[i], (uint8_t)seq);
+        CHECK_EQ(check_pattern(buf + at, seq, lengths[i]), 0);
+        at += lengths[i];
+    }
+}
+
+/* One round of traffic through `lane`: `count` messages pushed and popped,
+ * then a maintenance pass that runs retention now. */
+static void traffic_round(shmq_handle *h, uint32_t lane, uint64_t *seq, uint32_t count)
+{
+    for (uint32_t i = 0; i < count; i++)
+        push_to(h, (int)lane, *seq + i);
+    pop_run(h, lane, *seq, count);
+    *seq += count;
+    h->last_retention_ns = 0; /* retention is due every time */
+    CHECK_RC(shmq_log_maintain(h), SHMQ_OK);
+}
+
+/* Every live job still has an ENQUEUE record on disk, and the log's files
+ * stay few: the log is proportional to the backlog, not to the traffic. */
+static void check_retained(const char *dir, shmq_handle *h, tracked_job *jobs, uint32_t count, uint32_t round)
+{
+    uint64_t indexes[64];
+    uint32_t files = segment_files(dir, indexes, 64);
+    if (files > 4)
+        test_fail(__FILE__, __LINE__, "round %u: %u segment files, retention keeps too many", round, files);
+    scan_files(dir, h, jobs, count);
+    for (uint32_t i = 0; i < count; i++)
+        if (jobs[i].records == 0) {
+            shmq_log_stats st = log_stats(h);
+            test_fail(__FILE__, __LINE__,
+                      "round %u: live job %llu has no ENQUEUE record left on disk (log_base %llu, tail %llu, "
+                      "checkpoint_floor %llu, checkpoints %llu): a recovery now would lose it",
+                      round, (unsigned long long)jobs[i].job_id, (unsigned long long)st.base,
+                      (unsigned long long)st.tail, (unsigned long long)atomic_load(&h->header->checkpoint_floor),
+                      (unsigned long long)st.checkpoints);
+        }
+}
+
+/* ------------------------------------------------------------ g */
+
+/* Two old jobs stay in lane 1 while traffic flows through lane 0: A taken by
+ * a live reader that holds it (READING), B waiting (READY). They would pin
+ * the log's first segment forever; checkpoints copy them forward, and old
+ * segments go. At every point a recovery would bring each back once. */
+void test_log_checkpoint_moves_old_jobs(void)
+{
+    enum { ROUND = 200, SEGMENTS = 12, MAX_ROUNDS = 400, A = 0, B = 1 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(2, 256, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    shmq_handle *reader = logged_attach(&r, dir);
+    uint64_t origin = rep.next_position;
+    uint64_t floor0 = atomic_load(&h->header->checkpoint_floor);
+
+    push_to(h, 1, A);
+    push_to(h, 1, B);
+    static char buf[4096];
+    shmq_message a;
+    CHECK_RC(shmq_pop(reader, buf, 0, 0, &a), SHMQ_ECLAIMED); /* lane 0 is empty: A it is */
+    CHECK_EQ(a.lane, 1);
+    CHECK_EQ(a.tag, A);
+    uint64_t b_position = a.position + a.span;
+    uint64_t a_state = lane_state(h, 1, a.position);
+    CHECK_EQ(shmq_state_kind(a_state), SHMQ_SLOT_READING);
+    CHECK_EQ(shmq_state_owner(a_state), shmq_participant_index(reader));
+    tracked_job jobs[2] = {
+        {.job_id = a.job_id, .seq = A, .length = traffic_length(A)},
+        {.job_id = header_at(h, lane_at(h, 1), b_position)->job_id, .seq = B, .length = traffic_length(B)},
+    };
+    CHECK(jobs[1].job_id > jobs[0].job_id);
+
+    uint64_t seq = 2;
+    uint32_t round = 0;
+    int copies_checked = 0;
+    while (log_stats(h).tail < origin + SEGMENTS * SEGMENT) {
+        CHECK(round < MAX_ROUNDS);
+        traffic_round(h, 0, &seq, ROUND);
+        CHECK_EQ(lane_state(h, 1, a.position), a_state); /* neither old job was touched */
+        CHECK_EQ(shmq_state_kind(lane_state(h, 1, b_position)), SHMQ_SLOT_READY);
+        check_retained(dir, h, jobs, 2, round);
+        if (!copies_checked && log_stats(h).checkpoints > 0) {
+            /* The first checkpoint copied both, the READING one too, and
+             * their originals' segment went: a recovery now finds each once. */
+            for (int i = 0; i < 2; i++) {
+                CHECK_EQ(jobs[i].copies, jobs[i].records);
+                CHECK_EQ(jobs[i].flags, SHMQ_ENQ_COPY | SHMQ_ENQ_LANED);
+                CHECK_EQ(jobs[i].attempt, 1);
+            }
+            CHECK(!file_exists(dir, "0000000000000000.seg"));
+            recover_copy(dir, &p, jobs, 2);
+            copies_checked = 1;
+        }
+        round++;
+    }
+    CHECK(copies_checked);
+
+    shmq_log_stats st = log_stats(h);
+    uint64_t floor = atomic_load(&h->header->checkpoint_floor);
+    CHECK(st.checkpoints >= 1);
+    CHECK(floor > floor0);
+    CHECK(st.base > origin);
+    CHECK(st.segments_deleted >= SEGMENTS - 4);
+    uint64_t indexes[64];
+    uint32_t files = segment_files(dir, indexes, 64);
+    CHECK(files <= 4);
+    for (uint32_t i = 0; i < files; i++)
+        CHECK(indexes[i] >= floor / SEGMENT && indexes[i] >= st.base / SEGMENT);
+
+    /* A recovery now (the queue runs on) brings back A and B, once each. */
+    recover_copy(dir, &p, jobs, 2);
+
+    /* A is finished intact; B is still pending. */
+    CHECK_RC(shmq_pop_finish(reader, &a, buf), SHMQ_OK);
+    CHECK_EQ(check_pattern((const uint8_t *)buf, A, traffic_length(A)), 0);
+    shmq_detach(reader);
+    close_region(h, &r);
+
+    /* Neither A nor any popped message comes back; B does, once. */
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 1);
+    shmq_message m = pop_seq(h, B, traffic_length(B), 0);
+    CHECK_EQ(m.job_id, jobs[1].job_id);
+    CHECK_EQ(m.attempt, 1);
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ h */
+
+/* A recovered job lies in a lane with an id below the new log's checkpoint
+ * floor; its only record is recovery's copy. A reader holds it while
+ * traffic flows through the other lane (a held message stops its own lane
+ * one lap on): the copy must outlive retention. */
+void test_log_recovered_job_kept(void)
+{
+    enum { ROUND = 200, SEGMENTS = 8, MAX_ROUNDS = 400 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(2, 256, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    log_summary s;
+    pending_log(dir, &p, 1, 100, 0, &s); /* job 0, length traffic_length(0) */
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK_EQ(rep.live, 1);
+    uint64_t origin = rep.next_position;
+    CHECK(s.enqueues[0] < atomic_load(&h->header->checkpoint_floor));
+    shmq_handle *reader = logged_attach(&r, dir);
+    static char buf[4096];
+    shmq_message j;
+    CHECK_RC(shmq_pop(reader, buf, 0, 0, &j), SHMQ_ECLAIMED);
+    CHECK_EQ(j.job_id, s.enqueues[0]);
+    tracked_job job = {.job_id = j.job_id, .seq = 0, .length = traffic_length(0)};
+
+    uint64_t seq = 1;
+    for (uint32_t round = 0; log_stats(h).tail < origin + SEGMENTS * SEGMENT; round++) {
+        CHECK(round < MAX_ROUNDS);
+        traffic_round(h, 1 - j.lane, &seq, ROUND);
+        check_retained(dir, h, &job, 1, round);
+    }
+    CHECK(log_stats(h).base > origin);
+    recover_copy(dir, &p, &job, 1);
+
+    CHECK_RC(shmq_pop_finish(reader, &j, buf), SHMQ_OK);
+    CHECK_EQ(check_pattern((const uint8_t *)buf, 0, traffic_length(0)), 0);
+    shmq_detach(reader);
+    close_region(h, &r);
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 0);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ i */
+
+/* Twenty segments of traffic, all taken: one maintenance pass deletes every
+ * segment below the one the last live job needs, and this process unmaps them. */
+void test_log_retention_deletes_drained_segments(void)
+{
+    enum { ROUND = 200, SEGMENTS = 20, MAX_ROUNDS = 400 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 256, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    uint64_t seq = 0;
+    for (uint32_t round = 0; log_stats(h).tail < origin + SEGMENTS * SEGMENT; round++) {
+        CHECK(round < MAX_ROUNDS);
+        for (uint32_t i = 0; i < ROUND; i++)
+            push_to(h, -1, seq + i);
+        pop_run(h, 0, seq, ROUND);
+        seq += ROUND;
+    }
+    uint64_t indexes[64];
+    uint32_t before = segment_files(dir, indexes, 64);
+    CHECK(before >= SEGMENTS); /* nothing deleted without maintenance */
+    CHECK_EQ(log_stats(h).segments_deleted, 0);
+    CHECK_EQ(log_stats(h).base, origin);
+
+    /* One job stays pending: its segment stays. */
+    uint64_t last = seq;
+    push_to(h, -1, last);
+    uint64_t last_id = header_at(h, lane_at(h, 0), lane_tail(h, 0) - 1)->job_id;
+    h->last_retention_ns = 0;
+    CHECK_RC(shmq_log_maintain(h), SHMQ_OK);
+
+    shmq_log_stats st = log_stats(h);
+    CHECK(st.segments_deleted >= 15);
+    CHECK_EQ(st.base, last_id / SEGMENT * SEGMENT);
+    CHECK_EQ(st.segments_deleted, (st.base - origin) / SEGMENT);
+    uint32_t after = segment_files(dir, indexes, 64);
+    CHECK(after <= 3);
+    /* Gone: the deleted ones; new: at most the one maintenance makes ahead. */
+    CHECK(after == before - st.segments_deleted || after == before - st.segments_deleted + 1);
+    for (uint32_t i = 0; i < after; i++)
+        CHECK(indexes[i] >= st.base / SEGMENT);
+    CHECK(indexes[0] * SEGMENT <= last_id);
+    /* This process keeps no mapping of a deleted segment. */
+    for (uint32_t i = 0; i < SHMQ_SEGMENT_SLOTS; i++)
+        if (atomic_load(&h->segments[i].base))
+            CHECK(atomic_load(&h->segments[i].index) >= st.base / SEGMENT);
+
+    close_region(h, &r);
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 1);
+    shmq_message m = pop_seq(h, last, traffic_length(last), 0);
+    CHECK_EQ(m.job_id, last_id);
+    static char buf[4096];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ j */
+
+/* A backlog larger than the lanes: recovery leaves the rest in the log
+ * (spilling), and the feeder moves it in as consumers make room, in order;
+ * jobs put meanwhile wait behind it. */
+void test_log_backlog_fed_in_order(void)
+{
+    enum { COUNT = 3000, LATE = 100, MIDWAY = 1500, SLOTS = 256, BATCH = 512 };
+    char *dir = temp_dir_create();
+    shmq_params big = logged_params(1, 4096, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    log_summary s;
+    pending_log(dir, &big, COUNT, 100, 0, &s); /* job i has length traffic_length(i) */
+    summary_free(&s);
+
+    shmq_params small = logged_params(1, SLOTS, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &small, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, COUNT);
+    CHECK(shmq_log_spilling(h));
+    CHECK_EQ(log_stats(h).fed, SLOTS); /* as many as the lane holds */
+
+    static uint8_t buf[BATCH * 128];
+    uint32_t lengths[BATCH], count;
+    uint8_t tags[BATCH];
+    shmq_message claimed;
+    uint64_t next = 0;
+    int late_pushed = 0;
+    while (next < COUNT + LATE) {
+        CHECK_RC(shmq_pop_many(h, (char *)buf, sizeof buf, BATCH, 0, lengths, tags, &count, &claimed), SHMQ_OK);
+        CHECK(count > 0);
+        uint64_t at = 0;
+        for (uint32_t i = 0; i < count; i++, next++) {
+            if (lengths[i] != traffic_length(next) || tags[i] != (uint8_t)next ||
+                check_pattern(buf + at, next, lengths[i]) != 0)
+                test_fail(__FILE__, __LINE__, "message %u of a batch is not job %llu (length %u, tag %u)", i,
+                          (unsigned long long)next, lengths[i], tags[i]);
+            at += lengths[i];
+        }
+        if (next >= MIDWAY && !late_pushed) {
+            CHECK(shmq_log_spilling(h));
+            for (uint64_t i = COUNT; i < COUNT + LATE; i++)
+                push_to(h, -1, i);
+            late_pushed = 1;
+        }
+    }
+    CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &claimed), SHMQ_EEMPTY);
+    CHECK(!shmq_log_spilling(h));
+    shmq_log_stats st = log_stats(h);
+    CHECK_EQ(st.fed, COUNT + LATE);
+    CHECK_EQ(st.last_errno, 0);
+    close_region(h, &r);
+
+    /* Each was recorded done: none comes back. */
+    h = logged_region_create(&r, &small, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 0);
+    CHECK_EQ(rep.done, COUNT + LATE);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ k */
+
+/* A consumer dies holding a message: it is put back through the log as a
+ * copy with the next attempt, by maintenance (X, inline) or explicitly (Y,
+ * whose payload is in its record), and a recovery keeps the attempt. */
+void test_log_redeliver_dead_reader(void)
+{
+    enum { X = 0, Y = 1, X_LENGTH = 100, BIG = 1500 };
+    char *dir = temp_dir_create();
+    /* 64 slots of 32 bytes: Y travels as a reference to its record. */
+    shmq_params p = logged_params(1, 64, 32, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK(shmq_inline_max(h) < BIG);
+    push_seq(h, X, X_LENGTH);
+    static char buf[4096];
+
+    shmq_handle *doomed = logged_attach(&r, dir);
+    shmq_message x;
+    CHECK_RC(shmq_pop(doomed, buf, 0, 0, &x), SHMQ_ECLAIMED);
+    CHECK_EQ(x.tag, X);
+    CHECK_EQ(x.attempt, 1);
+    CHECK_EQ(shmq_log_maintain(h), SHMQ_OK);
+    CHECK_EQ(log_stats(h).redelivered, 0); /* its reader lives */
+    atomic_store(&h->participants[shmq_participant_index(doomed)].pid, (uint32_t)dead_pid());
+    atomic_store(&h->header->maintained_ns, 0); /* the pass above used up the redelivery interval */
+    CHECK_RC(shmq_log_maintain(h), SHMQ_OK);
+    CHECK_EQ(atomic_load(&h->header->redelivered), 1);
+    CHECK_EQ(atomic_load(&h->header->released_dead_consumer), 1);
+    tracked_job jx = {.job_id = x.job_id, .seq = X, .length = X_LENGTH};
+    scan_files(dir, h, &jx, 1);
+    CHECK_EQ(jx.records, 2);
+    CHECK_EQ(jx.copies, 1);
+    CHECK(jx.flags & SHMQ_ENQ_COPY);
+    CHECK_EQ(jx.attempt, 2);
+    CHECK(jx.position > jx.job_id);
+    shmq_message m = pop_seq(h, X, X_LENGTH, 0);
+    CHECK_EQ(m.attempt, 2);
+    CHECK_EQ(m.job_id, x.job_id);
+
+    push_seq(h, Y, BIG);
+    shmq_handle *doomed2 = logged_attach(&r, dir);
+    shmq_message y;
+    CHECK_RC(shmq_pop(doomed2, buf, 0, 0, &y), SHMQ_ECLAIMED);
+    CHECK_EQ(y.tag, Y);
+    CHECK(y.flags & SHMQ_MSG_REF);
+    atomic_store(&h->participants[shmq_participant_index(doomed2)].pid, (uint32_t)dead_pid());
+    CHECK_EQ(shmq_lane_redeliver_dead(h), 1);
+    CHECK_EQ(shmq_lane_redeliver_dead(h), 0); /* once */
+    CHECK_EQ(atomic_load(&h->header->redelivered), 2);
+    tracked_job jy = {.job_id = y.job_id, .seq = Y, .length = BIG};
+    scan_files(dir, h, &jy, 1);
+    CHECK_EQ(jy.records, 2);
+    CHECK_EQ(jy.copies, 1);
+    CHECK(jy.flags & SHMQ_ENQ_COPY);
+    CHECK_EQ(jy.attempt, 2);
+    shmq_detach(doomed);
+    shmq_detach(doomed2);
+    close_region(h, &r);
+
+    /* Y was never taken again: it comes back once, still on attempt 2. */
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 1);
+    m = pop_seq(h, Y, BIG, 0);
+    CHECK_EQ(m.job_id, y.job_id);
+    CHECK_EQ(m.attempt, 2);
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* ------------------------------------------------------------ l */
+
+/* A clean shutdown writes the live jobs to one file and deletes the
+ * segments; the next start reads that file alone. */
+void test_log_snapshot_then_recover(void)
+{
+    enum { COUNT = 100, TAKEN = 40, SLOTS = 2048 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, SLOTS, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    /* Taken before the rest is put, so the pending messages wrap the ring. */
+    for (uint64_t i = 0; i < TAKEN; i++)
+        push_seq(h, i, 1000 + length_of(i, 1000));
+    for (uint64_t i = 0; i < TAKEN; i++)
+        pop_seq(h, i, 1000 + length_of(i, 1000), 0);
+    for (uint64_t i = TAKEN; i < COUNT; i++)
+        push_seq(h, i, 1000 + length_of(i, 1000));
+    CHECK(lane_tail(h, 0) > SLOTS);
+    shmq_log_stats st = log_stats(h);
+    CHECK(st.tail > origin + 2 * SEGMENT);
+    log_image img = image_load(dir, SEGMENT);
+    log_summary s = summary_make(&img, origin, st.tail, 2 * COUNT);
+    image_free(&img);
+    CHECK_EQ(s.enqueue_count, COUNT);
+
+    CHECK_RC(shmq_log_snapshot(h), SHMQ_OK);
+    uint64_t covered = (st.tail + SEGMENT - 1) / SEGMENT * SEGMENT;
+    shmq_log_stats after = log_stats(h);
+    CHECK_EQ(after.tail, covered);
+    CHECK_EQ(after.base, covered);
+    uint64_t indexes[64];
+    uint32_t files = segment_files(dir, indexes, 64);
+    for (uint32_t i = 0; i < files; i++)
+        CHECK(indexes[i] * SEGMENT >= covered);
+
+    /* The file: a header, then one whole ENQUEUE copy per pending job. */
+    char path[512];
+    snprintf(path, sizeof path, "%s/snapshot", dir);
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    struct stat fst;
+    CHECK_EQ(fstat(fd, &fst), 0);
+    CHECK(fst.st_size > SHMQ_SEGMENT_HEADER_BYTES);
+    uint8_t *file = malloc(fst.st_size);
+    CHECK(file != NULL);
+    CHECK_EQ(pread(fd, file, fst.st_size, 0), fst.st_size);
+    close(fd);
+    const shmq_segment_header *sh = (const shmq_segment_header *)file;
+    CHECK_RC(shmq_segment_header_check(sh, SHMQ_SNAPSHOT_MAGIC), SHMQ_OK);
+    CHECK_EQ(sh->base, covered);
+    uint64_t bytes = sh->segment_bytes;
+    CHECK_EQ(bytes, fst.st_size - SHMQ_SEGMENT_HEADER_BYTES);
+    uint8_t seen[COUNT] = {0};
+    uint64_t at = 0, records = 0;
+    while (at < bytes) {
+        shmq_record_header *rec = (shmq_record_header *)(file + SHMQ_SEGMENT_HEADER_BYTES + at);
+        uint64_t word = record_word(rec);
+        CHECK(shmq_record_valid(rec, word, at, bytes));
+        CHECK_EQ(shmq_word_type(word), SHMQ_REC_ENQUEUE);
+        const shmq_enqueue_body *body = enqueue_body(rec);
+        CHECK_EQ(body->flags, SHMQ_ENQ_COPY);
+        uint64_t seq = body->tag; /* every seq is below 256 */
+        CHECK(seq >= TAKEN && seq < COUNT);
+        CHECK_EQ(seen[seq]++, 0);
+        CHECK_EQ(rec->job_id, s.enqueues[seq]);
+        CHECK_EQ(body->payload_bytes, 1000 + length_of(seq, 1000));
+        CHECK_EQ(check_pattern(enqueue_payload(rec), seq, body->payload_bytes), 0);
+        at += shmq_word_length(word);
+        records++;
+    }
+    CHECK_EQ(at, bytes);
+    CHECK_EQ(records, COUNT - TAKEN);
+    free(file);
+    close_region(h, &r);
+
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, COUNT - TAKEN);
+    CHECK_EQ(rep.records, COUNT - TAKEN); /* the snapshot's; the segments left are empty */
+    CHECK(rep.next_position >= covered);
+    CHECK(!file_exists(dir, "snapshot"));
+    for (uint64_t i = TAKEN; i < COUNT; i++) {
+        shmq_message m = pop_seq(h, i, 1000 + length_of(i, 1000), i % 2);
+        CHECK_EQ(m.job_id, s.enqueues[i]);
+        CHECK_EQ(m.attempt, 1);
+    }
+    shmq_message m;
+    static char buf[4096];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    close_region(h, &r);
+
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, 0);
     summary_free(&s);
     close_region(h, &r);
     temp_dir_remove(dir);

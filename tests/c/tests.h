@@ -42,7 +42,13 @@
     X(log_hole_filled)           \
     X(log_torn_tail)             \
     X(log_torn_tail_ahead)       \
-    X(log_corrupt_middle)
+    X(log_corrupt_middle)          \
+    X(log_checkpoint_moves_old_jobs) \
+    X(log_recovered_job_kept)      \
+    X(log_retention_deletes_drained_segments) \
+    X(log_backlog_fed_in_order)    \
+    X(log_redeliver_dead_reader)   \
+    X(log_snapshot_then_recover)
 
 #define X(name) void test_##name(void);
 SHMQ_TESTS(X)
