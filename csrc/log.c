@@ -396,7 +396,7 @@ static int room_ahead(shmq_handle *h, uint32_t length)
 }
 
 /* Reserves `length` bytes (a multiple of 8, at most a segment). */
-static int reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_record_header **out, int *spilling)
+int shmq_log_reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_record_header **out, int *spilling)
 {
     uint64_t S = h->segment_bytes;
     int rc = room_ahead(h, length);
@@ -443,7 +443,7 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
     for (;;) {
         uint64_t p = 0;
         shmq_record_header *rec = NULL;
-        int rc = reserve(h, length, &p, &rec, spilling);
+        int rc = shmq_log_reserve(h, length, &p, &rec, spilling);
         if (rc != SHMQ_OK)
             return rc;
         shmq_fault(h, SHMQ_FAULT_LOG_AFTER_RESERVE);
@@ -565,7 +565,7 @@ int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *
         uint64_t p = 0;
         shmq_record_header *rec = NULL;
         int spilling = 0;
-        int rc = reserve(h, (uint32_t)total, &p, &rec, &spilling);
+        int rc = shmq_log_reserve(h, (uint32_t)total, &p, &rec, &spilling);
         if (rc != SHMQ_OK)
             return rc;
         shmq_fault(h, SHMQ_FAULT_LOG_AFTER_RESERVE);

@@ -27,6 +27,8 @@ uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err);
 void shmq_log_retire_slot(shmq_handle *h, shmq_segment_slot *slot);
 void shmq_log_unmap_retired(shmq_handle *h, uint32_t self_inside);
 shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create, int *err);
+int shmq_log_reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_record_header **out,
+                     int *spilling);
 int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *parts, unsigned count,
                     uint64_t *position, int *spilling);
 int shmq_log_sync(shmq_handle *h);

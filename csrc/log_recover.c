@@ -30,9 +30,14 @@ typedef struct job {
     uint8_t copy; /* record is a copy (its original was not seen) */
 } job;
 
+/* Jobs in the order first seen (position order: a job's original record
+ * comes before its copies), found by id through an open-addressing index. */
 typedef struct job_table {
-    job *slots;
-    uint64_t capacity, used;
+    job *jobs;
+    uint64_t count, room;
+    uint64_t *index;     /* low 32 bits of the id << 32 | 1 + position in jobs[]; 0 = empty */
+    uint64_t capacity;   /* of index, a power of two */
+    int indexed;         /* 0 while every id so far was larger than the one before: no index needed yet */
 } job_table;
 
 typedef struct mapped_file {
@@ -57,43 +62,76 @@ static uint64_t hash_id(uint64_t id)
     return id;
 }
 
-static int table_grow(job_table *t)
+/* The id's low bits are kept in the index, so a probe that does not match
+ * costs no access to jobs[] (recovery of a large log is cache-miss bound). */
+static inline uint64_t index_entry(uint64_t id, uint64_t position) { return (id << 32) | (position + 1); }
+
+static int index_grow(job_table *t, uint64_t at_least)
 {
-    uint64_t capacity = t->capacity ? t->capacity * 2 : 1u << 16;
-    job *slots = calloc(capacity, sizeof *slots);
-    if (!slots)
+    uint64_t capacity = t->capacity ? t->capacity : 1u << 16;
+    while (capacity < at_least * 2)
+        capacity *= 2;
+    if (capacity == t->capacity && t->indexed)
+        return 0;
+    uint64_t *index = calloc(capacity, sizeof *index);
+    if (!index)
         return -1;
-    for (uint64_t i = 0; i < t->capacity; i++) {
-        if (!t->slots[i].id)
-            continue;
-        uint64_t at = hash_id(t->slots[i].id) & (capacity - 1);
-        while (slots[at].id)
+    for (uint64_t i = 0; i < t->count; i++) {
+        uint64_t at = hash_id(t->jobs[i].id) & (capacity - 1);
+        while (index[at])
             at = (at + 1) & (capacity - 1);
-        slots[at] = t->slots[i];
+        index[at] = index_entry(t->jobs[i].id, i);
     }
-    free(t->slots);
-    t->slots = slots;
+    free(t->index);
+    t->index = index;
     t->capacity = capacity;
     return 0;
 }
 
+static job *append_job(job_table *t, uint64_t id)
+{
+    if (t->count == t->room) {
+        uint64_t room = t->room ? t->room * 2 : 1u << 16;
+        job *grown = realloc(t->jobs, room * sizeof *grown);
+        if (!grown || t->count >= UINT32_MAX - 1)
+            return NULL;
+        t->jobs = grown;
+        t->room = room;
+    }
+    job *j = &t->jobs[t->count++];
+    *j = (job){.id = id};
+    return j;
+}
+
 static job *table_find(job_table *t, uint64_t id, int insert)
 {
-    if (insert && (t->used + 1) * 2 > t->capacity && table_grow(t) != 0)
+    if (!t->indexed) {
+        /* A log read in order meets ids in increasing order: append without
+         * hashing until something looks back (a DONE, a copy). */
+        if (insert && (t->count == 0 || id > t->jobs[t->count - 1].id))
+            return append_job(t, id);
+        if (index_grow(t, t->count + 1) != 0)
+            return NULL;
+        t->indexed = 1;
+    }
+    if (insert && (t->count + 1) * 2 > t->capacity && index_grow(t, t->count + 1) != 0)
         return NULL;
     if (!t->capacity)
         return NULL;
     uint64_t at = hash_id(id) & (t->capacity - 1);
-    while (t->slots[at].id) {
-        if (t->slots[at].id == id)
-            return &t->slots[at];
-        at = (at + 1) & (t->capacity - 1);
+    for (uint64_t entry; (entry = t->index[at]); at = (at + 1) & (t->capacity - 1)) {
+        if ((entry >> 32) != (id & 0xFFFFFFFFu))
+            continue;
+        job *j = &t->jobs[(uint32_t)entry - 1];
+        if (j->id == id)
+            return j;
     }
     if (!insert)
         return NULL;
-    t->used++;
-    t->slots[at].id = id;
-    return &t->slots[at];
+    job *j = append_job(t, id);
+    if (j)
+        t->index[at] = index_entry(id, t->count - 1);
+    return j;
 }
 
 static int apply(recovery *rc, const shmq_record_header *rec, unsigned type)
@@ -313,6 +351,68 @@ static int compare_jobs(const void *a, const void *b)
     return compare_u64(&((const job *)a)->id, &((const job *)b)->id);
 }
 
+/* Writes the live jobs' copies, many records to one reservation (no one
+ * else is attached while recovery runs, but the protocol is the usual one). */
+static int write_copies(shmq_handle *h, const job *live, uint64_t count, shmq_recovery *report)
+{
+    uint64_t S = h->segment_bytes;
+    for (uint64_t i = 0; i < count;) {
+        /* As many records as fit in what is left of the tail's segment. */
+        uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
+        uint64_t room = S - tail % S, total = 0, end = i;
+        while (end < count && end - i < 4096) {
+            uint64_t bytes = (sizeof(shmq_record_header) + live[end].record->body_bytes + 7) & ~7ull;
+            if (total + bytes > room)
+                break;
+            total += bytes;
+            end++;
+        }
+        if (end == i) { /* the segment is full: one record, which reserve() moves on */
+            end = i + 1;
+            total = (sizeof(shmq_record_header) + live[i].record->body_bytes + 7) & ~7ull;
+        }
+        uint64_t p = 0;
+        shmq_record_header *rec = NULL;
+        int spilling = 0;
+        int rc = shmq_log_reserve(h, (uint32_t)total, &p, &rec, &spilling);
+        if (rc != SHMQ_OK)
+            return rc;
+        uint8_t *at = (uint8_t *)rec;
+        for (uint64_t k = i; k < end; k++) {
+            const shmq_record_header *old = live[k].record;
+            uint32_t bytes = (uint32_t)((sizeof *old + old->body_bytes + 7) & ~7ull);
+            shmq_record_header *copy = (shmq_record_header *)at;
+            uint64_t expected = 0, pending = shmq_record_word(bytes, SHMQ_REC_PENDING, h->self);
+            /* relaxed: no one else is attached; the publish below orders the data. */
+            if (!atomic_compare_exchange_strong_explicit(&copy->word, &expected, pending, memory_order_relaxed,
+                                                         memory_order_relaxed))
+                return SHMQ_ELOG;
+            memcpy((uint8_t *)copy + 8, (const uint8_t *)old + 8, bytes - 8);
+            copy->crc = 0;
+            copy->seq = p;
+            copy->job_id = live[k].id;
+            shmq_enqueue_body *body = (shmq_enqueue_body *)(copy + 1);
+            body->attempt = live[k].attempt ? live[k].attempt : 1;
+            if (live[k].state == JOB_RUNNING) { /* it was running when the crash came: runs again */
+                body->attempt++;
+                report->running++;
+            }
+            body->flags = (uint8_t)(SHMQ_ENQ_COPY | (spilling ? SHMQ_ENQ_SPILLED : 0));
+            uint64_t word = shmq_record_word(bytes, SHMQ_REC_ENQUEUE, 0);
+            copy->crc = shmq_record_crc(copy, word);
+            /* release: as every publish. */
+            atomic_store_explicit(&copy->word, word, memory_order_release);
+            at += bytes;
+            p += bytes;
+            if (k == count / 2)
+                shmq_fault(h, SHMQ_FAULT_RECOVER_MID);
+        }
+        atomic_fetch_add_explicit(&h->header->records_appended, end - i, memory_order_relaxed); /* statistics */
+        i = end;
+    }
+    return SHMQ_OK;
+}
+
 /* Writes a checkpoint marker. */
 static int marker(shmq_handle *h, unsigned type, uint64_t floor, uint64_t begin, uint64_t count, uint64_t *position)
 {
@@ -427,22 +527,26 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
             goto out;
     }
 
-    /* The live jobs, in the order they were first enqueued. */
-    job *live = NULL;
+    /* The live jobs, in the order they were first enqueued: the order first
+     * seen, unless copies (a snapshot of several lanes) came out of order. */
+    job *live = rc.jobs.jobs;
     uint64_t live_count = 0;
-    for (uint64_t i = 0; i < rc.jobs.capacity; i++) {
-        job *j = &rc.jobs.slots[i];
-        if (!j->id)
-            continue;
+    int sorted = 1;
+    for (uint64_t i = 0; i < rc.jobs.count; i++) {
+        job *j = &rc.jobs.jobs[i];
         if (j->state == JOB_DONE) {
             report->done++;
             continue;
         }
-        if (j->record)
-            rc.jobs.slots[live_count++] = *j; /* compact in place: writes only behind the reader */
+        if (!j->record)
+            continue;
+        if (live_count && live[live_count - 1].id > j->id)
+            sorted = 0;
+        live[live_count++] = *j; /* compact in place: writes only behind the reader */
     }
-    live = rc.jobs.slots;
-    if (live_count)
+    free(rc.jobs.index);
+    rc.jobs.index = NULL;
+    if (live_count && !sorted)
         qsort(live, live_count, sizeof *live, compare_jobs);
 
     /* The new log starts in a fresh segment past every old position. */
@@ -465,24 +569,7 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     status = marker(h, SHMQ_REC_CHECKPOINT_BEGIN, 0, 0, live_count, &begin);
     if (live_count && status == SHMQ_OK) {
         shmq_log_spill_begin(h); /* the feeder moves them into the lanes, in order */
-        for (uint64_t i = 0; i < live_count && status == SHMQ_OK; i++) {
-            const shmq_record_header *rec = live[i].record;
-            const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
-            uint16_t attempt = live[i].attempt ? live[i].attempt : 1;
-            if (live[i].state == JOB_RUNNING) { /* it was running when the crash came: runs again */
-                attempt++;
-                report->running++;
-            }
-            shmq_enqueue_body copy = *body;
-            copy.attempt = attempt;
-            copy.flags = SHMQ_ENQ_COPY;
-            part parts[2] = {{&copy, sizeof copy},
-                             {body + 1, (uint32_t)(rec->body_bytes - sizeof copy)}};
-            int spilling;
-            status = shmq_log_append(h, SHMQ_REC_ENQUEUE, live[i].id, parts, 2, &position, &spilling);
-            if (i == live_count / 2)
-                shmq_fault(h, SHMQ_FAULT_RECOVER_MID);
-        }
+        status = write_copies(h, live, live_count, report);
         report->live = live_count;
     }
     if (status == SHMQ_OK)
@@ -509,7 +596,8 @@ out:
         munmap(files[i].base, files[i].bytes);
     free(files);
     free(bases);
-    free(rc.jobs.slots);
+    free(rc.jobs.jobs);
+    free(rc.jobs.index);
     if (status == SHMQ_OK && report->live)
         shmq_log_feed(h, UINT32_MAX);
     if (status == SHMQ_OK)
