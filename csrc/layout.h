@@ -176,7 +176,7 @@ typedef struct shmq_region_header {
     _Atomic int64_t maintained_ns;     /* when maintenance last ran (monotonic) */
     _Atomic uint64_t segments_made;    /* segments [0, segments_made) were created (some since deleted) */
     _Atomic uint64_t checkpoint_begin; /* the copies of the last checkpoint start here */
-    uint8_t reserved6[SHMQ_CACHE_LINE - 56];
+    _Atomic uint64_t segment_claim;    /* creator participant << 48 | segment index + 1: one creator at a time */
 
     /* Group commit (sync, interval): generations of flushes. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t flush_started; /* flushes begun */
@@ -185,9 +185,10 @@ typedef struct shmq_region_header {
     _Atomic int64_t flushed_ns;        /* when the last flush began (monotonic) */
     _Atomic uint32_t flusher;          /* participant flushing now (0: none) */
     _Atomic uint32_t flush_event;      /* futex: bumped when a flush ends and someone waits */
-    _Atomic uint32_t flush_waiters;
+    _Atomic uint32_t sync_writers;     /* writers inside shmq_log_sync now (a dead one's count lingers: harmless) */
     _Atomic int32_t log_errno;         /* last errno of a failed log write or flush (0: none) */
-    uint8_t reserved7[SHMQ_CACHE_LINE - 48];
+    _Atomic uint32_t last_group;       /* writers the last flush found waiting */
+    uint8_t reserved7[SHMQ_CACHE_LINE - 52];
 
     /* Log statistics: relaxed counters. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t records_appended;

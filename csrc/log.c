@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,13 +117,47 @@ void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t 
 /* Opens segment `index`, creating it if `create` (another process may be
  * creating it at the same moment: the first link() wins, the other uses it).
  * Returns an fd, or -errno. */
+static int segment_make(shmq_handle *h, uint64_t index, const char *name);
+
+/* Making a 64 MiB segment takes tens of milliseconds: one process makes it,
+ * the others wait (a writer that needs it) or leave it (maintenance making
+ * it ahead). The claim names its maker, so a dead maker's claim is taken over. */
 static int segment_open(shmq_handle *h, uint64_t index, int create)
 {
-    char name[32], tmp[64];
+    char name[32];
     shmq_segment_name(name, sizeof name, index * h->segment_bytes);
-    int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
-    if (fd >= 0 || errno != ENOENT || !create)
-        return fd >= 0 ? fd : -errno;
+    _Atomic uint64_t *claim = &h->header->segment_claim;
+    uint64_t mine = ((uint64_t)h->self << 48) | (index + 1);
+    for (;;) {
+        int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
+        if (fd >= 0 || errno != ENOENT || !create)
+            return fd >= 0 ? fd : -errno;
+        uint64_t held = 0;
+        /* acquire: a previous maker's file is visible to us (also ordered by the file system). */
+        if (atomic_compare_exchange_strong_explicit(claim, &held, mine, memory_order_acquire,
+                                                    memory_order_acquire)) {
+            fd = segment_make(h, index, name);
+            /* release: pairs with the acquire of the next claimer. */
+            atomic_store_explicit(claim, 0, memory_order_release);
+            return fd;
+        }
+        if (!shmq_participant_alive(h, (unsigned)(held >> 48))) {
+            /* its maker died: free the claim, then try again */
+            atomic_compare_exchange_strong_explicit(claim, &held, 0, memory_order_relaxed, memory_order_relaxed);
+            continue;
+        }
+        if (create == SHMQ_MAKE_AHEAD)
+            return -EAGAIN; /* someone is making a segment: ahead-of-need work can wait */
+        struct timespec pause = {0, 200 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* Creates segment `index` under `name` (the caller holds the claim). */
+static int segment_make(shmq_handle *h, uint64_t index, const char *name)
+{
+    char tmp[64];
+    int fd;
     static _Atomic uint32_t counter;
     /* relaxed: only makes the name unique within this process. */
     snprintf(tmp, sizeof tmp, "tmp.%016llx.%d.%u", (unsigned long long)index, (int)getpid(),
@@ -661,10 +696,39 @@ static int flush_segments(shmq_handle *h, uint64_t from, uint64_t to)
     return SHMQ_OK;
 }
 
+/* Before a flush, while fewer writers wait than the last flush found, give
+ * the others a moment to publish (they are between two puts): one flush
+ * then covers them too. Only when writers come in groups, so a lone
+ * writer never waits; at most SHMQ_GROUP_WAIT_NS. */
+static const int64_t SHMQ_GROUP_WAIT_NS = 60 * 1000;
+
+static void gather_group(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    /* relaxed: a heuristic; correctness never depends on these counts. */
+    uint32_t expect = atomic_load_explicit(&hdr->last_group, memory_order_relaxed);
+    if (expect < 2)
+        return;
+    int64_t until = shmq_now_ns() + SHMQ_GROUP_WAIT_NS;
+    while (atomic_load_explicit(&hdr->sync_writers, memory_order_relaxed) < expect && shmq_now_ns() < until)
+        sched_yield();
+}
+
 /* One flush, as the flusher (the caller holds `flusher`). */
 static int flush_as_flusher(shmq_handle *h)
 {
     shmq_region_header *hdr = h->header;
+    gather_group(h);
+    /* relaxed: the heuristic's record: the largest group lately (it rises at
+     * once and decays one writer every 32 flushes, so a group that shrank
+     * stops being waited for). */
+    uint32_t now_waiting = atomic_load_explicit(&hdr->sync_writers, memory_order_relaxed);
+    uint32_t group = atomic_load_explicit(&hdr->last_group, memory_order_relaxed);
+    if (now_waiting >= group)
+        group = now_waiting;
+    else if (atomic_load_explicit(&hdr->flushes, memory_order_relaxed) % 32 == 0)
+        group--;
+    atomic_store_explicit(&hdr->last_group, group, memory_order_relaxed);
     /* seq_cst: a writer that read the generation before this increment had
      * published before it, so the fdatasync below covers its record. */
     uint64_t generation = atomic_fetch_add_explicit(&hdr->flush_started, 1, memory_order_seq_cst) + 1;
@@ -703,9 +767,21 @@ static void flusher_give(shmq_handle *h)
     shmq_futex_wake_all(&h->header->flush_event);
 }
 
+static int sync_wait(shmq_handle *h);
+
 /* Returns once everything published before the call is on disk: one
  * fdatasync serves every writer waiting meanwhile (group commit). */
 int shmq_log_sync(shmq_handle *h)
+{
+    shmq_region_header *hdr = h->header;
+    /* relaxed: a count for gather_group's heuristic only. */
+    atomic_fetch_add_explicit(&hdr->sync_writers, 1, memory_order_relaxed);
+    int rc = sync_wait(h);
+    atomic_fetch_sub_explicit(&hdr->sync_writers, 1, memory_order_relaxed);
+    return rc;
+}
+
+static int sync_wait(shmq_handle *h)
 {
     shmq_region_header *hdr = h->header;
     /* seq_cst: orders our publish (before) before this read; see flush_as_flusher. */

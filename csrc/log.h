@@ -9,6 +9,10 @@
 /* An unwritten record older than this is filled even if its writer lives. */
 static const int64_t SHMQ_HOLE_WAIT_NS = 200 * 1000 * 1000;
 
+/* shmq_segment_map's `create`: 0 open only, 1 create if missing (waiting
+ * for another maker), SHMQ_MAKE_AHEAD create unless someone else is making one. */
+enum { SHMQ_MAKE_AHEAD = 2 };
+
 typedef struct part {
     const void *data;
     uint32_t length;

@@ -233,7 +233,7 @@ int shmq_log_maintain(shmq_handle *h)
     /* Make the next segment before the tail needs it. */
     uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
     int err = 0;
-    if (!shmq_segment_map(h, tail / h->segment_bytes + 1, 1, &err))
+    if (!shmq_segment_map(h, tail / h->segment_bytes + 1, SHMQ_MAKE_AHEAD, &err) && err != EAGAIN)
         rc = shmq_log_fail(h, err);
     int flushed = shmq_log_flush_due(h);
     if (rc == SHMQ_OK)
