@@ -188,7 +188,8 @@ typedef struct shmq_region_header {
     _Atomic uint32_t sync_writers;     /* writers inside shmq_log_sync now (a dead one's count lingers: harmless) */
     _Atomic int32_t log_errno;         /* last errno of a failed log write or flush (0: none) */
     _Atomic uint32_t last_group;       /* writers the last flush found waiting */
-    uint8_t reserved7[SHMQ_CACHE_LINE - 52];
+    uint32_t reserved7;
+    _Atomic uint64_t spilled;          /* records written for the feeder (SHMQ_ENQ_SPILLED); backlog = spilled - fed */
 
     /* Log statistics: relaxed counters. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t records_appended;

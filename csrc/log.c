@@ -244,7 +244,11 @@ uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err)
         pthread_mutex_unlock(&h->segment_lock);
         return NULL;
     }
-    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* tmpfs, made ahead of need (maintenance): fault every page in now, off
+     * the writers' path (a fault every 4 KiB otherwise). On a disk file the
+     * first store faults anyway (the page must be marked dirty), so no. */
+    int populate = create == SHMQ_MAKE_AHEAD && h->durability == SHMQ_DURABILITY_MEMORY ? MAP_POPULATE : 0;
+    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
     if (mem == MAP_FAILED) {
         *err = errno;
         close(fd);
@@ -504,8 +508,10 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
             /* The feeder moves it iff it was written while spilling by a
              * writer that does not push it itself (SHMQ_ENQ_LANED). */
             shmq_enqueue_body *eb = (shmq_enqueue_body *)(rec + 1);
-            if (!(eb->flags & SHMQ_ENQ_LANED))
+            if (!(eb->flags & SHMQ_ENQ_LANED)) {
                 eb->flags |= SHMQ_ENQ_SPILLED;
+                atomic_fetch_add_explicit(&h->header->spilled, 1, memory_order_relaxed); /* statistics (qsize) */
+            }
         }
         uint64_t word = shmq_record_word(length, type, 0);
         rec->crc = shmq_record_crc(rec, word);
@@ -1016,6 +1022,7 @@ int shmq_log_feed(shmq_handle *h, uint32_t budget)
         } else if (type == SHMQ_REC_ENQUEUE && (((shmq_enqueue_body *)(rec + 1))->flags & SHMQ_ENQ_SPILLED)) {
             if (feed_record(h, cursor, rec) != SHMQ_OK)
                 break; /* lanes full: the rest waits */
+            atomic_fetch_add_explicit(&hdr->fed, 1, memory_order_relaxed); /* statistics (qsize) */
             shmq_fault(h, SHMQ_FAULT_FEED_AFTER_PUSH);
             fed++;
         }
@@ -1026,8 +1033,6 @@ int shmq_log_feed(shmq_handle *h, uint32_t budget)
     shmq_log_leave(h);
     /* release: pairs with feeder_take's acquire. */
     atomic_store_explicit(&hdr->feeder, 0, memory_order_release);
-    if (fed)
-        atomic_fetch_add_explicit(&hdr->fed, (uint64_t)fed, memory_order_relaxed); /* statistics */
     return fed;
 }
 
@@ -1054,6 +1059,8 @@ void shmq_log_stats_read(const shmq_handle *h, shmq_log_stats *s /* OUT */)
     s->segments_deleted = atomic_load_explicit(&hdr->segments_deleted, memory_order_relaxed);
     s->segments_made = atomic_load_explicit(&hdr->segments_made, memory_order_relaxed);
     s->last_errno = atomic_load_explicit(&hdr->log_errno, memory_order_relaxed);
+    uint64_t spilled = atomic_load_explicit(&hdr->spilled, memory_order_relaxed);
+    s->backlog = spilled > s->fed ? spilled - s->fed : 0;
 }
 
 int shmq_log_errno(const shmq_handle *h)

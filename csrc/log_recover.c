@@ -408,6 +408,8 @@ static int write_copies(shmq_handle *h, const job *live, uint64_t count, shmq_re
                 shmq_fault(h, SHMQ_FAULT_RECOVER_MID);
         }
         atomic_fetch_add_explicit(&h->header->records_appended, end - i, memory_order_relaxed); /* statistics */
+        if (spilling)
+            atomic_fetch_add_explicit(&h->header->spilled, end - i, memory_order_relaxed); /* statistics (qsize) */
         i = end;
     }
     return SHMQ_OK;

@@ -92,6 +92,7 @@ typedef struct shmq_log_stats {
     uint64_t checkpoints;
     uint64_t segments_deleted;
     uint64_t segments_made;
+    uint64_t backlog;          /* jobs waiting in the log for the feeder */
     int32_t spilling;          /* 1 while new jobs wait in the log for the feeder */
     int32_t last_errno;        /* of the last failed log write or flush */
 } shmq_log_stats;

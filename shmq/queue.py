@@ -919,13 +919,25 @@ class Queue:
     # ------------------------------------------------------------ observing
 
     def qsize(self) -> int:
-        """Messages in the queue now (approximate while others put and get)."""
+        """Messages in the queue now, in the lanes and waiting in the log
+        (approximate while others put and get)."""
         counts = ffi.new("shmq_counts *")
         lib.shmq_counts_read(self._live_handle(), counts)
-        return max(0, counts.pushed - counts.popped)
+        size = max(0, counts.pushed - counts.popped)
+        if self._logged:
+            stats = ffi.new("shmq_log_stats *")
+            lib.shmq_log_stats_read(self._handle, stats)
+            size += stats.backlog
+        return size
 
     def empty(self) -> bool:
-        return bool(lib.shmq_is_empty(self._live_handle()))
+        if not lib.shmq_is_empty(self._live_handle()):
+            return False
+        if self._logged:  # jobs may wait in the log for room in the lanes
+            stats = ffi.new("shmq_log_stats *")
+            lib.shmq_log_stats_read(self._handle, stats)
+            return stats.backlog == 0
+        return True
 
     def full(self) -> bool:
         return bool(lib.shmq_is_full(self._live_handle()))

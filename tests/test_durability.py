@@ -114,3 +114,25 @@ def test_parameters_are_kept_by_the_queue(make_queue):
             shmq.Queue(q.name, path=q.path, durability="os")
     finally:
         other.close()
+
+
+def test_backlog_larger_than_the_lanes_counts_in_qsize(tmp_path):
+    """Recovered into smaller lanes, the jobs that wait in the log count in
+    qsize() and empty(), and come out in order."""
+    q = shmq.Queue("big", path=tmp_path, codec="raw", capacity=8192)
+    q.put_many([b"%06d" % i for i in range(6000)])
+    q = reboot(q)
+    q.close()
+    posix_ipc.unlink_shared_memory(region_name("big", str(tmp_path)))
+    q = shmq.Queue("big", path=tmp_path, capacity=512)
+    try:
+        assert q.recovery["live"] == 6000
+        assert q.qsize() == 6000 and not q.empty()
+        got = q.get_many(100)
+        assert q.qsize() == 5900
+        while len(got) < 6000:
+            got += q.get_many(1000, timeout=1)
+        assert got == [b"%06d" % i for i in range(6000)]
+        assert q.qsize() == 0 and q.empty()
+    finally:
+        q.unlink()
