@@ -80,6 +80,7 @@ class Settings:
     start_method: str
     shmq_lanes: int
     shmq_slot_bytes: int | None
+    shmq_durability: str = "none"
 
 
 class Messages:
@@ -271,7 +272,7 @@ class ShmqSystem(PySystem):
         path = tempfile.mkdtemp(prefix="shmq-bench-")
         extra = {} if s.shmq_slot_bytes is None else {"slot_bytes": s.shmq_slot_bytes}
         q = shmq.Queue(f"bench-{os.getpid()}-{run_id}", path=path, lanes=s.shmq_lanes,
-                       capacity=s.capacity, codec="raw", **extra)
+                       capacity=s.capacity, codec="raw", durability=s.shmq_durability, **extra)
         return _ShmqHandle(q, path)
 
     def put_fn(self, h):
@@ -890,6 +891,9 @@ def parse_args(argv=None):
                         "bytes = capacity x (payload + 8), shmq slots per lane (see --shmq-slot-bytes); "
                         "mp.Queue stays unbounded (default: 65536)")
     p.add_argument("--shmq-lanes", type=int, default=1, help="lanes for the shmq queue (default: 1)")
+    p.add_argument("--shmq-durability", default="none", choices=["none", "memory", "os", "interval", "sync"],
+                   help="durability of the shmq queue (default: none, like the peers, which keep no log; "
+                        "benchmarks/bench_durability.py compares the settings)")
     p.add_argument("--shmq-slot-bytes", type=int, default=None, metavar="BYTES",
                    help="slot_bytes for the shmq queue (default: shmq's own; a message larger than a slot "
                         "spans several)")
@@ -961,7 +965,8 @@ def main(argv=None) -> int:
                 for procs in args.procs:
                     s = Settings(payload=payload, batch=batch, procs=procs, capacity=args.capacity, pin=bool(cpus),
                                  cpus=cpus, timeout=args.timeout, start_method=args.start_method,
-                                 shmq_lanes=args.shmq_lanes, shmq_slot_bytes=args.shmq_slot_bytes)
+                                 shmq_lanes=args.shmq_lanes, shmq_slot_bytes=args.shmq_slot_bytes,
+                                 shmq_durability=args.shmq_durability)
                     _progress(f"payload {payload} B, batch {batch}, procs {procs}")
                     results = bench_config(systems_all, skipped, s, args)
                     print_table(results, s, args.runs)
