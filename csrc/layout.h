@@ -185,9 +185,9 @@ typedef struct shmq_region_header {
     _Atomic int64_t flushed_ns;        /* when the last flush began (monotonic) */
     _Atomic uint32_t flusher;          /* participant flushing now (0: none) */
     _Atomic uint32_t flush_event;      /* futex: bumped when a flush ends and someone waits */
-    _Atomic uint32_t sync_writers;     /* writers inside shmq_log_sync now (a dead one's count lingers: harmless) */
+    _Atomic uint32_t unflushed;        /* sync writers that published since the last flush began */
     _Atomic int32_t log_errno;         /* last errno of a failed log write or flush (0: none) */
-    _Atomic uint32_t last_group;       /* writers the last flush found waiting */
+    _Atomic uint32_t last_group;       /* the largest group of writers one flush covered lately */
     uint32_t reserved7;
     _Atomic uint64_t spilled;          /* records written for the feeder (SHMQ_ENQ_SPILLED); backlog = spilled - fed */
 

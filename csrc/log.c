@@ -702,11 +702,11 @@ static int flush_segments(shmq_handle *h, uint64_t from, uint64_t to)
     return SHMQ_OK;
 }
 
-/* Before a flush, while fewer writers wait than the last flush found, give
- * the others a moment to publish (they are between two puts): one flush
- * then covers them too. Only when writers come in groups, so a lone
- * writer never waits; at most SHMQ_GROUP_WAIT_NS. */
-static const int64_t SHMQ_GROUP_WAIT_NS = 60 * 1000;
+/* Before a flush, while fewer writers have published since the last flush
+ * began than the largest group lately, give the others a moment (they are
+ * between two puts): one flush then covers them too. Only when writers come
+ * in groups, so a lone writer never waits; at most SHMQ_GROUP_WAIT_NS. */
+static const int64_t SHMQ_GROUP_WAIT_NS = 100 * 1000;
 
 static void gather_group(shmq_handle *h)
 {
@@ -716,7 +716,7 @@ static void gather_group(shmq_handle *h)
     if (expect < 2)
         return;
     int64_t until = shmq_now_ns() + SHMQ_GROUP_WAIT_NS;
-    while (atomic_load_explicit(&hdr->sync_writers, memory_order_relaxed) < expect && shmq_now_ns() < until)
+    while (atomic_load_explicit(&hdr->unflushed, memory_order_relaxed) < expect && shmq_now_ns() < until)
         sched_yield();
 }
 
@@ -725,16 +725,15 @@ static int flush_as_flusher(shmq_handle *h)
 {
     shmq_region_header *hdr = h->header;
     gather_group(h);
-    /* relaxed: the heuristic's record: the largest group lately (it rises at
-     * once and decays one writer every 32 flushes, so a group that shrank
-     * stops being waited for). */
-    uint32_t now_waiting = atomic_load_explicit(&hdr->sync_writers, memory_order_relaxed);
+    /* relaxed: the heuristic's record of the largest group lately: this
+     * flush covers the writers counted so far; it rises at once and decays
+     * by one every 32 flushes that cover fewer. */
+    uint32_t covered = atomic_exchange_explicit(&hdr->unflushed, 0, memory_order_relaxed);
     uint32_t group = atomic_load_explicit(&hdr->last_group, memory_order_relaxed);
-    if (now_waiting >= group)
-        group = now_waiting;
-    else if (atomic_load_explicit(&hdr->flushes, memory_order_relaxed) % 32 == 0)
-        group--;
-    atomic_store_explicit(&hdr->last_group, group, memory_order_relaxed);
+    if (covered > group)
+        atomic_store_explicit(&hdr->last_group, covered, memory_order_relaxed);
+    else if (covered < group && atomic_load_explicit(&hdr->flushes, memory_order_relaxed) % 32 == 0)
+        atomic_store_explicit(&hdr->last_group, group - 1, memory_order_relaxed);
     /* seq_cst: a writer that read the generation before this increment had
      * published before it, so the fdatasync below covers its record. */
     uint64_t generation = atomic_fetch_add_explicit(&hdr->flush_started, 1, memory_order_seq_cst) + 1;
@@ -779,12 +778,9 @@ static int sync_wait(shmq_handle *h);
  * fdatasync serves every writer waiting meanwhile (group commit). */
 int shmq_log_sync(shmq_handle *h)
 {
-    shmq_region_header *hdr = h->header;
     /* relaxed: a count for gather_group's heuristic only. */
-    atomic_fetch_add_explicit(&hdr->sync_writers, 1, memory_order_relaxed);
-    int rc = sync_wait(h);
-    atomic_fetch_sub_explicit(&hdr->sync_writers, 1, memory_order_relaxed);
-    return rc;
+    atomic_fetch_add_explicit(&h->header->unflushed, 1, memory_order_relaxed);
+    return sync_wait(h);
 }
 
 static int sync_wait(shmq_handle *h)
