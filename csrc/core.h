@@ -35,6 +35,7 @@ enum shmq_fault_point {
  * cleared first, so a reader that sees base and then a matching index may
  * use the mapping until it leaves the log code (see `inside`). */
 #define SHMQ_SEGMENT_SLOTS 1024u
+#define SHMQ_ACK_BATCH 32u /* DONEs buffered per handle before one DONE_MANY record */
 typedef struct shmq_segment_slot {
     _Atomic(uint8_t *) base;
     _Atomic uint64_t index;
@@ -79,6 +80,11 @@ struct shmq_handle {
     uint32_t retired_count, retired_capacity;
     int64_t last_retention_ns;
     uint32_t inline_ref_min;           /* payloads above this travel as a reference to their record */
+    /* Jobs taken whose DONE is not written yet (acks are written lazily: a
+     * lost DONE only means the job runs again after a recovery). */
+    atomic_flag ack_lock;
+    uint32_t ack_count;
+    uint64_t ack_ids[SHMQ_ACK_BATCH];
     uint64_t hole_position;            /* the unwritten position this handle saw last, and when */
     int64_t hole_seen_ns;
 };
@@ -119,6 +125,8 @@ typedef struct shmq_enqueue_args {
 } shmq_enqueue_args;
 int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *args, uint64_t *position, int *spilling);
 int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+void shmq_log_ack(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+void shmq_log_ack_flush(shmq_handle *h);
 int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
                            uint8_t tag, uint32_t count, uint64_t *job_ids);
 int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason);

@@ -112,28 +112,18 @@ static int copy_payload(shmq_handle *h, lane_ref lane, const shmq_message *msg, 
     return rc;
 }
 
-/* Records the jobs of taken messages as done, then releases their slots:
- * a consumer killed before the release leaves READING slots, and the job
- * is put back (it may run twice: it was in flight at a kill). */
+/* Releases the slots of taken messages, then acknowledges their jobs (the
+ * DONE records are written lazily: see shmq_log_ack). A consumer killed
+ * before the release leaves READING slots, and the job is put back. */
 static void finish_taken(shmq_handle *h, lane_ref lane, const uint64_t *positions, const uint32_t *spans,
                          uint64_t *job_ids, uint32_t count)
 {
     if (count == 0)
         return;
-    if (h->log_on) {
-        uint32_t ids = 0;
-        for (uint32_t i = 0; i < count; i++)
-            if (job_ids[i])
-                job_ids[ids++] = job_ids[i];
-        shmq_fault(h, SHMQ_FAULT_POP_BEFORE_DONE);
-        if (ids) {
-            shmq_log_enter(h);
-            shmq_log_done(h, job_ids, ids); /* on failure the jobs run again after recovery: at least once */
-            shmq_log_leave(h);
-        }
-    }
     for (uint32_t i = 0; i < count; i++)
         shmq_lane_release_span(h, lane, positions[i], spans[i]);
+    if (h->log_on)
+        shmq_log_ack(h, job_ids, count);
 }
 
 /* A producer died between claiming and publishing the head message. Its put
@@ -293,6 +283,8 @@ static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t ma
         }
         if (shmq_log_spilling(h) && shmq_log_feed(h, 256) > 0)
             continue; /* jobs waited in the log: moved into the lanes now */
+        if (round == 0)
+            shmq_log_ack_flush(h); /* nothing to take: a good moment to write the acks */
         if (timeout_ns == 0)
             return SHMQ_EEMPTY;
         if (round < SPIN_ROUNDS) {

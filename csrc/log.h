@@ -13,6 +13,9 @@ static const int64_t SHMQ_HOLE_WAIT_NS = 200 * 1000 * 1000;
  * for another maker), SHMQ_MAKE_AHEAD create unless someone else is making one. */
 enum { SHMQ_MAKE_AHEAD = 2 };
 
+/* Payloads up to this travel inline in a lane; larger ones by reference. */
+enum { SHMQ_INLINE_PAYLOAD_MAX = 256 };
+
 typedef struct part {
     const void *data;
     uint32_t length;

@@ -202,7 +202,7 @@ static void retire_below_base(shmq_handle *h)
             shmq_log_retire_slot(h, slot);
     }
     pthread_mutex_unlock(&h->segment_lock);
-    shmq_log_unmap_retired(h, 1);
+    shmq_log_unmap_retired(h, 0); /* we have left the log code: no thread of ours may be inside */
 }
 
 static int retain(shmq_handle *h)
@@ -227,6 +227,7 @@ int shmq_log_maintain(shmq_handle *h)
 {
     if (!h->log_on)
         return SHMQ_OK;
+    shmq_log_ack_flush(h);
     shmq_log_enter(h);
     shmq_region_header *hdr = h->header;
     int rc = SHMQ_OK;
@@ -263,25 +264,26 @@ int shmq_log_maintain(shmq_handle *h)
 /* ------------------------------------------------------------ snapshot */
 
 /* At a clean shutdown (the caller is the last handle, holding the queue's
- * lock): writes every live job to `snapshot`, then deletes the segments,
- * so the next start reads one file. Skipped while jobs wait in the log or
- * a lane message refers to a log record. */
+ * lock): writes every live job to `snapshot`, then deletes the segments
+ * (but those whose records lane messages still refer to), so the next
+ * start reads one file. Skipped while jobs wait in the log. */
 int shmq_log_snapshot(shmq_handle *h)
 {
     if (!h->log_on || shmq_log_spilling(h))
         return SHMQ_OK;
+    shmq_log_ack_flush(h); /* before the segments go: a DONE after the snapshot would only be noise */
     shmq_region_header *hdr = h->header;
     uint64_t S = h->segment_bytes;
     uint64_t slots = h->slot_mask + 1;
-    uint64_t records_bytes = 0, jobs = 0;
+    uint64_t records_bytes = 0, jobs = 0, keep = UINT64_MAX;
     for (uint32_t index = 0; index < h->lane_count; index++) {
         lane_ref lane = lane_at(h, index);
         for (uint64_t i = 0; i < slots; i++) {
             lane_job job;
             if (!lane_job_at(h, lane, i, atomic_load_explicit(&lane.states[i], memory_order_acquire), &job))
                 continue;
-            if (job.ref)
-                return SHMQ_OK; /* its payload lives in a segment: keep the log as it is */
+            if (job.ref && job.needs < keep)
+                keep = job.needs; /* the lane still reads this record: its segment stays */
             const shmq_msg_header *mh = (const shmq_msg_header *)(lane.data + i * h->slot_bytes);
             records_bytes += (SHMQ_ENQUEUE_OVERHEAD + mh->length + 7) & ~7ull;
             jobs++;
@@ -329,9 +331,21 @@ int shmq_log_snapshot(shmq_handle *h)
             body->tag = mh->tag;
             body->flags = SHMQ_ENQ_COPY;
             body->payload_bytes = mh->length;
-            ring_read(h, lane, ((uint64_t)shmq_state_lap(atomic_load_explicit(&lane.states[i], memory_order_relaxed))
-                                << h->slot_shift) | i,
-                      SHMQ_MSG_HEADER_BYTES, body + 1, mh->length);
+            uint64_t pos = ((uint64_t)shmq_state_lap(atomic_load_explicit(&lane.states[i], memory_order_relaxed))
+                            << h->slot_shift) | i;
+            if (job.ref) { /* the payload, from the record the lane refers to */
+                shmq_msg_ref ref;
+                ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
+                shmq_log_enter(h);
+                int rc = shmq_log_read_payload(h, ref.record, ref.offset, (uint8_t *)(body + 1), mh->length);
+                shmq_log_leave(h);
+                if (rc != SHMQ_OK) {
+                    err = errno ? errno : EIO;
+                    break;
+                }
+            } else {
+                ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, body + 1, mh->length);
+            }
             rec->body_bytes = (uint32_t)sizeof *body + mh->length;
             rec->seq = offset;
             rec->job_id = mh->job_id;
@@ -363,7 +377,7 @@ int shmq_log_snapshot(shmq_handle *h)
     atomic_store_explicit(&hdr->flushed_tail, covered, memory_order_relaxed);
     atomic_store_explicit(&hdr->checkpoint_begin, covered, memory_order_relaxed); /* the copies are in the snapshot */
     atomic_store_explicit(&hdr->checkpoint_floor, covered, memory_order_relaxed);
-    delete_segments(h, covered);
+    delete_segments(h, keep < covered ? keep : covered);
     return SHMQ_OK;
 }
 

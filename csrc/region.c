@@ -213,6 +213,8 @@ void shmq_detach(shmq_handle *h)
  * the parent's death is never mistaken for ours (or ours for the parent's). */
 int shmq_after_fork(shmq_handle *h)
 {
+    h->ack_count = 0; /* the parent's acks: the parent writes them */
+    atomic_flag_clear(&h->ack_lock);
     h->self = 0; /* the parent's entry, never ours: on failure the handle must not be used */
     long nth = 1;
     h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);

@@ -108,9 +108,12 @@ def test_crash_loop_nothing_accepted_is_lost(tmp_path):
     # and before printing takes at most one call's items (8) with it; the same
     # bound holds for items delivered again after a kill mid-call.
     budget = 8 * consumer_kills
+    # Acks are written a batch (32) at a time: after a reboot, the jobs a
+    # killed consumer had finished but not yet acknowledged run again.
+    ack_budget = 32 * consumer_kills
     context = f"seed={SEED} rounds={ROUNDS} consumer_kills={consumer_kills} reboots={reboots}"
     assert len(missing) <= budget, f"lost {len(missing)} accepted jobs ({sorted(missing)[:20]}), {context}"
-    assert duplicates <= budget, f"{duplicates} duplicates, {context}"
+    assert duplicates <= budget + ack_budget, f"{duplicates} duplicates, {context}"
     assert set(delivered) <= set(range(next_seq)), context
     assert len(accepted) > ROUNDS * 10, f"too little work to mean anything: {len(accepted)} puts, {context}"
 
@@ -223,3 +226,33 @@ if __name__ == "__main__":
     assert flushes > 0, f"sync never flushed: {result.stderr[-1500:]}"
     assert flushes < 1200 * 0.9, f"{flushes} fdatasync calls for 1200 puts: no group commit"
     posix_ipc.unlink_shared_memory(region_name("sync", tmp_path))
+
+
+def test_snapshot_with_payloads_held_by_reference(tmp_path):
+    """Payloads above 256 bytes travel as references to their log record.
+    A snapshot copies them whole, and keeps the segments the lanes still
+    refer to, so the running queue and a later recovery both deliver them."""
+    name = "refsnap"
+    q = shmq.Queue(name, path=tmp_path, codec="raw", segment_bytes=64 * 1024)
+    big = [bytes([i]) * (1000 + i) for i in range(50)]
+    q.put_many(big[:25])
+    for item in big[25:]:
+        q.put(item)
+    q.close()  # the last handle: a snapshot
+    assert "snapshot" in os.listdir(tmp_path / f"{name}.log")
+    q = shmq.Queue(name, path=tmp_path)  # the region lives: its lanes still refer to the log
+    assert q.get_many(10, timeout=1) == big[:10]
+    q.close()
+    reboot(name, tmp_path)
+    q = shmq.Queue(name, path=tmp_path)
+    try:
+        assert q.recovery["live"] == 40
+        got = []
+        while True:
+            try:
+                got += q.get_many(64, timeout=0.3)
+            except shmq.Empty:
+                break
+        assert got == big[10:]
+    finally:
+        q.unlink()

@@ -68,20 +68,25 @@ def test_producer_killed_inside_its_log_append(tmp_path, fault, mode):
 
 
 @pytest.mark.parametrize("mode", ["single", "batch"])
-def test_consumer_killed_before_logging_done(tmp_path, mode):
+def test_consumer_killed_before_writing_its_acks(tmp_path, mode):
+    """Acks (DONE records) are written lazily, a batch at a time. A consumer
+    killed before writing them loses nothing: every job was delivered once
+    while the queue ran, and after a recovery only jobs whose DONE was lost
+    may run again."""
     q = new_queue(tmp_path)
     try:
         q.put_many([message(s) for s in range(30)])
-        code, lines = run_actor("consume", q.name, q.path, mode, fault="pop_before_done:2")
-        assert code == -signal.SIGKILL
+        code, lines = run_actor("consume", q.name, q.path, mode, fault="pop_before_done:1")
+        assert code == -signal.SIGKILL, f"the fault did not fire: exit {code}"
         by_child = numbers(lines, "got")
-        q.maintain()  # puts back what the dead consumer held
+        q.maintain()
         by_parent = drain(q, idle=0.5)
-        assert not set(by_child) & set(by_parent), "delivered twice: the child never returned those"
-        assert sorted(by_child + by_parent) == list(range(30)), "lost"
-        assert q.log_stats()["redelivered"] >= 1
+        assert sorted(by_child + by_parent) == list(range(30)), "lost or delivered twice"
         q = reboot(q)
-        assert drain(q, idle=0.3) == [], "finished jobs came back after a reboot"
+        again = drain(q, idle=0.3)
+        assert set(again) <= set(by_child), "a job the dead consumer never had came back"
+        assert len(again) <= 32, "more than one batch of acks lost"  # SHMQ_ACK_BATCH
+        assert again, "the fault fired before the acks were written: some must come back"
     finally:
         q.unlink()
 
