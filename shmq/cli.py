@@ -135,6 +135,11 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--codec", choices=("raw", "msgpack", "pickle"), default="raw",
         help="the queue's codec (default raw); payloads are bytes, which every codec passes as they are",
     )
+    params.add_argument(
+        "--durability", choices=("none", "memory", "os", "interval", "sync"), default=None,
+        help="the queue's write-ahead log: os (default: every put in the log before it returns), memory, "
+             "interval, sync (every put on disk before it returns), or none (no log)",
+    )
     params.add_argument("--lanes", type=_int_arg(1, 1024), default=None, metavar="N", help="rings in the queue")
     params.add_argument("--capacity", type=_int_arg(2, 1 << 30), default=None, metavar="N",
                         help="slots per lane, a power of two")
@@ -327,7 +332,7 @@ def _demo(args: argparse.Namespace) -> int:
         share, extra = divmod(args.messages, args.producers)
         per_producer = tuple(share + (i < extra) for i in range(args.producers))
     params = {"codec": args.codec}
-    for key in ("lanes", "capacity", "slot_bytes"):
+    for key in ("lanes", "capacity", "slot_bytes", "durability"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
 
@@ -485,7 +490,7 @@ def _report(q, plan: _DemoPlan, outcome: dict) -> int:
     print(f"  elapsed:    {elapsed:.3f} s (first send to last receive)")
     print(f"  throughput: {rate:,.0f} msgs/s, {rate * plan.payload / 1e6:,.2f} MB/s")
     print(f"  queue:      lanes={params.lanes} capacity={params.capacity} slot_bytes={params.slot_bytes} "
-          f"max_message_bytes={params.max_message_bytes} codec={params.codec}")
+          f"max_message_bytes={params.max_message_bytes} codec={params.codec} durability={params.durability}")
     counts = outcome["counts"]
     dropped = counts["dropped_dead_producer"] + counts["dropped_corrupt"]
     if dropped:

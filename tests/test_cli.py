@@ -56,7 +56,7 @@ def test_demo_moves_every_message_once(args, expected):
     assert rate > 0
     assert "each exactly once" in result.stdout
     assert "result:     OK" in result.stdout
-    assert re.search(r"lanes=1 capacity=\d+ slot_bytes=\d+ max_message_bytes=\d+ codec=raw", result.stdout)
+    assert re.search(r"lanes=1 capacity=\d+ slot_bytes=\d+ max_message_bytes=\d+ codec=raw durability=os", result.stdout)
     assert "Traceback" not in result.stderr
     assert not leaked
 
@@ -136,3 +136,12 @@ def test_verify_finds_lost_duplicated_and_stray_messages():
         1: (4, 0, 0, 1.0, [bytearray([1, 1, 0, 0]), bytearray([0, 0, 1, 0, 1])]),
     }
     assert cli._verify(plan, [4, 3], bad) == (1, 2, 1)
+
+
+def test_demo_with_sync_durability():
+    result = subprocess.run(
+        [sys.executable, "-m", "shmq", "demo", "--messages", "300", "--durability", "sync"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "durability=sync" in result.stdout and "result:     OK" in result.stdout
