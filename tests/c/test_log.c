@@ -1422,3 +1422,50 @@ void test_log_snapshot_then_recover(void)
     close_region(h, &r);
     temp_dir_remove(dir);
 }
+
+/* A job whose START has no DONE was running when the crash came: recovery
+ * puts it back with attempt + 1, in its place, and counts it as running. */
+void test_log_recover_running_job(void)
+{
+    enum { COUNT = 10, RUNNING = 3 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 256, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    for (uint64_t i = 0; i < COUNT; i++)
+        push_seq(h, i, length_of(i, 40));
+    shmq_message taken = pop_seq(h, 0, length_of(0, 40), 0); /* job 0: finished (its DONE is written) */
+    (void)taken;
+    shmq_log_ack_flush(h);
+    /* Jobs 1..RUNNING were handed to a consumer that will ack: START, no DONE. */
+    uint64_t ids[COUNT];
+    shmq_log_stats st = log_stats(h);
+    log_image img = image_load(dir, SEGMENT);
+    log_summary s = summary_make(&img, rep.next_position, st.tail, 2 * COUNT);
+    CHECK_EQ(s.enqueue_count, COUNT);
+    for (uint64_t i = 0; i < COUNT; i++)
+        ids[i] = s.enqueues[i];
+    image_free(&img);
+    summary_free(&s);
+    for (uint64_t i = 1; i <= RUNNING; i++) {
+        shmq_start_body body = {.lane = 0, .attempt = 1, .pid = (uint32_t)getpid()};
+        part parts[1] = {{&body, sizeof body}};
+        uint64_t position;
+        int spilling;
+        CHECK_RC(shmq_log_append(h, SHMQ_REC_START, ids[i], parts, 1, &position, &spilling), SHMQ_OK);
+    }
+    close_region(h, &r);
+
+    h = logged_region_create(&r, &p, dir, &rep);
+    check_clean(&rep);
+    CHECK_EQ(rep.live, COUNT - 1);
+    CHECK_EQ(rep.running, RUNNING);
+    for (uint64_t i = 1; i < COUNT; i++) {
+        shmq_message got = pop_seq(h, i, length_of(i, 40), 0);
+        CHECK_EQ(got.job_id, ids[i]);
+        CHECK_EQ(got.attempt, i <= RUNNING ? 2 : 1);
+    }
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}

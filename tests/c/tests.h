@@ -39,6 +39,7 @@
     X(log_put_get_records)       \
     X(log_concurrent_append)     \
     X(log_recover_pending)       \
+    X(log_recover_running_job)   \
     X(log_hole_filled)           \
     X(log_torn_tail)             \
     X(log_torn_tail_ahead)       \
