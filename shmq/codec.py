@@ -43,9 +43,28 @@ import struct
 import sys
 
 import msgpack
-import numpy as np
 
 from .errors import ConfigError, DecodeError, EncodeError
+
+
+class _Numpy:
+    """numpy, imported on first use. Importing it costs a process about 0.1 s
+    and starts BLAS threads; a process that never sees an array never pays.
+    An object can only be an array if numpy is already imported, so the
+    encoders look in sys.modules first (_arrays_possible)."""
+
+    def __getattr__(self, name):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _Numpy()
+
+
+def _arrays_possible() -> bool:
+    return "numpy" in sys.modules
 
 __all__ = [
     "TAG_RAW",
@@ -228,13 +247,14 @@ class _Unsupported(TypeError):
 
 
 def _msgpack_default(obj):
-    if isinstance(obj, np.ndarray) and not _is_masked(obj):
+    arrays = _arrays_possible()  # without numpy in this process: neither arrays nor numpy scalars
+    if arrays and isinstance(obj, np.ndarray) and not _is_masked(obj):
         enc = _encode_array(obj)
         if enc is None:
             raise _Unsupported(f"a numpy array of dtype {obj.dtype}")
         header, data = enc
         return msgpack.ExtType(EXT_NDARRAY, header + data)
-    if isinstance(obj, np.generic):
+    elif arrays and isinstance(obj, np.generic):
         value = obj.item()
         # longdouble and friends have no Python equivalent: item() returns
         # the numpy scalar itself, which would loop.
@@ -403,7 +423,7 @@ class MsgpackCodec(Codec):
     def encode(self, obj):
         if type(obj) is bytes:
             return (TAG_RAW, obj, None)
-        if isinstance(obj, np.ndarray):
+        if _arrays_possible() and isinstance(obj, np.ndarray):
             if _is_masked(obj):
                 raise EncodeError(
                     "codec 'msgpack' cannot encode a numpy masked array (the mask would "
@@ -430,7 +450,7 @@ class PickleCodec(Codec):
         if cls is bytes:
             return (TAG_RAW, obj, None)
         # Exact ndarray only: pickle keeps subclasses (masked, memmap) intact.
-        if cls is np.ndarray:
+        if _arrays_possible() and cls is np.ndarray:
             enc = _encode_array(obj)
             if enc is not None:
                 return (TAG_NUMPY, enc[0], enc[1])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import array
 import pickle
 import struct
+import subprocess
+import sys
 import threading
 
 import msgpack
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import shmq
 from shmq import codec as C
 from shmq.errors import ConfigError, DecodeError, EncodeError
 
@@ -694,3 +697,32 @@ def test_corrupted_numpy_message_decode_error_or_array(arr, data):
         return
     assert isinstance(got, np.ndarray)
     assert got.nbytes == len(body)
+
+
+def test_numpy_is_imported_only_when_an_array_is_met(tmp_path):
+    """A process that never sees an array never imports numpy (0.1 s and
+    BLAS threads at start-up); receiving one imports it then."""
+    script = f"""
+import sys, shmq
+q = shmq.Queue("lazy", path={str(tmp_path)!r})
+q.put({{"a": 1}})
+assert q.get(timeout=1) == {{"a": 1}}
+try:
+    q.put(1 << 70)
+except shmq.EncodeError as exc:
+    assert "71 bits" in str(exc), exc
+assert "numpy" not in sys.modules, "numpy imported without an array"
+print("ready", flush=True)
+assert q.get(timeout=30).tolist() == [[1, 2], [3, 4]]  # put by the parent
+assert "numpy" in sys.modules
+"""
+    q = shmq.Queue("lazy", path=tmp_path)
+    try:
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()[-2000:]
+        q.put(np.array([[1, 2], [3, 4]]))
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err[-2000:]
+    finally:
+        q.unlink()
