@@ -213,6 +213,7 @@ uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err)
     if (base && atomic_load_explicit(&slot->index, memory_order_relaxed) == index)
         return base;
     pthread_mutex_lock(&h->segment_lock);
+    /* relaxed: under segment_lock, which orders every change of a slot. */
     base = atomic_load_explicit(&slot->base, memory_order_relaxed);
     if (base && atomic_load_explicit(&slot->index, memory_order_relaxed) == index) {
         pthread_mutex_unlock(&h->segment_lock);
@@ -265,6 +266,7 @@ uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err)
         return NULL;
     }
     slot->fd = fd;
+    /* relaxed: published by the release store of base below. */
     atomic_store_explicit(&slot->index, index, memory_order_relaxed);
     /* release: publishes index and fd with the mapping; pairs with the acquire above. */
     atomic_store_explicit(&slot->base, (uint8_t *)mem, memory_order_release);
@@ -379,6 +381,7 @@ void shmq_log_close(shmq_handle *h)
         return;
     shmq_log_ack_flush(h);
     for (uint32_t i = 0; i < SHMQ_SEGMENT_SLOTS; i++) {
+        /* relaxed: closing; no other thread uses this handle any more. */
         uint8_t *base = atomic_load_explicit(&h->segments[i].base, memory_order_relaxed);
         if (base) {
             munmap(base, SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes);
@@ -747,6 +750,7 @@ static int flush_segments(shmq_handle *h, uint64_t from, uint64_t to)
     uint64_t S = h->segment_bytes;
     uint64_t back = h->header->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD + 4096;
     from = from > back ? from - back : 0;
+    /* acquire: pairs with delete_segments' release; below it nothing is left to flush. */
     uint64_t log_base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
     if (from < log_base)
         from = log_base;
@@ -851,6 +855,8 @@ static int sync_wait(shmq_handle *h)
         /* acquire: pairs with the release of flush_done. */
         if (atomic_load_explicit(&hdr->flush_done, memory_order_acquire) > seen)
             return SHMQ_OK;
+        /* acquire: read before trying the role, so a flush that ends in
+         * between changes the value and the futex wait returns at once. */
         uint32_t event = atomic_load_explicit(&hdr->flush_event, memory_order_acquire);
         if (flusher_take(h)) {
             int rc = flush_as_flusher(h);
@@ -907,6 +913,7 @@ int shmq_log_flush_due(shmq_handle *h)
     shmq_region_header *hdr = h->header;
     if (h->durability != SHMQ_DURABILITY_INTERVAL)
         return SHMQ_OK;
+    /* relaxed: a due test; the flush orders what it covers. */
     uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
     if (tail == atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed) ||
         shmq_now_ns() - atomic_load_explicit(&hdr->flushed_ns, memory_order_relaxed) <
@@ -979,6 +986,7 @@ int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t positio
 
 int shmq_log_spilling(const shmq_handle *h)
 {
+    /* relaxed: a hint; the reservation's own acq_rel read of the bit decides. */
     return h->log_on &&
            (atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & SHMQ_TAIL_SPILL) != 0;
 }
@@ -987,6 +995,7 @@ int shmq_log_spilling(const shmq_handle *h)
 void shmq_log_spill_begin(shmq_handle *h)
 {
     shmq_region_header *hdr = h->header;
+    /* acquire: as the CAS below. */
     uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_acquire);
     while (!(tail & SHMQ_TAIL_SPILL)) {
         /* acq_rel: from this value on, reservations carry SPILL. */
@@ -1043,6 +1052,8 @@ int shmq_log_feed(shmq_handle *h, uint32_t budget)
     shmq_log_enter(h);
     int fed = 0;
     for (;;) {
+        /* acquire: pairs with the cursor's release CAS (the pushes before it)
+         * and with reservations (a record below the tail is reserved). */
         uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);
         uint64_t tail_word = atomic_load_explicit(&hdr->log_tail, memory_order_acquire);
         uint64_t tail = tail_word & ~SHMQ_TAIL_SPILL;

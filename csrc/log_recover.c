@@ -221,6 +221,7 @@ static int all_zero(const uint8_t *from, const uint8_t *to)
 static int record_ok(const uint8_t *at, uint64_t available, uint64_t position, uint64_t S)
 {
     const shmq_record_header *rec = (const shmq_record_header *)at;
+    /* relaxed: recovery reads files no process writes any more. */
     uint64_t word = atomic_load_explicit(&((shmq_record_header *)at)->word, memory_order_relaxed);
     if (shmq_word_length(word) > available)
         return 0; /* runs past the end of a file cut short */
@@ -238,6 +239,7 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
     uint64_t off = 0;
     while (off + 8 <= bytes) {
         const shmq_record_header *rec = (const shmq_record_header *)(data + off);
+        /* relaxed: as in record_ok. */
         uint64_t word = atomic_load_explicit(&((shmq_record_header *)rec)->word, memory_order_relaxed);
         if (record_ok(data + off, bytes - off, base + off, S)) {
             unsigned type = shmq_word_type(word);

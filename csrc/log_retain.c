@@ -87,6 +87,7 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
             low = pin - 1;
     }
     if (tail_word & SHMQ_TAIL_SPILL) {
+        /* acquire: pairs with the feeder's release of the cursor. */
         uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);
         if (cursor < low)
             low = cursor;
@@ -132,6 +133,7 @@ static int checkpoint(shmq_handle *h, uint64_t target)
     for (uint32_t index = 0; index < h->lane_count && rc == SHMQ_OK; index++) {
         lane_ref lane = lane_at(h, index);
         for (uint64_t i = 0; i < slots && rc == SHMQ_OK; i++) {
+            /* acquire: pairs with publish(); see lane_job_at for torn reads. */
             uint64_t state = atomic_load_explicit(&lane.states[i], memory_order_acquire);
             lane_job job;
             /* Every inline job below the target, also ones copied before:
@@ -176,6 +178,7 @@ static void delete_segments(shmq_handle *h, uint64_t low)
 {
     shmq_region_header *hdr = h->header;
     uint64_t S = h->segment_bytes;
+    /* acquire: pairs with the release below, by an earlier maintainer. */
     uint64_t base = atomic_load_explicit(&hdr->log_base, memory_order_acquire);
     uint64_t keep = low / S * S;
     if (keep <= base)
@@ -193,10 +196,12 @@ static void delete_segments(shmq_handle *h, uint64_t low)
 /* Unmaps this process's mappings of deleted segments. */
 static void retire_below_base(shmq_handle *h)
 {
+    /* acquire: pairs with delete_segments' release of log_base. */
     uint64_t base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
     pthread_mutex_lock(&h->segment_lock);
     for (uint32_t i = 0; i < SHMQ_SEGMENT_SLOTS; i++) {
         shmq_segment_slot *slot = &h->segments[i];
+        /* relaxed: under segment_lock. */
         if (atomic_load_explicit(&slot->base, memory_order_relaxed) &&
             (atomic_load_explicit(&slot->index, memory_order_relaxed) + 1) * h->segment_bytes <= base)
             shmq_log_retire_slot(h, slot);
@@ -208,6 +213,7 @@ static void retire_below_base(shmq_handle *h)
 static int retain(shmq_handle *h)
 {
     uint64_t S = h->segment_bytes;
+    /* relaxed: where a checkpoint would cut; low_water reads the tail properly. */
     uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
     uint64_t target = tail / S > 0 ? (tail / S - 1) * S : 0; /* keep the last full segment and the current one */
     uint64_t below, below_bytes;
@@ -241,6 +247,7 @@ int shmq_log_maintain(shmq_handle *h)
         rc = flushed;
     int64_t now = shmq_now_ns();
     if (maintainer_take(h)) {
+        /* relaxed: a time stamp; the maintainer role orders the work. */
         if (now - atomic_load_explicit(&hdr->maintained_ns, memory_order_relaxed) >= REDELIVER_EVERY_NS) {
             atomic_store_explicit(&hdr->maintained_ns, now, memory_order_relaxed); /* a time stamp only */
             shmq_lane_redeliver_dead(h);
@@ -280,6 +287,7 @@ int shmq_log_snapshot(shmq_handle *h)
         lane_ref lane = lane_at(h, index);
         for (uint64_t i = 0; i < slots; i++) {
             lane_job job;
+            /* acquire: pairs with publish(); the last handle: states are still. */
             if (!lane_job_at(h, lane, i, atomic_load_explicit(&lane.states[i], memory_order_acquire), &job))
                 continue;
             if (job.ref && job.needs < keep)
@@ -289,6 +297,7 @@ int shmq_log_snapshot(shmq_handle *h)
             jobs++;
         }
     }
+    /* acquire: every record reserved so far lies below it (we are the last handle). */
     uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_acquire) & ~SHMQ_TAIL_SPILL;
     uint64_t covered = (tail + S - 1) / S * S; /* the next log starts in a fresh segment */
     int fd = openat(h->log_dirfd, "snapshot.tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -309,6 +318,7 @@ int shmq_log_snapshot(shmq_handle *h)
         lane_ref lane = lane_at(h, index);
         for (uint64_t i = 0; i < slots && !err; i++) {
             lane_job job;
+            /* acquire: pairs with publish(); the last handle: states are still. */
             if (!lane_job_at(h, lane, i, atomic_load_explicit(&lane.states[i], memory_order_acquire), &job))
                 continue;
             const shmq_msg_header *mh = (const shmq_msg_header *)(lane.data + i * h->slot_bytes);
@@ -331,6 +341,7 @@ int shmq_log_snapshot(shmq_handle *h)
             body->tag = mh->tag;
             body->flags = SHMQ_ENQ_COPY;
             body->payload_bytes = mh->length;
+            /* relaxed: read again just above with acquire; only its lap is needed. */
             uint64_t pos = ((uint64_t)shmq_state_lap(atomic_load_explicit(&lane.states[i], memory_order_relaxed))
                             << h->slot_shift) | i;
             if (job.ref) { /* the payload, from the record the lane refers to */
@@ -385,6 +396,7 @@ int shmq_live_participants(const shmq_handle *h)
 {
     int live = 0;
     for (unsigned i = 1; i < h->header->participant_capacity; i++)
+        /* acquire: as in shmq_participant_alive. */
         if (atomic_load_explicit(&h->participants[i].pid, memory_order_acquire) && shmq_participant_alive(h, i))
             live++;
     return live;
