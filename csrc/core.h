@@ -129,7 +129,6 @@ void shmq_log_ack(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
 void shmq_log_ack_flush(shmq_handle *h);
 int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
                            uint8_t tag, uint32_t count, uint64_t *job_ids);
-int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason);
 int shmq_log_durable(shmq_handle *h);
 int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
 int shmq_log_feed(shmq_handle *h, uint32_t budget);

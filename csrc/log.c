@@ -400,7 +400,6 @@ void shmq_log_close(shmq_handle *h)
     h->log_on = 0;
 }
 
-uint32_t shmq_durability(const shmq_handle *h) { return h->header->durability; }
 
 /* ------------------------------------------------------------ appending */
 
@@ -713,15 +712,6 @@ void shmq_log_ack_flush(shmq_handle *h)
         return;
     uint64_t ids[SHMQ_ACK_BATCH];
     acks_write(h, ids, acks_take(h, ids));
-}
-
-int shmq_log_retry(shmq_handle *h, uint64_t job_id, uint16_t attempt, uint16_t reason)
-{
-    shmq_retry_body body = {.not_before_ns = 0, .attempt = attempt, .reason = reason, .error_bytes = 0};
-    part parts[1] = {{&body, sizeof body}};
-    uint64_t position;
-    int spilling;
-    return shmq_log_append(h, SHMQ_REC_RETRY, job_id, parts, 1, &position, &spilling);
 }
 
 /* Copies `length` payload bytes of the record at `record` (at `offset` in it). */
@@ -1127,9 +1117,4 @@ void shmq_log_stats_read(const shmq_handle *h, shmq_log_stats *s /* OUT */)
     s->last_errno = atomic_load_explicit(&hdr->log_errno, memory_order_relaxed);
     uint64_t spilled = atomic_load_explicit(&hdr->spilled, memory_order_relaxed);
     s->backlog = spilled > s->fed ? spilled - s->fed : 0;
-}
-
-int shmq_log_errno(const shmq_handle *h)
-{
-    return atomic_load_explicit(&h->header->log_errno, memory_order_relaxed);
 }

@@ -176,8 +176,6 @@ int shmq_log_maintain(shmq_handle *handle);
 int shmq_log_flush(shmq_handle *handle);
 int shmq_log_snapshot(shmq_handle *handle);
 void shmq_log_stats_read(const shmq_handle *handle, shmq_log_stats *stats /* OUT */);
-int shmq_log_errno(const shmq_handle *handle);
-uint32_t shmq_durability(const shmq_handle *handle);
 int shmq_live_participants(const shmq_handle *handle);
 uint32_t shmq_crc32c_value(const char *data, uint32_t length);
 

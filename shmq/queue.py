@@ -176,22 +176,21 @@ class _Region:
         self.log_dir = None
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
-            lock_fd = os.open(os.path.join(path, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Creation and attach are serialised per queue by this lock, so a
+            # half-made region seen here belongs to a creator that died.
+            lock_fd = self.lock()
         except PermissionError as exc:
             raise errors.PermissionDenied(
                 f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
                 "or fix its permissions"
             ) from None
         try:
-            # Creation and attach are serialised per queue by this lock, so a
-            # half-made region seen here belongs to a creator that died.
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             self._open(requested)
         finally:
             os.close(lock_fd)
 
     def lock(self) -> int:
-        """Takes the queue's lock (as creation and attach do); returns its fd."""
+        """Takes the queue's lock (creation, attach, the last close); returns its fd."""
         fd = os.open(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd

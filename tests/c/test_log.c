@@ -310,7 +310,7 @@ static shmq_log_stats log_stats(const shmq_handle *h)
     return st;
 }
 
-/* ------------------------------------------------------------ a */
+/* ------------------------------------------------------------ records of puts and gets */
 
 /* Each put writes an ENQUEUE whose position is the job id the message
  * carries; each get writes a DONE for it. */
@@ -379,7 +379,7 @@ void test_log_put_get_records(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ b */
+/* ------------------------------------------------------------ many writers at once */
 
 enum { B_PRODUCERS = 4, B_CONSUMERS = 2, B_PER_PRODUCER = 20000, B_BATCH = 16 };
 
@@ -542,7 +542,7 @@ void test_log_concurrent_append(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ c */
+/* ------------------------------------------------------------ recovery */
 
 /* A queue whose region is gone (a reboot): a new region over the same log
  * gets back exactly the jobs that were not taken, in their order, with
@@ -604,7 +604,7 @@ void test_log_recover_pending(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ d */
+/* ------------------------------------------------------------ holes */
 
 /* A writer that died right after its reservation leaves unwritten space:
  * recovery counts the hole and finds every record after it. */
@@ -659,7 +659,7 @@ void test_log_hole_filled(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ e, f */
+/* ------------------------------------------------------------ torn and corrupt logs */
 
 /* A region with COUNT jobs pushed and none taken, then dropped: returns the
  * ENQUEUE positions (from the files) in *s. With `maintain`, a maintenance
@@ -980,7 +980,7 @@ static void check_retained(const char *dir, shmq_handle *h, tracked_job *jobs, u
         }
 }
 
-/* ------------------------------------------------------------ g */
+/* ------------------------------------------------------------ checkpoints */
 
 /* Two old jobs stay in lane 1 while traffic flows through lane 0: A taken by
  * a live reader that holds it (READING), B waiting (READY). They would pin
@@ -1074,7 +1074,7 @@ void test_log_checkpoint_moves_old_jobs(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ h */
+/* ------------------------------------------------------------ recovered jobs and retention */
 
 /* A recovered job lies in a lane with an id below the new log's checkpoint
  * floor; its only record is recovery's copy. A reader holds it while
@@ -1121,7 +1121,7 @@ void test_log_recovered_job_kept(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ i */
+/* ------------------------------------------------------------ retention */
 
 /* Twenty segments of traffic, all taken: one maintenance pass deletes every
  * segment below the one the last live job needs, and this process unmaps them. */
@@ -1184,7 +1184,7 @@ void test_log_retention_deletes_drained_segments(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ j */
+/* ------------------------------------------------------------ the backlog */
 
 /* A backlog larger than the lanes: recovery leaves the rest in the log
  * (spilling), and the feeder moves it in as consumers make room, in order;
@@ -1248,7 +1248,7 @@ void test_log_backlog_fed_in_order(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ k */
+/* ------------------------------------------------------------ redelivery */
 
 /* A consumer dies holding a message: it is put back through the log as a
  * copy with the next attempt, by maintenance (X, inline) or explicitly (Y,
@@ -1321,7 +1321,7 @@ void test_log_redeliver_dead_reader(void)
     temp_dir_remove(dir);
 }
 
-/* ------------------------------------------------------------ l */
+/* ------------------------------------------------------------ snapshots */
 
 /* A clean shutdown writes the live jobs to one file and deletes the
  * segments; the next start reads that file alone. */
