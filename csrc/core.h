@@ -28,6 +28,12 @@ enum shmq_fault_point {
     SHMQ_FAULT_FEED_AFTER_PUSH,    /* backlog record pushed, cursor not moved */
     SHMQ_FAULT_CHECKPOINT_MID,     /* checkpoint copies half written */
     SHMQ_FAULT_RECOVER_MID,        /* recovery: new log half written, old one intact */
+    SHMQ_FAULT_FETCH_AFTER_TAKE,   /* job taken from its lane, no lease yet */
+    SHMQ_FAULT_FETCH_AFTER_LEASE,  /* lease published, lane slots not released */
+    SHMQ_FAULT_ACK_BEFORE_FREE,    /* ack: result and DONE written, lease not freed */
+    SHMQ_FAULT_FAIL_BEFORE_WAIT,   /* fail: RETRY written, entry still RUNNING */
+    SHMQ_FAULT_MOVE_AFTER_PUSH,    /* a due job pushed into a lane, entry not freed */
+    SHMQ_FAULT_UNIQUE_CLAIMED,     /* unique key claimed, ENQUEUE not written */
 };
 
 /* A mapped log segment, per process. Slot i holds segment index with
@@ -60,6 +66,7 @@ struct shmq_handle {
     uint32_t slot_shift;
     uint32_t slot_bytes;
     uint32_t lane_count;
+    uint32_t unordered_lanes;    /* lanes [0, unordered_lanes) take any job; the rest are ordered */
     uint32_t max_span;           /* slots one claim may cover */
     uint32_t self;               /* our participant index */
     _Atomic uint32_t push_cursor; /* lane rotation; relaxed: any value is correct */
@@ -87,7 +94,22 @@ struct shmq_handle {
     uint64_t ack_ids[SHMQ_ACK_BATCH];
     uint64_t hole_position;            /* the unwritten position this handle saw last, and when */
     int64_t hole_seen_ns;
+
+    /* The job tables (jobs.c, unique.c, results.c); jobs = NULL without them. */
+    shmq_jobs_header *jobs;
+    shmq_lane_metrics *metrics;        /* [lane_count] */
+    shmq_job_entry *entries;           /* [job_slots] */
+    shmq_unique_entry *unique;         /* [unique_slots] */
+    shmq_result_entry *results;        /* [result_slots] */
+    uint8_t *arena;                    /* [result_bytes] */
+    uint32_t job_slots, unique_slots, result_slots;
+    uint64_t result_bytes;
+    int64_t last_tick_ns;              /* when this handle last swept the job table */
+    _Atomic uint32_t entry_cursor;     /* where this handle looks for a free job entry first; relaxed hint */
+    int consumer_marked;               /* SHMQ_ROLE_CONSUMER set in our participant entry */
 };
+
+static inline int shmq_lane_ordered(const shmq_handle *h, uint32_t lane) { return lane >= h->unordered_lanes; }
 
 /* participant.c */
 int shmq_participant_register(shmq_handle *h);
@@ -118,6 +140,9 @@ typedef struct shmq_enqueue_args {
     uint8_t tag;
     uint8_t flags;              /* SHMQ_ENQ_* */
     int64_t enqueued_ns;        /* 0: now */
+    int64_t not_before_ns;      /* 0: at once */
+    uint32_t lane_plus1;        /* 0: any lane */
+    const uint8_t *unique;      /* 16 bytes of key hash, or NULL */
     const uint8_t *first;
     uint32_t first_length;
     const uint8_t *second;
@@ -141,6 +166,45 @@ int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, 
                            uint32_t first_length, const uint8_t *second, uint32_t second_length,
                            int64_t timeout_ns);
 int shmq_lane_redeliver_dead(shmq_handle *h);
+int shmq_lane_push_job(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *payload,
+                       uint64_t record, uint32_t offset, int64_t timeout_ns);
+
+/* lane_pop.c (used by jobs.c) */
+typedef struct shmq_taken {
+    shmq_message msg;
+    int64_t enqueued_ns;
+    uint64_t record;            /* SHMQ_MSG_REF: the record holding the payload */
+    uint32_t offset;
+} shmq_taken;
+int shmq_lane_take(shmq_handle *h, uint32_t lane, shmq_taken *out);
+int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length);
+void shmq_lane_finish(shmq_handle *h, const shmq_taken *t);
+int shmq_lane_repair_writer(shmq_handle *h, uint32_t lane, const shmq_taken *t);
+int shmq_lane_ready(const shmq_handle *h, uint32_t lane);
+int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);
+int shmq_lane_release_dead_head(shmq_handle *h, uint32_t lane, unsigned owner);
+void shmq_wake_data(shmq_handle *h);
+
+/* jobs.c (used by the lanes and the log) */
+int shmq_jobs_holds(shmq_handle *h, uint64_t job_id);
+int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position);
+int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const uint8_t *payload, uint32_t length,
+                           uint64_t *job_id);
+int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane);
+uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low);
+uint64_t shmq_jobs_live(const shmq_handle *h);
+int shmq_jobs_references(const shmq_handle *h, unsigned index);
+void shmq_jobs_detach(shmq_handle *h);
+int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
+
+/* unique.c */
+int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing);
+void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
+void shmq_unique_drop(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
+
+/* results.c */
+void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t attempt, uint8_t tag,
+                     const uint8_t *data, uint32_t length);
 
 /* fault.c */
 int shmq_fault_parse(const char *spec, long *nth);

@@ -33,8 +33,11 @@ void shmq_lane_release_span(shmq_handle *h, lane_ref lane, uint64_t pos, uint32_
 }
 
 /* Claims the message at the head if its payload can fit in `room` bytes.
- * TAKE_BUSY: the head message is still being written; *busy is its state. */
-static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy)
+ * TAKE_BUSY: the head message is still being written; *busy is its state.
+ * In an ordered lane (`ordered`; the caller holds its gate) `head` moves
+ * only when the message is released (shmq_lane_finish), so a message taken
+ * by a consumer that died is found again at the head. */
+static int take_at(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy, int ordered)
 {
     for (;;) {
         /* acquire: pairs with advance_hint's release. */
@@ -47,7 +50,9 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
         if (state_lap != lap) {
             if (shmq_lap_before(state_lap, lap))
                 return TAKE_EMPTY; /* the slot still holds last lap's message: nothing new here */
-            continue;              /* a later lap: our head was stale */
+            if (ordered) /* released by a gate holder that died before moving head: one slot on */
+                advance_hint(&lane.header->head, head, head + 1);
+            continue; /* a later lap: our head was stale */
         }
         uint32_t span = shmq_state_span(state);
         switch (shmq_state_kind(state)) {
@@ -58,6 +63,8 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
             *busy = state;
             return TAKE_BUSY;
         case SHMQ_SLOT_READING:
+            if (ordered)
+                return TAKE_EMPTY; /* the gate holder's message (or a dead one's: see shmq_jobs_repair_gate) */
             advance_hint(&lane.header->head, head, head + span);
             continue;
         default: /* READY */
@@ -72,16 +79,21 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
                                                      memory_order_relaxed))
             continue;
         shmq_fault(h, SHMQ_FAULT_POP_AFTER_CLAIM);
-        advance_hint(&lane.header->head, head, head + span);
+        if (!ordered)
+            advance_hint(&lane.header->head, head, head + span);
         const shmq_msg_header *mh = header_at(h, lane, head);
         if (mh->flags & SHMQ_MSG_SKIP) { /* a claim whose log record failed: nothing to deliver */
             shmq_lane_release_span(h, lane, head, span);
+            if (ordered)
+                advance_hint(&lane.header->head, head, head + span);
             continue;
         }
         uint64_t carried = (mh->flags & SHMQ_MSG_REF) ? SHMQ_MSG_REF_BYTES : mh->length;
         if (carried > span_capacity(h, span) || span_for(h, carried) != span) {
             /* Impossible for a message written by this code: drop it, count it. */
             shmq_lane_release_span(h, lane, head, span);
+            if (ordered)
+                advance_hint(&lane.header->head, head, head + span);
             atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed);
             continue;
         }
@@ -95,6 +107,11 @@ static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg,
         /* A payload in the log may be larger than the room left. */
         return (mh->flags & SHMQ_MSG_REF) && mh->length > room ? TAKE_BIG : TAKE_OK;
     }
+}
+
+static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy)
+{
+    return take_at(h, lane, room, msg, busy, 0);
 }
 
 /* Copies a taken message's payload: from the ring, or from its log record. */
@@ -238,9 +255,10 @@ static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
 static int pop_round(shmq_handle *h, pop_batch *b)
 {
     /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
-    uint32_t start = h->lane_count == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
-    for (uint32_t i = 0; i < h->lane_count && b->count < b->max_items; i++) {
-        if (take_from_lane(h, (start + i) % h->lane_count, b) == TAKE_NO_FIT) {
+    uint32_t lanes = h->unordered_lanes; /* ordered lanes are for shmq_fetch: one job of a group at a time */
+    uint32_t start = lanes == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
+    for (uint32_t i = 0; i < lanes && b->count < b->max_items; i++) {
+        if (take_from_lane(h, (start + i) % lanes, b) == TAKE_NO_FIT) {
             if (b->count == 0 && b->claimed->span)
                 return SHMQ_ECLAIMED;
             break;
@@ -407,8 +425,13 @@ int shmq_repair(shmq_handle *h)
         lane_ref lane = lane_at(h, i);
         shmq_message msg;
         uint64_t busy;
-        if (take(h, lane, 0, &msg, &busy) == TAKE_BUSY)
+        if (take_at(h, lane, 0, &msg, &busy, shmq_lane_ordered(h, i)) == TAKE_BUSY)
             repaired += repair_dead_writer(h, lane, msg.position, busy);
+        if (shmq_lane_ordered(h, i)) {
+            if (h->jobs)
+                repaired += shmq_jobs_repair_gate(h, i);
+            continue;
+        }
         uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
         for (uint64_t pos = tail; pos < tail + h->max_span; pos++) {
             uint64_t state = atomic_load_explicit(state_at(h, lane, pos), memory_order_acquire);
@@ -436,3 +459,122 @@ void shmq_counts_read(const shmq_handle *h, shmq_counts *counts /* OUT */)
     counts->data_waiters = atomic_load_explicit(&h->header->data_waiters, memory_order_relaxed);
     counts->space_waiters = atomic_load_explicit(&h->header->space_waiters, memory_order_relaxed);
 }
+
+/* ------------------------------------------------------------ for jobs.c */
+
+/* Takes the head message of `lane` (any size): SHMQ_OK, SHMQ_EEMPTY, or
+ * SHMQ_EFULL when the head is being written (t->msg.position and the
+ * state in t->record name the writer, for shmq_lane_repair_writer). An
+ * ordered lane's caller holds its gate. */
+int shmq_lane_take(shmq_handle *h, uint32_t index, shmq_taken *t)
+{
+    lane_ref lane = lane_at(h, index);
+    uint64_t busy = 0;
+    int rc = take_at(h, lane, UINT64_MAX, &t->msg, &busy, shmq_lane_ordered(h, index));
+    if (rc == TAKE_BUSY) {
+        t->record = busy;
+        return SHMQ_EFULL;
+    }
+    if (rc != TAKE_OK && rc != TAKE_BIG)
+        return SHMQ_EEMPTY;
+    t->msg.lane = index;
+    const shmq_msg_header *mh = header_at(h, lane, t->msg.position);
+    t->enqueued_ns = mh->enqueued_ns;
+    t->record = 0;
+    t->offset = 0;
+    if (t->msg.flags & SHMQ_MSG_REF) {
+        shmq_msg_ref ref;
+        ring_read(h, lane, t->msg.position, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
+        t->record = ref.record;
+        t->offset = ref.offset;
+    }
+    return SHMQ_OK;
+}
+
+/* A producer died while writing the head message of `index` (seen by
+ * shmq_lane_take as SHMQ_EFULL): drops it. Returns 1 if it did. */
+int shmq_lane_repair_writer(shmq_handle *h, uint32_t index, const shmq_taken *t)
+{
+    return repair_dead_writer(h, lane_at(h, index), t->msg.position, t->record);
+}
+
+int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length)
+{
+    shmq_message msg = t->msg;
+    msg.length = length < msg.length ? length : msg.length;
+    return copy_payload(h, lane_at(h, t->msg.lane), &msg, out);
+}
+
+/* Releases a taken message's slots (no DONE: the job's lease holds it now). */
+void shmq_lane_finish(shmq_handle *h, const shmq_taken *t)
+{
+    lane_ref lane = lane_at(h, t->msg.lane);
+    shmq_lane_release_span(h, lane, t->msg.position, t->msg.span);
+    if (shmq_lane_ordered(h, t->msg.lane))
+        advance_hint(&lane.header->head, t->msg.position, t->msg.position + t->msg.span);
+    atomic_fetch_add_explicit(&lane.header->popped, 1, memory_order_relaxed); /* statistics */
+    wake(&h->header->space_event, &h->header->space_waiters);
+}
+
+/* Is the head of `index` a published message? A look, not a claim. */
+int shmq_lane_ready(const shmq_handle *h, uint32_t index)
+{
+    lane_ref lane = lane_at(h, index);
+    /* acquire: as in take(); a snapshot. */
+    uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+    uint64_t state = atomic_load_explicit(state_at(h, lane, head), memory_order_acquire);
+    return shmq_state_lap(state) == lap_of(h, head) && shmq_state_kind(state) == SHMQ_SLOT_READY;
+}
+
+/* Puts the message a dead consumer took from the head of an ordered lane
+ * back, READY with attempt + 1 (the lane's order is kept: it is still the
+ * head). Returns 1 if it did. */
+int shmq_lane_untake_dead(shmq_handle *h, uint32_t index, unsigned owner)
+{
+    lane_ref lane = lane_at(h, index);
+    /* acquire: as in take(). */
+    uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+    _Atomic uint64_t *first = state_at(h, lane, head);
+    uint64_t state = atomic_load_explicit(first, memory_order_acquire);
+    if (shmq_state_lap(state) != lap_of(h, head) || shmq_state_kind(state) != SHMQ_SLOT_READING ||
+        shmq_state_owner(state) != owner)
+        return 0;
+    uint32_t span = shmq_state_span(state);
+    uint64_t mine = shmq_state(lap_of(h, head), SHMQ_SLOT_READING, h->self, span);
+    /* acq_rel: takeover; exactly one repairer wins. */
+    if (!atomic_compare_exchange_strong_explicit(first, &state, mine, memory_order_acq_rel, memory_order_relaxed))
+        return 0;
+    header_at(h, lane, head)->attempt++;
+    /* release: the new attempt is visible to whoever takes it. */
+    atomic_store_explicit(first, shmq_state(lap_of(h, head), SHMQ_SLOT_READY, h->self, span), memory_order_release);
+    wake(&h->header->data_event, &h->header->data_waiters);
+    return 1;
+}
+
+/* Releases the READING head of an ordered lane whose taker (`owner`, or
+ * any dead one for 0) died after its job's lease was published (the lease
+ * has the job). */
+int shmq_lane_release_dead_head(shmq_handle *h, uint32_t index, unsigned owner)
+{
+    lane_ref lane = lane_at(h, index);
+    /* acquire: as in take(). */
+    uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+    _Atomic uint64_t *first = state_at(h, lane, head);
+    uint64_t state = atomic_load_explicit(first, memory_order_acquire);
+    if (shmq_state_lap(state) != lap_of(h, head) || shmq_state_kind(state) != SHMQ_SLOT_READING)
+        return 0;
+    unsigned taker = shmq_state_owner(state);
+    if (owner ? taker != owner : (taker == h->self || shmq_participant_alive(h, taker)))
+        return 0;
+    uint32_t span = shmq_state_span(state);
+    uint64_t mine = shmq_state(lap_of(h, head), SHMQ_SLOT_READING, h->self, span);
+    /* acq_rel: takeover; exactly one repairer wins. */
+    if (!atomic_compare_exchange_strong_explicit(first, &state, mine, memory_order_acq_rel, memory_order_relaxed))
+        return 0;
+    shmq_lane_release_span(h, lane, head, span);
+    advance_hint(&lane.header->head, head, head + span);
+    wake(&h->header->space_event, &h->header->space_waiters);
+    return 1;
+}
+
+void shmq_wake_data(shmq_handle *h) { wake(&h->header->data_event, &h->header->data_waiters); }

@@ -93,6 +93,8 @@ static void redeliver(shmq_handle *h, lane_ref lane, uint64_t pos)
     shmq_msg_header mh = *header_at(h, lane, pos);
     if (mh.job_id == 0 || (mh.flags & SHMQ_MSG_SKIP))
         return;
+    if (h->jobs && shmq_jobs_holds(h, mh.job_id))
+        return; /* its consumer leased it before dying: the lease puts it back */
     shmq_log_enter(h);
     /* The payload: from the ring (in up to two pieces where it wraps), or
      * from the record a reference names. */
@@ -118,8 +120,16 @@ static void redeliver(shmq_handle *h, lane_ref lane, uint64_t pos)
         second_length = mh.length - first_length;
     }
     shmq_enqueue_args args = {.job_id = mh.job_id, .attempt = (uint16_t)(mh.attempt + 1), .tag = mh.tag,
-                              .flags = SHMQ_ENQ_COPY, .first = first, .first_length = first_length,
-                              .second = second, .second_length = second_length};
+                              .flags = SHMQ_ENQ_COPY, .enqueued_ns = mh.enqueued_ns, .first = first,
+                              .first_length = first_length, .second = second, .second_length = second_length};
+    uint64_t key[2];
+    if ((mh.flags & SHMQ_MSG_UNIQUE) && (mh.flags & SHMQ_MSG_REF) && first) {
+        /* The copy keeps the job's unique key (its reference points past it). */
+        memcpy(key, first - SHMQ_UNIQUE_KEY_BYTES, sizeof key);
+        args.unique = (const uint8_t *)key;
+        if (mh.flags & SHMQ_MSG_UNIQUE_FINISH)
+            args.flags |= SHMQ_ENQ_UNIQUE_FINISH;
+    }
     for (int tries = 0; tries < 8; tries++) {
         shmq_log_spill_begin(h);
         uint64_t position;
@@ -140,6 +150,9 @@ static void redeliver(shmq_handle *h, lane_ref lane, uint64_t pos)
  * something was repaired. */
 int shmq_lane_repair_reader(shmq_handle *h, lane_ref lane, uint64_t blocked)
 {
+    uint32_t index = (uint32_t)(((uint8_t *)lane.header - (h->base + h->lanes_offset)) / h->lane_bytes);
+    if (shmq_lane_ordered(h, index)) /* its reader holds the gate: the gate's repair puts the job back in place */
+        return h->jobs ? shmq_jobs_repair_gate(h, index) : 0;
     uint64_t slots = h->slot_mask + 1;
     if (blocked < slots)
         return 0;
@@ -180,7 +193,7 @@ int shmq_lane_redeliver_dead(shmq_handle *h)
 {
     int repaired = 0;
     uint64_t slots = h->slot_mask + 1;
-    for (uint32_t index = 0; index < h->lane_count; index++) {
+    for (uint32_t index = 0; index < h->unordered_lanes; index++) { /* ordered ones: shmq_jobs_repair_gate */
         lane_ref lane = lane_at(h, index);
         for (uint64_t i = 0; i < slots; i++) {
             /* acquire: pairs with the claim; the message is intact while READING. */
@@ -210,14 +223,15 @@ int shmq_lane_redeliver_dead(shmq_handle *h)
 static int claim_any(shmq_handle *h, int lane, uint32_t span, uint32_t *lane_index, uint64_t *position,
                      uint64_t *blocker, uint32_t *room)
 {
-    uint32_t count = lane < 0 ? h->lane_count : 1;
+    /* lane < 0: any unordered lane (ordered ones take only the jobs of their groups) */
+    uint32_t lanes = h->unordered_lanes, count = lane < 0 ? lanes : 1;
     /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
-    uint32_t start = lane >= 0            ? (uint32_t)lane
-                     : h->lane_count == 1 ? 0
-                                          : atomic_fetch_add_explicit(&h->push_cursor, 1, memory_order_relaxed);
+    uint32_t start = lane >= 0    ? (uint32_t)lane
+                     : lanes == 1 ? 0
+                                  : atomic_fetch_add_explicit(&h->push_cursor, 1, memory_order_relaxed);
     uint32_t best_room = 0;
     for (uint32_t i = 0; i < count; i++) {
-        uint32_t index = (start + i) % h->lane_count;
+        uint32_t index = lane >= 0 ? (uint32_t)lane : (start + i) % lanes;
         uint64_t stop;
         uint32_t free_slots;
         if (claim(h, lane_at(h, index), span, position, &stop, &free_slots) == SHMQ_OK) {
@@ -310,14 +324,24 @@ static int claim_wait(shmq_handle *h, int lane, uint32_t *span, const batch_fit 
     }
 }
 
-/* Claims room for a message with header `mh` and its bytes, waiting per the
- * timeout; writes and publishes it. With `log`, the job's ENQUEUE record is
- * written while the claim is held (so a put that times out waiting for room
- * has written nothing), and the message carries the record's job id. */
-static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
-                    const uint8_t *second, uint32_t second_length, int64_t timeout_ns, int log)
+/* Counts an accepted job in its lane's metrics (relaxed: statistics). */
+static inline void count_enqueued(shmq_handle *h, uint32_t lane, uint64_t n)
 {
-    int ref = log && mh.length > h->inline_ref_min;
+    if (h->metrics)
+        atomic_fetch_add_explicit(&h->metrics[lane].enqueued, n, memory_order_relaxed);
+}
+
+/* Claims room for a message with header `mh` and its bytes, waiting per the
+ * timeout; writes and publishes it. With `log` (the record's fields), the
+ * job's ENQUEUE record is written while the claim is held (so a put that
+ * times out waiting for room has written nothing), and the message carries
+ * the record's job id (also stored in *job_id). */
+static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
+                    const uint8_t *second, uint32_t second_length, int64_t timeout_ns, const shmq_enqueue_args *log,
+                    uint64_t *job_id)
+{
+    /* Unique jobs travel by reference: the consumer reads the key from the record. */
+    int ref = log && (mh.length > h->inline_ref_min || (mh.flags & SHMQ_MSG_UNIQUE));
     uint32_t span = span_for(h, ref ? SHMQ_MSG_REF_BYTES : (uint64_t)first_length + second_length);
     int64_t deadline = 0;
     uint32_t index;
@@ -330,8 +354,14 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
         /* Pinned from before the record exists until the lane holds it:
          * retention sees the job in one place or the other. */
         shmq_log_pin(h);
-        shmq_enqueue_args args = {.tag = mh.tag, .flags = SHMQ_ENQ_LANED, .first = first,
-                                  .first_length = first_length, .second = second, .second_length = second_length};
+        shmq_enqueue_args args = *log;
+        args.flags |= SHMQ_ENQ_LANED;
+        args.first = first;
+        args.first_length = first_length;
+        args.second = second;
+        args.second_length = second_length;
+        if (!args.enqueued_ns)
+            args.enqueued_ns = shmq_wall_ns();
         uint64_t record;
         int spilling;
         rc = shmq_log_enqueue(h, &args, &record, &spilling);
@@ -344,12 +374,14 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
         }
         shmq_fault(h, SHMQ_FAULT_LOG_BEFORE_PUSH);
         mh.job_id = record;
+        mh.enqueued_ns = args.enqueued_ns;
+        if (job_id)
+            *job_id = record;
         if (ref) {
-            shmq_msg_ref r = {.record = record, .offset = SHMQ_ENQUEUE_OVERHEAD, .reserved = 0};
+            uint32_t offset = SHMQ_ENQUEUE_FIXED + (args.unique ? SHMQ_UNIQUE_KEY_BYTES : 0);
+            shmq_msg_ref r = {.record = record, .offset = offset, .reserved = 0};
             mh.flags |= SHMQ_MSG_REF;
-            first = (const uint8_t *)&r;
-            write_message(h, lr, pos, &mh, first, sizeof r, NULL, 0);
-            first = NULL;
+            write_message(h, lr, pos, &mh, (const uint8_t *)&r, sizeof r, NULL, 0);
         } else {
             write_message(h, lr, pos, &mh, first, first_length, second, second_length);
         }
@@ -358,8 +390,10 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
     }
     shmq_fault(h, SHMQ_FAULT_PUSH_BEFORE_PUBLISH);
     publish(h, lr, pos, span);
-    if (log)
+    if (log) {
         shmq_log_unpin(h);
+        count_enqueued(h, index, 1);
+    }
     /* relaxed: statistics only. */
     atomic_fetch_add_explicit(&lr.header->pushed, 1, memory_order_relaxed);
     wake(&h->header->data_event, &h->header->data_waiters);
@@ -370,20 +404,44 @@ int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, 
                            uint32_t first_length, const uint8_t *second, uint32_t second_length,
                            int64_t timeout_ns)
 {
-    return push_one(h, lane, *mh, first, first_length, second, second_length, timeout_ns, 0);
+    return push_one(h, lane, *mh, first, first_length, second, second_length, timeout_ns, NULL, NULL);
+}
+
+/* Pushes a job whose record is already in the log: its payload inline
+ * (`payload`), or a reference to (record, offset) when `payload` is NULL. */
+int shmq_lane_push_job(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *payload,
+                       uint64_t record, uint32_t offset, int64_t timeout_ns)
+{
+    if (payload)
+        return push_one(h, lane, *mh, payload, mh->length, NULL, 0, timeout_ns, NULL, NULL);
+    shmq_msg_header ref_mh = *mh;
+    ref_mh.flags |= SHMQ_MSG_REF;
+    shmq_msg_ref r = {.record = record, .offset = offset, .reserved = 0};
+    return push_one(h, lane, ref_mh, (const uint8_t *)&r, sizeof r, NULL, 0, timeout_ns, NULL, NULL);
 }
 
 /* While spilling: the job waits in the log and the feeder moves it. */
 static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
-                       const uint8_t *second, uint32_t second_length, int64_t timeout_ns)
+                       const uint8_t *second, uint32_t second_length, int64_t timeout_ns,
+                       const shmq_enqueue_args *log, uint64_t *job_id)
 {
-    shmq_enqueue_args args = {.tag = mh.tag, .first = first, .first_length = first_length, .second = second,
-                              .second_length = second_length};
+    shmq_enqueue_args args = log ? *log : (shmq_enqueue_args){.tag = mh.tag};
+    args.first = first;
+    args.first_length = first_length;
+    args.second = second;
+    args.second_length = second_length;
+    if (!args.enqueued_ns)
+        args.enqueued_ns = shmq_wall_ns();
+    if (lane >= 0)
+        args.lane_plus1 = (uint32_t)lane + 1;
     uint64_t record;
     int spilling;
     int rc = shmq_log_enqueue(h, &args, &record, &spilling);
     if (rc != SHMQ_OK)
         return rc;
+    if (job_id)
+        *job_id = record;
+    count_enqueued(h, lane >= 0 ? (uint32_t)lane : 0, 1);
     if (spilling) {
         shmq_log_feed(h, 64);
         return SHMQ_OK;
@@ -391,12 +449,12 @@ static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8
     /* The backlog emptied between our look and our reservation: no one
      * feeds this record, we push it. */
     mh.job_id = record;
-    if (mh.length > h->inline_ref_min) {
-        shmq_msg_ref r = {.record = record, .offset = SHMQ_ENQUEUE_OVERHEAD, .reserved = 0};
-        mh.flags |= SHMQ_MSG_REF;
-        rc = push_one(h, lane, mh, (const uint8_t *)&r, sizeof r, NULL, 0, timeout_ns, 0);
+    mh.enqueued_ns = args.enqueued_ns;
+    if (mh.length > h->inline_ref_min || (mh.flags & SHMQ_MSG_UNIQUE)) {
+        uint32_t offset = SHMQ_ENQUEUE_FIXED + (args.unique ? SHMQ_UNIQUE_KEY_BYTES : 0);
+        rc = shmq_lane_push_job(h, lane, &mh, NULL, record, offset, timeout_ns);
     } else {
-        rc = push_one(h, lane, mh, first, first_length, second, second_length, timeout_ns, 0);
+        rc = push_one(h, lane, mh, first, first_length, second, second_length, timeout_ns, NULL, NULL);
     }
     if (rc != SHMQ_OK)
         shmq_log_done(h, &record, 1); /* not accepted after all: the record must not come back */
@@ -407,23 +465,24 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
               const char *second, uint32_t second_length, int64_t timeout_ns)
 {
     uint64_t length = (uint64_t)first_length + second_length;
-    if (lane >= (int)h->lane_count || (flags & (SHMQ_MSG_REF | SHMQ_MSG_SKIP)))
+    if (lane >= (int)h->lane_count || (flags & (SHMQ_MSG_REF | SHMQ_MSG_SKIP | SHMQ_MSG_UNIQUE | SHMQ_MSG_UNIQUE_FINISH)))
         return SHMQ_EINVAL; /* those flags are the core's own */
     shmq_msg_header mh = {.length = (uint32_t)length, .tag = tag, .flags = flags, .attempt = 1, .job_id = 0};
     if (!h->log_on) {
         if (length > shmq_inline_max(h))
             return SHMQ_ETOOBIG;
         return push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
-                        timeout_ns, 0);
+                        timeout_ns, NULL, NULL);
     }
     if (length > h->header->max_message_bytes)
         return SHMQ_ETOOBIG;
     shmq_log_enter(h);
+    shmq_enqueue_args args = {.tag = tag};
     int rc = shmq_log_spilling(h)
                  ? put_spilled(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
-                               second_length, timeout_ns)
+                               second_length, timeout_ns, &args, NULL)
                  : push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
-                            second_length, timeout_ns, 1);
+                            second_length, timeout_ns, &args, NULL);
     if (rc == SHMQ_OK)
         rc = shmq_log_durable(h);
     shmq_log_leave(h);
@@ -445,6 +504,7 @@ static int write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_
 {
     enum { CHUNK = 64 }; /* records logged with one reservation */
     uint64_t at = pos, job_ids[CHUNK];
+    int64_t now = h->log_on ? shmq_wall_ns() : 0;
     int rc = SHMQ_OK;
     *written = end;
     for (uint32_t chunk = first; chunk < end; chunk += CHUNK) {
@@ -459,7 +519,8 @@ static int write_batch(shmq_handle *h, lane_ref lane, uint64_t pos, const uint8_
         for (uint32_t k = 0; k < n; k++) {
             uint32_t i = chunk + k;
             shmq_msg_header mh = {.length = lengths[i], .tag = tags ? tags[i] : tag, .flags = 0, .attempt = 1,
-                                  .job_id = h->log_on && rc == SHMQ_OK ? job_ids[k] : 0};
+                                  .job_id = h->log_on && rc == SHMQ_OK ? job_ids[k] : 0,
+                                  .enqueued_ns = h->log_on ? now : 0};
             if (rc != SHMQ_OK)
                 mh.flags = SHMQ_MSG_SKIP; /* not logged: consumers skip it */
             write_message(h, lane, at, &mh, data, rc == SHMQ_OK ? lengths[i] : 0, NULL, 0);
@@ -496,7 +557,8 @@ static int push_many(shmq_handle *h, int lane, const char *data, const uint32_t 
                 return SHMQ_ETOOBIG;
             /* Larger than a lane takes inline: alone, as a reference to its record. */
             shmq_msg_header mh = {.length = lengths[done], .tag = tags ? (uint8_t)tags[done] : tag, .attempt = 1};
-            int rc = push_one(h, lane, mh, (const uint8_t *)data, lengths[done], NULL, 0, timeout_ns, 1);
+            shmq_enqueue_args args = {.tag = mh.tag};
+            int rc = push_one(h, lane, mh, (const uint8_t *)data, lengths[done], NULL, 0, timeout_ns, &args, NULL);
             if (rc != SHMQ_OK)
                 return rc;
             data += lengths[done++];
@@ -528,6 +590,8 @@ static int push_many(shmq_handle *h, int lane, const char *data, const uint32_t 
             data += lengths[i];
         /* relaxed: statistics only. */
         atomic_fetch_add_explicit(&ref.header->pushed, end - done, memory_order_relaxed);
+        if (h->log_on)
+            count_enqueued(h, index, written - done);
         wake(&h->header->data_event, &h->header->data_waiters);
         *pushed = written;
         if (rc != SHMQ_OK)
@@ -551,7 +615,7 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
         /* While spilling every job waits in the log; the feeder moves them. */
         for (uint32_t i = 0; i < count && rc == SHMQ_OK; i++) {
             shmq_msg_header mh = {.length = lengths[i], .tag = tags ? (uint8_t)tags[i] : tag, .attempt = 1};
-            rc = put_spilled(h, lane, mh, (const uint8_t *)data, lengths[i], NULL, 0, timeout_ns);
+            rc = put_spilled(h, lane, mh, (const uint8_t *)data, lengths[i], NULL, 0, timeout_ns, NULL, NULL);
             if (rc == SHMQ_OK)
                 *pushed = i + 1;
             data += lengths[i];
@@ -578,4 +642,63 @@ int shmq_is_full(const shmq_handle *h)
             return 0;
     }
     return 1;
+}
+
+/* A job with options: a lane (ordered, for a group), a unique key, a time
+ * before which it must not run. See shmq_api.h. */
+int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data, uint32_t length,
+                 int64_t timeout_ns, uint64_t *job_id /* OUT */)
+{
+    *job_id = 0;
+    if (!h->jobs)
+        return SHMQ_ENOLOG;
+    if (o->lane >= (int)h->lane_count)
+        return SHMQ_EINVAL;
+    if (length > h->header->max_message_bytes)
+        return SHMQ_ETOOBIG;
+    int unique = o->unique_hi || o->unique_lo;
+    uint64_t key[2] = {o->unique_hi, o->unique_lo};
+    shmq_log_enter(h);
+    int rc = SHMQ_OK;
+    if (unique) {
+        rc = shmq_unique_claim(h, key[0], key[1], job_id);
+        if (rc != SHMQ_OK) {
+            if (rc == SHMQ_EDUPLICATE) /* relaxed: statistics */
+                atomic_fetch_add_explicit(&h->metrics[o->lane >= 0 ? o->lane : 0].deduplicated, 1,
+                                          memory_order_relaxed);
+            shmq_log_leave(h);
+            return rc;
+        }
+        shmq_fault(h, SHMQ_FAULT_UNIQUE_CLAIMED);
+    }
+    shmq_enqueue_args args = {.tag = o->tag,
+                              .attempt = o->attempt ? o->attempt : 1,
+                              .flags = (uint8_t)(unique && o->unique_until_finish ? SHMQ_ENQ_UNIQUE_FINISH : 0),
+                              .enqueued_ns = shmq_wall_ns(),
+                              .not_before_ns = o->not_before_ns,
+                              .lane_plus1 = o->lane >= 0 ? (uint32_t)o->lane + 1 : 0,
+                              .unique = unique ? (const uint8_t *)key : NULL};
+    uint64_t id = 0;
+    if (o->not_before_ns > args.enqueued_ns) {
+        rc = shmq_jobs_schedule_new(h, &args, (const uint8_t *)data, length, &id);
+    } else {
+        shmq_msg_header mh = {.length = length, .tag = o->tag, .attempt = args.attempt};
+        if (unique)
+            mh.flags = SHMQ_MSG_UNIQUE | (o->unique_until_finish ? SHMQ_MSG_UNIQUE_FINISH : 0);
+        rc = shmq_log_spilling(h)
+                 ? put_spilled(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id)
+                 : push_one(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id);
+    }
+    if (unique) {
+        if (rc == SHMQ_OK)
+            shmq_unique_set(h, key[0], key[1], id);
+        else
+            shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
+    }
+    if (rc == SHMQ_OK) {
+        *job_id = id;
+        rc = shmq_log_durable(h);
+    }
+    shmq_log_leave(h);
+    return rc;
 }

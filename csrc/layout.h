@@ -12,6 +12,7 @@
  *   0                      shmq_region_header (640 bytes)
  *   640                    shmq_participant[participant_capacity] (32 bytes each)
  *   lanes_offset           lane 0, lane 1, ... each lane_bytes long, 64-aligned
+ *   jobs_offset            the job tables (see "Jobs" below), when job_slots > 0
  *
  * Byte map of a lane
  * ------------------
@@ -137,6 +138,14 @@ typedef struct shmq_region_header {
     uint32_t participant_capacity; /* entries, index 0 unused */
     uint32_t creator_pid;
     uint64_t pid_namespace;        /* inode of /proc/self/ns/pid: pids mean nothing across namespaces */
+    uint64_t jobs_offset;          /* the job tables; 0: none (durability none) */
+    uint64_t result_bytes;         /* result arena bytes */
+    uint32_t job_slots;            /* shmq_job_entry count */
+    uint32_t unique_slots;         /* shmq_unique_entry count, a power of two */
+    uint32_t result_slots;         /* shmq_result_entry count */
+    uint32_t ordered_lanes;        /* lanes [lane_count - ordered_lanes, lane_count) are ordered */
+    uint64_t result_ttl_ns;        /* a result older than this is expired */
+    uint64_t reserved0;
 
     /* Consumers sleep on data_event; producers bump it only when data_waiters > 0. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint32_t data_event;
@@ -216,6 +225,8 @@ _Static_assert(offsetof(shmq_region_header, lanes_offset) == 56, "format");
 _Static_assert(offsetof(shmq_region_header, participant_capacity) == 64, "format");
 _Static_assert(offsetof(shmq_region_header, creator_pid) == 68, "format");
 _Static_assert(offsetof(shmq_region_header, pid_namespace) == 72, "format");
+_Static_assert(offsetof(shmq_region_header, jobs_offset) == 80, "format");
+_Static_assert(offsetof(shmq_region_header, result_ttl_ns) == 112, "format");
 _Static_assert(offsetof(shmq_region_header, data_event) == 128, "own cache line: consumers' futex word, away from the parameters");
 _Static_assert(offsetof(shmq_region_header, space_event) == 192, "own cache line: producers' futex word, no false sharing with data_event");
 _Static_assert(offsetof(shmq_region_header, dropped_dead_producer) == 256, "format");
@@ -231,8 +242,10 @@ typedef struct shmq_participant {
     _Atomic uint32_t sleeping;     /* SHMQ_SLEEP_* units: this process's sleepers in data/space_waiters */
     _Atomic uint64_t start_time;   /* field 22 of /proc/<pid>/stat; 0 = unknown */
     _Atomic uint64_t pin;          /* log position + 1 below which this process's records stay needed; 0 = none */
-    uint64_t reserved;
+    _Atomic uint32_t roles;        /* SHMQ_ROLE_*: what this handle did (statistics) */
+    _Atomic uint32_t result_sleeping; /* this process's threads counted in result_waiters */
 } shmq_participant;
+#define SHMQ_ROLE_CONSUMER 1u
 
 _Static_assert(offsetof(shmq_participant, pid) == 0, "format");
 _Static_assert(offsetof(shmq_participant, sleeping) == 4, "format");
@@ -248,13 +261,15 @@ typedef struct shmq_lane_header {
     /* Consumer line: only consumers write it. */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t head; /* hint: every position below it is taken; head <= tail */
     _Atomic uint64_t popped;                        /* messages taken (statistics, qsize) */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 16];
+    _Atomic uint64_t gate;                          /* ordered lanes: SHMQ_GATE_* (see "Ordered lanes") */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 24];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
 _Static_assert(offsetof(shmq_lane_header, pushed) == 8, "format");
 _Static_assert(offsetof(shmq_lane_header, head) == 64, "head on its own cache line: producers and consumers must not false-share");
 _Static_assert(offsetof(shmq_lane_header, popped) == 72, "format");
+_Static_assert(offsetof(shmq_lane_header, gate) == 80, "format");
 _Static_assert(sizeof(shmq_lane_header) == 128, "format");
 
 /* Written at the start of a message's first slot. */
@@ -264,6 +279,7 @@ typedef struct shmq_msg_header {
     uint8_t flags;     /* SHMQ_MSG_* */
     uint16_t attempt;  /* 1 for the first delivery */
     uint64_t job_id;   /* log position of the job's first ENQUEUE record (0: not logged) */
+    int64_t enqueued_ns; /* CLOCK_REALTIME of the job's enqueue (0: not logged) */
 } shmq_msg_header;
 
 _Static_assert(offsetof(shmq_msg_header, length) == 0, "format");
@@ -271,6 +287,7 @@ _Static_assert(offsetof(shmq_msg_header, tag) == 4, "format");
 _Static_assert(offsetof(shmq_msg_header, flags) == 5, "format");
 _Static_assert(offsetof(shmq_msg_header, attempt) == 6, "format");
 _Static_assert(offsetof(shmq_msg_header, job_id) == 8, "format");
+_Static_assert(offsetof(shmq_msg_header, enqueued_ns) == 16, "format");
 _Static_assert(sizeof(shmq_msg_header) == SHMQ_MSG_HEADER_BYTES, "format");
 
 /* SHMQ_MSG_REF: the lane carries a shmq_msg_ref instead of the payload. */
@@ -401,6 +418,8 @@ _Static_assert(sizeof(shmq_enqueue_body) == 32, "format");
 #define SHMQ_ENQ_LANED 1u   /* its writer pushes it into a lane: the feeder skips it */
 #define SHMQ_ENQ_SPILLED 2u /* written while spilling: the feeder moves it into a lane */
 #define SHMQ_ENQ_COPY 4u    /* a copy of a job enqueued earlier (checkpoint, recovery, redelivery) */
+#define SHMQ_ENQ_UNIQUE_FINISH 8u /* its unique key (16 bytes: a hash) is held until it ends, not until it starts */
+#define SHMQ_ENQ_SCHEDULED 16u    /* its writer put it in the job table to wait for not_before */
 
 typedef struct shmq_start_body {
     uint32_t lane;
@@ -445,6 +464,177 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
 
 #define SHMQ_LOG_READY 1u /* log_flags: the creator finished recovery (else it died in it) */
 #define SHMQ_TAIL_SPILL (1ull << 63) /* log_tail bit: new jobs wait in the log, the feeder moves them */
+
+/*
+ * ======================================================================
+ * Jobs: leases, scheduled jobs, ordered lanes, unique keys, results
+ * ======================================================================
+ *
+ * Present when the queue has a log (job_slots > 0). At jobs_offset:
+ *   shmq_jobs_header                         (see below)
+ *   shmq_lane_metrics[lane_count]            128 bytes each
+ *   shmq_job_entry[job_slots]                384 bytes each
+ *   shmq_unique_entry[unique_slots]          32 bytes each
+ *   shmq_result_entry[result_slots]          64 bytes each
+ *   uint8 arena[result_bytes]                result bytes, a ring
+ *
+ * Job entries hold every job that is out of the lanes but not finished:
+ * leased to a consumer (RUNNING) or waiting for a time (WAITING: a delay,
+ * a retry's backoff). The entry's state word is kind << 56 | owner << 40 |
+ * gen (40 bits); gen grows on every lease, so a lease is (entry, gen) and a
+ * consumer that lost its lease cannot finish someone else's.
+ *   FREE --CAS claimer--> FILLING(owner) --store release--> RUNNING(owner, gen) or WAITING
+ *   RUNNING --CAS owner--> FINISHING(owner) --ack/dead--> FREE, or --retry--> WAITING
+ *   RUNNING --CAS sweeper (owner dead, or lease expired)--> MOVING --> WAITING, attempt + 1
+ *   WAITING(due) --CAS--> MOVING(owner) --push into a lane--> FREE
+ *   WAITING(due, ordered lane) --CAS fetcher--> RUNNING(owner, gen + 1)
+ * An entry keeps the payload inline (up to SHMQ_JOB_INLINE_BYTES) or the
+ * position of the record that holds it (SHMQ_JOBF_REF); retention keeps
+ * the record (or the job's checkpoint copy) while the entry lives.
+ * Whoever finds an entry FILLING, RUNNING or MOVING under a dead owner
+ * (shmq_jobs_tick) repairs it: FILLING is freed (its job is still in its
+ * lane slot, which the lane repair puts back; or its enqueue never
+ * returned), RUNNING and FINISHING become WAITING with attempt + 1 (the
+ * lease expiring does the same for a live owner's RUNNING), MOVING becomes
+ * WAITING again. A finish of an ordered job that had already opened its
+ * lane's gate (it was acked, or dead) is freed instead.
+ *
+ * Ordered lanes (the last ordered_lanes lanes; a group hashes to one of
+ * them): one job of the lane at a time. The lane's gate word is 0 (open),
+ * SHMQ_GATE_CLAIM | owner (a consumer is taking the head message), or
+ * entry + 1 (that entry holds the lane: its job runs, or waits to run
+ * again). A fetch: CAS gate 0 -> CLAIM(me); take the head message without
+ * moving `head`; fill an entry RUNNING; store gate = entry + 1; release the
+ * slots and move `head`. An ack stores gate 0 before freeing the entry; a
+ * failure that retries keeps the gate and makes the entry WAITING, so the
+ * group waits for it. Repairs (owner dead): gate CLAIM(dead) -> the head
+ * message taken by the dead owner goes back to READY with attempt + 1 and
+ * its half-filled entry is freed; gate = entry + 1 with the head still
+ * READING(dead) -> the slots are released (the entry has the job).
+ *
+ * Unique keys: an open-addressing table of 128-bit key hashes, changed
+ * under a lock word (participant index; taken over from a dead holder).
+ * job = 0 empty, SHMQ_UNIQUE_CLAIMED | owner while its enqueue writes the
+ * record, else the job id. The key's hash is also in the job's ENQUEUE
+ * record (unique_bytes = 16), so recovery rebuilds the table; unique jobs
+ * travel by reference so that a consumer finds the key to free.
+ *
+ * Results: entry n of the ring (n = claimed sequence number) lives in
+ * slot n % result_slots; its `seq` is 2n + 1 while written and 2n + 2 once
+ * published (a seqlock: readers copy, then check seq again). Result bytes
+ * go to the arena at a position that only grows (pos % result_bytes); a
+ * reader's copy is good if the arena's head has not passed pos +
+ * result_bytes by the time it finished.
+ */
+#define SHMQ_JOB_FREE 0u
+#define SHMQ_JOB_FILLING 1u
+#define SHMQ_JOB_RUNNING_KIND 2u
+#define SHMQ_JOB_WAITING 3u
+#define SHMQ_JOB_MOVING 4u
+#define SHMQ_JOB_FINISHING 5u
+#define SHMQ_JOB_GEN_MASK ((1ull << 40) - 1)
+static inline uint64_t shmq_job_state(unsigned kind, unsigned owner, uint64_t gen)
+{
+    return ((uint64_t)kind << 56) | ((uint64_t)(owner & 0x1FFFu) << 40) | (gen & SHMQ_JOB_GEN_MASK);
+}
+static inline unsigned shmq_job_kind(uint64_t s) { return (unsigned)(s >> 56); }
+static inline unsigned shmq_job_owner(uint64_t s) { return (unsigned)(s >> 40) & 0x1FFFu; }
+static inline uint64_t shmq_job_gen(uint64_t s) { return s & SHMQ_JOB_GEN_MASK; }
+
+#define SHMQ_JOBF_REF 1u           /* the payload is in the record at `record` */
+#define SHMQ_JOBF_ORDERED 2u       /* it holds its lane's gate (or will, for a WAITING one) */
+#define SHMQ_JOBF_UNIQUE_FINISH 4u /* its unique key is freed when it ends */
+#define SHMQ_JOBF_UNIQUE 8u        /* unique_hi/lo hold its key */
+
+#define SHMQ_GATE_CLAIM (1ull << 63)
+#define SHMQ_UNIQUE_CLAIMED (1ull << 63)
+
+typedef struct shmq_jobs_header {
+    /* Waiters for results sleep on result_event; finishers bump it only when result_waiters > 0. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint32_t result_event;
+    _Atomic uint32_t result_waiters;
+    _Atomic uint32_t unique_lock;      /* participant changing the unique table (0: none) */
+    _Atomic uint32_t mover;            /* participant moving due jobs into lanes (0: none) */
+    _Atomic int64_t next_due_ns;       /* CLOCK_REALTIME: no WAITING entry is due before it (INT64_MAX: none) */
+    _Atomic uint64_t unique_count;     /* keys held */
+    _Atomic uint64_t in_flight;        /* RUNNING entries */
+    _Atomic uint64_t waiting;          /* WAITING entries */
+    _Atomic uint32_t entry_cursor;     /* where claimers start looking for a FREE entry; relaxed hint */
+    uint32_t reserved0;
+    uint8_t reserved1[SHMQ_CACHE_LINE - 56];
+    /* Results: claimed ring entries and arena bytes (only grow). */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t result_seq;
+    _Atomic uint64_t arena_head;
+    uint8_t reserved2[SHMQ_CACHE_LINE - 16];
+    /* Histograms of wait time (enqueue -> start) and run time (start -> end), ns. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t hist[2][SHMQ_HIST_BUCKETS];
+    _Atomic int64_t hist_max[2];
+    uint8_t reserved3[SHMQ_CACHE_LINE - 16];
+} shmq_jobs_header;
+_Static_assert(offsetof(shmq_jobs_header, result_seq) == 64, "format");
+_Static_assert(offsetof(shmq_jobs_header, hist) == 128, "format");
+_Static_assert(sizeof(shmq_jobs_header) % SHMQ_CACHE_LINE == 0, "format");
+
+/* Per lane; relaxed counters. Producers write the first line, consumers the second. */
+typedef struct shmq_lane_metrics {
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t enqueued;
+    _Atomic uint64_t deduplicated;
+    _Atomic uint64_t scheduled;
+    _Atomic uint64_t throttled;
+    uint8_t reserved0[SHMQ_CACHE_LINE - 32];
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t started;
+    _Atomic uint64_t done;
+    _Atomic uint64_t failed;
+    _Atomic uint64_t retried;
+    _Atomic uint64_t dead;
+    _Atomic uint64_t lease_expired;
+    _Atomic uint64_t consumer_died;
+    uint8_t reserved1[SHMQ_CACHE_LINE - 56];
+} shmq_lane_metrics;
+_Static_assert(sizeof(shmq_lane_metrics) == 128, "format");
+
+typedef struct shmq_job_entry {
+    _Atomic uint64_t state;     /* see above */
+    uint64_t job_id;
+    uint64_t record;            /* JOBF_REF: position of the record with the payload */
+    int64_t due_ns;             /* WAITING: CLOCK_REALTIME when it may run */
+    _Atomic int64_t deadline_ns;/* RUNNING: CLOCK_MONOTONIC end of the lease */
+    int64_t enqueued_ns;        /* CLOCK_REALTIME */
+    int64_t started_ns;         /* RUNNING: CLOCK_MONOTONIC of the fetch */
+    uint64_t unique_hi;
+    uint64_t unique_lo;
+    uint32_t length;            /* payload bytes */
+    uint32_t offset;            /* JOBF_REF: of the payload in its record */
+    uint32_t lane;
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t flags;              /* SHMQ_JOBF_* */
+    uint8_t reserved[40];
+    uint8_t payload[SHMQ_JOB_INLINE_BYTES];
+} shmq_job_entry;
+_Static_assert(offsetof(shmq_job_entry, payload) == 128, "format");
+_Static_assert(sizeof(shmq_job_entry) == 384, "format");
+
+typedef struct shmq_unique_entry {
+    _Atomic uint64_t job;       /* 0 empty; SHMQ_UNIQUE_CLAIMED | owner; else the job id */
+    uint64_t hi;
+    uint64_t lo;
+    uint64_t reserved;
+} shmq_unique_entry;
+_Static_assert(sizeof(shmq_unique_entry) == 32, "format");
+
+typedef struct shmq_result_entry {
+    _Atomic uint64_t seq;       /* 2n + 1 while written, 2n + 2 published */
+    uint64_t job_id;
+    int64_t finished_ns;        /* CLOCK_REALTIME */
+    uint64_t arena_pos;         /* where its bytes start (only grows) */
+    uint32_t length;
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t status;             /* SHMQ_JOB_DONE or SHMQ_JOB_DEAD */
+    uint8_t reserved[24];
+} shmq_result_entry;
+_Static_assert(sizeof(shmq_result_entry) == 64, "format");
 
 #define SHMQ_HEADER_BYTES ((uint64_t)sizeof(shmq_region_header))
 #define SHMQ_PARTICIPANTS_OFFSET SHMQ_HEADER_BYTES

@@ -555,20 +555,24 @@ int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *a, uint64_t *posit
 {
     shmq_enqueue_body body = {
         .enqueued_ns = a->enqueued_ns ? a->enqueued_ns : shmq_wall_ns(),
-        .not_before_ns = 0,
-        .lane = UINT32_MAX,
+        .not_before_ns = a->not_before_ns,
+        .lane = a->lane_plus1 ? a->lane_plus1 - 1 : UINT32_MAX,
         .attempt = a->attempt ? a->attempt : 1,
         .tag = a->tag,
         .flags = a->flags,
+        .unique_bytes = a->unique ? SHMQ_UNIQUE_KEY_BYTES : 0,
         .payload_bytes = a->first_length + a->second_length,
     };
-    part parts[3] = {{&body, sizeof body}, {a->first, a->first_length}, {a->second, a->second_length}};
-    return shmq_log_append(h, SHMQ_REC_ENQUEUE, a->job_id, parts, 3, position, spilling);
+    part parts[4] = {{&body, sizeof body},
+                     {a->unique, a->unique ? SHMQ_UNIQUE_KEY_BYTES : 0},
+                     {a->first, a->first_length},
+                     {a->second, a->second_length}};
+    return shmq_log_append(h, SHMQ_REC_ENQUEUE, a->job_id, parts, 4, position, spilling);
 }
 
 static inline uint32_t enqueue_length(uint32_t payload)
 {
-    return (uint32_t)((SHMQ_ENQUEUE_OVERHEAD + (uint64_t)payload + SHMQ_RECORD_ALIGN - 1) &
+    return (uint32_t)((SHMQ_ENQUEUE_FIXED + (uint64_t)payload + SHMQ_RECORD_ALIGN - 1) &
                       ~(uint64_t)(SHMQ_RECORD_ALIGN - 1));
 }
 
@@ -592,7 +596,7 @@ static int fill_enqueue(shmq_handle *h, shmq_record_header *rec, uint64_t positi
     (void)spilling; /* LANED: its writer pushes it, spilling or not */
     memcpy(body + 1, payload, length);
     shmq_fault(h, SHMQ_FAULT_LOG_MID_RECORD);
-    memset((uint8_t *)(body + 1) + length, 0, bytes - SHMQ_ENQUEUE_OVERHEAD - length);
+    memset((uint8_t *)(body + 1) + length, 0, bytes - SHMQ_ENQUEUE_FIXED - length);
     uint64_t word = shmq_record_word(bytes, SHMQ_REC_ENQUEUE, 0);
     rec->crc = shmq_record_crc(rec, word);
     /* release: as the publish in shmq_log_append. */
@@ -1022,14 +1026,22 @@ static int feeder_take(shmq_handle *h)
 static int feed_record(shmq_handle *h, uint64_t position, const shmq_record_header *rec)
 {
     const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
+    if (h->jobs && body->not_before_ns > shmq_wall_ns())
+        return shmq_jobs_schedule(h, rec, position); /* a delayed job, or a retry's backoff: it waits in the table */
     uint32_t offset = (uint32_t)(sizeof *rec + sizeof *body) + body->group_bytes + body->unique_bytes;
     shmq_msg_header mh = {.length = body->payload_bytes, .tag = body->tag, .flags = 0,
-                          .attempt = body->attempt, .job_id = rec->job_id};
-    if (body->payload_bytes <= h->inline_ref_min)
-        return shmq_lane_push_message(h, -1, &mh, (const uint8_t *)rec + offset, body->payload_bytes, NULL, 0, 0);
-    shmq_msg_ref ref = {.record = position, .offset = offset, .reserved = 0};
-    mh.flags = SHMQ_MSG_REF;
-    return shmq_lane_push_message(h, -1, &mh, (const uint8_t *)&ref, sizeof ref, NULL, 0, 0);
+                          .attempt = body->attempt, .job_id = rec->job_id, .enqueued_ns = body->enqueued_ns};
+    int lane = body->lane < h->lane_count ? (int)body->lane : -1;
+    if (h->jobs && body->unique_bytes == SHMQ_UNIQUE_KEY_BYTES) {
+        /* Its key is held while it waits (recovered jobs take theirs again). */
+        uint64_t key[2];
+        memcpy(key, (const uint8_t *)(body + 1) + body->group_bytes, sizeof key);
+        shmq_unique_set(h, key[0], key[1], rec->job_id);
+        mh.flags = SHMQ_MSG_UNIQUE | ((body->flags & SHMQ_ENQ_UNIQUE_FINISH) ? SHMQ_MSG_UNIQUE_FINISH : 0);
+    }
+    if (body->payload_bytes <= h->inline_ref_min && !(mh.flags & SHMQ_MSG_UNIQUE))
+        return shmq_lane_push_job(h, lane, &mh, (const uint8_t *)rec + offset, 0, 0, 0);
+    return shmq_lane_push_job(h, lane, &mh, NULL, position, offset, 0);
 }
 
 /* Moves up to `budget` backlog jobs into the lanes, in log order; clears
@@ -1117,4 +1129,5 @@ void shmq_log_stats_read(const shmq_handle *h, shmq_log_stats *s /* OUT */)
     s->last_errno = atomic_load_explicit(&hdr->log_errno, memory_order_relaxed);
     uint64_t spilled = atomic_load_explicit(&hdr->spilled, memory_order_relaxed);
     s->backlog = spilled > s->fed ? spilled - s->fed : 0;
+    s->spilled = atomic_load_explicit(&hdr->spilled, memory_order_relaxed);
 }

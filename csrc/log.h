@@ -15,6 +15,9 @@ enum { SHMQ_MAKE_AHEAD = 2 };
 
 /* Payloads up to this travel inline in a lane; larger ones by reference. */
 enum { SHMQ_INLINE_PAYLOAD_MAX = 256 };
+/* An ENQUEUE record's header and body; the payload follows (after the
+ * unique key's SHMQ_UNIQUE_KEY_BYTES when it has one). */
+enum { SHMQ_ENQUEUE_FIXED = 64, SHMQ_UNIQUE_KEY_BYTES = 16 };
 
 typedef struct part {
     const void *data;

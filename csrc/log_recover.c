@@ -25,6 +25,7 @@ enum { JOB_PENDING = 1, JOB_RUNNING = 2, JOB_DONE = 3 };
 typedef struct job {
     uint64_t id; /* 0: empty slot */
     const shmq_record_header *record;
+    int64_t not_before; /* of its ENQUEUE, or of its last RETRY */
     uint16_t attempt;
     uint8_t state;
     uint8_t copy; /* record is a copy (its original was not seen) */
@@ -154,8 +155,12 @@ static int apply(recovery *rc, const shmq_record_header *rec, unsigned type)
              * original: it may have been read while its slot changed. */
             j->record = rec;
             j->copy = (uint8_t)copy;
-            if (body->attempt > j->attempt)
+            if (body->attempt > j->attempt) {
                 j->attempt = body->attempt;
+                j->not_before = body->not_before_ns;
+            }
+            if (!j->not_before)
+                j->not_before = body->not_before_ns;
         }
         if (!j->state)
             j->state = JOB_PENDING;
@@ -173,6 +178,7 @@ static int apply(recovery *rc, const shmq_record_header *rec, unsigned type)
             j->state = JOB_PENDING;
             if (body->attempt > j->attempt)
                 j->attempt = body->attempt;
+            j->not_before = body->not_before_ns; /* a retry's backoff survives the restart */
         }
         break;
     }
@@ -399,7 +405,9 @@ static int write_copies(shmq_handle *h, const job *live, uint64_t count, shmq_re
                 body->attempt++;
                 report->running++;
             }
-            body->flags = (uint8_t)(SHMQ_ENQ_COPY | (spilling ? SHMQ_ENQ_SPILLED : 0));
+            body->not_before_ns = live[k].not_before;
+            body->flags = (uint8_t)(SHMQ_ENQ_COPY | (spilling ? SHMQ_ENQ_SPILLED : 0) |
+                                    (body->flags & SHMQ_ENQ_UNIQUE_FINISH));
             uint64_t word = shmq_record_word(bytes, SHMQ_REC_ENQUEUE, 0);
             copy->crc = shmq_record_crc(copy, word);
             /* release: as every publish. */

@@ -115,7 +115,7 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
             }
         }
     }
-    return low;
+    return shmq_jobs_low_water(h, low); /* jobs out of the lanes: leased, or waiting for a time */
 }
 
 /* Copies the inline lane messages with ids below `target` to the tail,
@@ -253,6 +253,7 @@ int shmq_log_maintain(shmq_handle *h)
             shmq_lane_redeliver_dead(h);
         }
         shmq_log_feed(h, 4096);
+        shmq_jobs_tick(h); /* leases of dead or hung consumers; due jobs into the lanes */
         if (now - h->last_retention_ns >= RETAIN_EVERY_NS) {
             h->last_retention_ns = now;
             int retained = retain(h);
@@ -278,6 +279,8 @@ int shmq_log_snapshot(shmq_handle *h)
 {
     if (!h->log_on || shmq_log_spilling(h))
         return SHMQ_OK;
+    if (h->jobs && shmq_jobs_live(h))
+        return SHMQ_OK; /* jobs wait in the table (scheduled, or to run again): the log keeps them */
     shmq_log_ack_flush(h); /* before the segments go: a DONE after the snapshot would only be noise */
     shmq_region_header *hdr = h->header;
     uint64_t S = h->segment_bytes;
@@ -293,7 +296,8 @@ int shmq_log_snapshot(shmq_handle *h)
             if (job.ref && job.needs < keep)
                 keep = job.needs; /* the lane still reads this record: its segment stays */
             const shmq_msg_header *mh = (const shmq_msg_header *)(lane.data + i * h->slot_bytes);
-            records_bytes += (SHMQ_ENQUEUE_OVERHEAD + mh->length + 7) & ~7ull;
+            uint32_t keyed = job.ref && (mh->flags & SHMQ_MSG_UNIQUE) ? SHMQ_UNIQUE_KEY_BYTES : 0;
+            records_bytes += (SHMQ_ENQUEUE_FIXED + keyed + mh->length + 7) & ~7ull;
             jobs++;
         }
     }
@@ -322,7 +326,8 @@ int shmq_log_snapshot(shmq_handle *h)
             if (!lane_job_at(h, lane, i, atomic_load_explicit(&lane.states[i], memory_order_acquire), &job))
                 continue;
             const shmq_msg_header *mh = (const shmq_msg_header *)(lane.data + i * h->slot_bytes);
-            uint32_t length = (uint32_t)((SHMQ_ENQUEUE_OVERHEAD + mh->length + 7) & ~7ull);
+            uint32_t keyed = job.ref && (mh->flags & SHMQ_MSG_UNIQUE) ? SHMQ_UNIQUE_KEY_BYTES : 0;
+            uint32_t length = (uint32_t)((SHMQ_ENQUEUE_FIXED + keyed + mh->length + 7) & ~7ull);
             if (length > buffer_size) {
                 uint8_t *grown = realloc(buffer, length);
                 if (!grown) {
@@ -335,8 +340,8 @@ int shmq_log_snapshot(shmq_handle *h)
             memset(buffer, 0, length);
             shmq_record_header *rec = (shmq_record_header *)buffer;
             shmq_enqueue_body *body = (shmq_enqueue_body *)(rec + 1);
-            body->enqueued_ns = 0;
-            body->lane = UINT32_MAX;
+            body->enqueued_ns = mh->enqueued_ns;
+            body->lane = shmq_lane_ordered(h, index) ? index : UINT32_MAX; /* a group's jobs keep their lane */
             body->attempt = mh->attempt;
             body->tag = mh->tag;
             body->flags = SHMQ_ENQ_COPY;
@@ -344,20 +349,32 @@ int shmq_log_snapshot(shmq_handle *h)
             /* relaxed: read again just above with acquire; only its lap is needed. */
             uint64_t pos = ((uint64_t)shmq_state_lap(atomic_load_explicit(&lane.states[i], memory_order_relaxed))
                             << h->slot_shift) | i;
+            uint8_t *payload = (uint8_t *)(body + 1);
             if (job.ref) { /* the payload, from the record the lane refers to */
                 shmq_msg_ref ref;
                 ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
                 shmq_log_enter(h);
-                int rc = shmq_log_read_payload(h, ref.record, ref.offset, (uint8_t *)(body + 1), mh->length);
+                int rc = SHMQ_OK;
+                if (keyed) {
+                    /* the unique key stays held after a restart */
+                    rc = shmq_log_read_payload(h, ref.record, ref.offset - SHMQ_UNIQUE_KEY_BYTES, payload,
+                                               SHMQ_UNIQUE_KEY_BYTES);
+                    body->unique_bytes = SHMQ_UNIQUE_KEY_BYTES;
+                    if (mh->flags & SHMQ_MSG_UNIQUE_FINISH)
+                        body->flags |= SHMQ_ENQ_UNIQUE_FINISH;
+                    payload += SHMQ_UNIQUE_KEY_BYTES;
+                }
+                if (rc == SHMQ_OK)
+                    rc = shmq_log_read_payload(h, ref.record, ref.offset, payload, mh->length);
                 shmq_log_leave(h);
                 if (rc != SHMQ_OK) {
                     err = errno ? errno : EIO;
                     break;
                 }
             } else {
-                ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, body + 1, mh->length);
+                ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, payload, mh->length);
             }
-            rec->body_bytes = (uint32_t)sizeof *body + mh->length;
+            rec->body_bytes = (uint32_t)sizeof *body + body->unique_bytes + mh->length;
             rec->seq = offset;
             rec->job_id = mh->job_id;
             uint64_t word = shmq_record_word(length, SHMQ_REC_ENQUEUE, 0);

@@ -104,7 +104,7 @@ static int index_referenced(const shmq_handle *h, unsigned index)
                 return 1;
         }
     }
-    return 0;
+    return h->jobs ? shmq_jobs_references(h, index) : 0;
 }
 
 static int give_back_sleepers(shmq_handle *h, shmq_participant *entry)
@@ -113,7 +113,10 @@ static int give_back_sleepers(shmq_handle *h, shmq_participant *entry)
     uint32_t sleeping = atomic_exchange_explicit(&entry->sleeping, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&h->header->data_waiters, sleeping & 0xFFFFu, memory_order_relaxed);
     atomic_fetch_sub_explicit(&h->header->space_waiters, sleeping >> 16, memory_order_relaxed);
-    return sleeping != 0;
+    uint32_t results = atomic_exchange_explicit(&entry->result_sleeping, 0, memory_order_relaxed);
+    if (results && h->jobs)
+        atomic_fetch_sub_explicit(&h->jobs->result_waiters, results, memory_order_relaxed);
+    return sleeping != 0 || results != 0;
 }
 
 static void claim_entry(shmq_handle *h, unsigned index, uint32_t pid)
@@ -121,6 +124,8 @@ static void claim_entry(shmq_handle *h, unsigned index, uint32_t pid)
     /* release: publishes the start time after the pid; pairs with the acquire in alive(). */
     atomic_store_explicit(&h->participants[index].start_time, shmq_process_start_time((int)pid),
                           memory_order_release);
+    /* relaxed: statistics of the previous owner of the entry. */
+    atomic_store_explicit(&h->participants[index].roles, 0, memory_order_relaxed);
     h->self = index;
 }
 
@@ -197,7 +202,9 @@ int shmq_sweep_sleepers(shmq_handle *h)
     for (unsigned i = 1; i < h->header->participant_capacity; i++) {
         shmq_participant *entry = &h->participants[i];
         /* relaxed: counts to give back; give_back's exchange makes us their sole taker. */
-        if (atomic_load_explicit(&entry->sleeping, memory_order_relaxed) == 0 || shmq_participant_alive(h, i))
+        if ((atomic_load_explicit(&entry->sleeping, memory_order_relaxed) == 0 &&
+             atomic_load_explicit(&entry->result_sleeping, memory_order_relaxed) == 0) ||
+            shmq_participant_alive(h, i))
             continue;
         swept += give_back_sleepers(h, entry);
     }

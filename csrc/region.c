@@ -29,6 +29,11 @@ const char *shmq_strerror(int status)
     case SHMQ_ELOG: return "the log could not be written";
     case SHMQ_ELOGSIZE: return "record larger than a log segment";
     case SHMQ_ELOGFORMAT: return "not a shmq log file of this format version";
+    case SHMQ_EDUPLICATE: return "a pending job holds this unique key";
+    case SHMQ_EJOBSFULL: return "the table of running and scheduled jobs is full";
+    case SHMQ_EUNIQUEFULL: return "the unique-key table is full";
+    case SHMQ_ELEASE: return "the job's lease was lost (it expired, or the job was taken back)";
+    case SHMQ_ENOLOG: return "jobs need a log (the queue has durability none)";
     default: return "unknown status";
     }
 }
@@ -47,7 +52,24 @@ static int params_valid(const shmq_params *p)
            p->durability <= SHMQ_DURABILITY_SYNC &&
            (p->durability == SHMQ_DURABILITY_NONE ||
             (p->segment_bytes >= 8192 && p->segment_bytes % 4096 == 0 && p->segment_bytes <= (1ull << 40) &&
-             p->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD <= p->segment_bytes));
+             p->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD <= p->segment_bytes)) &&
+           p->ordered_lanes < p->lane_count &&
+           (p->job_slots == 0
+                ? p->ordered_lanes == 0 && p->unique_slots == 0 && p->result_slots == 0 && p->result_bytes == 0
+                : p->durability != SHMQ_DURABILITY_NONE && p->job_slots <= (1u << 20) &&
+                      is_power_of_two(p->unique_slots) && p->unique_slots >= 2 && p->unique_slots <= (1u << 24) &&
+                      p->result_slots <= (1u << 24) && p->result_bytes % 64 == 0 &&
+                      p->result_bytes <= (1ull << 34) && (p->result_slots == 0) == (p->result_bytes == 0));
+}
+
+/* Where the job tables start, and their total size (see "Jobs" in layout.h). */
+static uint64_t jobs_bytes(const shmq_params *p)
+{
+    if (p->job_slots == 0)
+        return 0;
+    return sizeof(shmq_jobs_header) + sizeof(shmq_lane_metrics) * (uint64_t)p->lane_count +
+           sizeof(shmq_job_entry) * (uint64_t)p->job_slots + sizeof(shmq_unique_entry) * (uint64_t)p->unique_slots +
+           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + p->result_bytes;
 }
 
 static uint64_t lanes_offset_for(uint32_t participant_capacity)
@@ -56,12 +78,18 @@ static uint64_t lanes_offset_for(uint32_t participant_capacity)
                          SHMQ_CACHE_LINE);
 }
 
+static uint64_t jobs_offset_for(const shmq_params *p)
+{
+    return shmq_align_up(lanes_offset_for(p->participant_capacity) +
+                             (uint64_t)p->lane_count * shmq_lane_bytes(p->slots_per_lane, p->slot_bytes),
+                         SHMQ_CACHE_LINE);
+}
+
 uint64_t shmq_region_size(const shmq_params *p)
 {
     if (!params_valid(p))
         return 0;
-    return lanes_offset_for(p->participant_capacity) +
-           (uint64_t)p->lane_count * shmq_lane_bytes(p->slots_per_lane, p->slot_bytes);
+    return jobs_offset_for(p) + jobs_bytes(p);
 }
 
 int shmq_map(int fd, uint64_t size, void **base /* OUT */)
@@ -102,6 +130,18 @@ int shmq_region_init(void *base, uint64_t size, const shmq_params *p)
     hdr->segment_bytes = p->durability == SHMQ_DURABILITY_NONE ? 0 : p->segment_bytes;
     hdr->flush_interval_ns = p->flush_interval_ns;
     hdr->flush_bytes = p->flush_bytes;
+    hdr->jobs_offset = p->job_slots ? jobs_offset_for(p) : 0;
+    hdr->job_slots = p->job_slots;
+    hdr->unique_slots = p->unique_slots;
+    hdr->result_slots = p->result_slots;
+    hdr->result_bytes = p->result_bytes;
+    hdr->ordered_lanes = p->ordered_lanes;
+    hdr->result_ttl_ns = p->result_ttl_ns;
+    if (p->job_slots) {
+        shmq_jobs_header *jh = (shmq_jobs_header *)((uint8_t *)base + hdr->jobs_offset);
+        /* relaxed: published with the header by the magic's release store. */
+        atomic_store_explicit(&jh->next_due_ns, INT64_MAX, memory_order_relaxed);
+    }
 
     long nth = 0;
     if (shmq_fault_parse(getenv("SHMQ_FAULT"), &nth) == SHMQ_FAULT_INIT_BEFORE_MAGIC)
@@ -138,6 +178,12 @@ int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */
     out->segment_bytes = hdr->segment_bytes;
     out->flush_interval_ns = hdr->flush_interval_ns;
     out->flush_bytes = hdr->flush_bytes;
+    out->ordered_lanes = hdr->ordered_lanes;
+    out->job_slots = hdr->job_slots;
+    out->unique_slots = hdr->unique_slots;
+    out->result_slots = hdr->result_slots;
+    out->result_bytes = hdr->result_bytes;
+    out->result_ttl_ns = hdr->result_ttl_ns;
     if (!params_valid(out) || hdr->region_bytes != shmq_region_size(out))
         return SHMQ_ENOTSHMQ;
     if (size < hdr->region_bytes)
@@ -180,6 +226,25 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
     h->slot_shift = log2_u64(p.slots_per_lane);
     h->slot_bytes = p.slot_bytes;
     h->lane_count = p.lane_count;
+    h->unordered_lanes = p.lane_count - p.ordered_lanes;
+    if (p.job_slots) {
+        uint8_t *at = (uint8_t *)base + hdr->jobs_offset;
+        h->jobs = (shmq_jobs_header *)at;
+        at += sizeof(shmq_jobs_header);
+        h->metrics = (shmq_lane_metrics *)at;
+        at += sizeof(shmq_lane_metrics) * (uint64_t)p.lane_count;
+        h->entries = (shmq_job_entry *)at;
+        at += sizeof(shmq_job_entry) * (uint64_t)p.job_slots;
+        h->unique = (shmq_unique_entry *)at;
+        at += sizeof(shmq_unique_entry) * (uint64_t)p.unique_slots;
+        h->results = (shmq_result_entry *)at;
+        at += sizeof(shmq_result_entry) * (uint64_t)p.result_slots;
+        h->arena = at;
+        h->job_slots = p.job_slots;
+        h->unique_slots = p.unique_slots;
+        h->result_slots = p.result_slots;
+        h->result_bytes = p.result_bytes;
+    }
     /* Half a lane at most, so one message never starves every other producer. */
     h->max_span = p.slots_per_lane / 2 < SHMQ_MAX_SPAN ? p.slots_per_lane / 2 : SHMQ_MAX_SPAN;
     if (h->max_span == 0)
@@ -195,6 +260,8 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
         free(h);
         return rc;
     }
+    /* relaxed: a private hint; handles of several processes start apart. */
+    atomic_store_explicit(&h->entry_cursor, p.job_slots ? (h->self * 61u) % p.job_slots : 0, memory_order_relaxed);
     shmq_sweep_sleepers(h); /* a newcomer often follows a crash: tidy up after it */
     *out = h;
     return SHMQ_OK;
@@ -204,6 +271,7 @@ void shmq_detach(shmq_handle *h)
 {
     if (!h)
         return;
+    shmq_jobs_detach(h);
     shmq_log_close(h);
     shmq_participant_unregister(h);
     free(h);

@@ -17,10 +17,12 @@
 #include <stdint.h>
 
 #define SHMQ_MAGIC 0x31474552514d4853
-#define SHMQ_LAYOUT_VERSION 2
-#define SHMQ_MSG_HEADER_BYTES 16
+#define SHMQ_LAYOUT_VERSION 3
+#define SHMQ_MSG_HEADER_BYTES 24
 #define SHMQ_MSG_REF 1
 #define SHMQ_MSG_SKIP 2
+#define SHMQ_MSG_UNIQUE 4
+#define SHMQ_MSG_UNIQUE_FINISH 8
 #define SHMQ_MSG_REF_BYTES 16
 #define SHMQ_DURABILITY_NONE 0
 #define SHMQ_DURABILITY_MEMORY 1
@@ -28,8 +30,18 @@
 #define SHMQ_DURABILITY_INTERVAL 3
 #define SHMQ_DURABILITY_SYNC 4
 #define SHMQ_RECORD_HEADER_BYTES 32
-#define SHMQ_ENQUEUE_OVERHEAD 64
+#define SHMQ_ENQUEUE_OVERHEAD 80
 #define SHMQ_MAX_PARTICIPANTS 8191
+#define SHMQ_JOB_INLINE_BYTES 256
+#define SHMQ_HIST_BUCKETS 256
+#define SHMQ_HIST_WAIT 0
+#define SHMQ_HIST_RUN 1
+#define SHMQ_JOB_UNKNOWN 0
+#define SHMQ_JOB_QUEUED 1
+#define SHMQ_JOB_SCHEDULED 2
+#define SHMQ_JOB_RUNNING 3
+#define SHMQ_JOB_DONE 4
+#define SHMQ_JOB_DEAD 5
 
 enum shmq_status {
     SHMQ_OK = 0,
@@ -49,6 +61,11 @@ enum shmq_status {
     SHMQ_ELOG = -14,         /* the log could not be written: errno says why (ENOSPC, EACCES, ...) */
     SHMQ_ELOGSIZE = -15,     /* a record does not fit in a log segment */
     SHMQ_ELOGFORMAT = -16,   /* a log file has another format version, or is not a shmq log */
+    SHMQ_EDUPLICATE = -17,   /* a pending job has this unique key: its id is returned */
+    SHMQ_EJOBSFULL = -18,    /* the table of running and scheduled jobs is full */
+    SHMQ_EUNIQUEFULL = -19,  /* the unique-key table is full */
+    SHMQ_ELEASE = -20,       /* the lease was lost (it expired, or the job was taken back) */
+    SHMQ_ENOLOG = -21,       /* jobs need a log: the queue has durability none */
 };
 
 typedef struct shmq_params {
@@ -62,6 +79,12 @@ typedef struct shmq_params {
     uint64_t segment_bytes;        /* log segment size, a multiple of 4096 */
     uint64_t flush_interval_ns;    /* INTERVAL: flush at least this often */
     uint64_t flush_bytes;          /* INTERVAL: or once this many bytes are unflushed (0: every append) */
+    uint32_t ordered_lanes;        /* the last lanes, for jobs with a group: one job of a lane at a time */
+    uint32_t job_slots;            /* running + scheduled jobs at once (0: no job tables) */
+    uint32_t unique_slots;         /* unique keys, a power of two (0 with job_slots 0) */
+    uint32_t result_slots;         /* results kept, at most */
+    uint64_t result_bytes;         /* bytes of results kept, at most (a multiple of 64) */
+    uint64_t result_ttl_ns;        /* results are kept this long, at most */
 } shmq_params;
 
 /* A message taken from a lane; with SHMQ_ECLAIMED it is still held (READING)
@@ -76,6 +99,63 @@ typedef struct shmq_message {
     uint8_t tag;
     uint8_t flags;
 } shmq_message;
+
+/* A job handed to a consumer under a lease (shmq_fetch). `entry` and `gen`
+ * name the lease: a consumer whose lease was taken back (its process looked
+ * dead, or the lease expired) gets SHMQ_ELEASE from ack, fail and extend. */
+typedef struct shmq_delivery {
+    uint64_t job_id;
+    uint64_t gen;
+    int64_t enqueued_ns;       /* CLOCK_REALTIME */
+    uint32_t entry;
+    uint32_t lane;
+    uint32_t length;           /* payload bytes */
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t flags;
+} shmq_delivery;
+
+/* Options of shmq_enqueue. */
+typedef struct shmq_enqueue_options {
+    int32_t lane;              /* < 0: any unordered lane; else this lane (an ordered one for a group) */
+    uint8_t tag;
+    uint8_t unique_until_finish; /* 0: the key is free once the job starts; 1: once it ends */
+    uint16_t attempt;          /* 0: 1 */
+    int64_t not_before_ns;     /* CLOCK_REALTIME; 0: at once */
+    uint64_t unique_hi;        /* a 128-bit hash of the unique key; both 0: none */
+    uint64_t unique_lo;
+} shmq_enqueue_options;
+
+/* A finished job's outcome (shmq_job_status, shmq_result_wait). */
+typedef struct shmq_result_info {
+    int64_t finished_ns;       /* CLOCK_REALTIME */
+    uint32_t length;           /* result (or error) bytes */
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t status;            /* SHMQ_JOB_* */
+} shmq_result_info;
+
+/* Job counters, per lane or summed (shmq_job_stats_read). */
+typedef struct shmq_job_stats {
+    uint64_t enqueued;
+    uint64_t deduplicated;
+    uint64_t scheduled;        /* enqueued with a delay */
+    uint64_t throttled;
+    uint64_t started;
+    uint64_t done;
+    uint64_t failed;
+    uint64_t retried;
+    uint64_t dead;
+    uint64_t lease_expired;    /* taken back from hung consumers */
+    uint64_t consumer_died;    /* taken back from dead consumers */
+    uint64_t depth;            /* waiting in the lane(s) */
+    uint64_t in_flight;        /* leased to consumers now */
+    uint64_t waiting;          /* scheduled for later (delay, retry backoff) */
+    uint64_t unique_keys;      /* keys held now */
+    uint64_t consumers;        /* live processes that took jobs */
+    int64_t wait_max_ns;
+    int64_t run_max_ns;
+} shmq_job_stats;
 
 /* The log, as seen by shmq_log_stats. */
 typedef struct shmq_log_stats {
@@ -93,6 +173,7 @@ typedef struct shmq_log_stats {
     uint64_t segments_deleted;
     uint64_t segments_made;
     uint64_t backlog;          /* jobs waiting in the log for the feeder */
+    uint64_t spilled;          /* jobs ever written for the feeder (lanes full, or recovered) */
     int32_t spilling;          /* 1 while new jobs wait in the log for the feeder */
     int32_t last_errno;        /* of the last failed log write or flush */
 } shmq_log_stats;
@@ -178,6 +259,37 @@ int shmq_log_snapshot(shmq_handle *handle);
 void shmq_log_stats_read(const shmq_handle *handle, shmq_log_stats *stats /* OUT */);
 int shmq_live_participants(const shmq_handle *handle);
 uint32_t shmq_crc32c_value(const char *data, uint32_t length);
+
+/* Jobs (need a log): enqueue with options, fetch under a lease, finish.
+ * shmq_enqueue returns SHMQ_EDUPLICATE with the pending job's id when the
+ * unique key is held. shmq_fetch returns SHMQ_ECLAIMED when the payload is
+ * larger than `capacity`: the job is leased, and shmq_delivery_payload
+ * copies it into a buffer of d->length bytes. */
+int shmq_enqueue(shmq_handle *handle, const shmq_enqueue_options *options, const char *data, uint32_t length,
+                 int64_t timeout_ns, uint64_t *job_id /* OUT */);
+int shmq_fetch(shmq_handle *handle, char *buffer, uint32_t capacity, int64_t timeout_ns, int64_t lease_ns,
+               shmq_delivery *delivery /* OUT */);
+int shmq_delivery_payload(shmq_handle *handle, const shmq_delivery *delivery, char *buffer);
+int shmq_ack(shmq_handle *handle, const shmq_delivery *delivery, uint8_t tag, const char *result, uint32_t length);
+/* retry_at_ns: CLOCK_REALTIME of the next attempt; < 0: the job is dead. */
+int shmq_fail(shmq_handle *handle, const shmq_delivery *delivery, int64_t retry_at_ns, uint8_t tag,
+              const char *error, uint32_t length);
+int shmq_extend(shmq_handle *handle, const shmq_delivery *delivery, int64_t lease_ns);
+/* Takes back leases of dead or hung consumers, moves due jobs into lanes.
+ * Returns how many jobs it moved, or a negative status. */
+int shmq_jobs_tick(shmq_handle *handle);
+int64_t shmq_jobs_next_due(const shmq_handle *handle);
+/* SHMQ_JOB_* of a job id; for a finished one, *info. */
+int shmq_job_status(shmq_handle *handle, uint64_t job_id, shmq_result_info *info /* OUT */);
+/* Waits for a job's result and copies it (ECLAIMED: info->length is larger
+ * than capacity; call again with a larger buffer and timeout 0). EEMPTY at
+ * the deadline. */
+int shmq_result_wait(shmq_handle *handle, uint64_t job_id, int64_t timeout_ns, char *buffer, uint32_t capacity,
+                     shmq_result_info *info /* OUT */);
+void shmq_job_stats_read(const shmq_handle *handle, int lane, shmq_job_stats *stats /* OUT */);
+void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets /* OUT [SHMQ_HIST_BUCKETS] */);
+uint64_t shmq_histogram_bucket_low(uint32_t bucket);
+int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
 
 /* Observing. */
 void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);

@@ -12,6 +12,10 @@ from shmq.errors import (
     Empty,
     EncodeError,
     Full,
+    JobFailed,
+    LeaseLost,
+    ResultExpired,
+    Timeout,
     LayoutMismatch,
     PayloadTooLarge,
     PermissionDenied,
@@ -35,6 +39,13 @@ __all__ = [
     "QueueClosed",
     "QueueCorrupted",
     "PermissionDenied",
+    "JobFailed",
+    "LeaseLost",
+    "ResultExpired",
+    "Timeout",
+    "App",
+    "Job",
+    "Delivery",
     "__version__",
 ]
 
@@ -45,4 +56,12 @@ def __getattr__(name):
         from shmq.queue import Queue
 
         return Queue
+    if name in ("Job", "Delivery"):
+        from shmq import jobs
+
+        return getattr(jobs, name)
+    if name == "App":
+        from shmq.app import App
+
+        return App
     raise AttributeError(f"module 'shmq' has no attribute {name!r}")

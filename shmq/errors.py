@@ -76,3 +76,31 @@ class LogWriteError(ShmqError, OSError):
 class LogDamaged(UserWarning):
     """Recovery found a torn tail or corrupt records in the log; it kept every
     intact job and reports what it cut off or skipped."""
+
+
+class Timeout(ShmqError, TimeoutError):
+    """wait() or fetch() gave up at its timeout."""
+
+
+class JobFailed(ShmqError):
+    """The job ended dead: every attempt failed. ``type``, ``message`` and
+    ``traceback`` describe the last failure as the worker saw it."""
+
+    def __init__(self, job_id: int, type_name: str, message: str, traceback_text: str = "", attempts: int = 0):
+        super().__init__(f"job {job_id} failed after {attempts} attempt(s): {type_name}: {message}")
+        self.job_id = job_id
+        self.type = type_name
+        self.message = message
+        self.traceback = traceback_text
+        self.attempts = attempts
+
+
+class ResultExpired(ShmqError, LookupError):
+    """The job is not pending and its result is no longer kept (older than
+    result_ttl, or pushed out by result_capacity / result_bytes), or the id
+    never named a job of this queue."""
+
+
+class LeaseLost(ShmqError):
+    """ack/fail/extend of a job whose lease is no longer ours: it expired (see
+    the lease timeout) or the job was taken back, and runs again elsewhere."""

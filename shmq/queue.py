@@ -29,13 +29,13 @@ import posix_ipc
 
 from shmq import codec as _codec
 from shmq import errors
+from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
+from shmq.jobs import JobsMixin
 from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, raise_for, status_text
 
 __all__ = ["Queue", "QueueParams", "region_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_SCRATCH_BYTES = 256 * 1024  # messages up to this size are copied via a reused buffer
-_MAX_BATCH = 4096
 # High bit of a message tag: the payload names a shared-memory object holding
 # the message (too large for a lane). Tags are opaque to the core.
 _TAG_BLOB = 0x80
@@ -50,12 +50,19 @@ DEFAULTS = {
     "segment_bytes": 64 * 1024 * 1024,
     "flush_interval": 0.2,  # seconds (durability="interval")
     "flush_bytes": 1024 * 1024,  # durability="interval"; 0 = every put
+    # Jobs (queues with a log): see shmq/jobs.py.
+    "ordered_lanes": 0,  # extra lanes for jobs with a group (one job of a lane at a time)
+    "jobs_capacity": 4096,  # jobs running or waiting for a time (delay, retry backoff) at once
+    "unique_capacity": 16384,  # unique keys held at once (a power of two)
+    "result_capacity": 16384,  # results kept, at most
+    "result_bytes": 4 * 1024 * 1024,  # bytes of results kept, at most
+    "result_ttl": 3600.0,  # seconds a result is kept, at most
 }
 
 DURABILITY = {"none": 0, "memory": 1, "os": 2, "interval": 3, "sync": 4}
 _DURABILITY_NAMES = {value: key for key, value in DURABILITY.items()}
-# Bytes a job's log record adds to its payload (record header and job fields).
-_RECORD_OVERHEAD = 64
+# Bytes a job's log record adds to its payload (record header, job fields, unique key).
+_RECORD_OVERHEAD = 80
 # How often each process's maintenance thread runs (flush interval, next
 # segment, retention, redelivery of jobs of dead consumers, the backlog).
 _MAINTAIN_EVERY = 0.05
@@ -74,6 +81,12 @@ class QueueParams:
     segment_bytes: int = 64 * 1024 * 1024
     flush_interval: float = 0.2
     flush_bytes: int = 1024 * 1024
+    ordered_lanes: int = 0
+    jobs_capacity: int = 4096  # the job tables: all 0 for durability "none"
+    unique_capacity: int = 16384
+    result_capacity: int = 16384
+    result_bytes: int = 4 * 1024 * 1024
+    result_ttl: float = 3600.0
 
 
 def default_path() -> str:
@@ -130,13 +143,38 @@ def _validate(requested: dict) -> dict:
         checked["flush_interval"] = float(value)
     if "flush_bytes" in checked:
         _check_int("flush_bytes", checked["flush_bytes"], 0, 1 << 40)
+    if "ordered_lanes" in checked:
+        _check_int("ordered_lanes", checked["ordered_lanes"], 0, 1023)
+    if "jobs_capacity" in checked:
+        _check_int("jobs_capacity", checked["jobs_capacity"], 16, 1 << 20)
+    if "unique_capacity" in checked:
+        _check_int("unique_capacity", checked["unique_capacity"], 2, 1 << 24, power_of_two=True)
+    if "result_capacity" in checked:
+        _check_int("result_capacity", checked["result_capacity"], 0, 1 << 24)
+    if "result_bytes" in checked:
+        _check_int("result_bytes", checked["result_bytes"], 0, 1 << 34, multiple=64)
+    if "result_ttl" in checked:
+        value = checked["result_ttl"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 365 * 86400:
+            raise errors.ConfigError(f"result_ttl={value!r} must be seconds between 0 and 31536000 (a year)")
+        checked["result_ttl"] = float(value)
     return checked
 
 
 def _check_fits(values: dict) -> None:
-    """A job's record must fit in one log segment."""
+    """A job's record must fit in one log segment; jobs need a log."""
     if values["durability"] == "none":
+        if values["ordered_lanes"]:
+            raise errors.ConfigError(
+                f"ordered_lanes={values['ordered_lanes']} needs a log: jobs with a group are leased, and "
+                "durability='none' keeps no copy of a taken job. Use durability='memory' or higher"
+            )
         return
+    if (values["result_capacity"] == 0) != (values["result_bytes"] == 0):
+        raise errors.ConfigError(
+            f"result_capacity={values['result_capacity']} and result_bytes={values['result_bytes']} must be "
+            "both 0 (keep no results) or both above 0"
+        )
     limit = values["segment_bytes"] - _RECORD_OVERHEAD
     if values["max_message_bytes"] > limit:
         raise errors.ConfigError(
@@ -259,7 +297,6 @@ class _Region:
         params = ffi.new(
             "shmq_params *",
             {
-                "lane_count": values["lanes"],
                 "slots_per_lane": values["capacity"],
                 "slot_bytes": values["slot_bytes"],
                 "codec_id": _codec.CODEC_IDS[values["codec"]],
@@ -269,6 +306,19 @@ class _Region:
                 "segment_bytes": values["segment_bytes"],
                 "flush_interval_ns": int(values["flush_interval"] * 1e9),
                 "flush_bytes": values["flush_bytes"],
+                "lane_count": values["lanes"] + values["ordered_lanes"],
+                "ordered_lanes": values["ordered_lanes"],
+                **(
+                    {}
+                    if values["durability"] == "none"
+                    else {
+                        "job_slots": values["jobs_capacity"],
+                        "unique_slots": values["unique_capacity"],
+                        "result_slots": values["result_capacity"],
+                        "result_bytes": values["result_bytes"],
+                        "result_ttl_ns": int(values["result_ttl"] * 1e9),
+                    }
+                ),
             },
         )
         size = lib.shmq_region_size(params)
@@ -306,7 +356,7 @@ class _Region:
         self.base, self.size = base, size
         logged = params.durability != DURABILITY["none"]
         self.params = QueueParams(
-            lanes=params.lane_count,
+            lanes=params.lane_count - params.ordered_lanes,
             capacity=params.slots_per_lane,
             slot_bytes=params.slot_bytes,
             max_message_bytes=params.max_message_bytes,
@@ -315,6 +365,12 @@ class _Region:
             segment_bytes=params.segment_bytes if logged else 0,
             flush_interval=params.flush_interval_ns / 1e9,
             flush_bytes=params.flush_bytes,
+            ordered_lanes=params.ordered_lanes,
+            jobs_capacity=params.job_slots,
+            unique_capacity=params.unique_slots,
+            result_capacity=params.result_slots,
+            result_bytes=params.result_bytes,
+            result_ttl=params.result_ttl_ns / 1e9,
         )
         self.log_dir = log_dir(self.name, self.path, self.params.durability) if logged else None
         handle = ffi.new("shmq_handle **")
@@ -410,53 +466,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Scratch:
-    """Buffers for one call at a time. A Queue keeps a free list of them, so
-    threads calling get() at once each take their own (list pop/append are
-    atomic under the GIL, and cheaper than a threading.local)."""
-
-    __slots__ = ("buffer", "message", "lengths", "tags", "count")
-
-    def __init__(self) -> None:
-        self.buffer = ffi.new("char[]", _SCRATCH_BYTES)
-        self.message = ffi.new("shmq_message *")
-        self.lengths = ffi.new("uint32_t[]", _MAX_BATCH)
-        self.tags = ffi.new("uint8_t[]", _MAX_BATCH)
-        self.count = ffi.new("uint32_t *")
-
-
-# A blocked call returns to the interpreter at least this often, so that signal
-# handlers (KeyboardInterrupt) run even when the signal came between two sleeps.
-_SLICE_NS = 100_000_000
-
-
-def _first_wait(total_ns: int) -> int:
-    """The wait of the first core call for a total of `total_ns` (-1: forever)."""
-    return _SLICE_NS if total_ns < 0 or total_ns > _SLICE_NS else total_ns
-
-
-class _Budget:
-    """What is left of a caller's timeout after the first core call waited `first_ns`."""
-
-    __slots__ = ("deadline",)
-
-    def __init__(self, total_ns: int, first_ns: int):
-        self.deadline = None if total_ns < 0 else time.monotonic_ns() + total_ns - first_ns
-
-    def next_wait(self) -> int | None:
-        """The next core call's wait, or None when the time is up."""
-        if self.deadline is None:
-            return _SLICE_NS
-        left = self.deadline - time.monotonic_ns()
-        return min(left, _SLICE_NS) if left > 0 else None
-
-
 _core_put = lib.shmq_put
 _core_get = lib.shmq_get
 _unpack = ffi.unpack
 
 
-class Queue:
+class Queue(JobsMixin):
     """A queue living in POSIX shared memory, shared by name between processes.
 
     ``Queue(name)`` creates the queue or attaches to an existing one. Parameters
@@ -482,6 +497,21 @@ class Queue:
       returns once its record is on disk; survives a power cut) or ``"none"``
       (no log: a plain shared-memory queue).
     - ``segment_bytes``: size of a log segment file (default 64 MiB).
+
+    Jobs (see ``enqueue``/``fetch``; queues with a log only):
+
+    - ``ordered_lanes``: extra lanes for jobs with a ``group`` (default 0): a
+      group hashes to one of them, and one job of such a lane runs at a time.
+    - ``jobs_capacity``: jobs running or waiting for a time (a delay, a retry's
+      backoff) at once (default 4096).
+    - ``unique_capacity``: unique keys held at once, a power of two (default 16384).
+    - ``result_capacity``, ``result_bytes``, ``result_ttl``: results kept for
+      ``wait()``: at most this many, this many bytes, this many seconds
+      (defaults 16384, 4 MiB, 3600).
+
+    Settings of this handle only (not of the queue): ``retries`` (3),
+    ``backoff`` (1 s, doubled each attempt), ``backoff_max`` (3600 s) for
+    jobs that fail; ``lease_timeout`` (300 s) for jobs this handle fetches.
     """
 
     def __init__(
@@ -498,6 +528,16 @@ class Queue:
         segment_bytes: int | None = None,
         flush_interval: float | None = None,
         flush_bytes: int | None = None,
+        ordered_lanes: int | None = None,
+        jobs_capacity: int | None = None,
+        unique_capacity: int | None = None,
+        result_capacity: int | None = None,
+        result_bytes: int | None = None,
+        result_ttl: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        lease_timeout: float | None = None,
     ):
         self._region = None
         self._closed_reason = ""
@@ -520,6 +560,12 @@ class Queue:
                 ("segment_bytes", segment_bytes),
                 ("flush_interval", flush_interval),
                 ("flush_bytes", flush_bytes),
+                ("ordered_lanes", ordered_lanes),
+                ("jobs_capacity", jobs_capacity),
+                ("unique_capacity", unique_capacity),
+                ("result_capacity", result_capacity),
+                ("result_bytes", result_bytes),
+                ("result_ttl", result_ttl),
             )
             if value is not None
         }
@@ -549,6 +595,7 @@ class Queue:
         self.recovery = self._region.recovery
         self._maintainer = None
         self._maintenance_error = None
+        self._init_jobs(retries, backoff, backoff_max, lease_timeout)
         _open_queues.add(self)
         if self._logged:
             self._start_maintenance()
@@ -994,7 +1041,9 @@ class Queue:
         self.close()
         _unlink_queue(shm_name)
         for mode in {durability or "os", "memory"}:
-            shutil.rmtree(log_dir(self.name, self.path, mode), ignore_errors=True)
+            where = log_dir(self.name, self.path, mode)
+            shutil.rmtree(where, ignore_errors=True)
+            shutil.rmtree(where[: -len(".log")] + ".dead", ignore_errors=True)  # the dead letters
 
 
 def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:

@@ -71,7 +71,7 @@ void test_region_params(void)
 
 void test_basic_round_trip(void)
 {
-    enum { SLOT = 32 };
+    enum { SLOT = 48 };
     test_region r = region_create(1, 16, SLOT);
     shmq_handle *h = region_attach(&r);
     uint32_t max = shmq_inline_max(h);
@@ -135,7 +135,7 @@ void test_basic_round_trip(void)
 void test_basic_empty_full(void)
 {
     /* ONE: the largest payload that fits in one slot. */
-    enum { SLOT = 32, ONE = SLOT - SHMQ_MSG_HEADER_BYTES, SMALL = ONE - 4 };
+    enum { SLOT = 48, ONE = SLOT - SHMQ_MSG_HEADER_BYTES, SMALL = ONE - 4 };
     test_region r = region_create(1, 16, SLOT);
     shmq_handle *h = region_attach(&r);
     char buf[512];
@@ -204,7 +204,7 @@ void test_basic_timeouts(void)
 {
     const int64_t ms = 1000000, timeout = 50 * ms, upper = 5000 * ms;
     /* Slots with room for the header and an 8-byte payload: one message a slot. */
-    test_region r = region_create(1, 8, SHMQ_MSG_HEADER_BYTES + 16);
+    test_region r = region_create(1, 8, SHMQ_MSG_HEADER_BYTES + 8);
     shmq_handle *h = region_attach(&r);
     char buf[256];
     uint32_t lengths[4], count;
@@ -249,7 +249,7 @@ void test_basic_timeouts(void)
 
 void test_basic_lanes(void)
 {
-    test_region r = region_create(3, 8, SHMQ_MSG_HEADER_BYTES + 16); /* a 1-byte message takes one slot */
+    test_region r = region_create(3, 8, SHMQ_MSG_HEADER_BYTES + 8); /* a 1-byte message takes one slot */
     shmq_handle *h = region_attach(&r);
     char buf[256];
     uint32_t pushed, length = 1;

@@ -9,7 +9,7 @@
 #include "harness.h"
 #include "tests.h"
 
-enum { SLOT = 32, SLOTS = 16 };
+enum { SLOT = 48, SLOTS = 16 };
 /* ONE: the largest payload of a one-slot message; SMALL: a one-slot payload. */
 enum { ONE = SLOT - SHMQ_MSG_HEADER_BYTES, SMALL = ONE - 4 };
 
@@ -270,6 +270,7 @@ void test_batch_claimed(void)
     uint8_t out_tags[8];
     shmq_message m, claimed;
     unsigned self = shmq_participant_index(h);
+    enum { BIG_SPAN = (200 + SHMQ_MSG_HEADER_BYTES + SLOT - 1) / SLOT };
 
     /* Bigger than the buffer: claimed, then copied by pop_finish. Flags
      * other than the core's own (SHMQ_MSG_REF, SHMQ_MSG_SKIP) pass through. */
@@ -277,28 +278,28 @@ void test_batch_claimed(void)
     CHECK_RC(shmq_push(h, -1, 5, 0x30, (const char *)data, 200, NULL, 0, 0), SHMQ_OK);
     CHECK_RC(shmq_pop(h, (char *)buf, 64, 0, &m), SHMQ_ECLAIMED);
     CHECK_EQ(m.length, 200);
-    CHECK_EQ(m.span, 7);
+    CHECK_EQ(m.span, BIG_SPAN);
     CHECK_EQ(m.lane, 0);
     CHECK_EQ(m.position, 0);
     CHECK_EQ(m.tag, 5);
     CHECK_EQ(m.flags, 0x30);
-    CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, 7));
+    CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, BIG_SPAN));
     CHECK_RC(shmq_pop(other, (char *)buf, sizeof buf, 0, &claimed), SHMQ_EEMPTY);
     /* Only the claim's holder may finish or abandon it. */
     CHECK_RC(shmq_pop_finish(other, &m, (char *)own), SHMQ_EINVAL);
     shmq_pop_abandon(other, &m);
-    CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, 7));
+    CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, BIG_SPAN));
     shmq_message forged = m;
     forged.lane = 1;
     CHECK_RC(shmq_pop_finish(h, &forged, (char *)own), SHMQ_EINVAL);
     forged = m;
-    forged.span = 6;
+    forged.span = BIG_SPAN - 1;
     CHECK_RC(shmq_pop_finish(h, &forged, (char *)own), SHMQ_EINVAL);
     memset(own, 0xEE, sizeof own);
     CHECK_RC(shmq_pop_finish(h, &m, (char *)own), SHMQ_OK);
     CHECK_EQ(check_pattern(own, 1, 200), 0);
     CHECK_EQ(own[200], 0xEE);
-    check_released(h, 0, 0, 7);
+    check_released(h, 0, 0, BIG_SPAN);
     CHECK_RC(shmq_pop_finish(h, &m, (char *)own), SHMQ_EINVAL);
     CHECK(shmq_is_empty(h));
 
@@ -307,7 +308,7 @@ void test_batch_claimed(void)
     build_batch(data, lengths, 3, 10);
     uint32_t pushed;
     CHECK_RC(shmq_push_many(h, -1, (const char *)data, lengths, NULL, 7, 3, 0, &pushed), SHMQ_OK);
-    uint64_t big_pos = lane_tail(h, 0) - 1 - 7;
+    uint64_t big_pos = lane_tail(h, 0) - 1 - BIG_SPAN;
     CHECK_RC(shmq_pop_many(h, (char *)buf, 64, 8, 0, out_lengths, out_tags, &count, &claimed), SHMQ_OK);
     CHECK_EQ(count, 1);
     CHECK_EQ(check_pattern(buf, 10, 10), 0);
@@ -318,7 +319,7 @@ void test_batch_claimed(void)
     CHECK_EQ(claimed.tag, 7);
     /* Abandoned: released unread, and the next message follows. */
     shmq_pop_abandon(h, &claimed);
-    check_released(h, 0, big_pos, 7);
+    check_released(h, 0, big_pos, BIG_SPAN);
     pop_expect(h, 12, 10, 7);
     CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
 

@@ -225,4 +225,4 @@ void test_mpmc_three_lanes(void) { mpmc_run(3, 64, 32, 25000); }
 
 /* Lanes of 16 slots that one batch can half fill: mostly full, always waiting.
  * The largest message fills half a lane (max_body). */
-void test_mpmc_tiny_lanes(void) { mpmc_run(2, 16, 16, 10000); }
+void test_mpmc_tiny_lanes(void) { mpmc_run(2, 16, 32, 10000); }

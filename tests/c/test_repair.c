@@ -12,7 +12,7 @@
 #include "harness.h"
 #include "tests.h"
 
-enum { SLOT = 32, SLOTS = 16 };
+enum { SLOT = 48, SLOTS = 16 };
 static const int64_t MS = 1000000;
 
 static void push_seq_wait(shmq_handle *h, int lane, uint64_t seq, uint32_t length, int64_t timeout)

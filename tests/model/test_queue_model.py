@@ -3,7 +3,7 @@
 edge is hit within a few steps) against a deque plus slot accounting.
 
 Capacity model, from csrc/lane_push.c: a message of n bytes takes
-ceil((16 + n) / slot_bytes) slots; a claim needs that many FREE positions from
+ceil((24 + n) / slot_bytes) slots; a claim needs that many FREE positions from
 the tail. With one lane and FIFO release the free positions from the tail are
 exactly capacity - used, so fitting is `span <= free`. put_many with
 timeout=0 takes the longest prefix of whole messages that fits (claim_wait
@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import shmq
 
 SLOT_BYTES = 32
-HEADER_BYTES = 16  # the message header (csrc/layout.h shmq_msg_header)
+HEADER_BYTES = 24  # the message header (csrc/layout.h shmq_msg_header)
 MAX_LEN = 100
 MAX_HANDLES = 4
 CHILD_TIMEOUT_S = 10

@@ -1,0 +1,521 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Jobs on a Queue: enqueue with options, fetch under a lease, ack or fail.
+
+    job = q.enqueue({"user": 42}, group="user-42", unique="welcome:42", delay=10, retries=5)
+    d = q.fetch()              # a Delivery, leased to this process
+    d.ack(result)              # or d.fail(exc): retried with backoff, dead after the last attempt
+    job.wait(timeout=5)        # the result, or raises JobFailed / Timeout / ResultExpired
+
+The core keeps every job's state in shared memory (csrc/jobs.c): a fetched
+job is leased; if its process dies or the lease expires it runs again with
+attempt + 1. Options a consumer needs (group, retries) travel with the job
+in a small envelope in front of the encoded body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+import time
+import traceback as _traceback
+from typing import Any
+
+import msgpack
+
+from shmq import errors
+from shmq._calls import _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
+from shmq._lib import ECLAIMED, EEMPTY, EINTR, OK, ffi, lib, raise_for
+
+__all__ = ["Delivery", "Job", "RetryPolicy", "STATUS_NAMES"]
+
+# Tag bit: the payload starts with an envelope (_ENVELOPE, then the group).
+_TAG_JOB = 0x40
+_ENVELOPE = struct.Struct("<BBHH")  # version, flags, retries (0xFFFF: the consumer's default), group bytes
+_ENVELOPE_VERSION = 1
+_RETRIES_DEFAULT = 0xFFFF
+# Result tags of our own (codec tags are small numbers).
+_TAG_RESULT_TOO_LARGE = 0xFE
+_TAG_RESULT_NONE = 0xFD
+
+STATUS_NAMES = {
+    lib.SHMQ_JOB_UNKNOWN: "unknown",
+    lib.SHMQ_JOB_QUEUED: "queued",
+    lib.SHMQ_JOB_SCHEDULED: "scheduled",
+    lib.SHMQ_JOB_RUNNING: "running",
+    lib.SHMQ_JOB_DONE: "done",
+    lib.SHMQ_JOB_DEAD: "dead",
+}
+
+_unpack = ffi.unpack
+
+
+class RetryPolicy:
+    """How failed jobs are retried: ``retries`` more attempts after the first,
+    waiting ``backoff * 2**(attempt-1)`` seconds (at most ``backoff_max``),
+    spread by +-``jitter`` (a fraction) so that failures do not retry in step."""
+
+    __slots__ = ("retries", "backoff", "backoff_max", "jitter")
+
+    def __init__(self, retries: int = 3, backoff: float = 1.0, backoff_max: float = 3600.0, jitter: float = 0.5):
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _RETRIES_DEFAULT:
+            raise errors.ConfigError(f"retries={retries!r} must be an integer from 0 to {_RETRIES_DEFAULT - 1}")
+        for key, value, low, high in (
+            ("backoff", backoff, 0.0, 86400.0),
+            ("backoff_max", backoff_max, 0.0, 30 * 86400.0),
+            ("jitter", jitter, 0.0, 1.0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise errors.ConfigError(f"{key}={value!r} must be a number from {low:g} to {high:g}")
+        self.retries, self.backoff, self.backoff_max, self.jitter = retries, float(backoff), float(backoff_max), float(jitter)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before attempt `attempt` + 1 (attempt 1 is the first run)."""
+        base = min(self.backoff_max, self.backoff * (2.0 ** min(attempt - 1, 60)))
+        return base * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
+
+    def __repr__(self) -> str:
+        return (f"RetryPolicy(retries={self.retries}, backoff={self.backoff}, backoff_max={self.backoff_max}, "
+                f"jitter={self.jitter})")
+
+
+def unique_hash(key: Any) -> tuple[int, int]:
+    """The 128-bit hash of a unique key, as the core stores it (never 0, 0)."""
+    if isinstance(key, str):
+        data = b"s" + key.encode()
+    elif isinstance(key, bytes):
+        data = b"b" + key
+    elif isinstance(key, int) and not isinstance(key, bool):
+        data = b"i" + str(key).encode()
+    else:
+        raise errors.ConfigError(f"unique={key!r}: a unique key must be a str, bytes or int")
+    hi, lo = struct.unpack("<QQ", hashlib.blake2b(data, digest_size=16).digest())
+    return (hi, lo) if hi or lo else (1, 0)
+
+
+def group_lane(queue, group: Any) -> int:
+    """The ordered lane of a group: a stable hash, the same in every process."""
+    ordered = queue.params.ordered_lanes
+    if not ordered:
+        raise errors.ConfigError(
+            f"group={group!r}: queue {queue.name!r} has no ordered lanes. Create it with ordered_lanes=N "
+            "(N lanes for groups; jobs of one group run one at a time, in order)"
+        )
+    data = group.encode() if isinstance(group, str) else str(group).encode()
+    return queue.params.lanes + int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") % ordered
+
+
+def _deadline_ns(delay: Any) -> int:
+    """CLOCK_REALTIME ns from `delay` (seconds from now, a datetime, or a Unix time via datetime)."""
+    import datetime
+
+    if isinstance(delay, datetime.datetime):
+        when = delay.timestamp() if delay.tzinfo else delay.astimezone().timestamp()
+        return int(when * 1e9)
+    if isinstance(delay, datetime.timedelta):
+        delay = delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay != delay or delay < 0:
+        raise errors.ConfigError(f"delay={delay!r} must be seconds >= 0, a timedelta or a datetime")
+    return time.time_ns() + int(delay * 1e9)
+
+
+def error_info(error: Any) -> dict:
+    """{type, message, traceback} of an exception (with its traceback) or a text."""
+    if isinstance(error, BaseException):
+        tb = "".join(_traceback.format_exception(type(error), error, error.__traceback__))
+        return {"type": type(error).__qualname__, "message": str(error), "traceback": tb}
+    return {"type": "Error", "message": "" if error is None else str(error), "traceback": ""}
+
+
+class Job:
+    """A handle on an enqueued job: its id, status and result. ``duplicate``
+    is True when enqueue found a pending job with the same unique key (this
+    handle is that job's)."""
+
+    __slots__ = ("queue", "id", "duplicate")
+
+    def __init__(self, queue, job_id: int, duplicate: bool = False):
+        self.queue = queue
+        self.id = job_id
+        self.duplicate = duplicate
+
+    def __repr__(self) -> str:
+        extra = ", duplicate" if self.duplicate else ""
+        return f"<shmq.Job {self.id} of {self.queue.name!r}{extra}>"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.queue.name == self.queue.name
+
+    def __hash__(self) -> int:
+        return hash((self.queue.name, self.id))
+
+    def status(self) -> str:
+        """queued, scheduled (waiting for a delay or a retry's backoff), running,
+        done, dead, or unknown (finished and forgotten, or not a job of this queue)."""
+        info = ffi.new("shmq_result_info *")
+        return STATUS_NAMES[lib.shmq_job_status(self.queue._live_handle(), self.id, info)]
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The job's return value, once it is done. Sleeps until then (at most
+        `timeout` seconds: shmq.Timeout). Raises shmq.JobFailed if it ended dead,
+        shmq.ResultExpired if its result is no longer kept."""
+        queue = self.queue
+        if queue.params.result_capacity == 0:
+            raise errors.ConfigError(
+                f"queue {queue.name!r} keeps no results (result_capacity=0): create it with result_capacity > 0"
+            )
+        handle = queue._live_handle()
+        info = ffi.new("shmq_result_info *")
+        buffer = bytearray(4096)
+        total_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+        budget = _Budget(total_ns, 0)
+        wait_ns: int | None = _first_wait(total_ns)
+        while True:
+            rc = lib.shmq_result_wait(handle, self.id, wait_ns, ffi.from_buffer(buffer), len(buffer), info)
+            if rc == OK:
+                return _outcome(queue, self.id, info, buffer)
+            if rc == ECLAIMED:
+                buffer = bytearray(info.length)
+                wait_ns = 0
+                continue
+            if rc == EEMPTY:
+                status = lib.shmq_job_status(handle, self.id, info)
+                if status == lib.SHMQ_JOB_UNKNOWN:
+                    raise errors.ResultExpired(
+                        f"job {self.id} of queue {queue.name!r} is not pending and its result is not kept "
+                        f"(results are kept {queue.params.result_ttl:g} s, at most {queue.params.result_capacity} "
+                        f"of them and {queue.params.result_bytes} bytes: raise result_ttl / result_capacity / "
+                        "result_bytes to keep them longer)"
+                    )
+                if status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
+                    wait_ns = 0
+                    continue
+            elif rc != EINTR:
+                raise_for(rc, f"waiting for job {self.id}")
+            wait_ns = budget.next_wait()
+            if wait_ns is None:
+                raise errors.Timeout(f"job {self.id} of queue {queue.name!r} did not finish within {timeout} s")
+
+    def result(self, timeout: float | None = 0) -> Any:
+        """wait() with no waiting by default: the result if it is there."""
+        return self.wait(timeout)
+
+
+def _outcome(queue, job_id: int, info, buffer) -> Any:
+    data = bytes(memoryview(buffer)[: info.length])
+    if info.status == lib.SHMQ_JOB_DEAD:
+        try:
+            error = msgpack.unpackb(data, raw=False) if data else {}
+        except Exception:  # noqa: BLE001 - an error text from elsewhere: keep it as it is
+            error = {"type": "Error", "message": data.decode(errors="replace")}
+        raise errors.JobFailed(job_id, error.get("type", "Error"), error.get("message", ""),
+                               error.get("traceback", ""), info.attempt)
+    if info.status != lib.SHMQ_JOB_DONE:
+        raise errors.ResultExpired(f"job {job_id}: its result was overwritten while it was read")
+    if info.tag == _TAG_RESULT_TOO_LARGE:
+        raise errors.ResultExpired(
+            f"job {job_id} finished, but its result was larger than a quarter of result_bytes="
+            f"{queue.params.result_bytes} and was not kept: raise result_bytes"
+        )
+    if info.tag == _TAG_RESULT_NONE:
+        return None
+    return queue._decode(info.tag, data) if info.tag else data
+
+
+class Delivery:
+    """A job handed to this process under a lease: ``id``, ``body``,
+    ``attempt`` (1 on the first run), ``group``, ``enqueued_at`` (Unix time).
+    Finish it with ack() or fail(); extend() keeps the lease for long work."""
+
+    __slots__ = ("queue", "body", "group", "_c", "_raw", "_retries", "_finished")
+
+    def __init__(self, queue, c, raw, body, group, retries):
+        self.queue = queue
+        self._c = c
+        self._raw = raw
+        self.body = body
+        self.group = group
+        self._retries = retries
+        self._finished = False
+
+    id = property(lambda self: self._c.job_id, doc="the job's id (as Job.id)")
+    attempt = property(lambda self: self._c.attempt, doc="1 on the first run, +1 for every retry or taking back")
+    enqueued_at = property(lambda self: self._c.enqueued_ns / 1e9, doc="Unix time of the first enqueue")
+    lane = property(lambda self: self._c.lane)
+
+    @property
+    def retries(self) -> int:
+        """Retries this job allows after its first attempt."""
+        return self.queue.retry_policy.retries if self._retries == _RETRIES_DEFAULT else self._retries
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt > self.retries
+
+    def __repr__(self) -> str:
+        return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r}>"
+
+    def ack(self, result: Any = None) -> None:
+        """The job is done; `result` is kept for Job.wait() (encoded with the
+        queue's codec). Raises shmq.LeaseLost if the lease expired meanwhile."""
+        queue = self.queue
+        self._check_open()
+        tag, data = queue._encode_result(result)
+        rc = lib.shmq_ack(queue._live_handle(), self._c, tag, data, len(data))
+        if rc != OK:
+            self._lost(rc, "ack")
+        self._finished = True
+
+    def fail(self, error: Any = None, retry: bool = True, delay: float | None = None) -> str:
+        """The attempt failed. The job runs again after a backoff (or `delay`
+        seconds) while attempts remain and `retry` is true; else it is dead:
+        kept in the queue's dead letters, and Job.wait() raises JobFailed.
+        Returns "retry" or "dead"."""
+        queue = self.queue
+        self._check_open()
+        info = error_info(error)
+        handle = queue._live_handle()
+        if retry and not self.last_attempt:
+            wait = queue.retry_policy.delay(self.attempt) if delay is None else float(delay)
+            message = f"{info['type']}: {info['message']}".encode(errors="replace")
+            rc = lib.shmq_fail(handle, self._c, time.time_ns() + int(max(0.0, wait) * 1e9), 0, message, len(message))
+            outcome = "retry"
+        else:
+            queue.dead_letters.add(self, info)
+            packed = msgpack.packb(info)
+            rc = lib.shmq_fail(handle, self._c, -1, 0, packed, len(packed))
+            outcome = "dead"
+        if rc != OK:
+            self._lost(rc, "fail")
+        self._finished = True
+        return outcome
+
+    def extend(self, seconds: float) -> None:
+        """Keeps the lease for `seconds` from now (for work longer than the lease timeout)."""
+        self._check_open()
+        rc = lib.shmq_extend(self.queue._live_handle(), self._c, int(seconds * 1e9))
+        if rc != OK:
+            self._lost(rc, "extend")
+
+    @property
+    def payload(self) -> tuple[int, bytes]:
+        """(tag, bytes) as enqueued (the dead-letter set keeps these)."""
+        return self._c.tag, self._raw
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise errors.ShmqError(f"job {self.id} was already acked or failed by this delivery")
+
+    def _lost(self, rc: int, what: str) -> None:
+        if rc == lib.SHMQ_ELEASE:
+            self._finished = True
+            raise errors.LeaseLost(
+                f"{what} of job {self.id} (attempt {self.attempt}): its lease expired or it was taken back, "
+                "and it runs again elsewhere. Extend the lease (d.extend(seconds), or a longer lease_timeout) "
+                "for long jobs"
+            )
+        raise_for(rc, f"{what} of job {self.id}")
+
+
+class JobsMixin:
+    """The job methods of shmq.Queue (see the module's docstring)."""
+
+    retry_policy: RetryPolicy
+    lease_timeout: float
+
+    def _init_jobs(self, retries, backoff, backoff_max, lease_timeout) -> None:
+        from shmq.deadletter import DeadLetters
+
+        self.retry_policy = RetryPolicy(
+            3 if retries is None else retries,
+            1.0 if backoff is None else backoff,
+            3600.0 if backoff_max is None else backoff_max,
+        )
+        lease = 300.0 if lease_timeout is None else lease_timeout
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0.001 <= lease <= 7 * 86400:
+            raise errors.ConfigError(f"lease_timeout={lease!r} must be seconds from 0.001 to 604800 (a week)")
+        self.lease_timeout = float(lease)
+        self._lease_ns = int(lease * 1e9)
+        self._options_free: list = []
+        self._has_jobs = self.params.jobs_capacity > 0
+        self.dead_letters = DeadLetters(self)
+
+    def _jobs_handle(self):
+        handle = self._live_handle()
+        if not self._has_jobs:
+            raise errors.ConfigError(
+                f"queue {self.name!r} has durability='none': jobs need a log (a fetched job is leased, and "
+                "runs again if its consumer dies). Use durability='memory' or higher"
+            )
+        return handle
+
+    # ------------------------------------------------------------ producing
+
+    def enqueue(self, obj: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
+                delay: Any = None, retries: int | None = None, timeout: float | None = None) -> Job:
+        """Enqueues a job and returns its Job handle.
+
+        - ``group``: jobs of one group start in enqueue order, one at a time.
+        - ``unique``: at most one pending job per key; a duplicate returns the
+          pending job's handle with ``duplicate=True``. ``unique_until``:
+          ``"start"`` (the key is free once the job starts) or ``"finish"``.
+        - ``delay``: seconds, a timedelta, or a datetime to run at.
+        - ``retries``: attempts after the first (default: the consumer's policy).
+        - ``timeout``: how long to wait for room (None: forever).
+        """
+        handle = self._jobs_handle()
+        tag, first, second = self._encode(obj)
+        data = first if second is None else bytes(first) + bytes(second)
+        if group is not None or retries is not None:
+            if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                        or not 0 <= retries < _RETRIES_DEFAULT):
+                raise errors.ConfigError(f"retries={retries!r} must be an integer from 0 to {_RETRIES_DEFAULT - 1}")
+            name = b"" if group is None else (group if isinstance(group, bytes) else str(group).encode())
+            if len(name) > 1024:
+                raise errors.ConfigError(f"group of {len(name)} bytes: a group name may have at most 1024")
+            data = _ENVELOPE.pack(_ENVELOPE_VERSION, 0, _RETRIES_DEFAULT if retries is None else retries,
+                                  len(name)) + name + bytes(data)
+            tag |= _TAG_JOB
+        length = len(data)
+        if length > self.params.max_message_bytes:
+            raise errors.PayloadTooLarge(
+                f"job of {length} bytes is larger than max_message_bytes={self.params.max_message_bytes}: "
+                "raise max_message_bytes (with segment_bytes), or send a reference to the data"
+            )
+        free = self._options_free
+        options = free.pop() if free else (ffi.new("shmq_enqueue_options *"), ffi.new("uint64_t *"))
+        try:
+            o, out = options
+            o.lane = -1 if group is None else group_lane(self, group)
+            o.tag = tag
+            o.attempt = 0
+            o.not_before_ns = 0 if delay is None else _deadline_ns(delay)
+            if unique is None:
+                o.unique_hi = o.unique_lo = 0
+            else:
+                if unique_until not in ("start", "finish"):
+                    raise errors.ConfigError(f"unique_until={unique_until!r} must be 'start' or 'finish'")
+                o.unique_hi, o.unique_lo = unique_hash(unique)
+            o.unique_until_finish = unique_until == "finish"
+            buf = data if type(data) is bytes else ffi.from_buffer(data)
+            total_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+            budget = _Budget(total_ns, _first_wait(total_ns))
+            rc = lib.shmq_enqueue(handle, o, buf, length, _first_wait(total_ns), out)
+            while rc == lib.SHMQ_EFULL or rc == EINTR:
+                wait = budget.next_wait()
+                if wait is None:
+                    break
+                rc = lib.shmq_enqueue(handle, o, buf, length, wait, out)
+            if rc == OK:
+                return Job(self, out[0])
+            if rc == lib.SHMQ_EDUPLICATE:
+                return Job(self, out[0], duplicate=True)
+            self._enqueue_failed(rc)
+        finally:
+            free.append(options)
+
+    def _enqueue_failed(self, rc: int) -> None:
+        if rc == lib.SHMQ_EFULL or rc == EINTR:
+            raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
+        if rc == lib.SHMQ_EJOBSFULL:
+            raise errors.Full(
+                f"queue {self.name!r}: {self.params.jobs_capacity} jobs are running or waiting for a time "
+                "(jobs_capacity): raise jobs_capacity (a queue setting), or delay fewer jobs at once"
+            )
+        if rc == lib.SHMQ_EUNIQUEFULL:
+            raise errors.Full(
+                f"queue {self.name!r}: the unique-key table is full (unique_capacity="
+                f"{self.params.unique_capacity}): raise unique_capacity"
+            )
+        raise_for(rc, f"enqueue on queue {self.name!r}")
+
+    def job(self, job_id: int) -> Job:
+        """The handle of job `job_id` (for status and wait from another process)."""
+        self._jobs_handle()
+        return Job(self, int(job_id))
+
+    # ------------------------------------------------------------ consuming
+
+    def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None) -> Delivery:
+        """Takes one job under a lease of `lease` seconds (default lease_timeout):
+        if this process dies, or the lease runs out before ack/fail, the job is
+        delivered again (attempt + 1). Waits up to `timeout` (None: forever;
+        0 or block=False: never): shmq.Empty."""
+        handle = self._jobs_handle()
+        total_ns = (-1 if timeout is None else max(0, int(timeout * 1e9))) if block else 0
+        lease_ns = self._lease_ns if lease is None else int(lease * 1e9)
+        budget = None
+        wait_ns = _first_wait(total_ns)
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            while True:
+                c = ffi.new("shmq_delivery *")
+                rc = lib.shmq_fetch(handle, scratch.buffer, _SCRATCH_BYTES, wait_ns, lease_ns, c)
+                if rc == OK:
+                    raw = _unpack(scratch.buffer, c.length)
+                elif rc == ECLAIMED:
+                    raw = bytearray(c.length)
+                    rc = lib.shmq_delivery_payload(handle, c, ffi.from_buffer(raw))
+                    if rc != OK:
+                        raise_for(rc, f"fetch on queue {self.name!r}")
+                elif rc == EEMPTY or rc == EINTR:
+                    if budget is None:
+                        budget = _Budget(total_ns, wait_ns)
+                    wait_ns = budget.next_wait()
+                    if wait_ns is None:
+                        raise errors.Empty(f"queue {self.name!r} has no job to fetch")
+                    continue
+                else:
+                    raise_for(rc, f"fetch on queue {self.name!r}")
+                delivery = self._delivery(c, raw)
+                if delivery is not None:
+                    return delivery
+        finally:
+            free.append(scratch)
+
+    def _delivery(self, c, raw) -> Delivery | None:
+        tag = c.tag
+        group = None
+        retries = _RETRIES_DEFAULT
+        if tag & _TAG_JOB:
+            view = memoryview(raw)
+            _version, _flags, retries, group_bytes = _ENVELOPE.unpack_from(view)
+            start = _ENVELOPE.size + group_bytes
+            if group_bytes:
+                group = bytes(view[_ENVELOPE.size:start]).decode(errors="replace")
+            body_raw = view[start:]
+            inner = tag & ~_TAG_JOB
+            body = bytes(body_raw) if inner == 0 else self._decode(inner, body_raw)
+        else:
+            body = raw if tag == 0 else self._decode(tag, raw)
+        delivery = Delivery(self, c, raw, body, group, retries)
+        if c.attempt > delivery.retries + 1:
+            # Its consumers died (or overran their lease) on every attempt: dead.
+            delivery.fail(
+                errors.ShmqError(
+                    f"gave up after {c.attempt - 1} attempt(s): the process running it died or its lease "
+                    f"({self.lease_timeout:g} s) expired each time"
+                ),
+                retry=False,
+            )
+            return None
+        return delivery
+
+    def _encode_result(self, result: Any) -> tuple[int, bytes]:
+        if result is None:
+            return _TAG_RESULT_NONE, b""
+        tag, first, second = self._encode(result)
+        data = first if second is None else bytes(first) + bytes(second)
+        if len(data) > self.params.result_bytes // 4:
+            return _TAG_RESULT_TOO_LARGE, b""
+        return tag, data if type(data) is bytes else bytes(data)
+
+    # ------------------------------------------------------------ observing
+
+    def stats(self, lanes: bool = False) -> dict:
+        """Counters, depths and wait/run-time percentiles from shared memory
+        (the same from any process). ``lanes=True`` adds a list per lane."""
+        from shmq import metrics
+
+        return metrics.snapshot(self, lanes=lanes)
