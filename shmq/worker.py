@@ -1,0 +1,228 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Workers: a pool of processes that fetch jobs and run an App's tasks.
+
+    shmq worker myapp.tasks:app --processes 4 [--threads 8] [--grace 30]
+
+The parent process starts the workers and watches them: one that dies (a
+crash, kill -9) is replaced, and its leased jobs run again elsewhere (the
+queue takes leases of dead processes back). SIGTERM or SIGINT: the parent
+tells every worker to stop fetching; each finishes the jobs it holds and
+exits; after ``grace`` seconds stragglers are killed (their jobs run again).
+Nothing accepted is lost either way.
+
+A task that raises is a failed attempt (retried per its policy, dead after
+the last), never a dead worker. ``threads`` > 1 runs that many fetch loops
+in each process, for tasks that wait on I/O.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from shmq import errors
+
+__all__ = ["load_app", "run", "work"]
+
+log = logging.getLogger("shmq.worker")
+
+# A worker re-checks its stop flag at least this often while the queue is empty.
+_FETCH_SLICE = 0.25
+# A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
+_RESTART_PAUSE = 1.0
+
+
+def load_app(spec: str):
+    """The App named by "package.module:attribute" (or "package.module", attribute ``app``)."""
+    from shmq.app import App
+
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    if not module_name:
+        raise errors.ConfigError(f"{spec!r}: name the app as module:attribute, e.g. myapp.tasks:app")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the app's package is found from here
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise errors.ConfigError(f"cannot import {module_name!r} (for {spec!r}): {exc}") from None
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise errors.ConfigError(f"module {module_name!r} has no attribute {attribute!r} (for {spec!r})") from None
+    if not isinstance(app, App):
+        raise errors.ConfigError(f"{spec!r} is a {type(app).__name__}, not a shmq.App")
+    return app
+
+
+# --------------------------------------------------------------------------- one worker process
+
+
+def _run_one(app, delivery, task_of) -> None:
+    """Runs one job and finishes it: ack with the result, or fail with the error."""
+    try:
+        name, args, kwargs = delivery.body
+        task = task_of(name)
+    except (TypeError, ValueError):
+        delivery.fail(errors.ShmqError(f"not a task job: {delivery.body!r:.200}"), retry=False)
+        return
+    if task is None:
+        delivery.fail(errors.ShmqError(
+            f"no task named {name!r} in app {app.name!r} (known: {', '.join(sorted(app.tasks)) or 'none'}): "
+            "start workers with the same code as the producers"), retry=False)
+        return
+    try:
+        result = task.fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
+        # The job's retries came with it (the task's, or a per-job retries=); the backoff is the task's.
+        delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
+        outcome = delivery.fail(exc, delay=delay)
+        log.info("job %d (%s) failed on attempt %d: %s: %s -> %s", delivery.id, name, delivery.attempt,
+                 type(exc).__name__, exc, outcome)
+        return
+    try:
+        delivery.ack(result)
+    except errors.EncodeError as exc:
+        delivery.fail(errors.EncodeError(f"task {name!r} returned a result the codec cannot carry: {exc}"),
+                      retry=False)
+
+
+def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
+    queue = app.queue
+    cache: dict[str, Any] = {}
+
+    def task_of(name):
+        task = cache.get(name)
+        if task is None:
+            task = cache[name] = app.tasks.get(name)
+        return task
+
+    fetch = queue.fetch
+    while not stop.is_set():
+        try:
+            delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
+        except errors.Empty:
+            continue
+        try:
+            _run_one(app, delivery, task_of)
+        except errors.LeaseLost as exc:
+            log.warning("%s", exc)
+
+
+def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None) -> None:
+    """The loop of one worker process: fetch and run jobs until `stop` is set
+    (or SIGTERM/SIGINT arrives, when called in the main thread)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signo in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signo, lambda *_: stop.set())
+    if threads <= 1:
+        _fetch_loop(app, stop, lease)
+        return
+    pool = [threading.Thread(target=_fetch_loop, args=(app, stop, lease), name=f"shmq-worker-{i}", daemon=True)
+            for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    while any(thread.is_alive() for thread in pool):
+        for thread in pool:
+            thread.join(0.2)
+
+
+def _child_main(app, threads: int, lease: float | None) -> None:
+    # The parent's queue handle (if it had one) is not ours: open our own.
+    app._queue = None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
+    try:
+        work(app, threads=threads, lease=lease)
+    finally:
+        app.close()
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class _Pool:
+    def __init__(self, app, processes: int, threads: int, lease: float | None):
+        self.app = app
+        self.processes = processes
+        self.threads = threads
+        self.lease = lease
+        self.context = multiprocessing.get_context("fork")
+        self.workers: dict[int, Any] = {}
+        self.started_at: dict[int, float] = {}
+        self.replaced = 0
+
+    def start_one(self, slot: int) -> None:
+        process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease),
+                                       name=f"shmq-worker-{slot}", daemon=False)
+        process.start()
+        self.workers[slot] = process
+        self.started_at[slot] = time.monotonic()
+        log.info("worker %d started (pid %d)", slot, process.pid)
+
+    def watch(self) -> None:
+        """Replaces workers that died."""
+        for slot, process in list(self.workers.items()):
+            if process.is_alive():
+                continue
+            code = process.exitcode
+            reason = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+            log.warning("worker %d (pid %d) died (%s): starting another; its jobs run again", slot, process.pid,
+                        reason)
+            process.join(0)
+            if time.monotonic() - self.started_at[slot] < _RESTART_PAUSE:
+                time.sleep(_RESTART_PAUSE)  # a worker that cannot even start must not spin the machine
+            self.replaced += 1
+            self.start_one(slot)
+
+    def stop(self, grace: float) -> None:
+        for process in self.workers.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for slot, process in self.workers.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %d (pid %d) still busy after %.0f s: killed; its jobs run again", slot,
+                            process.pid, grace)
+                process.kill()
+                process.join()
+
+
+def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: float | None = None,
+        ready: threading.Event | None = None) -> int:
+    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 1024:
+        raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise errors.ConfigError(f"threads={threads!r} must be 1 .. 1024")
+    if not app.tasks:
+        raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
+    app.queue  # opens (creates or recovers) the queue once, before the workers start
+    app.close()
+    stopping = threading.Event()
+    previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
+    pool = _Pool(app, processes, threads, lease)
+    try:
+        for slot in range(processes):
+            pool.start_one(slot)
+        log.info("app %r: %d worker process(es) x %d thread(s), tasks: %s", app.name, processes, threads,
+                 ", ".join(sorted(app.tasks)))
+        if ready is not None:
+            ready.set()
+        while not stopping.wait(0.2):
+            pool.watch()
+        log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
+    finally:
+        pool.stop(grace)
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
+    log.info("stopped (%d worker(s) replaced while running)", pool.replaced)
+    return 0
