@@ -32,6 +32,12 @@ static const struct {
     {"feed_after_push", SHMQ_FAULT_FEED_AFTER_PUSH},
     {"checkpoint_mid", SHMQ_FAULT_CHECKPOINT_MID},
     {"recover_mid", SHMQ_FAULT_RECOVER_MID},
+    {"fetch_after_take", SHMQ_FAULT_FETCH_AFTER_TAKE},
+    {"fetch_after_lease", SHMQ_FAULT_FETCH_AFTER_LEASE},
+    {"ack_before_free", SHMQ_FAULT_ACK_BEFORE_FREE},
+    {"fail_before_wait", SHMQ_FAULT_FAIL_BEFORE_WAIT},
+    {"move_after_push", SHMQ_FAULT_MOVE_AFTER_PUSH},
+    {"unique_claimed", SHMQ_FAULT_UNIQUE_CLAIMED},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)
