@@ -107,6 +107,7 @@ struct shmq_handle {
     int64_t last_tick_ns;              /* when this handle last swept the job table */
     _Atomic uint32_t entry_cursor;     /* where this handle looks for a free job entry first; relaxed hint */
     int consumer_marked;               /* SHMQ_ROLE_CONSUMER set in our participant entry */
+    int64_t spin_ns;                   /* shmq_fetch polls this long before it sleeps (shmq_set_spin) */
 };
 
 static inline int shmq_lane_ordered(const shmq_handle *h, uint32_t lane) { return lane >= h->unordered_lanes; }
@@ -192,6 +193,8 @@ int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const 
                            uint64_t *job_id);
 int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane);
 uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low);
+uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target);
+int shmq_jobs_checkpoint(shmq_handle *h, uint64_t target, uint64_t *copies);
 uint64_t shmq_jobs_live(const shmq_handle *h);
 int shmq_jobs_references(const shmq_handle *h, unsigned index);
 void shmq_jobs_detach(shmq_handle *h);

@@ -122,6 +122,39 @@ static int entry_payload(shmq_handle *h, const shmq_job_entry *e, uint8_t *out, 
     return rc;
 }
 
+/* The log position an entry's job needs kept (its payload, or its copy). */
+static inline uint64_t entry_needs(const shmq_job_entry *e)
+{
+    return (e->flags & SHMQ_JOBF_REF) ? e->record : e->copy ? e->copy : e->job_id;
+}
+
+/* Writes a COPY of entry e's job at the tail (for a checkpoint, or before it
+ * goes back into a lane); *position is the copy's, *offset its payload's.
+ * The caller holds the entry (MOVING) and is inside the log. */
+static int entry_copy(shmq_handle *h, shmq_job_entry *e, uint8_t flags, uint64_t *position, uint32_t *offset)
+{
+    uint64_t key[2] = {e->unique_hi, e->unique_lo};
+    int unique = (e->flags & SHMQ_JOBF_UNIQUE) != 0;
+    shmq_enqueue_args args = {.job_id = e->job_id, .attempt = e->attempt, .tag = e->tag,
+                              .flags = (uint8_t)(SHMQ_ENQ_COPY | flags |
+                                                 ((e->flags & SHMQ_JOBF_UNIQUE_FINISH) ? SHMQ_ENQ_UNIQUE_FINISH : 0)),
+                              .enqueued_ns = e->enqueued_ns, .not_before_ns = e->due_ns,
+                              .lane_plus1 = e->lane < h->lane_count ? e->lane + 1 : 0,
+                              .unique = unique ? (const uint8_t *)key : NULL,
+                              .first = e->payload, .first_length = e->length};
+    if (e->flags & SHMQ_JOBF_REF) {
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, e->record, 0, &err);
+        if (!rec)
+            return shmq_log_fail(h, err);
+        args.first = (const uint8_t *)rec + e->offset;
+    }
+    int spilling;
+    int rc = shmq_log_enqueue(h, &args, position, &spilling);
+    *offset = SHMQ_ENQUEUE_FIXED + (unique ? SHMQ_UNIQUE_KEY_BYTES : 0);
+    return rc;
+}
+
 static void delivery_fill(const shmq_job_entry *e, uint32_t index, uint64_t gen, shmq_delivery *d)
 {
     d->job_id = e->job_id;
@@ -159,6 +192,14 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
     e->record = 0;
     e->offset = 0;
     e->unique_hi = e->unique_lo = 0;
+    e->copy = 0;
+    if (!(t->msg.flags & SHMQ_MSG_REF)) {
+        /* An inline lane job below the floor has a copy from checkpoint_begin on (see low_water). */
+        /* acquire: pairs with checkpoint()'s release of the floor; begin was stored before it. */
+        uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);
+        if (t->msg.job_id < floor)
+            e->copy = atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed);
+    }
     if (t->msg.flags & SHMQ_MSG_REF) {
         e->flags |= SHMQ_JOBF_REF;
         e->record = t->record;
@@ -338,7 +379,7 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
     }
     fetch_args a = {buffer, capacity, lease_ns, d, -1, {{0}, 0, 0, 0}};
     shmq_region_header *hdr = h->header;
-    int64_t deadline = 0;
+    int64_t deadline = 0, spin_until = 0;
     for (unsigned round = 0;; round++) {
         maybe_tick(h);
         a.busy_lane = -1;
@@ -358,6 +399,20 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
         if (round < 68) {
             sched_yield();
             continue;
+        }
+        if (h->spin_ns > 0) {
+            /* Busy-poll a while longer before sleeping: a futex wake-up costs
+             * tens of microseconds, a poll a few hundred nanoseconds. */
+            int64_t now = shmq_now_ns();
+            if (spin_until == 0)
+                spin_until = now + (timeout_ns > 0 && timeout_ns < h->spin_ns ? timeout_ns : h->spin_ns);
+            if (now < spin_until) {
+                if (round % 64 == 0)
+                    sched_yield(); /* let a producer sharing our core run */
+                else
+                    shmq_cpu_relax();
+                continue;
+            }
         }
         if (a.busy_lane >= 0 && shmq_lane_repair_writer(h, (uint32_t)a.busy_lane, &a.busy)) {
             round = 0;
@@ -391,8 +446,11 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
         if (rc != SHMQ_OK)
             return rc;
         round = 32; /* woken: spin a little before sleeping again */
+        spin_until = 0;
     }
 }
+
+void shmq_set_spin(shmq_handle *h, int64_t spin_ns) { h->spin_ns = spin_ns > 0 ? spin_ns : 0; }
 
 /* Is (entry, gen) a lease this handle holds? Returns the entry or NULL. */
 static shmq_job_entry *leased(const shmq_handle *h, const shmq_delivery *d)
@@ -551,6 +609,7 @@ static void entry_from_record(shmq_job_entry *e, const shmq_record_header *rec, 
     e->lane = body->lane;
     e->flags = 0;
     e->unique_hi = e->unique_lo = 0;
+    e->copy = position != rec->job_id ? position : 0; /* a copy (recovered, checkpointed): that record */
     if (body->unique_bytes == SHMQ_UNIQUE_KEY_BYTES) {
         uint64_t key[2];
         memcpy(key, (const uint8_t *)(body + 1) + body->group_bytes, sizeof key);
@@ -565,6 +624,16 @@ static void entry_from_record(shmq_job_entry *e, const shmq_record_header *rec, 
         e->record = position;
         e->offset = offset;
     }
+}
+
+/* An ordered WAITING entry that its lane's gate does not name takes the
+ * gate if it is open (see shmq_jobs_schedule; the tick retries). */
+static void gate_adopt(shmq_handle *h, const shmq_job_entry *e, uint32_t index)
+{
+    uint64_t open = 0;
+    /* acq_rel: the entry (published before) is visible to whoever sees the gate. */
+    atomic_compare_exchange_strong_explicit(&lane_header(h, e->lane)->gate, &open, (uint64_t)index + 1,
+                                            memory_order_acq_rel, memory_order_relaxed);
 }
 
 static void scheduled(shmq_handle *h, shmq_job_entry *e, uint64_t gen)
@@ -587,7 +656,14 @@ int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t p
     entry_from_record(e, rec, position);
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_set(h, e->unique_hi, e->unique_lo, e->job_id);
+    /* A group's job waiting to run again (a retry's backoff, recovered) holds
+     * its lane, as it did before the restart: later jobs of the group wait. */
+    int holds = e->lane < h->lane_count && shmq_lane_ordered(h, e->lane) && e->attempt > 1;
+    if (holds)
+        e->flags |= SHMQ_JOBF_ORDERED;
     scheduled(h, e, gen);
+    if (holds)
+        gate_adopt(h, e, index);
     return SHMQ_OK;
 }
 
@@ -711,8 +787,24 @@ static int move_to_lane(shmq_handle *h, uint32_t index, uint64_t s)
     if (e->flags & SHMQ_JOBF_UNIQUE)
         mh.flags = SHMQ_MSG_UNIQUE | ((e->flags & SHMQ_JOBF_UNIQUE_FINISH) ? SHMQ_MSG_UNIQUE_FINISH : 0);
     int lane = e->lane < h->lane_count && shmq_lane_ordered(h, e->lane) ? (int)e->lane : -1;
-    int rc = (e->flags & SHMQ_JOBF_REF) ? shmq_lane_push_job(h, lane, &mh, NULL, e->record, e->offset, 0)
-                                        : shmq_lane_push_job(h, lane, &mh, e->payload, 0, 0, 0);
+    uint64_t record = e->record;
+    uint32_t offset = e->offset;
+    int by_ref = (e->flags & SHMQ_JOBF_REF) != 0;
+    /* acquire: as in low_water. An inline lane job below the floor must have
+     * a copy from checkpoint_begin on; one that has not goes by reference
+     * to a fresh copy (its original may be about to go). */
+    uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);
+    uint64_t begin = atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed);
+    int rc = SHMQ_OK;
+    if (!by_ref && e->job_id < floor && e->copy < begin) {
+        shmq_log_enter(h);
+        rc = entry_copy(h, e, SHMQ_ENQ_LANED, &record, &offset);
+        shmq_log_leave(h);
+        by_ref = 1;
+    }
+    if (rc == SHMQ_OK)
+        rc = by_ref ? shmq_lane_push_job(h, lane, &mh, NULL, record, offset, 0)
+                    : shmq_lane_push_job(h, lane, &mh, e->payload, 0, 0, 0);
     if (rc != SHMQ_OK) {
         entry_store(e, SHMQ_JOB_WAITING, 0, gen); /* the lanes are full: later */
         return -1;
@@ -770,6 +862,10 @@ int shmq_jobs_tick(shmq_handle *h)
             continue;
         case SHMQ_JOB_WAITING:
             if (e->flags & SHMQ_JOBF_ORDERED) { /* its lane's fetchers take it (see fetch_ordered) */
+                if (e->lane < h->lane_count &&
+                    /* relaxed: a look; gate_adopt's CAS decides. */
+                    atomic_load_explicit(&lane_header(h, e->lane)->gate, memory_order_relaxed) != (uint64_t)i + 1)
+                    gate_adopt(h, e, i);
                 if (e->due_ns <= wall)
                     wake_ordered = 1;
                 else if (e->due_ns < next)
@@ -915,21 +1011,66 @@ void shmq_jobs_detach(shmq_handle *h)
     due_lower(h, shmq_wall_ns());
 }
 
+/* Bytes of WAITING jobs whose records lie below `target` (a checkpoint would copy them). */
+uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target)
+{
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; h->jobs && i < h->job_slots; i++) {
+        const shmq_job_entry *e = &h->entries[i];
+        /* acquire: pairs with entry_store. */
+        if (shmq_job_kind(atomic_load_explicit(&e->state, memory_order_acquire)) == SHMQ_JOB_WAITING &&
+            entry_needs(e) < target)
+            bytes += e->length + SHMQ_ENQUEUE_OVERHEAD;
+    }
+    return bytes;
+}
+
+/* The checkpoint's part for the table: WAITING jobs whose records lie below
+ * `target` are copied to the tail and pointed at their copy. */
+int shmq_jobs_checkpoint(shmq_handle *h, uint64_t target, uint64_t *copies)
+{
+    for (uint32_t i = 0; h->jobs && i < h->job_slots; i++) {
+        shmq_job_entry *e = entry_at(h, i);
+        /* acquire: pairs with entry_store. */
+        uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
+        if (shmq_job_kind(s) != SHMQ_JOB_WAITING || entry_needs(e) >= target)
+            continue;
+        /* acquire: the entry is ours while MOVING; no one moves or runs it meanwhile. */
+        if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+                                                     memory_order_acquire, memory_order_relaxed))
+            continue;
+        uint64_t position;
+        uint32_t offset;
+        /* LANED | SCHEDULED: the feeder leaves it alone, the entry has the job. */
+        int rc = entry_copy(h, e, SHMQ_ENQ_LANED | SHMQ_ENQ_SCHEDULED, &position, &offset);
+        if (rc == SHMQ_OK) {
+            if (e->flags & SHMQ_JOBF_REF) {
+                e->record = position;
+                e->offset = offset;
+            } else {
+                e->copy = position;
+            }
+            (*copies)++;
+        }
+        entry_store(e, SHMQ_JOB_WAITING, 0, shmq_job_gen(s));
+        if (rc != SHMQ_OK)
+            return rc;
+    }
+    return SHMQ_OK;
+}
+
 /* The lowest log position a job in the table needs (see low_water). */
 uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low)
 {
     if (!h->jobs)
         return low;
-    /* acquire: as in low_water. */
-    uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);
-    uint64_t copies = atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed);
     for (uint32_t i = 0; i < h->job_slots; i++) {
         shmq_job_entry *e = entry_at(h, i);
         /* acquire: pairs with entry_store. */
         unsigned kind = shmq_job_kind(atomic_load_explicit(&e->state, memory_order_acquire));
         if (kind == SHMQ_JOB_FREE || kind == SHMQ_JOB_FILLING)
             continue; /* FILLING: its job is still in a lane slot, or its writer holds a pin */
-        uint64_t needs = (e->flags & SHMQ_JOBF_REF) ? e->record : e->job_id < floor ? copies : e->job_id;
+        uint64_t needs = entry_needs(e);
         if (needs < low)
             low = needs;
     }

@@ -490,7 +490,10 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  *   WAITING(due, ordered lane) --CAS fetcher--> RUNNING(owner, gen + 1)
  * An entry keeps the payload inline (up to SHMQ_JOB_INLINE_BYTES) or the
  * position of the record that holds it (SHMQ_JOBF_REF); retention keeps
- * the record (or the job's checkpoint copy) while the entry lives.
+ * that record (for an inline entry: `copy`, else job_id's record) while the
+ * entry lives. A checkpoint copies WAITING entries that pin old segments
+ * (a job delayed for a day must not keep a day of log) and points them at
+ * their copy.
  * Whoever finds an entry FILLING, RUNNING or MOVING under a dead owner
  * (shmq_jobs_tick) repairs it: FILLING is freed (its job is still in its
  * lane slot, which the lane repair puts back; or its enqueue never
@@ -609,7 +612,8 @@ typedef struct shmq_job_entry {
     uint16_t attempt;
     uint8_t tag;
     uint8_t flags;              /* SHMQ_JOBF_* */
-    uint8_t reserved[40];
+    uint64_t copy;              /* not JOBF_REF: position of a record (or checkpoint) holding a copy; 0: job_id's */
+    uint8_t reserved[32];
     uint8_t payload[SHMQ_JOB_INLINE_BYTES];
 } shmq_job_entry;
 _Static_assert(offsetof(shmq_job_entry, payload) == 128, "format");

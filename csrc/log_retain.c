@@ -150,14 +150,18 @@ static int checkpoint(shmq_handle *h, uint64_t target)
                 continue;
             uint32_t first = length < h->ring_bytes - at ? length : (uint32_t)(h->ring_bytes - at);
             shmq_enqueue_args args = {.job_id = job.job_id, .attempt = mh->attempt, .tag = mh->tag,
-                                      .flags = SHMQ_ENQ_COPY | SHMQ_ENQ_LANED, .first = lane.data + at,
-                                      .first_length = first, .second = lane.data, .second_length = length - first};
+                                      .flags = SHMQ_ENQ_COPY | SHMQ_ENQ_LANED, .enqueued_ns = mh->enqueued_ns,
+                                      .lane_plus1 = shmq_lane_ordered(h, index) ? index + 1 : 0, /* a group's lane */
+                                      .first = lane.data + at, .first_length = first, .second = lane.data,
+                                      .second_length = length - first};
             rc = shmq_log_enqueue(h, &args, &position, &spilling);
             copies++;
             if (copies == 1)
                 shmq_fault(h, SHMQ_FAULT_CHECKPOINT_MID);
         }
     }
+    if (rc == SHMQ_OK)
+        rc = shmq_jobs_checkpoint(h, target, &copies); /* jobs waiting for a time, in the table */
     if (rc == SHMQ_OK) {
         mark = (shmq_checkpoint_body){.floor = target, .begin = begin, .count = copies, .reserved = 0};
         rc = shmq_log_append(h, SHMQ_REC_CHECKPOINT_END, 0, parts, 1, &position, &spilling);
@@ -221,7 +225,7 @@ static int retain(shmq_handle *h)
     delete_segments(h, low);
     int rc = SHMQ_OK;
     /* Few live jobs pin segments before `target`: copy them forward. */
-    if (target > 0 && low < target && below_bytes <= S / 4) {
+    if (target > 0 && low < target && below_bytes + shmq_jobs_below(h, target) <= S / 4) {
         rc = checkpoint(h, target);
         if (rc == SHMQ_OK)
             delete_segments(h, low_water(h, target, &below, &below_bytes));

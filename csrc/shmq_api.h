@@ -275,6 +275,9 @@ int shmq_ack(shmq_handle *handle, const shmq_delivery *delivery, uint8_t tag, co
 int shmq_fail(shmq_handle *handle, const shmq_delivery *delivery, int64_t retry_at_ns, uint8_t tag,
               const char *error, uint32_t length);
 int shmq_extend(shmq_handle *handle, const shmq_delivery *delivery, int64_t lease_ns);
+/* shmq_fetch on this handle busy-polls up to spin_ns before it sleeps (0: a
+ * few microseconds): lower latency for a core's worth of CPU while jobs come. */
+void shmq_set_spin(shmq_handle *handle, int64_t spin_ns);
 /* Takes back leases of dead or hung consumers, moves due jobs into lanes.
  * Returns how many jobs it moved, or a negative status. */
 int shmq_jobs_tick(shmq_handle *handle);

@@ -48,6 +48,10 @@ STATUS_NAMES = {
 }
 
 _unpack = ffi.unpack
+# fetch() polls this long for a job before it sleeps: at 10,000 jobs/s a
+# worker then catches most jobs awake (p99 enqueue -> start in tens of us
+# rather than the futex wake-up's ~100 us), and sleeps once jobs stop.
+_DEFAULT_SPIN = 0.0002
 
 
 class RetryPolicy:
@@ -323,7 +327,7 @@ class JobsMixin:
     retry_policy: RetryPolicy
     lease_timeout: float
 
-    def _init_jobs(self, retries, backoff, backoff_max, lease_timeout) -> None:
+    def _init_jobs(self, retries, backoff, backoff_max, lease_timeout, spin=None) -> None:
         from shmq.deadletter import DeadLetters
 
         self.retry_policy = RetryPolicy(
@@ -336,6 +340,11 @@ class JobsMixin:
             raise errors.ConfigError(f"lease_timeout={lease!r} must be seconds from 0.001 to 604800 (a week)")
         self.lease_timeout = float(lease)
         self._lease_ns = int(lease * 1e9)
+        spin = _DEFAULT_SPIN if spin is None else spin
+        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 0.1:
+            raise errors.ConfigError(f"spin={spin!r} must be seconds from 0 to 0.1")
+        self.spin = float(spin)
+        lib.shmq_set_spin(self._handle, int(spin * 1e9))
         self._options_free: list = []
         self._has_jobs = self.params.jobs_capacity > 0
         self.dead_letters = DeadLetters(self)

@@ -511,7 +511,10 @@ class Queue(JobsMixin):
 
     Settings of this handle only (not of the queue): ``retries`` (3),
     ``backoff`` (1 s, doubled each attempt), ``backoff_max`` (3600 s) for
-    jobs that fail; ``lease_timeout`` (300 s) for jobs this handle fetches.
+    jobs that fail; ``lease_timeout`` (300 s) for jobs this handle fetches;
+    ``spin`` (seconds, default 0.0002): how long fetch() polls for a job
+    before it sleeps (a wake-up from sleep costs tens of microseconds; 0
+    saves CPU when jobs come rarely).
     """
 
     def __init__(
@@ -538,6 +541,7 @@ class Queue(JobsMixin):
         backoff: float | None = None,
         backoff_max: float | None = None,
         lease_timeout: float | None = None,
+        spin: float | None = None,
     ):
         self._region = None
         self._closed_reason = ""
@@ -595,7 +599,7 @@ class Queue(JobsMixin):
         self.recovery = self._region.recovery
         self._maintainer = None
         self._maintenance_error = None
-        self._init_jobs(retries, backoff, backoff_max, lease_timeout)
+        self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
         _open_queues.add(self)
         if self._logged:
             self._start_maintenance()
