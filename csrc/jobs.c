@@ -698,6 +698,8 @@ int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const 
         return shmq_log_fail(h, err);
     }
     entry_from_record(e, rec, position);
+    if (e->flags & SHMQ_JOBF_UNIQUE)
+        shmq_unique_set(h, e->unique_hi, e->unique_lo, position); /* before anyone can run it */
     uint32_t lane = a.lane_plus1 ? a.lane_plus1 - 1 : 0;
     METRIC_ADD(h, lane, enqueued, 1);
     METRIC_ADD(h, lane, scheduled, 1);

@@ -377,6 +377,8 @@ static int push_one(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t 
         mh.enqueued_ns = args.enqueued_ns;
         if (job_id)
             *job_id = record;
+        if (args.unique && h->jobs) /* the key names the job before a consumer can take it (and free the key) */
+            shmq_unique_set(h, ((const uint64_t *)args.unique)[0], ((const uint64_t *)args.unique)[1], record);
         if (ref) {
             uint32_t offset = SHMQ_ENQUEUE_FIXED + (args.unique ? SHMQ_UNIQUE_KEY_BYTES : 0);
             shmq_msg_ref r = {.record = record, .offset = offset, .reserved = 0};
@@ -447,9 +449,11 @@ static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8
         return SHMQ_OK;
     }
     /* The backlog emptied between our look and our reservation: no one
-     * feeds this record, we push it. */
+     * feeds this record, we push it. (A feeder sets the key itself.) */
     mh.job_id = record;
     mh.enqueued_ns = args.enqueued_ns;
+    if (args.unique && h->jobs)
+        shmq_unique_set(h, ((const uint64_t *)args.unique)[0], ((const uint64_t *)args.unique)[1], record);
     if (mh.length > h->inline_ref_min || (mh.flags & SHMQ_MSG_UNIQUE)) {
         uint32_t offset = SHMQ_ENQUEUE_FIXED + (args.unique ? SHMQ_UNIQUE_KEY_BYTES : 0);
         rc = shmq_lane_push_job(h, lane, &mh, NULL, record, offset, timeout_ns);
@@ -689,12 +693,11 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
                  ? put_spilled(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id)
                  : push_one(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id);
     }
-    if (unique) {
-        if (rc == SHMQ_OK)
-            shmq_unique_set(h, key[0], key[1], id);
-        else
-            shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
-    }
+    /* On success the key already names the job: set before the job became
+     * visible (push_one, put_spilled, the feeder, shmq_jobs_schedule_new), since
+     * a consumer may take it, and free the key, at once. */
+    if (unique && rc != SHMQ_OK)
+        shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
     if (rc == SHMQ_OK) {
         *job_id = id;
         rc = shmq_log_durable(h);

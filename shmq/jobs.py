@@ -285,9 +285,12 @@ class Delivery:
             rc = lib.shmq_fail(handle, self._c, time.time_ns() + int(max(0.0, wait) * 1e9), 0, message, len(message))
             outcome = "retry"
         else:
+            # The dead letter first: a crash before the DEAD record only fails the job once more.
             queue.dead_letters.add(self, info)
             packed = msgpack.packb(info)
             rc = lib.shmq_fail(handle, self._c, -1, 0, packed, len(packed))
+            if rc != OK:
+                queue.dead_letters.purge([self.id])  # not dead after all: the job runs again elsewhere
             outcome = "dead"
         if rc != OK:
             self._lost(rc, "fail")
@@ -475,6 +478,11 @@ class JobsMixin:
                     if wait_ns is None:
                         raise errors.Empty(f"queue {self.name!r} has no job to fetch")
                     continue
+                elif rc == lib.SHMQ_EJOBSFULL:
+                    raise errors.Full(
+                        f"queue {self.name!r}: cannot lease a job, all jobs_capacity={self.params.jobs_capacity} "
+                        "entries hold running or scheduled jobs: raise jobs_capacity (a queue setting)"
+                    )
                 else:
                     raise_for(rc, f"fetch on queue {self.name!r}")
                 delivery = self._delivery(c, raw)
