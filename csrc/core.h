@@ -180,6 +180,7 @@ typedef struct shmq_taken {
 int shmq_lane_take(shmq_handle *h, uint32_t lane, shmq_taken *out);
 int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length);
 void shmq_lane_finish(shmq_handle *h, const shmq_taken *t);
+void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t);
 int shmq_lane_repair_writer(shmq_handle *h, uint32_t lane, const shmq_taken *t);
 int shmq_lane_ready(const shmq_handle *h, uint32_t lane);
 int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);

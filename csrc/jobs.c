@@ -35,7 +35,7 @@ uint64_t shmq_histogram_bucket_low(uint32_t b)
 {
     if (b < 4)
         return b;
-    if (b >= SHMQ_HIST_BUCKETS)
+    if (b >= 252u) /* past 2^63: no value lands there */
         return UINT64_MAX;
     unsigned e = b / 4u + 1u;
     return (uint64_t)(4u + b % 4u) << (e - 2u);
@@ -69,6 +69,13 @@ void shmq_histogram_read(const shmq_handle *h, int which, uint64_t *buckets)
 
 /* ------------------------------------------------------------ entries */
 
+/* Fields that processes read without owning the entry (status, retention,
+ * statistics: job_id, lane, flags, record, copy) are written and read with
+ * relaxed atomics; the state word's release/acquire orders them for owners,
+ * and a non-owner re-checks the state or only reports what it saw. */
+#define PUT(field, value) __atomic_store_n(&(field), (value), __ATOMIC_RELAXED)
+#define GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
 static inline shmq_job_entry *entry_at(const shmq_handle *h, uint32_t index) { return &h->entries[index]; }
 
 /* Claims a FREE entry as FILLING(me); *gen is its generation. */
@@ -83,10 +90,13 @@ static int entry_claim(shmq_handle *h, uint32_t *index, uint64_t *gen)
         if (shmq_job_kind(s) != SHMQ_JOB_FREE)
             continue;
         /* acquire: the previous user's writes to the entry happen before ours. */
-        if (atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_FILLING, h->self, s),
+        /* A new generation on every claim: a CAS against a state read
+         * before the entry was freed and claimed again fails. */
+        uint64_t fresh = (shmq_job_gen(s) + 1) & SHMQ_JOB_GEN_MASK;
+        if (atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_FILLING, h->self, fresh),
                                                     memory_order_acquire, memory_order_relaxed)) {
             *index = k;
-            *gen = shmq_job_gen(s);
+            *gen = fresh;
             return SHMQ_OK;
         }
     }
@@ -125,7 +135,8 @@ static int entry_payload(shmq_handle *h, const shmq_job_entry *e, uint8_t *out, 
 /* The log position an entry's job needs kept (its payload, or its copy). */
 static inline uint64_t entry_needs(const shmq_job_entry *e)
 {
-    return (e->flags & SHMQ_JOBF_REF) ? e->record : e->copy ? e->copy : e->job_id;
+    uint64_t copy = GET(e->copy);
+    return (GET(e->flags) & SHMQ_JOBF_REF) ? GET(e->record) : copy ? copy : GET(e->job_id);
 }
 
 /* Writes a COPY of entry e's job at the tail (for a checkpoint, or before it
@@ -182,27 +193,27 @@ typedef struct fetch_args {
 /* Fills entry `e` from a message just taken from its lane. */
 static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken *t)
 {
-    e->job_id = t->msg.job_id;
+    PUT(e->job_id, t->msg.job_id);
     e->enqueued_ns = t->enqueued_ns;
     e->attempt = t->msg.attempt;
     e->tag = t->msg.tag;
     e->length = t->msg.length;
-    e->lane = t->msg.lane;
-    e->flags = 0;
-    e->record = 0;
+    PUT(e->lane, t->msg.lane);
+    uint8_t flags = 0;
+    PUT(e->record, 0);
     e->offset = 0;
     e->unique_hi = e->unique_lo = 0;
-    e->copy = 0;
+    PUT(e->copy, 0);
     if (!(t->msg.flags & SHMQ_MSG_REF)) {
         /* An inline lane job below the floor has a copy from checkpoint_begin on (see low_water). */
         /* acquire: pairs with checkpoint()'s release of the floor; begin was stored before it. */
         uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);
         if (t->msg.job_id < floor)
-            e->copy = atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed);
+            PUT(e->copy, atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed));
     }
     if (t->msg.flags & SHMQ_MSG_REF) {
-        e->flags |= SHMQ_JOBF_REF;
-        e->record = t->record;
+        flags |= SHMQ_JOBF_REF;
+        PUT(e->record, t->record);
         e->offset = t->offset;
     } else if (t->msg.length <= SHMQ_JOB_INLINE_BYTES) {
         int rc = shmq_lane_read_payload(h, t, e->payload, t->msg.length);
@@ -219,11 +230,12 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
         if (rc == SHMQ_OK) {
             e->unique_hi = key[0];
             e->unique_lo = key[1];
-            e->flags |= SHMQ_JOBF_UNIQUE;
+            flags |= SHMQ_JOBF_UNIQUE;
             if (t->msg.flags & SHMQ_MSG_UNIQUE_FINISH)
-                e->flags |= SHMQ_JOBF_UNIQUE_FINISH;
+                flags |= SHMQ_JOBF_UNIQUE_FINISH;
         }
     }
+    PUT(e->flags, flags);
     return SHMQ_OK;
 }
 
@@ -281,8 +293,9 @@ static int fetch_message(shmq_handle *h, uint32_t lane, fetch_args *a, int order
         shmq_lane_finish(h, &t);
     }
     if (ordered)
-        e->flags |= SHMQ_JOBF_ORDERED;
+        PUT(e->flags, (uint8_t)(e->flags | SHMQ_JOBF_ORDERED));
     gen = lease_start(h, e, gen, a->lease_ns);
+    shmq_lane_mark_leased(h, &t);
     if (ordered)
         /* release: the entry is RUNNING before the gate names it. */
         atomic_store_explicit(&lane_header(h, lane)->gate, (uint64_t)index + 1, memory_order_release);
@@ -318,23 +331,27 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
     }
     if (g & SHMQ_GATE_CLAIM || g - 1 >= h->job_slots)
         return SHMQ_EEMPTY;
-    /* The lane's job waits to run again (a retry's backoff, or its consumer died). */
+    /* The lane's job waits to run again (a retry's backoff, or its consumer
+     * died). relaxed: a hint; the entry's own due time decides, once ours. */
+    int64_t now = shmq_wall_ns();
+    if (atomic_load_explicit(&lane_header(h, lane)->gate_due, memory_order_relaxed) > now)
+        return SHMQ_EEMPTY;
     uint32_t index = (uint32_t)(g - 1);
     shmq_job_entry *e = entry_at(h, index);
-    /* acquire: pairs with entry_store; the fields are visible. */
+    /* acquire: pairs with entry_store; the fields are visible once the CAS makes the entry ours. */
     uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (shmq_job_kind(s) != SHMQ_JOB_WAITING || !(e->flags & SHMQ_JOBF_ORDERED) || e->lane != lane)
-        return SHMQ_EEMPTY;
-    int64_t due = e->due_ns;
-    if (due > shmq_wall_ns())
-        return SHMQ_EEMPTY;
-    /* acquire: as above; the CAS makes the entry ours. */
-    if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+    if (shmq_job_kind(s) != SHMQ_JOB_WAITING ||
+        !atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
                                                  memory_order_acquire, memory_order_relaxed))
         return SHMQ_EEMPTY;
+    if (!(e->flags & SHMQ_JOBF_ORDERED) || e->lane != lane || e->due_ns > now) {
+        entry_store(e, SHMQ_JOB_WAITING, 0, shmq_job_gen(s)); /* not this lane's, or not due: as it was */
+        return SHMQ_EEMPTY;
+    }
+    int64_t due = e->due_ns;
     uint64_t gen = lease_start(h, e, shmq_job_gen(s), a->lease_ns);
     METRIC_ADD(h, lane, started, 1);
-    hist_add(h, SHMQ_HIST_WAIT, shmq_wall_ns() - due);
+    hist_add(h, SHMQ_HIST_WAIT, now - due);
     return deliver(h, e, index, gen, a);
 }
 
@@ -558,6 +575,8 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
         e->attempt = next;
         e->due_ns = retry_at_ns;
         METRIC_ADD(h, e->lane, retried, 1);
+        if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
+            atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);
         entry_store(e, SHMQ_JOB_WAITING, 0, d->gen);
         due_lower(h, retry_at_ns);
         shmq_wake_data(h); /* sleeping fetchers wake for the new due time */
@@ -600,40 +619,43 @@ static void entry_from_record(shmq_job_entry *e, const shmq_record_header *rec, 
 {
     const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
     uint32_t offset = (uint32_t)(sizeof *rec + sizeof *body) + body->group_bytes + body->unique_bytes;
-    e->job_id = rec->job_id;
+    PUT(e->job_id, rec->job_id);
     e->enqueued_ns = body->enqueued_ns;
     e->due_ns = body->not_before_ns;
     e->attempt = body->attempt ? body->attempt : 1;
     e->tag = body->tag;
     e->length = body->payload_bytes;
-    e->lane = body->lane;
-    e->flags = 0;
+    PUT(e->lane, body->lane);
+    uint8_t flags = 0;
     e->unique_hi = e->unique_lo = 0;
-    e->copy = position != rec->job_id ? position : 0; /* a copy (recovered, checkpointed): that record */
+    PUT(e->copy, position != rec->job_id ? position : 0); /* a copy (recovered, checkpointed): that record */
     if (body->unique_bytes == SHMQ_UNIQUE_KEY_BYTES) {
         uint64_t key[2];
         memcpy(key, (const uint8_t *)(body + 1) + body->group_bytes, sizeof key);
         e->unique_hi = key[0];
         e->unique_lo = key[1];
-        e->flags |= SHMQ_JOBF_UNIQUE | ((body->flags & SHMQ_ENQ_UNIQUE_FINISH) ? SHMQ_JOBF_UNIQUE_FINISH : 0);
+        flags |= SHMQ_JOBF_UNIQUE | ((body->flags & SHMQ_ENQ_UNIQUE_FINISH) ? SHMQ_JOBF_UNIQUE_FINISH : 0);
     }
-    if (e->length <= SHMQ_JOB_INLINE_BYTES && !(e->flags & SHMQ_JOBF_UNIQUE)) {
+    if (e->length <= SHMQ_JOB_INLINE_BYTES && !(flags & SHMQ_JOBF_UNIQUE)) {
         memcpy(e->payload, (const uint8_t *)rec + offset, e->length);
     } else { /* by reference; unique jobs always, so that a consumer finds the key */
-        e->flags |= SHMQ_JOBF_REF;
-        e->record = position;
+        flags |= SHMQ_JOBF_REF;
+        PUT(e->record, position);
         e->offset = offset;
     }
+    PUT(e->flags, flags);
 }
 
 /* An ordered WAITING entry that its lane's gate does not name takes the
  * gate if it is open (see shmq_jobs_schedule; the tick retries). */
-static void gate_adopt(shmq_handle *h, const shmq_job_entry *e, uint32_t index)
+static void gate_adopt(shmq_handle *h, uint32_t lane, uint32_t index, int64_t due)
 {
     uint64_t open = 0;
     /* acq_rel: the entry (published before) is visible to whoever sees the gate. */
-    atomic_compare_exchange_strong_explicit(&lane_header(h, e->lane)->gate, &open, (uint64_t)index + 1,
-                                            memory_order_acq_rel, memory_order_relaxed);
+    if (atomic_compare_exchange_strong_explicit(&lane_header(h, lane)->gate, &open, (uint64_t)index + 1,
+                                                memory_order_acq_rel, memory_order_relaxed))
+        /* relaxed: a hint (see fetch_ordered). */
+        atomic_store_explicit(&lane_header(h, lane)->gate_due, due, memory_order_relaxed);
 }
 
 static void scheduled(shmq_handle *h, shmq_job_entry *e, uint64_t gen)
@@ -660,10 +682,12 @@ int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t p
      * its lane, as it did before the restart: later jobs of the group wait. */
     int holds = e->lane < h->lane_count && shmq_lane_ordered(h, e->lane) && e->attempt > 1;
     if (holds)
-        e->flags |= SHMQ_JOBF_ORDERED;
+        PUT(e->flags, (uint8_t)(e->flags | SHMQ_JOBF_ORDERED));
+    int64_t due = e->due_ns;
+    uint32_t lane = e->lane;
     scheduled(h, e, gen);
     if (holds)
-        gate_adopt(h, e, index);
+        gate_adopt(h, lane, index, due);
     return SHMQ_OK;
 }
 
@@ -767,6 +791,8 @@ static int take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired)
     log_outcome(h, SHMQ_REC_RETRY, e->job_id, 0, next, SHMQ_RETRY_CONSUMER_DIED, NULL, 0);
     e->attempt = next;
     e->due_ns = shmq_wall_ns();
+    if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers */
+        atomic_store_explicit(&lane_header(h, e->lane)->gate_due, e->due_ns, memory_order_relaxed);
     if (expired)
         METRIC_ADD(h, e->lane, lease_expired, 1);
     else
@@ -775,15 +801,10 @@ static int take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired)
     return 1;
 }
 
-/* A due WAITING job goes into a lane (its ordered lane, or any). */
-static int move_to_lane(shmq_handle *h, uint32_t index, uint64_t s)
+/* A due WAITING job, which we hold (MOVING), goes into a lane (its ordered lane, or any). */
+static int move_to_lane(shmq_handle *h, uint32_t index, uint64_t gen)
 {
     shmq_job_entry *e = entry_at(h, index);
-    /* acquire: as in take_back. */
-    if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
-                                                 memory_order_acquire, memory_order_relaxed))
-        return 0;
-    uint64_t gen = shmq_job_gen(s);
     shmq_msg_header mh = {.length = e->length, .tag = e->tag, .attempt = e->attempt, .job_id = e->job_id,
                           .enqueued_ns = e->enqueued_ns};
     if (e->flags & SHMQ_JOBF_UNIQUE)
@@ -846,45 +867,60 @@ int shmq_jobs_tick(shmq_handle *h)
             /* relaxed: a lone word (see shmq_extend). */
             if (!dead && atomic_load_explicit(&e->deadline_ns, memory_order_relaxed) > mono)
                 continue;
-            if (take_back(h, i, s, !dead))
+            if (take_back(h, i, s, !dead)) {
                 next = wall;
+                moved++; /* due now: wake sleeping fetchers */
+            }
             continue;
         }
         case SHMQ_JOB_FINISHING:
-            if (!is_alive(h, &cache, owner) && take_back(h, i, s, 0))
+            if (!is_alive(h, &cache, owner) && take_back(h, i, s, 0)) {
                 next = wall;
+                moved++;
+            }
             continue;
         case SHMQ_JOB_MOVING:
             if (!is_alive(h, &cache, owner)) {
                 /* relaxed: back to its state before; entry_store-like publication is not needed (fields unchanged). */
-                atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_WAITING, 0, s),
-                                                        memory_order_release, memory_order_relaxed);
+                if (atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_WAITING, 0, s),
+                                                            memory_order_release, memory_order_relaxed))
+                    moved++;
                 next = wall;
             }
             continue;
-        case SHMQ_JOB_WAITING:
+        case SHMQ_JOB_WAITING: {
+            /* acquire: its fields are ours to read once the CAS makes it ours. */
+            if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+                                                         memory_order_acquire, memory_order_relaxed))
+                continue;
+            uint64_t gen = shmq_job_gen(s);
+            int64_t due = e->due_ns;
             if (e->flags & SHMQ_JOBF_ORDERED) { /* its lane's fetchers take it (see fetch_ordered) */
-                if (e->lane < h->lane_count &&
+                uint32_t lane = e->lane;
+                entry_store(e, SHMQ_JOB_WAITING, 0, gen);
+                if (lane < h->lane_count &&
                     /* relaxed: a look; gate_adopt's CAS decides. */
-                    atomic_load_explicit(&lane_header(h, e->lane)->gate, memory_order_relaxed) != (uint64_t)i + 1)
-                    gate_adopt(h, e, i);
-                if (e->due_ns <= wall)
+                    atomic_load_explicit(&lane_header(h, lane)->gate, memory_order_relaxed) != (uint64_t)i + 1)
+                    gate_adopt(h, lane, i, due); /* recovered: it holds its lane again */
+                if (due <= wall)
                     wake_ordered = 1;
-                else if (e->due_ns < next)
-                    next = e->due_ns;
+                else if (due < next)
+                    next = due;
                 continue;
             }
-            if (e->due_ns > wall) {
-                if (e->due_ns < next)
-                    next = e->due_ns;
+            if (due > wall) {
+                entry_store(e, SHMQ_JOB_WAITING, 0, gen);
+                if (due < next)
+                    next = due;
                 continue;
             }
-            int r = move_to_lane(h, i, s);
+            int r = move_to_lane(h, i, gen);
             if (r > 0)
                 moved++;
             else if (r < 0 && wall + 10 * 1000 * 1000 < next)
                 next = wall + 10 * 1000 * 1000; /* lanes full: try again soon */
             continue;
+        }
         default:
             continue;
         }
@@ -915,7 +951,9 @@ int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane)
     /* acquire: pairs with the gate's release stores. */
     uint64_t g = atomic_load_explicit(gate, memory_order_acquire);
     if (g == 0)
-        return 0;
+        /* A head still READING under a dead owner with the gate open: its job
+         * was leased, taken back and finished since; the slots go. */
+        return shmq_lane_release_dead_head(h, lane, 0);
     if (g & SHMQ_GATE_CLAIM) {
         unsigned owner = (unsigned)(g & 0x1FFFu);
         if (owner == h->self || shmq_participant_alive(h, owner))
@@ -927,7 +965,7 @@ int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane)
             uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
             unsigned kind = shmq_job_kind(s);
             if (shmq_job_owner(s) == owner && (kind == SHMQ_JOB_FILLING || kind == SHMQ_JOB_RUNNING_KIND) &&
-                (e->flags & SHMQ_JOBF_ORDERED) && e->lane == lane)
+                (GET(e->flags) & SHMQ_JOBF_ORDERED) && GET(e->lane) == lane)
                 /* relaxed: never published as the lane's lease. */
                 atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_FREE, 0, s),
                                                         memory_order_relaxed, memory_order_relaxed);
@@ -946,7 +984,8 @@ int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane)
     /* acquire: as above. */
     uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
     unsigned kind = shmq_job_kind(s);
-    int holds = kind != SHMQ_JOB_FREE && kind != SHMQ_JOB_FILLING && (e->flags & SHMQ_JOBF_ORDERED) && e->lane == lane;
+    int holds = kind != SHMQ_JOB_FREE && kind != SHMQ_JOB_FILLING && (GET(e->flags) & SHMQ_JOBF_ORDERED) &&
+                GET(e->lane) == lane;
     if (!holds) {
         /* release: as above. A gate naming an entry that no longer holds the lane. */
         if (atomic_compare_exchange_strong_explicit(gate, &g, 0, memory_order_release, memory_order_relaxed))
@@ -966,7 +1005,7 @@ int shmq_jobs_holds(shmq_handle *h, uint64_t job_id)
         shmq_job_entry *e = entry_at(h, i);
         /* acquire: pairs with entry_store. */
         unsigned kind = shmq_job_kind(atomic_load_explicit(&e->state, memory_order_acquire));
-        if (kind != SHMQ_JOB_FREE && kind != SHMQ_JOB_FILLING && e->job_id == job_id)
+        if (kind != SHMQ_JOB_FREE && kind != SHMQ_JOB_FILLING && GET(e->job_id) == job_id)
             return 1;
     }
     return 0;
@@ -1018,11 +1057,16 @@ uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target)
 {
     uint64_t bytes = 0;
     for (uint32_t i = 0; h->jobs && i < h->job_slots; i++) {
-        const shmq_job_entry *e = &h->entries[i];
-        /* acquire: pairs with entry_store. */
-        if (shmq_job_kind(atomic_load_explicit(&e->state, memory_order_acquire)) == SHMQ_JOB_WAITING &&
-            entry_needs(e) < target)
+        shmq_job_entry *e = &h->entries[i];
+        /* acquire: the fields are ours to read while we hold it (MOVING). */
+        uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
+        if (shmq_job_kind(s) != SHMQ_JOB_WAITING ||
+            !atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+                                                     memory_order_acquire, memory_order_relaxed))
+            continue;
+        if (entry_needs(e) < target)
             bytes += e->length + SHMQ_ENQUEUE_OVERHEAD;
+        entry_store(e, SHMQ_JOB_WAITING, 0, shmq_job_gen(s));
     }
     return bytes;
 }
@@ -1035,22 +1079,25 @@ int shmq_jobs_checkpoint(shmq_handle *h, uint64_t target, uint64_t *copies)
         shmq_job_entry *e = entry_at(h, i);
         /* acquire: pairs with entry_store. */
         uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
-        if (shmq_job_kind(s) != SHMQ_JOB_WAITING || entry_needs(e) >= target)
-            continue;
         /* acquire: the entry is ours while MOVING; no one moves or runs it meanwhile. */
-        if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+        if (shmq_job_kind(s) != SHMQ_JOB_WAITING ||
+            !atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
                                                      memory_order_acquire, memory_order_relaxed))
             continue;
+        if (entry_needs(e) >= target) {
+            entry_store(e, SHMQ_JOB_WAITING, 0, shmq_job_gen(s));
+            continue;
+        }
         uint64_t position;
         uint32_t offset;
         /* LANED | SCHEDULED: the feeder leaves it alone, the entry has the job. */
         int rc = entry_copy(h, e, SHMQ_ENQ_LANED | SHMQ_ENQ_SCHEDULED, &position, &offset);
         if (rc == SHMQ_OK) {
             if (e->flags & SHMQ_JOBF_REF) {
-                e->record = position;
+                PUT(e->record, position);
                 e->offset = offset;
             } else {
-                e->copy = position;
+                PUT(e->copy, position);
             }
             (*copies)++;
         }
@@ -1119,7 +1166,7 @@ static int status_once(shmq_handle *h, uint64_t job_id, shmq_result_info *info)
         shmq_job_entry *e = entry_at(h, i);
         /* acquire: pairs with entry_store. */
         unsigned kind = shmq_job_kind(atomic_load_explicit(&e->state, memory_order_acquire));
-        if (kind == SHMQ_JOB_FREE || e->job_id != job_id)
+        if (kind == SHMQ_JOB_FREE || GET(e->job_id) != job_id)
             continue;
         if (kind == SHMQ_JOB_WAITING || kind == SHMQ_JOB_MOVING)
             return SHMQ_JOB_SCHEDULED;
@@ -1176,7 +1223,7 @@ void shmq_job_stats_read(const shmq_handle *h, int lane, shmq_job_stats *s /* OU
         const shmq_job_entry *e = &h->entries[i];
         /* relaxed: statistics. */
         unsigned kind = shmq_job_kind(atomic_load_explicit(&e->state, memory_order_relaxed));
-        if (lane >= 0 && e->lane != (uint32_t)lane)
+        if (lane >= 0 && GET(e->lane) != (uint32_t)lane)
             continue;
         if (kind == SHMQ_JOB_RUNNING_KIND || kind == SHMQ_JOB_FINISHING)
             s->in_flight++;

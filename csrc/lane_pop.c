@@ -505,6 +505,15 @@ int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, ui
     return copy_payload(h, lane_at(h, t->msg.lane), &msg, out);
 }
 
+/* Marks a taken message as leased: a repairer that finds its consumer dead
+ * leaves the job to the lease (see redeliver in lane_push.c). We hold the
+ * slot (READING), so the header is ours to write; a repairer reads it only
+ * after its takeover CAS, once we are dead. */
+void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t)
+{
+    header_at(h, lane_at(h, t->msg.lane), t->msg.position)->flags |= SHMQ_MSG_LEASED;
+}
+
 /* Releases a taken message's slots (no DONE: the job's lease holds it now). */
 void shmq_lane_finish(shmq_handle *h, const shmq_taken *t)
 {

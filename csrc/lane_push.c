@@ -93,8 +93,8 @@ static void redeliver(shmq_handle *h, lane_ref lane, uint64_t pos)
     shmq_msg_header mh = *header_at(h, lane, pos);
     if (mh.job_id == 0 || (mh.flags & SHMQ_MSG_SKIP))
         return;
-    if (h->jobs && shmq_jobs_holds(h, mh.job_id))
-        return; /* its consumer leased it before dying: the lease puts it back */
+    if ((mh.flags & SHMQ_MSG_LEASED) || (h->jobs && shmq_jobs_holds(h, mh.job_id)))
+        return; /* its consumer leased it before dying: the lease puts it back (or did already) */
     shmq_log_enter(h);
     /* The payload: from the ring (in up to two pieces where it wraps), or
      * from the record a reference names. */
@@ -460,8 +460,11 @@ static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8
     } else {
         rc = push_one(h, lane, mh, first, first_length, second, second_length, timeout_ns, NULL, NULL);
     }
-    if (rc != SHMQ_OK)
+    if (rc != SHMQ_OK) {
         shmq_log_done(h, &record, 1); /* not accepted after all: the record must not come back */
+        if (args.unique && h->jobs) /* nor its key */
+            shmq_unique_drop(h, ((const uint64_t *)args.unique)[0], ((const uint64_t *)args.unique)[1], record);
+    }
     return rc;
 }
 
@@ -469,7 +472,7 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
               const char *second, uint32_t second_length, int64_t timeout_ns)
 {
     uint64_t length = (uint64_t)first_length + second_length;
-    if (lane >= (int)h->lane_count || (flags & (SHMQ_MSG_REF | SHMQ_MSG_SKIP | SHMQ_MSG_UNIQUE | SHMQ_MSG_UNIQUE_FINISH)))
+    if (lane >= (int)h->lane_count || (flags & (SHMQ_MSG_REF | SHMQ_MSG_SKIP | SHMQ_MSG_UNIQUE | SHMQ_MSG_UNIQUE_FINISH | SHMQ_MSG_LEASED)))
         return SHMQ_EINVAL; /* those flags are the core's own */
     shmq_msg_header mh = {.length = (uint32_t)length, .tag = tag, .flags = flags, .attempt = 1, .job_id = 0};
     if (!h->log_on) {

@@ -262,7 +262,8 @@ typedef struct shmq_lane_header {
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t head; /* hint: every position below it is taken; head <= tail */
     _Atomic uint64_t popped;                        /* messages taken (statistics, qsize) */
     _Atomic uint64_t gate;                          /* ordered lanes: SHMQ_GATE_* (see "Ordered lanes") */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 24];
+    _Atomic int64_t gate_due;                       /* ordered lanes: when the gate's WAITING job may run */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 32];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
@@ -270,6 +271,7 @@ _Static_assert(offsetof(shmq_lane_header, pushed) == 8, "format");
 _Static_assert(offsetof(shmq_lane_header, head) == 64, "head on its own cache line: producers and consumers must not false-share");
 _Static_assert(offsetof(shmq_lane_header, popped) == 72, "format");
 _Static_assert(offsetof(shmq_lane_header, gate) == 80, "format");
+_Static_assert(offsetof(shmq_lane_header, gate_due) == 88, "format");
 _Static_assert(sizeof(shmq_lane_header) == 128, "format");
 
 /* Written at the start of a message's first slot. */

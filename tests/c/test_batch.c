@@ -273,16 +273,16 @@ void test_batch_claimed(void)
     enum { BIG_SPAN = (200 + SHMQ_MSG_HEADER_BYTES + SLOT - 1) / SLOT };
 
     /* Bigger than the buffer: claimed, then copied by pop_finish. Flags
-     * other than the core's own (SHMQ_MSG_REF, SHMQ_MSG_SKIP) pass through. */
+     * other than the core's own (bits 0-4: SHMQ_MSG_REF ... SHMQ_MSG_LEASED) pass through. */
     fill_pattern(data, 1, 200);
-    CHECK_RC(shmq_push(h, -1, 5, 0x30, (const char *)data, 200, NULL, 0, 0), SHMQ_OK);
+    CHECK_RC(shmq_push(h, -1, 5, 0x60, (const char *)data, 200, NULL, 0, 0), SHMQ_OK);
     CHECK_RC(shmq_pop(h, (char *)buf, 64, 0, &m), SHMQ_ECLAIMED);
     CHECK_EQ(m.length, 200);
     CHECK_EQ(m.span, BIG_SPAN);
     CHECK_EQ(m.lane, 0);
     CHECK_EQ(m.position, 0);
     CHECK_EQ(m.tag, 5);
-    CHECK_EQ(m.flags, 0x30);
+    CHECK_EQ(m.flags, 0x60);
     CHECK_EQ(lane_state(h, 0, 0), shmq_state(0, SHMQ_SLOT_READING, self, BIG_SPAN));
     CHECK_RC(shmq_pop(other, (char *)buf, sizeof buf, 0, &claimed), SHMQ_EEMPTY);
     /* Only the claim's holder may finish or abandon it. */

@@ -49,7 +49,33 @@
     X(log_retention_deletes_drained_segments) \
     X(log_backlog_fed_in_order)    \
     X(log_redeliver_dead_reader)   \
-    X(log_snapshot_then_recover)
+    X(log_snapshot_then_recover)   \
+    X(jobs_round_trip)               \
+    X(jobs_claimed_payload)          \
+    X(jobs_retry_and_dead)           \
+    X(jobs_delayed)                  \
+    X(jobs_lease_expiry)             \
+    X(jobs_dead_consumer)            \
+    X(jobs_tick_wakes_fetcher)       \
+    X(jobs_ordered_lane)             \
+    X(jobs_ordered_fault_points)     \
+    X(jobs_ordered_dead_states)      \
+    X(jobs_ordered_hung_then_dead)   \
+    X(jobs_unordered_dead_after_take) \
+    X(jobs_unordered_dead_after_lease) \
+    X(jobs_unordered_dead_after_lease_maintained) \
+    X(jobs_unique_keys)              \
+    X(jobs_unique_full)              \
+    X(jobs_unique_claims)            \
+    X(jobs_unique_key_race)          \
+    X(jobs_table_full)               \
+    X(jobs_results_ring)             \
+    X(jobs_results_expire)           \
+    X(jobs_result_wait_wakes)        \
+    X(jobs_histogram_buckets)        \
+    X(jobs_histogram_recording)      \
+    X(jobs_stats_counters)           \
+    X(jobs_concurrent)
 
 #define X(name) void test_##name(void);
 SHMQ_TESTS(X)
