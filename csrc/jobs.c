@@ -524,15 +524,17 @@ int shmq_ack(shmq_handle *h, const shmq_delivery *d, uint8_t tag, const char *re
     if (!e)
         return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
     uint64_t job_id = e->job_id;
-    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length);
     shmq_log_ack(h, &job_id, 1); /* DONE, written lazily: a lost one only runs the job again after a recovery */
     if (e->flags & SHMQ_JOBF_UNIQUE_FINISH)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
     METRIC_ADD(h, e->lane, done, 1);
     hist_add(h, SHMQ_HIST_RUN, shmq_now_ns() - e->started_ns);
-    shmq_fault(h, SHMQ_FAULT_ACK_BEFORE_FREE);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     gate_open(h, e, d->entry);
+    /* The result last but the entry: a waiter that wakes finds the key free,
+     * the counters counted and the group's next job startable. */
+    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length);
+    shmq_fault(h, SHMQ_FAULT_ACK_BEFORE_FREE);
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
         shmq_wake_data(h); /* the lane's next job may start */
@@ -587,12 +589,12 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
         entry_store(e, SHMQ_JOB_RUNNING_KIND, h->self, d->gen);
         return rc;
     }
-    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length);
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
     METRIC_ADD(h, e->lane, dead, 1);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     gate_open(h, e, d->entry);
+    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length); /* as in ack */
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
         shmq_wake_data(h);
@@ -1170,6 +1172,8 @@ static int status_once(shmq_handle *h, uint64_t job_id, shmq_result_info *info)
             continue;
         if (kind == SHMQ_JOB_WAITING || kind == SHMQ_JOB_MOVING)
             return SHMQ_JOB_SCHEDULED;
+        if (kind == SHMQ_JOB_FINISHING && shmq_result_lookup(h, job_id, info) > 0)
+            return info->status; /* its result is out, the entry not yet free */
         if (kind != SHMQ_JOB_FILLING)
             return SHMQ_JOB_RUNNING;
     }

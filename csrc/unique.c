@@ -104,9 +104,10 @@ int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existi
             return SHMQ_EDUPLICATE;
         }
         unsigned owner = (unsigned)(job & 0x1FFFu);
-        if (owner == h->self || !shmq_participant_alive(h, owner)) {
-            /* Its enqueuer died before writing the job (or it is a claim of
-             * ours that a crash left): the key is free. */
+        if (owner != h->self && !shmq_participant_alive(h, owner)) {
+            /* Its enqueuer died before writing the job: the key is free. (A
+             * claim of our own index is a sibling thread's, in progress: an
+             * index is not given to a new process while a claim names it.) */
             atomic_store_explicit(&e->job, SHMQ_UNIQUE_CLAIMED | h->self, memory_order_relaxed);
             table_unlock(h);
             return SHMQ_OK;

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from typing import Any, Callable
 
 from shmq import errors
@@ -129,6 +130,7 @@ class App:
             self.queue_kwargs.setdefault("ordered_lanes", _APP_ORDERED_LANES)
         self.tasks: dict[str, Task] = {}
         self._queue = None
+        self._queue_lock = threading.Lock()  # worker threads open one queue between them
         self._eager_state = None
 
     def __repr__(self) -> str:
@@ -139,9 +141,13 @@ class App:
         """The App's shmq.Queue (opened on first use, again after a fork)."""
         from shmq.queue import Queue
 
-        if self._queue is None or self._queue._region is None:
-            self._queue = Queue(self.name, **self.queue_kwargs)
-        return self._queue
+        queue = self._queue
+        if queue is None or queue._region is None:
+            with self._queue_lock:
+                if self._queue is None or self._queue._region is None:
+                    self._queue = Queue(self.name, **self.queue_kwargs)
+                queue = self._queue
+        return queue
 
     def close(self) -> None:
         if self._queue is not None:
@@ -162,7 +168,7 @@ class App:
         """
 
         def register(f: Callable) -> Task:
-            if not callable(f):
+            if inspect.isclass(f) or not callable(f):
                 raise errors.ConfigError(f"@app.task needs a function, got {f!r}")
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not f:

@@ -95,7 +95,12 @@ def run_eager(app, task, args: tuple, kwargs: dict, unique: Any, until: str, ret
                 job._error = error_info(exc)
                 continue
             if result is not None:
-                codec.encode(result)  # a result the queue could not carry fails here as it would there
+                try:
+                    codec.encode(result)  # a result the queue could not carry
+                except errors.EncodeError as exc:  # ends the job dead, as a worker does
+                    job._error = error_info(errors.EncodeError(
+                        f"task {task.name!r} returned a result the codec cannot carry: {exc}"))
+                    break
             job._result = result
             job._status = "done"
             return job

@@ -485,13 +485,13 @@ class JobsMixin:
                     )
                 else:
                     raise_for(rc, f"fetch on queue {self.name!r}")
-                delivery = self._delivery(c, raw)
+                delivery = self._delivery(c, raw, lease_ns)
                 if delivery is not None:
                     return delivery
         finally:
             free.append(scratch)
 
-    def _delivery(self, c, raw) -> Delivery | None:
+    def _delivery(self, c, raw, lease_ns: int) -> Delivery | None:
         tag = c.tag
         group = None
         retries = _RETRIES_DEFAULT
@@ -512,7 +512,7 @@ class JobsMixin:
             delivery.fail(
                 errors.ShmqError(
                     f"gave up after {c.attempt - 1} attempt(s): the process running it died or its lease "
-                    f"({self.lease_timeout:g} s) expired each time"
+                    f"(here {lease_ns / 1e9:g} s) expired each time"
                 ),
                 retry=False,
             )

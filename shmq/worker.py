@@ -78,6 +78,8 @@ def _run_one(app, delivery, task_of) -> None:
             f"no task named {name!r} in app {app.name!r} (known: {', '.join(sorted(app.tasks)) or 'none'}): "
             "start workers with the same code as the producers"), retry=False)
         return
+    if task.lease_timeout is not None:
+        delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
     try:
         result = task.fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
@@ -138,6 +140,7 @@ def work(app, threads: int = 1, stop: threading.Event | None = None, lease: floa
 def _child_main(app, threads: int, lease: float | None) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._queue = None
+    app._queue_lock = threading.Lock()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
     try:
         work(app, threads=threads, lease=lease)
