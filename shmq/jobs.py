@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 
 from shmq import errors
-from shmq._calls import _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
+from shmq._calls import _SCRATCH_BYTES, _Budget, _Scratch, _first_wait
 from shmq._lib import ECLAIMED, EEMPTY, EINTR, OK, ffi, lib, raise_for
 
 __all__ = ["Delivery", "Job", "RetryPolicy", "STATUS_NAMES"]

@@ -17,7 +17,6 @@ import mmap
 import os
 import re
 import secrets
-import time
 import shutil
 import threading
 import warnings

@@ -298,7 +298,7 @@ def test_retries_per_job(make_queue):
     assert info.value.message == "b"  # a text error: its text, type "Error"
     assert info.value.type == "Error"
 
-    default = q.enqueue("default")
+    q.enqueue("default")
     d = q.fetch(timeout=5)
     assert d.retries == 5
 
@@ -565,8 +565,9 @@ def test_failing_job_holds_its_group_while_others_go_on(make_queue):
     q = make_queue(ordered_lanes=4, retries=3)
     a, b = two_groups_on_different_lanes(q)
     a_jobs = [q.enqueue(f"a{i}", group=a) for i in range(2)]
-    b_jobs = [q.enqueue(f"b{i}", group=b) for i in range(3)]
-    plain = q.enqueue("plain")
+    for i in range(3):
+        q.enqueue(f"b{i}", group=b)
+    q.enqueue("plain")
 
     d = q.fetch(timeout=5)
     while d.id != a_jobs[0].id:  # take group b's first and the plain job, keep them running
