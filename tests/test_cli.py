@@ -13,6 +13,7 @@ import time
 import pytest
 
 from shmq import cli
+from shmq.commands import demo
 
 SHM_DIR = "/dev/shm"
 
@@ -124,18 +125,18 @@ def test_ctrl_c_stops_the_demo_and_removes_the_queue(tmp_path):
 
 
 def test_verify_finds_lost_duplicated_and_stray_messages():
-    plan = cli._DemoPlan("n", "/p", 64, 1, 2, 2, None, (4, 3), False, os.getpid())
+    plan = demo._DemoPlan("n", "/p", 64, 1, 2, 2, None, (4, 3), False, os.getpid())
     ok = {
         0: (4, 0, 0, 1.0, [bytearray([1, 0, 1, 0]), bytearray([1, 1, 0])]),
         1: (3, 0, 0, 1.0, [bytearray([0, 1, 0, 1]), bytearray([0, 0, 1])]),
     }
-    assert cli._verify(plan, [4, 3], ok) == (0, 0, 0)
+    assert demo._verify(plan, [4, 3], ok) == (0, 0, 0)
     bad = {
         # producer 0: message 3 lost, message 0 twice; producer 1: message 2 twice and a stray number 4
         0: (4, 0, 0, 1.0, [bytearray([1, 0, 1, 0]), bytearray([1, 1, 1, 0, 0])]),
         1: (4, 0, 0, 1.0, [bytearray([1, 1, 0, 0]), bytearray([0, 0, 1, 0, 1])]),
     }
-    assert cli._verify(plan, [4, 3], bad) == (1, 2, 1)
+    assert demo._verify(plan, [4, 3], bad) == (1, 2, 1)
 
 
 def test_demo_with_sync_durability():
