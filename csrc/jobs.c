@@ -1242,3 +1242,33 @@ void shmq_job_stats_read(const shmq_handle *h, int lane, shmq_job_stats *s /* OU
     s->wait_max_ns = atomic_load_explicit(&h->jobs->hist_max[SHMQ_HIST_WAIT], memory_order_relaxed);
     s->run_max_ns = atomic_load_explicit(&h->jobs->hist_max[SHMQ_HIST_RUN], memory_order_relaxed);
 }
+
+uint32_t shmq_jobs_list(const shmq_handle *h, shmq_job_info *out, uint32_t capacity)
+{
+    uint32_t n = 0;
+    int64_t now = shmq_now_ns();
+    for (uint32_t i = 0; h->jobs && i < h->job_slots && n < capacity; i++) {
+        const shmq_job_entry *e = &h->entries[i];
+        /* acquire: pairs with entry_store; a snapshot for people, fields may move on meanwhile. */
+        uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
+        unsigned kind = shmq_job_kind(s);
+        if (kind == SHMQ_JOB_FREE || kind == SHMQ_JOB_FILLING)
+            continue;
+        unsigned owner = shmq_job_owner(s);
+        shmq_job_info *info = &out[n++];
+        *info = (shmq_job_info){.job_id = GET(e->job_id), .entry = i, .lane = GET(e->lane), .kind = (uint8_t)kind,
+                                .flags = GET(e->flags)};
+        info->enqueued_ns = __atomic_load_n(&e->enqueued_ns, __ATOMIC_RELAXED);
+        info->due_ns = __atomic_load_n(&e->due_ns, __ATOMIC_RELAXED);
+        info->length = __atomic_load_n(&e->length, __ATOMIC_RELAXED);
+        info->attempt = __atomic_load_n(&e->attempt, __ATOMIC_RELAXED);
+        if (kind == SHMQ_JOB_RUNNING_KIND || kind == SHMQ_JOB_FINISHING) {
+            /* relaxed: a lone word (see shmq_extend). */
+            info->lease_left_ns = atomic_load_explicit(&e->deadline_ns, memory_order_relaxed) - now;
+            if (owner && owner < h->header->participant_capacity)
+                /* relaxed: a look at who holds it. */
+                info->owner_pid = atomic_load_explicit(&h->participants[owner].pid, memory_order_relaxed);
+        }
+    }
+    return n;
+}

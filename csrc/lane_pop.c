@@ -587,3 +587,19 @@ int shmq_lane_release_dead_head(shmq_handle *h, uint32_t index, unsigned owner)
 }
 
 void shmq_wake_data(shmq_handle *h) { wake(&h->header->data_event, &h->header->data_waiters); }
+
+void shmq_lane_info_read(const shmq_handle *h, uint32_t index, shmq_lane_info *info /* OUT */)
+{
+    *info = (shmq_lane_info){0};
+    if (index >= h->lane_count)
+        return;
+    lane_ref lane = lane_at(h, index);
+    /* relaxed: a snapshot for people. */
+    info->head = atomic_load_explicit(&lane.header->head, memory_order_relaxed);
+    info->tail = atomic_load_explicit(&lane.header->tail, memory_order_relaxed);
+    info->pushed = atomic_load_explicit(&lane.header->pushed, memory_order_relaxed);
+    info->popped = atomic_load_explicit(&lane.header->popped, memory_order_relaxed);
+    info->gate = atomic_load_explicit(&lane.header->gate, memory_order_relaxed);
+    info->gate_due_ns = atomic_load_explicit(&lane.header->gate_due, memory_order_relaxed);
+    info->ordered = (uint32_t)shmq_lane_ordered(h, index);
+}

@@ -210,3 +210,21 @@ int shmq_sweep_sleepers(shmq_handle *h)
     }
     return swept;
 }
+
+uint32_t shmq_participant_slots(const shmq_handle *h) { return h->header->participant_capacity; }
+
+void shmq_participant_info_read(const shmq_handle *h, uint32_t index, shmq_participant_info *info /* OUT */)
+{
+    *info = (shmq_participant_info){0};
+    if (index == 0 || index >= h->header->participant_capacity)
+        return;
+    const shmq_participant *p = &h->participants[index];
+    /* relaxed: a snapshot for people. */
+    info->pid = atomic_load_explicit((_Atomic uint32_t *)&p->pid, memory_order_relaxed);
+    if (!info->pid)
+        return;
+    info->start_time = atomic_load_explicit((_Atomic uint64_t *)&p->start_time, memory_order_relaxed);
+    info->roles = atomic_load_explicit((_Atomic uint32_t *)&p->roles, memory_order_relaxed);
+    info->sleeping = atomic_load_explicit((_Atomic uint32_t *)&p->sleeping, memory_order_relaxed);
+    info->alive = (uint32_t)shmq_participant_alive(h, index);
+}

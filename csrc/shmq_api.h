@@ -295,6 +295,43 @@ void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets
 uint64_t shmq_histogram_bucket_low(uint32_t bucket);
 int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
 
+/* Inspecting (shmq inspect): snapshots, for people. */
+typedef struct shmq_lane_info {
+    uint64_t head;
+    uint64_t tail;
+    uint64_t pushed;
+    uint64_t popped;
+    uint64_t gate;             /* ordered lanes: 0 open; else see layout.h */
+    int64_t gate_due_ns;
+    uint32_t ordered;
+    uint32_t reserved;
+} shmq_lane_info;
+typedef struct shmq_participant_info {
+    uint64_t start_time;
+    uint32_t pid;              /* 0: a free entry */
+    uint32_t alive;
+    uint32_t roles;
+    uint32_t sleeping;
+} shmq_participant_info;
+typedef struct shmq_job_info {
+    uint64_t job_id;
+    int64_t enqueued_ns;       /* CLOCK_REALTIME */
+    int64_t due_ns;            /* waiting: CLOCK_REALTIME */
+    int64_t lease_left_ns;     /* running: until the lease expires */
+    uint32_t entry;
+    uint32_t owner_pid;        /* running: the consumer's pid */
+    uint32_t lane;
+    uint32_t length;
+    uint16_t attempt;
+    uint8_t kind;              /* 2 running, 3 waiting, 4 being moved, 5 finishing */
+    uint8_t flags;
+} shmq_job_info;
+void shmq_lane_info_read(const shmq_handle *handle, uint32_t lane, shmq_lane_info *info /* OUT */);
+uint32_t shmq_participant_slots(const shmq_handle *handle);
+void shmq_participant_info_read(const shmq_handle *handle, uint32_t index, shmq_participant_info *info /* OUT */);
+/* Copies up to `capacity` live job entries; returns how many it copied. */
+uint32_t shmq_jobs_list(const shmq_handle *handle, shmq_job_info *out, uint32_t capacity);
+
 /* Observing. */
 void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);
 int shmq_is_empty(const shmq_handle *handle);

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from shmq import cli
 from shmq.commands import demo
 
 SHM_DIR = "/dev/shm"
