@@ -201,6 +201,10 @@ int shmq_jobs_references(const shmq_handle *h, unsigned index);
 void shmq_jobs_detach(shmq_handle *h);
 int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
 
+/* throttle.c */
+int shmq_throttle_admit(shmq_handle *h, uint64_t count, int64_t timeout_ns);
+int shmq_throttle_open(const shmq_handle *h);
+
 /* unique.c */
 int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing);
 void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);

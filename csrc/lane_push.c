@@ -468,6 +468,23 @@ static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8
     return rc;
 }
 
+/* A logged put: into a lane; or into the backlog while spilling, or when
+ * the lanes are full and the queue throttles open loop (a put never waits). */
+static int push_logged(shmq_handle *h, int lane, shmq_msg_header mh, const uint8_t *first, uint32_t first_length,
+                       const uint8_t *second, uint32_t second_length, int64_t timeout_ns,
+                       const shmq_enqueue_args *log, uint64_t *job_id)
+{
+    if (shmq_log_spilling(h))
+        return put_spilled(h, lane, mh, first, first_length, second, second_length, timeout_ns, log, job_id);
+    if (!shmq_throttle_open(h))
+        return push_one(h, lane, mh, first, first_length, second, second_length, timeout_ns, log, job_id);
+    int rc = push_one(h, lane, mh, first, first_length, second, second_length, 0, log, job_id);
+    if (rc != SHMQ_EFULL)
+        return rc;
+    shmq_log_spill_begin(h); /* the lanes are full: from here on jobs wait in the log, in order */
+    return put_spilled(h, lane, mh, first, first_length, second, second_length, timeout_ns, log, job_id);
+}
+
 int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *first, uint32_t first_length,
               const char *second, uint32_t second_length, int64_t timeout_ns)
 {
@@ -485,11 +502,10 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
         return SHMQ_ETOOBIG;
     shmq_log_enter(h);
     shmq_enqueue_args args = {.tag = tag};
-    int rc = shmq_log_spilling(h)
-                 ? put_spilled(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
-                               second_length, timeout_ns, &args, NULL)
-                 : push_one(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second,
-                            second_length, timeout_ns, &args, NULL);
+    int rc = shmq_throttle_admit(h, 1, timeout_ns);
+    if (rc == SHMQ_OK)
+        rc = push_logged(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
+                         timeout_ns, &args, NULL);
     if (rc == SHMQ_OK)
         rc = shmq_log_durable(h);
     shmq_log_leave(h);
@@ -617,18 +633,24 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
     if (!h->log_on)
         return push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
     shmq_log_enter(h);
-    int rc = SHMQ_OK;
-    if (shmq_log_spilling(h)) {
+    int rc = shmq_throttle_admit(h, count, timeout_ns);
+    if (rc == SHMQ_OK && !shmq_log_spilling(h)) {
+        rc = push_many(h, lane, data, lengths, tags, tag, count, shmq_throttle_open(h) ? 0 : timeout_ns, pushed);
+        if (rc == SHMQ_EFULL && shmq_throttle_open(h))
+            shmq_log_spill_begin(h); /* open loop: the rest waits in the log */
+    }
+    if ((rc == SHMQ_OK || rc == SHMQ_EFULL) && *pushed < count && shmq_log_spilling(h)) {
         /* While spilling every job waits in the log; the feeder moves them. */
-        for (uint32_t i = 0; i < count && rc == SHMQ_OK; i++) {
+        rc = SHMQ_OK;
+        for (uint32_t i = 0; i < *pushed; i++)
+            data += lengths[i];
+        for (uint32_t i = *pushed; i < count && rc == SHMQ_OK; i++) {
             shmq_msg_header mh = {.length = lengths[i], .tag = tags ? (uint8_t)tags[i] : tag, .attempt = 1};
             rc = put_spilled(h, lane, mh, (const uint8_t *)data, lengths[i], NULL, 0, timeout_ns, NULL, NULL);
             if (rc == SHMQ_OK)
                 *pushed = i + 1;
             data += lengths[i];
         }
-    } else {
-        rc = push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
     }
     if (*pushed) {
         int durable = shmq_log_durable(h);
@@ -686,15 +708,16 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
                               .lane_plus1 = o->lane >= 0 ? (uint32_t)o->lane + 1 : 0,
                               .unique = unique ? (const uint8_t *)key : NULL};
     uint64_t id = 0;
-    if (o->not_before_ns > args.enqueued_ns) {
+    rc = shmq_throttle_admit(h, 1, timeout_ns);
+    if (rc != SHMQ_OK) {
+        /* not admitted: nothing written */
+    } else if (o->not_before_ns > args.enqueued_ns) {
         rc = shmq_jobs_schedule_new(h, &args, (const uint8_t *)data, length, &id);
     } else {
         shmq_msg_header mh = {.length = length, .tag = o->tag, .attempt = args.attempt};
         if (unique)
             mh.flags = SHMQ_MSG_UNIQUE | (o->unique_until_finish ? SHMQ_MSG_UNIQUE_FINISH : 0);
-        rc = shmq_log_spilling(h)
-                 ? put_spilled(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id)
-                 : push_one(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id);
+        rc = push_logged(h, o->lane, mh, (const uint8_t *)data, length, NULL, 0, timeout_ns, &args, &id);
     }
     /* On success the key already names the job: set before the job became
      * visible (push_one, put_spilled, the feeder, shmq_jobs_schedule_new), since

@@ -575,9 +575,22 @@ typedef struct shmq_jobs_header {
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t hist[2][SHMQ_HIST_BUCKETS];
     _Atomic int64_t hist_max[2];
     uint8_t reserved3[SHMQ_CACHE_LINE - 16];
+    /* Throttling (csrc/throttle.c): parameters written by the creator; credit
+     * and refilled_ns by the controller (the supervisor), taken by producers. */
+    alignas(SHMQ_CACHE_LINE) uint32_t throttle_mode; /* SHMQ_THROTTLE_* */
+    uint32_t reserved4;
+    uint64_t max_log_bytes;                           /* 0: no limit */
+    uint64_t throttle_target;                         /* closed: the backlog the controller aims at */
+    uint64_t throttle_high;                           /* closed: producers wait while the backlog is this high */
+    _Atomic int64_t credit;                           /* closed: puts allowed before the next refill */
+    _Atomic int64_t refilled_ns;                      /* closed: CLOCK_MONOTONIC of the last refill (0: never) */
+    _Atomic uint64_t rate;                            /* closed: the controller's allowed rate, jobs/s */
+    _Atomic uint32_t controller;                      /* participant refilling (0: none) */
+    uint32_t reserved5;
 } shmq_jobs_header;
 _Static_assert(offsetof(shmq_jobs_header, result_seq) == 64, "format");
 _Static_assert(offsetof(shmq_jobs_header, hist) == 128, "format");
+_Static_assert(offsetof(shmq_jobs_header, throttle_mode) == 4288, "format");
 _Static_assert(sizeof(shmq_jobs_header) % SHMQ_CACHE_LINE == 0, "format");
 
 /* Per lane; relaxed counters. Producers write the first line, consumers the second. */

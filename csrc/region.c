@@ -34,6 +34,7 @@ const char *shmq_strerror(int status)
     case SHMQ_EUNIQUEFULL: return "the unique-key table is full";
     case SHMQ_ELEASE: return "the job's lease was lost (it expired, or the job was taken back)";
     case SHMQ_ENOLOG: return "jobs need a log (the queue has durability none)";
+    case SHMQ_ELOGFULL: return "the log holds max_log_bytes";
     default: return "unknown status";
     }
 }
@@ -59,7 +60,9 @@ static int params_valid(const shmq_params *p)
                 : p->durability != SHMQ_DURABILITY_NONE && p->job_slots <= (1u << 20) &&
                       is_power_of_two(p->unique_slots) && p->unique_slots >= 2 && p->unique_slots <= (1u << 24) &&
                       p->result_slots <= (1u << 24) && p->result_bytes % 64 == 0 &&
-                      p->result_bytes <= (1ull << 34) && (p->result_slots == 0) == (p->result_bytes == 0));
+                      p->result_bytes <= (1ull << 34) && (p->result_slots == 0) == (p->result_bytes == 0)) &&
+           p->throttle_mode <= SHMQ_THROTTLE_CLOSED && (p->job_slots || (p->throttle_mode == 0 && p->max_log_bytes == 0)) &&
+           (p->throttle_mode != SHMQ_THROTTLE_CLOSED || (p->throttle_target >= 1 && p->throttle_high > p->throttle_target));
 }
 
 /* Where the job tables start, and their total size (see "Jobs" in layout.h). */
@@ -141,6 +144,10 @@ int shmq_region_init(void *base, uint64_t size, const shmq_params *p)
         shmq_jobs_header *jh = (shmq_jobs_header *)((uint8_t *)base + hdr->jobs_offset);
         /* relaxed: published with the header by the magic's release store. */
         atomic_store_explicit(&jh->next_due_ns, INT64_MAX, memory_order_relaxed);
+        jh->throttle_mode = p->throttle_mode;
+        jh->max_log_bytes = p->max_log_bytes;
+        jh->throttle_target = p->throttle_target;
+        jh->throttle_high = p->throttle_high;
     }
 
     long nth = 0;
@@ -184,6 +191,16 @@ int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */
     out->result_slots = hdr->result_slots;
     out->result_bytes = hdr->result_bytes;
     out->result_ttl_ns = hdr->result_ttl_ns;
+    out->throttle_mode = 0;
+    out->reserved = 0;
+    out->max_log_bytes = out->throttle_target = out->throttle_high = 0;
+    if (hdr->jobs_offset && hdr->jobs_offset + sizeof(shmq_jobs_header) <= size) {
+        const shmq_jobs_header *jh = (const shmq_jobs_header *)((const uint8_t *)base + hdr->jobs_offset);
+        out->throttle_mode = jh->throttle_mode;
+        out->max_log_bytes = jh->max_log_bytes;
+        out->throttle_target = jh->throttle_target;
+        out->throttle_high = jh->throttle_high;
+    }
     if (!params_valid(out) || hdr->region_bytes != shmq_region_size(out))
         return SHMQ_ENOTSHMQ;
     if (size < hdr->region_bytes)

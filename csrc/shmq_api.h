@@ -43,6 +43,9 @@
 #define SHMQ_JOB_RUNNING 3
 #define SHMQ_JOB_DONE 4
 #define SHMQ_JOB_DEAD 5
+#define SHMQ_THROTTLE_NONE 0
+#define SHMQ_THROTTLE_OPEN 1
+#define SHMQ_THROTTLE_CLOSED 2
 
 enum shmq_status {
     SHMQ_OK = 0,
@@ -67,6 +70,7 @@ enum shmq_status {
     SHMQ_EUNIQUEFULL = -19,  /* the unique-key table is full */
     SHMQ_ELEASE = -20,       /* the lease was lost (it expired, or the job was taken back) */
     SHMQ_ENOLOG = -21,       /* jobs need a log: the queue has durability none */
+    SHMQ_ELOGFULL = -22,     /* the log holds max_log_bytes: nothing more is accepted until consumers catch up */
 };
 
 typedef struct shmq_params {
@@ -86,6 +90,11 @@ typedef struct shmq_params {
     uint32_t result_slots;         /* results kept, at most */
     uint64_t result_bytes;         /* bytes of results kept, at most (a multiple of 64) */
     uint64_t result_ttl_ns;        /* results are kept this long, at most */
+    uint32_t throttle_mode;        /* SHMQ_THROTTLE_* (needs job tables) */
+    uint32_t reserved;
+    uint64_t max_log_bytes;        /* 0: no limit */
+    uint64_t throttle_target;      /* closed: the backlog aimed at (jobs) */
+    uint64_t throttle_high;        /* closed: producers wait above this backlog (jobs) */
 } shmq_params;
 
 /* A message taken from a lane; with SHMQ_ECLAIMED it is still held (READING)
@@ -294,6 +303,15 @@ void shmq_job_stats_read(const shmq_handle *handle, int lane, shmq_job_stats *st
 void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets /* OUT [SHMQ_HIST_BUCKETS] */);
 uint64_t shmq_histogram_bucket_low(uint32_t bucket);
 int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
+
+/* Throttling. The controller (the supervisor) calls shmq_throttle_refill
+ * every few milliseconds with the puts allowed until the next call; without
+ * refills for a second, producers are not held back by credit (the data
+ * path never waits for the supervisor). shmq_queue_depth: jobs in the
+ * lanes and in the log's backlog. */
+void shmq_throttle_refill(shmq_handle *handle, int64_t credits, uint64_t rate);
+uint64_t shmq_queue_depth(const shmq_handle *handle);
+uint64_t shmq_consumed(const shmq_handle *handle);
 
 /* Inspecting (shmq inspect): snapshots, for people. */
 typedef struct shmq_lane_info {

@@ -44,6 +44,11 @@ def raise_for(status: int, what: str) -> None:
         )
     if status == lib.SHMQ_ELOG:
         raise log_error(ffi.errno, what)
+    if status == lib.SHMQ_ELOGFULL:
+        raise errors.Full(
+            f"{what}: the log holds max_log_bytes already (consumers are that far behind). Nothing was "
+            "accepted; start more consumers, wait, or raise max_log_bytes"
+        )
     if status in (lib.SHMQ_ENOTSHMQ, lib.SHMQ_EVERSION, lib.SHMQ_ESIZE):
         raise errors.LayoutMismatch(f"{what}: {text}")
     raise errors.ShmqError(f"{what}: {text} (status {status})")

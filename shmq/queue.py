@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import threading
 import warnings
 import weakref
@@ -56,7 +57,15 @@ DEFAULTS = {
     "result_capacity": 16384,  # results kept, at most
     "result_bytes": 4 * 1024 * 1024,  # bytes of results kept, at most
     "result_ttl": 3600.0,  # seconds a result is kept, at most
+    # What a producer does when consumers fall behind (csrc/throttle.c).
+    "throttle": "none",  # none: put waits for room; open: never waits, the log holds the backlog; closed: paced
+    "throttle_target": 10000,  # closed: the backlog (jobs) the supervisor's controller aims at
+    "throttle_high": 0,  # closed: producers wait while the backlog is this high (0: 4 x throttle_target)
+    "max_log_bytes": 0,  # the log may hold this much (0: no limit); above it puts raise shmq.Full
 }
+
+THROTTLE = {"none": 0, "open": 1, "closed": 2}
+_THROTTLE_NAMES = {value: key for key, value in THROTTLE.items()}
 
 DURABILITY = {"none": 0, "memory": 1, "os": 2, "interval": 3, "sync": 4}
 _DURABILITY_NAMES = {value: key for key, value in DURABILITY.items()}
@@ -86,6 +95,10 @@ class QueueParams:
     result_capacity: int = 16384
     result_bytes: int = 4 * 1024 * 1024
     result_ttl: float = 3600.0
+    throttle: str = "none"
+    throttle_target: int = 10000
+    throttle_high: int = 40000
+    max_log_bytes: int = 0
 
 
 def default_path() -> str:
@@ -157,12 +170,28 @@ def _validate(requested: dict) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 365 * 86400:
             raise errors.ConfigError(f"result_ttl={value!r} must be seconds between 0 and 31536000 (a year)")
         checked["result_ttl"] = float(value)
+    if "throttle" in checked and checked["throttle"] not in THROTTLE:
+        raise errors.ConfigError(
+            f"throttle={checked['throttle']!r} is not one of 'none', 'open', 'closed': 'none' makes a put wait "
+            "for room, 'open' never waits (the log holds the backlog), 'closed' paces producers"
+        )
+    if "throttle_target" in checked:
+        _check_int("throttle_target", checked["throttle_target"], 1, 1 << 40)
+    if "throttle_high" in checked:
+        _check_int("throttle_high", checked["throttle_high"], 0, 1 << 42)
+    if "max_log_bytes" in checked:
+        _check_int("max_log_bytes", checked["max_log_bytes"], 0, 1 << 50)
     return checked
 
 
 def _check_fits(values: dict) -> None:
     """A job's record must fit in one log segment; jobs need a log."""
     if values["durability"] == "none":
+        for key in ("throttle", "max_log_bytes"):
+            if values[key] not in ("none", 0):
+                raise errors.ConfigError(
+                    f"{key}={values[key]!r} needs a log (the backlog waits there): use durability='memory' or higher"
+                )
         if values["ordered_lanes"]:
             raise errors.ConfigError(
                 f"ordered_lanes={values['ordered_lanes']} needs a log: jobs with a group are leased, and "
@@ -316,6 +345,10 @@ class _Region:
                         "result_slots": values["result_capacity"],
                         "result_bytes": values["result_bytes"],
                         "result_ttl_ns": int(values["result_ttl"] * 1e9),
+                        "throttle_mode": THROTTLE[values["throttle"]],
+                        "max_log_bytes": values["max_log_bytes"],
+                        "throttle_target": values["throttle_target"],
+                        "throttle_high": values["throttle_high"] or 4 * values["throttle_target"],
                     }
                 ),
             },
@@ -370,6 +403,10 @@ class _Region:
             result_capacity=params.result_slots,
             result_bytes=params.result_bytes,
             result_ttl=params.result_ttl_ns / 1e9,
+            throttle=_THROTTLE_NAMES.get(params.throttle_mode, "none"),
+            throttle_target=params.throttle_target if params.throttle_mode else 10000,
+            throttle_high=params.throttle_high if params.throttle_mode else 40000,
+            max_log_bytes=params.max_log_bytes,
         )
         self.log_dir = log_dir(self.name, self.path, self.params.durability) if logged else None
         handle = ffi.new("shmq_handle **")
@@ -508,6 +545,13 @@ class Queue(JobsMixin):
       ``wait()``: at most this many, this many bytes, this many seconds
       (defaults 16384, 4 MiB, 3600).
 
+    Throttling (queues with a log): ``throttle`` = ``"none"`` (default: a put
+    waits for room), ``"open"`` (a put never waits: when the lanes are full
+    jobs wait in the log, fed back in order) or ``"closed"`` (the supervisor
+    paces producers to keep the backlog near ``throttle_target`` jobs; they
+    wait while it is at ``throttle_high``, default 4 x target);
+    ``max_log_bytes`` (default 0, no limit): above it puts raise shmq.Full.
+
     Settings of this handle only (not of the queue): ``retries`` (3),
     ``backoff`` (1 s, doubled each attempt), ``backoff_max`` (3600 s) for
     jobs that fail; ``lease_timeout`` (300 s) for jobs this handle fetches;
@@ -536,6 +580,10 @@ class Queue(JobsMixin):
         result_capacity: int | None = None,
         result_bytes: int | None = None,
         result_ttl: float | None = None,
+        throttle: str | None = None,
+        throttle_target: int | None = None,
+        throttle_high: int | None = None,
+        max_log_bytes: int | None = None,
         retries: int | None = None,
         backoff: float | None = None,
         backoff_max: float | None = None,
@@ -569,6 +617,10 @@ class Queue(JobsMixin):
                 ("result_capacity", result_capacity),
                 ("result_bytes", result_bytes),
                 ("result_ttl", result_ttl),
+                ("throttle", throttle),
+                ("throttle_target", throttle_target),
+                ("throttle_high", throttle_high),
+                ("max_log_bytes", max_log_bytes),
             )
             if value is not None
         }
@@ -602,6 +654,9 @@ class Queue(JobsMixin):
         _open_queues.add(self)
         if self._logged:
             self._start_maintenance()
+            from shmq.supervisor import ensure_running
+
+            ensure_running(self.path)  # the embedded default: a supervisor for the directory, if none runs
 
     # ------------------------------------------------------------ maintenance
 
@@ -1051,13 +1106,31 @@ class Queue(JobsMixin):
 
 def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
     """Each process's background maintenance of a queue's log (the core call
-    releases the GIL). Holds only a weak reference: a dropped Queue stops it."""
+    releases the GIL). Holds only a weak reference: a dropped Queue stops it.
+    While a supervisor holds the directory it does this work; the process
+    then only passes by once a second (its own buffered acks, and in case
+    the supervisor stops)."""
+    from shmq.supervisor import holder
+
+    path = None
+    supervised_until = 0.0
+    last = 0.0
     while not stop.wait(_MAINTAIN_EVERY):
         queue = queue_ref()
         if queue is None or queue._handle is not handle:
             return
+        path = path or queue.path
+        del queue
+        now = time.monotonic()
+        if now >= supervised_until:
+            supervised_until = now + 1.0 if holder(path) is not None else 0.0
+        if supervised_until and now - last < 1.0:
+            continue
+        last = now
         rc = lib.shmq_log_maintain(handle)
-        queue._maintenance_error = None if rc == OK else rc
+        queue = queue_ref()
+        if queue is not None:
+            queue._maintenance_error = None if rc == OK else rc
         del queue
 
 

@@ -16,6 +16,11 @@ from shmq.queue import region_name
 
 SHM_DIR = "/dev/shm"
 
+# Opening a queue starts a supervisor for its directory by default; the tests
+# of the supervisor start their own, the others run without one (child
+# processes inherit this).
+os.environ.setdefault("SHMQ_SUPERVISOR_AUTOSTART", "0")
+
 
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:12]}"

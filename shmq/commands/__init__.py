@@ -17,7 +17,7 @@ from typing import Callable
 __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
 # The subcommands, in the order --help lists them (module shmq.commands.<name>).
-NAMES = ("demo", "worker")
+NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics")
 
 PROG = "shmq"
 
