@@ -120,9 +120,11 @@ class App:
                 "'_', '.', '-', starting with a letter or digit"
             )
         if config is not None:
-            from shmq.config import queue_settings
+            from shmq import config as _config
 
-            queue_kwargs = {**queue_settings(config, name), **queue_kwargs}  # keywords given here win
+            # Read (and checked) now: errors name the file at the App's definition.
+            queue_kwargs, _ = _config.resolve(name, queue_kwargs, _config.find(config))
+        self.config = config
         self.name = name
         self.eager = bool(eager)
         self.queue_kwargs = dict(queue_kwargs)

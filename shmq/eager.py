@@ -67,7 +67,10 @@ def _retries(app, task, retries: int | None) -> int:
     own = task._policy_args[0]
     if own is not None:
         return own
-    base = app.queue_kwargs.get("retries")
+    from shmq import config
+
+    settings, _ = config.resolve(app.name, app.queue_kwargs, config.find(app.config))
+    base = settings.get("retries")
     return 3 if base is None else base
 
 
@@ -76,7 +79,10 @@ def run_eager(app, task, args: tuple, kwargs: dict, unique: Any, until: str, ret
     if state is None:
         state = app._eager_state = _State()
         app.eager_dead = state.dead
-    codec = _codec.get_codec(app.queue_kwargs.get("codec", "msgpack"))
+    from shmq import config
+
+    settings, _ = config.resolve(app.name, app.queue_kwargs, config.find(app.config))
+    codec = _codec.get_codec(settings.get("codec", "msgpack"))
     tag, first, second = codec.encode([task.name, list(args), kwargs])  # what a worker would receive
     name, args, kwargs = codec.decode(tag, bytes(first) + (bytes(second) if second is not None else b""))
     if unique is not None and unique in state.held:

@@ -589,6 +589,7 @@ class Queue(JobsMixin):
         backoff_max: float | None = None,
         lease_timeout: float | None = None,
         spin: float | None = None,
+        config: str | os.PathLike | None = None,
     ):
         self._region = None
         self._closed_reason = ""
@@ -597,6 +598,28 @@ class Queue(JobsMixin):
                 f"invalid queue name {name!r}: use 1-100 characters of letters, digits, '_', '.', '-', "
                 "starting with a letter or digit"
             )
+        # Settings: the keywords given here, over SHMQ_* variables, over the
+        # config file (config=, $SHMQ_CONFIG or ./shmq.toml), over the defaults.
+        given = {key: value for key, value in locals().items() if key not in ("self", "name", "config")}
+        explicit = {key: value for key, value in given.items() if value is not None}
+        if explicit.get("path") is not None:
+            explicit["path"] = os.fspath(explicit["path"])
+        from shmq import config as _config
+
+        settings, _ = _config.resolve(name, explicit, _config.find(config))
+        lanes, capacity, slot_bytes = (settings.get(k) for k in ("lanes", "capacity", "slot_bytes"))
+        max_message_bytes, codec, durability = (settings.get(k) for k in ("max_message_bytes", "codec", "durability"))
+        segment_bytes, flush_interval, flush_bytes = (settings.get(k) for k in ("segment_bytes", "flush_interval",
+                                                                               "flush_bytes"))
+        ordered_lanes, jobs_capacity, unique_capacity = (settings.get(k) for k in ("ordered_lanes", "jobs_capacity",
+                                                                                   "unique_capacity"))
+        result_capacity, result_bytes, result_ttl = (settings.get(k) for k in ("result_capacity", "result_bytes",
+                                                                               "result_ttl"))
+        throttle, throttle_target, throttle_high, max_log_bytes = (
+            settings.get(k) for k in ("throttle", "throttle_target", "throttle_high", "max_log_bytes"))
+        retries, backoff, backoff_max, lease_timeout, spin = (
+            settings.get(k) for k in ("retries", "backoff", "backoff_max", "lease_timeout", "spin"))
+        path = settings.get("path")
         self.name = name
         self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
         requested = {

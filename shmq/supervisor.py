@@ -256,16 +256,11 @@ class Supervisor:
 
 
 def autostart_enabled() -> bool:
-    value = os.environ.get("SHMQ_SUPERVISOR_AUTOSTART")
-    if value is not None:
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    try:
-        from shmq import config
+    """[supervisor] autostart, with SHMQ_SUPERVISOR_AUTOSTART over the config file."""
+    from shmq import config
 
-        settings, _ = config.supervisor_settings(config.find(None))
-        return bool(settings.get("autostart", True))
-    except Exception:  # noqa: BLE001 - a broken config file is reported where it is read, not here
-        return True
+    settings, _ = config.supervisor_settings(config.find(None))
+    return bool(settings.get("autostart", True))
 
 
 _started: set = set()

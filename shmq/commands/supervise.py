@@ -48,12 +48,12 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s shmq supervise[%(process)d]: %(message)s")
     path = os.path.abspath(args.path) if args.path else default_path()
-    found = config.find(args.config) if hasattr(config, "find") else args.config
-    supervisor_settings = config.supervisor_settings(found)[0] if hasattr(config, "supervisor_settings") else {}
+    found = config.find(args.config)
+    supervisor_settings, _ = config.supervisor_settings(found)
     queues = {}
     if found:
         for name in config.load(found).get("queues", {}):
-            queues[name] = config.resolve(name, {}, found)[0] if hasattr(config, "resolve") else {}
+            queues[name], _ = config.resolve(name, {}, found)
             queues[name].pop("path", None)
     interval = args.interval or supervisor_settings.get("interval", 0.05)
     idle_exit = supervisor_settings.get("idle_exit", 30.0) if args.auto else None
