@@ -202,7 +202,7 @@ void shmq_jobs_detach(shmq_handle *h);
 int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
 
 /* throttle.c */
-int shmq_throttle_admit(shmq_handle *h, uint64_t count, int64_t timeout_ns);
+int shmq_throttle_admit(shmq_handle *h, uint64_t count, uint64_t bytes, int64_t timeout_ns);
 int shmq_throttle_open(const shmq_handle *h);
 
 /* unique.c */

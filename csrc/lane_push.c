@@ -502,7 +502,7 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
         return SHMQ_ETOOBIG;
     shmq_log_enter(h);
     shmq_enqueue_args args = {.tag = tag};
-    int rc = shmq_throttle_admit(h, 1, timeout_ns);
+    int rc = shmq_throttle_admit(h, 1, length, timeout_ns);
     if (rc == SHMQ_OK)
         rc = push_logged(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
                          timeout_ns, &args, NULL);
@@ -632,8 +632,11 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
         return SHMQ_EINVAL;
     if (!h->log_on)
         return push_many(h, lane, data, lengths, tags, tag, count, timeout_ns, pushed);
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < count; i++)
+        bytes += lengths[i];
     shmq_log_enter(h);
-    int rc = shmq_throttle_admit(h, count, timeout_ns);
+    int rc = shmq_throttle_admit(h, count, bytes, timeout_ns);
     if (rc == SHMQ_OK && !shmq_log_spilling(h)) {
         rc = push_many(h, lane, data, lengths, tags, tag, count, shmq_throttle_open(h) ? 0 : timeout_ns, pushed);
         if (rc == SHMQ_EFULL && shmq_throttle_open(h))
@@ -708,7 +711,7 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
                               .lane_plus1 = o->lane >= 0 ? (uint32_t)o->lane + 1 : 0,
                               .unique = unique ? (const uint8_t *)key : NULL};
     uint64_t id = 0;
-    rc = shmq_throttle_admit(h, 1, timeout_ns);
+    rc = shmq_throttle_admit(h, 1, length, timeout_ns);
     if (rc != SHMQ_OK) {
         /* not admitted: nothing written */
     } else if (o->not_before_ns > args.enqueued_ns) {

@@ -83,9 +83,9 @@ static int sleep_step(int64_t deadline)
     return SHMQ_OK;
 }
 
-/* May `count` jobs be put now? SHMQ_OK, SHMQ_ELOGFULL, or (after waiting
- * up to the timeout) SHMQ_EFULL / SHMQ_EINTR. */
-int shmq_throttle_admit(shmq_handle *h, uint64_t count, int64_t timeout_ns)
+/* May `count` jobs of `bytes` payload be put now? SHMQ_OK, SHMQ_ELOGFULL,
+ * or (after waiting up to the timeout) SHMQ_EFULL / SHMQ_EINTR. */
+int shmq_throttle_admit(shmq_handle *h, uint64_t count, uint64_t bytes, int64_t timeout_ns)
 {
     shmq_jobs_header *jh = h->jobs;
     if (!jh || (jh->throttle_mode != SHMQ_THROTTLE_CLOSED && !jh->max_log_bytes))
@@ -95,7 +95,8 @@ int shmq_throttle_admit(shmq_handle *h, uint64_t count, int64_t timeout_ns)
         /* relaxed: a bound checked before each put; puts in flight may pass it by a little. */
         uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
         uint64_t base = atomic_load_explicit(&hdr->log_base, memory_order_relaxed);
-        if (tail - base >= jh->max_log_bytes)
+        /* this batch's records included: one put_many cannot carry the log past the limit */
+        if (tail - base + bytes + count * SHMQ_ENQUEUE_OVERHEAD > jh->max_log_bytes)
             return SHMQ_ELOGFULL;
     }
     if (jh->throttle_mode != SHMQ_THROTTLE_CLOSED)

@@ -876,7 +876,13 @@ class Queue(JobsMixin):
                 self._put_chunk(chunk, budget)
             except errors.Full as exc:
                 exc.accepted += accepted
-                exc.args = (f"queue {self.name!r} is full: {exc.accepted} item(s) of this put_many went in",)
+                exc.args = (f"{exc.args[0] if exc.args else f'queue {self.name!r} is full'}: "
+                            f"{exc.accepted} item(s) of this put_many went in (they are queued)",)
+                raise
+            except errors.ShmqError as exc:
+                done = getattr(exc, "accepted", 0) + accepted
+                exc.args = (f"{exc.args[0]}: {done} item(s) of this put_many went in before (they are queued)",)
+                exc.accepted = done
                 raise
             accepted += len(chunk)
 
@@ -926,7 +932,14 @@ class Queue(JobsMixin):
                 continue  # a handler ran and returned, or a slice ended: go on while time lasts
             if rc == EFULL or rc == EINTR:
                 raise errors.Full(f"queue {self.name!r} is full", done)
-            raise_for(rc, f"put_many on queue {self.name!r}")
+            try:
+                raise_for(rc, f"put_many on queue {self.name!r}")
+            except errors.Full as exc:  # the log's limit: what went in is counted
+                exc.accepted = done
+                raise
+            except errors.ShmqError as exc:
+                exc.accepted = done
+                raise
 
     # ------------------------------------------------------------ consuming
 

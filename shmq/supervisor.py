@@ -104,6 +104,7 @@ class _Controller:
         self.last = time.monotonic()
         self.consumed = lib.shmq_consumed(queue._handle)
         self.rate = 0.0
+        self.owed = 0.0  # credit earned but not yet whole
 
     def step(self) -> None:
         lib, handle = self.lib, self.queue._handle
@@ -118,9 +119,13 @@ class _Controller:
         depth = lib.shmq_queue_depth(handle)
         target = self.queue.params.throttle_target
         allowed = max(self.rate + (target - depth) / _SETTLE, 0.0)
-        credits = int(allowed * _CONTROL_EVERY)
+        # Credit for the time that really passed (a step may come late), the
+        # fraction carried to the next step; at least one job while the backlog is low.
+        self.owed += allowed * min(dt, 0.1)
+        credits = int(self.owed)
+        self.owed -= credits
         if credits < 1 and depth < target:
-            credits = 1  # consumers idle and the backlog low: let work in
+            credits = 1
         lib.shmq_throttle_refill(handle, credits, int(allowed))
 
 

@@ -63,10 +63,13 @@ def _run(args: argparse.Namespace) -> int:
             supervisor.acquire()  # before detaching: the starter learns the pid from the lock
         except SupervisorRunning:
             return 0  # another program started one first: nothing to do
-        if os.fork() != 0:
-            os._exit(0)  # the starter waits for this process only; the supervisor goes on detached
-        os.ftruncate(supervisor._fd, 0)
-        os.pwrite(supervisor._fd, f"{os.getpid()}\n".encode(), 0)  # the lock (flock) passed to us with the fd
+        child = os.fork()
+        if child != 0:
+            # The lock (flock) passes to the child with the fd; its pid goes in
+            # before we exit, so the starter never reads the pid of a process gone.
+            os.ftruncate(supervisor._fd, 0)
+            os.pwrite(supervisor._fd, f"{child}\n".encode(), 0)
+            os._exit(0)
     try:
         return supervisor.run()
     except SupervisorRunning as exc:
