@@ -20,6 +20,7 @@ from shmq.errors import (
     PayloadTooLarge,
     PermissionDenied,
     QueueClosed,
+    QueueNotFound,
     QueueCorrupted,
     ShmqError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DecodeError",
     "LayoutMismatch",
     "QueueClosed",
+    "QueueNotFound",
     "QueueCorrupted",
     "PermissionDenied",
     "JobFailed",

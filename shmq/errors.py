@@ -51,6 +51,10 @@ class LayoutMismatch(ShmqError):
     """The shared region was made by another layout version, or is not a shmq region."""
 
 
+class QueueNotFound(ShmqError, LookupError):
+    """Queue.attach() found no such queue loaded (it creates none)."""
+
+
 class QueueClosed(ShmqError):
     """The handle was closed; open the queue again."""
 

@@ -234,7 +234,8 @@ class _CreatorDied(Exception):
 class _Region:
     """One mapping of a queue's shared-memory object and a handle on it."""
 
-    def __init__(self, name: str, path: str, requested: dict):
+    def __init__(self, name: str, path: str, requested: dict | None):
+        """`requested` None: attach only (QueueNotFound if there is no region)."""
         self.shm_name = region_name(name, path)
         self.name, self.path = name, path
         self.recovery = None
@@ -275,7 +276,15 @@ class _Region:
         if shm is not None:
             if self._map_existing(shm):
                 return
+            if requested is None:
+                raise errors.QueueNotFound(f"queue {self.name!r} in {self.path} is being made by a process "
+                                           "that died: open it from its own program to make it again")
             posix_ipc.unlink_shared_memory(self.shm_name)  # its creator died mid-way
+        if requested is None:
+            raise errors.QueueNotFound(
+                f"no queue {self.name!r} is loaded in {self.path} (no region {self.shm_name}): open it from its "
+                "own program (with its settings) to create it or recover it from its log"
+            )
         self._create(requested)
 
     def _map_existing(self, shm) -> bool:
@@ -647,8 +656,30 @@ class Queue(JobsMixin):
             )
             if value is not None
         }
-        requested = _validate(requested)
+        self._setup(_validate(requested), retries, backoff, backoff_max, lease_timeout, spin)
+
+    @classmethod
+    def attach(cls, name: str, path: str | os.PathLike | None = None) -> "Queue":
+        """A handle on an existing queue, as it is: never creates or recovers
+        one (shmq.QueueNotFound), reads no config file or SHMQ_* settings,
+        starts no supervisor, and writes no snapshot when it closes last.
+        For tools that look at queues (shmq stats, inspect, ...)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise errors.ConfigError(f"invalid queue name {name!r}")
+        self = cls.__new__(cls)
+        self._region = None
+        self._closed_reason = ""
+        self.name = name
+        self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+        self._setup(None, None, None, None, None, None, observe=True)
+        self._snapshot_on_close = False
+        return self
+
+    def _setup(self, requested: dict | None, retries, backoff, backoff_max, lease_timeout, spin,
+               observe: bool = False) -> None:
+        name = self.name
         self._region = _Region(name, self.path, requested)
+        requested = requested or {}
         actual = self._region.params
         for key, value in requested.items():
             if getattr(actual, key) != value:
@@ -677,9 +708,10 @@ class Queue(JobsMixin):
         _open_queues.add(self)
         if self._logged:
             self._start_maintenance()
-            from shmq.supervisor import ensure_running
+            if not observe:
+                from shmq.supervisor import ensure_running
 
-            ensure_running(self.path)  # the embedded default: a supervisor for the directory, if none runs
+                ensure_running(self.path)  # the embedded default: a supervisor for the directory, if none runs
 
     # ------------------------------------------------------------ maintenance
 

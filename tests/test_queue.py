@@ -933,3 +933,20 @@ def test_forked_child_without_a_participant_entry_cannot_use_the_inherited_handl
     assert q.get(timeout=1) == b"parent still works"
     for handle in extra:
         handle.close()
+
+
+def test_attach_takes_an_existing_queue_as_it_is_and_creates_none(make_queue, tmp_path, monkeypatch):
+    q = make_queue(lanes=2, capacity=32)
+    q.put(b"kept")
+    # A config file and variables that disagree with the queue do not stop an attach.
+    bad = tmp_path / "shmq.toml"
+    bad.write_text("[defaults]\nlanes = 7\n")
+    monkeypatch.setenv("SHMQ_CONFIG", str(bad))
+    monkeypatch.setenv("SHMQ_CAPACITY", "1024")
+    other = shmq.Queue.attach(q.name, q.path)
+    assert other.params == q.params
+    assert other.get(timeout=1) == b"kept"
+    other.close()
+    with pytest.raises(shmq.QueueNotFound, match="no queue 'nothere' is loaded"):
+        shmq.Queue.attach("nothere", q.path)
+    assert not os.path.exists(os.path.join(q.path, "nothere.log"))

@@ -15,7 +15,6 @@ the queue's own program.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import hashlib
 import os
@@ -142,48 +141,25 @@ def check_queue(name: str, path: str) -> None:
 
 def open_queue(name: str, path: str, *, read_only: bool = True):
     """A handle on existing queue `name` (never a new queue), with the
-    parameters the queue has: a config file or SHMQ_<KEY> variables that
-    say otherwise do not stop a look at it. A read-only handle starts no
-    supervisor and writes no snapshot when it is the last to close."""
+    parameters the queue has (shmq.Queue.attach): a config file or SHMQ_<KEY>
+    variables that say otherwise do not stop a look at it, and a look starts
+    no supervisor and writes no snapshot. A handle that changes the queue
+    (read_only False) starts the directory's supervisor as a program would."""
     import shmq
 
     check_queue(name, path)
-    with _as_it_is(name, autostart=False if read_only else None):
-        q = shmq.Queue(name, path)
-    if read_only:
-        q._snapshot_on_close = False  # looking at a queue leaves its log as it was
-    return q
-
-
-@contextlib.contextmanager
-def _as_it_is(name: str, autostart: bool | None):
-    """While a handle attaches: no config file and no SHMQ_<KEY> settings (they
-    would be asked of the existing queue), and the supervisor's autostart as
-    `autostart` says (None: as configured)."""
-    from shmq import config
-
-    if autostart is None:
-        from shmq.supervisor import autostart_enabled
+    try:
+        q = shmq.Queue.attach(name, path)
+    except errors.QueueNotFound:
+        raise no_queue(name, path) from None
+    if not read_only:
+        from shmq.supervisor import ensure_running
 
         try:
-            autostart = autostart_enabled()
+            ensure_running(path)
         except errors.ConfigError:
-            autostart = True  # the built-in default; the config's problem is not this command's
-    keys = config.settings()
-    switch = config.env_name("[supervisor]", "autostart")
-    hidden = {config.env_name(None, key) for key in keys} | {config.env_name(name, key) for key in keys}
-    hidden |= {config.CONFIG_ENV, switch}
-    saved = {var: os.environ[var] for var in hidden if var in os.environ}
-    for var in saved:
-        del os.environ[var]
-    os.environ[config.CONFIG_ENV] = os.devnull  # an empty file: no settings
-    os.environ[switch] = "1" if autostart else "0"
-    try:
-        yield
-    finally:
-        for var in hidden:
-            os.environ.pop(var, None)
-        os.environ.update(saved)
+            pass  # the config's problem is not this command's: the built-in default is no supervisor here
+    return q
 
 
 class QueueSet:
