@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -587,22 +588,27 @@ def test_invalid_toml(tmp_path):
 
 
 def test_unreadable_file(tmp_path):
+    """A real mode-000 file; root ignores modes through CAP_DAC_OVERRIDE, so as
+    root the check runs in a child without it (setpriv, util-linux)."""
     file = write(tmp_path, "[defaults]\nretries = 3\n")
     os.chmod(file, 0)
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", "--bounding-set", drop, "--inh-caps", drop] if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed by this test when it runs as root")
+    child = (
+        "import sys; from shmq import config\n"
+        "try:\n    config.resolve('q', {}, sys.argv[1], environ={})\n"
+        "except config.ConfigFileError as exc:\n    print(exc)\n"
+    )
     try:
-        try:
-            with open(file, "rb"):
-                pass
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("this user reads files whatever their mode (root)")
-        with pytest.raises(ConfigFileError) as failed:
-            config.resolve("q", {}, file, environ={})
-        assert str(failed.value) == (
-            f"config file '{file}' cannot be read: Permission denied. Fix its permissions or give another file")
+        result = subprocess.run(prefix + [sys.executable, "-c", child, file], capture_output=True, text=True,
+                                timeout=60)
     finally:
         os.chmod(file, 0o600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"config file '{file}' cannot be read: Permission denied. Fix its permissions or give another file")
 
 
 def test_unreadable_file_whoever_runs_the_test(tmp_path, monkeypatch):
