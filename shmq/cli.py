@@ -19,7 +19,12 @@ __all__ = ["main", "COMMANDS", "Command", "build_parser"]
 
 
 def _load() -> dict[str, Command]:
-    return {name: importlib.import_module(f"shmq.commands.{name}").COMMAND for name in NAMES}
+    # "name" is module shmq.commands.name; "name=module" when the name is a Python keyword (import).
+    commands = {}
+    for entry in NAMES:
+        name, _, module = entry.partition("=")
+        commands[name] = importlib.import_module(f"shmq.commands.{module or name}").COMMAND
+    return commands
 
 
 COMMANDS: dict[str, Command] = _load()
