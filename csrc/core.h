@@ -183,6 +183,7 @@ void shmq_lane_finish(shmq_handle *h, const shmq_taken *t);
 void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t);
 int shmq_lane_repair_writer(shmq_handle *h, uint32_t lane, const shmq_taken *t);
 int shmq_lane_ready(const shmq_handle *h, uint32_t lane);
+int shmq_lane_busy(const shmq_handle *h, uint32_t lane, shmq_taken *t);
 int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);
 int shmq_lane_release_dead_head(shmq_handle *h, uint32_t lane, unsigned owner);
 void shmq_wake_data(shmq_handle *h);

@@ -316,8 +316,11 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
     /* acquire: pairs with the release stores of the gate; the entry it names is visible. */
     uint64_t g = atomic_load_explicit(gate, memory_order_acquire);
     if (g == 0) {
-        if (!shmq_lane_ready(h, lane))
+        if (!shmq_lane_ready(h, lane)) {
+            if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy)) /* as in fetch_round */
+                a->busy_lane = (int)lane;
             return SHMQ_EEMPTY;
+        }
         uint64_t open = 0;
         /* acquire: the previous holder's release of the lane happens before our take. */
         if (!atomic_compare_exchange_strong_explicit(gate, &open, SHMQ_GATE_CLAIM | h->self, memory_order_acquire,
@@ -366,8 +369,12 @@ static int fetch_round(shmq_handle *h, fetch_args *a)
         if (shmq_lane_ordered(h, lane)) {
             rc = fetch_ordered(h, lane, a);
         } else {
-            if (!shmq_lane_ready(h, lane))
+            if (!shmq_lane_ready(h, lane)) {
+                /* A head being written: remembered, so that a writer that died there is repaired. */
+                if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy))
+                    a->busy_lane = (int)lane;
                 continue;
+            }
             rc = fetch_message(h, lane, a, 0);
         }
         if (rc != SHMQ_EEMPTY)

@@ -535,6 +535,21 @@ int shmq_lane_ready(const shmq_handle *h, uint32_t index)
     return shmq_state_lap(state) == lap_of(h, head) && shmq_state_kind(state) == SHMQ_SLOT_READY;
 }
 
+/* Is the head of `index` being written (WRITING)? Then *t names the writer's
+ * claim for shmq_lane_repair_writer, as shmq_lane_take's SHMQ_EFULL does. */
+int shmq_lane_busy(const shmq_handle *h, uint32_t index, shmq_taken *t)
+{
+    lane_ref lane = lane_at(h, index);
+    /* acquire: as in take(); a look. */
+    uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
+    uint64_t state = atomic_load_explicit(state_at(h, lane, head), memory_order_acquire);
+    if (shmq_state_lap(state) != lap_of(h, head) || shmq_state_kind(state) != SHMQ_SLOT_WRITING)
+        return 0;
+    t->msg.position = head;
+    t->record = state;
+    return 1;
+}
+
 /* Puts the message a dead consumer took from the head of an ordered lane
  * back, READY with attempt + 1 (the lane's order is kept: it is still the
  * head). Returns 1 if it did. */
