@@ -1236,7 +1236,7 @@ void shmq_job_stats_read(const shmq_handle *h, int lane, shmq_job_stats *s /* OU
         unsigned kind = shmq_job_kind(atomic_load_explicit(&e->state, memory_order_relaxed));
         if (lane >= 0 && GET(e->lane) != (uint32_t)lane)
             continue;
-        if (kind == SHMQ_JOB_RUNNING_KIND || kind == SHMQ_JOB_FINISHING)
+        if (kind == SHMQ_JOB_RUNNING_KIND) /* FINISHING: counted done (or failed) already */
             s->in_flight++;
         else if (kind == SHMQ_JOB_WAITING || kind == SHMQ_JOB_MOVING)
             s->waiting++;
