@@ -17,7 +17,8 @@ from typing import Callable
 __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
 # The subcommands, in the order --help lists them (module shmq.commands.<name>).
-NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics")
+NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics", "bench",
+         "import=importer")
 
 PROG = "shmq"
 
