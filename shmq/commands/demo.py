@@ -280,6 +280,9 @@ def _demo(args: argparse.Namespace) -> int:
             params[key] = getattr(args, key)
 
     path = tempfile.mkdtemp(prefix="shmq-demo-")
+    # A throwaway queue in a directory removed at the end: no supervisor for it
+    # (the setting passes to the demo's child processes too).
+    os.environ["SHMQ_SUPERVISOR_AUTOSTART"] = "0"
     q = None
     procs: list[tuple[str, multiprocessing.Process]] = []
     progress = _Progress(sys.stderr, args.messages, seconds, args.payload)
