@@ -300,6 +300,9 @@ int shmq_after_fork(shmq_handle *h)
 {
     h->ack_count = 0; /* the parent's acks: the parent writes them */
     atomic_flag_clear(&h->ack_lock);
+    /* Another thread of the parent may have held it at the fork; that thread
+     * does not exist here, so the lock is made anew (else it is held for ever). */
+    pthread_mutex_init(&h->segment_lock, NULL);
     h->self = 0; /* the parent's entry, never ours: on failure the handle must not be used */
     long nth = 1;
     h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "crc32c.h"
 #include "harness.h"
@@ -1467,5 +1468,34 @@ void test_log_recover_running_job(void)
         CHECK_EQ(got.attempt, i <= RUNNING ? 2 : 1);
     }
     close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* A fork while another thread of the parent maps segments (holds the
+ * handle's segment lock): the child's handle must not inherit the held
+ * lock, or its maintenance blocks for ever. */
+void test_log_fork_while_mapping(void)
+{
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 64, 128, SHMQ_DURABILITY_OS, SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    CHECK_EQ(pthread_mutex_lock(&h->segment_lock), 0); /* as a maintenance thread mid-map */
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        alarm(10); /* a hang is a failure, not a stalled run */
+        if (shmq_after_fork(h) != SHMQ_OK || shmq_log_maintain(h) != SHMQ_OK)
+            _exit(1);
+        push_seq(h, 0, 1);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(child, &status, 0), child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_EQ(pthread_mutex_unlock(&h->segment_lock), 0);
+    shmq_detach(h);
+    region_destroy(&r);
     temp_dir_remove(dir);
 }

@@ -50,6 +50,7 @@
     X(log_backlog_fed_in_order)    \
     X(log_redeliver_dead_reader)   \
     X(log_snapshot_then_recover)   \
+    X(log_fork_while_mapping)      \
     X(jobs_round_trip)               \
     X(jobs_claimed_payload)          \
     X(jobs_retry_and_dead)           \
