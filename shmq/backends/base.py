@@ -1,0 +1,126 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The job interface: every job operation the App, the worker, the CLI and
+metrics may ask for, in job terms. A backend is one store that implements it
+(``shmq.backends.shm``: the queue in shared memory and its log); all of them
+are held to one contract test suite (tests/contract/).
+
+What a backend hands out:
+
+- a **Job** (``enqueue``, ``job``): ``id``, ``duplicate``, ``status()``,
+  ``wait(timeout)``, ``result(timeout=0)``;
+- a **Delivery** (``fetch``): a job leased to this process: ``id``, ``body``,
+  ``attempt``, ``group``, ``enqueued_at``, ``retries``, ``last_attempt``,
+  ``ack(result)``, ``fail(error, retry=True, delay=None) -> "retry" | "dead"``,
+  ``extend(seconds)``;
+- **dead letters** (``dead_letters``): iterable of dead jobs (``id``,
+  ``attempts``, ``failed_at``, ``enqueued_at``, ``error``, ``group``,
+  ``body``), ``len()``, ``list(limit)``, ``retry(ids) -> [Job]``,
+  ``purge(ids) -> int``.
+
+The semantics every backend keeps (the contract):
+
+- at-least-once: a job whose ``enqueue`` returned ends done or dead; it runs
+  again only if its lease was lost (its process died, or the lease ran out);
+- a lease: a fetched job belongs to its delivery until ack/fail or the lease
+  ends; after that, ack/fail/extend raise ``shmq.LeaseLost``;
+- retries: a failed attempt runs again after the backoff (or ``delay``) with
+  ``attempt + 1``, while attempts remain; then the job is dead;
+- delays: a job with ``delay`` is not fetched before its time;
+- unique keys: at most one pending job per key; a duplicate ``enqueue``
+  returns the pending job's handle with ``duplicate=True``;
+- groups: jobs of one group start in enqueue order and never overlap;
+- results: ``Job.wait()`` returns the value given to ``ack``, or raises
+  ``shmq.JobFailed`` for a dead job and ``shmq.Timeout`` when time runs out.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+__all__ = ["JobBackend"]
+
+
+class JobBackend(abc.ABC):
+    """One store of jobs. ``name`` is the queue's name; ``kind`` the store's
+    ("shm", ...); ``retry_policy`` the retries and backoff of jobs that name
+    none of their own."""
+
+    kind: str = ""
+    name: str
+
+    # ------------------------------------------------------------ producing
+
+    @abc.abstractmethod
+    def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
+                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+        """Inserts a job and returns its Job (``duplicate=True``: the pending
+        job holding the same unique key)."""
+
+    @abc.abstractmethod
+    def job(self, job_id: int):
+        """The Job handle of an existing job id (for status and wait)."""
+
+    # ------------------------------------------------------------ consuming
+
+    @abc.abstractmethod
+    def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
+        """Leases one available job to this process (a Delivery), waiting up
+        to `timeout` seconds for one (shmq.Empty)."""
+
+    # ------------------------------------------------------------ results
+
+    @abc.abstractmethod
+    def status(self, job_id: int) -> str:
+        """queued, scheduled, running, done, dead, or unknown."""
+
+    @abc.abstractmethod
+    def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """The job's result once it is done (JobFailed if dead, Timeout)."""
+
+    # ------------------------------------------------------------ dead letters, observing, upkeep
+
+    @property
+    @abc.abstractmethod
+    def dead_letters(self):
+        """The dead jobs: list, retry, purge."""
+
+    @property
+    @abc.abstractmethod
+    def retry_policy(self):
+        """The RetryPolicy of jobs that carry no retries of their own."""
+
+    @abc.abstractmethod
+    def stats(self, lanes: bool = False) -> dict:
+        """Counters, depths and wait/run percentiles (the keys of ``shmq stats --json``)."""
+
+    @abc.abstractmethod
+    def histogram(self, which: str) -> list[tuple[int, int]]:
+        """[(bucket floor in ns, count)] of the "wait" (enqueue to start) or
+        "run" (start to end) time histogram, buckets in rising order."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict:
+        """Where the jobs live and the store's settings ({"kind", "name", "location", "params"})."""
+
+    @abc.abstractmethod
+    def inspect(self) -> dict:
+        """The store's inside, for people (``shmq inspect``): its shape depends on ``kind``."""
+
+    @abc.abstractmethod
+    def maintain(self) -> None:
+        """Runs due upkeep now (leases of dead consumers, due retries and delays)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases this handle (jobs stay)."""
+
+    @abc.abstractmethod
+    def usable(self) -> bool:
+        """False once closed (or, for a handle inherited across fork, not this process's)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The shared-memory backend: jobs in a shmq.Queue (lanes, the job table and
+the log of csrc/), on one machine. The job operations themselves live in
+shmq/jobs.py (the queue's job methods); this class is what the rest of the
+system holds instead of the Queue, so that another backend can stand in."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from shmq.backends.base import JobBackend
+
+__all__ = ["ShmBackend"]
+
+
+class ShmBackend(JobBackend):
+    """Jobs of the shared-memory queue `queue` (a shmq.Queue)."""
+
+    kind = "shm"
+
+    __slots__ = ("queue", "name")
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.name = queue.name
+
+    @classmethod
+    def open(cls, name: str, **queue_kwargs) -> "ShmBackend":
+        """Opens (creates, attaches or recovers) queue `name`: the keywords of shmq.Queue."""
+        from shmq.queue import Queue
+
+        return cls(Queue(name, **queue_kwargs))
+
+    @classmethod
+    def attach(cls, name: str, path: str | None = None) -> "ShmBackend":
+        """An existing queue as it is (shmq.QueueNotFound): for tools that look."""
+        from shmq.queue import Queue
+
+        return cls(Queue.attach(name, path))
+
+    def __repr__(self) -> str:
+        return f"<shmq.ShmBackend {self.name!r} in {self.queue.path}>"
+
+    def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
+                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+        return self.queue.enqueue(body, group=group, unique=unique, unique_until=unique_until, delay=delay,
+                                  retries=retries, timeout=timeout)
+
+    def job(self, job_id: int):
+        return self.queue.job(job_id)
+
+    def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
+        return self.queue.fetch(block, timeout, lease)
+
+    def status(self, job_id: int) -> str:
+        return self.queue.job(job_id).status()
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        return self.queue.job(job_id).wait(timeout)
+
+    @property
+    def dead_letters(self):
+        self.queue._jobs_handle()  # a queue without a log has no jobs: says so
+        return self.queue.dead_letters
+
+    @property
+    def retry_policy(self):
+        return self.queue.retry_policy
+
+    def stats(self, lanes: bool = False) -> dict:
+        return self.queue.stats(lanes=lanes)
+
+    def histogram(self, which: str) -> list[tuple[int, int]]:
+        from shmq import metrics
+
+        return metrics.histogram(self.queue, which)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "location": self.queue.path,
+                "params": dataclasses.asdict(self.queue.params)}
+
+    def inspect(self) -> dict:
+        from shmq.backends import shm_inspect
+
+        return shm_inspect.snapshot(self.queue)
+
+    def maintain(self) -> None:
+        self.queue.maintain()
+
+    def close(self) -> None:
+        self.queue.close()
+
+    def usable(self) -> bool:
+        return self.queue._region is not None
