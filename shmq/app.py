@@ -60,7 +60,7 @@ class Task:
         """This task's retry policy: its own settings over the queue's."""
         from shmq.jobs import RetryPolicy
 
-        base = self.app.queue.retry_policy
+        base = self.app.backend.retry_policy
         retries, backoff, backoff_max = self._policy_args
         return RetryPolicy(base.retries if retries is None else retries,
                            base.backoff if backoff is None else backoff,
@@ -94,7 +94,7 @@ class Task:
             retries = self._policy_args[0]  # the task's own, carried by the job (else the queue's)
         if self.app.eager:
             return self.app._run_eager(self, args, kwargs, unique, until, retries)
-        return self.app.queue.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
+        return self.app.backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
                                       unique_until=until, delay=delay, retries=retries, timeout=timeout)
 
     def delay(self, seconds: Any, *args, **kwargs):
@@ -111,7 +111,9 @@ class App:
     importing a module that defines an App creates nothing. ``ordered_lanes``
     defaults to 4 here (lanes for jobs with a group)."""
 
-    def __init__(self, name: str = "default", *, eager: bool = False, config: str | None = None, **queue_kwargs):
+    def __init__(self, name: str = "default", *, eager: bool = False, config: str | None = None,
+                 backend: str | None = None, **queue_kwargs):
+        from shmq.backends import _backend_class
         from shmq.queue import _NAME
 
         if not isinstance(name, str) or not _NAME.match(name):
@@ -124,6 +126,7 @@ class App:
 
             # Read (and checked) now: errors name the file at the App's definition.
             queue_kwargs, _ = _config.resolve(name, queue_kwargs, _config.find(config))
+        self._backend_class = _backend_class(backend)  # a backend that is not there fails here, at definition
         self.config = config
         self.name = name
         self.eager = bool(eager)
@@ -131,30 +134,39 @@ class App:
         if self.queue_kwargs.get("durability", "os") != "none":
             self.queue_kwargs.setdefault("ordered_lanes", _APP_ORDERED_LANES)
         self.tasks: dict[str, Task] = {}
-        self._queue = None
-        self._queue_lock = threading.Lock()  # worker threads open one queue between them
+        self._backend = None
+        self._backend_lock = threading.Lock()  # worker threads open one backend between them
         self._eager_state = None
 
     def __repr__(self) -> str:
         return f"<shmq.App {self.name!r} with {len(self.tasks)} task(s)>"
 
     @property
-    def queue(self):
-        """The App's shmq.Queue (opened on first use, again after a fork)."""
-        from shmq.queue import Queue
+    def backend(self):
+        """The App's jobs (a shmq.backends.JobBackend): opened on first use,
+        again after a fork (a child never uses its parent's handle)."""
+        backend = self._backend
+        if backend is None or not backend.usable():
+            with self._backend_lock:
+                if self._backend is None or not self._backend.usable():
+                    self._backend = self._backend_class.open(self.name, **self.queue_kwargs)
+                backend = self._backend
+        return backend
 
-        queue = self._queue
-        if queue is None or queue._region is None:
-            with self._queue_lock:
-                if self._queue is None or self._queue._region is None:
-                    self._queue = Queue(self.name, **self.queue_kwargs)
-                queue = self._queue
-        return queue
+    @property
+    def queue(self):
+        """The App's shmq.Queue (the shared-memory backend's queue)."""
+        return self.backend.queue
 
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
-            self._queue = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def _forget_backend(self) -> None:
+        """In a new process: drop the parent's handle unclosed (it is not ours)."""
+        self._backend = None
+        self._backend_lock = threading.Lock()
 
     def task(self, fn: Callable | None = None, *, name: str | None = None, retries: int | None = None,
              backoff: float | None = None, backoff_max: float | None = None, group_by: Callable | None = None,

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from shmq._lib import ffi, lib
 
-__all__ = ["snapshot", "prometheus", "percentiles"]
+__all__ = ["snapshot", "histogram", "prometheus", "percentiles"]
 
 _COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
              "throttled", "lease_expired", "consumer_died")
@@ -89,11 +89,27 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def histogram(queue, which: str) -> list[tuple[int, int]]:
+    """[(bucket floor in ns, count)] of the queue's "wait" or "run" histogram."""
+    code = {"wait": lib.SHMQ_HIST_WAIT, "run": lib.SHMQ_HIST_RUN}[which]
+    buckets = _buckets(queue._live_handle(), code)
+    return [(int(lib.shmq_histogram_bucket_low(i)), count) for i, count in enumerate(buckets)]
+
+
+def _as_backend(item):
+    """A job backend for `item`: a backend as it is, a shmq.Queue wrapped."""
+    from shmq.backends import JobBackend
+    from shmq.backends.shm import ShmBackend
+
+    return item if isinstance(item, JobBackend) else ShmBackend(item)
+
+
 def prometheus(queues: Iterable) -> str:
-    """The metrics of `queues` in the Prometheus text format (version 0.0.4)."""
-    queues = list(queues) if not hasattr(queues, "stats") else [queues]
+    """The metrics of `queues` (job backends, or shmq.Queue handles) in the
+    Prometheus text format (version 0.0.4)."""
+    queues = [_as_backend(q) for q in (list(queues) if not hasattr(queues, "stats") else [queues])]
     lines: list[str] = []
-    snaps = [(q, snapshot(q, lanes=True)) for q in queues]
+    snaps = [(q, q.stats(lanes=True)) for q in queues]
 
     def family(name: str, kind: str, help_text: str) -> None:
         lines.append(f"# HELP shmq_{name} {help_text}")
@@ -118,23 +134,23 @@ def prometheus(queues: Iterable) -> str:
         for q, snap in snaps:
             lines.append(f'shmq_{gauge}{{queue="{_escape(q.name)}"}} {snap[gauge]}')
     for which, name, help_text in (
-        (lib.SHMQ_HIST_WAIT, "wait_seconds", "Time from enqueue to start."),
-        (lib.SHMQ_HIST_RUN, "run_seconds", "Time from start to ack or fail."),
+        ("wait", "wait_seconds", "Time from enqueue to start."),
+        ("run", "run_seconds", "Time from start to ack or fail."),
     ):
         family(name, "histogram", help_text)
         for q, _snap in snaps:
-            buckets = _buckets(q._live_handle(), which)
+            buckets = q.histogram(which)
+            counts = [count for _low, count in buckets]
             label = f'queue="{_escape(q.name)}"'
             # Fixed bounds, powers of two from ~1 us to ~73 min: bucket 4k starts at 2**(k+1) ns.
             for k in range(9, 42):
                 bound = 4 * k
-                below = sum(buckets[:bound])
-                lines.append(f'shmq_{name}_bucket{{{label},le="{lib.shmq_histogram_bucket_low(bound) / 1e9:.9g}"}} '
-                             f"{below}")
-            cumulative = sum(buckets)
+                below = sum(counts[:bound])
+                lines.append(f'shmq_{name}_bucket{{{label},le="{buckets[bound][0] / 1e9:.9g}"}} {below}')
+            cumulative = sum(counts)
             lines.append(f'shmq_{name}_bucket{{{label},le="+Inf"}} {cumulative}')
             lines.append(f"shmq_{name}_count{{{label}}} {cumulative}")
             # The sum is not kept (no lock-free float add); estimate it from the bucket floors.
-            estimate = sum(lib.shmq_histogram_bucket_low(i) * c for i, c in enumerate(buckets)) / 1e9
+            estimate = sum(low * count for low, count in buckets) / 1e9
             lines.append(f"shmq_{name}_sum{{{label}}} {estimate:.9g}")
     return "\n".join(lines) + "\n"

@@ -97,7 +97,7 @@ def _run_one(app, delivery, task_of) -> None:
 
 
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
-    queue = app.queue
+    backend = app.backend
     cache: dict[str, Any] = {}
 
     def task_of(name):
@@ -106,7 +106,7 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             task = cache[name] = app.tasks.get(name)
         return task
 
-    fetch = queue.fetch
+    fetch = backend.fetch
     while not stop.is_set():
         try:
             delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
@@ -139,8 +139,7 @@ def work(app, threads: int = 1, stop: threading.Event | None = None, lease: floa
 
 def _child_main(app, threads: int, lease: float | None) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
-    app._queue = None
-    app._queue_lock = threading.Lock()
+    app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
     try:
         work(app, threads=threads, lease=lease)
@@ -208,7 +207,7 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         raise errors.ConfigError(f"threads={threads!r} must be 1 .. 1024")
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.queue  # opens (creates or recovers) the queue once, before the workers start
+    app.backend  # opens (creates or recovers) the queue once, before the workers start
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}

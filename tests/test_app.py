@@ -72,8 +72,8 @@ def new_app(data_dir):
     yield make
     for app in made:
         path = app.queue_kwargs.get("path", str(data_dir))
-        if app._queue is not None:
-            app._queue.unlink()
+        if app._backend is not None:
+            app._backend.queue.unlink()
         remove_queue(app.name, path)
         assert not shm_entries_of(path), f"app {app.name!r} left shared memory behind"
 
@@ -149,8 +149,8 @@ def app_module(tmp_path, body: str, header: str = _MODULE_HEADER):
         try:
             yield module, module.app
         finally:
-            if module.app._queue is not None:
-                module.app._queue.unlink()
+            if module.app._backend is not None:
+                module.app._backend.queue.unlink()
             remove_queue(module.app.name, data)
             assert not shm_entries_of(data)
     finally:
@@ -240,7 +240,7 @@ def test_calling_a_task_runs_it_inline_without_a_queue(new_app, data_dir):
 
     assert record(21) == 42
     assert calls == [(21, threading.get_ident())]
-    assert app._queue is None  # no queue was opened for it
+    assert app._backend is None  # no queue was opened for it
     assert not data_dir.exists() and not shm_entries_of(data_dir)
 
 
@@ -794,7 +794,7 @@ def test_eager_creates_no_queue(new_app, data_dir):
 
     assert ok.enqueue(1).wait() == 1
     assert bad.enqueue().status() == "dead"
-    assert app._queue is None
+    assert app._backend is None
     assert not [e for e in os.listdir(SHM_DIR) if e.startswith(f"shmq.{app.name}.")]
     assert not data_dir.exists()
 
@@ -849,8 +849,8 @@ def test_config_defaults_alone_and_relative_path(tmp_path):
         assert app.queue.params.ordered_lanes == 3
         assert app.queue.path == str(tmp_path / "queues-here")
     finally:
-        if app._queue is not None:
-            app._queue.unlink()
+        if app._backend is not None:
+            app._backend.queue.unlink()
         remove_queue(name, tmp_path / "queues-here")
 
 

@@ -22,6 +22,7 @@ import sys
 import time
 
 from shmq import errors
+from shmq.backends.shm_inspect import iso  # noqa: F401 - the commands' ISO time format is the backend's
 from shmq.commands import CommandError
 
 SHM_DIR = "/dev/shm"
@@ -162,6 +163,15 @@ def open_queue(name: str, path: str, *, read_only: bool = True):
     return q
 
 
+def open_jobs(name: str, path: str, *, read_only: bool = True):
+    """The jobs of existing queue `name` (a shmq.backends.JobBackend), as
+    open_queue opens the queue: what job commands (enqueue, dead, stats,
+    metrics) work on."""
+    from shmq.backends.shm import ShmBackend
+
+    return ShmBackend(open_queue(name, path, read_only=read_only))
+
+
 class QueueSet:
     """Handles on queues of a data directory kept across refreshes (stats
     --watch, metrics --serve): the named ones, or every queue found there.
@@ -169,10 +179,10 @@ class QueueSet:
 
     def __init__(self, path: str, names: list[str]):
         self.path, self.names = path, names
-        self.handles: dict = {}  # name -> (queue, region inode)
+        self.handles: dict = {}  # name -> (job backend, region inode)
 
     def refresh(self) -> tuple[dict, list[str], list[str]]:
-        """({name: queue} attached now, names not loaded, named queues gone)."""
+        """({name: job backend} attached now, names not loaded, named queues gone)."""
         if self.names:
             states = {name: queue_state(name, self.path) for name in self.names}
         else:
@@ -186,7 +196,7 @@ class QueueSet:
                 held = None
             if state == "region" and held is None:
                 try:
-                    self.handles[name] = held = (open_queue(name, self.path), inode)
+                    self.handles[name] = held = (open_jobs(name, self.path), inode)
                 except CommandError:
                     state = None  # removed since we looked
             if held is not None:
@@ -258,14 +268,6 @@ def when(unix: float | None) -> str:
         return f"@{unix:.0f}"
 
 
-def iso(unix: float | None) -> str | None:
-    """ISO 8601 (UTC) of a Unix time, for JSON."""
-    if not unix:
-        return None
-    try:
-        return datetime.datetime.fromtimestamp(unix, tz=datetime.timezone.utc).isoformat(timespec="milliseconds")
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def table(headers: list[str], rows: list[list], right: set[int] | None = None, indent: str = "") -> list[str]:

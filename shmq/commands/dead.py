@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 
+from shmq import errors
 from shmq.commands import Command, CommandError, _int_arg
-from shmq.commands._common import add_path_argument, data_dir, emit, flush, iso, jsonable, open_queue, preview, when
+from shmq.commands._common import add_path_argument, data_dir, emit, flush, iso, jsonable, open_jobs, preview, when
 
 DEAD_DESCRIPTION = """\
 The dead letters of a queue: jobs whose every attempt failed (or that were
@@ -170,10 +171,12 @@ def _dead(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.all and not args.ids:
         # A usage error before the queue is even opened: nothing is touched.
         raise CommandError(f"dead {args.action} needs --all or --id ID: which dead jobs? (nothing was changed)")
-    q = open_queue(args.name, data_dir(args), read_only=args.action == "list")
+    q = open_jobs(args.name, data_dir(args), read_only=args.action == "list")
     try:
-        if not q.params.jobs_capacity:
-            raise CommandError(f"queue {q.name} has durability none: no jobs, so no dead letters")
+        try:
+            q.dead_letters
+        except errors.ConfigError as exc:
+            raise CommandError(f"{exc}: no jobs, so no dead letters") from None
         run = {"list": _list, "retry": _retry, "purge": _purge}[args.action]
         code = run(q, args)
     finally:

@@ -9,7 +9,7 @@ import os
 import sys
 
 from shmq.commands import Command, CommandError, _int_arg
-from shmq.commands._common import Progress, add_path_argument, data_dir, emit, flush, open_queue
+from shmq.commands._common import Progress, add_path_argument, data_dir, emit, flush, open_jobs
 
 ENQUEUE_DESCRIPTION = """\
 Enqueues one job per JSON value and prints each job's id, one a line
@@ -153,12 +153,8 @@ def _enqueue(args: argparse.Namespace) -> int:
         if args.app:
             app, q, task = _open_app(args, path)
         else:
-            q = open_queue(args.name, path, read_only=False)
+            q = open_jobs(args.name, path, read_only=False)
             task = None
-        if args.group is not None:
-            from shmq.jobs import group_lane
-
-            group_lane(q, args.group)  # no ordered lanes: say so before the first job
         until = args.unique_until or "start"
         progress = Progress("shmq enqueue", len(bodies), "jobs enqueued") if len(bodies) > 1000 else None
         done = 0
@@ -215,7 +211,7 @@ def _open_app(args: argparse.Namespace, path: str):
             app.queue_kwargs["path"] = path
         elif os.path.realpath(app_path) != os.path.realpath(path):
             raise CommandError(f"app {args.app} keeps its queue in {app_path}, not {path}: leave out --path")
-    return app, app.queue, task
+    return app, app.backend, task
 
 
 COMMAND = Command(

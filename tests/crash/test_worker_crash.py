@@ -132,8 +132,8 @@ def app_module(tmp_path, body: str):
             yield module
         finally:
             app = module.app
-            if app._queue is not None:
-                app._queue.unlink()
+            if app._backend is not None:
+                app._backend.queue.unlink()
             elif os.path.exists(SHM_DIR + region_name(name, str(data))) or os.path.isdir(
                     log_dir(name, str(data), "memory")):
                 shmq.Queue(name, str(data)).unlink()
