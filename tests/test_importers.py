@@ -128,8 +128,8 @@ def app_module(tmp_path):
             yield module
         finally:
             app = module.app
-            if app._queue is not None:
-                app._queue.unlink()
+            if app._backend is not None:
+                app._backend.queue.unlink()
             elif queue_exists(module):
                 shmq.Queue(name, str(data)).unlink()
             assert not shm_entries_of(data), "the app's queue left shared memory behind"

@@ -101,7 +101,13 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> dict:
-        """Where the jobs live and the store's settings ({"kind", "name", "location", "params"})."""
+        """Where the jobs live and the store's settings: {"kind", "name",
+        "location", "params", "jobs" (False: a store that cannot hold jobs),
+        "survives_reboot" (accepted jobs outlive a restart of the machine)}."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Makes every job accepted so far durable now (as far as the store's durability goes)."""
 
     @abc.abstractmethod
     def inspect(self) -> dict:

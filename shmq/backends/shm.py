@@ -77,8 +77,13 @@ class ShmBackend(JobBackend):
         return metrics.histogram(self.queue, which)
 
     def describe(self) -> dict:
+        params = self.queue.params
         return {"kind": self.kind, "name": self.name, "location": self.queue.path,
-                "params": dataclasses.asdict(self.queue.params)}
+                "params": dataclasses.asdict(params), "jobs": params.jobs_capacity > 0,
+                "survives_reboot": params.durability in ("os", "interval", "sync")}
+
+    def flush(self) -> None:
+        self.queue.flush()
 
     def inspect(self) -> dict:
         from shmq.backends import shm_inspect
@@ -86,6 +91,7 @@ class ShmBackend(JobBackend):
         return shm_inspect.snapshot(self.queue)
 
     def maintain(self) -> None:
+        self.queue.repair()  # claims of dead producers at a lane's head
         self.queue.maintain()
 
     def close(self) -> None:

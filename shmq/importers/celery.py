@@ -34,8 +34,7 @@ import json
 import pickle
 import time
 
-from shmq.importers.driver import PICKLE_REFUSED, Location, Source, SourceJob, Undecodable, parse_time
-from shmq.importers.sidekiq import json_object
+from shmq.importers.source import PICKLE_REFUSED, Location, Source, SourceJob, Undecodable, json_object, parse_time
 
 __all__ = ["CelerySource", "decode_message"]
 

@@ -32,7 +32,6 @@ bytes an imported id).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import signal
 import time
@@ -41,13 +40,24 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from shmq import errors
+from shmq.importers.source import (  # noqa: F401 - the formats' types, also importable from here
+    INCLUDES,
+    PICKLE_REFUSED,
+    Entry,
+    Location,
+    PickleRefused,
+    Source,
+    SourceJob,
+    Undecodable,
+    _text,
+    parse_time,
+)
 
 __all__ = ["FORMATS", "MODES", "Entry", "Location", "PickleRefused", "Source", "SourceError", "SourceJob", "Summary",
            "Undecodable", "run_import"]
 
 FORMATS = ("sidekiq", "resque", "rq", "celery")
 MODES = ("move", "copy", "dry-run")
-INCLUDES = ("scheduled", "retry", "dead")
 _RETRIES_MAX = 0xFFFE
 _EXAMPLES = 3  # examples kept per failure reason
 _FAULT_POINTS = ("import_after_enqueue", "import_after_flush", "import_after_ledger", "import_after_remove")
@@ -55,106 +65,6 @@ _FAULT_POINTS = ("import_after_enqueue", "import_after_flush", "import_after_led
 
 class SourceError(errors.ShmqError):
     """Redis could not be reached or read (down, wrong address, refused the password, lost the connection)."""
-
-
-class PickleRefused(errors.ShmqError):
-    """The jobs are pickled and allow_pickle is False: decoding pickle runs code."""
-
-
-class Undecodable(Exception):
-    """One entry cannot be imported: `reason` (grouped in the summary) and `detail` (this entry's)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-PICKLE_REFUSED = (
-    "decoding pickle runs code, so it is refused: if you trust everyone who can write to this Redis, pass "
-    "--allow-pickle (allow_pickle=True in Python)"
-)
-
-
-@dataclass(frozen=True)
-class Location:
-    """A Redis key a source's jobs wait in."""
-
-    key: str
-    kind: str  # "list" or "zset" (scored by the time to run)
-    label: str  # how the summary names it
-    group: str = "queue"  # "queue", or the include flag it belongs to: "scheduled", "retry", "dead"
-    queue: str | None = None  # the source queue of every entry; None: a set shared by queues (filtered per entry)
-    end: str = "head"  # lists: the end the source's workers take from ("head": LPOP, "tail": RPOP)
-
-
-@dataclass
-class Entry:
-    """One list element or sorted-set member, as read."""
-
-    location: Location
-    raw: bytes
-    score: float | None = None
-    position: int = 0  # lists: index counted from the end the source pushes at
-
-
-@dataclass
-class SourceJob:
-    """A source job, decoded: what becomes one shmq job."""
-
-    id: str  # the source's id (jid, job id, task id; derived for Resque)
-    name: str  # class or function name in the source
-    args: list
-    kwargs: dict = field(default_factory=dict)
-    run_at: float | None = None  # Unix time it is scheduled for (None: now)
-    retries: int | None = None  # retries left (None: the task's own policy)
-    queue: str = ""
-    where: str = ""  # the location's label
-
-
-class Source:
-    """A job format in Redis. Subclasses set ``name``, ``includes`` and
-    implement locations() and decode()."""
-
-    name = ""
-    includes: tuple[str, ...] = ()  # the include flags that apply (of INCLUDES)
-    registry_key: str | None = None  # a set naming the source's queues, if it keeps one
-
-    def __init__(self, client, queues: list[str], include: set[str], allow_pickle: bool):
-        self.redis = client
-        self.queues = list(queues)
-        self.include = set(include)
-        self.allow_pickle = allow_pickle
-
-    def locations(self, include: Iterable[str]) -> list[Location]:
-        """The keys to read for the included groups ("queue" always)."""
-        raise NotImplementedError
-
-    def preflight(self, locations: list[Location]) -> None:
-        """Raises before anything is written if the run cannot go on (RQ: pickled jobs without allow_pickle)."""
-
-    def fetch(self, location: Location, entries: list[Entry]) -> list:
-        """What decode() needs beyond the entry, per entry (RQ: the job hashes), read in one round trip."""
-        return [None] * len(entries)
-
-    def decode(self, entry: Entry, extra: Any) -> SourceJob | None:
-        """The job of an entry; None when it belongs to a queue not imported (a shared set); raises Undecodable."""
-        raise NotImplementedError
-
-    def remove(self, pipe, entry: Entry, extra: Any) -> int:
-        """Queues the commands that remove `entry` on `pipe`; the first one's reply counts what it removed.
-        Returns how many commands it queued."""
-        location = entry.location
-        if location.kind == "list":
-            pipe.lrem(location.key, 1 if location.end == "head" else -1, entry.raw)
-        else:
-            pipe.zrem(location.key, entry.raw)
-        return 1
-
-    def known_queues(self) -> list[str] | None:
-        if self.registry_key is None:
-            return None
-        return sorted(_text(m) for m in self.redis.smembers(self.registry_key))
 
 
 # --------------------------------------------------------------------------- summary
@@ -266,10 +176,6 @@ class Summary:
 
 
 # --------------------------------------------------------------------------- Redis
-
-
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def redacted(url: str) -> str:
@@ -556,7 +462,7 @@ class _Run:
                                queues=queues)
         self.resolved: dict[str, Any] = {}
         self.fault = _Fault()
-        self.queue = None
+        self.queue = None  # the app's job backend, once opened
         self.ledger = None
 
     def run(self) -> Summary:
@@ -569,20 +475,24 @@ class _Run:
             locations = source.locations(self.include)
             source.preflight(locations)
             if self.mode != "dry-run":
-                self.queue = queue = self.app.queue
-                if self.mode == "move" and queue.params.durability == "memory":
+                self.queue = backend = self.app.backend
+                store = backend.describe()
+                if not store["jobs"]:
                     raise errors.ConfigError(
-                        f"queue {queue.name!r} keeps its log in memory (durability='memory'): jobs moved there "
-                        "would not survive a reboot, and Redis would no longer have them. Use --copy, or a queue "
-                        "with durability 'os' or higher"
+                        f"queue {backend.name!r} holds no jobs (durability={store['params'].get('durability')!r}: "
+                        "a job needs a log). Import into a queue with durability 'os' or higher"
                     )
-                queue._jobs_handle()  # durability "none": say so before reading anything
-                # An earlier import killed inside an enqueue leaves a claim in a lane; once workers
-                # reach it, fetch() waits behind it and does not take it back by itself (Queue.repair
-                # does). Take back any such claim that is at a lane's head now. Its job never
-                # returned from enqueue: it is still in Redis, and imported again.
-                queue.repair()
-                data_dir = queue.path
+                if self.mode == "move" and not store["survives_reboot"]:
+                    raise errors.ConfigError(
+                        f"queue {backend.name!r} keeps its log in memory (durability="
+                        f"{store['params'].get('durability')!r}): jobs moved there would not survive a reboot, "
+                        "and Redis would no longer have them. Use --copy, or a queue with durability 'os' or higher"
+                    )
+                # An earlier import killed inside an enqueue may have left a claim behind: the
+                # store's upkeep takes such claims back now. Its job never returned from enqueue:
+                # it is still in Redis, and imported again.
+                backend.maintain()
+                data_dir = store["location"]
             else:
                 data_dir = _data_dir(self.app)
             path = ledger_path(data_dir, self.app.name, source.name, self.server)
@@ -758,20 +668,3 @@ class _Run:
             self.summary.removed += len(removals) - gone
             self.summary.vanished += gone
         fault.hit("import_after_remove")
-
-
-def parse_time(value) -> float | None:
-    """Unix time of an ISO 8601 text (naive: UTC) or a number; None for None/""."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Undecodable("bad time", f"{value!r} is not an ISO 8601 time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return when.timestamp()
-    raise Undecodable("bad time", f"{value!r} is not a time")

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import hashlib
 
-from shmq.importers.driver import Location, Source, SourceJob, Undecodable
-from shmq.importers.sidekiq import json_object
+from shmq.importers.source import Location, Source, SourceJob, Undecodable, json_object
 
 __all__ = ["ResqueSource", "resque_id"]
 

@@ -22,7 +22,7 @@ import json
 import pickle
 import zlib
 
-from shmq.importers.driver import PICKLE_REFUSED, Location, PickleRefused, Source, SourceJob, Undecodable, _text
+from shmq.importers.source import PICKLE_REFUSED, Location, PickleRefused, Source, SourceJob, Undecodable, _text
 
 __all__ = ["RQSource", "decode_data"]
 

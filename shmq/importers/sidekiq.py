@@ -24,9 +24,8 @@ time to run as a delay.
 
 from __future__ import annotations
 
-import json
 
-from shmq.importers.driver import Location, Source, SourceJob, Undecodable
+from shmq.importers.source import Location, Source, SourceJob, Undecodable, json_object
 
 __all__ = ["SidekiqSource", "retries_left"]
 
@@ -45,17 +44,6 @@ def retries_left(job: dict) -> int:
     count = job.get("retry_count")
     failures = count + 1 if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
     return max(maximum - failures, 0)
-
-
-def json_object(raw: bytes, what: str) -> dict:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        shown = raw[:60].decode(errors="replace")
-        raise Undecodable(f"not JSON (a corrupt {what})", f"{exc}: {shown!r}") from None
-    if not isinstance(value, dict):
-        raise Undecodable(f"not a {what} (JSON but not an object)", repr(value)[:60])
-    return value
 
 
 class SidekiqSource(Source):

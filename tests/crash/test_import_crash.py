@@ -138,8 +138,8 @@ class Tasks:
     def close(self) -> None:
         name, data = self.app.name, str(self.data)
         try:
-            if self.app._queue is not None:
-                self.app._queue.unlink()
+            if self.app._backend is not None:
+                self.app._backend.queue.unlink()
             elif os.path.exists(SHM_DIR + region_name(name, data)) or os.path.isdir(log_dir(name, data, "os")):
                 shmq.Queue(name, data).unlink()
         finally:
