@@ -23,6 +23,7 @@ from shmq.errors import (
     QueueNotFound,
     QueueCorrupted,
     ShmqError,
+    UndecodableJob,
 )
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "PayloadTooLarge",
     "EncodeError",
     "DecodeError",
+    "UndecodableJob",
     "LayoutMismatch",
     "QueueClosed",
     "QueueNotFound",

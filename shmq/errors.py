@@ -47,6 +47,19 @@ class DecodeError(ShmqError):
     """A message could not be decoded (bad data, or refused for safety)."""
 
 
+class UndecodableJob(DecodeError):
+    """A fetched job whose body cannot be decoded: corrupt bytes, a codec tag
+    or envelope of a newer shmq, or pickle on a queue that refuses it.
+    Retrying cannot help (the same bytes fail the same way): ``Delivery.body``
+    raises it, ``Delivery.decode_error`` holds it, and ``Delivery.fail()``
+    then dead-letters the job at once. ``job_id`` and ``tag`` say which."""
+
+    def __init__(self, message: str, job_id: int = 0, tag: int = 0):
+        super().__init__(message)
+        self.job_id = job_id
+        self.tag = tag
+
+
 class LayoutMismatch(ShmqError):
     """The shared region was made by another layout version, or is not a shmq region."""
 

@@ -65,18 +65,46 @@ def load_app(spec: str):
 # --------------------------------------------------------------------------- one worker process
 
 
+def _dead(delivery, error: Exception) -> None:
+    """A job that can never run: dead-lettered at once, with a WARNING that says why and what to do."""
+    outcome = delivery.fail(error, retry=False)
+    log.warning("%s (%s)", error, "dead-lettered" if outcome == "dead" else outcome)
+
+
+def _task_call(delivery):
+    """(name, args, kwargs) of a task call, or None when the body is not one."""
+    body = delivery.body
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return None
+    name, args, kwargs = body
+    if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
+            and all(isinstance(key, str) for key in kwargs)):
+        return None
+    return name, args, kwargs
+
+
 def _run_one(app, delivery, task_of) -> None:
-    """Runs one job and finishes it: ack with the result, or fail with the error."""
-    try:
-        name, args, kwargs = delivery.body
-        task = task_of(name)
-    except (TypeError, ValueError):
-        delivery.fail(errors.ShmqError(f"not a task job: {delivery.body!r:.200}"), retry=False)
+    """Runs one job and finishes it: ack with the result, or fail with the error.
+    A job that can never run (undecodable, not a task call, a task this app
+    lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
+    if delivery.decode_error is not None:
+        _dead(delivery, delivery.decode_error)
         return
+    call = _task_call(delivery)
+    if call is None:
+        _dead(delivery, errors.ShmqError(
+            f"job {delivery.id} of queue {delivery.queue.name!r} is not a task call (enqueued without "
+            f"--app/--task?): its body is {delivery.body!r:.200}. A worker runs only [task, args, kwargs] "
+            f"calls: use Task.enqueue(...), or shmq enqueue {delivery.queue.name} --app mod:app --task NAME "
+            "'[args...]'"))
+        return
+    name, args, kwargs = call
+    task = task_of(name)
     if task is None:
-        delivery.fail(errors.ShmqError(
-            f"no task named {name!r} in app {app.name!r} (known: {', '.join(sorted(app.tasks)) or 'none'}): "
-            "start workers with the same code as the producers"), retry=False)
+        _dead(delivery, errors.ShmqError(
+            f"job {delivery.id} names task {name!r} that this worker's app {app.name!r} does not have "
+            f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
+            "defines it (the same code as the producers)"))
         return
     if task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
@@ -92,8 +120,9 @@ def _run_one(app, delivery, task_of) -> None:
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
-        delivery.fail(errors.EncodeError(f"task {name!r} returned a result the codec cannot carry: {exc}"),
-                      retry=False)
+        _dead(delivery, errors.EncodeError(
+            f"job {delivery.id}: task {name!r} returned a result the codec cannot carry: {exc}. Return "
+            f"a value the queue's codec ({delivery.queue.params.codec!r}) can encode (convert it in the task)"))
 
 
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
