@@ -7,6 +7,8 @@
 """
 
 from shmq.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     ConfigError,
     DecodeError,
     Empty,
@@ -34,6 +36,8 @@ __all__ = [
     "Empty",
     "Full",
     "ConfigError",
+    "ArgumentError",
+    "ArgumentTypeError",
     "PayloadTooLarge",
     "EncodeError",
     "DecodeError",

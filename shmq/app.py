@@ -53,6 +53,10 @@ class Task:
         self.group_by = group_by
         self.unique_by = unique_by
         self.unique_until = unique_until
+        if lease_timeout is not None:
+            from shmq import _args
+
+            _args.seconds_ns("lease_timeout", lease_timeout, _args.LEASE_MIN, _args.LEASE_MAX)  # at definition
         self.lease_timeout = lease_timeout
         functools.update_wrapper(self, fn)
 

@@ -35,6 +35,18 @@ class ConfigError(ShmqError, ValueError):
     """A queue parameter is invalid or contradicts the existing queue."""
 
 
+class ArgumentError(ConfigError):
+    """An argument of a call is out of its range: a negative, NaN, infinite or
+    absurdly large time or size (a ValueError, as the standard library's
+    queue raises for a negative timeout). The message names the argument, the
+    value and the range allowed."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a call has the wrong type (e.g. a str or bool where a
+    number of seconds is expected); also a TypeError."""
+
+
 class PayloadTooLarge(ShmqError, ValueError):
     """A message is larger than the queue's max_message_bytes."""
 

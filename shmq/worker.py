@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from shmq import errors
+from shmq import _args, errors
 
 __all__ = ["load_app", "run", "work"]
 
@@ -235,6 +235,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
         raise errors.ConfigError(f"threads={threads!r} must be 1 .. 1024")
+    _args.seconds_ns("grace", grace, 0.0, _args.LEASE_MAX)
+    if lease is not None:
+        _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
     app.queue  # opens (creates or recovers) the queue once, before the workers start
