@@ -25,6 +25,7 @@ from shmq.errors import (
     QueueNotFound,
     QueueCorrupted,
     ShmqError,
+    TaskArgumentsError,
     UndecodableJob,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "QueueCorrupted",
     "PermissionDenied",
     "JobFailed",
+    "TaskArgumentsError",
     "LeaseLost",
     "ResultExpired",
     "Timeout",

@@ -130,6 +130,13 @@ class ResultExpired(ShmqError, LookupError):
     never named a job of this queue."""
 
 
+class TaskArgumentsError(ShmqError, TypeError):
+    """A task was enqueued with arguments its function does not accept
+    (checked against the function's signature at enqueue, so that the job
+    is refused here rather than failing in a worker), or its group_by /
+    unique_by function failed on them."""
+
+
 class LeaseLost(ShmqError):
     """ack/fail/extend of a job whose lease is no longer ours: it expired (see
     the lease timeout) or the job was taken back, and runs again elsewhere."""

@@ -51,8 +51,14 @@ def load_app(spec: str):
         sys.path.insert(0, os.getcwd())  # as `python -m` does: the app's package is found from here
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise errors.ConfigError(f"cannot import {module_name!r} (for {spec!r}): {exc}") from None
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise errors.ConfigError(
+                f"cannot import {module_name!r} (for {spec!r}): {exc}. Run from the directory that holds it, "
+                "or add that directory to PYTHONPATH") from None
+        raise errors.ConfigError(_import_failed(module_name, spec, exc)) from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the app's own code failed at import: say where
+        raise errors.ConfigError(_import_failed(module_name, spec, exc)) from exc
     try:
         app = getattr(module, attribute)
     except AttributeError:
@@ -60,6 +66,22 @@ def load_app(spec: str):
     if not isinstance(app, App):
         raise errors.ConfigError(f"{spec!r} is a {type(app).__name__}, not a shmq.App")
     return app
+
+
+def _import_failed(module_name: str, spec: str, exc: BaseException) -> str:
+    """What importing the app's module raised, and where (the last frame of its own code)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f", at {last.filename}:{last.lineno} in {last.name}"
+        if last.line:
+            where += f" ({last.line.strip()[:80]})"
+    text = " ".join(str(exc).split()) or "(no message)"
+    return (f"importing {module_name!r} (for {spec!r}) raised {type(exc).__name__}: {text}{where}. Fix the module "
+            "(or what it needs at import); --debug shows the whole traceback")
 
 
 # --------------------------------------------------------------------------- one worker process
