@@ -35,6 +35,8 @@ log = logging.getLogger("shmq.worker")
 
 # A worker re-checks its stop flag at least this often while the queue is empty.
 _FETCH_SLICE = 0.25
+# A worker that can lease no job (jobs_capacity taken) says so at most this often.
+_FULL_WARN_EVERY = 30.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
 
@@ -158,10 +160,21 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
         return task
 
     fetch = queue.fetch
+    warned_full_at = None
     while not stop.is_set():
         try:
             delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
         except errors.Empty:
+            continue
+        except errors.Full as exc:
+            # Every job entry holds a running or scheduled job: nothing can be
+            # leased until one ends or falls due. Wait: a worker that died here
+            # would be restarted into the same state, again and again.
+            now = time.monotonic()
+            if warned_full_at is None or now - warned_full_at >= _FULL_WARN_EVERY:
+                log.warning("%s; this worker waits and tries again", exc)
+                warned_full_at = now
+            stop.wait(_FETCH_SLICE)
             continue
         try:
             _run_one(app, delivery, task_of)

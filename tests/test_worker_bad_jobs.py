@@ -146,3 +146,37 @@ def test_poison_jobs_among_good_ones_are_dead_and_the_worker_keeps_going(tmp_pat
         assert any(f"job {bad_result.id}: task 'a_set' returned a result the codec cannot carry" in line
                    for line in warnings)
         assert q.stats()["in_flight"] == 0
+
+
+def test_a_worker_that_can_lease_nothing_waits_instead_of_dying(tmp_path):
+    # jobs_capacity entries all held by scheduled jobs: fetch raises shmq.Full.
+    # The worker must wait for them to fall due, not die and be restarted.
+    header = """\
+import os
+import time
+
+import shmq
+
+app = shmq.App({name!r}, path={path!r}, jobs_capacity=16)
+
+"""
+    with app_module(tmp_path, """
+        @app.task(name="pid")
+        def pid(label):
+            return [os.getpid(), label]
+    """, header=header) as (module, app):
+        app.queue  # made here, so that the worker's start does not count against the delay
+        proc, log = start_worker(tmp_path, module.__name__)
+        try:
+            delayed = [module.pid.delay(5, i) for i in range(16)]
+            now = module.pid.enqueue("now")  # in a lane; no entry is free to lease it for 5 s
+            results = [job.wait(timeout=60) for job in [now, *delayed]]
+        finally:
+            code = stop_process(proc)
+        stderr = open(log).read()
+        assert code == 0, stderr
+        assert [label for _, label in results] == ["now", *range(16)]
+        assert len({p for p, _ in results}) == 1, "the worker process was replaced"
+        assert "died" not in stderr, stderr
+        assert "all jobs_capacity=16 entries hold running or scheduled jobs" in stderr
+        assert "this worker waits and tries again" in stderr
