@@ -7,6 +7,8 @@
 """
 
 from shmq.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     ConfigError,
     DecodeError,
     Empty,
@@ -23,6 +25,8 @@ from shmq.errors import (
     QueueNotFound,
     QueueCorrupted,
     ShmqError,
+    TaskArgumentsError,
+    UndecodableJob,
 )
 
 __version__ = "0.1.0"
@@ -33,15 +37,19 @@ __all__ = [
     "Empty",
     "Full",
     "ConfigError",
+    "ArgumentError",
+    "ArgumentTypeError",
     "PayloadTooLarge",
     "EncodeError",
     "DecodeError",
+    "UndecodableJob",
     "LayoutMismatch",
     "QueueClosed",
     "QueueNotFound",
     "QueueCorrupted",
     "PermissionDenied",
     "JobFailed",
+    "TaskArgumentsError",
     "LeaseLost",
     "ResultExpired",
     "Timeout",

@@ -53,7 +53,15 @@ class Task:
         self.group_by = group_by
         self.unique_by = unique_by
         self.unique_until = unique_until
+        if lease_timeout is not None:
+            from shmq import _args
+
+            _args.seconds_ns("lease_timeout", lease_timeout, _args.LEASE_MIN, _args.LEASE_MAX)  # at definition
         self.lease_timeout = lease_timeout
+        try:
+            self._signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none: their calls are checked by the worker only
+            self._signature = None
         functools.update_wrapper(self, fn)
 
     def retry_policy(self):
@@ -83,10 +91,11 @@ class Task:
         datetime), ``group`` and ``unique`` (over the task's group_by /
         unique_by), ``retries``, ``timeout`` (for room in the queue)."""
         kwargs = kwargs or {}
+        self._check_arguments(args, kwargs)
         if group is None and self.group_by is not None:
-            group = self.group_by(*args, **kwargs)
+            group = self._key_of("group_by", self.group_by, args, kwargs)
         if unique is None and self.unique_by is not None:
-            unique = self.unique_by(*args, **kwargs)
+            unique = self._key_of("unique_by", self.unique_by, args, kwargs)
         if unique is not None:
             unique = f"{self.name}:{unique}"  # keys of different tasks never meet
         until = unique_until or self.unique_until
@@ -96,6 +105,33 @@ class Task:
             return self.app._run_eager(self, args, kwargs, unique, until, retries)
         return self.app.backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
                                       unique_until=until, delay=delay, retries=retries, timeout=timeout)
+
+    def _call_text(self, args: tuple, kwargs: dict) -> str:
+        shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        text = ", ".join(shown)
+        return f"{self.name}({text if len(text) <= 120 else text[:117] + '...'})"
+
+    def _check_arguments(self, args: tuple, kwargs: dict) -> None:
+        """Refuses, before the job exists, a call the task's function cannot take."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise errors.TaskArgumentsError(
+                f"task {self.name!r} takes {self._signature}, but {self._call_text(args, kwargs)} was enqueued: "
+                f"{exc}. Pass the arguments its function takes; nothing was enqueued"
+            ) from None
+
+    def _key_of(self, what: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise errors.TaskArgumentsError(
+                f"the {what} function of task {self.name!r} raised {type(exc).__name__}: {exc}, on the arguments "
+                f"of {self._call_text(args, kwargs)} (which the task itself accepts). Make {what} take the same "
+                "arguments as the task; nothing was enqueued"
+            ) from exc
 
     def delay(self, seconds: Any, *args, **kwargs):
         """enqueue(*args, **kwargs) to run after `seconds` (or at a datetime)."""

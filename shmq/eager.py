@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from shmq import _args
 from shmq import codec as _codec
 from shmq import errors
 from shmq.jobs import error_info
@@ -50,6 +51,7 @@ class EagerJob:
         return self._status
 
     def wait(self, timeout: float | None = None) -> Any:
+        _args.timeout_ns(timeout)  # the arguments Job.wait() refuses are refused here too
         if self._status == "dead":
             e = self._error or {}
             raise errors.JobFailed(self.id, e.get("type", "Error"), e.get("message", ""), e.get("traceback", ""),

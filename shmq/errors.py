@@ -35,6 +35,18 @@ class ConfigError(ShmqError, ValueError):
     """A queue parameter is invalid or contradicts the existing queue."""
 
 
+class ArgumentError(ConfigError):
+    """An argument of a call is out of its range: a negative, NaN, infinite or
+    absurdly large time or size (a ValueError, as the standard library's
+    queue raises for a negative timeout). The message names the argument, the
+    value and the range allowed."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a call has the wrong type (e.g. a str or bool where a
+    number of seconds is expected); also a TypeError."""
+
+
 class PayloadTooLarge(ShmqError, ValueError):
     """A message is larger than the queue's max_message_bytes."""
 
@@ -45,6 +57,19 @@ class EncodeError(ShmqError, TypeError):
 
 class DecodeError(ShmqError):
     """A message could not be decoded (bad data, or refused for safety)."""
+
+
+class UndecodableJob(DecodeError):
+    """A fetched job whose body cannot be decoded: corrupt bytes, a codec tag
+    or envelope of a newer shmq, or pickle on a queue that refuses it.
+    Retrying cannot help (the same bytes fail the same way): ``Delivery.body``
+    raises it, ``Delivery.decode_error`` holds it, and ``Delivery.fail()``
+    then dead-letters the job at once. ``job_id`` and ``tag`` say which."""
+
+    def __init__(self, message: str, job_id: int = 0, tag: int = 0):
+        super().__init__(message)
+        self.job_id = job_id
+        self.tag = tag
 
 
 class LayoutMismatch(ShmqError):
@@ -103,6 +128,13 @@ class ResultExpired(ShmqError, LookupError):
     """The job is not pending and its result is no longer kept (older than
     result_ttl, or pushed out by result_capacity / result_bytes), or the id
     never named a job of this queue."""
+
+
+class TaskArgumentsError(ShmqError, TypeError):
+    """A task was enqueued with arguments its function does not accept
+    (checked against the function's signature at enqueue, so that the job
+    is refused here rather than failing in a worker), or its group_by /
+    unique_by function failed on them."""
 
 
 class LeaseLost(ShmqError):

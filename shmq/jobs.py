@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from shmq import errors
+from shmq import _args, errors
 from shmq._calls import _SCRATCH_BYTES, _Budget, _Scratch, _first_wait
 from shmq._lib import ECLAIMED, EEMPTY, EINTR, OK, ffi, lib, raise_for
 
@@ -110,17 +110,22 @@ def group_lane(queue, group: Any) -> int:
 
 
 def _deadline_ns(delay: Any) -> int:
-    """CLOCK_REALTIME ns from `delay` (seconds from now, a datetime, or a Unix time via datetime)."""
+    """CLOCK_REALTIME ns from `delay` (seconds from now, a timedelta, or a datetime to run at)."""
     import datetime
 
     if isinstance(delay, datetime.datetime):
         when = delay.timestamp() if delay.tzinfo else delay.astimezone().timestamp()
-        return int(when * 1e9)
+        # A time in the past runs now; one more than ten years ahead is a mistake.
+        if when - time.time() > _args.DELAY_MAX:
+            raise errors.ArgumentError(
+                f"delay={delay!r} is more than {_args.DELAY_MAX:g} seconds (ten years) ahead: "
+                "give a nearer time, or seconds from 0 to that"
+            )
+        return int(max(when, 0.0) * 1e9)
     if isinstance(delay, datetime.timedelta):
         delay = delay.total_seconds()
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay != delay or delay < 0:
-        raise errors.ConfigError(f"delay={delay!r} must be seconds >= 0, a timedelta or a datetime")
-    return time.time_ns() + int(delay * 1e9)
+    return time.time_ns() + _args.seconds_ns("delay", delay, 0.0, _args.DELAY_MAX,
+                                             "or a timedelta, or a datetime to run at")
 
 
 def error_info(error: Any) -> dict:
@@ -171,7 +176,7 @@ class Job:
         handle = queue._live_handle()
         info = ffi.new("shmq_result_info *")
         buffer = bytearray(4096)
-        total_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+        total_ns = _args.timeout_ns(timeout)
         budget = _Budget(total_ns, 0)
         wait_ns: int | None = _first_wait(total_ns)
         while True:
@@ -229,18 +234,31 @@ def _outcome(queue, job_id: int, info, buffer) -> Any:
 class Delivery:
     """A job handed to this process under a lease: ``id``, ``body``,
     ``attempt`` (1 on the first run), ``group``, ``enqueued_at`` (Unix time).
-    Finish it with ack() or fail(); extend() keeps the lease for long work."""
+    Finish it with ack() or fail(); extend() keeps the lease for long work.
 
-    __slots__ = ("queue", "body", "group", "_c", "_raw", "_retries", "_finished")
+    A job whose body cannot be decoded is delivered all the same:
+    ``decode_error`` holds a shmq.UndecodableJob, reading ``body`` raises it,
+    and fail() dead-letters the job at once (its bytes stay in the dead
+    letter)."""
 
-    def __init__(self, queue, c, raw, body, group, retries):
+    __slots__ = ("queue", "_body", "group", "decode_error", "_c", "_raw", "_retries", "_finished")
+
+    def __init__(self, queue, c, raw, body, group, retries, decode_error=None):
         self.queue = queue
         self._c = c
         self._raw = raw
-        self.body = body
+        self._body = body
         self.group = group
         self._retries = retries
+        self.decode_error = decode_error
         self._finished = False
+
+    @property
+    def body(self) -> Any:
+        """The job's body, decoded; raises shmq.UndecodableJob if it cannot be."""
+        if self.decode_error is not None:
+            raise self.decode_error
+        return self._body
 
     id = property(lambda self: self._c.job_id, doc="the job's id (as Job.id)")
     attempt = property(lambda self: self._c.attempt, doc="1 on the first run, +1 for every retry or taking back")
@@ -272,17 +290,22 @@ class Delivery:
 
     def fail(self, error: Any = None, retry: bool = True, delay: float | None = None) -> str:
         """The attempt failed. The job runs again after a backoff (or `delay`
-        seconds) while attempts remain and `retry` is true; else it is dead:
-        kept in the queue's dead letters, and Job.wait() raises JobFailed.
+        seconds, 0 .. ten years) while attempts remain and `retry` is true;
+        else it is dead: kept in the queue's dead letters, and Job.wait()
+        raises JobFailed. A job whose body could not be decoded
+        (``decode_error``) is always dead: retrying cannot help.
         Returns "retry" or "dead"."""
         queue = self.queue
+        delay_ns = None if delay is None else _args.seconds_ns("delay", delay, 0.0, _args.DELAY_MAX)
         self._check_open()
         info = error_info(error)
         handle = queue._live_handle()
+        if self.decode_error is not None:
+            retry = False  # the same bytes would fail the same way on every attempt
         if retry and not self.last_attempt:
-            wait = queue.retry_policy.delay(self.attempt) if delay is None else float(delay)
+            wait_ns = round(max(0.0, queue.retry_policy.delay(self.attempt)) * 1e9) if delay_ns is None else delay_ns
             message = f"{info['type']}: {info['message']}".encode(errors="replace")
-            rc = lib.shmq_fail(handle, self._c, time.time_ns() + int(max(0.0, wait) * 1e9), 0, message, len(message))
+            rc = lib.shmq_fail(handle, self._c, time.time_ns() + wait_ns, 0, message, len(message))
             outcome = "retry"
         else:
             # The dead letter first: a crash before the DEAD record only fails the job once more.
@@ -299,8 +322,9 @@ class Delivery:
 
     def extend(self, seconds: float) -> None:
         """Keeps the lease for `seconds` from now (for work longer than the lease timeout)."""
+        seconds_ns = _args.seconds_ns("seconds", seconds, _args.LEASE_MIN, _args.LEASE_MAX)
         self._check_open()
-        rc = lib.shmq_extend(self.queue._live_handle(), self._c, int(seconds * 1e9))
+        rc = lib.shmq_extend(self.queue._live_handle(), self._c, seconds_ns)
         if rc != OK:
             self._lost(rc, "extend")
 
@@ -410,7 +434,7 @@ class JobsMixin:
                 o.unique_hi, o.unique_lo = unique_hash(unique)
             o.unique_until_finish = unique_until == "finish"
             buf = data if type(data) is bytes else ffi.from_buffer(data)
-            total_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+            total_ns = _args.timeout_ns(timeout)
             budget = _Budget(total_ns, _first_wait(total_ns))
             rc = lib.shmq_enqueue(handle, o, buf, length, _first_wait(total_ns), out)
             while rc == lib.SHMQ_EFULL or rc == EINTR:
@@ -449,13 +473,30 @@ class JobsMixin:
     # ------------------------------------------------------------ consuming
 
     def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None) -> Delivery:
-        """Takes one job under a lease of `lease` seconds (default lease_timeout):
-        if this process dies, or the lease runs out before ack/fail, the job is
-        delivered again (attempt + 1). Waits up to `timeout` (None: forever;
-        0 or block=False: never): shmq.Empty."""
+        """Takes one job under a lease of `lease` seconds (default lease_timeout,
+        0.001 .. 604800): if this process dies, or the lease runs out before
+        ack/fail, the job is delivered again (attempt + 1). Waits up to
+        `timeout` seconds (None: forever; 0 or block=False: never), then
+        raises shmq.Empty; a negative timeout is an error, as in the standard
+        library's queue.
+
+        A job whose body cannot be decoded (corrupt bytes, a codec tag from a
+        newer shmq, pickle on a queue that refuses it) is returned too, so that
+        it can be disposed of instead of coming back: ``d.decode_error`` is a
+        shmq.UndecodableJob, ``d.body`` raises it, and ``d.fail(d.decode_error)``
+        dead-letters the job at once (retrying cannot help), keeping its bytes
+        for ``shmq dead``::
+
+            d = q.fetch()
+            if d.decode_error is not None:
+                d.fail(d.decode_error)      # dead at once, with the reason
+            else:
+                d.ack(handle(d.body))
+        """
         handle = self._jobs_handle()
-        total_ns = (-1 if timeout is None else max(0, int(timeout * 1e9))) if block else 0
-        lease_ns = self._lease_ns if lease is None else int(lease * 1e9)
+        total_ns = _args.timeout_ns(timeout) if block else 0
+        lease_ns = self._lease_ns if lease is None else _args.seconds_ns("lease", lease, _args.LEASE_MIN,
+                                                                         _args.LEASE_MAX)
         budget = None
         wait_ns = _first_wait(total_ns)
         free = self._scratch_free
@@ -495,18 +536,37 @@ class JobsMixin:
         tag = c.tag
         group = None
         retries = _RETRIES_DEFAULT
-        if tag & _TAG_JOB:
-            view = memoryview(raw)
-            _version, _flags, retries, group_bytes = _ENVELOPE.unpack_from(view)
-            start = _ENVELOPE.size + group_bytes
-            if group_bytes:
-                group = bytes(view[_ENVELOPE.size:start]).decode(errors="replace")
-            body_raw = view[start:]
-            inner = tag & ~_TAG_JOB
-            body = bytes(body_raw) if inner == 0 else self._decode(inner, body_raw)
-        else:
-            body = raw if tag == 0 else self._decode(tag, raw)
-        delivery = Delivery(self, c, raw, body, group, retries)
+        body = decode_error = None
+        try:
+            if tag & _TAG_JOB:
+                view = memoryview(raw)
+                if len(view) < _ENVELOPE.size:
+                    raise errors.DecodeError(f"its envelope is cut short ({len(view)} bytes)")
+                version, _flags, retries, group_bytes = _ENVELOPE.unpack_from(view)
+                if version != _ENVELOPE_VERSION:
+                    raise errors.DecodeError(
+                        f"its envelope has version {version}, this shmq reads version {_ENVELOPE_VERSION} "
+                        "(it was enqueued by another shmq version)")
+                start = _ENVELOPE.size + group_bytes
+                if start > len(view):
+                    raise errors.DecodeError(f"its envelope names a group of {group_bytes} bytes past its end "
+                                             f"({len(view)} bytes)")
+                if group_bytes:
+                    group = bytes(view[_ENVELOPE.size:start]).decode(errors="replace")
+                body_raw = view[start:]
+                inner = tag & ~_TAG_JOB
+                body = bytes(body_raw) if inner == 0 else self._decode(inner, body_raw)
+            else:
+                body = raw if tag == 0 else self._decode(tag, raw)
+        except Exception as exc:  # noqa: BLE001 - whatever bytes came, a poison job must not kill its consumer
+            retries = _RETRIES_DEFAULT  # an envelope that did not decode says nothing to trust
+            reason = str(exc) if isinstance(exc, errors.DecodeError) else f"{type(exc).__name__}: {exc}"
+            decode_error = errors.UndecodableJob(
+                f"job {c.job_id} of queue {self.name!r} cannot be decoded (tag {tag:#04x}, {c.length} bytes): "
+                f"{reason}. Retrying cannot help: fail() dead-letters it with its bytes ('shmq dead list "
+                f"{self.name}' shows them). Producers and consumers must run the same shmq version and codec",
+                c.job_id, tag)
+        delivery = Delivery(self, c, raw, body, group, retries, decode_error)
         if c.attempt > delivery.retries + 1:
             # Its consumers died (or overran their lease) on every attempt: dead.
             delivery.fail(

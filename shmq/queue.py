@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import posix_ipc
 
+from shmq import _args
 from shmq import codec as _codec
 from shmq import errors
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
@@ -115,11 +116,27 @@ def region_name(name: str, path: str) -> str:
     return f"/shmq.{name}.{digest}"
 
 
+def _bytes_text(n: int) -> str:
+    """1073741824 -> '1 GiB' (a size as a user would write it; exact sizes only)."""
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+# Size bounds of the log. A record's length is a 32-bit field, so no record
+# (and no message) is larger than 4 GiB; larger segments would only cost disk
+# (two are allocated ahead).
+_SEGMENT_BYTES_MAX = 1 << 32
+_MESSAGE_BYTES_MAX = (1 << 32) - 1
+
+
 def _check_int(key: str, value: Any, low: int, high: int, *, power_of_two: bool = False, multiple: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise errors.ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
     if not low <= value <= high:
-        raise errors.ConfigError(f"{key}={value} is out of range: allowed {low} .. {high}")
+        units = f" ({_bytes_text(low)} .. {_bytes_text(high)})" if key.endswith("_bytes") and high >= 1 << 20 else ""
+        raise errors.ConfigError(f"{key}={value} is out of range: allowed {low} .. {high}{units}")
     if power_of_two and value & (value - 1):
         up = 1 << (value - 1).bit_length()
         raise errors.ConfigError(f"{key}={value} must be a power of two: use {up} (or {up // 2})")
@@ -138,7 +155,7 @@ def _validate(requested: dict) -> dict:
     if "slot_bytes" in checked:
         _check_int("slot_bytes", checked["slot_bytes"], 16, 65536, multiple=16)
     if "max_message_bytes" in checked:
-        _check_int("max_message_bytes", checked["max_message_bytes"], 1, 1 << 40)
+        _check_int("max_message_bytes", checked["max_message_bytes"], 1, _MESSAGE_BYTES_MAX)
     if "codec" in checked:
         _codec.get_codec(checked["codec"])  # raises ConfigError naming the choices
     if "durability" in checked and checked["durability"] not in DURABILITY:
@@ -147,14 +164,14 @@ def _validate(requested: dict) -> dict:
             "'os' (the default) survives any process crash, 'sync' also a power cut"
         )
     if "segment_bytes" in checked:
-        _check_int("segment_bytes", checked["segment_bytes"], 64 * 1024, 1 << 40, multiple=4096)
+        _check_int("segment_bytes", checked["segment_bytes"], 64 * 1024, _SEGMENT_BYTES_MAX, multiple=4096)
     if "flush_interval" in checked:
         value = checked["flush_interval"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.001 <= value <= 3600:
             raise errors.ConfigError(f"flush_interval={value!r} must be seconds between 0.001 and 3600")
         checked["flush_interval"] = float(value)
     if "flush_bytes" in checked:
-        _check_int("flush_bytes", checked["flush_bytes"], 0, 1 << 40)
+        _check_int("flush_bytes", checked["flush_bytes"], 0, _SEGMENT_BYTES_MAX)
     if "ordered_lanes" in checked:
         _check_int("ordered_lanes", checked["ordered_lanes"], 0, 1023)
     if "jobs_capacity" in checked:
@@ -791,13 +808,8 @@ class Queue(JobsMixin):
 
     @staticmethod
     def _timeout_ns(block: bool, timeout: float | None) -> int:
-        if not block:
-            return 0
-        if timeout is None:
-            return -1
-        if timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
-        return int(timeout * 1e9)
+        # The rule of every timeout: shmq/_args.py (None: no limit; negative: an error).
+        return _args.timeout_ns(timeout) if block else 0
 
     # ------------------------------------------------------------ producing
 

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from shmq import errors
+from shmq import _args, errors
 
 __all__ = ["load_app", "run", "work"]
 
@@ -35,6 +35,8 @@ log = logging.getLogger("shmq.worker")
 
 # A worker re-checks its stop flag at least this often while the queue is empty.
 _FETCH_SLICE = 0.25
+# A worker that can lease no job (jobs_capacity taken) says so at most this often.
+_FULL_WARN_EVERY = 30.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
 
@@ -51,8 +53,14 @@ def load_app(spec: str):
         sys.path.insert(0, os.getcwd())  # as `python -m` does: the app's package is found from here
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise errors.ConfigError(f"cannot import {module_name!r} (for {spec!r}): {exc}") from None
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise errors.ConfigError(
+                f"cannot import {module_name!r} (for {spec!r}): {exc}. Run from the directory that holds it, "
+                "or add that directory to PYTHONPATH") from None
+        raise errors.ConfigError(_import_failed(module_name, spec, exc)) from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the app's own code failed at import: say where
+        raise errors.ConfigError(_import_failed(module_name, spec, exc)) from exc
     try:
         app = getattr(module, attribute)
     except AttributeError:
@@ -62,21 +70,65 @@ def load_app(spec: str):
     return app
 
 
+def _import_failed(module_name: str, spec: str, exc: BaseException) -> str:
+    """What importing the app's module raised, and where (the last frame of its own code)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f", at {last.filename}:{last.lineno} in {last.name}"
+        if last.line:
+            where += f" ({last.line.strip()[:80]})"
+    text = " ".join(str(exc).split()) or "(no message)"
+    return (f"importing {module_name!r} (for {spec!r}) raised {type(exc).__name__}: {text}{where}. Fix the module "
+            "(or what it needs at import); --debug shows the whole traceback")
+
+
 # --------------------------------------------------------------------------- one worker process
 
 
+def _dead(delivery, error: Exception) -> None:
+    """A job that can never run: dead-lettered at once, with a WARNING that says why and what to do."""
+    outcome = delivery.fail(error, retry=False)
+    log.warning("%s (%s)", error, "dead-lettered" if outcome == "dead" else outcome)
+
+
+def _task_call(delivery):
+    """(name, args, kwargs) of a task call, or None when the body is not one."""
+    body = delivery.body
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return None
+    name, args, kwargs = body
+    if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
+            and all(isinstance(key, str) for key in kwargs)):
+        return None
+    return name, args, kwargs
+
+
 def _run_one(app, delivery, task_of) -> None:
-    """Runs one job and finishes it: ack with the result, or fail with the error."""
-    try:
-        name, args, kwargs = delivery.body
-        task = task_of(name)
-    except (TypeError, ValueError):
-        delivery.fail(errors.ShmqError(f"not a task job: {delivery.body!r:.200}"), retry=False)
+    """Runs one job and finishes it: ack with the result, or fail with the error.
+    A job that can never run (undecodable, not a task call, a task this app
+    lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
+    if delivery.decode_error is not None:
+        _dead(delivery, delivery.decode_error)
         return
+    call = _task_call(delivery)
+    if call is None:
+        _dead(delivery, errors.ShmqError(
+            f"job {delivery.id} of queue {delivery.queue.name!r} is not a task call (enqueued without "
+            f"--app/--task?): its body is {delivery.body!r:.200}. A worker runs only [task, args, kwargs] "
+            f"calls: use Task.enqueue(...), or shmq enqueue {delivery.queue.name} --app mod:app --task NAME "
+            "'[args...]'"))
+        return
+    name, args, kwargs = call
+    task = task_of(name)
     if task is None:
-        delivery.fail(errors.ShmqError(
-            f"no task named {name!r} in app {app.name!r} (known: {', '.join(sorted(app.tasks)) or 'none'}): "
-            "start workers with the same code as the producers"), retry=False)
+        _dead(delivery, errors.ShmqError(
+            f"job {delivery.id} names task {name!r} that this worker's app {app.name!r} does not have "
+            f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
+            "defines it (the same code as the producers)"))
         return
     if task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
@@ -92,8 +144,9 @@ def _run_one(app, delivery, task_of) -> None:
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
-        delivery.fail(errors.EncodeError(f"task {name!r} returned a result the codec cannot carry: {exc}"),
-                      retry=False)
+        _dead(delivery, errors.EncodeError(
+            f"job {delivery.id}: task {name!r} returned a result the codec cannot carry: {exc}. Return "
+            f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
 
 
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
@@ -107,10 +160,21 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
         return task
 
     fetch = backend.fetch
+    warned_full_at = None
     while not stop.is_set():
         try:
             delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
         except errors.Empty:
+            continue
+        except errors.Full as exc:
+            # Every job entry holds a running or scheduled job: nothing can be
+            # leased until one ends or falls due. Wait: a worker that died here
+            # would be restarted into the same state, again and again.
+            now = time.monotonic()
+            if warned_full_at is None or now - warned_full_at >= _FULL_WARN_EVERY:
+                log.warning("%s; this worker waits and tries again", exc)
+                warned_full_at = now
+            stop.wait(_FETCH_SLICE)
             continue
         try:
             _run_one(app, delivery, task_of)
@@ -205,6 +269,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
         raise errors.ConfigError(f"threads={threads!r} must be 1 .. 1024")
+    _args.seconds_ns("grace", grace, 0.0, _args.LEASE_MAX)
+    if lease is not None:
+        _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
     app.backend  # opens (creates or recovers) the queue once, before the workers start

@@ -635,9 +635,12 @@ def test_a_job_naming_an_unknown_task_is_dead_with_its_name(new_app):
             not_a_job.wait(timeout=10)
     error = failed.value
     assert error.attempts == 1  # not retried: no attempt could find it
-    assert "no task named 'no.such.task'" in error.message
+    assert f"job {job.id} names task 'no.such.task' that this worker's app {app.name!r} does not have" \
+        in error.message
     assert "known.task" in error.message  # what the worker does know
-    assert "not a task job" in failed_body.value.message
+    assert "start the worker with the module that defines it" in error.message
+    assert f"job {not_a_job.id} of queue {app.name!r} is not a task call" in failed_body.value.message
+    assert f"shmq enqueue {app.name} --app mod:app --task NAME" in failed_body.value.message
     dead = {d.id: d for d in app.queue.dead_letters}
     assert set(dead) == {job.id, not_a_job.id}
     assert dead[job.id].body == ["no.such.task", [1], {}]

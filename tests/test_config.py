@@ -487,8 +487,11 @@ def test_bad_type_in_supervisor(tmp_path):
                                       "put wait for room, 'open' never waits (the log holds the backlog), "
                                       "'closed' paces producers. Fix it in the file, or delete the line for the "
                                       "default (\"none\")"),
-    ("defaults", "max_log_bytes = -1", "max_log_bytes=-1 is out of range: allowed 0 .. 1125899906842624. Fix it "
-                                       "in the file, or delete the line for the default (0)"),
+    ("defaults", "max_log_bytes = -1", "max_log_bytes=-1 is out of range: allowed 0 .. 1125899906842624 (0 bytes "
+                                       ".. 1 PiB). Fix it in the file, or delete the line for the default (0)"),
+    ("defaults", "segment_bytes = 1099511627776", "segment_bytes=1099511627776 is out of range: allowed 65536 .. "
+                                                  "4294967296 (64 KiB .. 4 GiB). Fix it in the file, or delete the "
+                                                  "line for the default (67108864)"),
     ("defaults", "retries = 70000", "retries=70000 must be an integer from 0 to 65534. Fix it in the file, or "
                                     "delete the line for the default (3)"),
     ("defaults", "backoff_max = -1", "backoff_max=-1 must be a number from 0 to 2.592e+06. Fix it in the file, "

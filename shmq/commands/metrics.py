@@ -7,7 +7,8 @@ import argparse
 import signal
 import socket
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from shmq.commands import Command, CommandError, Stopped, _int_arg, _raise_stopped
 from shmq.commands._common import QueueSet, add_path_argument, check_queue, data_dir, emit, flush
@@ -20,7 +21,8 @@ the data directory (looked for again at each scrape with --serve).
 
 Without --serve the text is printed once. With --serve it is served over
 HTTP at /metrics (any other path: 404), by default on 127.0.0.1 port 9464,
-until SIGTERM or ^C (exit status 0). Every scrape reads shared memory afresh;
+until SIGTERM or ^C (exit status 0). Connections are served concurrently; one
+that sends no request within 10 s is closed. Every scrape reads shared memory afresh;
 queues removed meanwhile drop out, queues made again are attached anew.
 The server listens where --host says: keep the default loopback address
 unless the network in between is trusted (there is no authentication)."""
@@ -38,6 +40,10 @@ Prometheus scrape config:
       static_configs: [{targets: ["127.0.0.1:9464"]}]"""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds a connection may take to send its request or take the reply: a
+# client that connects and stays silent is dropped after this, and meanwhile
+# it holds only its own thread, never another scrape.
+CONNECTION_TIMEOUT = 10.0
 
 
 def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +64,11 @@ def _text(queues: QueueSet) -> str:
 
 
 def _handler(queues: QueueSet):
+    reading = threading.Lock()  # one scrape reads the queues at a time (the QueueSet is not thread-safe)
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = CONNECTION_TIMEOUT  # on the connection's socket: reads and writes give up after it
+
         def version_string(self) -> str:
             return "shmq-metrics"
 
@@ -75,7 +85,8 @@ def _handler(queues: QueueSet):
                 self._reply(404, b"not found: the metrics are at /metrics\n", "text/plain; charset=utf-8", head)
                 return
             try:
-                body = _text(queues).encode()
+                with reading:
+                    body = _text(queues).encode()
             except Exception as exc:  # noqa: BLE001 - one failed scrape must not stop the server
                 text = " ".join(str(exc).split()) or type(exc).__name__
                 print(f"shmq metrics: error: {text}", file=sys.stderr)
@@ -95,10 +106,14 @@ def _handler(queues: QueueSet):
     return Handler
 
 
-def _server(host: str, port: int, handler) -> HTTPServer:
-    class Server(HTTPServer):
+def _server(host: str, port: int, handler) -> ThreadingHTTPServer:
+    # A thread per connection: a client that connects and sends nothing (or
+    # reads slowly) blocks only its own thread, and only for CONNECTION_TIMEOUT.
+    class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         allow_reuse_address = True
+        daemon_threads = True  # a stuck connection never keeps the process from exiting
+        block_on_close = False
 
     try:
         return Server((host, port), handler)

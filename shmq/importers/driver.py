@@ -607,6 +607,10 @@ class _Run:
                                  "arguments, or they are too large)", f"{job.where} id {job.id}: {exc}")
                     kept += 1
                     continue
+                except errors.TaskArgumentsError as exc:  # this job's arguments: the next job may go in
+                    summary.fail(f"cannot enqueue: {type(exc).__name__}", f"{job.where} id {job.id}: {exc}")
+                    kept += 1
+                    continue
                 except (errors.Full, errors.ShmqError):
                     kept += len(ready) - index
                     raise
