@@ -117,9 +117,9 @@ def _run_one(app, delivery, task_of) -> None:
     call = _task_call(delivery)
     if call is None:
         _dead(delivery, errors.ShmqError(
-            f"job {delivery.id} of queue {delivery.queue.name!r} is not a task call (enqueued without "
+            f"job {delivery.id} of queue {app.backend.name!r} is not a task call (enqueued without "
             f"--app/--task?): its body is {delivery.body!r:.200}. A worker runs only [task, args, kwargs] "
-            f"calls: use Task.enqueue(...), or shmq enqueue {delivery.queue.name} --app mod:app --task NAME "
+            f"calls: use Task.enqueue(...), or shmq enqueue {app.backend.name} --app mod:app --task NAME "
             "'[args...]'"))
         return
     name, args, kwargs = call
