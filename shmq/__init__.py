@@ -74,4 +74,8 @@ def __getattr__(name):
         from shmq.app import App
 
         return App
+    if name == "mp":  # the drop-in for multiprocessing.Queue
+        import shmq.mp
+
+        return shmq.mp
     raise AttributeError(f"module 'shmq' has no attribute {name!r}")
