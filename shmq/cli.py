@@ -37,7 +37,7 @@ EPILOG = """\
 examples:
   shmq demo --seconds 5 --batch 64      see it move messages between processes
   shmq worker myapp.tasks:app -p 4      run the tasks of an App in 4 processes
-  shmq supervise                        maintenance, recovery and throttling for ./.shmq
+  shmq supervise                        maintenance, recovery and throttling of the data directory
   shmq stats --watch                    every queue's counters, live
   shmq dead list emails                 jobs that failed every attempt
   shmq config show                      each setting, and where it came from"""
