@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -84,6 +85,45 @@ def test_bench_jobs_reports_missing_peers_as_skipped(tmp_path):
             assert row["status"] == "ok" and row["median"] > 0, row
     if importlib.util.find_spec("huey") is None:
         assert systems["huey"]["status"] == "skipped"
+
+
+def test_bench_latency_stops_every_peer_and_exits_0(tmp_path):
+    """The latency workload starts and stops each peer's worker: RQ's too (rq 3.0 never
+    stopped on SIGTERM: "the rq worker did not stop within 30 s", exit 1)."""
+    out = tmp_path / "report"
+    proc = run_bench(out, "--only", "latency", "--no-charts", timeout=400)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["failed"] == [] and doc["peers_failed"] == [], doc["failed"] + doc["peers_failed"]
+    assert doc["workloads"]["latency"]["status"] == "ok"
+    rows = [row for table in doc["workloads"]["latency"]["tables"] for row in table["rows"]]
+    for row in rows:
+        assert row["status"] in ("ok", "skipped"), row
+        if row["system"] == "shmq":
+            assert row["status"] == "ok" and row["median"] > 0, row
+    systems = {row["system"] for row in rows}
+    assert {"rq", "huey", "shmq"} <= systems, rows
+    for row in rows:
+        if row["system"] == "rq":
+            rq_runs = importlib.util.find_spec("rq") is not None and shutil.which("redis-server") is not None
+            assert row["status"] == ("ok" if rq_runs else "skipped"), row
+            if rq_runs:
+                assert row["median"] > 0 and row["jobs"] > 0, row
+    assert "did not stop" not in proc.stderr
+
+
+def test_a_failed_peer_fails_the_run_only_with_strict():
+    from shmq.bench import suite
+
+    workload = {"status": "ok", "tables": [{"title": "t", "rows": [
+        {"system": "rq", "status": "failed", "reason": "the rq worker did not stop within 30 s"},
+        {"system": "huey", "status": "skipped", "reason": BENCH_EXTRA},
+        {"system": "shmq", "status": "ok", "reason": ""}]}]}
+    assert suite._failures("latency", workload) == ([], ["latency: t: rq: the rq worker did not stop within 30 s"])
+    workload["tables"][0]["rows"][2]["status"] = "failed"
+    own, peers = suite._failures("latency", workload)
+    assert len(own) == 1 and own[0].startswith("latency: t: shmq") and len(peers) == 1
+    assert suite.Options(quick=True, strict=True).command().endswith("--strict")
 
 
 def test_bench_rejects_an_unknown_workload(tmp_path):
