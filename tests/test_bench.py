@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -110,6 +114,54 @@ def test_bench_latency_stops_every_peer_and_exits_0(tmp_path):
             if rq_runs:
                 assert row["median"] > 0 and row["jobs"] > 0, row
     assert "did not stop" not in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rq") is None or shutil.which("redis-server") is None,
+                    reason="needs rq (the test extra) and redis-server (apt-get install redis-server; CI has it)")
+def test_the_benchs_rq_worker_has_no_command_thread_and_stops_on_sigterm(tmp_path):
+    """rq 3.0's worker joins its command-channel (pubsub) thread at teardown, which may wait
+    up to 60 s for a message after the unsubscribe (redis-py >= 6): SIGTERM then took
+    longer than the bench waits, depending on a race. The bench's worker subscribes to
+    nothing, so nothing can hold up its exit."""
+    import redis
+    import rq
+
+    from shmq.bench import jobs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        conn = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+                time.sleep(0.05)
+        worker = subprocess.Popen([sys.executable, "-c", "from shmq.bench.jobs import rq_worker_main; "
+                                   "rq_worker_main()"], env={**os.environ, jobs.REDIS_ENV: url},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not any(w.get_state() == "idle" for w in rq.Worker.all(connection=conn)):
+            assert time.monotonic() < deadline and worker.poll() is None, "the rq worker did not start"
+            time.sleep(0.05)
+        assert conn.pubsub_channels() == [], "the bench's rq worker listens on a command channel"
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=15)
+        assert worker.returncode == 0, err
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_failed_peer_fails_the_run_only_with_strict():
