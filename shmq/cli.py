@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -37,7 +38,7 @@ EPILOG = """\
 examples:
   shmq demo --seconds 5 --batch 64      see it move messages between processes
   shmq worker myapp.tasks:app -p 4      run the tasks of an App in 4 processes
-  shmq supervise                        maintenance, recovery and throttling for ./.shmq
+  shmq supervise                        maintenance, recovery and throttling of the data directory
   shmq stats --watch                    every queue's counters, live
   shmq dead list emails                 jobs that failed every attempt
   shmq config show                      each setting, and where it came from"""
@@ -69,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     where = f"{PROG} {args.command}"
     try:
-        return COMMANDS[args.command].run(args)
+        code = COMMANDS[args.command].run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
+    except BrokenPipeError:
+        # The reader went away (shmq config show --json | head): stop quietly, as
+        # programs killed by SIGPIPE do, and keep the flush at exit from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print(f"{where}: interrupted", file=sys.stderr)
         return 130

@@ -19,7 +19,10 @@ Which file: ``-c PATH`` where a command takes it, else $SHMQ_CONFIG, else
 
 Queue keys are the keyword parameters of shmq.Queue (read from its signature,
 so a new keyword is a new setting). A relative ``path`` in a file is taken
-relative to the file's directory.
+relative to the file's directory. Given nowhere, the data directory is
+``.shmq`` beside the config file in use, else $XDG_STATE_HOME/shmq
+(~/.local/state/shmq): never the current directory, so that programs started
+in different directories find the same queues (see default_data_dir()).
 
 The environment overrides the file:
 
@@ -177,7 +180,7 @@ def settings() -> dict[str, Setting]:
         if key in _NOT_SETTINGS or not (p.kind is inspect.Parameter.KEYWORD_ONLY or key == "path"):
             continue
         if key == "path":
-            default = None  # the current directory's .shmq: see _default_value
+            default = None  # beside the config file, or the XDG state directory: see default_data_dir
         else:
             default = DEFAULTS.get(key, handle.get(key))
         out[key] = Setting(key, _type_of(p.annotation, default), default)
@@ -185,9 +188,23 @@ def settings() -> dict[str, Setting]:
     return out
 
 
-def _default_value(setting: Setting) -> tuple[Any, str]:
+def default_data_dir(file: str | os.PathLike | None) -> str:
+    """The data directory when no ``path`` is given (argument, $SHMQ_PATH or
+    the file): ``.shmq`` in the directory of `file`, the config file in use;
+    without one $XDG_STATE_HOME/shmq, else ~/.local/state/shmq. Never the
+    current directory: a producer and a worker started in different
+    directories must meet in the same queue."""
+    if file is not None and os.fspath(file) != "":
+        return os.path.join(os.path.dirname(os.path.abspath(os.fspath(file))), ".shmq")
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # unset, empty or relative: the XDG spec says to ignore it
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "shmq")
+
+
+def _default_value(setting: Setting, file: str | None = None) -> tuple[Any, str]:
     if setting.key == "path":
-        return os.path.abspath(".shmq"), _SOURCE_DEFAULT
+        return default_data_dir(file), _SOURCE_DEFAULT
     if setting.default is None:
         return None, _SOURCE_QUEUE_DECIDES
     return setting.default, _SOURCE_DEFAULT
@@ -350,8 +367,8 @@ def _reason(key: str, value: Any, exc: Exception) -> str:
     return f"{key} = {_toml(value)}: {text}"
 
 
-def _default_text(setting: Setting) -> str:
-    value, source = _default_value(setting)
+def _default_text(setting: Setting, file: str | None = None) -> str:
+    value, source = _default_value(setting, file)
     if source == _SOURCE_QUEUE_DECIDES:
         return "the queue's"
     return _toml(value)
@@ -522,7 +539,7 @@ class _Config:
             except errors.ConfigError as exc:
                 self.problem(
                     f"{self.file}: {label} {_reason(key, value, exc)}. Fix it in the file, or delete the line "
-                    f"for the default ({_default_text(setting)})"
+                    f"for {self.fallback(setting, label)}"
                 )
                 continue
             if key == "path":
@@ -557,12 +574,37 @@ class _Config:
         except (ValueError, errors.ConfigError) as exc:
             self.problem(
                 f"environment variable {variable}={text!r}: {_reason(setting.key, text, exc)}. Set it to an "
-                f"allowed value, or unset it for the default ({_default_text(setting)})", scope
+                f"allowed value, or unset it for {self.fallback(setting, variable, scope, supervisor)}", scope
             )
             return None
         if setting.key == "path":
             value = os.path.abspath(os.path.expanduser(value))
         return (value, variable)
+
+    def fallback(self, setting: Setting, where: str, queue_env: str | None = None, supervisor: bool = False) -> str:
+        """What a setting falls back to when the bad value at `where` (a table
+        label, or a variable) is removed: the next source in precedence order
+        that sets it, else the built-in default."""
+        key = setting.key
+        in_env = where.startswith(_ENV_PREFIX)
+        if supervisor:
+            if in_env and key in self.supervisor:
+                return f"the value in {self.file} [supervisor] ({_toml(self.supervisor[key])})"
+            return f"the default ({_toml(setting.default)})"
+        if in_env and queue_env is not None:  # SHMQ_<QUEUE>__<KEY>: then SHMQ_<KEY>, then [queues.<name>]
+            variable = env_name(None, key)
+            try:
+                value = _check_value(setting, _parse_text(setting, self.environ.get(variable, "")))
+                if self.environ.get(variable, ""):
+                    return f"the value of {variable} ({_toml(value)})"
+            except (ValueError, errors.ConfigError):
+                pass
+            for name, table in self.queues.items():
+                if _queue_env(name) == queue_env and key in table:
+                    return f"the value in {self.file} {_queue_table(name)} ({_toml(table[key])})"
+        if where != "[defaults]" and key in self.defaults:
+            return f"the value in {self.file} [defaults] ({_toml(self.defaults[key])})"
+        return f"the default ({_default_text(setting, self.file)})"
 
     def read_env_global(self, variable: str, key: str, text: str) -> None:
         if key in self.spec:
@@ -630,7 +672,7 @@ class _Config:
         return f"file {self.file} {table}"
 
     def effective(self, name: str, explicit: Mapping[str, Any] | None) -> dict[str, tuple[Any, str]]:
-        out = {key: _default_value(setting) for key, setting in self.spec.items()}
+        out = {key: _default_value(setting, self.file) for key, setting in self.spec.items()}
         for key, value in self.defaults.items():
             out[key] = (value, self.file_label("[defaults]"))
         for key, value in self.queues.get(name, {}).items():

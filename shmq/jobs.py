@@ -203,11 +203,22 @@ class Job:
                 raise_for(rc, f"waiting for job {self.id}")
             wait_ns = budget.next_wait()
             if wait_ns is None:
-                raise errors.Timeout(f"job {self.id} of queue {queue.name!r} did not finish within {timeout} s")
+                raise errors.Timeout(f"job {self.id} of queue {queue.name!r} did not finish within {timeout} s"
+                                     f"{_no_consumer_hint(queue, handle)}")
 
     def result(self, timeout: float | None = 0) -> Any:
         """wait() with no waiting by default: the result if it is there."""
         return self.wait(timeout)
+
+
+def _no_consumer_hint(queue, handle) -> str:
+    """For a wait that timed out: a hint when no live process takes jobs from the queue."""
+    stats = ffi.new("shmq_job_stats *")
+    lib.shmq_job_stats_read(handle, -1, stats)
+    if stats.consumers:
+        return ""
+    return (f": 0 consumers attached to {queue.name!r} in {queue.path}; is the worker running, and using the "
+            "same data directory (path=, $SHMQ_PATH, the same shmq.toml)?")
 
 
 def _outcome(queue, job_id: int, info, buffer) -> Any:

@@ -102,8 +102,39 @@ class QueueParams:
     max_log_bytes: int = 0
 
 
-def default_path() -> str:
-    return os.path.abspath(os.environ.get("SHMQ_PATH") or ".shmq")
+_FIND = object()
+
+
+def default_path(config_file: str | os.PathLike | None | object = _FIND) -> str:
+    """The data directory when none is given: $SHMQ_PATH, else ``.shmq``
+    beside the config file (`config_file`; by default the one
+    shmq.config.find() picks), else $XDG_STATE_HOME/shmq (~/.local/state/shmq).
+    See shmq.config.default_data_dir."""
+    from shmq import config as _config
+
+    if os.environ.get("SHMQ_PATH"):
+        return os.path.abspath(os.path.expanduser(os.environ["SHMQ_PATH"]))
+    return _config.default_data_dir(_config.find() if config_file is _FIND else config_file)
+
+
+def _make_data_dir(path: str) -> None:
+    """Creates data directory `path` if it is missing: its last level only
+    (mode 0700), so that a mistyped path is reported rather than built."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise errors.ConfigError(
+                f"data directory {path!r} is a file, not a directory: pass path= a directory for the queues "
+                "(or set $SHMQ_PATH / path in shmq.toml), or move the file away"
+            ) from None
+    except (FileNotFoundError, NotADirectoryError):
+        parent = os.path.dirname(path)
+        what = "does not exist" if not os.path.lexists(parent) else "is not a directory"
+        raise errors.ConfigError(
+            f"data directory {path!r} cannot be created: its parent {parent!r} {what}. shmq creates only the "
+            f"last level of a data directory: create the parent first (mkdir -p {parent}) or fix the path"
+        ) from None
 
 
 def region_name(name: str, path: str) -> str:
@@ -244,6 +275,17 @@ def log_dir(name: str, path: str, durability: str) -> str:
     return os.path.join(path, f"{name}.log")
 
 
+def _asked_by(source: str | None, key: str) -> str:
+    """Where a setting that disagrees with the existing queue came from (see shmq.config.resolve)."""
+    if not source or source == "argument":
+        return ""
+    if source.startswith("file "):
+        return f" by {source[5:]}, key {key!r} (change or delete it there)"
+    if source.startswith("env "):
+        return f" by the environment variable {source[4:]} (change or unset it)"
+    return ""
+
+
 class _CreatorDied(Exception):
     """The region's creator died before its log was recovered."""
 
@@ -259,7 +301,7 @@ class _Region:
         self.handle = None
         self.log_dir = None
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            _make_data_dir(path)
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
             lock_fd = self.lock()
@@ -540,7 +582,8 @@ class Queue(JobsMixin):
     given explicitly must match an existing queue; parameters left out take the
     existing queue's values (or the defaults, when creating):
 
-    - ``path``: data directory (default ``$SHMQ_PATH`` or ``./.shmq``); part of
+    - ``path``: data directory (default ``$SHMQ_PATH``, else ``.shmq`` beside
+      the config file, else ``$XDG_STATE_HOME/shmq``; see default_path); part of
       the region's identity.
     - ``lanes``: number of rings (default 1). Producers spread over lanes,
       consumers take from any; one lane keeps FIFO order.
@@ -632,7 +675,8 @@ class Queue(JobsMixin):
             explicit["path"] = os.fspath(explicit["path"])
         from shmq import config as _config
 
-        settings, _ = _config.resolve(name, explicit, _config.find(config))
+        found = _config.find(config)
+        settings, self._sources = _config.resolve(name, explicit, found)
         lanes, capacity, slot_bytes = (settings.get(k) for k in ("lanes", "capacity", "slot_bytes"))
         max_message_bytes, codec, durability = (settings.get(k) for k in ("max_message_bytes", "codec", "durability"))
         segment_bytes, flush_interval, flush_bytes = (settings.get(k) for k in ("segment_bytes", "flush_interval",
@@ -647,7 +691,11 @@ class Queue(JobsMixin):
             settings.get(k) for k in ("retries", "backoff", "backoff_max", "lease_timeout", "spin"))
         path = settings.get("path")
         self.name = name
-        self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+        if path is not None:
+            self.path = os.path.abspath(os.fspath(path))
+        else:  # the default directory is made with its parents (~/.local/state may not exist yet)
+            self.path = default_path(found)
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         requested = {
             key: value
             for key, value in (
@@ -704,8 +752,9 @@ class Queue(JobsMixin):
                 self._region = None
                 raise errors.ConfigError(
                     f"queue {name!r} in {self.path} exists with {key}={getattr(actual, key)!r}, but "
-                    f"{key}={value!r} was asked for. Pass {key}={getattr(actual, key)!r} or leave it out, "
-                    "or remove the queue first (Queue(...).unlink())"
+                    f"{key}={value!r} was asked for{_asked_by(getattr(self, '_sources', {}).get(key), key)}. "
+                    f"Pass {key}={getattr(actual, key)!r} or leave it out, or remove the queue first "
+                    "(Queue(...).unlink())"
                 )
         self.params = actual
         self._handle = self._region.handle

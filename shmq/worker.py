@@ -8,7 +8,10 @@ crash, kill -9) is replaced, and its leased jobs run again elsewhere (the
 queue takes leases of dead processes back). SIGTERM or SIGINT: the parent
 tells every worker to stop fetching; each finishes the jobs it holds and
 exits; after ``grace`` seconds stragglers are killed (their jobs run again).
-Nothing accepted is lost either way.
+Nothing accepted is lost either way. A worker whose parent dies (kill -9)
+notices within a fraction of a second (PR_SET_PDEATHSIG, and a check of its
+parent pid), stops fetching, gives the jobs it holds ``_ORPHAN_GRACE``
+seconds to finish and exits: what it still held runs again elsewhere.
 
 A task that raises is a failed attempt (retried per its policy, dead after
 the last), never a dead worker. ``threads`` > 1 runs that many fetch loops
@@ -39,6 +42,10 @@ _FETCH_SLICE = 0.25
 _FULL_WARN_EVERY = 30.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
+# A worker whose parent died gives its running jobs this long, then exits (they run again elsewhere).
+_ORPHAN_GRACE = 1.0
+# How often a worker checks that its parent is still the process that started it.
+_PARENT_CHECK = 0.2
 
 
 def load_app(spec: str):
@@ -201,12 +208,43 @@ def work(app, threads: int = 1, stop: threading.Event | None = None, lease: floa
             thread.join(0.2)
 
 
-def _child_main(app, threads: int, lease: float | None) -> None:
+def _ask_for_sigterm_when_parent_dies() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM): the kernel signals us when the parent
+    (the thread that forked us) exits. Best effort: the parent-pid check of
+    _watch_parent covers a kernel or libc without it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """Stops this worker once `parent` is no longer its parent (it died and we
+    were re-parented): no orphan keeps taking jobs with old code beside a
+    restarted pool. Running jobs get _ORPHAN_GRACE seconds; then the process
+    exits and the queue takes back what it still held (attempt + 1)."""
+    while os.getppid() == parent:
+        if stop.wait(_PARENT_CHECK) and os.getppid() == parent:
+            return  # stopped by the parent itself: the parent's grace applies
+    log.warning("the parent process (pid %d) died: this worker stops; jobs it still holds after %.1f s "
+                "run again elsewhere", parent, _ORPHAN_GRACE)
+    stop.set()
+    time.sleep(_ORPHAN_GRACE)
+    os._exit(1)  # still busy: the queue's recovery of dead consumers hands its jobs to another worker
+
+
+def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
+    _ask_for_sigterm_when_parent_dies()
+    stop = threading.Event()
+    threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
-        work(app, threads=threads, lease=lease)
+        work(app, threads=threads, stop=stop, lease=lease)
     finally:
         app.close()
 
@@ -226,7 +264,7 @@ class _Pool:
         self.replaced = 0
 
     def start_one(self, slot: int) -> None:
-        process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease),
+        process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
                                        name=f"shmq-worker-{slot}", daemon=False)
         process.start()
         self.workers[slot] = process

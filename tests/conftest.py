@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import uuid
 
 import posix_ipc
@@ -20,6 +22,15 @@ SHM_DIR = "/dev/shm"
 # of the supervisor start their own, the others run without one (child
 # processes inherit this).
 os.environ.setdefault("SHMQ_SUPERVISOR_AUTOSTART", "0")
+
+# A queue opened with no path anywhere lives in $XDG_STATE_HOME/shmq: during
+# the tests that is a directory of their own, never the user's home.
+_STATE_HOME = tempfile.mkdtemp(prefix="shmq-tests-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_STATE_HOME, ignore_errors=True)
 
 
 def unique_name(prefix: str = "t") -> str:

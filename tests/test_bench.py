@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,6 +89,93 @@ def test_bench_jobs_reports_missing_peers_as_skipped(tmp_path):
             assert row["status"] == "ok" and row["median"] > 0, row
     if importlib.util.find_spec("huey") is None:
         assert systems["huey"]["status"] == "skipped"
+
+
+def test_bench_latency_stops_every_peer_and_exits_0(tmp_path):
+    """The latency workload starts and stops each peer's worker: RQ's too (rq 3.0 never
+    stopped on SIGTERM: "the rq worker did not stop within 30 s", exit 1)."""
+    out = tmp_path / "report"
+    proc = run_bench(out, "--only", "latency", "--no-charts", timeout=400)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["failed"] == [] and doc["peers_failed"] == [], doc["failed"] + doc["peers_failed"]
+    assert doc["workloads"]["latency"]["status"] == "ok"
+    rows = [row for table in doc["workloads"]["latency"]["tables"] for row in table["rows"]]
+    for row in rows:
+        assert row["status"] in ("ok", "skipped"), row
+        if row["system"] == "shmq":
+            assert row["status"] == "ok" and row["median"] > 0, row
+    systems = {row["system"] for row in rows}
+    assert {"rq", "huey", "shmq"} <= systems, rows
+    for row in rows:
+        if row["system"] == "rq":
+            rq_runs = importlib.util.find_spec("rq") is not None and shutil.which("redis-server") is not None
+            assert row["status"] == ("ok" if rq_runs else "skipped"), row
+            if rq_runs:
+                assert row["median"] > 0 and row["jobs"] > 0, row
+    assert "did not stop" not in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rq") is None or shutil.which("redis-server") is None,
+                    reason="needs rq (the test extra) and redis-server (apt-get install redis-server; CI has it)")
+def test_the_benchs_rq_worker_has_no_command_thread_and_stops_on_sigterm(tmp_path):
+    """rq 3.0's worker joins its command-channel (pubsub) thread at teardown, which may wait
+    up to 60 s for a message after the unsubscribe (redis-py >= 6): SIGTERM then took
+    longer than the bench waits, depending on a race. The bench's worker subscribes to
+    nothing, so nothing can hold up its exit."""
+    import redis
+    import rq
+
+    from shmq.bench import jobs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        conn = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+                time.sleep(0.05)
+        worker = subprocess.Popen([sys.executable, "-c", "from shmq.bench.jobs import rq_worker_main; "
+                                   "rq_worker_main()"], env={**os.environ, jobs.REDIS_ENV: url},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not any(w.get_state() == "idle" for w in rq.Worker.all(connection=conn)):
+            assert time.monotonic() < deadline and worker.poll() is None, "the rq worker did not start"
+            time.sleep(0.05)
+        assert conn.pubsub_channels() == [], "the bench's rq worker listens on a command channel"
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=15)
+        assert worker.returncode == 0, err
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_failed_peer_fails_the_run_only_with_strict():
+    from shmq.bench import suite
+
+    workload = {"status": "ok", "tables": [{"title": "t", "rows": [
+        {"system": "rq", "status": "failed", "reason": "the rq worker did not stop within 30 s"},
+        {"system": "huey", "status": "skipped", "reason": BENCH_EXTRA},
+        {"system": "shmq", "status": "ok", "reason": ""}]}]}
+    assert suite._failures("latency", workload) == ([], ["latency: t: rq: the rq worker did not stop within 30 s"])
+    workload["tables"][0]["rows"][2]["status"] = "failed"
+    own, peers = suite._failures("latency", workload)
+    assert len(own) == 1 and own[0].startswith("latency: t: shmq") and len(peers) == 1
+    assert suite.Options(quick=True, strict=True).command().endswith("--strict")
 
 
 def test_bench_rejects_an_unknown_workload(tmp_path):

@@ -145,3 +145,15 @@ def test_demo_with_sync_durability():
     )
     assert result.returncode == 0, result.stderr
     assert "durability=sync" in result.stdout and "result:     OK" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["config", "show", "--json"], ["config", "show"]])
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, args):
+    """shmq config show --json | head: the reader goes away; no "Broken pipe" error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "shmq", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before it writes: every write meets a closed pipe
+    _, err = proc.communicate(timeout=60)
+    assert err == ""
+    assert proc.returncode == 128 + signal.SIGPIPE
+

@@ -159,9 +159,16 @@ def rq_worker_main() -> None:
     import redis
     import rq
 
+    class BenchWorker(rq.SimpleWorker):
+        def subscribe(self):
+            """No command channel (rq's pubsub thread, for `rq suspend` and the like: unused
+            here). With rq 3.0 and redis-py >= 6 the worker's teardown joins that thread
+            while it waits for a subscription for ever, so the worker never exited on
+            SIGTERM ("the rq worker did not stop")."""
+
     conn = redis.Redis.from_url(os.environ[REDIS_ENV])
     queue = rq.Queue(RQ_QUEUE, connection=conn)
-    rq.SimpleWorker([queue], connection=conn, name=f"bench-{os.getpid()}").work(logging_level="WARNING")
+    BenchWorker([queue], connection=conn, name=f"bench-{os.getpid()}").work(logging_level="WARNING")
 
 
 def huey_worker_main() -> None:

@@ -66,6 +66,7 @@ class Options:
     charts: bool = True
     data_dir: str | None = None
     timeout: float = 120.0
+    strict: bool = False  # a peer that fails fails the run too (by default it is only reported)
 
     def command(self) -> str:
         """The shmq bench command line that gives this run."""
@@ -88,6 +89,8 @@ class Options:
             argv.append("--no-charts")
         if self.data_dir:
             argv += ["--data-dir", self.data_dir]
+        if self.strict:
+            argv.append("--strict")
         if self.timeout != 120.0:
             argv += ["--timeout", f"{self.timeout:g}"]
         return shlex.join(argv)
@@ -680,7 +683,7 @@ class Suite:
         doc: dict = {"format": FORMAT, "command": opts.command(), "started": started.isoformat(timespec="seconds"),
                      "settings": {"quick": opts.quick, "workloads": opts.only, "payload": opts.payload,
                                   "frame": opts.frame, **self.p, "timeout": opts.timeout},
-                     "workloads": {}, "failed": []}
+                     "workloads": {}, "failed": [], "peers_failed": []}
         try:
             self.machine = machine_info(self.data_dir)
             doc["machine"] = self.machine
@@ -701,8 +704,9 @@ class Suite:
                 w["other_cpu"] = self.noise.get(name)
                 if w.get("skipped_all"):
                     w["status"] = "skipped"
-                failures = _failures(name, w)
+                failures, peers_failed = _failures(name, w)
                 doc["failed"] += failures
+                doc["peers_failed"] += peers_failed
                 doc["workloads"][name] = w
                 self._print_workload(name, w)
         finally:
@@ -723,7 +727,7 @@ class Suite:
         rp.write_json(doc, out_dir / "results.json")
         rp.write_markdown(doc, out_dir / "report.md")
         self._print_footer(doc, out_dir)
-        return 1 if doc["failed"] else 0
+        return 1 if doc["failed"] or (opts.strict and doc["peers_failed"]) else 0
 
     def _print_header(self, doc: dict) -> None:
         print(f"command: {doc['command']}")
@@ -765,20 +769,29 @@ class Suite:
             print(f"charts: {', '.join(str(out_dir / c) for c in charts)}")
         elif doc.get("charts_skipped"):
             print(f"charts: {doc['charts_skipped']}")
+        if doc["peers_failed"]:
+            print(f"\n{len(doc['peers_failed'])} peer(s) FAILED (reported in the tables; the run "
+                  f"{'fails: --strict' if self.opts.strict else 'does not fail for them without --strict'}): "
+                  f"{'; '.join(doc['peers_failed'])}", file=sys.stderr)
         if doc["failed"]:
             print(f"\n{len(doc['failed'])} FAILED: {'; '.join(doc['failed'])}", file=sys.stderr)
 
 
-def _failures(name: str, w: dict) -> list[str]:
-    out = []
+# The systems shmq is measured beside: one of them failing is reported, and fails the run only with --strict.
+PEERS = frozenset({"mp.Queue", "faster_fifo", "persist-queue", "rq", "huey", "c-ring"})
+
+
+def _failures(name: str, w: dict) -> tuple[list[str], list[str]]:
+    """What failed in workload `name`: (shmq's failures and the workload's own, the peers' failures)."""
+    out, peers = [], []
     if w["status"] == "failed":
         out.append(f"{name}: {w.get('error', '')}")
     for t in w.get("tables", []):
         for r in t["rows"]:
             if r["status"] == "failed":
-                out.append(f"{name}: {t['title']}: {r['system']}: {r['reason']}")
+                (peers if r["system"] in PEERS else out).append(f"{name}: {t['title']}: {r['system']}: {r['reason']}")
     out += [f"{name}: {what}" for what in w.get("failed_rows", [])]
-    return out
+    return out, peers
 
 
 def _result_dict(r) -> dict:

@@ -27,7 +27,7 @@ from shmq.commands import CommandError
 
 SHM_DIR = "/dev/shm"
 
-PATH_HELP = "the queues' data directory (default: $SHMQ_PATH, else ./.shmq)"
+PATH_HELP = "the queues' data directory (default: $SHMQ_PATH, else .shmq beside shmq.toml, else $XDG_STATE_HOME/shmq)"
 
 
 def add_path_argument(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +38,10 @@ def data_dir(args: argparse.Namespace) -> str:
     """The data directory, resolved as shmq.Queue resolves it."""
     if args.path:
         return os.path.abspath(args.path)
+    from shmq import config
     from shmq.queue import default_path
 
-    return default_path()
+    return default_path(config.find(getattr(args, "config", None)))
 
 
 # --------------------------------------------------------------------------- finding queues

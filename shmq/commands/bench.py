@@ -27,7 +27,8 @@ Peers (pip install 'shmq[bench]'): multiprocessing.Queue, faster_fifo,
 persist-queue (SQLite), RQ on a Redis server started on 127.0.0.1 (needs
 redis-server: apt-get install redis-server), Huey (SQLite); a C ring
 compiled at run time (needs a C compiler). A peer that is missing is
-reported as skipped, with what installs it.
+reported as skipped, with what installs it; a peer that fails is marked
+FAILED in the tables, with the reason, and fails the run only with --strict.
 
 workloads (--only; the default runs all but throttle):
 """ + "\n".join(textwrap.fill(text, 79, initial_indent=f"  {name:<11} ", subsequent_indent=" " * 14)
@@ -114,6 +115,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "/var/tmp if it is on a disk, else the current directory)")
     parser.add_argument("--timeout", type=_positive(float, 86400), default=120.0, metavar="S",
                         help="a run that has not finished after this many seconds fails (default: 120)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a peer fails too (by default only a failure of shmq's does)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("numpy is missing: pip install numpy") from None
     opts = suite.Options(quick=args.quick, only=args.only or list(DEFAULT_WORKLOADS), payload=args.payload,
                          frame=args.frame, runs=args.runs, seconds=args.seconds, out=args.out, charts=args.charts,
-                         data_dir=args.data_dir, timeout=args.timeout)
+                         data_dir=args.data_dir, timeout=args.timeout, strict=args.strict)
     previous = {signo: signal.signal(signo, _raise_stopped) for signo in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return suite.run(opts)

@@ -34,7 +34,7 @@ queue as a process of its own (marked "this inspect" in the list)."""
 
 INSPECT_EPILOG = """\
 examples:
-  shmq inspect jobs                        the queue jobs in ./.shmq (or $SHMQ_PATH)
+  shmq inspect jobs                        the queue jobs in the default data directory
   shmq inspect jobs --path /var/lib/myapp
   shmq inspect jobs --json | jq '.jobs[] | select(.state == "running")'"""
 

@@ -30,7 +30,7 @@ unless the network in between is trusted (there is no authentication)."""
 METRICS_EPILOG = """\
 examples:
   shmq metrics jobs                           the text once, on stdout
-  shmq metrics --serve                        every queue in ./.shmq at http://127.0.0.1:9464/metrics
+  shmq metrics --serve                        every queue of the data directory at http://127.0.0.1:9464/metrics
   shmq metrics jobs emails --serve --port 9500 --path /var/lib/myapp
   shmq metrics --serve --port 0               any free port (the address is printed on stderr)
 

@@ -29,7 +29,7 @@ log is there (not loaded since a restart) are listed in "not_loaded"."""
 
 STATS_EPILOG = """\
 examples:
-  shmq stats                              every queue in ./.shmq (or $SHMQ_PATH)
+  shmq stats                              every queue in the default data directory
   shmq stats jobs emails --path /var/lib/myapp
   shmq stats jobs --watch                 live, every 2 s, with rates
   shmq stats jobs --watch 0.5 --lanes     twice a second, with a table per lane

@@ -23,12 +23,12 @@ with -9) and start another: it takes over."""
 
 EPILOG = """\
 examples:
-  shmq supervise                          the directory of $SHMQ_PATH, or ./.shmq
+  shmq supervise                          the default data directory (see --path)
   shmq supervise --path /var/lib/jobs -c /etc/shmq.toml"""
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--path", default=None, help="the data directory (default $SHMQ_PATH or ./.shmq)")
+    parser.add_argument("--path", default=None, help="the data directory (default $SHMQ_PATH, else .shmq beside shmq.toml, else $XDG_STATE_HOME/shmq)")
     parser.add_argument("-c", "--config", default=None,
                         help="config file (default $SHMQ_CONFIG, else ./shmq.toml if present)")
     parser.add_argument("--interval", type=_seconds_arg, default=None,
@@ -47,8 +47,8 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s shmq supervise[%(process)d]: %(message)s")
-    path = os.path.abspath(args.path) if args.path else default_path()
     found = config.find(args.config)
+    path = os.path.abspath(args.path) if args.path else default_path(found)
     supervisor_settings, _ = config.supervisor_settings(found)
     queues = {}
     if found:

@@ -16,7 +16,8 @@ APP names the App as module:attribute (e.g. myapp.tasks:app; the module is
 imported from the current directory or PYTHONPATH). A worker that dies is
 replaced, and the jobs it held run again. On SIGTERM/^C workers stop
 fetching, finish the jobs they hold (up to --grace seconds), and exit:
-nothing accepted is lost."""
+nothing accepted is lost. Workers whose parent is killed (kill -9) exit
+within about a second; the jobs they held run again under a new worker."""
 
 WORKER_EPILOG = """\
 examples:

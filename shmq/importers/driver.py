@@ -354,9 +354,10 @@ def _data_dir(app) -> str:
     from shmq import config as _config
     from shmq.queue import default_path
 
-    settings, _ = _config.resolve(app.name, dict(app.queue_kwargs), _config.find(app.config))
+    found = _config.find(app.config)
+    settings, _ = _config.resolve(app.name, dict(app.queue_kwargs), found)
     path = settings.get("path")
-    return os.path.abspath(os.fspath(path)) if path is not None else default_path()
+    return os.path.abspath(os.fspath(path)) if path is not None else default_path(found)
 
 
 # --------------------------------------------------------------------------- fault injection

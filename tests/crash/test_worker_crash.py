@@ -358,6 +358,75 @@ def test_sigkilled_worker_is_replaced_and_its_job_runs_again(tmp_path):
     assert {attempt for job_id, attempt in finished.items() if job_id != jobs[held].id} == {1}
 
 
+def test_workers_exit_when_their_parent_is_killed_and_the_held_job_runs_again(tmp_path):
+    runs = tmp_path / "runs"
+    acks = tmp_path / "acks"
+    marker = tmp_path / "held-once"
+    total, held = 40, 10
+    with app_module(tmp_path, f"""
+        from shmq.jobs import Delivery
+
+        _ack = Delivery.ack
+
+
+        def _recording_ack(self, result=None):
+            append_line({str(acks)!r}, f"{{self.id}} {{self.attempt}} {{os.getpid()}}")
+            return _ack(self, result)
+
+
+        Delivery.ack = _recording_ack
+
+
+        @app.task
+        def item(i):
+            if i == {held}:
+                try:
+                    os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    pass  # run again: finish this time
+                else:
+                    append_line({str(runs)!r}, f"hold {{i}} {{os.getpid()}}")
+                    time.sleep(60)  # its parent is killed meanwhile
+            append_line({str(runs)!r}, f"run {{i}} {{os.getpid()}}")
+            return i
+    """) as module:
+        app = module.app
+        with worker(tmp_path, module, "--processes", "2", "--grace", "30") as first:
+            orphans = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(first.children()), 5, "two workers")
+            jobs = [module.item.enqueue(i) for i in range(held + 1)]
+            wait_for(lambda: [line for line in lines_of(runs) if line.startswith("hold ")], 20,
+                     "the held job to start")
+            os.kill(first.pid, signal.SIGKILL)  # the parent only: its workers are re-parented
+            killed_at = time.monotonic()
+            assert first.proc.wait(5) == -signal.SIGKILL
+            wait_for(lambda: all(_zombie_or_gone(pid) for pid in orphans), 10, "the orphaned workers to exit",
+                     interval=0.02)
+            gone_in = time.monotonic() - killed_at
+            assert gone_in < 2.5, f"the workers outlived their parent by {gone_in:.2f} s"
+        assert "the parent process (pid %d) died" % first.pid in first.text()
+
+        # Jobs enqueued now wait: no orphan is left to take them.
+        jobs += [module.item.enqueue(i) for i in range(held + 1, total)]
+        time.sleep(0.3)
+        assert app.queue.stats()["depth"] >= total - held - 1
+        with worker(tmp_path, module, "--processes", "1"):
+            assert [job.wait(timeout=30) for job in jobs] == list(range(total))
+            stats = settled_stats(app, total)
+
+    assert stats["consumer_died"] == 1 and stats["done"] == total and stats["dead"] == 0
+    assert stats["depth"] == 0 and stats["in_flight"] == 0
+    ran = collections.Counter(int(line.split()[1]) for line in lines_of(runs) if line.startswith("run "))
+    assert ran == collections.Counter(range(total))  # every job ran to its end exactly once
+    finished = {}
+    for line in lines_of(acks):
+        job_id, attempt, _pid = map(int, line.split())
+        assert job_id not in finished, f"job {job_id} was acked twice"
+        finished[job_id] = attempt
+    assert set(finished) == {job.id for job in jobs}
+    assert finished[jobs[held].id] == 2  # given back by the exit: attempt + 1
+    assert {attempt for job_id, attempt in finished.items() if job_id != jobs[held].id} == {1}
+
+
 def test_an_exception_in_a_task_does_not_kill_the_worker(tmp_path):
     with app_module(tmp_path, """
         @app.task
