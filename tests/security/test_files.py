@@ -256,3 +256,17 @@ def test_everything_shmq_makes_is_private_under_a_permissive_umask(make_queue, q
     assert any(p.endswith("/snapshot") for p in seen) and any(p.endswith("supervisor.lock") for p in seen)
     assert any(p.startswith("/dev/shm/") and p.endswith(".log") for p in seen)
     assert len([p for p in seen if p.startswith("/dev/shm/shmq.")]) >= 3 + 2 + len(blobs)  # regions, logs, blobs
+
+
+def test_planted_link_as_import_ledger_is_refused(qpath, victim_file):
+    from shmq.importers.ledger import Ledger, ledger_path
+
+    path = ledger_path(qpath, "jobs", "rq", "localhost:6379/0")
+    os.mkdir(os.path.dirname(path), 0o700)
+    os.symlink(victim_file[0], path)
+    with pytest.raises(shmq.PermissionDenied) as info:
+        Ledger(path, write=True, header="rq from localhost:6379/0").close()
+    assert "symbolic link" in str(info.value) and path in str(info.value)
+    assert unchanged(victim_file)  # the ledger's header line was appended to it
+    with pytest.raises(shmq.PermissionDenied):
+        Ledger(path, write=False)  # a dry run does not read through it either
