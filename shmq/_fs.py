@@ -64,7 +64,7 @@ def check_stat(st: os.stat_result, what: str, *, directory: bool = False) -> Non
     if directory and mode & 0o022:
         raise errors.PermissionDenied(
             f"refusing {what}: it is {_describe(st)}: writable by group or others, who could plant files "
-            f"or links in it. Fix: chmod 700 {what.rsplit(' ', 1)[-1]} (or use another path)")
+            "or links in it. Fix: chmod 700 it (after checking what is in it), or use another path")
     if not directory and mode & 0o077:
         raise errors.PermissionDenied(
             f"refusing {what}: it is {_describe(st)}: open to group or others, who could read or change "
