@@ -129,7 +129,7 @@ static int segment_open(shmq_handle *h, uint64_t index, int create)
     _Atomic uint64_t *claim = &h->header->segment_claim;
     uint64_t mine = ((uint64_t)h->self << 48) | (index + 1);
     for (;;) {
-        int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
+        int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (fd >= 0 || errno != ENOENT || !create)
             return fd >= 0 ? fd : -errno;
         uint64_t held = 0;
@@ -162,7 +162,7 @@ static int segment_make(shmq_handle *h, uint64_t index, const char *name)
     /* relaxed: only makes the name unique within this process. */
     snprintf(tmp, sizeof tmp, "tmp.%016llx.%d.%u", (unsigned long long)index, (int)getpid(),
              atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed));
-    fd = openat(h->log_dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    fd = openat(h->log_dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
     int err = fchmod(fd, 0600) == 0 ? 0 : errno; /* whatever the umask: owner only */
@@ -178,7 +178,7 @@ static int segment_make(shmq_handle *h, uint64_t index, const char *name)
     if (!err && linkat(h->log_dirfd, tmp, h->log_dirfd, name, 0) != 0) {
         if (errno == EEXIST) { /* someone else made it first: use theirs */
             close(fd);
-            fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC);
+            fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
             if (fd < 0)
                 err = errno;
         } else {
@@ -239,8 +239,10 @@ uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err)
     }
     uint64_t bytes = SHMQ_SEGMENT_HEADER_BYTES + h->segment_bytes;
     struct stat st;
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < bytes) {
-        *err = fstat(fd, &st) != 0 ? errno : EINVAL; /* a truncated segment: not ours to grow */
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < bytes || shmq_fd_trusted(fd) != SHMQ_OK) {
+        /* a truncated segment is not ours to grow; one of another user (or
+         * open to others) is never used */
+        *err = fstat(fd, &st) != 0 ? errno : (uint64_t)st.st_size < bytes ? EINVAL : EPERM;
         close(fd);
         pthread_mutex_unlock(&h->segment_lock);
         return NULL;
@@ -354,15 +356,20 @@ static int log_open(shmq_handle *h, const char *dir)
         errno = ENOMEM;
         return SHMQ_ESYS;
     }
-    h->log_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (h->log_dirfd < 0) {
-        int saved = errno;
+    /* No link followed; the directory must be ours and closed to writers
+     * other than us (README "Safety"), else nothing of it is used. */
+    h->log_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    int trusted = h->log_dirfd < 0 ? SHMQ_ELOG : shmq_fd_trusted(h->log_dirfd);
+    if (trusted != SHMQ_OK) {
+        int saved = trusted == SHMQ_EUNTRUSTED ? EPERM : errno;
+        if (h->log_dirfd >= 0)
+            close(h->log_dirfd);
         free(h->segments);
         free(h->log_dir);
         h->segments = NULL;
         h->log_dir = NULL;
         errno = saved;
-        return SHMQ_ELOG;
+        return trusted == SHMQ_EUNTRUSTED ? SHMQ_EUNTRUSTED : SHMQ_ELOG;
     }
     pthread_mutex_init(&h->segment_lock, NULL);
     /* Small payloads travel inline (one more copy, into the lane; consumers

@@ -301,7 +301,7 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
 
 static int map_file(int dirfd, const char *name, mapped_file *out, uint64_t magic)
 {
-    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return SHMQ_ELOG;
     struct stat st;
@@ -337,7 +337,7 @@ static int nothing_after(shmq_handle *h, const uint64_t *bases, size_t i, size_t
         char name[32];
         uint64_t word = 0;
         shmq_segment_name(name, sizeof name, bases[k]);
-        int fd = openat(h->log_dirfd, name, O_RDONLY | O_CLOEXEC);
+        int fd = openat(h->log_dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0)
             continue;
         ssize_t n = pread(fd, &word, sizeof word, SHMQ_SEGMENT_HEADER_BYTES);

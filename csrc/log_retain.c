@@ -308,7 +308,11 @@ int shmq_log_snapshot(shmq_handle *h)
     /* acquire: every record reserved so far lies below it (we are the last handle). */
     uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_acquire) & ~SHMQ_TAIL_SPILL;
     uint64_t covered = (tail + S - 1) / S * S; /* the next log starts in a fresh segment */
-    int fd = openat(h->log_dirfd, "snapshot.tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* One writer (the last handle, under the queue's lock): a snapshot.tmp
+     * left by a crash is removed, and the new one made with O_EXCL, so no
+     * file or link found there is ever written through. */
+    unlinkat(h->log_dirfd, "snapshot.tmp", 0);
+    int fd = openat(h->log_dirfd, "snapshot.tmp", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return shmq_log_fail(h, errno);
     int err = fchmod(fd, 0600) == 0 ? 0 : errno;

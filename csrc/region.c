@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -35,6 +36,7 @@ const char *shmq_strerror(int status)
     case SHMQ_ELEASE: return "the job's lease was lost (it expired, or the job was taken back)";
     case SHMQ_ENOLOG: return "jobs need a log (the queue has durability none)";
     case SHMQ_ELOGFULL: return "the log holds max_log_bytes";
+    case SHMQ_EUNTRUSTED: return "owned by another user, or open to group/others: refused";
     default: return "unknown status";
     }
 }
@@ -95,8 +97,26 @@ uint64_t shmq_region_size(const shmq_params *p)
     return jobs_offset_for(p) + jobs_bytes(p);
 }
 
+/* The trust rule (README "Safety"): what a queue uses belongs to this
+ * effective uid and is closed to everyone else, so no other local user can
+ * have made it, read it or change it. Checked on the descriptor (fstat), so
+ * the object checked is the object used. */
+int shmq_fd_trusted(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return SHMQ_ESYS;
+    if (st.st_uid != geteuid())
+        return SHMQ_EUNTRUSTED;
+    mode_t closed = S_ISDIR(st.st_mode) ? (S_IWGRP | S_IWOTH) : (S_IRWXG | S_IRWXO);
+    return (st.st_mode & closed) ? SHMQ_EUNTRUSTED : SHMQ_OK;
+}
+
 int shmq_map(int fd, uint64_t size, void **base /* OUT */)
 {
+    int trusted = shmq_fd_trusted(fd);
+    if (trusted != SHMQ_OK)
+        return trusted;
     void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (mem == MAP_FAILED)
         return SHMQ_ESYS;

@@ -71,6 +71,8 @@ enum shmq_status {
     SHMQ_ELEASE = -20,       /* the lease was lost (it expired, or the job was taken back) */
     SHMQ_ENOLOG = -21,       /* jobs need a log: the queue has durability none */
     SHMQ_ELOGFULL = -22,     /* the log holds max_log_bytes: nothing more is accepted until consumers catch up */
+    SHMQ_EUNTRUSTED = -24,   /* a region, log file or directory is not owned by this effective uid, or is
+                              * open to group/others (see shmq_fd_trusted): refused, never used */
 };
 
 typedef struct shmq_params {
@@ -220,6 +222,10 @@ const char *shmq_strerror(int status);
 
 /* Regions: sizing, mapping, creating, checking. */
 uint64_t shmq_region_size(const shmq_params *params);
+/* 0, or SHMQ_EUNTRUSTED if `fd` is not owned by the effective uid, or gives
+ * group/others any access (a file or region) or write access (a directory);
+ * SHMQ_ESYS if fstat fails. shmq_map checks the region's fd with it. */
+int shmq_fd_trusted(int fd);
 int shmq_map(int fd, uint64_t size, void **base /* OUT */);
 int shmq_unmap(void *base, uint64_t size);
 int shmq_region_init(void *base, uint64_t size, const shmq_params *params);

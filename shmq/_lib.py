@@ -44,6 +44,10 @@ def raise_for(status: int, what: str) -> None:
         )
     if status == lib.SHMQ_ELOG:
         raise log_error(ffi.errno, what)
+    if status == lib.SHMQ_EUNTRUSTED:
+        raise errors.PermissionDenied(
+            f"{what}: {text}. shmq uses only what belongs to the user running it and is closed to others "
+            "(README \"Safety\"): remove the object, or use another queue name or path")
     if status == lib.SHMQ_ELOGFULL:
         raise errors.Full(
             f"{what}: the log holds max_log_bytes already (consumers are that far behind). Nothing was "

@@ -2,7 +2,9 @@
 """The dead-letter set of a queue: jobs whose every attempt failed.
 
 One file per dead job in ``<path>/<queue>.dead/`` (for durability "memory",
-next to the log in /dev/shm), named by the job id, mode 0600. The file is
+next to the log in /dev/shm), named by the job id, mode 0600; the directory
+must be ours and private, files are never opened through a link, and each
+is written under a random temporary name (O_EXCL) and renamed. The file is
 written before the job's DEAD record, so a crash in between only makes the
 job fail (and be written) once more. Listing reads the files; retry enqueues
 the job again (a new job id) and removes the file; purge removes it.
@@ -17,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 import msgpack
 
-from shmq import errors
+from shmq import _fs, errors
 
 __all__ = ["DeadJob", "DeadLetters"]
 
@@ -70,7 +72,7 @@ class DeadLetters:
         """Keeps a failed job (called by Delivery.fail before the job is marked dead)."""
         queue = self._queue
         directory = self.directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _fs.private_dir(directory, "dead-letter directory")
         tag, raw = delivery.payload
         record = {
             "id": delivery.id,
@@ -83,18 +85,26 @@ class DeadLetters:
             "payload": bytes(raw),
         }
         final = os.path.join(directory, f"{delivery.id:016x}{_SUFFIX}")
-        temporary = final + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd, temporary = _fs.open_temp(directory, f"{delivery.id:016x}")
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, msgpack.packb(record, use_bin_type=True))
-            if queue.params.durability in ("interval", "sync"):
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, final)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, msgpack.packb(record, use_bin_type=True))
+                if queue.params.durability in ("interval", "sync"):
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
 
     def _files(self) -> list[str]:
+        if not _fs.private_dir(self.directory, "dead-letter directory", create=False):
+            return []
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -103,7 +113,8 @@ class DeadLetters:
 
     def _read(self, name: str) -> DeadJob | None:
         try:
-            with open(os.path.join(self.directory, name), "rb") as f:
+            fd = _fs.open_file(os.path.join(self.directory, name), os.O_RDONLY, "dead-letter file")
+            with open(fd, "rb") as f:
                 record = msgpack.unpackb(f.read(), raw=False)
             return DeadJob(record["id"], record["attempts"], record["failed_at"], record["enqueued_at"],
                            record["error"], record.get("group"), record["tag"], record["payload"], self._queue)

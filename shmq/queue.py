@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import posix_ipc
 
-from shmq import _args
+from shmq import _args, _fs
 from shmq import codec as _codec
 from shmq import errors
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
@@ -36,7 +36,20 @@ from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, r
 
 __all__ = ["Queue", "QueueParams", "region_name"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# "supervisor" is reserved: the directory's supervisor keeps supervisor.lock
+# and supervisor.log there, which a queue of that name would take.
+RESERVED_NAMES = ("supervisor",)
+_NAME = re.compile(r"^(?!supervisor$)[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _name_error(name: Any) -> errors.ConfigError:
+    if name in RESERVED_NAMES:
+        return errors.ConfigError(
+            f"queue name {name!r} is reserved: the data directory's supervisor keeps its own files "
+            f"({name}.lock, {name}.log) there. Choose another name (e.g. {name}-jobs)")
+    return errors.ConfigError(
+        f"invalid queue name {name!r}: use 1-100 characters of letters, digits, '_', '.', '-', "
+        "starting with a letter or digit")
 # High bit of a message tag: the payload names a shared-memory object holding
 # the message (too large for a lane). Tags are opaque to the core.
 _TAG_BLOB = 0x80
@@ -260,11 +273,29 @@ def _check_fits(values: dict) -> None:
         )
 
 
-def _has_files(path: str) -> bool:
+def _own_memory_log(name: str, path: str) -> bool:
+    """Does a tmpfs log of ours (durability "memory") hold files? Only a
+    directory that is ours counts: /dev/shm is open to every user, and a
+    directory someone else made there never decides the durability."""
+    where = log_dir(name, path, "memory")
     try:
-        return bool(os.listdir(path))
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        _fs.check_fd(fd, f"log directory {where}", directory=True)
+        return bool(os.listdir(fd))
+    except (errors.PermissionDenied, OSError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def _check_region(fd: int, shm_name: str) -> None:
+    """A region is used only if it is ours and closed to everyone else:
+    another user who made it first could read every message, inject jobs, or
+    choose the codec."""
+    _fs.check_fd(fd, f"queue region /dev/shm{shm_name}")
 
 
 def log_dir(name: str, path: str, durability: str) -> str:
@@ -301,10 +332,13 @@ class _Region:
         self.handle = None
         self.log_dir = None
         try:
-            _make_data_dir(path)
+            _make_data_dir(path)  # its last level only: a mistyped path is reported, not built
+            _fs.trusted_dir(path, create=False)  # ours and private, or refused (PermissionDenied)
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
             lock_fd = self.lock()
+        except errors.PermissionDenied:
+            raise
         except PermissionError as exc:
             raise errors.PermissionDenied(
                 f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
@@ -317,7 +351,7 @@ class _Region:
 
     def lock(self) -> int:
         """Takes the queue's lock (creation, attach, the last close); returns its fd."""
-        fd = os.open(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _fs.open_file(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT, "queue lock")
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
@@ -327,6 +361,10 @@ class _Region:
         except posix_ipc.ExistentialError:
             shm = None
         except posix_ipc.PermissionsError:
+            try:
+                _fs.check_stat(os.stat("/dev/shm" + self.shm_name), f"queue region /dev/shm{self.shm_name}")
+            except OSError:
+                pass
             owner = _owner_of("/dev/shm" + self.shm_name)
             raise errors.PermissionDenied(
                 f"queue region {self.shm_name} belongs to {owner} and is readable by its owner only. "
@@ -347,6 +385,11 @@ class _Region:
         self._create(requested)
 
     def _map_existing(self, shm) -> bool:
+        try:
+            _check_region(shm.fd, self.shm_name)  # before anything of it is read or trusted
+        except BaseException:
+            shm.close_fd()
+            raise
         size = shm.size
         base = ffi.new("void **")
         try:
@@ -384,8 +427,8 @@ class _Region:
 
     def _create(self, requested: dict) -> None:
         values = {**DEFAULTS, **requested}
-        if "durability" not in requested and _has_files(log_dir(self.name, self.path, "memory")):
-            values["durability"] = "memory"  # recreated over a tmpfs log: keep it there
+        if "durability" not in requested and _own_memory_log(self.name, self.path):
+            values["durability"] = "memory"  # recreated over our own tmpfs log: keep it there
         if "max_message_bytes" not in requested and values["durability"] != "none":
             # The default limit shrinks with small segments (a record fits in one).
             values["max_message_bytes"] = min(values["max_message_bytes"], values["segment_bytes"] - _RECORD_OVERHEAD)
@@ -488,8 +531,10 @@ class _Region:
 
     def _open_log(self, attaching: bool) -> None:
         try:
-            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-            os.chmod(self.log_dir, 0o700)
+            _fs.private_dir(self.log_dir, "log directory")
+        except errors.PermissionDenied:
+            self.close()
+            raise
         except PermissionError as exc:
             self.close()
             raise errors.PermissionDenied(
@@ -500,6 +545,9 @@ class _Region:
         if rc == lib.SHMQ_EUNINIT:
             self.close()
             raise _CreatorDied
+        if rc == lib.SHMQ_EUNTRUSTED:  # changed since it was checked above
+            self.close()
+            raise_for(rc, f"opening the log directory {self.log_dir} of queue {self.name!r}")
         if rc != OK:
             err = ffi.errno
             self.close()
@@ -663,10 +711,7 @@ class Queue(JobsMixin):
         self._region = None
         self._closed_reason = ""
         if not isinstance(name, str) or not _NAME.match(name):
-            raise errors.ConfigError(
-                f"invalid queue name {name!r}: use 1-100 characters of letters, digits, '_', '.', '-', "
-                "starting with a letter or digit"
-            )
+            raise _name_error(name)
         # Settings: the keywords given here, over SHMQ_* variables, over the
         # config file (config=, $SHMQ_CONFIG or ./shmq.toml), over the defaults.
         given = {key: value for key, value in locals().items() if key not in ("self", "name", "config")}
@@ -695,7 +740,7 @@ class Queue(JobsMixin):
             self.path = os.path.abspath(os.fspath(path))
         else:  # the default directory is made with its parents (~/.local/state may not exist yet)
             self.path = default_path(found)
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            _fs.trusted_dir(os.path.dirname(self.path))  # each missing level made 0700 in a checked parent
         requested = {
             key: value
             for key, value in (
@@ -730,7 +775,7 @@ class Queue(JobsMixin):
         starts no supervisor, and writes no snapshot when it closes last.
         For tools that look at queues (shmq stats, inspect, ...)."""
         if not isinstance(name, str) or not _NAME.match(name):
-            raise errors.ConfigError(f"invalid queue name {name!r}")
+            raise _name_error(name)
         self = cls.__new__(cls)
         self._region = None
         self._closed_reason = ""
@@ -761,6 +806,15 @@ class Queue(JobsMixin):
         self._codec = _codec.get_codec(actual.codec)
         self._encode = self._codec.encode
         self._decode = self._codec.decode
+        # Pickle only by this process's own choice, never because the region
+        # says so: unpickling runs code chosen by whoever wrote the message.
+        self._pickle_chosen = requested.get("codec") == "pickle"
+        if actual.codec == "pickle" and not self._pickle_chosen:
+            if not observe:
+                self._region.close()
+                self._region = None
+                raise pickle_not_chosen(name, self.path, f"its region /dev/shm{region_name(name, self.path)}")
+            self._decode = _codec.get_codec("msgpack").decode  # a look: pickle messages raise DecodeError
         self._logged = actual.durability != "none"
         # Clamped so that larger messages take _put_large, which enforces
         # max_message_bytes; with a log the core takes every size itself.
@@ -827,8 +881,9 @@ class Queue(JobsMixin):
         return f"<shmq.Queue {self.name!r} path={self.path!r} {state}>"
 
     def __reduce__(self):
-        # Children reattach by name and use the queue's own parameters.
-        return (_reattach, (self.name, self.path))
+        # Children reattach by name and use the queue's own parameters (and
+        # pickle only if this handle chose it).
+        return (_reattach, (self.name, self.path, "pickle" if self._pickle_chosen else None))
 
     def __enter__(self) -> "Queue":
         return self
@@ -1091,7 +1146,7 @@ class Queue(JobsMixin):
     def _decode_message(self, tag: int, data) -> Any:
         if tag & _TAG_BLOB:
             name, _, length = bytes(data).partition(b"\0")
-            return self._decode(tag & ~_TAG_BLOB, _read_blob(name.decode(), int(length)))
+            return self._decode(tag & ~_TAG_BLOB, _read_blob(self._region.shm_name, name, length))
         return self._decode(tag, data)
 
     def get_nowait(self) -> Any:
@@ -1229,8 +1284,18 @@ class Queue(JobsMixin):
         _unlink_queue(shm_name)
         for mode in {durability or "os", "memory"}:
             where = log_dir(self.name, self.path, mode)
-            shutil.rmtree(where, ignore_errors=True)
-            shutil.rmtree(where[: -len(".log")] + ".dead", ignore_errors=True)  # the dead letters
+            _remove_own_dir(where)
+            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
+
+
+def _remove_own_dir(where: str) -> None:
+    """Removes a directory of ours; one another user made (in /dev/shm) is left alone."""
+    try:
+        if not _fs.private_dir(where, "directory", create=False):
+            return
+    except (errors.PermissionDenied, OSError):
+        return
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
@@ -1263,19 +1328,49 @@ def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
         del queue
 
 
-def _reattach(name: str, path: str) -> Queue:
-    return Queue(name, path)
+def _reattach(name: str, path: str, codec: str | None = None) -> Queue:
+    return Queue(name, path, codec=codec)
 
 
-def _read_blob(name: str, length: int) -> bytearray:
-    shm = posix_ipc.SharedMemory(name)
+def pickle_not_chosen(name: str, path: str, where: str) -> errors.ConfigError:
+    """The error for a queue whose region (or log) says codec "pickle" when the
+    opener did not ask for pickle: shmq never switches a process to pickle."""
+    return errors.ConfigError(
+        f"queue {name!r} in {path} says codec='pickle' ({where}), but this process did not choose pickle. "
+        "Decoding a pickle message runs code chosen by whoever wrote it, so shmq never switches to pickle "
+        "on its own. If every process that can write to this queue is trusted, pass codec='pickle' (or set "
+        "codec = \"pickle\" in shmq.toml, or SHMQ_CODEC=pickle); otherwise remove the queue (Queue(...).unlink())"
+    )
+
+
+_BLOB_SUFFIX = re.compile(rb"\.b[0-9a-f]{16}")
+
+
+def _read_blob(shm_name: str, name: bytes, length_text: bytes) -> bytearray:
+    """Reads and removes a large message's own object. Only an object of this
+    queue (its region's name, ".b", 16 hex digits) that is ours and private
+    is opened: a message is data, and must never make us open, copy or
+    remove any other object."""
+    prefix = shm_name.encode()
+    if not (name.startswith(prefix) and _BLOB_SUFFIX.fullmatch(name, len(prefix))
+            and length_text.isdigit() and len(length_text) <= 15):
+        raise errors.DecodeError(
+            f"a message of queue region {shm_name} refers to the large-message object {name[:120]!r} "
+            f"({length_text[:20]!r} bytes), which is not one of this queue's ({shm_name}.b<16 hex digits>): "
+            "refused, nothing was opened. A process writing raw tags into the queue sent it; fix that sender")
+    name_text, length = name.decode(), int(length_text)
+    shm = posix_ipc.SharedMemory(name_text)
     try:
+        st = _fs.check_fd(shm.fd, f"large-message object /dev/shm{name_text}")
+        if st.st_size < length:
+            raise errors.DecodeError(f"large-message object /dev/shm{name_text} holds {st.st_size} bytes, "
+                                     f"its message says {length}: refused")
         with mmap.mmap(shm.fd, max(length, 1)) as mapped:
             out = bytearray(length)
             out[:] = mapped[:length]
     finally:
         shm.close_fd()
-        posix_ipc.unlink_shared_memory(name)
+    posix_ipc.unlink_shared_memory(name_text)  # read: it was this message's alone
     return out
 
 

@@ -15,6 +15,8 @@ themselves when no supervisor holds the directory.
 
 One supervisor per directory: it holds ``<dir>/supervisor.lock`` (flock)
 and writes its pid there; a second one refuses to start and names that pid.
+("supervisor" is therefore no queue name.) The directory and those files
+pass the trust checks of shmq._fs: ours, private, never through a link.
 A program that opens a queue starts one automatically (``autostart``, on by
 default; ``[supervisor] autostart = false`` or SHMQ_SUPERVISOR_AUTOSTART=0
 turns it off); such a supervisor exits once no process has had a queue of
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from shmq import errors
+from shmq import _fs, errors
 
 __all__ = ["Supervisor", "SupervisorRunning", "holder", "ensure_running", "LOCK_NAME"]
 
@@ -62,7 +64,7 @@ def _lock_path(path: str) -> str:
 def holder(path: str) -> int | None:
     """The pid of the supervisor holding `path`, or None if none does."""
     try:
-        fd = os.open(_lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(_lock_path(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -144,8 +146,8 @@ class Supervisor:
     # ------------------------------------------------------------ the lock
 
     def acquire(self) -> None:
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _fs.trusted_dir(self.path)
+        fd = _fs.open_file(_lock_path(self.path), os.O_RDWR | os.O_CREAT, "supervisor lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -279,8 +281,8 @@ def ensure_running(path: str) -> int | None:
     if pid is not None or path in _started or not autostart_enabled():
         return pid
     _started.add(path)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    out = os.open(os.path.join(path, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    _fs.trusted_dir(path)
+    out = _fs.open_file(os.path.join(path, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, "supervisor log")
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "shmq", "supervise", "--path", path, "--auto"],

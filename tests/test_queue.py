@@ -661,7 +661,10 @@ CREATED = dict(lanes=2, capacity=32, slot_bytes=48, codec="pickle", max_message_
 
 def test_attach_takes_creators_parameters(make_queue):
     q = make_queue(**CREATED)
-    other = make_queue.attach(q.name)
+    # Every parameter but pickle: that one only by the opener's own choice.
+    with pytest.raises(shmq.ConfigError, match="did not choose pickle"):
+        make_queue.attach(q.name)
+    other = make_queue.attach(q.name, codec="pickle")
     assert other.params == q.params == shmq.queue.QueueParams(**CREATED)
     same = make_queue.attach(q.name, **CREATED)  # agreeing explicit values are fine
     assert same.params == q.params

@@ -102,6 +102,7 @@ class _DemoPlan:
     per_producer: tuple[int, ...] | None
     debug: bool
     parent: int
+    codec: str = "raw"  # children open the queue with it (pickle only by choice, never from the region)
 
 
 def _child_setup(plan: _DemoPlan) -> None:
@@ -131,7 +132,7 @@ def _produce(index: int, plan: _DemoPlan, barrier, results) -> None:
     _child_setup(plan)
     q = None
     try:
-        q = shmq.Queue(plan.name, plan.path)
+        q = shmq.Queue(plan.name, plan.path, codec=plan.codec)
         put, put_many = q.put, q.put_many
         filler = bytes(plan.payload - _MIN_PAYLOAD)
         base = index << _PRODUCER_SHIFT
@@ -171,7 +172,7 @@ def _consume(index: int, plan: _DemoPlan, barrier, done, results) -> None:
     _child_setup(plan)
     q = None
     try:
-        q = shmq.Queue(plan.name, plan.path)
+        q = shmq.Queue(plan.name, plan.path, codec=plan.codec)
         get, get_many, empty = q.get, q.get_many, q.empty
         batch, payload, producers = plan.batch, plan.payload, plan.producers
         # marks[p][seq] is 1 once message seq of producer p arrived here; the
@@ -293,7 +294,7 @@ def _demo(args: argparse.Namespace) -> int:
         if args.payload > q.params.max_message_bytes:
             raise CommandError(f"--payload {args.payload} is larger than the queue's max_message_bytes")
         plan = _DemoPlan(name, path, args.payload, args.batch, args.producers, args.consumers, seconds,
-                         per_producer, args.debug, os.getpid())
+                         per_producer, args.debug, os.getpid(), args.codec)
         # fork: children start in milliseconds and need nothing pickled.
         ctx = multiprocessing.get_context("fork")
         barrier = ctx.Barrier(args.producers + args.consumers + 1)

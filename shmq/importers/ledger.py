@@ -29,7 +29,7 @@ import urllib.parse
 
 import numpy as np
 
-from shmq import errors
+from shmq import _fs, errors
 
 __all__ = ["Ledger", "ledger_path"]
 
@@ -71,8 +71,8 @@ class Ledger:
         self.loaded = 0
         if write:
             self._open()
-        elif os.path.exists(path):
-            with open(path, "rb") as f:
+        elif os.path.lexists(path):
+            with open(_fs.open_file(path, os.O_RDONLY, "import ledger"), "rb") as f:
                 self._load(f.fileno(), cut=False)
 
     # ---------------------------------------------------------------- reading
@@ -80,8 +80,11 @@ class Ledger:
     def _open(self) -> None:
         directory = os.path.dirname(self.path)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            _fs.trusted_dir(os.path.dirname(directory))
+            _fs.private_dir(directory, "import ledger directory")
+            fd = _fs.open_file(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, "import ledger")
+        except errors.PermissionDenied:
+            raise
         except OSError as exc:
             raise errors.ShmqError(
                 f"cannot open the import ledger {self.path}: {exc.strerror}. The App's data directory must be "
@@ -103,7 +106,7 @@ class Ledger:
             self._load(fd, cut=True)
             if fresh:
                 self._append([b"# shmq import ledger: " + self.header.encode(errors="replace")])
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     os.fsync(dir_fd)  # the new file's name is durable too
                 finally:

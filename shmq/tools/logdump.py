@@ -222,7 +222,7 @@ class LogScan:
 
     def _open(self, name: str) -> int | None:
         try:
-            return os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None  # deleted by the queue (retention, snapshot) since the listing
         except PermissionError:

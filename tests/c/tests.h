@@ -76,7 +76,9 @@
     X(jobs_histogram_buckets)        \
     X(jobs_histogram_recording)      \
     X(jobs_stats_counters)           \
-    X(jobs_concurrent)
+    X(jobs_concurrent)               \
+    X(trust_fd_checks)               \
+    X(trust_log_files)
 
 #define X(name) void test_##name(void);
 SHMQ_TESTS(X)
