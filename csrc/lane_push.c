@@ -507,7 +507,7 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
         rc = push_logged(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
                          timeout_ns, &args, NULL);
     if (rc == SHMQ_OK)
-        rc = shmq_log_durable(h);
+        rc = shmq_log_durable(h, timeout_ns);
     shmq_log_leave(h);
     return rc;
 }
@@ -656,7 +656,7 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
         }
     }
     if (*pushed) {
-        int durable = shmq_log_durable(h);
+        int durable = shmq_log_durable(h, timeout_ns);
         if (rc == SHMQ_OK)
             rc = durable;
     }
@@ -729,7 +729,7 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
         shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
     if (rc == SHMQ_OK) {
         *job_id = id;
-        rc = shmq_log_durable(h);
+        rc = shmq_log_durable(h, timeout_ns);
     }
     shmq_log_leave(h);
     return rc;

@@ -20,6 +20,7 @@ EEMPTY = lib.SHMQ_EEMPTY
 EFULL = lib.SHMQ_EFULL
 EINTR = lib.SHMQ_EINTR
 ECLAIMED = lib.SHMQ_ECLAIMED
+ENOTDURABLE = lib.SHMQ_ENOTDURABLE
 
 
 def status_text(status: int) -> str:
@@ -44,6 +45,10 @@ def raise_for(status: int, what: str) -> None:
         )
     if status == lib.SHMQ_ELOG:
         raise log_error(ffi.errno, what)
+    if status == lib.SHMQ_ENOTDURABLE:
+        raise errors.NotDurable(
+            f"{what}: {text}. It WAS accepted (it will be delivered): do not send it again; "
+            "call flush() on the queue to wait for the disk")
     if status == lib.SHMQ_ELOGFULL:
         raise errors.Full(
             f"{what}: the log holds max_log_bytes already (consumers are that far behind). Nothing was "

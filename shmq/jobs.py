@@ -24,8 +24,8 @@ from typing import Any
 import msgpack
 
 from shmq import errors
-from shmq._calls import _SCRATCH_BYTES, _Budget, _Scratch, _first_wait
-from shmq._lib import ECLAIMED, EEMPTY, EINTR, OK, ffi, lib, raise_for
+from shmq._calls import _SCRATCH_BYTES, _await_durable, _Budget, _Scratch, _first_wait
+from shmq._lib import ECLAIMED, EEMPTY, EINTR, ENOTDURABLE, OK, ffi, lib, raise_for
 
 __all__ = ["Delivery", "Job", "RetryPolicy", "STATUS_NAMES"]
 
@@ -419,6 +419,10 @@ class JobsMixin:
                     break
                 rc = lib.shmq_enqueue(handle, o, buf, length, wait, out)
             if rc == OK:
+                return Job(self, out[0])
+            if rc == ENOTDURABLE:  # accepted: wait for the flush, never enqueue it again
+                _await_durable(handle, budget.durable, f"enqueue on queue {self.name!r} (job {out[0]})",
+                               job_id=out[0])
                 return Job(self, out[0])
             if rc == lib.SHMQ_EDUPLICATE:
                 return Job(self, out[0], duplicate=True)
