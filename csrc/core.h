@@ -243,6 +243,7 @@ int shmq_throttle_open(const shmq_handle *h);
 
 /* unique.c */
 int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing);
+int shmq_unique_claim_until(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing, int64_t deadline);
 void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
 void shmq_unique_drop(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
 

@@ -693,7 +693,10 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
     shmq_log_enter(h);
     int rc = SHMQ_OK;
     if (unique) {
-        rc = shmq_unique_claim(h, key[0], key[1], job_id);
+        /* Held locks are waited for up to the timeout, but never less than a
+         * healthy holder can take (preempted, say): only a stopped one fails us. */
+        int64_t lock_ns = timeout_ns < 0 || timeout_ns > SHMQ_STALL_NS ? timeout_ns : SHMQ_STALL_NS;
+        rc = shmq_unique_claim_until(h, key[0], key[1], job_id, shmq_deadline(lock_ns));
         if (rc != SHMQ_OK) {
             if (rc == SHMQ_EDUPLICATE) /* relaxed: statistics */
                 atomic_fetch_add_explicit(&h->metrics[o->lane >= 0 ? o->lane : 0].deduplicated, 1,

@@ -74,6 +74,8 @@ enum shmq_status {
     SHMQ_ENOTDURABLE = -23,  /* ACCEPTED (published, will be delivered) but not yet flushed: a signal, the
                               * timeout or a flush error ended the wait; never send it again, call
                               * shmq_wait_durable to wait on */
+    SHMQ_ELOCKED = -24,      /* a lock (the unique-key table, or this unique key) stayed held by a live
+                              * process that makes no progress (stopped?) until the timeout; nothing done */
 };
 
 typedef struct shmq_params {

@@ -413,7 +413,7 @@ class JobsMixin:
             total_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
             budget = _Budget(total_ns, _first_wait(total_ns))
             rc = lib.shmq_enqueue(handle, o, buf, length, _first_wait(total_ns), out)
-            while rc == lib.SHMQ_EFULL or rc == EINTR:
+            while rc == lib.SHMQ_EFULL or rc == EINTR or rc == lib.SHMQ_ELOCKED:
                 wait = budget.next_wait()
                 if wait is None:
                     break
@@ -431,6 +431,12 @@ class JobsMixin:
             free.append(options)
 
     def _enqueue_failed(self, rc: int) -> None:
+        if rc == lib.SHMQ_ELOCKED:
+            raise errors.Timeout(
+                f"enqueue on queue {self.name!r}: the unique-key table (or this key) stayed locked by another "
+                "process until the timeout: a process stopped (SIGSTOP, a debugger) while enqueueing a unique "
+                "job holds it. Nothing was enqueued; resume (SIGCONT) or end that process, or retry later"
+            )
         if rc == lib.SHMQ_EFULL or rc == EINTR:
             raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
         if rc == lib.SHMQ_EJOBSFULL:

@@ -83,7 +83,23 @@ def child_storm(name: str, jobs_name: str, path: str, prefix: str, count: str) -
     print(json.dumps({"handled": handled[0], "errors": dict(errors)}), flush=True)
 
 
-CHILDREN = {"put": child_put, "maintain": child_maintain, "storm": child_storm}
+def child_enqueue_unique(name: str, path: str, keys: str, timeout: str) -> None:
+    """Enqueues one job per key (comma-separated) with that unique key;
+    reports each call's time and error, as one JSON line."""
+    q = shmq.Queue(name, path)
+    calls = []
+    for key in keys.split(","):
+        t0 = time.monotonic()
+        try:
+            q.enqueue(key, unique=key, timeout=float(timeout))
+            calls.append({"key": key, "took": time.monotonic() - t0, "error": None})
+        except Exception as exc:  # reported, the parent judges
+            calls.append({"key": key, "took": time.monotonic() - t0, "error": f"{type(exc).__name__}: {exc}"})
+    q.close()
+    print(json.dumps(calls), flush=True)
+
+
+CHILDREN = {"put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
 
 
 # ---------------------------------------------------------------- the parent
@@ -209,6 +225,39 @@ def test_stopped_segment_maker_holds_up_no_producer(make_queue):
     if filler:
         want[b"-" * 1000] = filler
     assert drain(q) == want
+
+
+def test_stopped_unique_lock_holder_fails_unique_enqueues_at_their_timeout(make_queue):
+    q = make_queue(durability="os")
+    holder = start("unique", q.name, q.path, "held", 30, fault="unique_locked:1:stop")
+    other = None
+    try:
+        wait_stopped(holder)  # it holds the unique-key table's lock
+        other = start("unique", q.name, q.path, "k1,k2", 1)
+        calls = json.loads(finish(other, 30))
+        assert state(holder.pid) in "tT", "the holder was woken: the test proves nothing"
+        for call in calls:  # nothing enqueued, and said so at the timeout
+            assert call["error"] and call["error"].startswith("Timeout: ") and "Nothing was enqueued" in call["error"]
+            assert 0.9 < call["took"] < 1.6, call
+        q.put(b"plain")  # the data path goes on
+        assert q.get(timeout=5) == b"plain"
+        os.kill(holder.pid, signal.SIGCONT)
+        assert json.loads(finish(holder, 30))[0]["error"] is None
+        other = start("unique", q.name, q.path, "k1,k2,held", 5)
+        calls = json.loads(finish(other, 30))
+        assert [c["error"] for c in calls] == [None, None, None]
+    finally:
+        reap(holder, *([other] if other else []))
+    bodies = collections.Counter()
+    while True:
+        try:
+            d = q.fetch(timeout=0.2)
+        except shmq.Empty:
+            break
+        bodies[d.body] += 1
+        d.ack()
+    # "held" once: its second enqueue found the first pending (a duplicate, not a second job).
+    assert bodies == collections.Counter(["held", "k1", "k2"])
 
 
 def test_signal_storm_never_duplicates_an_accepted_put(make_queue):
