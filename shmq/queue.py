@@ -745,6 +745,8 @@ class Queue(JobsMixin):
     def flush(self) -> None:
         """Writes the log to disk now (fdatasync), whatever the durability."""
         rc = lib.shmq_log_flush(self._live_handle())
+        while rc == EINTR:  # a handler ran (the interpreter runs it before this line) and returned
+            rc = lib.shmq_log_flush(self._live_handle())
         if rc != OK:
             raise_for(rc, f"flush of queue {self.name!r}")
 

@@ -66,6 +66,7 @@ def child_storm(name: str, jobs_name: str, path: str, prefix: str, count: str) -
     q = shmq.Queue(name, path)
     jobs = shmq.Queue(jobs_name, path)
     print("ready", flush=True)
+    sys.stdin.readline()  # "go": the storm has begun, and every producer is ready
     errors = collections.Counter()
     for i in range(int(count)):
         try:
@@ -75,6 +76,8 @@ def child_storm(name: str, jobs_name: str, path: str, prefix: str, count: str) -
                 q.put_many([f"{prefix}m{i}.{k}".encode() for k in range(4)], timeout=30)
             else:
                 jobs.enqueue(f"{prefix}j{i}", timeout=30)
+            if i % 10 == 0:
+                q.flush()  # a signal while it waits for another's flush is not an error
         except Exception as exc:
             errors[type(exc).__name__] += 1
     q.close()
@@ -110,8 +113,8 @@ def start(role: str, *args, fault: str | None = None) -> subprocess.Popen:
     env.pop("SHMQ_FAULT", None)
     if fault:
         env["SHMQ_FAULT"] = fault
-    return subprocess.Popen([sys.executable, HERE, role, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, HERE, role, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -284,6 +287,9 @@ def test_signal_storm_never_duplicates_an_accepted_put(make_queue):
         for proc in producers:
             assert proc.stdout.readline().strip() == "ready"  # the handler is installed
         signaller.start()
+        for proc in producers:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         reports = [json.loads(finish(proc, 120).strip().splitlines()[-1]) for proc in producers]
     finally:
         stop.set()
