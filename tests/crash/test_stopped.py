@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -102,7 +103,24 @@ def child_enqueue_unique(name: str, path: str, keys: str, timeout: str) -> None:
     print(json.dumps(calls), flush=True)
 
 
-CHILDREN = {"put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
+def child_put_until(name: str, path: str, prefix: str, progress: str, stop: str) -> None:
+    """Sync puts with put(timeout=1) until the stop file exists; one byte
+    appended to `progress` per put returned; reports errors and the count."""
+    q = shmq.Queue(name, path)
+    fd = os.open(progress, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    errors, i = [], 0
+    while not os.path.exists(stop):
+        try:
+            q.put(f"{prefix}{i}".encode(), timeout=1)
+        except Exception as exc:  # reported, the parent judges
+            errors.append(f"{type(exc).__name__}: {exc}")
+        i += 1
+        os.write(fd, b".")
+    q.close()
+    print(json.dumps({"count": i, "errors": errors}), flush=True)
+
+
+CHILDREN = {"put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
 
 
 # ---------------------------------------------------------------- the parent
@@ -261,6 +279,47 @@ def test_stopped_unique_lock_holder_fails_unique_enqueues_at_their_timeout(make_
         d.ack()
     # "held" once: its second enqueue found the first pending (a duplicate, not a second job).
     assert bodies == collections.Counter(["held", "k1", "k2"])
+
+
+def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
+    """Whatever it holds when stopped (the flusher role, a log record, a
+    lane slot, nothing), the other sync producers go on within a bound."""
+    q = make_queue(durability="sync", codec="raw")
+    rng = random.Random()
+    stop = tmp_path / "stop"
+    names = "uvw"
+    producers = [start("put_until", q.name, q.path, p, tmp_path / p, stop) for p in names]
+    progress = [tmp_path / p for p in names]
+
+    def done(i: int) -> int:
+        return progress[i].stat().st_size if progress[i].exists() else 0
+
+    try:
+        deadline = time.monotonic() + 30
+        while min(map(done, range(3))) < 5:  # all three running
+            assert time.monotonic() < deadline, "the producers never started"
+            time.sleep(0.01)
+        for _ in range(8):
+            victim = rng.randrange(3)
+            time.sleep(rng.uniform(0, 0.02))
+            os.kill(producers[victim].pid, signal.SIGSTOP)
+            time.sleep(0.05)  # whatever it held, it holds now
+            others = [i for i in range(3) if i != victim]
+            before = {i: done(i) for i in others}
+            deadline = time.monotonic() + 2.5
+            while not all(done(i) > before[i] + 2 for i in others):
+                assert time.monotonic() < deadline, f"producer {names[victim]} stopped held up the others"
+                time.sleep(0.01)
+            os.kill(producers[victim].pid, signal.SIGCONT)
+        stop.touch()
+        reports = [json.loads(finish(p, 30)) for p in producers]
+    finally:
+        stop.touch()
+        reap(*producers)
+    for report in reports:
+        assert report["errors"] == [], report
+    want = collections.Counter(f"{p}{i}".encode() for p, r in zip(names, reports) for i in range(r["count"]))
+    assert drain(q) == want
 
 
 def test_signal_storm_never_duplicates_an_accepted_put(make_queue):
