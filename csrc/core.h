@@ -34,6 +34,9 @@ enum shmq_fault_point {
     SHMQ_FAULT_FAIL_BEFORE_WAIT,   /* fail: RETRY written, entry still RUNNING */
     SHMQ_FAULT_MOVE_AFTER_PUSH,    /* a due job pushed into a lane, entry not freed */
     SHMQ_FAULT_UNIQUE_CLAIMED,     /* unique key claimed, ENQUEUE not written */
+    SHMQ_FAULT_FLUSH_HELD,         /* the flusher role held, fdatasync not begun */
+    SHMQ_FAULT_SEGMENT_CLAIMED,    /* the segment-making claim held, the file not made */
+    SHMQ_FAULT_UNIQUE_LOCKED,      /* the unique-key table's lock held */
 };
 
 /* A mapped log segment, per process. Slot i holds segment index with
@@ -126,6 +129,38 @@ int shmq_sweep_sleepers(shmq_handle *h);
 int64_t shmq_now_ns(void);
 int64_t shmq_deadline(int64_t timeout_ns);
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns, int64_t cap_ns);
+
+/* A role or claim whose holder lives but has shown no progress this long is
+ * taken over: its holder is stopped (SIGSTOP, a debugger) or starved. Every
+ * role taken over this way is one where a late holder waking up finds its
+ * claim gone and does no harm (docs/architecture.md, "What a stopped
+ * process can hold up"). Far above a healthy hold (a flush, making a
+ * segment: milliseconds), far below what a user would call a hang. */
+static const int64_t SHMQ_STALL_NS = 200 * 1000 * 1000;
+
+/* Watches a holder of a role at `where` and its progress (two words that
+ * change when it moves on) from one waiter's side; private to the waiter,
+ * so no ordering. It may outlive one call (a thread's own), since the same
+ * holder and progress seen again mean the same hold. */
+typedef struct shmq_stall_watch {
+    const void *where;
+    uint64_t holder, progress;
+    int64_t since; /* 0: not watching yet */
+} shmq_stall_watch;
+
+/* 1 once (holder, progress) has stayed the same for SHMQ_STALL_NS. */
+static inline int shmq_stalled(shmq_stall_watch *w, const void *where, uint64_t holder, uint64_t progress)
+{
+    int64_t now = shmq_now_ns();
+    if (w->since == 0 || w->where != where || w->holder != holder || w->progress != progress) {
+        w->where = where;
+        w->holder = holder;
+        w->progress = progress;
+        w->since = now;
+        return 0;
+    }
+    return now - w->since >= SHMQ_STALL_NS;
+}
 void shmq_futex_wake_all(_Atomic uint32_t *word);
 void shmq_cpu_relax(void);
 
@@ -155,7 +190,7 @@ void shmq_log_ack(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
 void shmq_log_ack_flush(shmq_handle *h);
 int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
                            uint8_t tag, uint32_t count, uint64_t *job_ids);
-int shmq_log_durable(shmq_handle *h);
+int shmq_log_durable(shmq_handle *h, int64_t timeout_ns);
 int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
 int shmq_log_feed(shmq_handle *h, uint32_t budget);
 int shmq_log_spilling(const shmq_handle *h);
@@ -208,6 +243,7 @@ int shmq_throttle_open(const shmq_handle *h);
 
 /* unique.c */
 int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing);
+int shmq_unique_claim_until(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing, int64_t deadline);
 void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
 void shmq_unique_drop(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
 

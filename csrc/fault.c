@@ -3,8 +3,11 @@
  *
  * SHMQ_FAULT=<point>[:<n>] makes the process kill itself with SIGKILL on the
  * n-th time (default 1) it reaches <point>: a real kill -9 at an exact place,
- * with no handler and no cleanup. Read once per handle, never on the hot path. */
+ * with no handler and no cleanup. SHMQ_FAULT=<point>:<n>:stop stops it there
+ * with SIGSTOP instead (a live holder that makes no progress until SIGCONT;
+ * kept as a negative countdown). Read once per handle, never on the hot path. */
 #define _GNU_SOURCE
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +41,9 @@ static const struct {
     {"fail_before_wait", SHMQ_FAULT_FAIL_BEFORE_WAIT},
     {"move_after_push", SHMQ_FAULT_MOVE_AFTER_PUSH},
     {"unique_claimed", SHMQ_FAULT_UNIQUE_CLAIMED},
+    {"flush_held", SHMQ_FAULT_FLUSH_HELD},
+    {"segment_claimed", SHMQ_FAULT_SEGMENT_CLAIMED},
+    {"unique_locked", SHMQ_FAULT_UNIQUE_LOCKED},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)
@@ -47,9 +53,12 @@ int shmq_fault_parse(const char *spec, long *nth)
     size_t name_length = strcspn(spec, ":");
     for (size_t i = 0; i < sizeof fault_names / sizeof fault_names[0]; i++) {
         if (strlen(fault_names[i].name) == name_length && strncmp(spec, fault_names[i].name, name_length) == 0) {
-            *nth = spec[name_length] == ':' ? strtol(spec + name_length + 1, NULL, 10) : 1;
+            char *end = NULL;
+            *nth = spec[name_length] == ':' ? strtol(spec + name_length + 1, &end, 10) : 1;
             if (*nth < 1)
                 *nth = 1;
+            if (end && strcmp(end, ":stop") == 0)
+                *nth = -*nth;
             return fault_names[i].point;
         }
     }
@@ -58,7 +67,14 @@ int shmq_fault_parse(const char *spec, long *nth)
 
 void shmq_fault_hit(shmq_handle *h)
 {
-    /* relaxed: a countdown private to this process; only the kill matters. */
+    /* relaxed: a countdown private to this process; only the kill (stop) matters. */
+    if (atomic_load_explicit(&h->fault_countdown, memory_order_relaxed) < 0) {
+        if (atomic_fetch_add_explicit(&h->fault_countdown, 1, memory_order_relaxed) == -1) {
+            atomic_store_explicit(&h->fault_countdown, LONG_MAX, memory_order_relaxed); /* once */
+            kill(getpid(), SIGSTOP);
+        }
+        return;
+    }
     if (atomic_fetch_sub_explicit(&h->fault_countdown, 1, memory_order_relaxed) == 1)
         kill(getpid(), SIGKILL);
 }

@@ -507,7 +507,7 @@ int shmq_push(shmq_handle *h, int lane, uint8_t tag, uint8_t flags, const char *
         rc = push_logged(h, lane, mh, (const uint8_t *)first, first_length, (const uint8_t *)second, second_length,
                          timeout_ns, &args, NULL);
     if (rc == SHMQ_OK)
-        rc = shmq_log_durable(h);
+        rc = shmq_log_durable(h, timeout_ns);
     shmq_log_leave(h);
     return rc;
 }
@@ -656,7 +656,7 @@ int shmq_push_many(shmq_handle *h, int lane, const char *data, const uint32_t *l
         }
     }
     if (*pushed) {
-        int durable = shmq_log_durable(h);
+        int durable = shmq_log_durable(h, timeout_ns);
         if (rc == SHMQ_OK)
             rc = durable;
     }
@@ -693,7 +693,10 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
     shmq_log_enter(h);
     int rc = SHMQ_OK;
     if (unique) {
-        rc = shmq_unique_claim(h, key[0], key[1], job_id);
+        /* Held locks are waited for up to the timeout, but never less than a
+         * healthy holder can take (preempted, say): only a stopped one fails us. */
+        int64_t lock_ns = timeout_ns < 0 || timeout_ns > SHMQ_STALL_NS ? timeout_ns : SHMQ_STALL_NS;
+        rc = shmq_unique_claim_until(h, key[0], key[1], job_id, shmq_deadline(lock_ns));
         if (rc != SHMQ_OK) {
             if (rc == SHMQ_EDUPLICATE) /* relaxed: statistics */
                 atomic_fetch_add_explicit(&h->metrics[o->lane >= 0 ? o->lane : 0].deduplicated, 1,
@@ -729,7 +732,7 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
         shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
     if (rc == SHMQ_OK) {
         *job_id = id;
-        rc = shmq_log_durable(h);
+        rc = shmq_log_durable(h, timeout_ns);
     }
     shmq_log_leave(h);
     return rc;

@@ -121,33 +121,46 @@ static int segment_make(shmq_handle *h, uint64_t index, const char *name);
 
 /* Making a 64 MiB segment takes tens of milliseconds: one process makes it,
  * the others wait (a writer that needs it) or leave it (maintenance making
- * it ahead). The claim names its maker, so a dead maker's claim is taken over. */
+ * it ahead). The claim names its maker, so a dead maker's claim is taken
+ * over, and so is a live maker's that has not finished in SHMQ_STALL_NS
+ * (stopped): making is safe twice over (segment_make: a private file, then
+ * link(); the first link wins), and the late maker's release finds the claim
+ * no longer its own and leaves it. */
 static int segment_open(shmq_handle *h, uint64_t index, int create)
 {
     char name[32];
     shmq_segment_name(name, sizeof name, index * h->segment_bytes);
     _Atomic uint64_t *claim = &h->header->segment_claim;
     uint64_t mine = ((uint64_t)h->self << 48) | (index + 1);
+    shmq_stall_watch watch = {0};
     for (;;) {
         int fd = openat(h->log_dirfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (fd >= 0 || errno != ENOENT || !create)
             return fd >= 0 ? fd : -errno;
         uint64_t held = 0;
         /* acquire: a previous maker's file is visible to us (also ordered by the file system). */
-        if (atomic_compare_exchange_strong_explicit(claim, &held, mine, memory_order_acquire,
-                                                    memory_order_acquire)) {
-            fd = segment_make(h, index, name);
-            /* release: pairs with the acquire of the next claimer. */
-            atomic_store_explicit(claim, 0, memory_order_release);
-            return fd;
-        }
-        if (!shmq_participant_alive(h, (unsigned)(held >> 48))) {
+        int taken = atomic_compare_exchange_strong_explicit(claim, &held, mine, memory_order_acquire,
+                                                            memory_order_acquire);
+        if (!taken && !shmq_participant_alive(h, (unsigned)(held >> 48))) {
             /* its maker died: free the claim, then try again */
             atomic_compare_exchange_strong_explicit(claim, &held, 0, memory_order_relaxed, memory_order_relaxed);
             continue;
         }
-        if (create == SHMQ_MAKE_AHEAD)
+        if (!taken && create == SHMQ_MAKE_AHEAD)
             return -EAGAIN; /* someone is making a segment: ahead-of-need work can wait */
+        if (!taken && held != mine && shmq_stalled(&watch, claim, held, 0))
+            /* acquire: as above. Its maker is stopped: the claim is ours now. */
+            taken = atomic_compare_exchange_strong_explicit(claim, &held, mine, memory_order_acquire,
+                                                            memory_order_relaxed);
+        if (taken) {
+            shmq_fault(h, SHMQ_FAULT_SEGMENT_CLAIMED);
+            fd = segment_make(h, index, name);
+            uint64_t ours = mine;
+            /* release: pairs with the acquire of the next claimer. Fails
+             * if a waiter took the claim over while we were stopped. */
+            atomic_compare_exchange_strong_explicit(claim, &ours, 0, memory_order_release, memory_order_relaxed);
+            return fd;
+        }
         struct timespec pause = {0, 200 * 1000};
         nanosleep(&pause, NULL);
     }
@@ -784,10 +797,23 @@ static void gather_group(shmq_handle *h)
         sched_yield();
 }
 
-/* One flush, as the flusher (the caller holds `flusher`). */
+/* Raises *word to at least `value`: two flushers may finish out of order
+ * (one was taken over while stopped, and woke up later). */
+static void store_max(_Atomic uint64_t *word, uint64_t value, memory_order order)
+{
+    /* relaxed on failure: only the value is compared; `order` is the caller's publish. */
+    uint64_t seen = atomic_load_explicit(word, memory_order_relaxed);
+    while (seen < value && !atomic_compare_exchange_weak_explicit(word, &seen, value, order, memory_order_relaxed))
+        ;
+}
+
+/* One flush, as the flusher (the caller holds `flusher`, or held it until a
+ * waiter took it over: a second flusher at the same time is harmless, since
+ * each flush only covers more and both results are stored as maxima). */
 static int flush_as_flusher(shmq_handle *h)
 {
     shmq_region_header *hdr = h->header;
+    shmq_fault(h, SHMQ_FAULT_FLUSH_HELD);
     gather_group(h);
     /* relaxed: the heuristic's record of the largest group lately: this
      * flush covers the writers counted so far; it rises at once and decays
@@ -806,9 +832,11 @@ static int flush_as_flusher(shmq_handle *h)
     atomic_store_explicit(&hdr->flushed_ns, shmq_now_ns(), memory_order_relaxed); /* a time stamp only */
     int rc = flush_segments(h, from, tail);
     if (rc == SHMQ_OK) {
-        atomic_store_explicit(&hdr->flushed_tail, tail, memory_order_relaxed); /* the next range's start */
-        /* release: waiters that see the generation see the flush done. */
-        atomic_store_explicit(&hdr->flush_done, generation, memory_order_release);
+        store_max(&hdr->flushed_tail, tail, memory_order_relaxed); /* the next range's start */
+        /* release: waiters that see the generation see the flush done. A
+         * flush of a later generation that finished first already covered
+         * every writer this one covers: the maximum stays. */
+        store_max(&hdr->flush_done, generation, memory_order_release);
         atomic_fetch_add_explicit(&hdr->flushes, 1, memory_order_relaxed); /* statistics */
     }
     return rc;
@@ -828,26 +856,56 @@ static int flusher_take(shmq_handle *h)
     return 0;
 }
 
+/* Takes the role from a live flusher that has made no progress (no flush
+ * begun or finished) for SHMQ_STALL_NS: it is stopped, or stuck in the
+ * kernel. When it wakes up it finishes its flush (harmless, see
+ * flush_as_flusher) and flusher_give finds the role no longer its own. */
+static int flusher_take_over(shmq_handle *h)
+{
+    /* A thread's own: the wait for a flush comes in slices (shmq_wait_durable). */
+    static _Thread_local shmq_stall_watch watch;
+    shmq_region_header *hdr = h->header;
+    /* relaxed: only compared over time; the CAS below orders the take-over. */
+    uint32_t holder = atomic_load_explicit(&hdr->flusher, memory_order_relaxed);
+    uint64_t progress = atomic_load_explicit(&hdr->flush_started, memory_order_relaxed) ^
+                        (atomic_load_explicit(&hdr->flush_done, memory_order_relaxed) << 32);
+    if (holder == 0 || holder == h->self || !shmq_stalled(&watch, &hdr->flusher, holder, progress))
+        return 0;
+    /* acquire: as in flusher_take. */
+    return atomic_compare_exchange_strong_explicit(&hdr->flusher, &holder, h->self, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+
 static void flusher_give(shmq_handle *h)
 {
-    /* release: pairs with flusher_take's acquire. */
-    atomic_store_explicit(&h->header->flusher, 0, memory_order_release);
+    uint32_t mine = h->self;
+    /* release: pairs with flusher_take's acquire. Fails if a waiter took
+     * the role over from us: then it is its own to give. */
+    atomic_compare_exchange_strong_explicit(&h->header->flusher, &mine, 0, memory_order_release,
+                                            memory_order_relaxed);
     atomic_fetch_add_explicit(&h->header->flush_event, 1, memory_order_release);
     shmq_futex_wake_all(&h->header->flush_event);
 }
 
-static int sync_wait(shmq_handle *h);
+static int sync_wait(shmq_handle *h, int64_t deadline);
 
 /* Returns once everything published before the call is on disk: one
- * fdatasync serves every writer waiting meanwhile (group commit). */
-int shmq_log_sync(shmq_handle *h)
+ * fdatasync serves every writer waiting meanwhile (group commit). Waits
+ * for another's flush until `deadline` (< 0: none; SHMQ_EEMPTY after it);
+ * a flush of its own is not cut short. */
+static int log_sync(shmq_handle *h, int64_t deadline)
 {
     /* relaxed: a count for gather_group's heuristic only. */
     atomic_fetch_add_explicit(&h->header->unflushed, 1, memory_order_relaxed);
-    return sync_wait(h);
+    return sync_wait(h, deadline);
 }
 
-static int sync_wait(shmq_handle *h)
+int shmq_log_sync(shmq_handle *h)
+{
+    return log_sync(h, -1);
+}
+
+static int sync_wait(shmq_handle *h, int64_t deadline)
 {
     shmq_region_header *hdr = h->header;
     /* seq_cst: orders our publish (before) before this read; see flush_as_flusher. */
@@ -859,7 +917,7 @@ static int sync_wait(shmq_handle *h)
         /* acquire: read before trying the role, so a flush that ends in
          * between changes the value and the futex wait returns at once. */
         uint32_t event = atomic_load_explicit(&hdr->flush_event, memory_order_acquire);
-        if (flusher_take(h)) {
+        if (flusher_take(h) || flusher_take_over(h)) {
             int rc = flush_as_flusher(h);
             flusher_give(h);
             if (rc != SHMQ_OK)
@@ -867,9 +925,11 @@ static int sync_wait(shmq_handle *h)
             continue;
         }
         /* Someone flushes now; its flush may have begun before our publish. */
-        int rc = shmq_futex_wait(&hdr->flush_event, event, -1, 5 * 1000 * 1000);
+        int rc = shmq_futex_wait(&hdr->flush_event, event, deadline, 5 * 1000 * 1000);
         if (rc == SHMQ_EINTR)
             return rc;
+        if (rc == SHMQ_EEMPTY && atomic_load_explicit(&hdr->flush_done, memory_order_acquire) <= seen)
+            return SHMQ_EEMPTY; /* acquire: as above */
     }
 }
 
@@ -883,29 +943,49 @@ int shmq_log_flush(shmq_handle *h)
     return rc;
 }
 
-/* After a put's record is published: make it as durable as the setting says. */
-int shmq_log_durable(shmq_handle *h)
+/* After a put's record is published: make it as durable as the setting
+ * says. The wait for another's flush ends at the call's timeout (0, a call
+ * that does not wait for room, still waits for its flush). Any failure here
+ * is SHMQ_ENOTDURABLE: the record is published and will be delivered, so
+ * the caller must never report "not accepted" (its user would send it
+ * again); it waits on with shmq_wait_durable. */
+int shmq_log_durable(shmq_handle *h, int64_t timeout_ns)
 {
+    int rc = SHMQ_OK;
+    int64_t deadline = timeout_ns == 0 ? -1 : shmq_deadline(timeout_ns);
     switch (h->durability) {
     case SHMQ_DURABILITY_SYNC:
-        return shmq_log_sync(h);
+        rc = log_sync(h, deadline);
+        break;
     case SHMQ_DURABILITY_INTERVAL: {
         shmq_region_header *hdr = h->header;
-        if (hdr->flush_bytes == 0)
-            return shmq_log_sync(h);
+        if (hdr->flush_bytes == 0) {
+            rc = log_sync(h, deadline);
+            break;
+        }
         /* relaxed: a threshold test; the flush itself orders what it covers. */
         uint64_t tail = atomic_load_explicit(&hdr->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
         if (tail - atomic_load_explicit(&hdr->flushed_tail, memory_order_relaxed) >= hdr->flush_bytes &&
             flusher_take(h)) {
-            int rc = flush_as_flusher(h);
+            rc = flush_as_flusher(h);
             flusher_give(h);
-            return rc;
         }
-        return SHMQ_OK;
+        break;
     }
     default:
-        return SHMQ_OK;
+        break;
     }
+    return rc == SHMQ_OK ? SHMQ_OK : SHMQ_ENOTDURABLE;
+}
+
+int shmq_wait_durable(shmq_handle *h, int64_t timeout_ns)
+{
+    if (!h->log_on || h->durability < SHMQ_DURABILITY_INTERVAL)
+        return SHMQ_OK;
+    shmq_log_enter(h);
+    int rc = log_sync(h, shmq_deadline(timeout_ns));
+    shmq_log_leave(h);
+    return rc;
 }
 
 /* Flushes if the interval has passed (maintenance, INTERVAL only). */

@@ -71,7 +71,12 @@ enum shmq_status {
     SHMQ_ELEASE = -20,       /* the lease was lost (it expired, or the job was taken back) */
     SHMQ_ENOLOG = -21,       /* jobs need a log: the queue has durability none */
     SHMQ_ELOGFULL = -22,     /* the log holds max_log_bytes: nothing more is accepted until consumers catch up */
-    SHMQ_EUNTRUSTED = -24,   /* a region, log file or directory is not owned by this effective uid, or is
+    SHMQ_ENOTDURABLE = -23,  /* ACCEPTED (published, will be delivered) but not yet flushed: a signal, the
+                              * timeout or a flush error ended the wait; never send it again, call
+                              * shmq_wait_durable to wait on */
+    SHMQ_ELOCKED = -24,      /* a lock (the unique-key table, or this unique key) stayed held by a live
+                              * process that makes no progress (stopped?) until the timeout; nothing done */
+    SHMQ_EUNTRUSTED = -25,   /* a region, log file or directory is not owned by this effective uid, or is
                               * open to group/others (see shmq_fd_trusted): refused, never used */
 };
 
@@ -271,6 +276,10 @@ int shmq_log_attach(shmq_handle *handle, const char *dir); /* EUNINIT: its creat
 int shmq_log_recover(shmq_handle *handle, shmq_recovery *report /* OUT */);
 int shmq_log_maintain(shmq_handle *handle);
 int shmq_log_flush(shmq_handle *handle);
+/* Waits until everything this process published before the call is as
+ * durable as the queue's setting asks (SYNC, INTERVAL: flushed): after a put
+ * or enqueue returned SHMQ_ENOTDURABLE. SHMQ_EEMPTY: the timeout passed. */
+int shmq_wait_durable(shmq_handle *handle, int64_t timeout_ns);
 int shmq_log_snapshot(shmq_handle *handle);
 void shmq_log_stats_read(const shmq_handle *handle, shmq_log_stats *stats /* OUT */);
 int shmq_live_participants(const shmq_handle *handle);

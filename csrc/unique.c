@@ -13,9 +13,17 @@
 
 #include "core.h"
 
-enum { LOCK_SPINS = 128 };
+enum { LOCK_SPINS = 128, LOCK_YIELDS = 64 };
 
-static void table_lock(shmq_handle *h)
+/* Takes the table's lock; SHMQ_ELOCKED once `deadline` (< 0: none) has
+ * passed. A dead holder's lock is taken over; a live one's is not, even if
+ * it is stopped: the table is several words per change, and a holder
+ * waking up late would write into a table another holder is changing.
+ * So a stopped holder holds up every change of the table until it runs
+ * again (docs/architecture.md, "What a stopped process can hold up"); a
+ * waiter spins briefly, then yields, then sleeps, and gives up at its
+ * deadline. */
+static int table_lock_until(shmq_handle *h, int64_t deadline)
 {
     _Atomic uint32_t *word = &h->jobs->unique_lock;
     for (unsigned round = 0;; round++) {
@@ -23,7 +31,7 @@ static void table_lock(shmq_handle *h)
         /* acquire: the previous holder's changes to the table are visible to us. */
         if (atomic_compare_exchange_weak_explicit(word, &expected, h->self, memory_order_acquire,
                                                   memory_order_relaxed))
-            return;
+            break;
         if (round < LOCK_SPINS) {
             shmq_cpu_relax();
             continue;
@@ -31,10 +39,21 @@ static void table_lock(shmq_handle *h)
         if (expected && !shmq_participant_alive(h, expected) &&
             atomic_compare_exchange_strong_explicit(word, &expected, h->self, memory_order_acquire,
                                                     memory_order_relaxed))
-            return; /* its holder died inside: every single store leaves the table usable */
-        sched_yield();
+            break; /* its holder died inside: every single store leaves the table usable */
+        if (deadline >= 0 && shmq_now_ns() >= deadline)
+            return SHMQ_ELOCKED;
+        if (round < LOCK_SPINS + LOCK_YIELDS) {
+            sched_yield();
+        } else {
+            struct timespec pause = {0, 100 * 1000}; /* a held lock for this long: leave the CPU */
+            nanosleep(&pause, NULL);
+        }
     }
+    shmq_fault(h, SHMQ_FAULT_UNIQUE_LOCKED);
+    return SHMQ_OK;
 }
+
+static void table_lock(shmq_handle *h) { table_lock_until(h, -1); }
 
 static void table_unlock(shmq_handle *h)
 {
@@ -74,8 +93,14 @@ static void sleep_briefly(void)
 
 int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing)
 {
+    return shmq_unique_claim_until(h, hi, lo, existing, -1);
+}
+
+int shmq_unique_claim_until(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing, int64_t deadline)
+{
     for (;;) {
-        table_lock(h);
+        if (table_lock_until(h, deadline) != SHMQ_OK)
+            return SHMQ_ELOCKED;
         int found;
         uint64_t i = probe(h, hi, lo, &found);
         if (i == UINT64_MAX) {
@@ -113,8 +138,11 @@ int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existi
             return SHMQ_OK;
         }
         /* Another producer is enqueueing this key right now: its job id
-         * comes in a moment (or its death frees the key). */
+         * comes in a moment (or its death frees the key; if it is stopped,
+         * not before it runs again: give up at the deadline). */
         table_unlock(h);
+        if (deadline >= 0 && shmq_now_ns() >= deadline)
+            return SHMQ_ELOCKED;
         sleep_briefly();
     }
 }

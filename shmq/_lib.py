@@ -20,6 +20,7 @@ EEMPTY = lib.SHMQ_EEMPTY
 EFULL = lib.SHMQ_EFULL
 EINTR = lib.SHMQ_EINTR
 ECLAIMED = lib.SHMQ_ECLAIMED
+ENOTDURABLE = lib.SHMQ_ENOTDURABLE
 
 
 def status_text(status: int) -> str:
@@ -48,6 +49,10 @@ def raise_for(status: int, what: str) -> None:
         raise errors.PermissionDenied(
             f"{what}: {text}. shmq uses only what belongs to the user running it and is closed to others "
             "(README \"Safety\"): remove the object, or use another queue name or path")
+    if status == lib.SHMQ_ENOTDURABLE:
+        raise errors.NotDurable(
+            f"{what}: {text}. It WAS accepted (it will be delivered): do not send it again; "
+            "call flush() on the queue to wait for the disk")
     if status == lib.SHMQ_ELOGFULL:
         raise errors.Full(
             f"{what}: the log holds max_log_bytes already (consumers are that far behind). Nothing was "

@@ -156,7 +156,8 @@ class DeadLetters:
 
         queue = self._queue
         handle = queue._jobs_handle()
-        from shmq._lib import OK, ffi, lib, raise_for
+        from shmq._calls import _await_durable
+        from shmq._lib import ENOTDURABLE, OK, ffi, lib, raise_for
 
         jobs = []
         for name in self._selected(ids):
@@ -170,10 +171,12 @@ class DeadLetters:
                 o.lane = group_lane(queue, dead.group)
             out = ffi.new("uint64_t *")
             rc = lib.shmq_enqueue(handle, o, dead.payload, len(dead.payload), -1, out)
-            if rc != OK:
+            if rc != OK and rc != ENOTDURABLE:
                 raise_for(rc, f"retrying dead job {dead.id}")
-            os.unlink(os.path.join(self.directory, name))
+            os.unlink(os.path.join(self.directory, name))  # accepted: never retried twice
             jobs.append(Job(queue, out[0]))
+            if rc == ENOTDURABLE:
+                _await_durable(handle, None, f"retrying dead job {dead.id} as job {out[0]}", job_id=out[0])
         return jobs
 
     def purge(self, ids: Iterable[int] | None = None) -> int:

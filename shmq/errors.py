@@ -102,6 +102,20 @@ class LogWriteError(ShmqError, OSError):
         self.errno = errno_value
 
 
+class NotDurable(ShmqError):
+    """The message (or job) WAS accepted: it is in the queue and will be
+    delivered, but it is not yet on disk as the queue's durability ("sync",
+    "interval") promises, because the wait for the flush ran out of time or
+    the flush failed. Never send it again (that makes a duplicate).
+    ``accepted`` is how many items of the call went in (all of them are
+    queued); ``job_id`` names the job of an enqueue (else None)."""
+
+    def __init__(self, message: str, accepted: int = 1, job_id: int | None = None):
+        super().__init__(message)
+        self.accepted = accepted
+        self.job_id = job_id
+
+
 class LogDamaged(UserWarning):
     """Recovery found a torn tail or corrupt records in the log; it kept every
     intact job and reports what it cut off or skipped."""

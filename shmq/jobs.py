@@ -24,8 +24,8 @@ from typing import Any
 import msgpack
 
 from shmq import _args, errors
-from shmq._calls import _SCRATCH_BYTES, _Budget, _Scratch, _first_wait
-from shmq._lib import ECLAIMED, EEMPTY, EINTR, OK, ffi, lib, raise_for
+from shmq._calls import _SCRATCH_BYTES, _await_durable, _Budget, _Scratch, _first_wait
+from shmq._lib import ECLAIMED, EEMPTY, EINTR, ENOTDURABLE, OK, ffi, lib, raise_for
 
 __all__ = ["Delivery", "Job", "RetryPolicy", "STATUS_NAMES"]
 
@@ -448,12 +448,16 @@ class JobsMixin:
             total_ns = _args.timeout_ns(timeout)
             budget = _Budget(total_ns, _first_wait(total_ns))
             rc = lib.shmq_enqueue(handle, o, buf, length, _first_wait(total_ns), out)
-            while rc == lib.SHMQ_EFULL or rc == EINTR:
+            while rc == lib.SHMQ_EFULL or rc == EINTR or rc == lib.SHMQ_ELOCKED:
                 wait = budget.next_wait()
                 if wait is None:
                     break
                 rc = lib.shmq_enqueue(handle, o, buf, length, wait, out)
             if rc == OK:
+                return Job(self, out[0])
+            if rc == ENOTDURABLE:  # accepted: wait for the flush, never enqueue it again
+                _await_durable(handle, budget.durable, f"enqueue on queue {self.name!r} (job {out[0]})",
+                               job_id=out[0])
                 return Job(self, out[0])
             if rc == lib.SHMQ_EDUPLICATE:
                 return Job(self, out[0], duplicate=True)
@@ -462,6 +466,12 @@ class JobsMixin:
             free.append(options)
 
     def _enqueue_failed(self, rc: int) -> None:
+        if rc == lib.SHMQ_ELOCKED:
+            raise errors.Timeout(
+                f"enqueue on queue {self.name!r}: the unique-key table (or this key) stayed locked by another "
+                "process until the timeout: a process stopped (SIGSTOP, a debugger) while enqueueing a unique "
+                "job holds it. Nothing was enqueued; resume (SIGCONT) or end that process, or retry later"
+            )
         if rc == lib.SHMQ_EFULL or rc == EINTR:
             raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
         if rc == lib.SHMQ_EJOBSFULL:

@@ -30,9 +30,11 @@ import posix_ipc
 from shmq import _args, _fs
 from shmq import codec as _codec
 from shmq import errors
-from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
+from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _await_durable, _Budget, _Scratch, _first_wait
 from shmq.jobs import JobsMixin
-from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, raise_for, status_text
+from shmq._lib import (
+    ECLAIMED, EEMPTY, EFULL, EINTR, ENOTDURABLE, OK, ffi, lib, log_error, raise_for, status_text,
+)
 
 __all__ = ["Queue", "QueueParams", "region_name"]
 
@@ -863,6 +865,8 @@ class Queue(JobsMixin):
     def flush(self) -> None:
         """Writes the log to disk now (fdatasync), whatever the durability."""
         rc = lib.shmq_log_flush(self._live_handle())
+        while rc == EINTR:  # a handler ran (the interpreter runs it before this line) and returned
+            rc = lib.shmq_log_flush(self._live_handle())
         if rc != OK:
             raise_for(rc, f"flush of queue {self.name!r}")
 
@@ -968,6 +972,8 @@ class Queue(JobsMixin):
             rc = self._push_parts(tag, first, second, remaining)
         if rc == OK:
             return
+        if rc == ENOTDURABLE:  # accepted: wait for the flush, never send it again
+            return _await_durable(self._handle, budget.durable, f"put on queue {self.name!r}")
         if rc == EFULL or rc == EINTR:
             raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
         raise_for(rc, f"put on queue {self.name!r}")
@@ -1003,6 +1009,8 @@ class Queue(JobsMixin):
         if rc != OK:
             try:
                 self._put_failed(rc, tag | _TAG_BLOB, reference, None, _Budget(total_ns, first_ns))
+            except errors.NotDurable:
+                raise  # accepted: the message names the object, which stays
             except BaseException:
                 posix_ipc.unlink_shared_memory(blob)
                 raise
@@ -1022,6 +1030,10 @@ class Queue(JobsMixin):
                 return
             try:
                 self._put_chunk(chunk, budget)
+            except errors.NotDurable as exc:
+                exc.accepted += accepted
+                exc.args = (f"{exc.args[0]} ({exc.accepted} item(s) of this put_many went in, all queued)",)
+                raise
             except errors.Full as exc:
                 exc.accepted += accepted
                 exc.args = (f"{exc.args[0] if exc.args else f'queue {self.name!r} is full'}: "
@@ -1057,8 +1069,8 @@ class Queue(JobsMixin):
                         self._put_large(tags[i] if tags else 0, payloads[i], None, total_ns)
                         done = i + 1
                 self._push_batch(payloads[done:], lengths[done:], tags and tags[done:], budget)
-            except errors.Full as exc:
-                exc.accepted += done  # Full counts from the start of its own sub-batch
+            except (errors.Full, errors.NotDurable) as exc:
+                exc.accepted += done  # they count from the start of their own sub-batch
                 raise
             return
         self._push_batch(payloads, lengths, tags, budget)
@@ -1074,6 +1086,9 @@ class Queue(JobsMixin):
             )
             done += pushed[0]
             if rc == OK:
+                continue
+            if rc == ENOTDURABLE:  # all accepted: wait for the flush, never send them again
+                _await_durable(self._handle, budget.durable, f"put_many on queue {self.name!r}", done)
                 continue
             wait = budget.next_wait()
             if (rc == EINTR or rc == EFULL) and wait is not None:

@@ -51,6 +51,8 @@
     X(log_redeliver_dead_reader)   \
     X(log_snapshot_then_recover)   \
     X(log_fork_while_mapping)      \
+    X(stall_flusher_taken_over)    \
+    X(stall_segment_maker_taken_over) \
     X(jobs_round_trip)               \
     X(jobs_claimed_payload)          \
     X(jobs_retry_and_dead)           \

@@ -1,0 +1,381 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A stopped process must never stop the others, and a signal must never
+make a put look failed once it was accepted.
+
+Processes are real (this file run as a script is the child). A holder is
+parked inside its window by SHMQ_FAULT=<point>:<n>:stop (it sends itself
+SIGSTOP there), so the test stops it at exactly the right moment; the others
+must make progress within a bound while it is stopped, and once it gets
+SIGCONT nothing may be corrupted or duplicated."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import posix_ipc
+
+import shmq
+from shmq.queue import region_name
+
+HERE = os.path.abspath(__file__)
+
+
+# ---------------------------------------------------------------- the children
+
+
+def child_put(name: str, path: str, prefix: str, count: str, timeout: str, size: str = "8") -> None:
+    """Puts `count` messages, each with put(timeout=...); reports the slowest
+    put and every error, as one JSON line."""
+    q = shmq.Queue(name, path)
+    slowest, errors = 0.0, []
+    for i in range(int(count)):
+        body = f"{prefix}{i}".encode().ljust(int(size), b".")
+        t0 = time.monotonic()
+        try:
+            q.put(body, timeout=float(timeout))
+        except Exception as exc:  # reported, the parent judges
+            errors.append(f"{type(exc).__name__}: {exc}")
+        slowest = max(slowest, time.monotonic() - t0)
+    q.close()
+    print(json.dumps({"slowest": slowest, "errors": errors}), flush=True)
+
+
+def child_maintain(name: str, path: str) -> None:
+    """Runs the log's maintenance once (it makes the next segment ahead)."""
+    q = shmq.Queue(name, path)
+    q.maintain()
+    q.close()
+
+
+def child_storm(name: str, jobs_name: str, path: str, prefix: str, count: str) -> None:
+    """Sync puts, put_many and enqueues while SIGUSR1 arrives thousands of
+    times a second (the parent sends them), with a Python handler."""
+    handled = [0]
+
+    def handler(signum, frame):
+        handled[0] += 1
+
+    signal.signal(signal.SIGUSR1, handler)
+    q = shmq.Queue(name, path)
+    jobs = shmq.Queue(jobs_name, path)
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": the storm has begun, and every producer is ready
+    errors = collections.Counter()
+    for i in range(int(count)):
+        try:
+            if i % 3 == 0:
+                q.put(f"{prefix}p{i}".encode(), timeout=30)
+            elif i % 3 == 1:
+                q.put_many([f"{prefix}m{i}.{k}".encode() for k in range(4)], timeout=30)
+            else:
+                jobs.enqueue(f"{prefix}j{i}", timeout=30)
+            if i % 10 == 0:
+                q.flush()  # a signal while it waits for another's flush is not an error
+        except Exception as exc:
+            errors[type(exc).__name__] += 1
+    q.close()
+    jobs.close()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # the storm may outlast us
+    print(json.dumps({"handled": handled[0], "errors": dict(errors)}), flush=True)
+
+
+def child_enqueue_unique(name: str, path: str, keys: str, timeout: str) -> None:
+    """Enqueues one job per key (comma-separated) with that unique key;
+    reports each call's time and error, as one JSON line."""
+    q = shmq.Queue(name, path)
+    calls = []
+    for key in keys.split(","):
+        t0 = time.monotonic()
+        try:
+            q.enqueue(key, unique=key, timeout=float(timeout))
+            calls.append({"key": key, "took": time.monotonic() - t0, "error": None})
+        except Exception as exc:  # reported, the parent judges
+            calls.append({"key": key, "took": time.monotonic() - t0, "error": f"{type(exc).__name__}: {exc}"})
+    q.close()
+    print(json.dumps(calls), flush=True)
+
+
+def child_put_until(name: str, path: str, prefix: str, progress: str, stop: str) -> None:
+    """Sync puts with put(timeout=1) until the stop file exists; one byte
+    appended to `progress` per put returned; reports errors and the count."""
+    q = shmq.Queue(name, path)
+    fd = os.open(progress, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    errors, i = [], 0
+    while not os.path.exists(stop):
+        try:
+            q.put(f"{prefix}{i}".encode(), timeout=1)
+        except Exception as exc:  # reported, the parent judges
+            errors.append(f"{type(exc).__name__}: {exc}")
+        i += 1
+        os.write(fd, b".")
+    q.close()
+    print(json.dumps({"count": i, "errors": errors}), flush=True)
+
+
+CHILDREN = {"put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def start(role: str, *args, fault: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("SHMQ_FAULT", None)
+    if fault:
+        env["SHMQ_FAULT"] = fault
+    return subprocess.Popen([sys.executable, HERE, role, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"child {proc.args[2]} made no progress in {timeout} s (held up by a stopped process?)")
+    assert proc.returncode == 0, f"child {proc.args[2]} exited with {proc.returncode}: {err}"
+    return out
+
+
+def reap(*procs: subprocess.Popen) -> None:
+    """Leaves no process behind, whatever the test's outcome."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.communicate()
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"child {proc.args[2]} ended instead of stopping: {proc.communicate()[1]}"
+        if state(proc.pid) in "tT":
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"child {proc.args[2]} never reached its stop point")
+
+
+def drain(q: shmq.Queue) -> collections.Counter:
+    got = collections.Counter()
+    while True:
+        try:
+            got.update(q.get_many(1024, timeout=0.2))
+        except shmq.Empty:
+            return got
+
+
+def reboot(q: shmq.Queue) -> shmq.Queue:
+    """The region goes, the log stays: what was accepted comes back from disk."""
+    name, path = q.name, q.path
+    q._snapshot_on_close = False
+    q.close()
+    posix_ipc.unlink_shared_memory(region_name(name, path))
+    return shmq.Queue(name, path=path)
+
+
+def test_stopped_flusher_holds_up_no_other_producer(make_queue):
+    q = make_queue(durability="sync", codec="raw")
+    holder = start("put", q.name, q.path, "a", 10, 30, fault="flush_held:3:stop")
+    others = []
+    try:
+        wait_stopped(holder)  # it holds the flusher role, its fdatasync not begun
+        # Too short a wait to take the role over: accepted, not yet durable, and said so.
+        short = start("put", q.name, q.path, "n", 1, 0.05)
+        others.append(short)
+        errors = json.loads(finish(short, 30))["errors"]
+        assert len(errors) == 1 and errors[0].startswith("NotDurable: ") and "WERE accepted" in errors[0], errors
+        others += [start("put", q.name, q.path, p, 40, 1) for p in "bc"]
+        reports = [json.loads(finish(p, 30)) for p in others[1:]]
+        assert state(holder.pid) in "tT", "the holder was woken: the test proves nothing"
+        for report in reports:
+            assert report["errors"] == []
+            assert report["slowest"] < 1.5, f"a put(timeout=1) took {report['slowest']:.2f} s"
+        os.kill(holder.pid, signal.SIGCONT)  # the late flusher finishes its flush
+        assert json.loads(finish(holder, 30))["errors"] == []
+    finally:
+        reap(holder, *others)
+    stats = q.log_stats()
+    assert stats["flushed_tail"] <= stats["tail"]
+    q = reboot(q)
+    make_queue.handles.append(q)
+    want = collections.Counter(f"{p}{i}".encode().ljust(8, b".") for p, n in (("a", 10), ("b", 40), ("c", 40), ("n", 1))
+                               for i in range(n))
+    assert drain(q) == want
+
+
+def test_stopped_segment_maker_holds_up_no_producer(make_queue):
+    segment = 64 * 1024
+    q = make_queue(durability="os", codec="raw", segment_bytes=segment)
+    q._stop_maintenance()  # this process makes no segment ahead from here on
+    # The tail into the last segment made, so that the next one is still to make.
+    filler = 0
+    while q.log_stats()["tail"] // segment + 1 < q.log_stats()["segments_made"]:
+        q.put(b"-" * 1000)
+        filler += 1
+    maker = start("maintain", q.name, q.path, fault="segment_claimed:1:stop")
+    producer = None
+    try:
+        wait_stopped(maker)  # it holds the claim to make the next segment
+        # 200 puts of 1000 bytes fill segment 0 and need the next ones.
+        producer = start("put", q.name, q.path, "s", 200, 1, 1000)
+        report = json.loads(finish(producer, 30))
+        assert state(maker.pid) in "tT", "the maker was woken: the test proves nothing"
+        assert report["errors"] == []
+        assert report["slowest"] < 1.5, f"a put(timeout=1) took {report['slowest']:.2f} s"
+        assert q.log_stats()["tail"] > 2 * 64 * 1024
+        os.kill(maker.pid, signal.SIGCONT)  # the late maker finds the segment made
+        finish(maker, 30)
+    finally:
+        reap(maker, *([producer] if producer else []))
+    q = reboot(q)
+    make_queue.handles.append(q)
+    want = collections.Counter(f"s{i}".encode().ljust(1000, b".") for i in range(200))
+    if filler:
+        want[b"-" * 1000] = filler
+    assert drain(q) == want
+
+
+def test_stopped_unique_lock_holder_fails_unique_enqueues_at_their_timeout(make_queue):
+    q = make_queue(durability="os")
+    holder = start("unique", q.name, q.path, "held", 30, fault="unique_locked:1:stop")
+    other = None
+    try:
+        wait_stopped(holder)  # it holds the unique-key table's lock
+        other = start("unique", q.name, q.path, "k1,k2", 1)
+        calls = json.loads(finish(other, 30))
+        assert state(holder.pid) in "tT", "the holder was woken: the test proves nothing"
+        for call in calls:  # nothing enqueued, and said so at the timeout
+            assert call["error"] and call["error"].startswith("Timeout: ") and "Nothing was enqueued" in call["error"]
+            assert 0.9 < call["took"] < 1.6, call
+        q.put(b"plain")  # the data path goes on
+        assert q.get(timeout=5) == b"plain"
+        os.kill(holder.pid, signal.SIGCONT)
+        assert json.loads(finish(holder, 30))[0]["error"] is None
+        other = start("unique", q.name, q.path, "k1,k2,held", 5)
+        calls = json.loads(finish(other, 30))
+        assert [c["error"] for c in calls] == [None, None, None]
+    finally:
+        reap(holder, *([other] if other else []))
+    bodies = collections.Counter()
+    while True:
+        try:
+            d = q.fetch(timeout=0.2)
+        except shmq.Empty:
+            break
+        bodies[d.body] += 1
+        d.ack()
+    # "held" once: its second enqueue found the first pending (a duplicate, not a second job).
+    assert bodies == collections.Counter(["held", "k1", "k2"])
+
+
+def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
+    """Whatever it holds when stopped (the flusher role, a log record, a
+    lane slot, nothing), the other sync producers go on within a bound."""
+    q = make_queue(durability="sync", codec="raw")
+    rng = random.Random()
+    stop = tmp_path / "stop"
+    names = "uvw"
+    producers = [start("put_until", q.name, q.path, p, tmp_path / p, stop) for p in names]
+    progress = [tmp_path / p for p in names]
+
+    def done(i: int) -> int:
+        return progress[i].stat().st_size if progress[i].exists() else 0
+
+    try:
+        deadline = time.monotonic() + 30
+        while min(map(done, range(3))) < 5:  # all three running
+            assert time.monotonic() < deadline, "the producers never started"
+            time.sleep(0.01)
+        for _ in range(8):
+            victim = rng.randrange(3)
+            time.sleep(rng.uniform(0, 0.02))
+            os.kill(producers[victim].pid, signal.SIGSTOP)
+            time.sleep(0.05)  # whatever it held, it holds now
+            others = [i for i in range(3) if i != victim]
+            before = {i: done(i) for i in others}
+            deadline = time.monotonic() + 2.5
+            while not all(done(i) > before[i] + 2 for i in others):
+                assert time.monotonic() < deadline, f"producer {names[victim]} stopped held up the others"
+                time.sleep(0.01)
+            os.kill(producers[victim].pid, signal.SIGCONT)
+        stop.touch()
+        reports = [json.loads(finish(p, 30)) for p in producers]
+    finally:
+        stop.touch()
+        reap(*producers)
+    for report in reports:
+        assert report["errors"] == [], report
+    want = collections.Counter(f"{p}{i}".encode() for p, r in zip(names, reports) for i in range(r["count"]))
+    assert drain(q) == want
+
+
+def test_signal_storm_never_duplicates_an_accepted_put(make_queue):
+    q = make_queue(durability="sync", codec="raw")
+    jobs = make_queue(durability="sync")
+    count = 600
+    producers = [start("storm", q.name, jobs.name, q.path, p, count) for p in "xy"]
+    stop = threading.Event()
+    sent = [0]
+
+    def storm():
+        while not stop.is_set():
+            for proc in producers:
+                if proc.poll() is None:
+                    try:
+                        os.kill(proc.pid, signal.SIGUSR1)
+                        sent[0] += 1
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.0002)
+
+    signaller = threading.Thread(target=storm)
+    try:
+        for proc in producers:
+            assert proc.stdout.readline().strip() == "ready"  # the handler is installed
+        signaller.start()
+        for proc in producers:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = [json.loads(finish(proc, 120).strip().splitlines()[-1]) for proc in producers]
+    finally:
+        stop.set()
+        if signaller.is_alive():
+            signaller.join()
+        reap(*producers)
+    for report in reports:
+        assert report["errors"] == {}, f"an accepted put reported failure: {report}"
+        assert report["handled"] > 200, f"too few signals arrived to test anything: {report}"
+    want = collections.Counter()
+    for p in "xy":
+        for i in range(count):
+            if i % 3 == 0:
+                want[f"{p}p{i}".encode()] += 1
+            elif i % 3 == 1:
+                want.update(f"{p}m{i}.{k}".encode() for k in range(4))
+    assert drain(q) == want
+    bodies = collections.Counter()
+    while True:
+        try:
+            d = jobs.fetch(timeout=0.2)
+        except shmq.Empty:
+            break
+        bodies[d.body] += 1
+        d.ack()
+    assert bodies == collections.Counter(f"{p}j{i}" for p in "xy" for i in range(count) if i % 3 == 2)
+
+
+if __name__ == "__main__":
+    CHILDREN[sys.argv[1]](*sys.argv[2:])
