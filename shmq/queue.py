@@ -132,24 +132,22 @@ def default_path(config_file: str | os.PathLike | None | object = _FIND) -> str:
     return _config.default_data_dir(_config.find() if config_file is _FIND else config_file)
 
 
-def _make_data_dir(path: str) -> None:
-    """Creates data directory `path` if it is missing: its last level only
-    (mode 0700), so that a mistyped path is reported rather than built."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise errors.ConfigError(
-                f"data directory {path!r} is a file, not a directory: pass path= a directory for the queues "
-                "(or set $SHMQ_PATH / path in shmq.toml), or move the file away"
-            ) from None
-    except (FileNotFoundError, NotADirectoryError):
-        parent = os.path.dirname(path)
+def _check_data_dir(path: str) -> None:
+    """Data directory `path` may be made (or used): it is no file, and its
+    parent exists (shmq makes only the last level of a data directory given
+    to it, so that a mistyped path is reported rather than built)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise errors.ConfigError(
+            f"data directory {path!r} is a file, not a directory: pass path= a directory for the queues "
+            "(or set $SHMQ_PATH / path in shmq.toml), or move the file away"
+        )
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
         what = "does not exist" if not os.path.lexists(parent) else "is not a directory"
         raise errors.ConfigError(
             f"data directory {path!r} cannot be created: its parent {parent!r} {what}. shmq creates only the "
             f"last level of a data directory: create the parent first (mkdir -p {parent}) or fix the path"
-        ) from None
+        )
 
 
 def region_name(name: str, path: str) -> str:
@@ -334,8 +332,8 @@ class _Region:
         self.handle = None
         self.log_dir = None
         try:
-            _make_data_dir(path)  # its last level only: a mistyped path is reported, not built
-            _fs.trusted_dir(path, create=False)  # ours and private, or refused (PermissionDenied)
+            _check_data_dir(path)  # its last level only is made: a mistyped path is reported, not built
+            _fs.trusted_dir(path)  # ours and private (made 0700 in a checked parent), or refused
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
             lock_fd = self.lock()
