@@ -81,7 +81,7 @@ __all__ = ["Queue", "SimpleQueue"]
 # of which only the pages touched are backed by memory).
 CAPACITY = 65536
 _SLOT_BYTES = 128
-_MAX_MESSAGE_BYTES = 1 << 32
+_MAX_MESSAGE_BYTES = (1 << 32) - 1  # the largest max_message_bytes (a record length is 32 bits)
 _SEM_VALUE_MAX = 2**31 - 1
 # How often the reaper looks at a queue whose owner has let go of it.
 _REAP_EVERY = 0.1
