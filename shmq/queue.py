@@ -454,7 +454,8 @@ class _Region:
             raise log_error(ffi.errno, f"recovering queue {self.name!r}", self.log_dir)
         if rc != OK:
             raise_for(rc, f"recovering queue {self.name!r} from {self.log_dir}")
-        self.recovery = {field: getattr(report, field) for field in dir(report)}
+        self.recovery = {field: getattr(report, field) for field in dir(report) if field != "damage"}
+        self.recovery["damage"] = ffi.string(report.damage).decode("utf-8", "replace")
         damaged = [
             f"{what}"
             for what, present in (
@@ -462,13 +463,20 @@ class _Region:
                  report.torn_bytes),
                 (f"{report.corrupt_records} corrupt span(s) ({report.corrupt_bytes} bytes) were skipped",
                  report.corrupt_records),
+                (f"{report.missing_bytes} bytes of log positions are missing", report.missing_bytes),
+                (f"{report.lost_jobs} job(s) are known lost", report.lost_jobs),
             )
             if present
         ]
-        if damaged:
+        details = self.recovery["damage"].strip()
+        if damaged or details:
+            aside = os.path.join(self.log_dir, "damaged")
             warnings.warn(
                 f"queue {self.name!r}: recovered {report.live} pending job(s) from {self.log_dir}, but "
-                + "; ".join(damaged) + ". Every intact job was kept (python -m shmq.tools.logdump shows the log)",
+                + "; ".join(damaged or ["its files were damaged"])
+                + (f". Files: {details.replace(chr(10), '; ')}" if details else "")
+                + (f". {report.damaged_files} damaged file(s) were kept in {aside}" if report.damaged_files else "")
+                + ". Every readable job was kept (python -m shmq.tools.logdump shows the log)",
                 errors.LogDamaged,
                 stacklevel=4,
             )

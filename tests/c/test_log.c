@@ -732,6 +732,8 @@ void test_log_torn_tail_ahead(void) { torn_tail_run(1); }
 
 /* One flipped byte in a record amid whole ones: that record is skipped and
  * counted, every other job comes back in order. */
+static int file_exists(const char *dir, const char *name);
+
 void test_log_corrupt_middle(void)
 {
     enum { COUNT = 100, BAD = 49, LIMIT = 100 }; /* BAD: the 50th record */
@@ -755,6 +757,9 @@ void test_log_corrupt_middle(void)
     CHECK_EQ(rep.corrupt_bytes, length);
     CHECK_EQ(rep.torn_bytes, 0);
     CHECK_EQ(rep.live, COUNT - 1);
+    CHECK_EQ(rep.damaged_files, 1); /* kept aside, not deleted */
+    CHECK(strstr(rep.damage, "0000000000000000.seg") != NULL);
+    CHECK(file_exists(dir, "damaged/0000000000000000.seg"));
     for (uint64_t i = 0; i < COUNT; i++)
         if (i != BAD)
             pop_seq(h, i, 20 + length_of(i, LIMIT - 20), 0);
