@@ -10,6 +10,7 @@ with the GIL released.
 from __future__ import annotations
 
 import array
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -29,6 +30,7 @@ import posix_ipc
 
 from shmq import codec as _codec
 from shmq import errors
+from shmq import logparams as _logparams
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
 from shmq.jobs import JobsMixin
 from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, raise_for, status_text
@@ -324,6 +326,7 @@ class _Region:
         return True
 
     def _create(self, requested: dict) -> None:
+        requested, kept = self._restore_settings(requested)
         values = {**DEFAULTS, **requested}
         if "durability" not in requested and _has_files(log_dir(self.name, self.path, "memory")):
             values["durability"] = "memory"  # recreated over a tmpfs log: keep it there
@@ -387,11 +390,33 @@ class _Region:
             self._finish(base[0], size, params)
             if self.params.durability != "none":
                 self._recover()
+                if kept != dataclasses.asdict(self.params):
+                    _logparams.write(self.log_dir, dataclasses.asdict(self.params),
+                                     durable=self.params.durability != "memory")
         except BaseException:
             # A region without its log must not be found by the next opener.
             self.close()
             posix_ipc.unlink_shared_memory(self.shm_name)
             raise
+
+    def _restore_settings(self, requested: dict) -> tuple[dict, dict | None]:
+        """The settings kept with the queue's log (after a reboot the region
+        is new, its log is not): what the opener leaves out is taken from
+        them, what it gives must agree. Returns (settings, kept)."""
+        modes = [requested["durability"]] if "durability" in requested else ["memory", "os"]
+        fields = {field.name for field in dataclasses.fields(QueueParams)}
+        for mode in modes:
+            if mode == "none":
+                break
+            where = log_dir(self.name, self.path, mode)
+            try:
+                kept = _logparams.read(where, fields)
+            except _logparams.Damaged as exc:
+                warnings.warn(f"queue {self.name!r}: {exc}", errors.LogDamaged, stacklevel=5)
+                continue
+            if kept is not None:
+                return _logparams.merge(kept, requested, self.name, where), kept
+        return requested, None
 
     def _finish(self, base, size: int, params, attaching: bool = False) -> None:
         self.base, self.size = base, size
