@@ -485,8 +485,9 @@ static uint64_t segment_size(const mapped_file *f, uint64_t base, uint64_t hint,
 /* Reads one segment file, named for `base`; *S is the size it was read with
  * (in: the last segment's). Sets *damaged if anything in it was lost. */
 static int read_segment(recovery *rc, const mapped_file *f, const char *name, uint64_t base, int last,
-                        uint64_t *S /* IN/OUT */, int *damaged /* OUT */)
+                        uint64_t *S /* IN/OUT */, int *damaged /* OUT */, int *empty /* OUT */)
 {
+    *empty = 0;
     shmq_recovery *r = rc->report;
     const char *problem;
     uint64_t size = segment_size(f, base, *S, rc->h->segment_bytes, &problem);
@@ -502,10 +503,14 @@ static int read_segment(recovery *rc, const mapped_file *f, const char *name, ui
         return SHMQ_OK; /* wholly covered by the snapshot */
     uint64_t have = f->bytes > SHMQ_SEGMENT_HEADER_BYTES ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : 0;
     uint64_t present = have < size ? have : size; /* a file cut short is read as far as it goes */
-    uint64_t records = r->records, corrupt = r->corrupt_bytes;
+    uint64_t records = r->records, corrupt = r->corrupt_bytes, holes = r->holes, torn = r->torn_bytes;
     int status = present ? scan(rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, size, last) : SHMQ_OK;
     if (status != SHMQ_OK)
         return status;
+    /* Never written (made ahead of need): recovery may reuse the file. */
+    *empty = !problem && present == size && r->records == records && r->corrupt_bytes == corrupt &&
+             r->holes == holes && r->torn_bytes == torn &&
+             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + size);
     uint64_t missing = last ? 0 : size - present; /* every segment but the last was written to its end */
     if (missing) {
         r->missing_bytes += missing;
@@ -736,6 +741,12 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     /* Segments follow each other without a gap (retention deletes from the
      * start; a snapshot's log goes on at its position). */
     uint64_t S = h->segment_bytes, expected = rc.covered;
+    /* The trailing segments never written (made ahead of need, so already
+     * whole) become the new log's first files: recovery then needs no new
+     * file, so a crashed queue on a full disk recovers. Their positions were
+     * never used by a record (a reservation there was never written). */
+    size_t reusable = SIZE_MAX;
+    uint64_t written_end = rc.covered;
     int have_expected = rc.covered != 0;
     for (size_t i = 0; i < count; i++) {
         char name[32];
@@ -757,11 +768,15 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
             goto out;
         mapped++;
         report->segments++;
-        int bad = 0;
-        status = read_segment(&rc, f, name, bases[i], nothing_after(h, bases, i, count), &S, &bad);
+        int bad = 0, empty = 0;
+        status = read_segment(&rc, f, name, bases[i], nothing_after(h, bases, i, count), &S, &bad, &empty);
         if (status != SHMQ_OK)
             goto out;
         damaged[i] = (uint8_t)bad;
+        if (!empty || S != h->segment_bytes)
+            reusable = SIZE_MAX, written_end = bases[i] + S;
+        else if (reusable == SIZE_MAX)
+            reusable = i;
         if (bases[i] + S > end_position)
             end_position = bases[i] + S;
         if (!have_expected || bases[i] + S > expected)
@@ -796,9 +811,14 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     if (live_count && !sorted)
         qsort(live, live_count, sizeof *live, compare_jobs);
 
-    /* The new log starts in a fresh segment past every old position. */
+    /* The new log starts in a fresh segment past every old record. */
     S = h->segment_bytes;
     uint64_t next = (end_position + S - 1) / S * S;
+    if (reusable != SIZE_MAX && bases[reusable] >= written_end && bases[reusable] > rc.top_id &&
+        bases[reusable] % S == 0)
+        next = bases[reusable]; /* the files from here on are kept: the new log goes on in them */
+    else
+        reusable = count;
     shmq_region_header *hdr = h->header;
     /* relaxed: no one else is attached yet (the creator holds the queue's lock). */
     atomic_store_explicit(&hdr->log_tail, next, memory_order_relaxed);
@@ -835,7 +855,8 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
         for (size_t i = 0; i < count; i++) {
             char name[32];
             shmq_segment_name(name, sizeof name, bases[i]);
-            retire_file(h, name, damaged[i], report); /* all old: the new log starts past them */
+            if (i < reusable || damaged[i])
+                retire_file(h, name, damaged[i], report); /* all old: the new log starts past them */
         }
         if (h->durability >= SHMQ_DURABILITY_OS)
             fsync(h->log_dirfd);
