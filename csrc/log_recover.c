@@ -2,7 +2,9 @@
 /* log_recover.c -- rebuilding a queue from its log when the shared region
  * is new (after a reboot, or an unlink): read the snapshot and every
  * segment, find the live jobs, write them as a checkpoint at the start of
- * a fresh log, delete the old files, feed the jobs into the lanes.
+ * a fresh log (in the old segments made ahead of need and never written,
+ * when there are some: no new space needed), delete the old files, feed
+ * the jobs into the lanes.
  *
  * Old files are deleted only after the new log is complete and flushed, so
  * a crash during recovery leaves both, and the next recovery reads both:
