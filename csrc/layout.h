@@ -312,6 +312,8 @@ _Static_assert(sizeof(shmq_msg_ref) == 16, "format");
  * "memory" /dev/shm/shmq.<queue>.<12 hex>.log/), mode 0600:
  *   <16 hex digits of base>.seg    segment `index`, base = index * S (its first position)
  *   snapshot                       live jobs at a clean shutdown (optional)
+ *   params                         the queue's parameters (shmq/logparams.py)
+ *   damaged/                       files recovery found damaged: kept, never read again
  *
  * Positions: the log is one byte sequence numbered 0, 1, 2, ... forever.
  * Segment i holds positions [i * S, (i + 1) * S), S = segment_bytes, at
@@ -354,6 +356,9 @@ _Static_assert(sizeof(shmq_msg_ref) == 16, "format");
  * Beyond the last valid record the tail is cut (reported with offset and
  * byte count); a corrupt record with valid records after it is skipped
  * (found by scanning on at 8-byte steps for a header whose CRC holds).
+ * A segment is valid iff its header's CRC holds and its base and index
+ * agree with its file name; an invalid one is still read, record by record,
+ * at the base its name gives. Segments follow each other: a gap is damage.
  */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the log format is little-endian; shmq does not support big-endian hosts"
@@ -456,7 +461,7 @@ typedef struct shmq_segment_header {
     uint32_t version;        /* SHMQ_LOG_VERSION */
     uint32_t header_bytes;   /* SHMQ_SEGMENT_HEADER_BYTES */
     uint64_t segment_bytes;  /* S; snapshot: bytes of records after the header */
-    uint64_t index;          /* segment index; snapshot: 0 */
+    uint64_t index;          /* segment index; snapshot: its job count (0 with records: not counted) */
     uint64_t base;           /* index * S; snapshot: the log position it covers up to */
     int64_t created_ns;      /* CLOCK_REALTIME */
     uint32_t durability;     /* of the queue when written */

@@ -2,15 +2,24 @@
 /* log_recover.c -- rebuilding a queue from its log when the shared region
  * is new (after a reboot, or an unlink): read the snapshot and every
  * segment, find the live jobs, write them as a checkpoint at the start of
- * a fresh log, delete the old files, feed the jobs into the lanes.
+ * a fresh log (in the old segments made ahead of need and never written,
+ * when there are some: no new space needed), delete the old files, feed
+ * the jobs into the lanes.
  *
  * Old files are deleted only after the new log is complete and flushed, so
  * a crash during recovery leaves both, and the next recovery reads both:
- * jobs are keyed by id, so copies do not duplicate them. */
+ * jobs are keyed by id, so copies do not duplicate them.
+ *
+ * Damage is read around, reported as it is, and kept: a file whose header
+ * page is unreadable is still read record by record (its name gives its
+ * base, each record carries its position and CRC); a gap between segment
+ * positions is reported with its range; a file with damage is moved into
+ * <log dir>/damaged/ (never deleted, never read again) instead of deleted. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,18 +51,67 @@ typedef struct job_table {
 } job_table;
 
 typedef struct mapped_file {
-    uint8_t *base;
+    uint8_t *base;      /* NULL for an empty file */
     uint64_t bytes;
-    uint64_t index;     /* segment index; UINT64_MAX for the snapshot */
-    uint64_t S;         /* its segment size */
 } mapped_file;
+
+/* Positions [from, to) whose records could not be read. */
+typedef struct span {
+    uint64_t from, to;
+} span;
+
+/* Positions stay far below SHMQ_TAIL_SPILL (bit 63): a larger one in a file
+ * name or header is damage. */
+#define SHMQ_POSITION_LIMIT (1ull << 62)
+#define SHMQ_SEGMENT_BYTES_LIMIT (1ull << 40)
+enum { DAMAGED_SPANS_MAX = 1024 };
 
 typedef struct recovery {
     shmq_handle *h;
     shmq_recovery *report;
     job_table jobs;
     uint64_t covered;   /* the snapshot covers positions below this */
+    uint64_t top_id;    /* the largest job id seen: the new log starts past it */
+    span damaged[DAMAGED_SPANS_MAX]; /* where lost ENQUEUE records may have been */
+    unsigned damaged_count;
+    int reading_snapshot; /* its records are numbered within it, not log positions */
 } recovery;
+
+/* Appends a line to the report's damage text; cut short with "..." when full. */
+static void note(shmq_recovery *r, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void note(shmq_recovery *r, const char *format, ...)
+{
+    size_t used = strlen(r->damage), room = sizeof r->damage;
+    if (used + 5 >= room)
+        return;
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(r->damage + used, room - used - 4, format, args);
+    va_end(args);
+    if (n < 0 || (size_t)n >= room - used - 4) {
+        strcpy(r->damage + room - 5, "...");
+        return;
+    }
+    strcat(r->damage, "\n");
+}
+
+static void mark_damaged(recovery *rc, uint64_t from, uint64_t to)
+{
+    if (rc->damaged_count == DAMAGED_SPANS_MAX) { /* widen the last: a bound, never a miss */
+        if (to > rc->damaged[DAMAGED_SPANS_MAX - 1].to)
+            rc->damaged[DAMAGED_SPANS_MAX - 1].to = to;
+        return;
+    }
+    rc->damaged[rc->damaged_count++] = (span){from, to};
+}
+
+static int in_damaged(const recovery *rc, uint64_t position)
+{
+    for (unsigned i = 0; i < rc->damaged_count; i++)
+        if (position >= rc->damaged[i].from && position < rc->damaged[i].to)
+            return 1;
+    return 0;
+}
 
 static uint64_t hash_id(uint64_t id)
 {
@@ -146,6 +204,8 @@ static int apply(recovery *rc, const shmq_record_header *rec, unsigned type)
         j = table_find(&rc->jobs, rec->job_id, 1);
         if (!j)
             return -1;
+        if (rec->job_id > rc->top_id)
+            rc->top_id = rec->job_id;
         if (j->state == JOB_DONE)
             break; /* a copy written after the job finished */
         int copy = (body->flags & SHMQ_ENQ_COPY) != 0;
@@ -167,12 +227,18 @@ static int apply(recovery *rc, const shmq_record_header *rec, unsigned type)
         break;
     }
     case SHMQ_REC_START:
-        j = table_find(&rc->jobs, rec->job_id, 0);
-        if (j && j->state != JOB_DONE)
+        /* Inserted even when its ENQUEUE was not seen: if that lay in damaged
+         * bytes and nothing ends the job, it is counted as lost. */
+        j = table_find(&rc->jobs, rec->job_id, 1);
+        if (!j)
+            return -1;
+        if (j->state != JOB_DONE)
             j->state = JOB_RUNNING;
         break;
     case SHMQ_REC_RETRY: {
-        j = table_find(&rc->jobs, rec->job_id, 0);
+        j = table_find(&rc->jobs, rec->job_id, 1);
+        if (!j)
+            return -1;
         const shmq_retry_body *body = (const shmq_retry_body *)(rec + 1);
         if (j && j->state != JOB_DONE && rec->body_bytes >= sizeof *body) {
             j->state = JOB_PENDING;
@@ -277,6 +343,8 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
             } else {
                 r->corrupt_records++;
                 r->corrupt_bytes += next - off;
+                if (!rc->reading_snapshot)
+                    mark_damaged(rc, base + off, base + next);
             }
             off = next;
             continue;
@@ -292,6 +360,8 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
             } else {
                 r->corrupt_records++;
                 r->corrupt_bytes += (uint64_t)(end - (data + off));
+                if (!rc->reading_snapshot)
+                    mark_damaged(rc, base + off, base + bytes);
             }
         }
         break;
@@ -299,7 +369,9 @@ static int scan(recovery *rc, const uint8_t *data, uint64_t bytes, uint64_t base
     return SHMQ_OK;
 }
 
-static int map_file(int dirfd, const char *name, mapped_file *out, uint64_t magic)
+/* Maps a whole file (a file of 0 bytes: base NULL). Its contents are
+ * checked by the caller: a damaged file is read as far as it can be. */
+static int map_file(int dirfd, const char *name, mapped_file *out)
 {
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
@@ -309,24 +381,188 @@ static int map_file(int dirfd, const char *name, mapped_file *out, uint64_t magi
         close(fd);
         return SHMQ_ELOG;
     }
-    if ((uint64_t)st.st_size < SHMQ_SEGMENT_HEADER_BYTES) {
-        close(fd);
-        return SHMQ_ELOGFORMAT;
+    void *mem = NULL;
+    if (st.st_size > 0) {
+        mem = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (mem == MAP_FAILED) {
+            close(fd);
+            return SHMQ_ELOG;
+        }
     }
-    void *mem = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
-    if (mem == MAP_FAILED)
-        return SHMQ_ELOG;
-    const shmq_segment_header *sh = mem;
-    if (shmq_segment_header_check(sh, magic) != SHMQ_OK) {
-        munmap(mem, (size_t)st.st_size);
-        return SHMQ_ELOGFORMAT;
-    }
-    out->base = mem;
-    out->bytes = (uint64_t)st.st_size;
-    out->index = sh->index;
-    out->S = sh->segment_bytes;
+    *out = (mapped_file){.base = mem, .bytes = (uint64_t)st.st_size};
     return SHMQ_OK;
+}
+
+/* Why a snapshot's header cannot be trusted (NULL: it can). */
+static const char *snapshot_problem(const mapped_file *f)
+{
+    const shmq_segment_header *sh = (const shmq_segment_header *)f->base;
+    if (f->bytes < SHMQ_SEGMENT_HEADER_BYTES)
+        return "shorter than its 4096-byte header page";
+    if (shmq_segment_header_check(sh, SHMQ_SNAPSHOT_MAGIC) != SHMQ_OK)
+        return "its header fails the magic, version or CRC check";
+    if (sh->base >= SHMQ_POSITION_LIMIT || sh->base % SHMQ_SEGMENT_HEADER_BYTES)
+        return "its header's log position is out of range";
+    if (sh->segment_bytes >= SHMQ_POSITION_LIMIT || sh->index > sh->segment_bytes / SHMQ_ENQUEUE_FIXED)
+        return "its header's job count or size is out of range";
+    return NULL;
+}
+
+/* Reads the snapshot. A header that cannot be trusted leaves `covered` 0
+ * (every segment is read in full) and its records are read anyway, by their
+ * own CRC. Its header's `index` counts its jobs (0 with records: a snapshot
+ * from before that count was kept). Returns 1 if it is damaged. */
+static int read_snapshot(recovery *rc, const mapped_file *f, int *damaged /* OUT */)
+{
+    shmq_recovery *r = rc->report;
+    const shmq_segment_header *sh = (const shmq_segment_header *)f->base;
+    const char *problem = snapshot_problem(f);
+    uint64_t present = f->bytes > SHMQ_SEGMENT_HEADER_BYTES ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : 0;
+    uint64_t bytes = present, expected = UINT64_MAX;
+    if (!problem) {
+        bytes = sh->segment_bytes < present ? sh->segment_bytes : present;
+        if (sh->index || !sh->segment_bytes)
+            expected = sh->index;
+    }
+    uint64_t records = r->records, corrupt = r->corrupt_bytes;
+    rc->reading_snapshot = 1;
+    int status = bytes ? scan(rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, bytes, 0, bytes, 0) : SHMQ_OK;
+    rc->reading_snapshot = 0;
+    if (status != SHMQ_OK)
+        return status;
+    uint64_t read = r->records - records;
+    if (!problem && read && rc->top_id >= sh->base)
+        problem = "its header's log position lies below the ids of its own jobs";
+    *damaged = problem || r->corrupt_bytes != corrupt || bytes < (problem ? bytes : sh->segment_bytes) ||
+               (expected != UINT64_MAX && read != expected);
+    if (problem) {
+        note(r, "snapshot (%llu bytes): %s; %llu job(s) read from its records, each checked by its own CRC; "
+                "how many it held is unknown; every segment was read in full",
+             (unsigned long long)f->bytes, problem, (unsigned long long)read);
+        return SHMQ_OK;
+    }
+    rc->covered = sh->base;
+    if (*damaged) {
+        uint64_t lost = expected != UINT64_MAX && expected > read ? expected - read : 0;
+        r->lost_jobs += lost;
+        note(r, "snapshot: %llu of its %llu record bytes present, %llu corrupt; %llu of its %s job(s) read, "
+                "%llu lost",
+             (unsigned long long)bytes, (unsigned long long)sh->segment_bytes,
+             (unsigned long long)(r->corrupt_bytes - corrupt), (unsigned long long)read,
+             expected == UINT64_MAX ? "(uncounted)" : "counted", (unsigned long long)lost);
+    }
+    return SHMQ_OK;
+}
+
+/* The segment size to read a segment file with: its header's, or when that
+ * cannot be trusted the first plausible of its file size, its neighbours'
+ * and the queue's. 0: none fits its base. */
+static uint64_t segment_size(const mapped_file *f, uint64_t base, uint64_t hint, uint64_t queue_S,
+                             const char **problem /* OUT */)
+{
+    const shmq_segment_header *sh = (const shmq_segment_header *)f->base;
+    *problem = NULL;
+    if (f->bytes < SHMQ_SEGMENT_HEADER_BYTES)
+        *problem = "shorter than its 4096-byte header page";
+    else if (shmq_segment_header_check(sh, SHMQ_SEGMENT_MAGIC) != SHMQ_OK)
+        *problem = "its header fails the magic, version or CRC check";
+    else if (!sh->segment_bytes || sh->segment_bytes % SHMQ_SEGMENT_HEADER_BYTES ||
+             sh->segment_bytes > SHMQ_SEGMENT_BYTES_LIMIT)
+        *problem = "its header's segment size is out of range";
+    else if (sh->base != base || base % sh->segment_bytes || sh->index != base / sh->segment_bytes)
+        *problem = "its header's position disagrees with its file name";
+    else
+        return sh->segment_bytes;
+    uint64_t candidates[3] = {f->bytes > SHMQ_SEGMENT_HEADER_BYTES ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : 0,
+                              hint, queue_S};
+    for (int i = 0; i < 3; i++) {
+        uint64_t S = candidates[i];
+        if (S && S % SHMQ_SEGMENT_HEADER_BYTES == 0 && S <= SHMQ_SEGMENT_BYTES_LIMIT && base % S == 0)
+            return S;
+    }
+    return 0;
+}
+
+/* Reads one segment file, named for `base`; *S is the size it was read with
+ * (in: the last segment's). Sets *damaged if anything in it was lost. */
+static int read_segment(recovery *rc, const mapped_file *f, const char *name, uint64_t base, int last,
+                        uint64_t *S /* IN/OUT */, int *damaged /* OUT */, int *empty /* OUT */)
+{
+    *empty = 0;
+    shmq_recovery *r = rc->report;
+    const char *problem;
+    uint64_t size = segment_size(f, base, *S, rc->h->segment_bytes, &problem);
+    *damaged = problem != NULL;
+    if (!size) {
+        mark_damaged(rc, base, base + *S);
+        note(r, "%s (%llu bytes): %s, and no segment size fits its name: unreadable", name,
+             (unsigned long long)f->bytes, problem);
+        return SHMQ_OK;
+    }
+    *S = size;
+    if (base + size <= rc->covered && !problem)
+        return SHMQ_OK; /* wholly covered by the snapshot */
+    uint64_t have = f->bytes > SHMQ_SEGMENT_HEADER_BYTES ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : 0;
+    uint64_t present = have < size ? have : size; /* a file cut short is read as far as it goes */
+    uint64_t records = r->records, corrupt = r->corrupt_bytes, holes = r->holes, torn = r->torn_bytes;
+    int status = present ? scan(rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, size, last) : SHMQ_OK;
+    if (status != SHMQ_OK)
+        return status;
+    /* Never written (made ahead of need): recovery may reuse the file. */
+    *empty = !problem && present == size && r->records == records && r->corrupt_bytes == corrupt &&
+             r->holes == holes && r->torn_bytes == torn &&
+             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + size);
+    uint64_t missing = last ? 0 : size - present; /* every segment but the last was written to its end */
+    if (missing) {
+        r->missing_bytes += missing;
+        mark_damaged(rc, base + present, base + size);
+    }
+    if (r->corrupt_bytes != corrupt || missing)
+        *damaged = 1;
+    if (*damaged)
+        note(r, "%s (positions %llu..%llu): %s%s%llu record(s) read, %llu corrupt byte(s) skipped, %llu byte(s) "
+                "missing from its end",
+             name, (unsigned long long)base, (unsigned long long)(base + size), problem ? problem : "",
+             problem ? ", its records read by their own CRC and position; " : "",
+             (unsigned long long)(r->records - records), (unsigned long long)(r->corrupt_bytes - corrupt),
+             (unsigned long long)missing);
+    return SHMQ_OK;
+}
+
+/* Keeps a damaged file in <log dir>/damaged/ (never deleted by retention,
+ * never read by recovery), under a name not taken yet. */
+static int move_aside(shmq_handle *h, const char *name)
+{
+    if (mkdirat(h->log_dirfd, "damaged", 0700) != 0 && errno != EEXIST)
+        return -1;
+    char target[64];
+    struct stat st;
+    for (unsigned n = 0; n < 1000; n++) {
+        if (n)
+            snprintf(target, sizeof target, "damaged/%s.%u", name, n);
+        else
+            snprintf(target, sizeof target, "damaged/%s", name);
+        if (fstatat(h->log_dirfd, target, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            continue;
+        if (errno != ENOENT)
+            return -1;
+        return renameat(h->log_dirfd, name, h->log_dirfd, target);
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+/* An old file after recovery: deleted, or kept aside if damaged. */
+static void retire_file(shmq_handle *h, const char *name, int damaged, shmq_recovery *report)
+{
+    if (!damaged) {
+        unlinkat(h->log_dirfd, name, 0);
+    } else if (move_aside(h, name) == 0) {
+        report->damaged_files++;
+    } else {
+        note(report, "%s could not be moved to damaged/ (%s): left in place", name, strerror(errno));
+    }
 }
 
 /* Is the segment at bases[i] the last one written? Later segments may exist
@@ -480,8 +716,11 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
         qsort(bases, count, sizeof *bases, compare_u64);
 
     mapped_file *files = calloc(count + 1, sizeof *files);
+    uint8_t *damaged = calloc(count + 1, 1); /* damaged[count]: the snapshot */
     size_t mapped = 0;
-    if (!files) {
+    if (!files || !damaged) {
+        free(files);
+        free(damaged);
         free(bases);
         errno = ENOMEM;
         return SHMQ_ESYS;
@@ -489,55 +728,65 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     uint64_t end_position = 0; /* past every old position */
     if (have_snapshot) {
         mapped_file *f = &files[mapped];
-        status = map_file(h->log_dirfd, "snapshot", f, SHMQ_SNAPSHOT_MAGIC);
+        status = map_file(h->log_dirfd, "snapshot", f);
         if (status != SHMQ_OK)
             goto out;
-        const shmq_segment_header *sh = (const shmq_segment_header *)f->base;
-        rc.covered = sh->base;
-        end_position = sh->base;
-        uint64_t bytes = sh->segment_bytes;
-        if (bytes > f->bytes - SHMQ_SEGMENT_HEADER_BYTES)
-            bytes = f->bytes - SHMQ_SEGMENT_HEADER_BYTES;
         mapped++;
         report->segments++;
-        /* Snapshot records are numbered from 0 within it: pass base 0. */
-        uint64_t saved = rc.covered;
-        rc.covered = 0;
-        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, bytes, 0, bytes ? bytes : 8, 0);
-        rc.covered = saved;
+        int bad = 0;
+        status = read_snapshot(&rc, f, &bad);
         if (status != SHMQ_OK)
             goto out;
+        damaged[count] = (uint8_t)bad;
+        end_position = rc.covered;
     }
+    /* Segments follow each other without a gap (retention deletes from the
+     * start; a snapshot's log goes on at its position). */
+    uint64_t S = h->segment_bytes, expected = rc.covered;
+    /* The trailing segments never written (made ahead of need, so already
+     * whole) become the new log's first files: recovery then needs no new
+     * file, so a crashed queue on a full disk recovers. Their positions were
+     * never used by a record (a reservation there was never written). */
+    size_t reusable = SIZE_MAX;
+    uint64_t written_end = rc.covered;
+    int have_expected = rc.covered != 0;
     for (size_t i = 0; i < count; i++) {
         char name[32];
         shmq_segment_name(name, sizeof name, bases[i]);
-        mapped_file *f = &files[mapped];
-        int r = map_file(h->log_dirfd, name, f, SHMQ_SEGMENT_MAGIC);
-        if (r == SHMQ_ELOGFORMAT ||
-            (r == SHMQ_OK && (f->S == 0 || ((const shmq_segment_header *)f->base)->base != bases[i] ||
-                              f->index * f->S != bases[i]))) {
-            if (r == SHMQ_OK)
-                munmap(f->base, f->bytes);
-            report->corrupt_records++; /* a segment whose header is unreadable */
+        if (bases[i] >= SHMQ_POSITION_LIMIT) {
+            damaged[i] = 1;
+            note(report, "%s: its name is a log position out of range: not read", name);
             continue;
         }
-        if (r != SHMQ_OK) {
-            status = r;
-            goto out;
+        if (have_expected && bases[i] > expected) {
+            report->missing_bytes += bases[i] - expected;
+            mark_damaged(&rc, expected, bases[i]);
+            note(report, "positions %llu..%llu are missing (no segment file before %s): their records are lost",
+                 (unsigned long long)expected, (unsigned long long)bases[i], name);
         }
-        mapped++;
-        report->segments++;
-        uint64_t base = f->index * f->S;
-        if (base + f->S > end_position)
-            end_position = base + f->S;
-        if (base + f->S <= rc.covered)
-            continue; /* wholly covered by the snapshot */
-        /* A file cut short (copied or truncated) is read as far as it goes. */
-        uint64_t present = f->bytes - SHMQ_SEGMENT_HEADER_BYTES < f->S ? f->bytes - SHMQ_SEGMENT_HEADER_BYTES : f->S;
-        status = scan(&rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, f->S, nothing_after(h, bases, i, count));
+        mapped_file *f = &files[mapped];
+        status = map_file(h->log_dirfd, name, f);
         if (status != SHMQ_OK)
             goto out;
+        mapped++;
+        report->segments++;
+        int bad = 0, empty = 0;
+        status = read_segment(&rc, f, name, bases[i], nothing_after(h, bases, i, count), &S, &bad, &empty);
+        if (status != SHMQ_OK)
+            goto out;
+        damaged[i] = (uint8_t)bad;
+        if (!empty || S != h->segment_bytes)
+            reusable = SIZE_MAX, written_end = bases[i] + S;
+        else if (reusable == SIZE_MAX)
+            reusable = i;
+        if (bases[i] + S > end_position)
+            end_position = bases[i] + S;
+        if (!have_expected || bases[i] + S > expected)
+            expected = bases[i] + S;
+        have_expected = 1;
     }
+    if (rc.top_id && rc.top_id >= end_position)
+        end_position = rc.top_id + 1; /* a snapshot without its position: new ids stay above old ones */
 
     /* The live jobs, in the order they were first enqueued: the order first
      * seen, unless copies (a snapshot of several lanes) came out of order. */
@@ -550,8 +799,11 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
             report->done++;
             continue;
         }
-        if (!j->record)
+        if (!j->record) {
+            if (in_damaged(&rc, j->id))
+                report->lost_jobs++; /* named by a later record; its ENQUEUE was in damaged bytes */
             continue;
+        }
         if (live_count && live[live_count - 1].id > j->id)
             sorted = 0;
         live[live_count++] = *j; /* compact in place: writes only behind the reader */
@@ -561,9 +813,14 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
     if (live_count && !sorted)
         qsort(live, live_count, sizeof *live, compare_jobs);
 
-    /* The new log starts in a fresh segment past every old position. */
-    uint64_t S = h->segment_bytes;
+    /* The new log starts in a fresh segment past every old record. */
+    S = h->segment_bytes;
     uint64_t next = (end_position + S - 1) / S * S;
+    if (reusable != SIZE_MAX && bases[reusable] >= written_end && bases[reusable] > rc.top_id &&
+        bases[reusable] % S == 0)
+        next = bases[reusable]; /* the files from here on are kept: the new log goes on in them */
+    else
+        reusable = count;
     shmq_region_header *hdr = h->header;
     /* relaxed: no one else is attached yet (the creator holds the queue's lock). */
     atomic_store_explicit(&hdr->log_tail, next, memory_order_relaxed);
@@ -593,20 +850,25 @@ int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
         status = shmq_log_sync(h); /* the new log is on disk before the old one goes */
 
     if (status == SHMQ_OK) {
+        /* The snapshot first, then the segments from the start: a crash in
+         * between leaves segments that still follow each other. */
+        if (have_snapshot)
+            retire_file(h, "snapshot", damaged[count], report);
         for (size_t i = 0; i < count; i++) {
             char name[32];
             shmq_segment_name(name, sizeof name, bases[i]);
-            unlinkat(h->log_dirfd, name, 0); /* all old: the new log starts past them */
+            if (i < reusable || damaged[i])
+                retire_file(h, name, damaged[i], report); /* all old: the new log starts past them */
         }
-        if (have_snapshot)
-            unlinkat(h->log_dirfd, "snapshot", 0);
         if (h->durability >= SHMQ_DURABILITY_OS)
             fsync(h->log_dirfd);
     }
 out:
     for (size_t i = 0; i < mapped; i++)
-        munmap(files[i].base, files[i].bytes);
+        if (files[i].base)
+            munmap(files[i].base, files[i].bytes);
     free(files);
+    free(damaged);
     free(bases);
     free(rc.jobs.jobs);
     free(rc.jobs.index);

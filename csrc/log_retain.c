@@ -317,7 +317,7 @@ int shmq_log_snapshot(shmq_handle *h)
         return shmq_log_fail(h, errno);
     int err = fchmod(fd, 0600) == 0 ? 0 : errno;
     shmq_segment_header sh;
-    shmq_segment_header_fill(&sh, SHMQ_SNAPSHOT_MAGIC, records_bytes, 0, covered, h->durability);
+    shmq_segment_header_fill(&sh, SHMQ_SNAPSHOT_MAGIC, records_bytes, jobs, covered, h->durability); /* index: its job count */
     uint8_t page[SHMQ_SEGMENT_HEADER_BYTES] = {0};
     memcpy(page, &sh, sizeof sh);
     if (!err && write(fd, page, sizeof page) != (ssize_t)sizeof page)
@@ -394,7 +394,6 @@ int shmq_log_snapshot(shmq_handle *h)
         }
     }
     free(buffer);
-    (void)jobs;
     if (!err && h->durability >= SHMQ_DURABILITY_OS && fdatasync(fd) != 0)
         err = errno;
     close(fd);

@@ -209,6 +209,11 @@ typedef struct shmq_recovery {
     uint64_t holes;            /* unwritten reservations skipped */
     uint64_t next_position;    /* where the new log begins */
     int64_t elapsed_ns;
+    uint64_t damaged_files;    /* files kept aside in <log dir>/damaged/ (a damaged header, corrupt spans) */
+    uint64_t missing_bytes;    /* log positions whose segment files are gone (gaps between segments) */
+    uint64_t lost_jobs;        /* jobs known lost: counted by a snapshot header, or named by a later
+                                * record while their ENQUEUE lay in damaged or missing bytes */
+    char damage[2048];         /* what was found, a line per file or gap (cut short with "...") */
 } shmq_recovery;
 
 typedef struct shmq_counts {

@@ -10,6 +10,7 @@ with the GIL released.
 from __future__ import annotations
 
 import array
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -30,6 +31,7 @@ import posix_ipc
 from shmq import _args, _fs
 from shmq import codec as _codec
 from shmq import errors
+from shmq import logparams as _logparams
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _await_durable, _Budget, _Scratch, _first_wait
 from shmq.jobs import JobsMixin
 from shmq._lib import (
@@ -426,6 +428,7 @@ class _Region:
         return True
 
     def _create(self, requested: dict) -> None:
+        requested, kept = self._restore_settings(requested)
         values = {**DEFAULTS, **requested}
         if "durability" not in requested and _own_memory_log(self.name, self.path):
             values["durability"] = "memory"  # recreated over our own tmpfs log: keep it there
@@ -489,11 +492,33 @@ class _Region:
             self._finish(base[0], size, params)
             if self.params.durability != "none":
                 self._recover()
+                if kept != dataclasses.asdict(self.params):
+                    _logparams.write(self.log_dir, dataclasses.asdict(self.params),
+                                     durable=self.params.durability != "memory")
         except BaseException:
             # A region without its log must not be found by the next opener.
             self.close()
             posix_ipc.unlink_shared_memory(self.shm_name)
             raise
+
+    def _restore_settings(self, requested: dict) -> tuple[dict, dict | None]:
+        """The settings kept with the queue's log (after a reboot the region
+        is new, its log is not): what the opener leaves out is taken from
+        them, what it gives must agree. Returns (settings, kept)."""
+        modes = [requested["durability"]] if "durability" in requested else ["memory", "os"]
+        fields = {field.name for field in dataclasses.fields(QueueParams)}
+        for mode in modes:
+            if mode == "none":
+                break
+            where = log_dir(self.name, self.path, mode)
+            try:
+                kept = _logparams.read(where, fields)
+            except _logparams.Damaged as exc:
+                warnings.warn(f"queue {self.name!r}: {exc}", errors.LogDamaged, stacklevel=5)
+                continue
+            if kept is not None:
+                return _logparams.merge(kept, requested, self.name, where), kept
+        return requested, None
 
     def _finish(self, base, size: int, params, attaching: bool = False) -> None:
         self.base, self.size = base, size
@@ -561,7 +586,8 @@ class _Region:
             raise log_error(ffi.errno, f"recovering queue {self.name!r}", self.log_dir)
         if rc != OK:
             raise_for(rc, f"recovering queue {self.name!r} from {self.log_dir}")
-        self.recovery = {field: getattr(report, field) for field in dir(report)}
+        self.recovery = {field: getattr(report, field) for field in dir(report) if field != "damage"}
+        self.recovery["damage"] = ffi.string(report.damage).decode("utf-8", "replace")
         damaged = [
             f"{what}"
             for what, present in (
@@ -569,13 +595,20 @@ class _Region:
                  report.torn_bytes),
                 (f"{report.corrupt_records} corrupt span(s) ({report.corrupt_bytes} bytes) were skipped",
                  report.corrupt_records),
+                (f"{report.missing_bytes} bytes of log positions are missing", report.missing_bytes),
+                (f"{report.lost_jobs} job(s) are known lost", report.lost_jobs),
             )
             if present
         ]
-        if damaged:
+        details = self.recovery["damage"].strip()
+        if damaged or details:
+            aside = os.path.join(self.log_dir, "damaged")
             warnings.warn(
                 f"queue {self.name!r}: recovered {report.live} pending job(s) from {self.log_dir}, but "
-                + "; ".join(damaged) + ". Every intact job was kept (python -m shmq.tools.logdump shows the log)",
+                + "; ".join(damaged or ["its files were damaged"])
+                + (f". Files: {details.replace(chr(10), '; ')}" if details else "")
+                + (f". {report.damaged_files} damaged file(s) were kept in {aside}" if report.damaged_files else "")
+                + ". Every readable job was kept (python -m shmq.tools.logdump shows the log)",
                 errors.LogDamaged,
                 stacklevel=4,
             )

@@ -324,7 +324,7 @@ def test_inspect_json(live):
     log = doc["log"]
     assert log["directory"] == os.path.join(live.path, live.name + ".log")
     assert sorted(f["name"] for f in log["files"]) == sorted(os.listdir(log["directory"]))
-    assert all(re.fullmatch(r"[0-9a-f]{16}\.seg|snapshot", f["name"]) for f in log["files"])
+    assert all(re.fullmatch(r"[0-9a-f]{16}\.seg|snapshot|params", f["name"]) for f in log["files"])
     assert log["stats"]["records_appended"] >= 7 and "backlog" in log["stats"]
     assert doc["dead_letters"] == 2
 

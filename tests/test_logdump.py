@@ -255,7 +255,7 @@ def test_snapshot_is_read(make_queue, capsys):
     _, before = run_json(capsys, "--payload", where)
     ids = {payload_of(e): e["job_id"] for e in records(before, "ENQUEUE")}
     q.close()  # the last handle: writes the snapshot, deletes the segments
-    assert os.listdir(where) == ["snapshot"]
+    assert sorted(os.listdir(where)) == ["params", "snapshot"]  # the queue's parameters stay with it
 
     code, doc = run_json(capsys, "--payload", where)
     assert code == 0

@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
@@ -22,8 +23,12 @@ static void remove_tree(const char *path)
         int fd = dirfd(dir);
         struct dirent *entry;
         while ((entry = readdir(dir)))
-            if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0)
-                unlinkat(fd, entry->d_name, 0);
+            if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0 &&
+                unlinkat(fd, entry->d_name, 0) != 0 && errno == EISDIR) {
+                char sub[512]; /* a subdirectory (a log's damaged/) */
+                snprintf(sub, sizeof sub, "%s/%s", path, entry->d_name);
+                remove_tree(sub);
+            }
         closedir(dir);
     }
     rmdir(path);

@@ -732,6 +732,8 @@ void test_log_torn_tail_ahead(void) { torn_tail_run(1); }
 
 /* One flipped byte in a record amid whole ones: that record is skipped and
  * counted, every other job comes back in order. */
+static int file_exists(const char *dir, const char *name);
+
 void test_log_corrupt_middle(void)
 {
     enum { COUNT = 100, BAD = 49, LIMIT = 100 }; /* BAD: the 50th record */
@@ -755,8 +757,66 @@ void test_log_corrupt_middle(void)
     CHECK_EQ(rep.corrupt_bytes, length);
     CHECK_EQ(rep.torn_bytes, 0);
     CHECK_EQ(rep.live, COUNT - 1);
+    CHECK_EQ(rep.damaged_files, 1); /* kept aside, not deleted */
+    CHECK(strstr(rep.damage, "0000000000000000.seg") != NULL);
+    CHECK(file_exists(dir, "damaged/0000000000000000.seg"));
     for (uint64_t i = 0; i < COUNT; i++)
         if (i != BAD)
+            pop_seq(h, i, 20 + length_of(i, LIMIT - 20), 0);
+    shmq_message m;
+    char buf[256];
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    summary_free(&s);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
+/* Whole files damaged: a segment's header fails its CRC (its records are
+ * still read), the next one is gone (a gap, reported with its range), the
+ * one after is cut to less than its header page. The damaged files are kept
+ * in damaged/; every job outside the lost positions comes back in order. */
+void test_log_damaged_files(void)
+{
+    enum { COUNT = 2200, LIMIT = 100 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 4096, 64, SHMQ_DURABILITY_OS, SEGMENT);
+    log_summary s;
+    pending_log(dir, &p, COUNT, LIMIT, 0, &s);
+    CHECK(s.enqueues[COUNT - 1] >= 4 * SEGMENT); /* records in five segments */
+
+    char path[512];
+    segment_path(path, sizeof path, dir, 1 * SEGMENT);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0);
+    uint8_t byte = 0;
+    CHECK_EQ(pread(fd, &byte, 1, 12), 1); /* header_bytes: covered by the header CRC */
+    byte ^= 0x10;
+    CHECK_EQ(pwrite(fd, &byte, 1, 12), 1);
+    close(fd);
+    segment_path(path, sizeof path, dir, 2 * SEGMENT);
+    CHECK(unlink(path) == 0);
+    segment_path(path, sizeof path, dir, 3 * SEGMENT);
+    CHECK(truncate(path, 100) == 0);
+
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t lost = 0;
+    for (uint64_t i = 0; i < COUNT; i++)
+        lost += s.enqueues[i] >= 2 * SEGMENT && s.enqueues[i] < 4 * SEGMENT;
+    CHECK(lost > 0);
+    CHECK_EQ(rep.live, COUNT - lost);
+    CHECK_EQ(rep.missing_bytes, 2 * SEGMENT);
+    CHECK_EQ(rep.damaged_files, 2);
+    CHECK_EQ(rep.corrupt_bytes, 0);
+    CHECK(strstr(rep.damage, "0000000000010000.seg") != NULL);
+    CHECK(strstr(rep.damage, "positions 131072..196608 are missing") != NULL);
+    CHECK(strstr(rep.damage, "0000000000030000.seg (100 bytes)") != NULL ||
+          strstr(rep.damage, "0000000000030000.seg (positions") != NULL);
+    CHECK(file_exists(dir, "damaged/0000000000010000.seg"));
+    CHECK(file_exists(dir, "damaged/0000000000030000.seg"));
+    for (uint64_t i = 0; i < COUNT; i++)
+        if (s.enqueues[i] < 2 * SEGMENT || s.enqueues[i] >= 4 * SEGMENT)
             pop_seq(h, i, 20 + length_of(i, LIMIT - 20), 0);
     shmq_message m;
     char buf[256];

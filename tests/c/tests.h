@@ -44,6 +44,7 @@
     X(log_torn_tail)             \
     X(log_torn_tail_ahead)       \
     X(log_corrupt_middle)          \
+    X(log_damaged_files)           \
     X(log_checkpoint_moves_old_jobs) \
     X(log_recovered_job_kept)      \
     X(log_retention_deletes_drained_segments) \

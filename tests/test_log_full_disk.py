@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A crashed queue recovers on a full disk: recovery goes on in the segment
+the crashed queue had made ahead of need, so it needs no new space. The disk
+is a small tmpfs mounted in a private mount namespace (unshare -m), which
+disappears with the child process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from shmq.queue import region_name
+
+CHILD = textwrap.dedent(
+    r"""
+    import errno, os, struct, sys, time
+    import posix_ipc, shmq
+    from shmq.queue import region_name
+
+    path = sys.argv[1]
+    jobs = [b"job-%04d-" % i + bytes(100) for i in range(300)]  # one 64 KiB segment of records
+    q = shmq.Queue("full", path=path, codec="raw", segment_bytes=1 << 16)
+    q.put_many(jobs)
+    log = os.path.join(path, "full.log")
+
+    def unwritten():
+        found = []
+        for name in os.listdir(log):
+            if name.endswith(".seg"):
+                with open(os.path.join(log, name), "rb") as f:
+                    f.seek(4096)
+                    if f.read(8) == bytes(8):
+                        found.append(name)
+        return found
+
+    deadline = time.monotonic() + 60
+    while not unwritten():  # maintenance makes the next segment ahead of need
+        assert time.monotonic() < deadline, "no segment was made ahead"
+        time.sleep(0.01)
+    q._snapshot_on_close = False
+    q.close()
+    posix_ipc.unlink_shared_memory(region_name("full", path))  # the crash and reboot
+
+    print(sorted((n, os.path.getsize(os.path.join(log, n))) for n in os.listdir(log)), os.statvfs(path).f_bfree)
+    try:
+        with open(os.path.join(os.path.dirname(path), "filler"), "wb") as f:
+            while True:
+                f.write(bytes(4096))
+                f.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    assert os.statvfs(path).f_bfree == 0
+    try:
+        q = shmq.Queue("full", path=path)
+    except shmq.ShmqError as exc:
+        print("FAILED", exc)
+        sys.exit(1)
+    try:
+        assert q.recovery["live"] == len(jobs), q.recovery
+        got = []
+        while len(got) < len(jobs):
+            got += q.get_many(100, timeout=5)
+        assert got == jobs
+    finally:
+        q.unlink()
+    print("OK")
+    """
+)
+
+
+def _can_mount() -> bool:
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare -m and mount (root): a small tmpfs stands for the disk")
+def test_a_crashed_queue_recovers_on_a_full_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data = disk / "data"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    command = f"mount -t tmpfs -o size=1m tmpfs {disk} && mkdir {data} && exec {sys.executable} {script} {data}"
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=300)
+    finally:
+        try:
+            from posix_ipc import ExistentialError, unlink_shared_memory
+
+            unlink_shared_memory(region_name("full", str(data)))
+        except ExistentialError:
+            pass
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
