@@ -22,6 +22,7 @@ from shmq.errors import (
     QueueClosed,
     QueueNotFound,
     QueueCorrupted,
+    SharedMemoryFull,
     ShmqError,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "QueueClosed",
     "QueueNotFound",
     "QueueCorrupted",
+    "SharedMemoryFull",
     "PermissionDenied",
     "JobFailed",
     "LeaseLost",

@@ -279,7 +279,8 @@ class _Region:
             if requested is None:
                 raise errors.QueueNotFound(f"queue {self.name!r} in {self.path} is being made by a process "
                                            "that died: open it from its own program to make it again")
-            posix_ipc.unlink_shared_memory(self.shm_name)  # its creator died mid-way
+            # Its creator died mid-way (checked abandoned by _map_existing).
+            posix_ipc.unlink_shared_memory(self.shm_name)
         if requested is None:
             raise errors.QueueNotFound(
                 f"no queue {self.name!r} is loaded in {self.path} (no region {self.shm_name}): open it from its "
@@ -301,7 +302,10 @@ class _Region:
         version = ffi.new("uint32_t *")
         rc = lib.shmq_region_read(base[0], size, params, version)
         if rc == lib.SHMQ_EUNINIT:
-            lib.shmq_unmap(base[0], size)
+            # No magic: a creator that died before publishing it (we hold the
+            # queue's lock), or a stray write over a live region. Replace it
+            # only if no live process uses it (else two regions, one log).
+            self._refuse_if_in_use(base[0], size, "its magic number is 0 (the header was overwritten)")
             return False
         if rc == lib.SHMQ_EVERSION:
             lib.shmq_unmap(base[0], size)
@@ -312,16 +316,73 @@ class _Region:
                 f"/dev/shm{self.shm_name}), or run the same shmq version everywhere"
             )
         if rc != OK:
+            problem = ffi.new("char[]", 512)
+            lib.shmq_region_problem(base[0], size, problem, 512)
+            users = self._users(base[0], size)
             lib.shmq_unmap(base[0], size)
-            raise errors.LayoutMismatch(
-                f"/dev/shm{self.shm_name} is not a usable shmq queue region ({status_text(rc)}). "
-                "If nothing else owns it, delete it and open the queue again"
-            )
+            raise errors.QueueCorrupted(self._corrupted_text(ffi.string(problem).decode(), users))
+        if params.codec_id not in _codec.CODEC_IDS.values():
+            users = self._users(base[0], size)
+            lib.shmq_unmap(base[0], size)
+            raise errors.QueueCorrupted(self._corrupted_text(
+                f"its codec id is {params.codec_id}, not one of {sorted(_codec.CODEC_IDS.values())}", users))
         try:
             self._finish(base[0], size, params, attaching=True)
         except _CreatorDied:
-            return False  # its creator died while recovering: made again, recovery starts over
+            # Its creator died while recovering (made again, recovery starts
+            # over), or a stray write cleared the log's READY flag.
+            self._check_abandoned("its log is marked as never recovered (the header was overwritten)")
+            return False
         return True
+
+    def _users(self, base, size: int) -> list[int]:
+        """Pids of live processes that use the mapped region: those that map
+        the object (this one excluded: it mapped it to look), and those its
+        participant table names (counted, when they are not among those)."""
+        mapping = _mapped_by("/dev/shm" + self.shm_name)
+        own = mapping.count(os.getpid())
+        others = [pid for pid in mapping if pid != os.getpid()]
+        if own > 1:
+            others.append(os.getpid())  # another handle of this process
+        named = lib.shmq_region_live_participants(base, size)
+        return others + [0] * max(0, named - len(others))
+
+    def _corrupted_text(self, problem: str, users: list[int]) -> str:
+        where = f"/dev/shm{self.shm_name}"
+        if users:
+            known = sorted(pid for pid in set(users) if pid)
+            who = f"pid(s) {', '.join(map(str, known))}" if known else f"{len(users)} process(es)"
+            return (
+                f"queue {self.name!r}: its region {where} is damaged ({problem}), and {who} still use it. "
+                "shmq never replaces a region in use (two regions on one log would run jobs twice). Stop "
+                f"those processes, then delete {where} and open the queue again (a queue with a log is rebuilt "
+                "from it)"
+            )
+        return (
+            f"queue {self.name!r}: its region {where} is damaged ({problem}). No live process uses it: "
+            f"delete {where} and open the queue again (a queue with a log is rebuilt from it)"
+        )
+
+    def _refuse_if_in_use(self, base, size: int, problem: str) -> None:
+        """Unmaps the region; raises QueueCorrupted if live processes use it."""
+        users = self._users(base, size)
+        lib.shmq_unmap(base, size)
+        if users:
+            raise errors.QueueCorrupted(self._corrupted_text(problem, users))
+
+    def _check_abandoned(self, problem: str) -> None:
+        try:
+            shm = posix_ipc.SharedMemory(self.shm_name)
+        except posix_ipc.ExistentialError:
+            return
+        base = ffi.new("void **")
+        try:
+            size = shm.size
+            if size == 0 or lib.shmq_map(shm.fd, size, base) != OK:
+                return
+        finally:
+            shm.close_fd()
+        self._refuse_if_in_use(base[0], size, problem)
 
     def _create(self, requested: dict) -> None:
         values = {**DEFAULTS, **requested}
@@ -478,6 +539,23 @@ class _Region:
             lib.shmq_detach(self.handle)
             lib.shmq_unmap(self.base, self.size)
             self.handle = None
+
+
+def _mapped_by(shm_path: str) -> list[int]:
+    """Pids of the processes that map the object at `shm_path` (once per
+    mapping), as /proc/<pid>/maps shows them; processes whose maps cannot
+    be read are not counted (their participant entries still are)."""
+    needle = f" {shm_path}\n".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps", "rb") as maps:
+                found.extend([int(entry)] * maps.read().count(needle))
+        except OSError:
+            continue
+    return found
 
 
 def _owner_of(path: str) -> str:
