@@ -10,6 +10,7 @@ with the GIL released.
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -134,7 +135,9 @@ def _validate(requested: dict) -> dict:
     if "lanes" in checked:
         _check_int("lanes", checked["lanes"], 1, 1024)
     if "capacity" in checked:
-        _check_int("capacity", checked["capacity"], 2, 1 << 30, power_of_two=True)
+        # 2^24 slots: a lane of 16 M messages (2.1 GiB at the default slot_bytes) is plenty;
+        # beyond it the sizes only ever fail at creation, later and less clearly.
+        _check_int("capacity", checked["capacity"], 2, 1 << 24, power_of_two=True)
     if "slot_bytes" in checked:
         _check_int("slot_bytes", checked["slot_bytes"], 16, 65536, multiple=16)
     if "max_message_bytes" in checked:
@@ -186,6 +189,11 @@ def _validate(requested: dict) -> dict:
 
 def _check_fits(values: dict) -> None:
     """A job's record must fit in one log segment; jobs need a log."""
+    if values["lanes"] + values["ordered_lanes"] > 1024:
+        raise errors.ConfigError(
+            f"lanes={values['lanes']} plus ordered_lanes={values['ordered_lanes']} is "
+            f"{values['lanes'] + values['ordered_lanes']} lanes: a queue has at most 1024. Lower either"
+        )
     if values["durability"] == "none":
         for key in ("throttle", "max_log_bytes"):
             if values[key] not in ("none", 0):
@@ -210,6 +218,71 @@ def _check_fits(values: dict) -> None:
             f"segment_bytes={values['segment_bytes']} (a message may be at most segment_bytes - "
             f"{_RECORD_OVERHEAD} = {limit}). Raise segment_bytes or lower max_message_bytes"
         )
+
+
+# /dev/shm is a tmpfs: an object's pages are taken when first touched, and a
+# touch that finds it full kills the process with SIGBUS. So a region is
+# reserved whole at creation (posix_fallocate), and the sizes are checked
+# against the file system first, so that the error names what to change.
+SHM_DIR = "/dev/shm"
+# The settings that size a region, for the error that says what to lower.
+_SIZE_SETTINGS = "capacity, slot_bytes, lanes / ordered_lanes, jobs_capacity, result_bytes"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _shm_needs(size: int, values: dict) -> tuple[int, str]:
+    """Bytes a new queue takes in /dev/shm, and what they are."""
+    if values["durability"] != "memory":
+        return size, f"a region of {size} bytes"
+    segment = 4096 + values["segment_bytes"]
+    return size + segment, f"a region of {size} bytes and a first log segment of {segment} bytes"
+
+
+def _check_shm_space(shm_name: str, size: int, values: dict) -> None:
+    """Raises SharedMemoryFull (creating nothing) if /dev/shm cannot hold the queue."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return  # no /dev/shm to ask: the reservation below still fails cleanly
+    needed, what = _shm_needs(size, values)
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    shrink = (f"lower {_SIZE_SETTINGS}" + (" or segment_bytes" if values["durability"] == "memory" else ""))
+    if needed > total:
+        raise errors.SharedMemoryFull(
+            f"queue region {shm_name} needs {what} ({_mib(needed)}), more than {SHM_DIR} holds in all "
+            f"({total} bytes, {_mib(total)}): {shrink}, or enlarge {SHM_DIR} (docker run --shm-size=...)",
+            errno.ENOSPC)
+    if needed > free:
+        raise errors.SharedMemoryFull(
+            f"free space in {SHM_DIR} ({needed} needed, {free} free): queue region {shm_name} needs {what}. "
+            f"Free space there (remove unused queues: shmq ls / Queue(...).unlink()), {shrink}, or enlarge "
+            f"{SHM_DIR} (docker run --shm-size=...)", errno.ENOSPC)
+
+
+def _reserve(shm, shm_name: str, size: int, values: dict) -> None:
+    """Takes every page of a new region now; on failure removes it and raises."""
+    try:
+        os.posix_fallocate(shm.fd, 0, size)
+        return
+    except OSError as exc:
+        err = exc.errno
+    if err in (errno.EOPNOTSUPP, errno.EINVAL):
+        return  # not a tmpfs: nothing to reserve ahead
+    shm.close_fd()
+    posix_ipc.unlink_shared_memory(shm_name)
+    try:
+        st = os.statvfs(SHM_DIR)
+        free = str(st.f_bavail * st.f_frsize)
+    except OSError:
+        free = "unknown"
+    needed, what = _shm_needs(size, values)
+    raise errors.SharedMemoryFull(
+        f"free space in {SHM_DIR} ({needed} needed, {free} free): reserving queue region {shm_name} failed "
+        f"({os.strerror(err)}); nothing was created. Free space there, lower {_SIZE_SETTINGS}, or enlarge "
+        f"{SHM_DIR} (docker run --shm-size=...)", err)
 
 
 def _has_files(path: str) -> bool:
@@ -426,6 +499,7 @@ class _Region:
         size = lib.shmq_region_size(params)
         if size == 0:
             raise errors.ConfigError(f"invalid queue parameters {values}")
+        _check_shm_space(self.shm_name, size, values)
         try:
             shm = posix_ipc.SharedMemory(self.shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
         except (OSError, ValueError, posix_ipc.Error) as exc:
@@ -433,6 +507,7 @@ class _Region:
                 f"cannot create queue region {self.shm_name} of {size} bytes: {exc}. "
                 "Free space in /dev/shm, or lower capacity / slot_bytes / lanes"
             ) from None
+        _reserve(shm, self.shm_name, size, values)
         base = ffi.new("void **")
         try:
             os.fchmod(shm.fd, 0o600)  # whatever the umask, owner only
