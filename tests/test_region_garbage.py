@@ -115,7 +115,8 @@ class Live:
             os.close(fd)
 
     def attach(self) -> dict:
-        return self.zygote.ask(op="attach", name=self.name, path=self.path, timeout=30)
+        # Generous: a hang is what this bounds, and a loaded 2-core machine is slow.
+        return self.zygote.ask(op="attach", name=self.name, path=self.path, timeout=120)
 
     def reap(self) -> int:
         return self.zygote.ask(op="reap", pid=self.holder)["status"]
