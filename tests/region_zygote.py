@@ -109,11 +109,14 @@ def main() -> None:
             reply = {"status": status, "outcome": outcome, "text": text.decode(errors="replace")}
         elif op == "reap":
             pid = request["pid"]
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                os.kill(pid, signal.SIGKILL)
-                done, status = os.waitpid(pid, 0)
-            reply = {"status": os.waitstatus_to_exitcode(status)}
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    os.kill(pid, signal.SIGKILL)
+                    done, status = os.waitpid(pid, 0)
+                reply = {"status": os.waitstatus_to_exitcode(status)}
+            except ChildProcessError:
+                reply = {"status": None}  # reaped already
         else:
             reply = {"error": f"unknown op {op!r}"}
         sys.stdout.write(json.dumps(reply) + "\n")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from shmq.queue import region_name
+from shmq.queue import log_dir, region_name
 
 # The region header's fields: (name, offset, size), from csrc/layout.h (each
 # offset there is pinned by a _Static_assert; docs/format.md has the map).
@@ -44,7 +44,9 @@ HEADER_FIELDS = [
     ("redelivered", 608, 8), ("fed", 616, 8), ("checkpoints", 624, 8), ("segments_deleted", 632, 8),
 ]
 PARTICIPANTS = 640  # the participant table: 32 bytes an entry, entry 0 unused
-PARAMS = {"capacity": 16, "slot_bytes": 64, "durability": "os", "segment_bytes": 1 << 20, "jobs_capacity": 16,
+# A log in /dev/shm ("memory"): no fsync, so that a loaded machine's disk does
+# not set the pace; the `live` fixture removes it.
+PARAMS = {"capacity": 16, "slot_bytes": 64, "durability": "memory", "segment_bytes": 1 << 20, "jobs_capacity": 16,
           "unique_capacity": 16, "result_capacity": 16, "result_bytes": 4096}
 
 
@@ -99,6 +101,7 @@ class Live:
         self.holder = reply["pid"]
         self.shm = "/dev/shm" + region_name(self.name, self.path)
         self.inode = os.stat(self.shm).st_ino
+        self.log = log_dir(self.name, self.path, PARAMS["durability"])
 
     def read(self, offset: int, size: int) -> bytes:
         fd = os.open(self.shm, os.O_RDONLY)
@@ -121,6 +124,14 @@ class Live:
 
     def reap(self) -> int:
         return self.zygote.ask(op="reap", pid=self.holder)["status"]
+
+
+@pytest.fixture
+def live(make_queue, zygote):
+    held = Live(make_queue, zygote)
+    yield held
+    held.reap()
+    shutil.rmtree(held.log, ignore_errors=True)
 
 
 def run_case(live: Live, offset: int, size: int, variant: str, seed: str) -> tuple[dict, bool]:
@@ -172,33 +183,29 @@ def check_case(live: Live, field: str, offset: int, size: int, allowed: set[str]
 
 
 @pytest.mark.parametrize("field,offset,size", HEADER_FIELDS, ids=[f[0] for f in HEADER_FIELDS])
-def test_garbage_in_a_header_field(make_queue, zygote, field, offset, size):
-    live = Live(make_queue, zygote)
+def test_garbage_in_a_header_field(live, field, offset, size):
     failures = check_case(live, field, offset, size, ALLOWED.get(field, {"ok", "corrupted"}))
     assert live.reap() == -9, "the holder died"
     assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("field,offset,size", BODY_FIELDS, ids=[f[0] for f in BODY_FIELDS])
-def test_garbage_in_lanes_and_participants(make_queue, zygote, field, offset, size):
-    live = Live(make_queue, zygote)
+def test_garbage_in_lanes_and_participants(live, field, offset, size):
     failures = check_case(live, field, offset, size, {"ok", "corrupted", "empty_or_full"})
     assert live.reap() == -9, "the holder died"
     assert not failures, "\n".join(failures)
 
 
-def log_files(path: str, name: str) -> dict[str, int]:
-    log = os.path.join(path, f"{name}.log")
+def log_files(log: str) -> dict[str, int]:
     return {entry: os.stat(os.path.join(log, entry)).st_ino for entry in sorted(os.listdir(log))}
 
 
 @pytest.mark.parametrize("field,offset,size", [("magic", 0, 8), ("log_flags", 396, 4)])
-def test_a_wiped_region_in_use_is_never_replaced(make_queue, zygote, field, offset, size):
+def test_a_wiped_region_in_use_is_never_replaced(live, field, offset, size):
     # A zeroed magic (or log READY flag) looks like a creator that died half
     # way. With a live holder it is not: the region must not be unlinked and
     # made again over the same log (split brain: every job handed out twice).
-    live = Live(make_queue, zygote)
-    files = log_files(live.path, live.name)
+    files = log_files(live.log)
     old = live.read(offset, size)
     live.write(offset, bytes(size))
     reply = live.attach()
@@ -206,7 +213,7 @@ def test_a_wiped_region_in_use_is_never_replaced(make_queue, zygote, field, offs
     assert f"pid(s) {live.holder}" in reply["text"], reply["text"]
     assert "never replaces a region in use" in reply["text"]
     assert os.stat(live.shm).st_ino == live.inode, "the live region was replaced"
-    now = log_files(live.path, live.name)
+    now = log_files(live.log)
     assert all(now.get(entry) == inode for entry, inode in files.items()), "the log was recovered anew"
     live.write(offset, old)
     reply = live.attach()
