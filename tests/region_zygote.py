@@ -6,7 +6,8 @@ Python start each time.
 
 Requests on stdin, one JSON object a line; one JSON reply a line on stdout:
   {"op": "hold", "name", "path", "params"}  -> {"pid"} once the holder has its
-      queue open with three messages in it; it then sleeps until killed.
+      queue open with three messages in it; it then sleeps until killed (or
+      until this helper is gone).
   {"op": "attach", "name", "path", "timeout"} -> {"status", "outcome", "text"}:
       a new process opens the queue, puts and gets one message each way.
       status is the exit code, or -signal (-9 after `timeout` s: a hang).
@@ -32,8 +33,9 @@ def _hold(request: dict, ready_fd: int) -> None:
     for i in range(3):
         q.put(b"held-%d" % i, timeout=5)
     os.write(ready_fd, b"1")
-    while True:
-        time.sleep(3600)
+    helper = os.getppid()
+    while os.getppid() == helper:  # never outlive the helper (a test session that was killed)
+        time.sleep(0.2)
 
 
 def _attach(request: dict, out_fd: int) -> int:
