@@ -72,6 +72,7 @@ struct shmq_handle {
     uint32_t unordered_lanes;    /* lanes [0, unordered_lanes) take any job; the rest are ordered */
     uint32_t max_span;           /* slots one claim may cover */
     uint32_t self;               /* our participant index */
+    uint32_t participant_capacity; /* entries of the participant table (checked at attach) */
     _Atomic uint32_t push_cursor; /* lane rotation; relaxed: any value is correct */
     _Atomic uint32_t pop_cursor;
     int fault_point;

@@ -1242,7 +1242,7 @@ void shmq_job_stats_read(const shmq_handle *h, int lane, shmq_job_stats *s /* OU
             s->waiting++;
     }
     s->unique_keys = atomic_load_explicit(&h->jobs->unique_count, memory_order_relaxed);
-    for (unsigned i = 1; i < h->header->participant_capacity; i++)
+    for (unsigned i = 1; i < h->participant_capacity; i++)
         if (atomic_load_explicit(&h->participants[i].roles, memory_order_relaxed) & SHMQ_ROLE_CONSUMER &&
             shmq_participant_alive(h, i))
             s->consumers++;
@@ -1272,7 +1272,7 @@ uint32_t shmq_jobs_list(const shmq_handle *h, shmq_job_info *out, uint32_t capac
         if (kind == SHMQ_JOB_RUNNING_KIND || kind == SHMQ_JOB_FINISHING) {
             /* relaxed: a lone word (see shmq_extend). */
             info->lease_left_ns = atomic_load_explicit(&e->deadline_ns, memory_order_relaxed) - now;
-            if (owner && owner < h->header->participant_capacity)
+            if (owner && owner < h->participant_capacity)
                 /* relaxed: a look at who holds it. */
                 info->owner_pid = atomic_load_explicit(&h->participants[owner].pid, memory_order_relaxed);
         }

@@ -22,6 +22,12 @@ enum {
 static const int64_t SHMQ_OWNER_RECHECK_NS = 20 * 1000 * 1000;
 /* A producer sleeping on a full lane re-checks for dead consumers this often. */
 static const int64_t SHMQ_FULL_RECHECK_NS = 100 * 1000 * 1000;
+/* A hint (tail or head) whose slot holds a later lap is stale: others move
+ * it on at once (every claimer and taker advances the hint past its own
+ * span right after its CAS). One that stays put this many re-reads, with
+ * its slot unchanged, is damaged (a stray write into the region): the lane
+ * is then reported full or empty instead of spun on for ever. */
+enum { STALE_HINT_ROUNDS = 1024 };
 
 typedef struct lane_ref {
     shmq_lane_header *header;

@@ -39,6 +39,8 @@ void shmq_lane_release_span(shmq_handle *h, lane_ref lane, uint64_t pos, uint32_
  * by a consumer that died is found again at the head. */
 static int take_at(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy, int ordered)
 {
+    uint64_t stale_head = 0, stale_state = 0;
+    uint32_t stale_rounds = 0;
     for (;;) {
         /* acquire: pairs with advance_hint's release. */
         uint64_t head = atomic_load_explicit(&lane.header->head, memory_order_acquire);
@@ -52,7 +54,16 @@ static int take_at(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *m
                 return TAKE_EMPTY; /* the slot still holds last lap's message: nothing new here */
             if (ordered) /* released by a gate holder that died before moving head: one slot on */
                 advance_hint(&lane.header->head, head, head + 1);
-            continue; /* a later lap: our head was stale */
+            /* a later lap: our head was stale (unless it is damaged: see STALE_HINT_ROUNDS) */
+            if (head != stale_head || state != stale_state) {
+                stale_head = head;
+                stale_state = state;
+                stale_rounds = 0;
+            } else if (++stale_rounds >= STALE_HINT_ROUNDS) {
+                return TAKE_EMPTY;
+            }
+            shmq_cpu_relax();
+            continue;
         }
         uint32_t span = shmq_state_span(state);
         switch (shmq_state_kind(state)) {

@@ -16,6 +16,8 @@
 static int claim(shmq_handle *h, lane_ref lane, uint32_t span, uint64_t *position, uint64_t *blocker,
                  uint32_t *room)
 {
+    uint64_t stale_tail = 0, stale_state = 0;
+    uint32_t stale_rounds = 0;
     for (;;) {
         /* acquire: pairs with advance_hint's release; states are re-read below anyway. */
         uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
@@ -59,7 +61,17 @@ static int claim(shmq_handle *h, lane_ref lane, uint32_t span, uint64_t *positio
             *room = 0;
             return SHMQ_EFULL;
         }
-        /* a later lap: our tail was stale; read it again */
+        /* a later lap: our tail was stale; read it again (unless it is damaged: see STALE_HINT_ROUNDS) */
+        if (tail != stale_tail || state != stale_state) {
+            stale_tail = tail;
+            stale_state = state;
+            stale_rounds = 0;
+        } else if (++stale_rounds >= STALE_HINT_ROUNDS) {
+            *blocker = tail;
+            *room = 0;
+            return SHMQ_EFULL;
+        }
+        shmq_cpu_relax();
     }
 }
 

@@ -1140,7 +1140,12 @@ int shmq_log_feed(shmq_handle *h, uint32_t budget)
         return 0;
     shmq_log_enter(h);
     int fed = 0;
+    /* Records skipped (pads, holes, acks) count too, so that one call is
+     * bounded even when a stray write threw the tail far ahead of the log. */
+    uint64_t steps = 0, max_steps = (uint64_t)budget * 1024u + 1024u;
     for (;;) {
+        if (++steps > max_steps)
+            break;
         /* acquire: pairs with the cursor's release CAS (the pushes before it)
          * and with reservations (a record below the tail is reserved). */
         uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);

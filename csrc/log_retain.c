@@ -73,7 +73,7 @@ static uint64_t low_water(shmq_handle *h, uint64_t target, uint64_t *below, uint
     /* seq_cst: the tail first, then the pins (see shmq_log_pin). */
     uint64_t tail_word = atomic_load_explicit(&hdr->log_tail, memory_order_seq_cst);
     uint64_t low = tail_word & ~SHMQ_TAIL_SPILL;
-    for (unsigned i = 1; i < hdr->participant_capacity; i++) {
+    for (unsigned i = 1; i < h->participant_capacity; i++) {
         uint64_t pin = atomic_load_explicit(&h->participants[i].pin, memory_order_seq_cst);
         if (!pin)
             continue;
@@ -419,7 +419,7 @@ int shmq_log_snapshot(shmq_handle *h)
 int shmq_live_participants(const shmq_handle *h)
 {
     int live = 0;
-    for (unsigned i = 1; i < h->header->participant_capacity; i++)
+    for (unsigned i = 1; i < h->participant_capacity; i++)
         /* acquire: as in shmq_participant_alive. */
         if (atomic_load_explicit(&h->participants[i].pid, memory_order_acquire) && shmq_participant_alive(h, i))
             live++;

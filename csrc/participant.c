@@ -66,11 +66,38 @@ uint64_t shmq_pid_namespace(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
+static int entry_alive(const shmq_participant *entry);
+
 int shmq_participant_alive(const shmq_handle *h, unsigned index)
 {
-    if (index == 0 || index >= h->header->participant_capacity)
+    if (index == 0 || index >= h->participant_capacity)
         return 0;
-    const shmq_participant *entry = &h->participants[index];
+    return entry_alive(&h->participants[index]);
+}
+
+/* Live processes in the participant table of a region that may be damaged
+ * (not attached, header unchecked): the table's length comes from the header
+ * but never reaches past the object's `size`. */
+int shmq_region_live_participants(const void *base, uint64_t size)
+{
+    if (size < SHMQ_PARTICIPANTS_OFFSET + 2 * sizeof(shmq_participant))
+        return 0;
+    const shmq_region_header *hdr = base;
+    uint64_t capacity = hdr->participant_capacity;
+    uint64_t fits = (size - SHMQ_PARTICIPANTS_OFFSET) / sizeof(shmq_participant);
+    if (capacity > SHMQ_MAX_PARTICIPANTS + 1)
+        capacity = SHMQ_MAX_PARTICIPANTS + 1;
+    if (capacity > fits)
+        capacity = fits;
+    const shmq_participant *table = (const shmq_participant *)((const uint8_t *)base + SHMQ_PARTICIPANTS_OFFSET);
+    int live = 0;
+    for (uint64_t i = 1; i < capacity; i++)
+        live += entry_alive(&table[i]);
+    return live;
+}
+
+static int entry_alive(const shmq_participant *entry)
+{
     /* acquire: pairs with the release store of start_time in register, so a
      * non-zero start_time read below belongs to this pid. */
     uint32_t pid = atomic_load_explicit((_Atomic uint32_t *)&entry->pid, memory_order_acquire);
@@ -132,7 +159,7 @@ static void claim_entry(shmq_handle *h, unsigned index, uint32_t pid)
 int shmq_participant_register(shmq_handle *h)
 {
     uint32_t pid = (uint32_t)getpid();
-    uint32_t capacity = h->header->participant_capacity;
+    uint32_t capacity = h->participant_capacity;
     for (unsigned i = 1; i < capacity; i++) {
         uint32_t expected = 0;
         /* acq_rel: the entry becomes ours; no one else can claim it now. */
@@ -199,7 +226,7 @@ void shmq_sleep_end(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t unit)
 int shmq_sweep_sleepers(shmq_handle *h)
 {
     int swept = 0;
-    for (unsigned i = 1; i < h->header->participant_capacity; i++) {
+    for (unsigned i = 1; i < h->participant_capacity; i++) {
         shmq_participant *entry = &h->participants[i];
         /* relaxed: counts to give back; give_back's exchange makes us their sole taker. */
         if ((atomic_load_explicit(&entry->sleeping, memory_order_relaxed) == 0 &&
@@ -211,12 +238,12 @@ int shmq_sweep_sleepers(shmq_handle *h)
     return swept;
 }
 
-uint32_t shmq_participant_slots(const shmq_handle *h) { return h->header->participant_capacity; }
+uint32_t shmq_participant_slots(const shmq_handle *h) { return h->participant_capacity; }
 
 void shmq_participant_info_read(const shmq_handle *h, uint32_t index, shmq_participant_info *info /* OUT */)
 {
     *info = (shmq_participant_info){0};
-    if (index == 0 || index >= h->header->participant_capacity)
+    if (index == 0 || index >= h->participant_capacity)
         return;
     const shmq_participant *p = &h->participants[index];
     /* relaxed: a snapshot for people. */

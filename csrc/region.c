@@ -2,6 +2,7 @@
 /* region.c -- sizing, mapping, creating and checking a region; handles. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -45,29 +46,48 @@ const char *shmq_strerror(int status)
 
 static int is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
 
-static int params_valid(const shmq_params *p)
+/* The first parameter out of range, by name (NULL: all are valid). The
+ * bounds keep every size computed from them far from overflowing 64 bits. */
+static const char *params_invalid(const shmq_params *p)
 {
-    return p->lane_count >= 1 && p->lane_count <= 1024 &&
-           is_power_of_two(p->slots_per_lane) && p->slots_per_lane >= 2 &&
-           p->slots_per_lane <= (1u << 30) && p->slot_bytes >= 16 &&
-           p->slot_bytes <= 65536 && p->slot_bytes % 16 == 0 &&
-           p->participant_capacity >= 2 &&
-           p->participant_capacity <= SHMQ_MAX_PARTICIPANTS + 1 &&
-           p->max_message_bytes >= 1 && p->max_message_bytes <= (1ull << 40) &&
-           p->durability <= SHMQ_DURABILITY_SYNC &&
-           (p->durability == SHMQ_DURABILITY_NONE ||
-            (p->segment_bytes >= 8192 && p->segment_bytes % 4096 == 0 && p->segment_bytes <= (1ull << 40) &&
-             p->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD <= p->segment_bytes)) &&
-           p->ordered_lanes < p->lane_count &&
-           (p->job_slots == 0
-                ? p->ordered_lanes == 0 && p->unique_slots == 0 && p->result_slots == 0 && p->result_bytes == 0
-                : p->durability != SHMQ_DURABILITY_NONE && p->job_slots <= (1u << 20) &&
-                      is_power_of_two(p->unique_slots) && p->unique_slots >= 2 && p->unique_slots <= (1u << 24) &&
-                      p->result_slots <= (1u << 24) && p->result_bytes % 64 == 0 &&
-                      p->result_bytes <= (1ull << 34) && (p->result_slots == 0) == (p->result_bytes == 0)) &&
-           p->throttle_mode <= SHMQ_THROTTLE_CLOSED && (p->job_slots || (p->throttle_mode == 0 && p->max_log_bytes == 0)) &&
-           (p->throttle_mode != SHMQ_THROTTLE_CLOSED || (p->throttle_target >= 1 && p->throttle_high > p->throttle_target));
+    if (p->lane_count < 1 || p->lane_count > 1024)
+        return "lane_count (1 .. 1024)";
+    if (!is_power_of_two(p->slots_per_lane) || p->slots_per_lane < 2 || p->slots_per_lane > (1u << 30))
+        return "slots_per_lane (a power of two, 2 .. 2^30)";
+    if (p->slot_bytes < 16 || p->slot_bytes > 65536 || p->slot_bytes % 16)
+        return "slot_bytes (a multiple of 16, 16 .. 65536)";
+    if (p->participant_capacity < 2 || p->participant_capacity > SHMQ_MAX_PARTICIPANTS + 1)
+        return "participant_capacity (2 .. 8192)";
+    if (p->max_message_bytes < 1 || p->max_message_bytes > (1ull << 40))
+        return "max_message_bytes (1 .. 2^40)";
+    if (p->durability > SHMQ_DURABILITY_SYNC)
+        return "durability (0 .. 4)";
+    if (p->durability != SHMQ_DURABILITY_NONE &&
+        !(p->segment_bytes >= 8192 && p->segment_bytes % 4096 == 0 && p->segment_bytes <= (1ull << 40) &&
+          p->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD <= p->segment_bytes))
+        return "segment_bytes (a multiple of 4096, 8192 .. 2^40, above max_message_bytes + 80)";
+    if (p->ordered_lanes >= p->lane_count)
+        return "ordered_lanes (below lane_count)";
+    if (p->job_slots == 0) {
+        if (p->ordered_lanes || p->unique_slots || p->result_slots || p->result_bytes)
+            return "job_slots (0, yet ordered lanes, unique keys or results are set)";
+    } else {
+        if (p->durability == SHMQ_DURABILITY_NONE || p->job_slots > (1u << 20))
+            return "job_slots (1 .. 2^20, with a log)";
+        if (!is_power_of_two(p->unique_slots) || p->unique_slots < 2 || p->unique_slots > (1u << 24))
+            return "unique_slots (a power of two, 2 .. 2^24)";
+        if (p->result_slots > (1u << 24) || p->result_bytes % 64 || p->result_bytes > (1ull << 34) ||
+            (p->result_slots == 0) != (p->result_bytes == 0))
+            return "result_slots / result_bytes (0 .. 2^24 / a multiple of 64, 0 .. 2^34, both 0 or neither)";
+    }
+    if (p->throttle_mode > SHMQ_THROTTLE_CLOSED || (!p->job_slots && (p->throttle_mode || p->max_log_bytes)))
+        return "throttle_mode (0 .. 2; with job tables only)";
+    if (p->throttle_mode == SHMQ_THROTTLE_CLOSED && !(p->throttle_target >= 1 && p->throttle_high > p->throttle_target))
+        return "throttle_target / throttle_high (1 <= target < high)";
+    return NULL;
 }
+
+static int params_valid(const shmq_params *p) { return params_invalid(p) == NULL; }
 
 /* Where the job tables start, and their total size (see "Jobs" in layout.h). */
 static uint64_t jobs_bytes(const shmq_params *p)
@@ -182,52 +202,113 @@ int shmq_region_init(void *base, uint64_t size, const shmq_params *p)
     return SHMQ_OK;
 }
 
-int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */,
-                     uint32_t *layout_version /* OUT */)
+#define PROBLEM(...) (text ? snprintf(text, capacity, __VA_ARGS__) : 0)
+
+/* Compares a header field with the value its parameters give. */
+#define EXPECT_FIELD(field, expected)                                                                   \
+    do {                                                                                                \
+        uint64_t want_ = (expected);                                                                    \
+        if ((uint64_t)hdr->field != want_) {                                                            \
+            PROBLEM("header field " #field " is %llu, but its parameters give %llu",                   \
+                    (unsigned long long)hdr->field, (unsigned long long)want_);                          \
+            return SHMQ_ENOTSHMQ;                                                                       \
+        }                                                                                               \
+    } while (0)
+
+/* Checks a region before anything past its header is touched: magic,
+ * version, every parameter's range, then every offset and size recomputed
+ * from the parameters and compared with the header, then the object's size;
+ * only then the parameters kept in the job tables. A header that a stray
+ * write changed is refused here rather than followed out of the mapping.
+ * `text` (may be NULL) gets what was wrong. */
+static int region_check(const void *base, uint64_t size, shmq_params *out, uint32_t *layout_version, char *text,
+                        uint32_t capacity)
 {
-    if (size < SHMQ_HEADER_BYTES)
+    if (text && capacity)
+        text[0] = '\0';
+    *layout_version = 0;
+    if (size < SHMQ_HEADER_BYTES) {
+        PROBLEM("the region is %llu bytes, smaller than its %llu-byte header", (unsigned long long)size,
+                (unsigned long long)SHMQ_HEADER_BYTES);
         return size == 0 ? SHMQ_EUNINIT : SHMQ_ESIZE;
+    }
     const shmq_region_header *hdr = base;
     /* acquire: pairs with the release store of the magic in shmq_region_init. */
     uint64_t magic = atomic_load_explicit((_Atomic uint64_t *)&hdr->magic, memory_order_acquire);
     *layout_version = hdr->layout_version;
-    if (magic == 0)
+    if (magic == 0) {
+        PROBLEM("the magic number is 0 (its creator never finished, or the header was overwritten)");
         return SHMQ_EUNINIT;
-    if (magic != (uint64_t)SHMQ_MAGIC)
+    }
+    if (magic != (uint64_t)SHMQ_MAGIC) {
+        PROBLEM("the magic number is 0x%016llx, not 0x%016llx", (unsigned long long)magic,
+                (unsigned long long)SHMQ_MAGIC);
         return SHMQ_ENOTSHMQ;
-    if (hdr->layout_version != SHMQ_LAYOUT_VERSION)
+    }
+    if (hdr->layout_version != SHMQ_LAYOUT_VERSION) {
+        PROBLEM("layout version %u, not %u", hdr->layout_version, (unsigned)SHMQ_LAYOUT_VERSION);
         return SHMQ_EVERSION;
-    out->lane_count = hdr->lane_count;
-    out->slots_per_lane = hdr->slots_per_lane;
-    out->slot_bytes = hdr->slot_bytes;
-    out->codec_id = hdr->codec_id;
-    out->max_message_bytes = hdr->max_message_bytes;
-    out->participant_capacity = hdr->participant_capacity;
-    out->durability = hdr->durability;
-    out->segment_bytes = hdr->segment_bytes;
-    out->flush_interval_ns = hdr->flush_interval_ns;
-    out->flush_bytes = hdr->flush_bytes;
-    out->ordered_lanes = hdr->ordered_lanes;
-    out->job_slots = hdr->job_slots;
-    out->unique_slots = hdr->unique_slots;
-    out->result_slots = hdr->result_slots;
-    out->result_bytes = hdr->result_bytes;
-    out->result_ttl_ns = hdr->result_ttl_ns;
-    out->throttle_mode = 0;
-    out->reserved = 0;
-    out->max_log_bytes = out->throttle_target = out->throttle_high = 0;
-    if (hdr->jobs_offset && hdr->jobs_offset + sizeof(shmq_jobs_header) <= size) {
+    }
+    EXPECT_FIELD(header_bytes, SHMQ_HEADER_BYTES);
+    *out = (shmq_params){
+        .lane_count = hdr->lane_count,
+        .slots_per_lane = hdr->slots_per_lane,
+        .slot_bytes = hdr->slot_bytes,
+        .codec_id = hdr->codec_id,
+        .max_message_bytes = hdr->max_message_bytes,
+        .participant_capacity = hdr->participant_capacity,
+        .durability = hdr->durability,
+        .segment_bytes = hdr->segment_bytes,
+        .flush_interval_ns = hdr->flush_interval_ns,
+        .flush_bytes = hdr->flush_bytes,
+        .ordered_lanes = hdr->ordered_lanes,
+        .job_slots = hdr->job_slots,
+        .unique_slots = hdr->unique_slots,
+        .result_slots = hdr->result_slots,
+        .result_bytes = hdr->result_bytes,
+        .result_ttl_ns = hdr->result_ttl_ns,
+    };
+    const char *bad = params_invalid(out);
+    if (bad) {
+        PROBLEM("header parameter out of range: %s", bad);
+        return SHMQ_ENOTSHMQ;
+    }
+    if (out->durability == SHMQ_DURABILITY_NONE)
+        EXPECT_FIELD(segment_bytes, 0);
+    EXPECT_FIELD(lanes_offset, lanes_offset_for(out->participant_capacity));
+    EXPECT_FIELD(lane_bytes, shmq_lane_bytes(out->slots_per_lane, out->slot_bytes));
+    EXPECT_FIELD(jobs_offset, out->job_slots ? jobs_offset_for(out) : 0);
+    EXPECT_FIELD(region_bytes, jobs_offset_for(out) + jobs_bytes(out));
+    if (size < hdr->region_bytes) {
+        PROBLEM("the region object is %llu bytes, but its header needs %llu", (unsigned long long)size,
+                (unsigned long long)hdr->region_bytes);
+        return SHMQ_ESIZE;
+    }
+    if (out->job_slots) { /* jobs_offset was checked above, and lies inside the object */
         const shmq_jobs_header *jh = (const shmq_jobs_header *)((const uint8_t *)base + hdr->jobs_offset);
         out->throttle_mode = jh->throttle_mode;
         out->max_log_bytes = jh->max_log_bytes;
         out->throttle_target = jh->throttle_target;
         out->throttle_high = jh->throttle_high;
+        if ((bad = params_invalid(out)) != NULL) {
+            PROBLEM("job table parameter out of range: %s", bad);
+            return SHMQ_ENOTSHMQ;
+        }
     }
-    if (!params_valid(out) || hdr->region_bytes != shmq_region_size(out))
-        return SHMQ_ENOTSHMQ;
-    if (size < hdr->region_bytes)
-        return SHMQ_ESIZE;
     return SHMQ_OK;
+}
+
+int shmq_region_read(const void *base, uint64_t size, shmq_params *out /* OUT */,
+                     uint32_t *layout_version /* OUT */)
+{
+    return region_check(base, size, out, layout_version, NULL, 0);
+}
+
+int shmq_region_problem(const void *base, uint64_t size, char *text /* OUT */, uint32_t capacity)
+{
+    shmq_params params;
+    uint32_t version;
+    return region_check(base, size, &params, &version, text, capacity);
 }
 
 static uint32_t log2_u64(uint64_t v)
@@ -257,8 +338,11 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
     h->size = size;
     h->header = hdr;
     h->participants = (shmq_participant *)((uint8_t *)base + SHMQ_PARTICIPANTS_OFFSET);
-    h->lanes_offset = hdr->lanes_offset;
-    h->lane_bytes = hdr->lane_bytes;
+    /* From the checked parameters, never read again from the header: a stray
+     * write there later must not move this process's view of the region. */
+    h->participant_capacity = p.participant_capacity;
+    h->lanes_offset = lanes_offset_for(p.participant_capacity);
+    h->lane_bytes = shmq_lane_bytes(p.slots_per_lane, p.slot_bytes);
     h->data_offset = shmq_lane_data_offset(p.slots_per_lane);
     h->ring_bytes = (uint64_t)p.slots_per_lane * p.slot_bytes;
     h->slot_mask = p.slots_per_lane - 1u;
@@ -267,7 +351,7 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
     h->lane_count = p.lane_count;
     h->unordered_lanes = p.lane_count - p.ordered_lanes;
     if (p.job_slots) {
-        uint8_t *at = (uint8_t *)base + hdr->jobs_offset;
+        uint8_t *at = (uint8_t *)base + jobs_offset_for(&p);
         h->jobs = (shmq_jobs_header *)at;
         at += sizeof(shmq_jobs_header);
         h->metrics = (shmq_lane_metrics *)at;

@@ -241,6 +241,13 @@ int shmq_unmap(void *base, uint64_t size);
 int shmq_region_init(void *base, uint64_t size, const shmq_params *params);
 int shmq_region_read(const void *base, uint64_t size, shmq_params *params /* OUT */,
                      uint32_t *layout_version /* OUT */);
+/* shmq_region_read's verdict, with what was wrong (magic, a parameter out of
+ * range, an offset or size that its parameters contradict, the object's size)
+ * as text in `text` (capacity bytes, NUL-terminated; "" when OK). */
+int shmq_region_problem(const void *base, uint64_t size, char *text /* OUT */, uint32_t capacity);
+/* Live processes named in a region's participant table, read without
+ * attaching (for deciding whether a damaged region is abandoned). */
+int shmq_region_live_participants(const void *base, uint64_t size);
 
 /* Handles: one per attached queue object; registers this process. */
 int shmq_attach(void *base, uint64_t size, shmq_handle **handle /* OUT */);

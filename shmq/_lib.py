@@ -68,6 +68,20 @@ def log_error(err: int, what: str, where: str = "the log directory") -> errors.S
     import errno as _errno
 
     reason = os.strerror(err) if err else "I/O error"
+    if err in (_errno.ENOSPC, _errno.EDQUOT) and (where.startswith("/dev/shm/") or where == "the log directory"):
+        try:
+            st = os.statvfs("/dev/shm")
+            free = f"{st.f_bavail * st.f_frsize} bytes free of {st.f_blocks * st.f_frsize}"
+        except OSError:
+            free = "its free space unknown"
+        holder = f"/dev/shm, which holds the 'memory' log {where}," if where != "the log directory" else (
+            "the disk holding the log directory (for durability='memory': /dev/shm,"
+            f" {free.split(' of ')[0]})")
+        text = f"{what}: {holder} is full" + (f" ({free})" if where != "the log directory" else "")
+        return errors.LogWriteError(
+            f"{text}. Nothing already accepted is lost; consume jobs (segments are freed once consumed), free "
+            "space, lower max_log_bytes or segment_bytes, or for /dev/shm enlarge it (docker run --shm-size=...)",
+            err)
     if err in (_errno.ENOSPC, _errno.EDQUOT):
         return errors.LogWriteError(
             f"{what}: the disk holding {where} is full ({reason}). Nothing already accepted is lost; "

@@ -89,7 +89,20 @@ class PermissionDenied(ShmqError, PermissionError):
 
 
 class QueueCorrupted(ShmqError):
-    """The shared region is damaged beyond what shmq repairs by itself."""
+    """The shared region is damaged beyond what shmq repairs by itself: its
+    header contradicts itself (a stray write by a buggy process), or its magic
+    was wiped while live processes still use it. The message names what was
+    wrong, who uses the region, and the fix; shmq never replaces a region that
+    live processes use."""
+
+
+class SharedMemoryFull(ShmqError, OSError):
+    """/dev/shm has no room for the queue's region (or its "memory" log).
+    Nothing was created. The message gives the bytes needed and free."""
+
+    def __init__(self, message: str, errno_value: int = 0):
+        ShmqError.__init__(self, message)
+        self.errno = errno_value
 
 
 class LogWriteError(ShmqError, OSError):

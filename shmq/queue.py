@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -197,7 +198,9 @@ def _validate(requested: dict) -> dict:
     if "lanes" in checked:
         _check_int("lanes", checked["lanes"], 1, 1024)
     if "capacity" in checked:
-        _check_int("capacity", checked["capacity"], 2, 1 << 30, power_of_two=True)
+        # 2^24 slots: a lane of 16 M messages (2.1 GiB at the default slot_bytes) is plenty;
+        # beyond it the sizes only ever fail at creation, later and less clearly.
+        _check_int("capacity", checked["capacity"], 2, 1 << 24, power_of_two=True)
     if "slot_bytes" in checked:
         _check_int("slot_bytes", checked["slot_bytes"], 16, 65536, multiple=16)
     if "max_message_bytes" in checked:
@@ -249,6 +252,11 @@ def _validate(requested: dict) -> dict:
 
 def _check_fits(values: dict) -> None:
     """A job's record must fit in one log segment; jobs need a log."""
+    if values["lanes"] + values["ordered_lanes"] > 1024:
+        raise errors.ConfigError(
+            f"lanes={values['lanes']} plus ordered_lanes={values['ordered_lanes']} is "
+            f"{values['lanes'] + values['ordered_lanes']} lanes: a queue has at most 1024. Lower either"
+        )
     if values["durability"] == "none":
         for key in ("throttle", "max_log_bytes"):
             if values[key] not in ("none", 0):
@@ -273,6 +281,71 @@ def _check_fits(values: dict) -> None:
             f"segment_bytes={values['segment_bytes']} (a message may be at most segment_bytes - "
             f"{_RECORD_OVERHEAD} = {limit}). Raise segment_bytes or lower max_message_bytes"
         )
+
+
+# /dev/shm is a tmpfs: an object's pages are taken when first touched, and a
+# touch that finds it full kills the process with SIGBUS. So a region is
+# reserved whole at creation (posix_fallocate), and the sizes are checked
+# against the file system first, so that the error names what to change.
+SHM_DIR = "/dev/shm"
+# The settings that size a region, for the error that says what to lower.
+_SIZE_SETTINGS = "capacity, slot_bytes, lanes / ordered_lanes, jobs_capacity, result_bytes"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _shm_needs(size: int, values: dict) -> tuple[int, str]:
+    """Bytes a new queue takes in /dev/shm, and what they are."""
+    if values["durability"] != "memory":
+        return size, f"a region of {size} bytes"
+    segment = 4096 + values["segment_bytes"]
+    return size + segment, f"a region of {size} bytes and a first log segment of {segment} bytes"
+
+
+def _check_shm_space(shm_name: str, size: int, values: dict) -> None:
+    """Raises SharedMemoryFull (creating nothing) if /dev/shm cannot hold the queue."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return  # no /dev/shm to ask: the reservation below still fails cleanly
+    needed, what = _shm_needs(size, values)
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    shrink = (f"lower {_SIZE_SETTINGS}" + (" or segment_bytes" if values["durability"] == "memory" else ""))
+    if needed > total:
+        raise errors.SharedMemoryFull(
+            f"queue region {shm_name} needs {what} ({_mib(needed)}), more than {SHM_DIR} holds in all "
+            f"({total} bytes, {_mib(total)}): {shrink}, or enlarge {SHM_DIR} (docker run --shm-size=...)",
+            errno.ENOSPC)
+    if needed > free:
+        raise errors.SharedMemoryFull(
+            f"free space in {SHM_DIR} ({needed} needed, {free} free): queue region {shm_name} needs {what}. "
+            f"Free space there (remove unused queues: shmq ls / Queue(...).unlink()), {shrink}, or enlarge "
+            f"{SHM_DIR} (docker run --shm-size=...)", errno.ENOSPC)
+
+
+def _reserve(shm, shm_name: str, size: int, values: dict) -> None:
+    """Takes every page of a new region now; on failure removes it and raises."""
+    try:
+        os.posix_fallocate(shm.fd, 0, size)
+        return
+    except OSError as exc:
+        err = exc.errno
+    if err in (errno.EOPNOTSUPP, errno.EINVAL):
+        return  # not a tmpfs: nothing to reserve ahead
+    shm.close_fd()
+    posix_ipc.unlink_shared_memory(shm_name)
+    try:
+        st = os.statvfs(SHM_DIR)
+        free = str(st.f_bavail * st.f_frsize)
+    except OSError:
+        free = "unknown"
+    needed, what = _shm_needs(size, values)
+    raise errors.SharedMemoryFull(
+        f"free space in {SHM_DIR} ({needed} needed, {free} free): reserving queue region {shm_name} failed "
+        f"({os.strerror(err)}); nothing was created. Free space there, lower {_SIZE_SETTINGS}, or enlarge "
+        f"{SHM_DIR} (docker run --shm-size=...)", err)
 
 
 def _own_memory_log(name: str, path: str) -> bool:
@@ -378,7 +451,8 @@ class _Region:
             if requested is None:
                 raise errors.QueueNotFound(f"queue {self.name!r} in {self.path} is being made by a process "
                                            "that died: open it from its own program to make it again")
-            posix_ipc.unlink_shared_memory(self.shm_name)  # its creator died mid-way
+            # Its creator died mid-way (checked abandoned by _map_existing).
+            posix_ipc.unlink_shared_memory(self.shm_name)
         if requested is None:
             raise errors.QueueNotFound(
                 f"no queue {self.name!r} is loaded in {self.path} (no region {self.shm_name}): open it from its "
@@ -405,7 +479,10 @@ class _Region:
         version = ffi.new("uint32_t *")
         rc = lib.shmq_region_read(base[0], size, params, version)
         if rc == lib.SHMQ_EUNINIT:
-            lib.shmq_unmap(base[0], size)
+            # No magic: a creator that died before publishing it (we hold the
+            # queue's lock), or a stray write over a live region. Replace it
+            # only if no live process uses it (else two regions, one log).
+            self._refuse_if_in_use(base[0], size, "its magic number is 0 (the header was overwritten)")
             return False
         if rc == lib.SHMQ_EVERSION:
             lib.shmq_unmap(base[0], size)
@@ -416,16 +493,73 @@ class _Region:
                 f"/dev/shm{self.shm_name}), or run the same shmq version everywhere"
             )
         if rc != OK:
+            problem = ffi.new("char[]", 512)
+            lib.shmq_region_problem(base[0], size, problem, 512)
+            users = self._users(base[0], size)
             lib.shmq_unmap(base[0], size)
-            raise errors.LayoutMismatch(
-                f"/dev/shm{self.shm_name} is not a usable shmq queue region ({status_text(rc)}). "
-                "If nothing else owns it, delete it and open the queue again"
-            )
+            raise errors.QueueCorrupted(self._corrupted_text(ffi.string(problem).decode(), users))
+        if params.codec_id not in _codec.CODEC_IDS.values():
+            users = self._users(base[0], size)
+            lib.shmq_unmap(base[0], size)
+            raise errors.QueueCorrupted(self._corrupted_text(
+                f"its codec id is {params.codec_id}, not one of {sorted(_codec.CODEC_IDS.values())}", users))
         try:
             self._finish(base[0], size, params, attaching=True)
         except _CreatorDied:
-            return False  # its creator died while recovering: made again, recovery starts over
+            # Its creator died while recovering (made again, recovery starts
+            # over), or a stray write cleared the log's READY flag.
+            self._check_abandoned("its log is marked as never recovered (the header was overwritten)")
+            return False
         return True
+
+    def _users(self, base, size: int) -> list[int]:
+        """Pids of live processes that use the mapped region: those that map
+        the object (this one excluded: it mapped it to look), and those its
+        participant table names (counted, when they are not among those)."""
+        mapping = _mapped_by("/dev/shm" + self.shm_name)
+        own = mapping.count(os.getpid())
+        others = [pid for pid in mapping if pid != os.getpid()]
+        if own > 1:
+            others.append(os.getpid())  # another handle of this process
+        named = lib.shmq_region_live_participants(base, size)
+        return others + [0] * max(0, named - len(others))
+
+    def _corrupted_text(self, problem: str, users: list[int]) -> str:
+        where = f"/dev/shm{self.shm_name}"
+        if users:
+            known = sorted(pid for pid in set(users) if pid)
+            who = f"pid(s) {', '.join(map(str, known))}" if known else f"{len(users)} process(es)"
+            return (
+                f"queue {self.name!r}: its region {where} is damaged ({problem}), and {who} still use it. "
+                "shmq never replaces a region in use (two regions on one log would run jobs twice). Stop "
+                f"those processes, then delete {where} and open the queue again (a queue with a log is rebuilt "
+                "from it)"
+            )
+        return (
+            f"queue {self.name!r}: its region {where} is damaged ({problem}). No live process uses it: "
+            f"delete {where} and open the queue again (a queue with a log is rebuilt from it)"
+        )
+
+    def _refuse_if_in_use(self, base, size: int, problem: str) -> None:
+        """Unmaps the region; raises QueueCorrupted if live processes use it."""
+        users = self._users(base, size)
+        lib.shmq_unmap(base, size)
+        if users:
+            raise errors.QueueCorrupted(self._corrupted_text(problem, users))
+
+    def _check_abandoned(self, problem: str) -> None:
+        try:
+            shm = posix_ipc.SharedMemory(self.shm_name)
+        except posix_ipc.ExistentialError:
+            return
+        base = ffi.new("void **")
+        try:
+            size = shm.size
+            if size == 0 or lib.shmq_map(shm.fd, size, base) != OK:
+                return
+        finally:
+            shm.close_fd()
+        self._refuse_if_in_use(base[0], size, problem)
 
     def _create(self, requested: dict) -> None:
         requested, kept = self._restore_settings(requested)
@@ -470,6 +604,7 @@ class _Region:
         size = lib.shmq_region_size(params)
         if size == 0:
             raise errors.ConfigError(f"invalid queue parameters {values}")
+        _check_shm_space(self.shm_name, size, values)
         try:
             shm = posix_ipc.SharedMemory(self.shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
         except (OSError, ValueError, posix_ipc.Error) as exc:
@@ -477,6 +612,7 @@ class _Region:
                 f"cannot create queue region {self.shm_name} of {size} bytes: {exc}. "
                 "Free space in /dev/shm, or lower capacity / slot_bytes / lanes"
             ) from None
+        _reserve(shm, self.shm_name, size, values)
         base = ffi.new("void **")
         try:
             os.fchmod(shm.fd, 0o600)  # whatever the umask, owner only
@@ -618,6 +754,23 @@ class _Region:
             lib.shmq_detach(self.handle)
             lib.shmq_unmap(self.base, self.size)
             self.handle = None
+
+
+def _mapped_by(shm_path: str) -> list[int]:
+    """Pids of the processes that map the object at `shm_path` (once per
+    mapping), as /proc/<pid>/maps shows them; processes whose maps cannot
+    be read are not counted (their participant entries still are)."""
+    needle = f" {shm_path}\n".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps", "rb") as maps:
+                found.extend([int(entry)] * maps.read().count(needle))
+        except OSError:
+            continue
+    return found
 
 
 def _owner_of(path: str) -> str:

@@ -66,7 +66,9 @@ def test_longest_valid_name(make_queue):
         ({"capacity": 0}, ["capacity=0", "out of range", "2"]),
         ({"capacity": 1}, ["capacity=1", "out of range"]),
         ({"capacity": -4}, ["capacity=-4", "out of range"]),
-        ({"capacity": 1 << 31}, ["out of range", str(1 << 30)]),
+        ({"capacity": 1 << 31}, ["out of range", str(1 << 24)]),
+        ({"capacity": 1 << 30}, ["capacity=1073741824", "out of range", str(1 << 24)]),
+        ({"lanes": 1000, "ordered_lanes": 100}, ["lanes=1000", "ordered_lanes=100", "1100 lanes", "1024"]),
         ({"lanes": 0}, ["lanes=0", "out of range", "1024"]),
         ({"lanes": 2000}, ["lanes=2000", "out of range", "1 .. 1024"]),
         ({"slot_bytes": 15}, ["slot_bytes=15", "out of range", "16"]),
@@ -149,8 +151,16 @@ def test_region_of_another_layout_version(make_queue):
     assert os.path.exists(shm_file(name, path)), "another version's region must be left alone"
 
 
-@pytest.mark.parametrize("damage", ["magic", "params", "truncated", "tiny"])
-def test_damaged_region(make_queue, damage):
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        ("magic", ["magic number is 0x21514d4853544f4e"]),
+        ("params", ["slots_per_lane"]),
+        ("truncated", ["region object is", "bytes, but its header needs"]),
+        ("tiny", ["100 bytes, smaller than its 640-byte header"]),
+    ],
+)
+def test_damaged_region(make_queue, damage, words):
     q = make_queue(capacity=16)
     name, path = q.name, q.path
     q.close()
@@ -166,8 +176,11 @@ def test_damaged_region(make_queue, damage):
             os.ftruncate(fd, 100)  # smaller than a header
     finally:
         os.close(fd)
-    with pytest.raises(shmq.LayoutMismatch, match="not a usable shmq queue region"):
+    with pytest.raises(shmq.QueueCorrupted) as info:
         shmq.Queue(name, path)
+    text = str(info.value)
+    for word in words + ["is damaged", "No live process uses it", f"delete {shm_file(name, path)}"]:
+        assert word in text, f"{word!r} missing from {text!r}"
     assert os.path.exists(shm_file(name, path))
 
 

@@ -312,3 +312,63 @@ void test_basic_core_flags(void)
     shmq_detach(h);
     region_destroy(&r);
 }
+
+/* A header that a stray write changed is refused before anything past it is
+ * used, and the problem names the field; a lane hint that garbage put a lap
+ * behind its slots makes push and pop report full / empty, never spin. */
+void test_region_damage(void)
+{
+    shmq_params p = test_params(2, 16, 48);
+    test_region r = region_create_with(&p);
+    shmq_region_header *hdr = r.base;
+    shmq_params out;
+    uint32_t version;
+    char text[256];
+    struct {
+        uint64_t *field;
+        uint64_t garbage;
+        const char *name;
+    } cases[] = {
+        {&hdr->lanes_offset, hdr->lanes_offset + 64, "lanes_offset"},
+        {&hdr->lane_bytes, UINT64_MAX / 2, "lane_bytes"},
+        {&hdr->jobs_offset, 1ull << 40, "jobs_offset"},
+        {&hdr->region_bytes, hdr->region_bytes * 2, "region_bytes"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint64_t saved = *cases[i].field;
+        *cases[i].field = cases[i].garbage;
+        CHECK_RC(shmq_region_read(r.base, r.size, &out, &version), SHMQ_ENOTSHMQ);
+        CHECK_RC(shmq_region_problem(r.base, r.size, text, sizeof text), SHMQ_ENOTSHMQ);
+        CHECK(strstr(text, cases[i].name) != NULL);
+        shmq_handle *none = NULL;
+        CHECK_RC(shmq_attach(r.base, r.size, &none), SHMQ_ENOTSHMQ);
+        *cases[i].field = saved;
+    }
+    hdr->participant_capacity = SHMQ_MAX_PARTICIPANTS + 2;
+    CHECK_RC(shmq_region_problem(r.base, r.size, text, sizeof text), SHMQ_ENOTSHMQ);
+    CHECK(strstr(text, "participant_capacity") != NULL);
+    hdr->participant_capacity = p.participant_capacity;
+    CHECK_RC(shmq_region_problem(r.base, r.size - 64, text, sizeof text), SHMQ_ESIZE);
+    CHECK_RC(shmq_region_problem(r.base, r.size, text, sizeof text), SHMQ_OK);
+    CHECK_EQ(text[0], '\0');
+
+    /* One lap through lane 0, then its hints thrown back a lap. */
+    shmq_handle *h = region_attach(&r);
+    CHECK_EQ(shmq_region_live_participants(r.base, r.size), 1);
+    char buf[64] = {0};
+    shmq_message m;
+    for (int i = 0; i < 16; i++) {
+        CHECK_RC(shmq_push(h, 0, 0, 0, buf, 8, NULL, 0, 0), SHMQ_OK);
+        CHECK_RC(shmq_pop(h, buf, sizeof buf, 0, &m), SHMQ_OK);
+    }
+    shmq_lane_header *lane = (shmq_lane_header *)((uint8_t *)r.base + hdr->lanes_offset);
+    atomic_store(&lane->tail, 0);
+    atomic_store(&lane->head, 0);
+    int64_t start = shmq_now_ns();
+    CHECK_RC(shmq_push(h, 0, 0, 0, buf, 8, NULL, 0, 20 * 1000 * 1000), SHMQ_EFULL);
+    CHECK_RC(shmq_pop(h, buf, sizeof buf, 20 * 1000 * 1000, &m), SHMQ_EEMPTY);
+    CHECK(shmq_now_ns() - start < 10ll * 1000 * 1000 * 1000); /* bounded by the timeouts, not a spin for ever */
+    CHECK_RC(shmq_push(h, 1, 0, 0, buf, 8, NULL, 0, 0), SHMQ_OK); /* the other lane is unharmed */
+    shmq_detach(h);
+    region_destroy(&r);
+}

@@ -5,6 +5,7 @@
 
 #define SHMQ_TESTS(X)            \
     X(region_params)             \
+    X(region_damage)             \
     X(basic_round_trip)          \
     X(basic_empty_full)          \
     X(basic_timeouts)            \
