@@ -11,8 +11,9 @@ out (see RESIZABLE for what it may change). The file is one line of JSON:
     {"format": 1, "params": {<QueueParams fields>}, "crc32": <zlib.crc32 of
      the params object as json.dumps(..., sort_keys=True, separators=(",", ":"))>}
 
-written to "tmp.params" (a name recovery removes if a writer died), flushed,
-and renamed into place; read with O_NOFOLLOW. A file that fails its checks
+written to a new file of a random name ("params.<random>.tmp", O_EXCL),
+flushed, and renamed into place; read with O_NOFOLLOW and only if it is ours
+and private. A file that fails its checks
 is reported and moved to <log dir>/damaged/, and the queue is made from the
 opener's settings.
 """
@@ -23,7 +24,7 @@ import json
 import os
 import zlib
 
-from shmq import errors
+from shmq import _fs, errors
 
 NAME = "params"
 # Sizes of the region alone: a recovery rebuilds the region, so the opener
@@ -33,7 +34,7 @@ NAME = "params"
 # flushed and throttled) and must agree with the kept one.
 RESIZABLE = frozenset({"capacity", "slot_bytes", "jobs_capacity", "unique_capacity", "result_capacity",
                        "result_bytes"})
-_TEMP = "tmp.params"
+_TEMP = "params"  # temporary files: params.<random>.tmp, renamed over params
 FORMAT = 1
 
 
@@ -50,7 +51,7 @@ def read(log_dir: str, fields: set[str]) -> dict | None:
     file aside) when it fails its checks."""
     path = os.path.join(log_dir, NAME)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _fs.open_file(path, os.O_RDONLY, "the queue's parameters file")  # ours and private, or refused
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -81,7 +82,7 @@ def read(log_dir: str, fields: set[str]) -> dict | None:
 
 def _move_aside(log_dir: str) -> str:
     directory = os.path.join(log_dir, "damaged")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _fs.private_dir(directory, "damaged-files directory")
     for n in range(1000):
         target = os.path.join(directory, NAME if n == 0 else f"{NAME}.{n}")
         if not os.path.lexists(target):
@@ -93,12 +94,7 @@ def _move_aside(log_dir: str) -> str:
 def write(log_dir: str, params: dict, durable: bool) -> None:
     """Writes the parameters atomically (temp file, flush, rename)."""
     doc = {"format": FORMAT, "params": params, "crc32": zlib.crc32(_canonical(params))}
-    temp = os.path.join(log_dir, _TEMP)
-    try:
-        os.unlink(temp)  # left by a writer that died
-    except FileNotFoundError:
-        pass
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd, temp = _fs.open_temp(log_dir, _TEMP)
     try:
         os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
         if durable:
