@@ -6,6 +6,8 @@
     q.put({"id": 1}); q.get()
 """
 
+import sys as _sys
+
 from shmq.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -64,22 +66,75 @@ __all__ = [
 ]
 
 
+# Module paths of earlier versions, kept for users' imports: each is the same
+# module object as the one it moved to (so monkeypatching either one works).
+_MOVED = {
+    "shmq.queue": "shmq.channel.queue",
+    "shmq.codec": "shmq.codec",
+    "shmq.jobs": "shmq.channel.jobs",
+    "shmq.deadletter": "shmq.channel.deadletter",
+    "shmq.mp": "shmq.channel.mp",
+    "shmq.app": "shmq.tasks.app",
+    "shmq.worker": "shmq.tasks.worker",
+    "shmq.eager": "shmq.tasks.eager",
+    "shmq.supervisor": "shmq.ops.supervisor",
+    "shmq.config": "shmq.settings.config",
+    "shmq.metrics": "shmq.ops.metrics",
+    "shmq.commands": "shmq.cli.commands",
+}
+
+
+class _MovedModules:
+    """A meta path finder that answers an old module path with the module it
+    moved to (and the modules below a moved package likewise)."""
+
+    @staticmethod
+    def _target(fullname: str) -> str | None:
+        for old, new in _MOVED.items():
+            if fullname == old or fullname.startswith(old + "."):
+                return new + fullname[len(old):]
+        return None
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        import importlib.util
+
+        moved = cls._target(fullname)
+        return None if moved is None else importlib.util.spec_from_loader(fullname, cls)
+
+    @classmethod
+    def create_module(cls, spec):
+        import importlib
+
+        module = importlib.import_module(cls._target(spec.name))
+        spec.moved_from = module.__spec__  # importlib sets module.__spec__ to this alias spec next
+        return module
+
+    @staticmethod
+    def exec_module(module) -> None:
+        module.__spec__ = module.__spec__.moved_from  # the module ran under its own name: keep its spec
+
+
+if not any(finder is _MovedModules or type(finder).__name__ == "_MovedModules" for finder in _sys.meta_path):
+    _sys.meta_path.insert(0, _MovedModules)
+
+
 def __getattr__(name):
     # Imported lazily so that pure-Python parts (codec, errors) load without the C core.
     if name == "Queue":
-        from shmq.queue import Queue
+        from shmq.channel.queue import Queue
 
         return Queue
     if name in ("Job", "Delivery"):
-        from shmq import jobs
+        from shmq.channel import jobs
 
         return getattr(jobs, name)
     if name == "App":
-        from shmq.app import App
+        from shmq.tasks.app import App
 
         return App
     if name == "mp":  # the drop-in for multiprocessing.Queue
-        import shmq.mp
+        import shmq.channel.mp
 
-        return shmq.mp
+        return shmq.channel.mp
     raise AttributeError(f"module 'shmq' has no attribute {name!r}")

@@ -44,7 +44,7 @@ import sys
 
 import msgpack
 
-from .errors import ConfigError, DecodeError, EncodeError
+from shmq.errors import ConfigError, DecodeError, EncodeError
 
 
 class _Numpy:

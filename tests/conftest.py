@@ -14,7 +14,7 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 SHM_DIR = "/dev/shm"
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import shmq
-from shmq import queue as shmq_queue
+from shmq.channel import queue as shmq_queue
 
 PATH = sys.argv[1]
 # Job tables of about 4 MiB (leases, a 2 MiB ring of results): their pages

@@ -3,7 +3,7 @@
 workers, retries and dead jobs, groups, unique keys, delays, eager mode,
 App(config=...), and the ``shmq worker`` command line.
 
-Workers run either as a thread of this process (shmq.worker.work with a stop
+Workers run either as a thread of this process (shmq.tasks.worker.work with a stop
 event) or, where several processes matter, as ``python -m shmq worker`` in a
 subprocess over an app module written into the test's directory.
 """
@@ -25,10 +25,10 @@ import uuid
 import pytest
 
 import shmq
-from shmq.app import Task
+from shmq.tasks.app import Task
 from shmq.errors import ConfigError, EncodeError, JobFailed
-from shmq.queue import log_dir, region_name
-from shmq.worker import work
+from shmq.channel.queue import log_dir, region_name
+from shmq.tasks.worker import work
 
 SHM_DIR = "/dev/shm"
 
@@ -80,7 +80,7 @@ def new_app(data_dir):
 
 @contextlib.contextmanager
 def worker_thread(app, threads: int = 1):
-    """shmq.worker.work(app) in a thread of this process, stopped at the end."""
+    """shmq.tasks.worker.work(app) in a thread of this process, stopped at the end."""
     app.queue  # opened here: the worker's threads then share this handle
     stop = threading.Event()
     thread = threading.Thread(target=work, args=(app,), kwargs={"threads": threads, "stop": stop}, daemon=True)

@@ -15,9 +15,9 @@ import math
 import pytest
 
 import shmq
-from shmq import config
+from shmq.settings import config
 from shmq._args import shown
-from shmq.queue import _validate
+from shmq.channel.queue import _validate
 
 NOT_NUMBERS = ["1", b"1", True, False, [1], object()]
 OUT_OF_RANGE = [
@@ -157,7 +157,7 @@ def test_task_and_worker_times_are_checked_before_anything_runs(tmp_path):
     def noop():
         return None
 
-    from shmq.worker import run
+    from shmq.tasks.worker import run
 
     with pytest.raises(shmq.ArgumentError, match="lease=nan is not a number"):
         run(app, lease=float("nan"))

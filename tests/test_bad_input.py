@@ -16,7 +16,7 @@ import pytest
 
 import shmq
 from shmq._lib import lib
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 NOBODY = 65534
 

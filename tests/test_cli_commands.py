@@ -21,7 +21,7 @@ import posix_ipc
 import pytest
 
 from shmq._lib import lib
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 SMALL = {"capacity": 1024, "segment_bytes": 1 << 20, "jobs_capacity": 64, "unique_capacity": 64,
          "result_capacity": 64, "result_bytes": 1 << 16}

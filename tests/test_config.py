@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import shmq
-from shmq import config
-from shmq.config import ConfigFileError, ConfigWarning
+from shmq.settings import config
+from shmq.settings.config import ConfigFileError, ConfigWarning
 from shmq.errors import ConfigError
-from shmq.queue import DEFAULTS
+from shmq.channel.queue import DEFAULTS
 
 from conftest import unique_name
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import shmq
-from shmq import config
+from shmq.settings import config
 from shmq.errors import ConfigError
 
 

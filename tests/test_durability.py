@@ -12,7 +12,7 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import log_dir, region_name
+from shmq.channel.queue import log_dir, region_name
 
 
 def reboot(q: shmq.Queue) -> shmq.Queue:

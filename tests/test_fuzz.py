@@ -146,7 +146,7 @@ def pristine():
     yield path
     import shutil
 
-    from shmq.queue import _unlink_queue, region_name
+    from shmq.channel.queue import _unlink_queue, region_name
 
     _unlink_queue(region_name(fuzz_targets.LOG_NAME, path))
     shutil.rmtree(path)

@@ -29,8 +29,8 @@ from shmq.importers import PickleRefused, SourceError, import_jobs
 from shmq.importers.ledger import Ledger
 from shmq.importers.resque import resque_id
 from shmq.importers.sidekiq import retries_left
-from shmq.queue import log_dir, region_name
-from shmq.worker import work
+from shmq.channel.queue import log_dir, region_name
+from shmq.tasks.worker import work
 
 from redis_server import RedisServer, free_port, need_sidekiq
 
@@ -162,7 +162,7 @@ def wait_for(condition, timeout: float, what: str):
 
 @contextlib.contextmanager
 def worker(app):
-    """shmq.worker.work on the App's queue, in a thread of this process."""
+    """shmq.tasks.worker.work on the App's queue, in a thread of this process."""
     stop = threading.Event()
     thread = threading.Thread(target=work, args=(app,), kwargs={"stop": stop}, daemon=True)
     thread.start()

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import shmq
-from shmq import metrics
-from shmq.jobs import group_lane
+from shmq.ops import metrics
+from shmq.channel.jobs import group_lane
 
 FAST = dict(backoff=0.05)  # retries 0.025 .. 0.075 s after the first failure (jitter 0.5)
 

@@ -15,7 +15,7 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 HEADER_PAGE = 4096
 HEADER_FIELDS = 56  # magic .. crc: the bytes of shmq_segment_header (layout.h)

@@ -14,13 +14,13 @@ import textwrap
 
 import pytest
 
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 CHILD = textwrap.dedent(
     r"""
     import errno, os, struct, sys, time
     import posix_ipc, shmq
-    from shmq.queue import region_name
+    from shmq.channel.queue import region_name
 
     path = sys.argv[1]
     jobs = [b"job-%04d-" % i + bytes(100) for i in range(300)]  # one 64 KiB segment of records

@@ -15,7 +15,7 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 HEADER_PAGE = 4096
 RECORD_FIXED = 64  # record header + job fields before the payload

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from shmq._lib import lib
-from shmq.queue import log_dir
+from shmq.channel.queue import log_dir
 from shmq.tools import logdump
 
 S = 64 * 1024

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""shmq.mp against the standard library: the same test functions run on
-multiprocessing.Queue / SimpleQueue and on shmq.mp.Queue / SimpleQueue.
-Then what only shmq.mp must do: remove its queue when the process that made
+"""shmq.channel.mp against the standard library: the same test functions run on
+multiprocessing.Queue / SimpleQueue and on shmq.channel.mp.Queue / SimpleQueue.
+Then what only shmq.channel.mp must do: remove its queue when the process that made
 it exits, also after kill -9, but not while another process is attached."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from shmq import mp as shmq_mp
+from shmq.channel import mp as shmq_mp
 
 CONTEXTS = ["fork", "spawn"]
 IMPLS = ["stdlib", "shmq"]
@@ -41,7 +41,7 @@ class CustomError(Exception):
 
 
 def owned_entries(pid: int) -> list[str]:
-    """/dev/shm objects of the shmq.mp queues made by process `pid`."""
+    """/dev/shm objects of the shmq.channel.mp queues made by process `pid`."""
     return [e for e in os.listdir("/dev/shm") if f"mp{pid}-" in e]
 
 
@@ -58,7 +58,7 @@ def reapers_of(pid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] not in "ZX" and int(fields[1]) == pid and b"shmq.mp" in cmdline:
+        if fields[0] not in "ZX" and int(fields[1]) == pid and b"shmq.channel.mp" in cmdline:
             found.append(int(entry))
     return found
 
@@ -76,7 +76,7 @@ def wait_until(condition, timeout: float = 20.0, what: str = "condition"):
 
 @pytest.fixture(autouse=True)
 def private_tmp(tmp_path, monkeypatch):
-    """shmq.mp makes its directories under tmp_path; at the end of each test
+    """shmq.channel.mp makes its directories under tmp_path; at the end of each test
     nothing of this process's queues is left. (Its reaper lives as long as
     this process; the lifetime tests check that a maker's reaper exits.)"""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -311,7 +311,7 @@ def test_children_of_pool(impl, ctx):
 
 def test_passed_in_pool_task_arguments():
     # The standard library refuses this ("Queue objects should only be shared
-    # between processes through inheritance"); a shmq.mp queue pickles by name.
+    # between processes through inheritance"); a shmq.channel.mp queue pickles by name.
     q = shmq_mp.Queue()
     try:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -332,7 +332,7 @@ MAKER = textwrap.dedent(
     """
     import os, sys, tempfile, time
     tempfile.tempdir = sys.argv[1]
-    from shmq import mp
+    from shmq.channel import mp
     q = mp.Queue(4)
     s = mp.SimpleQueue()
     q.put(("from maker", 1))
@@ -370,7 +370,7 @@ def test_removed_when_its_maker_is_killed(tmp_path):
 
 
 def child_hold(state, started, stop):
-    from shmq import mp as child_mp
+    from shmq.channel import mp as child_mp
 
     q = child_mp.Queue.__new__(child_mp.Queue)
     q.__setstate__(state)

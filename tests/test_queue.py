@@ -22,7 +22,7 @@ import pytest
 
 import shmq
 from shmq._lib import lib
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 CONTEXTS = ["fork", "spawn"]
 SMALL = dict(capacity=16, slot_bytes=32)  # inline max 8 slots * 32 - 16 = 240 bytes
@@ -358,7 +358,7 @@ def test_fifo_order_one_lane(make_queue):
 
 def test_wrap_around_varied_sizes(make_queue):
     q = make_queue(lanes=1, **SMALL)
-    assert shmq.queue.lib.shmq_inline_max(q._handle) == 256 - shmq.queue.lib.SHMQ_MSG_HEADER_BYTES
+    assert shmq.channel.queue.lib.shmq_inline_max(q._handle) == 256 - shmq.channel.queue.lib.SHMQ_MSG_HEADER_BYTES
     expected = []  # a model of the queue's content
     sent = received = 0
     rounds = 0
@@ -522,7 +522,7 @@ def test_sizes_around_inline_max(make_queue, codec, durability):
     """Up to half a lane a message travels inline; above, with a log, as a
     reference to its log record; without one, in a shared-memory object."""
     q = make_queue(codec=codec, durability=durability)
-    m = shmq.queue.lib.shmq_inline_max(q._handle)
+    m = shmq.channel.queue.lib.shmq_inline_max(q._handle)
     assert m > 256 * 1024  # so sizes near it also take the claimed-buffer path
     for size in (m - 1, m, m + 1):
         data = payload(size, size)
@@ -665,7 +665,7 @@ def test_attach_takes_creators_parameters(make_queue):
     with pytest.raises(shmq.ConfigError, match="did not choose pickle"):
         make_queue.attach(q.name)
     other = make_queue.attach(q.name, codec="pickle")
-    assert other.params == q.params == shmq.queue.QueueParams(**CREATED)
+    assert other.params == q.params == shmq.channel.queue.QueueParams(**CREATED)
     same = make_queue.attach(q.name, **CREATED)  # agreeing explicit values are fine
     assert same.params == q.params
     q.put({1, 2})

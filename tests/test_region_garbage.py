@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from shmq.queue import log_dir, region_name
+from shmq.channel.queue import log_dir, region_name
 
 # The region header's fields: (name, offset, size), from csrc/layout.h (each
 # offset there is pinned by a _Static_assert; docs/format.md has the map).

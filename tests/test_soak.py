@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 SOAK = os.path.join(os.path.dirname(__file__), "..", "tools", "soak")
 

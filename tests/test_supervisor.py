@@ -21,8 +21,8 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import log_dir, region_name
-from shmq.supervisor import holder
+from shmq.channel.queue import log_dir, region_name
+from shmq.ops.supervisor import holder
 
 HERE = os.path.abspath(__file__)
 
@@ -301,8 +301,8 @@ def test_kill_9_never_stops_the_data_path_and_a_new_supervisor_takes_over(superv
 
 def config_supports_idle_exit(tmp_path) -> dict | None:
     """Env for a child that makes an auto-started supervisor exit after 1 idle
-    second, or None if shmq.config cannot say so yet."""
-    from shmq import config
+    second, or None if shmq.settings.config cannot say so yet."""
+    from shmq.settings import config
 
     if not hasattr(config, "supervisor_settings"):
         return None
@@ -327,7 +327,7 @@ def live_holder(path: str) -> int | None:
 def test_autostart_starts_a_supervisor_that_exits_when_idle(supervisors, make_queue, qpath, tmp_path):
     extra = config_supports_idle_exit(tmp_path)
     if extra is None:
-        pytest.skip("shmq.config has no [supervisor] idle_exit yet (config.supervisor_settings)")
+        pytest.skip("shmq.settings.config has no [supervisor] idle_exit yet (config.supervisor_settings)")
     name = make_queue.new_name()
     holder_proc = supervisors.child("hold", name, qpath, "4", env=child_env(SHMQ_SUPERVISOR_AUTOSTART="1", **extra),
                                     stdout=subprocess.PIPE)

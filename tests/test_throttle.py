@@ -21,7 +21,7 @@ import time
 import pytest
 
 import shmq
-from shmq.supervisor import holder
+from shmq.ops.supervisor import holder
 
 HERE = os.path.abspath(__file__)
 
@@ -116,7 +116,7 @@ def child_late_supervisor(path: str, factor: str) -> None:
     machine where a 10 ms sleep comes back late."""
     import time as real_time
 
-    import shmq.supervisor
+    import shmq.ops.supervisor
     from shmq import cli
 
     class LateClock:
@@ -127,7 +127,7 @@ def child_late_supervisor(path: str, factor: str) -> None:
         def sleep(seconds: float) -> None:
             real_time.sleep(seconds * float(factor))
 
-    shmq.supervisor.time = LateClock()
+    shmq.ops.supervisor.time = LateClock()
     sys.exit(cli.main(["supervise", "--path", path]))
 
 

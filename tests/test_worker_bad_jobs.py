@@ -15,7 +15,7 @@ import pytest
 
 import shmq
 from shmq._lib import ffi, lib
-from shmq.jobs import _ENVELOPE, _RETRIES_DEFAULT, _TAG_JOB
+from shmq.channel.jobs import _ENVELOPE, _RETRIES_DEFAULT, _TAG_JOB
 from test_app import app_module, start_worker, stop_process
 
 # Bodies no consumer can decode, as a producer of another shmq version (or a

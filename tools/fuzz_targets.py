@@ -11,9 +11,9 @@ Targets:
 
 ``codec``     the message decoders of shmq/codec.py (msgpack, raw, numpy, an
               unknown tag) on a msgpack queue, from a bytes and a bytearray
-``config``    the config file loader (shmq.config.load, resolve, check) on
+``config``    the config file loader (shmq.settings.config.load, resolve, check) on
               the input as a TOML file
-``env``       the SHMQ_* environment variables (shmq.config.resolve/check)
+``env``       the SHMQ_* environment variables (shmq.settings.config.resolve/check)
 ``logdump``   python -m shmq.tools.logdump on a damaged log directory
 ``recover``   the C recovery (csrc/log_recover.c: segment headers, records,
               the snapshot) on a damaged log directory: open, drain, remove
@@ -38,7 +38,7 @@ os.environ.setdefault("SHMQ_SUPERVISOR_AUTOSTART", "0")  # fuzzed queues run wit
 
 import shmq  # noqa: E402
 from shmq import codec as _codec  # noqa: E402
-from shmq import config as _config  # noqa: E402
+from shmq.settings import config as _config  # noqa: E402
 
 __all__ = ["TARGETS", "codec", "config", "env", "logdump", "recover", "pristine_log", "damaged_copy"]
 
@@ -134,9 +134,9 @@ def pristine_log() -> str:
     q.enqueue("late", unique="late-key")
     q.fetch(timeout=5).fail("again", retry=True, delay=3600)
     q._snapshot_on_close = False  # as if the machine went down: no snapshot of this part
-    shm = shmq.queue.region_name(LOG_NAME, path)
+    shm = shmq.channel.queue.region_name(LOG_NAME, path)
     q.close()
-    from shmq.queue import _unlink_queue
+    from shmq.channel.queue import _unlink_queue
 
     _unlink_queue(shm)
     _pristine = path

@@ -4,7 +4,7 @@
     backend = shmq.backends.open_backend("emails", path="data")   # the keywords of shmq.Queue
     job = backend.enqueue({"to": "a@b"}); d = backend.fetch(); d.ack("sent"); job.wait()
 
-The App, ``shmq worker``, the CLI and ``shmq.metrics`` reach jobs only
+The App, ``shmq worker``, the CLI and ``shmq.ops.metrics`` reach jobs only
 through this interface. ``backend=None`` (or ``"shm"``) is the queue in
 shared memory on this machine (shmq.backends.shm).
 """

@@ -28,14 +28,14 @@ class ShmBackend(JobBackend):
     @classmethod
     def open(cls, name: str, **queue_kwargs) -> "ShmBackend":
         """Opens (creates, attaches or recovers) queue `name`: the keywords of shmq.Queue."""
-        from shmq.queue import Queue
+        from shmq.channel.queue import Queue
 
         return cls(Queue(name, **queue_kwargs))
 
     @classmethod
     def attach(cls, name: str, path: str | None = None) -> "ShmBackend":
         """An existing queue as it is (shmq.QueueNotFound): for tools that look."""
-        from shmq.queue import Queue
+        from shmq.channel.queue import Queue
 
         return cls(Queue.attach(name, path))
 
@@ -72,9 +72,9 @@ class ShmBackend(JobBackend):
         return self.queue.stats(lanes=lanes)
 
     def histogram(self, which: str) -> list[tuple[int, int]]:
-        from shmq import metrics
+        from shmq.channel import stats
 
-        return metrics.histogram(self.queue, which)
+        return stats.histogram(self.queue, which)
 
     def describe(self) -> dict:
         params = self.queue.params

@@ -25,7 +25,7 @@ def iso(unix: float | None) -> str | None:
 
 
 def region_file(name: str, path: str) -> str:
-    from shmq.queue import region_name
+    from shmq.channel.queue import region_name
 
     return "/dev/shm" + region_name(name, path)
 

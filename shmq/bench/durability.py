@@ -549,7 +549,7 @@ def _rec_fill(name, path, jobs, snapshot, timeout):
     import posix_ipc
 
     import shmq
-    from shmq.queue import region_name
+    from shmq.channel.queue import region_name
 
     msgs = bt.Messages(RECOVERY_PAYLOAD, jobs).build(0, jobs)
     q = shmq.Queue(name, path=path, capacity=_recovery_capacity(jobs), codec="raw", durability="os")
@@ -697,7 +697,7 @@ def _evict(files: list[str]) -> None:
 def run_recovery(res: RecoveryResult, jobs: int, data_dir: str, run_id: str, timeout: float) -> dict:
     import posix_ipc
 
-    from shmq.queue import log_dir, region_name
+    from shmq.channel.queue import log_dir, region_name
 
     path = tempfile.mkdtemp(prefix=f"rec-{res.source}-", dir=data_dir)
     name = f"dur-{os.getpid()}-{run_id}"

@@ -531,7 +531,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        import shmq.supervisor  # noqa: F401  (the supervisor is what this measures)
+        import shmq.ops.supervisor  # noqa: F401  (the supervisor is what this measures)
     except Exception as e:
         print(f"cannot import shmq ({type(e).__name__}: {e}); from the repository root: pip install -e .",
               file=sys.stderr)

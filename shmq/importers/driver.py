@@ -293,10 +293,10 @@ def _size(client, locations: list[Location]) -> list[int]:
 
 
 def _load_app(app):
-    from shmq.app import App
+    from shmq.tasks.app import App
 
     if isinstance(app, str):
-        from shmq.worker import load_app
+        from shmq.tasks.app import load_app
 
         app = load_app(app)
     if not isinstance(app, App):
@@ -309,7 +309,7 @@ def _load_app(app):
 def find_task(app, spec):
     """The Task of `app` that `spec` names: a Task, "module:attribute", or a task's registered name (or the
     end of it after a dot). ConfigError naming the tasks there are otherwise."""
-    from shmq.app import Task
+    from shmq.tasks.app import Task
 
     known = ", ".join(sorted(app.tasks)) or "none"
     if isinstance(spec, Task):
@@ -351,8 +351,8 @@ def find_task(app, spec):
 
 def _data_dir(app) -> str:
     """The App's data directory, resolved as its queue will resolve it (without opening the queue)."""
-    from shmq import config as _config
-    from shmq.queue import default_path
+    from shmq.settings import config as _config
+    from shmq.channel.queue import default_path
 
     found = _config.find(app.config)
     settings, _ = _config.resolve(app.name, dict(app.queue_kwargs), found)

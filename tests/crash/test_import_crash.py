@@ -27,8 +27,8 @@ import uuid
 import pytest
 
 import shmq
-from shmq.queue import log_dir, region_name
-from shmq.worker import work
+from shmq.channel.queue import log_dir, region_name
+from shmq.tasks.worker import work
 
 from redis_server import RedisServer
 

@@ -22,7 +22,7 @@ import time
 import pytest
 
 import shmq
-from shmq.jobs import group_lane
+from shmq.channel.jobs import group_lane
 
 HERE = os.path.abspath(__file__)
 SEED = int(os.environ.get("SHMQ_CRASH_SEED", str(random.randrange(1 << 30))))

@@ -21,7 +21,7 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 from actors import message, seq_of
 

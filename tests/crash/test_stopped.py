@@ -23,7 +23,7 @@ import time
 import posix_ipc
 
 import shmq
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 HERE = os.path.abspath(__file__)
 

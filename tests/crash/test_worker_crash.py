@@ -26,7 +26,7 @@ import pytest
 
 import shmq
 from shmq.errors import JobFailed
-from shmq.queue import log_dir, region_name
+from shmq.channel.queue import log_dir, region_name
 
 SHM_DIR = "/dev/shm"
 
@@ -294,7 +294,7 @@ def test_sigkilled_worker_is_replaced_and_its_job_runs_again(tmp_path):
     marker = tmp_path / "held-once"
     total, held = 200, 50
     with app_module(tmp_path, f"""
-        from shmq.jobs import Delivery
+        from shmq.channel.jobs import Delivery
 
         _ack = Delivery.ack
 
@@ -364,7 +364,7 @@ def test_workers_exit_when_their_parent_is_killed_and_the_held_job_runs_again(tm
     marker = tmp_path / "held-once"
     total, held = 40, 10
     with app_module(tmp_path, f"""
-        from shmq.jobs import Delivery
+        from shmq.channel.jobs import Delivery
 
         _ack = Delivery.ack
 

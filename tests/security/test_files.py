@@ -14,8 +14,8 @@ import posix_ipc
 import pytest
 
 import shmq
-from shmq.queue import region_name
-from shmq.supervisor import Supervisor
+from shmq.channel.queue import region_name
+from shmq.ops.supervisor import Supervisor
 
 from .test_regions import assert_names
 
@@ -216,7 +216,7 @@ def test_everything_shmq_makes_is_private_under_a_permissive_umask(make_queue, q
         import os
         os.umask(0)
         import shmq
-        from shmq.supervisor import Supervisor
+        from shmq.ops.supervisor import Supervisor
         path = {qpath!r}
         for name, durability in zip({names!r}, ("os", "memory")):
             q = shmq.Queue(name, path, durability=durability, segment_bytes=65536)

@@ -13,7 +13,7 @@ import pytest
 
 import shmq
 from shmq._lib import ffi, lib
-from shmq.queue import region_name
+from shmq.channel.queue import region_name
 
 
 def assert_names(text: str, what: str, owner: str, mode: int) -> None:

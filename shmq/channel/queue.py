@@ -1,0 +1,860 @@
+# SPDX-License-Identifier: Apache-2.0
+"""shmq.Queue: a multi-producer multi-consumer queue in POSIX shared memory.
+
+A drop-in for multiprocessing.Queue between local processes: put/get of
+Python objects, bytes and numpy arrays, with batching (put_many/get_many).
+Every operation is one call into the C core; blocking waits sleep on a futex
+with the GIL released.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import mmap
+import os
+import re
+import secrets
+import time
+import threading
+import warnings
+import weakref
+from typing import Any, Iterable
+
+import posix_ipc
+
+from shmq import _args, _fs
+from shmq import codec as _codec
+from shmq import errors
+from shmq.settings.params import (  # noqa: F401 - the queue's parameters, also importable from here
+    _DURABILITY_NAMES,
+    _MESSAGE_BYTES_MAX,
+    _NAME,
+    _RECORD_OVERHEAD,
+    _SEGMENT_BYTES_MAX,
+    _THROTTLE_NAMES,
+    DEFAULTS,
+    DURABILITY,
+    RESERVED_NAMES,
+    THROTTLE,
+    QueueParams,
+    _check_fits,
+    _check_int,
+    _name_error,
+    _validate,
+)
+from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _await_durable, _Budget, _Scratch, _first_wait
+from shmq.channel.deadletter import DeadLetters
+from shmq.channel.jobs import JobsMixin
+from shmq.channel.region import (  # noqa: F401 - also importable from here, as before
+    SHM_DIR,
+    _check_data_dir,
+    _asked_by,
+    _CreatorDied,
+    _owner_of,
+    _Region,
+    _remove_own_dir,
+    _unlink_queue,
+    log_dir,
+    pickle_not_chosen,
+    region_name,
+)
+from shmq._lib import (
+    ECLAIMED, EEMPTY, EFULL, EINTR, ENOTDURABLE, OK, ffi, lib, raise_for, status_text,
+)
+
+__all__ = ["Queue", "QueueParams", "region_name"]
+
+
+# High bit of a message tag: the payload names a shared-memory object holding
+# the message (too large for a lane). Tags are opaque to the core.
+_TAG_BLOB = 0x80
+
+
+# How often each process's maintenance thread runs (flush interval, next
+# segment, retention, redelivery of jobs of dead consumers, the backlog).
+_MAINTAIN_EVERY = 0.05
+
+
+_FIND = object()
+
+
+def default_path(config_file: str | os.PathLike | None | object = _FIND) -> str:
+    """The data directory when none is given: $SHMQ_PATH, else ``.shmq``
+    beside the config file (`config_file`; by default the one
+    shmq.settings.config.find() picks), else $XDG_STATE_HOME/shmq (~/.local/state/shmq).
+    See shmq.settings.config.default_data_dir."""
+    from shmq.settings import config as _config
+
+    if os.environ.get("SHMQ_PATH"):
+        return os.path.abspath(os.path.expanduser(os.environ["SHMQ_PATH"]))
+    return _config.default_data_dir(_config.find() if config_file is _FIND else config_file)
+
+
+_open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child must not act under its parent's participant entry. A handle
+    # that cannot get an entry of its own is unusable in the child.
+    for q in list(_open_queues):
+        if q._region is not None and q._region.handle is not None:
+            rc = lib.shmq_after_fork(q._region.handle)
+            if rc != OK:
+                q._disable_after_fork(status_text(rc))
+            elif q._logged:
+                q._start_maintenance()  # threads do not survive fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_core_put = lib.shmq_put
+_core_get = lib.shmq_get
+_unpack = ffi.unpack
+
+
+class Queue(JobsMixin):
+    """A queue living in POSIX shared memory, shared by name between processes.
+
+    ``Queue(name)`` creates the queue or attaches to an existing one. Parameters
+    given explicitly must match an existing queue; parameters left out take the
+    existing queue's values (or the defaults, when creating):
+
+    - ``path``: data directory (default ``$SHMQ_PATH``, else ``.shmq`` beside
+      the config file, else ``$XDG_STATE_HOME/shmq``; see default_path); part of
+      the region's identity.
+    - ``lanes``: number of rings (default 1). Producers spread over lanes,
+      consumers take from any; one lane keeps FIFO order.
+    - ``capacity``: slots per lane, a power of two (default 65536).
+    - ``slot_bytes``: bytes per slot, a multiple of 16 (default 128); a message
+      of up to ``slot_bytes - 8`` bytes takes one slot, larger ones several.
+    - ``max_message_bytes``: the largest message accepted (default 64 MiB);
+      messages larger than half a lane travel in a shared-memory object of
+      their own.
+    - ``codec``: ``"msgpack"`` (default), ``"pickle"`` (any object; decoding runs
+      code, so opt in only between trusted processes) or ``"raw"`` (bytes).
+    - ``durability``: ``"os"`` (default: every put is in the log, in the page
+      cache, before it returns; survives any process crash), ``"memory"`` (the
+      log on tmpfs), ``"interval"`` (also flushed to disk every
+      ``flush_interval`` seconds or ``flush_bytes`` bytes), ``"sync"`` (a put
+      returns once its record is on disk; survives a power cut) or ``"none"``
+      (no log: a plain shared-memory queue).
+    - ``segment_bytes``: size of a log segment file (default 64 MiB).
+
+    Jobs (see ``enqueue``/``fetch``; queues with a log only):
+
+    - ``ordered_lanes``: extra lanes for jobs with a ``group`` (default 0): a
+      group hashes to one of them, and one job of such a lane runs at a time.
+    - ``jobs_capacity``: jobs running or waiting for a time (a delay, a retry's
+      backoff) at once (default 4096).
+    - ``unique_capacity``: unique keys held at once, a power of two (default 16384).
+    - ``result_capacity``, ``result_bytes``, ``result_ttl``: results kept for
+      ``wait()``: at most this many, this many bytes, this many seconds
+      (defaults 16384, 4 MiB, 3600).
+
+    Throttling (queues with a log): ``throttle`` = ``"none"`` (default: a put
+    waits for room), ``"open"`` (a put never waits: when the lanes are full
+    jobs wait in the log, fed back in order) or ``"closed"`` (the supervisor
+    paces producers to keep the backlog near ``throttle_target`` jobs; they
+    wait while it is at ``throttle_high``, default 4 x target);
+    ``max_log_bytes`` (default 0, no limit): above it puts raise shmq.Full.
+
+    Settings of this handle only (not of the queue): ``retries`` (3),
+    ``backoff`` (1 s, doubled each attempt), ``backoff_max`` (3600 s) for
+    jobs that fail; ``lease_timeout`` (300 s) for jobs this handle fetches;
+    ``spin`` (seconds, default 0.0002): how long fetch() polls for a job
+    before it sleeps (a wake-up from sleep costs tens of microseconds; 0
+    saves CPU when jobs come rarely).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        path: str | os.PathLike | None = None,
+        *,
+        lanes: int | None = None,
+        capacity: int | None = None,
+        slot_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+        codec: str | None = None,
+        durability: str | None = None,
+        segment_bytes: int | None = None,
+        flush_interval: float | None = None,
+        flush_bytes: int | None = None,
+        ordered_lanes: int | None = None,
+        jobs_capacity: int | None = None,
+        unique_capacity: int | None = None,
+        result_capacity: int | None = None,
+        result_bytes: int | None = None,
+        result_ttl: float | None = None,
+        throttle: str | None = None,
+        throttle_target: int | None = None,
+        throttle_high: int | None = None,
+        max_log_bytes: int | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        lease_timeout: float | None = None,
+        spin: float | None = None,
+        config: str | os.PathLike | None = None,
+    ):
+        self._region = None
+        self._closed_reason = ""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _name_error(name)
+        # Settings: the keywords given here, over SHMQ_* variables, over the
+        # config file (config=, $SHMQ_CONFIG or ./shmq.toml), over the defaults.
+        given = {key: value for key, value in locals().items() if key not in ("self", "name", "config")}
+        explicit = {key: value for key, value in given.items() if value is not None}
+        if explicit.get("path") is not None:
+            explicit["path"] = os.fspath(explicit["path"])
+        from shmq.settings import config as _config
+
+        found = _config.find(config)
+        settings, self._sources = _config.resolve(name, explicit, found)
+        lanes, capacity, slot_bytes = (settings.get(k) for k in ("lanes", "capacity", "slot_bytes"))
+        max_message_bytes, codec, durability = (settings.get(k) for k in ("max_message_bytes", "codec", "durability"))
+        segment_bytes, flush_interval, flush_bytes = (settings.get(k) for k in ("segment_bytes", "flush_interval",
+                                                                               "flush_bytes"))
+        ordered_lanes, jobs_capacity, unique_capacity = (settings.get(k) for k in ("ordered_lanes", "jobs_capacity",
+                                                                                   "unique_capacity"))
+        result_capacity, result_bytes, result_ttl = (settings.get(k) for k in ("result_capacity", "result_bytes",
+                                                                               "result_ttl"))
+        throttle, throttle_target, throttle_high, max_log_bytes = (
+            settings.get(k) for k in ("throttle", "throttle_target", "throttle_high", "max_log_bytes"))
+        retries, backoff, backoff_max, lease_timeout, spin = (
+            settings.get(k) for k in ("retries", "backoff", "backoff_max", "lease_timeout", "spin"))
+        path = settings.get("path")
+        self.name = name
+        if path is not None:
+            self.path = os.path.abspath(os.fspath(path))
+        else:  # the default directory is made with its parents (~/.local/state may not exist yet)
+            self.path = default_path(found)
+            _fs.trusted_dir(os.path.dirname(self.path))  # each missing level made 0700 in a checked parent
+        requested = {
+            key: value
+            for key, value in (
+                ("lanes", lanes),
+                ("capacity", capacity),
+                ("slot_bytes", slot_bytes),
+                ("max_message_bytes", max_message_bytes),
+                ("codec", codec),
+                ("durability", durability),
+                ("segment_bytes", segment_bytes),
+                ("flush_interval", flush_interval),
+                ("flush_bytes", flush_bytes),
+                ("ordered_lanes", ordered_lanes),
+                ("jobs_capacity", jobs_capacity),
+                ("unique_capacity", unique_capacity),
+                ("result_capacity", result_capacity),
+                ("result_bytes", result_bytes),
+                ("result_ttl", result_ttl),
+                ("throttle", throttle),
+                ("throttle_target", throttle_target),
+                ("throttle_high", throttle_high),
+                ("max_log_bytes", max_log_bytes),
+            )
+            if value is not None
+        }
+        self._setup(_validate(requested), retries, backoff, backoff_max, lease_timeout, spin)
+
+    @classmethod
+    def attach(cls, name: str, path: str | os.PathLike | None = None) -> "Queue":
+        """A handle on an existing queue, as it is: never creates or recovers
+        one (shmq.QueueNotFound), reads no config file or SHMQ_* settings,
+        starts no supervisor, and writes no snapshot when it closes last.
+        For tools that look at queues (shmq stats, inspect, ...)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _name_error(name)
+        self = cls.__new__(cls)
+        self._region = None
+        self._closed_reason = ""
+        self.name = name
+        self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+        self._setup(None, None, None, None, None, None, observe=True)
+        self._snapshot_on_close = False
+        return self
+
+    def _setup(self, requested: dict | None, retries, backoff, backoff_max, lease_timeout, spin,
+               observe: bool = False) -> None:
+        name = self.name
+        self._region = _Region(name, self.path, requested)
+        requested = requested or {}
+        actual = self._region.params
+        for key, value in requested.items():
+            if getattr(actual, key) != value:
+                self._region.close()
+                self._region = None
+                raise errors.ConfigError(
+                    f"queue {name!r} in {self.path} exists with {key}={getattr(actual, key)!r}, but "
+                    f"{key}={value!r} was asked for{_asked_by(getattr(self, '_sources', {}).get(key), key)}. "
+                    f"Pass {key}={getattr(actual, key)!r} or leave it out, or remove the queue first "
+                    "(Queue(...).unlink())"
+                )
+        self.params = actual
+        self._handle = self._region.handle
+        self._codec = _codec.get_codec(actual.codec)
+        self._encode = self._codec.encode
+        self._decode = self._codec.decode
+        # Pickle only by this process's own choice, never because the region
+        # says so: unpickling runs code chosen by whoever wrote the message.
+        self._pickle_chosen = requested.get("codec") == "pickle"
+        if actual.codec == "pickle" and not self._pickle_chosen:
+            if not observe:
+                self._region.close()
+                self._region = None
+                raise pickle_not_chosen(name, self.path, f"its region /dev/shm{region_name(name, self.path)}")
+            self._decode = _codec.get_codec("msgpack").decode  # a look: pickle messages raise DecodeError
+        self._logged = actual.durability != "none"
+        # Clamped so that larger messages take _put_large, which enforces
+        # max_message_bytes; with a log the core takes every size itself.
+        self._inline_max = actual.max_message_bytes if self._logged else min(
+            lib.shmq_inline_max(self._handle), actual.max_message_bytes)
+        self._scratch_free = [_Scratch()]
+        self.recovery = self._region.recovery
+        self._maintainer = None
+        self._maintenance_error = None
+        self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
+        self.dead_letters = DeadLetters(self)
+        _open_queues.add(self)
+        if self._logged:
+            self._start_maintenance()
+            if not observe:
+                from shmq.channel.supervision import ensure_running
+
+                ensure_running(self.path)  # the embedded default: a supervisor for the directory, if none runs
+
+    # ------------------------------------------------------------ maintenance
+
+    def _start_maintenance(self) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_maintain_loop, args=(weakref.ref(self), self._handle, stop), name=f"shmq-maintain-{self.name}",
+            daemon=True,
+        )
+        self._maintainer = (thread, stop)
+        thread.start()
+
+    def _stop_maintenance(self) -> None:
+        if self._maintainer is not None:
+            thread, stop = self._maintainer
+            self._maintainer = None
+            stop.set()
+            if thread is not threading.current_thread() and thread.is_alive():
+                thread.join()
+
+    def maintain(self) -> None:
+        """Runs the log's maintenance now (each process also runs it in the
+        background): flushes due, the next segment, retention, jobs of dead
+        consumers put back, jobs waiting in the log moved into the lanes."""
+        rc = lib.shmq_log_maintain(self._live_handle())
+        if rc != OK:
+            raise_for(rc, f"maintenance of queue {self.name!r}")
+
+    def flush(self) -> None:
+        """Writes the log to disk now (fdatasync), whatever the durability."""
+        rc = lib.shmq_log_flush(self._live_handle())
+        while rc == EINTR:  # a handler ran (the interpreter runs it before this line) and returned
+            rc = lib.shmq_log_flush(self._live_handle())
+        if rc != OK:
+            raise_for(rc, f"flush of queue {self.name!r}")
+
+    def log_stats(self) -> dict:
+        """Positions and counters of the log (empty without one)."""
+        if not self._logged:
+            return {}
+        stats = ffi.new("shmq_log_stats *")
+        lib.shmq_log_stats_read(self._live_handle(), stats)
+        return {field: getattr(stats, field) for field in dir(stats)}
+
+    # ------------------------------------------------------------ plumbing
+
+    def __repr__(self) -> str:
+        state = "closed" if self._region is None else f"{self.params}"
+        return f"<shmq.Queue {self.name!r} path={self.path!r} {state}>"
+
+    def __reduce__(self):
+        # Children reattach by name and use the queue's own parameters (and
+        # pickle only if this handle chose it).
+        return (_reattach, (self.name, self.path, "pickle" if self._pickle_chosen else None))
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _live_handle(self):
+        if self._region is None:
+            raise errors.QueueClosed(
+                f"queue {self.name!r} is closed{self._closed_reason}; open it again with shmq.Queue({self.name!r})"
+            )
+        return self._handle
+
+    def _disable_after_fork(self, reason: str) -> None:
+        _open_queues.discard(self)
+        self._region = None  # the parent's mapping stays; the parent still uses it
+        self._handle = None
+        self._closed_reason = f" in this forked child ({reason})"
+
+    @staticmethod
+    def _timeout_ns(block: bool, timeout: float | None) -> int:
+        # The rule of every timeout: shmq/_args.py (None: no limit; negative: an error).
+        return _args.timeout_ns(timeout) if block else 0
+
+    # ------------------------------------------------------------ producing
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts one object; waits for room up to `timeout` seconds (None: forever;
+        0 or block=False: never). Raises shmq.Full (a queue.Full) on time-out."""
+        # The hot path, kept flat: plain bytes skip the codec (every codec sends
+        # bytes as they are) and go in with one call into the core.
+        total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        if type(obj) is bytes and len(obj) <= self._inline_max:
+            first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
+            try:
+                rc = _core_put(self._handle, 0, obj, len(obj), first_ns)
+            except TypeError:
+                self._live_handle()  # closed: raises QueueClosed
+                raise
+            if rc:
+                self._put_failed(rc, 0, obj, None, _Budget(total_ns, first_ns))
+            return
+        self._put_encoded(obj, total_ns)
+
+    def _put_encoded(self, obj: Any, total_ns: int) -> None:
+        self._live_handle()
+        tag, first, second = self._encode(obj)
+        if second is None:
+            length = len(first)
+            if length > self._inline_max:
+                return self._put_large(tag, first, None, total_ns)
+            if type(first) is not bytes:
+                first = ffi.from_buffer(first)
+        elif len(first) + second.nbytes > self._inline_max:
+            return self._put_large(tag, first, second, total_ns)
+        rc = self._push_parts(tag, first, second, _first_wait(total_ns))
+        if rc != OK:
+            self._put_failed(rc, tag, first, second, _Budget(total_ns, _first_wait(total_ns)))
+
+    def _push_parts(self, tag: int, first, second, wait_ns: int) -> int:
+        if second is None:
+            return lib.shmq_push(self._handle, -1, tag, 0, first, len(first), ffi.NULL, 0, wait_ns)
+        return lib.shmq_push(
+            self._handle, -1, tag, 0, ffi.from_buffer(first), len(first), ffi.from_buffer(second), second.nbytes,
+            wait_ns,
+        )
+
+    def _put_failed(self, rc: int, tag: int, first, second, budget: _Budget) -> None:
+        # EINTR: a signal handler ran and returned; EFULL: a slice ended. Both go
+        # on waiting while the caller's time lasts.
+        while rc == EINTR or rc == EFULL:
+            remaining = budget.next_wait()
+            if remaining is None:
+                break
+            rc = self._push_parts(tag, first, second, remaining)
+        if rc == OK:
+            return
+        if rc == ENOTDURABLE:  # accepted: wait for the flush, never send it again
+            return _await_durable(self._handle, budget.durable, f"put on queue {self.name!r}")
+        if rc == EFULL or rc == EINTR:
+            raise errors.Full(f"queue {self.name!r} is full (capacity {self.params.capacity} slots per lane)")
+        raise_for(rc, f"put on queue {self.name!r}")
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, block=False)
+
+    def _put_large(self, tag: int, first, second, total_ns: int) -> None:
+        """A message larger than half a lane (in a queue without a log) travels
+        in a shared-memory object of its own; the lane carries its name."""
+        length = len(first) + (second.nbytes if second is not None else 0)
+        if length > self.params.max_message_bytes:
+            raise errors.PayloadTooLarge(
+                f"message of {length} bytes is larger than max_message_bytes={self.params.max_message_bytes} "
+                f"of queue {self.name!r}. Create the queue with a larger max_message_bytes "
+                "(it is fixed at creation: unlink the queue first), or send smaller messages"
+            )
+        blob = f"{self._region.shm_name}.b{secrets.token_hex(8)}"
+        shm = posix_ipc.SharedMemory(blob, posix_ipc.O_CREX, mode=0o600, size=max(length, 1))
+        try:
+            with mmap.mmap(shm.fd, max(length, 1)) as mapped:
+                mapped[: len(first)] = first
+                if second is not None:
+                    mapped[len(first) : length] = second
+        except BaseException:
+            posix_ipc.unlink_shared_memory(blob)
+            raise
+        finally:
+            shm.close_fd()
+        reference = blob.encode() + b"\0" + str(length).encode()
+        first_ns = _first_wait(total_ns)
+        rc = self._push_parts(tag | _TAG_BLOB, reference, None, first_ns)
+        if rc != OK:
+            try:
+                self._put_failed(rc, tag | _TAG_BLOB, reference, None, _Budget(total_ns, first_ns))
+            except errors.NotDurable:
+                raise  # accepted: the message names the object, which stays
+            except BaseException:
+                posix_ipc.unlink_shared_memory(blob)
+                raise
+
+    def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
+        """Puts several objects with one call into the core per batch.
+
+        Waits for room as put() does. If it times out part-way, the shmq.Full it
+        raises carries ``accepted``: how many items went in (those are queued)."""
+        self._live_handle()
+        budget = _Budget(self._timeout_ns(block, timeout), 0)
+        accepted = 0
+        iterator = iter(items)
+        while True:
+            chunk = list(itertools.islice(iterator, _MAX_BATCH))
+            if not chunk:
+                return
+            try:
+                self._put_chunk(chunk, budget)
+            except errors.NotDurable as exc:
+                exc.accepted += accepted
+                exc.args = (f"{exc.args[0]} ({exc.accepted} item(s) of this put_many went in, all queued)",)
+                raise
+            except errors.Full as exc:
+                exc.accepted += accepted
+                exc.args = (f"{exc.args[0] if exc.args else f'queue {self.name!r} is full'}: "
+                            f"{exc.accepted} item(s) of this put_many went in (they are queued)",)
+                raise
+            except errors.ShmqError as exc:
+                done = getattr(exc, "accepted", 0) + accepted
+                exc.args = (f"{exc.args[0]}: {done} item(s) of this put_many went in before (they are queued)",)
+                exc.accepted = done
+                raise
+            accepted += len(chunk)
+
+    def _put_chunk(self, chunk: list, budget: _Budget) -> None:
+        if set(map(type, chunk)) == {bytes}:
+            payloads, tags = chunk, None  # every codec sends bytes as they are (tag 0)
+        else:
+            payloads, tag_list = [], []
+            for obj in chunk:
+                tag, first, second = self._encode(obj)
+                payloads.append(bytes(first) + second.tobytes() if second is not None else bytes(first))
+                tag_list.append(tag)
+            tags = bytes(tag_list)
+        lengths = array.array("I", map(len, payloads))
+        if max(lengths) > self._inline_max:  # rare: send the large ones on their own
+            done = 0
+            try:
+                for i, length in enumerate(lengths):
+                    if length > self._inline_max:
+                        self._push_batch(payloads[done:i], lengths[done:i], tags and tags[done:i], budget)
+                        done = i
+                        left = budget.next_wait()
+                        total_ns = -1 if budget.deadline is None else (left or 0)
+                        self._put_large(tags[i] if tags else 0, payloads[i], None, total_ns)
+                        done = i + 1
+                self._push_batch(payloads[done:], lengths[done:], tags and tags[done:], budget)
+            except (errors.Full, errors.NotDurable) as exc:
+                exc.accepted += done  # they count from the start of their own sub-batch
+                raise
+            return
+        self._push_batch(payloads, lengths, tags, budget)
+
+    def _push_batch(self, payloads: list, lengths: array.array, tags: bytes | None, budget: _Budget) -> None:
+        done = 0
+        pushed = ffi.new("uint32_t *")
+        wait = budget.next_wait()
+        while done < len(payloads):
+            rc = lib.shmq_push_many(
+                self._handle, -1, b"".join(payloads[done:]), ffi.from_buffer("uint32_t[]", lengths[done:]),
+                ffi.from_buffer(tags[done:]) if tags else ffi.NULL, 0, len(payloads) - done, wait or 0, pushed,
+            )
+            done += pushed[0]
+            if rc == OK:
+                continue
+            if rc == ENOTDURABLE:  # all accepted: wait for the flush, never send them again
+                _await_durable(self._handle, budget.durable, f"put_many on queue {self.name!r}", done)
+                continue
+            wait = budget.next_wait()
+            if (rc == EINTR or rc == EFULL) and wait is not None:
+                continue  # a handler ran and returned, or a slice ended: go on while time lasts
+            if rc == EFULL or rc == EINTR:
+                raise errors.Full(f"queue {self.name!r} is full", done)
+            try:
+                raise_for(rc, f"put_many on queue {self.name!r}")
+            except errors.Full as exc:  # the log's limit: what went in is counted
+                exc.accepted = done
+                raise
+            except errors.ShmqError as exc:
+                exc.accepted = done
+                raise
+
+    # ------------------------------------------------------------ consuming
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Takes one object; waits up to `timeout` seconds (None: forever; 0 or
+        block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
+        total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            try:
+                result = _core_get(self._handle, scratch.buffer, _SCRATCH_BYTES, first_ns, scratch.message)
+            except TypeError:
+                self._live_handle()  # closed: raises QueueClosed
+                raise
+            if result >= 0:
+                tag = result >> 32
+                data = _unpack(scratch.buffer, result & 0xFFFFFFFF)
+                # Tag 0 is bytes as sent, in every codec: no decode call.
+                return data if tag == 0 else self._decode_message(tag, data)
+            return self._get_slow(result, scratch, _Budget(total_ns, first_ns))
+        finally:
+            free.append(scratch)
+
+    def _get_slow(self, rc: int, scratch: _Scratch, budget: _Budget) -> Any:
+        message = scratch.message
+        # EINTR: a signal handler ran and returned; EEMPTY: a slice ended. Both go
+        # on waiting while the caller's time lasts.
+        while rc == EINTR or rc == EEMPTY:
+            wait = budget.next_wait()
+            if wait is None:
+                break
+            rc = lib.shmq_pop(self._handle, scratch.buffer, _SCRATCH_BYTES, wait, message)
+        if rc == OK:
+            return self._decode_message(message.tag, _unpack(scratch.buffer, message.length))
+        if rc == ECLAIMED:
+            return self._finish_claimed(message)
+        if rc == EEMPTY or rc == EINTR:
+            raise errors.Empty(f"queue {self.name!r} is empty")
+        raise_for(rc, f"get on queue {self.name!r}")
+
+    def _finish_claimed(self, message) -> Any:
+        """The message was too large for the shared buffer: copy it once into
+        a buffer of its own (a bytearray, so numpy arrays come out writable)."""
+        try:
+            out = bytearray(message.length)
+        except BaseException:
+            lib.shmq_pop_abandon(self._handle, message)
+            raise
+        rc = lib.shmq_pop_finish(self._handle, message, ffi.from_buffer(out))
+        if rc != OK:
+            raise_for(rc, f"get on queue {self.name!r}")
+        return self._decode_message(message.tag, out)
+
+    def _decode_message(self, tag: int, data) -> Any:
+        if tag & _TAG_BLOB:
+            name, _, length = bytes(data).partition(b"\0")
+            return self._decode(tag & ~_TAG_BLOB, _read_blob(self._region.shm_name, name, length))
+        return self._decode(tag, data)
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+    def get_many(self, max_items: int = 64, block: bool = True, timeout: float | None = None) -> list:
+        """Takes up to `max_items` objects with one call into the core; waits (as
+        get() does) only until at least one is there."""
+        handle = self._live_handle()
+        if isinstance(max_items, bool) or not isinstance(max_items, int):
+            raise TypeError(f"max_items must be an int, got {type(max_items).__name__}")
+        if max_items <= 0:
+            if max_items == 0:
+                return []
+            raise ValueError(f"max_items must be >= 0, got {max_items}")
+        max_items = min(max_items, _MAX_BATCH)
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            return self._get_many(handle, scratch, max_items, block, timeout)
+        finally:
+            free.append(scratch)
+
+    def _get_many(self, handle, scratch: _Scratch, max_items: int, block: bool, timeout: float | None) -> list:
+        total_ns = self._timeout_ns(block, timeout)
+        wait = _first_wait(total_ns)
+        budget = _Budget(total_ns, wait)
+        while True:
+            rc = lib.shmq_pop_many(
+                handle, scratch.buffer, _SCRATCH_BYTES, max_items, wait, scratch.lengths, scratch.tags,
+                scratch.count, scratch.message,
+            )
+            if rc != EINTR and rc != EEMPTY:
+                break
+            wait = budget.next_wait()  # a handler ran and returned, or a slice ended
+            if wait is None:
+                break
+        if rc == OK:
+            count = scratch.count[0]
+            lengths = _unpack(scratch.lengths, count)
+            tags = ffi.buffer(scratch.tags, count)[:]
+            data = _unpack(scratch.buffer, sum(lengths))
+            offsets = list(itertools.accumulate(lengths, initial=0))
+            if tags.count(0) == count:  # all bytes as sent: slice, no decode calls
+                items = [data[offsets[i] : offsets[i + 1]] for i in range(count)]
+            else:
+                decode_message = self._decode_message
+                items = [decode_message(tags[i], data[offsets[i] : offsets[i + 1]]) for i in range(count)]
+            if scratch.message.span:  # a large message, claimed after these, ends the batch
+                items.append(self._finish_claimed(scratch.message))
+            return items
+        if rc == ECLAIMED:
+            return [self._finish_claimed(scratch.message)]
+        if rc == EEMPTY or rc == EINTR:
+            raise errors.Empty(f"queue {self.name!r} is empty")
+        raise_for(rc, f"get_many on queue {self.name!r}")
+
+    # ------------------------------------------------------------ observing
+
+    def qsize(self) -> int:
+        """Messages in the queue now, in the lanes and waiting in the log
+        (approximate while others put and get)."""
+        counts = ffi.new("shmq_counts *")
+        lib.shmq_counts_read(self._live_handle(), counts)
+        size = max(0, counts.pushed - counts.popped)
+        if self._logged:
+            stats = ffi.new("shmq_log_stats *")
+            lib.shmq_log_stats_read(self._handle, stats)
+            size += stats.backlog
+        return size
+
+    def empty(self) -> bool:
+        if not lib.shmq_is_empty(self._live_handle()):
+            return False
+        if self._logged:  # jobs may wait in the log for room in the lanes
+            stats = ffi.new("shmq_log_stats *")
+            lib.shmq_log_stats_read(self._handle, stats)
+            return stats.backlog == 0
+        return True
+
+    def full(self) -> bool:
+        return bool(lib.shmq_is_full(self._live_handle()))
+
+    def counts(self) -> dict:
+        """Lifetime counters of the queue (all processes)."""
+        counts = ffi.new("shmq_counts *")
+        lib.shmq_counts_read(self._live_handle(), counts)
+        return {field: getattr(counts, field) for field in dir(counts)}
+
+    def repair(self) -> int:
+        """Releases now what dead processes left claimed (done on demand otherwise)."""
+        return lib.shmq_repair(self._live_handle())
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Detaches this handle (idempotent). The queue stays for other processes.
+        The last handle to close writes a snapshot of the live jobs (when the
+        queue has a log), so the next start reads one file.
+        Do not call it while another thread of this process is inside put/get."""
+        if self._region is not None:
+            _open_queues.discard(self)
+            self._stop_maintenance()
+            region = self._region
+            if self._logged and self._snapshot_on_close:
+                self._snapshot_if_last(region)
+            region.close()
+            self._region = None
+            self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
+
+    _snapshot_on_close = True
+
+    def _snapshot_if_last(self, region) -> None:
+        try:
+            lock_fd = region.lock()
+        except OSError:
+            return
+        try:
+            # Under the queue's lock no one attaches meanwhile.
+            if lib.shmq_live_participants(region.handle) <= 1:
+                rc = lib.shmq_log_snapshot(region.handle)
+                if rc != OK:
+                    warnings.warn(f"queue {self.name!r}: no snapshot written at close ({status_text(rc)}); "
+                                  "the log keeps every job", RuntimeWarning, stacklevel=3)
+        finally:
+            os.close(lock_fd)
+
+    def unlink(self) -> None:
+        """Removes the queue: its region, its log, and large-message objects left
+        over. Processes still attached keep their mapping until they close."""
+        shm_name = region_name(self.name, self.path)
+        durability = self.params.durability
+        self._snapshot_on_close = False
+        self.close()
+        _unlink_queue(shm_name)
+        for mode in {durability or "os", "memory"}:
+            where = log_dir(self.name, self.path, mode)
+            _remove_own_dir(where)
+            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
+
+
+def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
+    """Each process's background maintenance of a queue's log (the core call
+    releases the GIL). Holds only a weak reference: a dropped Queue stops it.
+    While a supervisor holds the directory it does this work; the process
+    then only passes by once a second (its own buffered acks, and in case
+    the supervisor stops)."""
+    from shmq.channel.supervision import holder
+
+    path = None
+    supervised_until = 0.0
+    last = 0.0
+    while not stop.wait(_MAINTAIN_EVERY):
+        queue = queue_ref()
+        if queue is None or queue._handle is not handle:
+            return
+        path = path or queue.path
+        del queue
+        now = time.monotonic()
+        if now >= supervised_until:
+            supervised_until = now + 1.0 if holder(path) is not None else 0.0
+        if supervised_until and now - last < 1.0:
+            continue
+        last = now
+        rc = lib.shmq_log_maintain(handle)
+        queue = queue_ref()
+        if queue is not None:
+            queue._maintenance_error = None if rc == OK else rc
+        del queue
+
+
+def _reattach(name: str, path: str, codec: str | None = None) -> Queue:
+    return Queue(name, path, codec=codec)
+
+
+_BLOB_SUFFIX = re.compile(rb"\.b[0-9a-f]{16}")
+
+
+def _read_blob(shm_name: str, name: bytes, length_text: bytes) -> bytearray:
+    """Reads and removes a large message's own object. Only an object of this
+    queue (its region's name, ".b", 16 hex digits) that is ours and private
+    is opened: a message is data, and must never make us open, copy or
+    remove any other object."""
+    prefix = shm_name.encode()
+    if not (name.startswith(prefix) and _BLOB_SUFFIX.fullmatch(name, len(prefix))
+            and length_text.isdigit() and len(length_text) <= 15):
+        raise errors.DecodeError(
+            f"a message of queue region {shm_name} refers to the large-message object {name[:120]!r} "
+            f"({length_text[:20]!r} bytes), which is not one of this queue's ({shm_name}.b<16 hex digits>): "
+            "refused, nothing was opened. A process writing raw tags into the queue sent it; fix that sender")
+    name_text, length = name.decode(), int(length_text)
+    shm = posix_ipc.SharedMemory(name_text)
+    try:
+        st = _fs.check_fd(shm.fd, f"large-message object /dev/shm{name_text}")
+        if st.st_size < length:
+            raise errors.DecodeError(f"large-message object /dev/shm{name_text} holds {st.st_size} bytes, "
+                                     f"its message says {length}: refused")
+        with mmap.mmap(shm.fd, max(length, 1)) as mapped:
+            out = bytearray(length)
+            out[:] = mapped[:length]
+    finally:
+        shm.close_fd()
+    posix_ipc.unlink_shared_memory(name_text)  # read: it was this message's alone
+    return out
+
+
