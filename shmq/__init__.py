@@ -70,7 +70,6 @@ __all__ = [
 # module object as the one it moved to (so monkeypatching either one works).
 _MOVED = {
     "shmq.queue": "shmq.channel.queue",
-    "shmq.codec": "shmq.codec",
     "shmq.jobs": "shmq.channel.jobs",
     "shmq.deadletter": "shmq.channel.deadletter",
     "shmq.mp": "shmq.channel.mp",

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The package's shape: layers without import circles, old module paths that
+still work, and one declaration of the queue's settings."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+
+import shmq
+from shmq.channel.queue import Queue
+from shmq.settings.params import queue_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_no_import_circle_among_the_packages_modules():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "import-cycles"),
+                             os.path.join(ROOT, "shmq")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"import circles:\n{result.stdout}{result.stderr}"
+
+
+def test_the_import_circle_check_finds_a_circle(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n")
+    (package / "b.py").write_text("from pkg.a import f\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "import-cycles"), str(package)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout.strip() == "pkg.a <-> pkg.b"
+
+
+def test_old_module_paths_are_the_modules_that_moved():
+    for old, new in shmq._MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    assert importlib.import_module("shmq.commands.stats") is importlib.import_module("shmq.cli.commands.stats")
+    from shmq.metrics import prometheus
+    from shmq.queue import Queue as old_queue
+
+    assert old_queue is Queue and callable(prometheus)
+    assert importlib.import_module("shmq.metrics").__spec__.name == "shmq.ops.metrics"  # its own spec kept
+
+
+def test_the_queue_takes_exactly_the_declared_settings():
+    declared = inspect.signature(queue_settings).parameters
+    taken = {key: p for key, p in inspect.signature(Queue.__init__).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY or key == "path"}
+    taken.pop("config")
+    assert list(taken) == list(declared)
+    for key, p in declared.items():
+        assert str(taken[key].annotation).replace("os.PathLike | ", "") == str(p.annotation), key
