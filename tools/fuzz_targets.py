@@ -32,6 +32,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 import warnings
 
 os.environ.setdefault("SHMQ_SUPERVISOR_AUTOSTART", "0")  # fuzzed queues run without a supervisor
@@ -125,6 +126,12 @@ def pristine_log() -> str:
     q.fetch(timeout=5).ack({"r": 1})
     q.fetch(timeout=5).fail("boom", retry=True, delay=0)
     q.fetch(timeout=5).fail("dead", retry=False)
+    deadline = time.monotonic() + 30
+    while q.stats()["waiting"] or q.stats()["in_flight"]:  # a snapshot is written only with no job in the table
+        if time.monotonic() > deadline:
+            raise RuntimeError("the retried job did not come back into its lane within 30 s")
+        q.maintain()
+        time.sleep(0.01)
     q.close()  # the last handle: writes the snapshot
     q = shmq.Queue(LOG_NAME, path)
     for i in range(160):  # about 1.2 segments of 500-byte jobs
