@@ -14,6 +14,9 @@ import pytest
 import shmq
 from shmq.queue import region_name
 
+# The last resort behind pytest-timeout's signal method (see tests/_watchdog.py).
+from _watchdog import pytest_timeout_set_timer  # noqa: F401
+
 SHM_DIR = "/dev/shm"
 
 # Opening a queue starts a supervisor for its directory by default; the tests
