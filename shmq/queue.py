@@ -10,6 +10,7 @@ with the GIL released.
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -18,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import time
-import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import posix_ipc
 
 from shmq import codec as _codec
 from shmq import errors
+from shmq import maintenance as _maintenance
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _Budget, _Scratch, _first_wait
 from shmq.jobs import JobsMixin
 from shmq._lib import ECLAIMED, EEMPTY, EFULL, EINTR, OK, ffi, lib, log_error, raise_for, status_text
@@ -71,9 +71,6 @@ DURABILITY = {"none": 0, "memory": 1, "os": 2, "interval": 3, "sync": 4}
 _DURABILITY_NAMES = {value: key for key, value in DURABILITY.items()}
 # Bytes a job's log record adds to its payload (record header, job fields, unique key).
 _RECORD_OVERHEAD = 80
-# How often each process's maintenance thread runs (flush interval, next
-# segment, retention, redelivery of jobs of dead consumers, the backlog).
-_MAINTAIN_EVERY = 0.05
 
 
 @dataclass(frozen=True)
@@ -493,18 +490,56 @@ def _owner_of(path: str) -> str:
         return "another user"
 
 
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """Did opening a queue fail for want of file descriptors? posix_ipc's
+    OSError carries no errno, only its text; else: can we open a file now?"""
+    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+        return True
+    text = str(exc)
+    if "Too many open files" in text or "maximum number of files open" in text or "number of open files" in text:
+        return True
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as probe:
+        return probe.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def _too_many_open_files(name: str, path: str, cause: BaseException) -> errors.TooManyOpenFiles:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    logged = sum(1 for q in list(_open_queues) if q._logged)
+    return errors.TooManyOpenFiles(
+        f"cannot open queue {name!r} in {path}: this process has run out of file descriptors (its limit, "
+        f"RLIMIT_NOFILE, is {soft}; hard limit {hard_text}) with {len(_open_queues)} queue handle(s) open, "
+        f"{logged} of them with a log (a log keeps its directory and segment files open). Raise the limit "
+        f"(`ulimit -n {max(4 * soft, 4096)}` in the shell that starts it, or resource.setrlimit(RLIMIT_NOFILE) "
+        "up to the hard limit), or open fewer handles: one Queue per queue is enough for a whole process "
+        f"(threads may share it). Cause: {cause}"
+    )
+
+
 _open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+# Open handles of this process per queue (path, name): a close that leaves
+# another one open is not the last, and need not ask the participant table.
+_handles_here: dict[tuple[str, str], int] = {}
 
 
 def _after_fork_in_child() -> None:
     # The child must not act under its parent's participant entry. A handle
     # that cannot get an entry of its own is unusable in the child.
+    _handles_here.clear()
     for q in list(_open_queues):
         if q._region is not None and q._region.handle is not None:
             rc = lib.shmq_after_fork(q._region.handle)
             if rc != OK:
                 q._disable_after_fork(status_text(rc))
-            elif q._logged:
+                continue
+            key = (q.path, q.name)
+            _handles_here[key] = _handles_here.get(key, 0) + 1
+            if q._logged:
                 q._start_maintenance()  # threads do not survive fork
 
 
@@ -678,7 +713,12 @@ class Queue(JobsMixin):
     def _setup(self, requested: dict | None, retries, backoff, backoff_max, lease_timeout, spin,
                observe: bool = False) -> None:
         name = self.name
-        self._region = _Region(name, self.path, requested)
+        try:
+            self._region = _Region(name, self.path, requested)
+        except (OSError, errors.ShmqError) as exc:
+            if _out_of_descriptors(exc):
+                raise _too_many_open_files(name, self.path, exc) from None
+            raise
         requested = requested or {}
         actual = self._region.params
         for key, value in requested.items():
@@ -702,10 +742,12 @@ class Queue(JobsMixin):
             lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
         self.recovery = self._region.recovery
-        self._maintainer = None
+        self._maintainer = False  # maintained by this process's thread (shmq/maintenance.py)
         self._maintenance_error = None
         self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
         _open_queues.add(self)
+        key = (self.path, name)
+        _handles_here[key] = _handles_here.get(key, 0) + 1
         if self._logged:
             self._start_maintenance()
             if not observe:
@@ -716,21 +758,13 @@ class Queue(JobsMixin):
     # ------------------------------------------------------------ maintenance
 
     def _start_maintenance(self) -> None:
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_maintain_loop, args=(weakref.ref(self), self._handle, stop), name=f"shmq-maintain-{self.name}",
-            daemon=True,
-        )
-        self._maintainer = (thread, stop)
-        thread.start()
+        self._maintainer = True
+        _maintenance.add(self)
 
     def _stop_maintenance(self) -> None:
-        if self._maintainer is not None:
-            thread, stop = self._maintainer
-            self._maintainer = None
-            stop.set()
-            if thread is not threading.current_thread() and thread.is_alive():
-                thread.join()
+        if self._maintainer:
+            self._maintainer = False
+            _maintenance.remove(self)  # once it returns, no pass uses the handle
 
     def maintain(self) -> None:
         """Runs the log's maintenance now (each process also runs it in the
@@ -1133,9 +1167,15 @@ class Queue(JobsMixin):
         Do not call it while another thread of this process is inside put/get."""
         if self._region is not None:
             _open_queues.discard(self)
+            key = (self.path, self.name)
+            others_here = _handles_here.get(key, 1) - 1
+            if others_here > 0:
+                _handles_here[key] = others_here
+            else:
+                _handles_here.pop(key, None)
             self._stop_maintenance()
             region = self._region
-            if self._logged and self._snapshot_on_close:
+            if self._logged and self._snapshot_on_close and not others_here:
                 self._snapshot_if_last(region)
             region.close()
             self._region = None
@@ -1170,36 +1210,6 @@ class Queue(JobsMixin):
             where = log_dir(self.name, self.path, mode)
             shutil.rmtree(where, ignore_errors=True)
             shutil.rmtree(where[: -len(".log")] + ".dead", ignore_errors=True)  # the dead letters
-
-
-def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
-    """Each process's background maintenance of a queue's log (the core call
-    releases the GIL). Holds only a weak reference: a dropped Queue stops it.
-    While a supervisor holds the directory it does this work; the process
-    then only passes by once a second (its own buffered acks, and in case
-    the supervisor stops)."""
-    from shmq.supervisor import holder
-
-    path = None
-    supervised_until = 0.0
-    last = 0.0
-    while not stop.wait(_MAINTAIN_EVERY):
-        queue = queue_ref()
-        if queue is None or queue._handle is not handle:
-            return
-        path = path or queue.path
-        del queue
-        now = time.monotonic()
-        if now >= supervised_until:
-            supervised_until = now + 1.0 if holder(path) is not None else 0.0
-        if supervised_until and now - last < 1.0:
-            continue
-        last = now
-        rc = lib.shmq_log_maintain(handle)
-        queue = queue_ref()
-        if queue is not None:
-            queue._maintenance_error = None if rc == OK else rc
-        del queue
 
 
 def _reattach(name: str, path: str) -> Queue:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 
 import posix_ipc
@@ -102,6 +103,8 @@ class QueueFactory:
         for name, path in self.tracked:
             region = region_name(name, path).lstrip("/")
             _unlink(region)
+            for suffix in (".log", ".dead"):  # the log and dead letters of durability="memory"
+                shutil.rmtree(os.path.join(SHM_DIR, region + suffix), ignore_errors=True)
             for entry in os.listdir(SHM_DIR):
                 if entry.startswith(region + ".b"):
                     _unlink(entry)
