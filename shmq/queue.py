@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -224,6 +225,41 @@ def log_dir(name: str, path: str, durability: str) -> str:
     return os.path.join(path, f"{name}.log")
 
 
+def _queue_lock(name: str, path: str, create: bool = True) -> int:
+    """Takes queue `name`'s lock, `<path>/<name>.lock` (flock); returns its fd.
+    unlink() removes the file while it holds the lock: a lock taken on a file
+    that is no longer the one at the path is stale, and is taken again.
+    `create` False: QueueNotFound if there is no lock file (the queue was removed)."""
+    lock_path = os.path.join(path, f"{name}.lock")
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (no {lock_path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)  # removed (or removed and made again) while we waited
+        if current is None and not create:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (it was removed)")
+
+
+def _queue_exists(name: str, path: str) -> bool:
+    """Has queue `name` a region or a log (on disk or in /dev/shm)?"""
+    if os.path.exists("/dev/shm" + region_name(name, path)):
+        return True
+    return any(_has_files(log_dir(name, path, mode)) for mode in ("os", "memory"))
+
+
 class _CreatorDied(Exception):
     """The region's creator died before its log was recovered."""
 
@@ -231,33 +267,36 @@ class _CreatorDied(Exception):
 class _Region:
     """One mapping of a queue's shared-memory object and a handle on it."""
 
-    def __init__(self, name: str, path: str, requested: dict | None):
-        """`requested` None: attach only (QueueNotFound if there is no region)."""
+    def __init__(self, name: str, path: str, requested: dict | None, must_exist: bool = False):
+        """`requested` None: attach only (QueueNotFound if there is no region).
+        `must_exist`: open (and recover) only a queue that has a region or a
+        log, never make a new one (QueueNotFound): the supervisor's way."""
         self.shm_name = region_name(name, path)
         self.name, self.path = name, path
         self.recovery = None
         self.handle = None
         self.log_dir = None
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            if not must_exist:
+                os.makedirs(path, mode=0o700, exist_ok=True)
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
-            lock_fd = self.lock()
+            lock_fd = _queue_lock(name, path, create=not must_exist)
         except PermissionError as exc:
             raise errors.PermissionDenied(
                 f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
                 "or fix its permissions"
             ) from None
         try:
+            if must_exist and not _queue_exists(name, path):
+                raise errors.QueueNotFound(f"no queue {name!r} in {path} (no region, no log)")
             self._open(requested)
         finally:
             os.close(lock_fd)
 
-    def lock(self) -> int:
+    def lock(self, create: bool = True) -> int:
         """Takes the queue's lock (creation, attach, the last close); returns its fd."""
-        fd = os.open(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return _queue_lock(self.name, self.path, create)
 
     def _open(self, requested: dict) -> None:
         try:
@@ -714,7 +753,7 @@ class Queue(JobsMixin):
                observe: bool = False) -> None:
         name = self.name
         try:
-            self._region = _Region(name, self.path, requested)
+            self._region = _Region(name, self.path, requested, must_exist=self._must_exist)
         except (OSError, errors.ShmqError) as exc:
             if _out_of_descriptors(exc):
                 raise _too_many_open_files(name, self.path, exc) from None
@@ -1182,12 +1221,23 @@ class Queue(JobsMixin):
             self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
 
     _snapshot_on_close = True
+    _must_exist = False  # Queue._existing: never make a new queue
+
+    @classmethod
+    def _existing(cls, name: str, path: str, **settings) -> "Queue":
+        """Opens queue `name` only if it exists (a region or a log: recovered
+        from its log if its region is gone); QueueNotFound otherwise. The
+        supervisor opens queues this way, so a removed queue stays removed."""
+        self = cls.__new__(cls)
+        self._must_exist = True
+        self.__init__(name, path, **settings)
+        return self
 
     def _snapshot_if_last(self, region) -> None:
         try:
-            lock_fd = region.lock()
-        except OSError:
-            return
+            lock_fd = region.lock(create=False)
+        except (OSError, errors.QueueNotFound):
+            return  # removed meanwhile (unlink): nothing to snapshot, and no lock file to make again
         try:
             # Under the queue's lock no one attaches meanwhile.
             if lib.shmq_live_participants(region.handle) <= 1:
@@ -1199,17 +1249,49 @@ class Queue(JobsMixin):
             os.close(lock_fd)
 
     def unlink(self) -> None:
-        """Removes the queue: its region, its log, and large-message objects left
-        over. Processes still attached keep their mapping until they close."""
-        shm_name = region_name(self.name, self.path)
-        durability = self.params.durability
+        """Removes the queue for good: its region, its log, its dead letters,
+        large-message objects left over and its lock file, all under the
+        queue's lock, so no opener or supervisor sees half of it; a
+        supervisor never makes it again. Processes still attached keep their
+        mapping until they close."""
         self._snapshot_on_close = False
         self.close()
-        _unlink_queue(shm_name)
-        for mode in {durability or "os", "memory"}:
-            where = log_dir(self.name, self.path, mode)
-            shutil.rmtree(where, ignore_errors=True)
-            shutil.rmtree(where[: -len(".log")] + ".dead", ignore_errors=True)  # the dead letters
+        remove_queue(self.name, self.path)
+
+
+def remove_queue(name: str, path: str) -> None:
+    """Removes queue `name` of data directory `path` (see Queue.unlink)."""
+    path = os.path.abspath(path)
+    try:
+        lock_fd = _queue_lock(name, path, create=False)
+    except errors.QueueNotFound:
+        lock_fd = None  # no lock file: remove what else is there
+    try:
+        _unlink_queue(region_name(name, path))
+        for mode in ("os", "memory"):
+            where = log_dir(name, path, mode)
+            _remove_tree(where)
+            _remove_tree(where[: -len(".log")] + ".dead")  # the dead letters
+        if lock_fd is not None:
+            # Last, still holding it: whoever waits on this file finds it stale.
+            try:
+                os.unlink(os.path.join(path, f"{name}.lock"))
+            except FileNotFoundError:
+                pass
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _remove_tree(where: str) -> None:
+    """rmtree, again while a process still attached (a supervisor, until its
+    next look) makes a segment in it meanwhile; 5 s at most."""
+    deadline = time.monotonic() + 5
+    while True:
+        shutil.rmtree(where, ignore_errors=True)
+        if not os.path.lexists(where) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
 
 
 def _reattach(name: str, path: str) -> Queue:
