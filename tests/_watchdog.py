@@ -57,6 +57,7 @@ def pytest_timeout_set_timer(item, settings):
 
     def cancel() -> None:
         watchdog.cancel()
+        watchdog.join()  # gone before the next test (tests count threads)
         if cancel_timeout is not None:
             cancel_timeout()
 

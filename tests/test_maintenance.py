@@ -36,7 +36,7 @@ def test_a_process_with_1000_handles_runs_one_maintenance_thread(make_queue):
     tasks_with_one = _tasks()
     handles = [shmq.Queue(q.name, q.path) for _ in range(1000)]
     try:
-        assert _tasks() == tasks_with_one  # not one thread more
+        assert _tasks() <= tasks_with_one  # not one thread more
         assert maintenance.thread_count() == 1
         # Every handle works: jobs in through some, out through others.
         for i, handle in enumerate(handles[::100]):
