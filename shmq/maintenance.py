@@ -53,7 +53,7 @@ class _Entry:
         self.queue_ref = weakref.ref(queue)
         self.handle = queue._handle
         self.path = queue.path
-        self.due = 0.0  # the first pass at once
+        self.due = time.monotonic() + BUSY_EVERY  # the first pass after one period, as every later one
         self.interval = BUSY_EVERY
         params = queue.params
         self.idle_max = min(IDLE_MAX, params.flush_interval) if params.durability == "interval" else IDLE_MAX
