@@ -21,7 +21,6 @@ import re
 import secrets
 import shutil
 import time
-import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shmq import _args, _fs
 from shmq import codec as _codec
 from shmq import errors
 from shmq import logparams as _logparams
+from shmq import maintenance as _maintenance
 from shmq._calls import _MAX_BATCH, _SCRATCH_BYTES, _SLICE_NS, _await_durable, _Budget, _Scratch, _first_wait
 from shmq.jobs import JobsMixin
 from shmq._lib import (
@@ -90,9 +90,6 @@ DURABILITY = {"none": 0, "memory": 1, "os": 2, "interval": 3, "sync": 4}
 _DURABILITY_NAMES = {value: key for key, value in DURABILITY.items()}
 # Bytes a job's log record adds to its payload (record header, job fields, unique key).
 _RECORD_OVERHEAD = 80
-# How often each process's maintenance thread runs (flush interval, next
-# segment, retention, redelivery of jobs of dead consumers, the backlog).
-_MAINTAIN_EVERY = 0.05
 
 
 @dataclass(frozen=True)
@@ -392,6 +389,48 @@ def _asked_by(source: str | None, key: str) -> str:
     return ""
 
 
+def _queue_lock(name: str, path: str, create: bool = True) -> int:
+    """Takes queue `name`'s lock, `<path>/<name>.lock` (flock); returns its fd.
+    unlink() removes the file while it holds the lock: a lock taken on a file
+    that is no longer the one at the path is stale, and is taken again.
+    `create` False: QueueNotFound if there is no lock file (the queue was removed)."""
+    lock_path = os.path.join(path, f"{name}.lock")
+    while True:
+        try:
+            fd = _fs.open_file(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), "queue lock")
+        except FileNotFoundError:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (no {lock_path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)  # removed (or removed and made again) while we waited
+        if current is None and not create:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (it was removed)")
+
+
+def _queue_exists(name: str, path: str) -> bool:
+    """Has queue `name` a region or a log (on disk or in /dev/shm)?"""
+    if os.path.exists("/dev/shm" + region_name(name, path)):
+        return True
+    return _has_files(log_dir(name, path, "os")) or _own_memory_log(name, path)
+
+
+def _has_files(path: str) -> bool:
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
+
+
 class _CreatorDied(Exception):
     """The region's creator died before its log was recovered."""
 
@@ -399,36 +438,43 @@ class _CreatorDied(Exception):
 class _Region:
     """One mapping of a queue's shared-memory object and a handle on it."""
 
-    def __init__(self, name: str, path: str, requested: dict | None):
-        """`requested` None: attach only (QueueNotFound if there is no region)."""
+    def __init__(self, name: str, path: str, requested: dict | None, must_exist: bool = False):
+        """`requested` None: attach only (QueueNotFound if there is no region).
+        `must_exist`: open (and recover) only a queue that has a region or a
+        log, never make a new one (QueueNotFound): the supervisor's way."""
         self.shm_name = region_name(name, path)
         self.name, self.path = name, path
         self.recovery = None
         self.handle = None
         self.log_dir = None
         try:
-            _check_data_dir(path)  # its last level only is made: a mistyped path is reported, not built
-            _fs.trusted_dir(path)  # ours and private (made 0700 in a checked parent), or refused
+            if must_exist:
+                _fs.trusted_dir(path, create=False)  # ours and private, or refused; never made here
+            else:
+                _check_data_dir(path)  # its last level only is made: a mistyped path is reported, not built
+                _fs.trusted_dir(path)  # ours and private (made 0700 in a checked parent), or refused
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
-            lock_fd = self.lock()
+            lock_fd = _queue_lock(name, path, create=not must_exist)
         except errors.PermissionDenied:
             raise
+        except FileNotFoundError:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (no such directory)") from None
         except PermissionError as exc:
             raise errors.PermissionDenied(
                 f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
                 "or fix its permissions"
             ) from None
         try:
+            if must_exist and not _queue_exists(name, path):
+                raise errors.QueueNotFound(f"no queue {name!r} in {path} (no region, no log)")
             self._open(requested)
         finally:
             os.close(lock_fd)
 
-    def lock(self) -> int:
+    def lock(self, create: bool = True) -> int:
         """Takes the queue's lock (creation, attach, the last close); returns its fd."""
-        fd = _fs.open_file(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT, "queue lock")
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return _queue_lock(self.name, self.path, create)
 
     def _open(self, requested: dict) -> None:
         try:
@@ -786,18 +832,56 @@ def _owner_of(path: str) -> str:
         return "another user"
 
 
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """Did opening a queue fail for want of file descriptors? posix_ipc's
+    OSError carries no errno, only its text; else: can we open a file now?"""
+    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+        return True
+    text = str(exc)
+    if "Too many open files" in text or "maximum number of files open" in text or "number of open files" in text:
+        return True
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as probe:
+        return probe.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def _too_many_open_files(name: str, path: str, cause: BaseException) -> errors.TooManyOpenFiles:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    logged = sum(1 for q in list(_open_queues) if q._logged)
+    return errors.TooManyOpenFiles(
+        f"cannot open queue {name!r} in {path}: this process has run out of file descriptors (its limit, "
+        f"RLIMIT_NOFILE, is {soft}; hard limit {hard_text}) with {len(_open_queues)} queue handle(s) open, "
+        f"{logged} of them with a log (a log keeps its directory and segment files open). Raise the limit "
+        f"(`ulimit -n {max(4 * soft, 4096)}` in the shell that starts it, or resource.setrlimit(RLIMIT_NOFILE) "
+        "up to the hard limit), or open fewer handles: one Queue per queue is enough for a whole process "
+        f"(threads may share it). Cause: {cause}"
+    )
+
+
 _open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+# Open handles of this process per queue (path, name): a close that leaves
+# another one open is not the last, and need not ask the participant table.
+_handles_here: dict[tuple[str, str], int] = {}
 
 
 def _after_fork_in_child() -> None:
     # The child must not act under its parent's participant entry. A handle
     # that cannot get an entry of its own is unusable in the child.
+    _handles_here.clear()
     for q in list(_open_queues):
         if q._region is not None and q._region.handle is not None:
             rc = lib.shmq_after_fork(q._region.handle)
             if rc != OK:
                 q._disable_after_fork(status_text(rc))
-            elif q._logged:
+                continue
+            key = (q.path, q.name)
+            _handles_here[key] = _handles_here.get(key, 0) + 1
+            if q._logged:
                 q._start_maintenance()  # threads do not survive fork
 
 
@@ -974,7 +1058,12 @@ class Queue(JobsMixin):
     def _setup(self, requested: dict | None, retries, backoff, backoff_max, lease_timeout, spin,
                observe: bool = False) -> None:
         name = self.name
-        self._region = _Region(name, self.path, requested)
+        try:
+            self._region = _Region(name, self.path, requested, must_exist=self._must_exist)
+        except (OSError, errors.ShmqError) as exc:
+            if _out_of_descriptors(exc):
+                raise _too_many_open_files(name, self.path, exc) from None
+            raise
         requested = requested or {}
         actual = self._region.params
         for key, value in requested.items():
@@ -1008,10 +1097,12 @@ class Queue(JobsMixin):
             lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
         self.recovery = self._region.recovery
-        self._maintainer = None
+        self._maintainer = False  # maintained by this process's thread (shmq/maintenance.py)
         self._maintenance_error = None
         self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
         _open_queues.add(self)
+        key = (self.path, name)
+        _handles_here[key] = _handles_here.get(key, 0) + 1
         if self._logged:
             self._start_maintenance()
             if not observe:
@@ -1022,21 +1113,13 @@ class Queue(JobsMixin):
     # ------------------------------------------------------------ maintenance
 
     def _start_maintenance(self) -> None:
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_maintain_loop, args=(weakref.ref(self), self._handle, stop), name=f"shmq-maintain-{self.name}",
-            daemon=True,
-        )
-        self._maintainer = (thread, stop)
-        thread.start()
+        self._maintainer = True
+        _maintenance.add(self)
 
     def _stop_maintenance(self) -> None:
-        if self._maintainer is not None:
-            thread, stop = self._maintainer
-            self._maintainer = None
-            stop.set()
-            if thread is not threading.current_thread() and thread.is_alive():
-                thread.join()
+        if self._maintainer:
+            self._maintainer = False
+            _maintenance.remove(self)  # once it returns, no pass uses the handle
 
     def maintain(self) -> None:
         """Runs the log's maintenance now (each process also runs it in the
@@ -1448,21 +1531,38 @@ class Queue(JobsMixin):
         Do not call it while another thread of this process is inside put/get."""
         if self._region is not None:
             _open_queues.discard(self)
+            key = (self.path, self.name)
+            others_here = _handles_here.get(key, 1) - 1
+            if others_here > 0:
+                _handles_here[key] = others_here
+            else:
+                _handles_here.pop(key, None)
             self._stop_maintenance()
             region = self._region
-            if self._logged and self._snapshot_on_close:
+            if self._logged and self._snapshot_on_close and not others_here:
                 self._snapshot_if_last(region)
             region.close()
             self._region = None
             self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
 
     _snapshot_on_close = True
+    _must_exist = False  # Queue._existing: never make a new queue
+
+    @classmethod
+    def _existing(cls, name: str, path: str, **settings) -> "Queue":
+        """Opens queue `name` only if it exists (a region or a log: recovered
+        from its log if its region is gone); QueueNotFound otherwise. The
+        supervisor opens queues this way, so a removed queue stays removed."""
+        self = cls.__new__(cls)
+        self._must_exist = True
+        self.__init__(name, path, **settings)
+        return self
 
     def _snapshot_if_last(self, region) -> None:
         try:
-            lock_fd = region.lock()
-        except OSError:
-            return
+            lock_fd = region.lock(create=False)
+        except (OSError, errors.QueueNotFound):
+            return  # removed meanwhile (unlink): nothing to snapshot, and no lock file to make again
         try:
             # Under the queue's lock no one attaches meanwhile.
             if lib.shmq_live_participants(region.handle) <= 1:
@@ -1474,17 +1574,14 @@ class Queue(JobsMixin):
             os.close(lock_fd)
 
     def unlink(self) -> None:
-        """Removes the queue: its region, its log, and large-message objects left
-        over. Processes still attached keep their mapping until they close."""
-        shm_name = region_name(self.name, self.path)
-        durability = self.params.durability
+        """Removes the queue for good: its region, its log, its dead letters,
+        large-message objects left over and its lock file, all under the
+        queue's lock, so no opener or supervisor sees half of it; a
+        supervisor never makes it again. Processes still attached keep their
+        mapping until they close."""
         self._snapshot_on_close = False
         self.close()
-        _unlink_queue(shm_name)
-        for mode in {durability or "os", "memory"}:
-            where = log_dir(self.name, self.path, mode)
-            _remove_own_dir(where)
-            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
+        remove_queue(self.name, self.path)
 
 
 def _remove_own_dir(where: str) -> None:
@@ -1494,37 +1591,42 @@ def _remove_own_dir(where: str) -> None:
             return
     except (errors.PermissionDenied, OSError):
         return
-    shutil.rmtree(where, ignore_errors=True)
+    _remove_tree(where)
 
 
-def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
-    """Each process's background maintenance of a queue's log (the core call
-    releases the GIL). Holds only a weak reference: a dropped Queue stops it.
-    While a supervisor holds the directory it does this work; the process
-    then only passes by once a second (its own buffered acks, and in case
-    the supervisor stops)."""
-    from shmq.supervisor import holder
+def remove_queue(name: str, path: str) -> None:
+    """Removes queue `name` of data directory `path` (see Queue.unlink)."""
+    path = os.path.abspath(path)
+    try:
+        lock_fd = _queue_lock(name, path, create=False)
+    except errors.QueueNotFound:
+        lock_fd = None  # no lock file: remove what else is there
+    try:
+        _unlink_queue(region_name(name, path))
+        for mode in ("os", "memory"):
+            where = log_dir(name, path, mode)
+            _remove_own_dir(where)  # ours only: a directory another user made in /dev/shm stays
+            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
+        if lock_fd is not None:
+            # Last, still holding it: whoever waits on this file finds it stale.
+            try:
+                os.unlink(os.path.join(path, f"{name}.lock"))
+            except FileNotFoundError:
+                pass
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
 
-    path = None
-    supervised_until = 0.0
-    last = 0.0
-    while not stop.wait(_MAINTAIN_EVERY):
-        queue = queue_ref()
-        if queue is None or queue._handle is not handle:
+
+def _remove_tree(where: str) -> None:
+    """rmtree, again while a process still attached (a supervisor, until its
+    next look) makes a segment in it meanwhile; 5 s at most."""
+    deadline = time.monotonic() + 5
+    while True:
+        shutil.rmtree(where, ignore_errors=True)
+        if not os.path.lexists(where) or time.monotonic() >= deadline:
             return
-        path = path or queue.path
-        del queue
-        now = time.monotonic()
-        if now >= supervised_until:
-            supervised_until = now + 1.0 if holder(path) is not None else 0.0
-        if supervised_until and now - last < 1.0:
-            continue
-        last = now
-        rc = lib.shmq_log_maintain(handle)
-        queue = queue_ref()
-        if queue is not None:
-            queue._maintenance_error = None if rc == OK else rc
-        del queue
+        time.sleep(0.02)
 
 
 def _reattach(name: str, path: str, codec: str | None = None) -> Queue:

@@ -18,6 +18,7 @@ __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
 # The subcommands, in the order --help lists them (module shmq.commands.<name>).
 NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics", "bench",
+         "rm",
          "import=importer")
 
 PROG = "shmq"
