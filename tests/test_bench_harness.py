@@ -134,3 +134,29 @@ def test_measure_records_a_failure_and_goes_on_with_the_others():
                          1000)], runs=2, target_seconds=1.0, messages=None)
     assert a.status == "failed" and "lost 3 messages" in a.reason and a.runs == []
     assert b.status == "ok" and len(b.runs) == 2
+
+
+def test_the_delivery_checks_catch_lost_duplicated_reordered_and_alien_messages():
+    import array
+
+    import numpy as np
+
+    from shmq.bench import throughput as bt
+
+    per = 5
+    ok = array.array("Q", [0, 5, 1, 6, 2, 7, 3, 8, 4, 9])  # tag = producer * per + index, two producers interleaved
+    seqs = bt.by_producer(ok, per, 2, "consumer 0")
+    assert [s.tolist() for s in seqs] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    for p, mine in enumerate(seqs):
+        bt.check_order(mine, "consumer 0", p)
+        bt.check_once(mine, per, "shmq", p)
+    with pytest.raises(hn.BenchError, match=r"consumer 0: message with tag 0xa, from no producer of this run"):
+        bt.by_producer(array.array("Q", [0, 10]), per, 2, "consumer 0")
+    with pytest.raises(hn.BenchError, match=r"consumer 0: producer 1: message #1 arrived after #2"):
+        bt.check_order(np.array([0, 2, 1, 3, 4]), "consumer 0", 1)
+    with pytest.raises(hn.BenchError, match=r"shmq: producer 0: 1 messages lost, 1 duplicated"):
+        bt.check_once(np.array([0, 1, 1, 3, 4]), per, "shmq", 0)
+    with pytest.raises(hn.BenchError, match=r"shmq: producer 0: 0 messages lost, 1 duplicated"):
+        bt.check_once(np.array([0, 1, 2, 3, 4, 4]), per, "shmq", 0)
+    with pytest.raises(hn.BenchError, match=r"shmq: producer 0: 1 messages lost, 0 duplicated"):
+        bt.check_once(np.array([0, 1, 2, 3]), per, "shmq", 0)

@@ -40,8 +40,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
-import numpy as np
-
 from shmq.bench import channels as ch
 from shmq.bench import harness as hn
 from shmq.bench import throughput as bt
@@ -238,21 +236,9 @@ def _sync_consume(q, cfg: SyncConfig, per: int, barrier, counts):
     if extra is not None or len(heads) != total:
         what = msgs.describe(extra) if extra is not None else f"{len(heads) - total} in the last batch"
         raise BenchError(f"consumer: more than the {total:,} messages sent arrived (extra: {what})")
-    tags = np.frombuffer(heads, dtype=np.uint64).astype(np.int64)
-    producers, indexes = np.divmod(tags, per)
-    if int(producers.max()) >= cfg.producers:
-        raise BenchError(f"consumer: message with tag {int(tags[producers >= cfg.producers][0]):#x}, "
-                         "from no producer of this run")
-    for p in range(cfg.producers):
-        mine = indexes[producers == p]
-        times = np.bincount(mine, minlength=per)
-        if not (times == 1).all():
-            raise BenchError(f"consumer: producer {p}: {int((times == 0).sum())} messages lost, "
-                             f"{int((times > 1).sum())} duplicated")
-        back = np.flatnonzero(mine[1:] <= mine[:-1])
-        if back.size:
-            k = int(back[0]) + 1
-            raise BenchError(f"consumer: producer {p}: message #{mine[k]} arrived after #{mine[k - 1]}")
+    for p, mine in enumerate(bt.by_producer(heads, per, cfg.producers, "consumer")):
+        bt.check_once(mine, per, "consumer", p)
+        bt.check_order(mine, "consumer", p)
     return {"t_start": t_start, "t_end": t_end, "count": len(heads)}
 
 

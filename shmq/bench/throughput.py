@@ -230,6 +230,39 @@ def _mismatch(msgs: Messages, i: int, got, expected) -> BenchError:
     return BenchError(f"consumer: message {i}: got a batch of {len(got)}, expected {len(expected)}")
 
 
+# --------------------------------------------------------------------------- checks of what arrived
+
+
+def by_producer(heads, per: int, procs: int, who: str) -> list:
+    """The indexes of each producer's messages among the tags `heads` (an array of
+    uint64), in the order they arrived; a tag from no producer of the run fails."""
+    tags = np.frombuffer(heads, dtype=np.uint64).astype(np.int64)
+    producers, indexes = np.divmod(tags, per)
+    if tags.size and int(producers.max()) >= procs:
+        bad = int(tags[producers >= procs][0])
+        raise BenchError(f"{who}: message with tag {bad:#x}, from no producer of this run")
+    return [indexes[producers == p] for p in range(procs)]
+
+
+def check_order(mine, who: str, producer: int) -> None:
+    """One producer's messages arrived in the order sent."""
+    if mine.size > 1:
+        back = np.flatnonzero(mine[1:] <= mine[:-1])
+        if back.size:
+            k = int(back[0]) + 1
+            raise BenchError(f"{who}: producer {producer}: message #{mine[k]} arrived after #{mine[k - 1]}")
+
+
+def check_once(seqs, per: int, who: str, producer: int) -> None:
+    """Each of the `per` messages one producer sent arrived exactly once."""
+    never_sent = int((seqs >= per).sum())
+    times = np.bincount(seqs[seqs < per], minlength=per)
+    if never_sent or not (times == 1).all():
+        lost, dup = int((times == 0).sum()), int((times > 1).sum())
+        raise BenchError(f"{who}: producer {producer}: {lost} messages lost, {dup} duplicated"
+                         + (f", {never_sent} with an index it never sent" if never_sent else ""))
+
+
 def _consume_in_order(msgs, pool, get, get_many, count):
     """One producer: message i must equal pool[i % len(pool)], byte for byte. A batch
     is compared with one list comparison against the same slice of the pool; the
@@ -333,21 +366,10 @@ def _consume_any_order(msgs, system, q, get, get_many, s, index, counts):
     for _ in range(stops - 1):  # a get_many may have taken another consumer's STOP
         put(STOP)
 
-    tags = np.frombuffer(heads, dtype=np.uint64).astype(np.int64)
-    producers, indexes = np.divmod(tags, msgs.per_producer)
-    if tags.size and int(producers.max()) >= s.procs:
-        bad = int(tags[producers >= s.procs][0])
-        raise BenchError(f"consumer {index}: message with tag {bad:#x}, from no producer of this run")
-    seqs = []
-    for producer in range(s.procs):
-        mine = indexes[producers == producer]
-        if system.fifo(s) and mine.size > 1:
-            back = np.flatnonzero(mine[1:] <= mine[:-1])
-            if back.size:
-                k = int(back[0]) + 1
-                raise BenchError(f"consumer {index}: producer {producer}: message #{mine[k]} "
-                                 f"arrived after #{mine[k - 1]}")
-        seqs.append(mine)
+    seqs = by_producer(heads, msgs.per_producer, s.procs, f"consumer {index}")
+    if system.fifo(s):
+        for producer, mine in enumerate(seqs):
+            check_order(mine, f"consumer {index}", producer)
     return {"t_end": t_end, "count": len(heads), "seqs": seqs}
 
 
@@ -408,13 +430,7 @@ def run_python(system: PySystem, s: Settings, total: int, run_id: str) -> float:
     consumers = [done[("consumer", i)] for i in range(s.procs)]
     if not in_order:
         for producer in range(s.procs):
-            seqs = np.concatenate([c["seqs"][producer] for c in consumers])
-            never_sent = int((seqs >= per).sum())
-            times = np.bincount(seqs[seqs < per], minlength=per)
-            if never_sent or not (times == 1).all():
-                lost, dup = int((times == 0).sum()), int((times > 1).sum())
-                raise BenchError(f"{system.name}: producer {producer}: {lost} messages lost, {dup} duplicated"
-                                 + (f", {never_sent} with an index it never sent" if never_sent else ""))
+            check_once(np.concatenate([c["seqs"][producer] for c in consumers]), per, system.name, producer)
     received = sum(c["count"] for c in consumers)
     if received != total:
         raise BenchError(f"{system.name}: consumers received {received} messages, {total} were sent")
