@@ -53,6 +53,12 @@ NO_SUPERVISOR_NOTE = ("no supervisor: each process maintains the log itself (SHM
                       "fresh data directory per run would otherwise start a supervisor for each)")
 
 
+# The harness's progress lines and report rows, under the names used below.
+_progress, _stage = hn.progress, hn.stage
+_row, _ratio_cell, _stats, _first_line = hn.row, hn.ratio_cell, hn.stats, hn.first_line
+throughput_table, _bar_series, _result_dict = hn.throughput_table, hn.bar_series, hn.result_dict
+
+
 @dataclass
 class Options:
     quick: bool = False
@@ -205,17 +211,17 @@ class Suite:
                 for batch in BATCHES:
                     who = "1 producer -> 1 consumer" if procs == 1 else f"{procs} producers -> {procs} consumers"
                     how = "one at a time" if batch == 1 else f"batches of {batch}"
-                    hn.progress(f"channel: payload {payload} B, {how}, {who}")
+                    _progress(f"channel: payload {payload} B, {how}, {who}")
                     s = self._settings(payload=payload, batch=batch, procs=procs)
                     results = bt.bench_config(systems, skipped, s, self._tp_ns(list(bt.SYSTEM_ORDER)))
-                    t = hn.throughput_table(f"{payload} B messages, {how}, {who}", results, payload, "msgs/s")
+                    t = throughput_table(f"{payload} B messages, {how}, {who}", results, payload, "msgs/s")
                     t["config"] = {"payload": payload, "batch": batch, "procs": procs}
                     if batch > 1:
                         t["notes"].append(f"mp.Queue and persist-queue have no put_many/get_many: a batch is "
                                           f"{batch} put() and {batch} get() calls")
                     tables.append(t)
                     raw.append({"payload": payload, "batch": batch, "procs": procs,
-                                "results": [hn.result_dict(r) for r in results]})
+                                "results": [_result_dict(r) for r in results]})
         for procs in self.p["procs"]:
             mine = [t for t in tables if t["config"]["procs"] == procs]
             who = "1 producer -> 1 consumer" if procs == 1 else f"{procs} producers -> {procs} consumers"
@@ -225,7 +231,7 @@ class Suite:
                 "ylabel": "messages/s (log scale)", "log": True,
                 "groups": [f"{t['config']['payload']} B\n{'single' if t['config']['batch'] == 1 else 'batch 64'}"
                            for t in mine],
-                "series": hn.bar_series(mine, bt.SYSTEM_ORDER)})
+                "series": _bar_series(mine, bt.SYSTEM_ORDER)})
         notes = [s.note for s in systems if s.name not in skipped and s.note]
         notes.append("shmq runs with durability='none' (no log), as the other in-memory queues; the durability "
                      "workload shows what its log costs")
@@ -236,22 +242,22 @@ class Suite:
 
         systems, skipped = self._tp_systems()
         frame = self.opts.frame
-        hn.progress(f"arrays: numpy uint8 frames of {frame:,} B, 1 producer -> 1 consumer")
+        _progress(f"arrays: numpy uint8 frames of {frame:,} B, 1 producer -> 1 consumer")
         s = self._settings(payload=frame, batch=1, procs=1, kind="array")
         results = bt.bench_config(systems, skipped, s, self._tp_ns(list(bt.SYSTEM_ORDER)))
         size = f"{frame / 2**20:g} MiB" if frame % 2**20 == 0 else f"{frame:,} B"
-        t = hn.throughput_table(f"numpy uint8 frames of {size}, 1 producer -> 1 consumer", results, frame,
+        t = throughput_table(f"numpy uint8 frames of {size}, 1 producer -> 1 consumer", results, frame,
                              "frames/s")
         t["config"] = {"frame_bytes": frame}
         self.charts.append({
             "workload": "arrays", "file": "arrays.png",
             "title": f"numpy frames of {size} between processes, 1 producer -> 1 consumer: frames/s",
             "ylabel": "frames/s (log scale)", "log": True, "groups": [size],
-            "series": hn.bar_series([t], bt.SYSTEM_ORDER)})
+            "series": _bar_series([t], bt.SYSTEM_ORDER)})
         notes = [s.array_note for s in systems if s.name not in skipped and s.array_note]
         notes.append("every frame is compared whole with the one sent (about 30 us per MiB, the same for every "
                      "Python system)")
-        return {"tables": [t], "raw": [{"frame": frame, "results": [hn.result_dict(r) for r in results]}],
+        return {"tables": [t], "raw": [{"frame": frame, "results": [_result_dict(r) for r in results]}],
                 "notes": notes, "skipped": skipped}
 
     # ---- durability, sync, recovery
@@ -275,7 +281,7 @@ class Suite:
         tables = []
         for part in parts:
             how = "one at a time" if part["batch"] == 1 else f"batches of {part['batch']}"
-            t = hn.throughput_table(f"{part['payload']} B messages, {how}, 1 producer -> 1 consumer", part["results"],
+            t = throughput_table(f"{part['payload']} B messages, {how}, 1 producer -> 1 consumer", part["results"],
                                  part["payload"], "msgs/s")
             base = next((r["median"] for r in t["rows"] if r["system"] == "none" and r["status"] == "ok"), None)
             t["columns"][-1] = "x none"
@@ -296,14 +302,14 @@ class Suite:
             "ylabel": "messages/s", "log": False,
             "groups": [f"{t['config']['payload']} B\n{'single' if t['config']['batch'] == 1 else 'batch 64'}"
                        for t in tables],
-            "series": hn.bar_series(tables, bd.MODES)})
+            "series": _bar_series(tables, bd.MODES)})
         notes = [f"none: no log (a plain shared-memory queue); memory: the log on /dev/shm; os (the default): the "
                  f"log in the page cache; interval: also flushed every {bd.INTERVAL_PARAMS['flush_interval']:g} s "
                  f"or {bd.INTERVAL_PARAMS['flush_bytes'] // 2**20} MiB",
                  NO_SUPERVISOR_NOTE]
         return {"tables": tables, "notes": notes,
                 "raw": [{"payload": p["payload"], "batch": p["batch"], "log_stats": p["log_stats"],
-                         "results": [hn.result_dict(r) for r in p["results"]]} for p in parts]}
+                         "results": [_result_dict(r) for r in p["results"]]} for p in parts]}
 
     def sync(self) -> dict:
         from shmq.bench import durability as bd
@@ -320,14 +326,14 @@ class Suite:
             call = "put()" if r.batch == 1 else "put_many(64)"
             name = f"{r.producers} producer{'s' if r.producers > 1 else ''}, {call}"
             if r.status != "ok" or not r.runs:
-                rows.append(hn.row(name, "failed", hn.first_line(r.reason), cells=[name]))
+                rows.append(_row(name, "failed", _first_line(r.reason), cells=[name]))
                 continue
             import statistics
 
-            st = hn.stats(r.rates())
+            st = _stats(r.rates())
             ppf = [x["puts_per_flush"] for x in r.runs if x["puts_per_flush"]]
             one = ones.get(r.batch)
-            rows.append(hn.row(name, producers=r.producers, batch=r.batch, puts_per_run=r.msgs, **st,
+            rows.append(_row(name, producers=r.producers, batch=r.batch, puts_per_run=r.msgs, **st,
                              puts_per_flush=statistics.median(ppf) if ppf else None, raw_runs=r.runs,
                              cells=[name, f"{r.msgs:,}", f"{st['median']:,.0f}", f"{st['min']:,.0f}",
                                     f"{st['max']:,.0f}", f"{statistics.median(ppf):.1f}" if ppf else "-",
@@ -354,7 +360,7 @@ class Suite:
         notes = [f"the floor under one sync put: a 4 KiB append + fdatasync in the data directory takes "
                  f"{disk['median_us']:.0f} us (median)"] if disk else []
         notes.append(NO_SUPERVISOR_NOTE)
-        return {"tables": [t], "notes": notes, "raw": [hn.result_dict(r) for r in results]}
+        return {"tables": [t], "notes": notes, "raw": [_result_dict(r) for r in results]}
 
     def recovery(self) -> dict:
         from shmq.bench import durability as bd
@@ -373,13 +379,13 @@ class Suite:
         for r in results:
             name = f"from the {r.source}, {r.cache} page cache"
             if r.status != "ok" or not r.runs:
-                rows.append(hn.row(name, "failed", hn.first_line(r.reason), cells=[name]))
+                rows.append(_row(name, "failed", _first_line(r.reason), cells=[name]))
                 continue
             import statistics
 
-            st = hn.stats(r.times())
+            st = _stats(r.times())
             disk = statistics.median(x["log_bytes"] for x in r.runs)
-            rows.append(hn.row(name, source=r.source, cache=r.cache, jobs=r.jobs, unit="s", **st,
+            rows.append(_row(name, source=r.source, cache=r.cache, jobs=r.jobs, unit="s", **st,
                              log_bytes=disk, warnings=r.warnings,
                              cells=[name, f"{st['median']:.3f}", f"{st['min']:.3f}", f"{st['max']:.3f}",
                                     f"{r.jobs / st['median']:,.0f}", f"{disk / 2**20:.1f}"]))
@@ -403,7 +409,7 @@ class Suite:
                         "hi": [next((x["max"] for x in rows if x.get("source") == src and x.get("cache") == c), None)
                                for c in self.p["recovery_cache"]]}
                        for src in ("log", "snapshot")]})
-        return {"tables": [t], "notes": [NO_SUPERVISOR_NOTE], "raw": [hn.result_dict(r) for r in results]}
+        return {"tables": [t], "notes": [NO_SUPERVISOR_NOTE], "raw": [_result_dict(r) for r in results]}
 
     # ---- jobs and latency
 
@@ -448,18 +454,18 @@ class Suite:
         for r in results:
             label = jobs.LABELS[r.system]
             if r.status != "ok" or not r.runs:
-                rows.append(hn.row(r.system, r.status if r.status != "ok" else "failed", hn.first_line(r.reason),
+                rows.append(_row(r.system, r.status if r.status != "ok" else "failed", _first_line(r.reason),
                                  cells=[label]))
                 continue
             import statistics
 
-            st = hn.stats(r.rates())
+            st = _stats(r.rates())
             enq = statistics.median(x["enqueue_jobs_per_s"] for x in r.runs)
-            rows.append(hn.row(r.system, jobs_per_run=r.jobs, enqueue_jobs_per_s=enq, unit="jobs/s",
+            rows.append(_row(r.system, jobs_per_run=r.jobs, enqueue_jobs_per_s=enq, unit="jobs/s",
                              ratio_shmq=shmq / st["median"] if shmq else None, warmup=r.warmup, **st,
                              cells=[label, f"{r.jobs:,}", f"{st['median']:,.0f}", f"{st['min']:,.0f}",
                                     f"{st['max']:,.0f}", f"{enq:,.0f}",
-                                    "-" if r.system == "shmq" else hn.ratio_cell(shmq, st["median"])]))
+                                    "-" if r.system == "shmq" else _ratio_cell(shmq, st["median"])]))
         t = {"title": "whole jobs: enqueue -> worker process -> done, a no-op task, 1 producer, 1 worker process",
              "columns": ["system", "jobs/run", "median jobs/s", "min", "max", "enqueue/s", "shmq/system"],
              "rows": rows, "unit": "jobs/s",
@@ -468,9 +474,9 @@ class Suite:
         self.charts.append({"workload": "jobs", "file": "jobs.png",
                             "title": "whole jobs through a worker process: jobs/s",
                             "ylabel": "jobs/s (log scale)", "log": True, "groups": ["no-op job"],
-                            "series": hn.bar_series([t], jobs.SYSTEMS)})
+                            "series": _bar_series([t], jobs.SYSTEMS)})
         return {"tables": [t], "notes": notes, "skipped": skipped,
-                "raw": [hn.result_dict(r) for r in results]}
+                "raw": [_result_dict(r) for r in results]}
 
     def latency(self) -> dict:
         from shmq.bench import jobs
@@ -490,10 +496,10 @@ class Suite:
                 why = skipped.get(name) or failed.get(f"{name} @ {rate:,}/s")
                 if why:
                     status = "failed" if why.startswith("FAILED") else "skipped"
-                    rows.append(hn.row(name, status, why.removeprefix("FAILED: "), rate=rate, cells=[label]))
+                    rows.append(_row(name, status, why.removeprefix("FAILED: "), rate=rate, cells=[label]))
                 continue
             u, lo, hi = lat["us"], lat["us_min"], lat["us_max"]
-            rows.append(hn.row(name, rate=rate, jobs=lat["jobs"], runs=len(lat["runs"]), us=u, us_min=lo, us_max=hi,
+            rows.append(_row(name, rate=rate, jobs=lat["jobs"], runs=len(lat["runs"]), us=u, us_min=lo, us_max=hi,
                              achieved_jobs_per_s=lat["achieved_jobs_per_s"], slips=lat["slips"],
                              median=u["p99"], min=lo["p99"], max=hi["p99"], unit="us (p99)",
                              cells=[label, rp.fmt_us(u["p50"]), rp.fmt_us(u["p90"]), rp.fmt_us(u["p99"]),
@@ -535,16 +541,16 @@ class Suite:
         results, analyses, failed = {}, {}, {}
         with _no_supervisor():  # the benchmark runs its own `shmq supervise`
             for mode in targs.only:
-                hn.progress(f"throttle: {mode} loop, {targs.seconds if mode == 'closed' else targs.open_seconds:g} s "
+                _progress(f"throttle: {mode} loop, {targs.seconds if mode == 'closed' else targs.open_seconds:g} s "
                           "of producing")
                 try:
                     results[mode] = th.run_mode(mode, targs, self.data_dir)
                     analyses[mode] = th.analyse(results[mode], targs)
                 except Exception as e:
-                    failed[mode] = hn.first_line(str(e)) or type(e).__name__
+                    failed[mode] = _first_line(str(e)) or type(e).__name__
                     print(f"\n*** FAILED: throttle {mode} loop\n{e}\n", file=sys.stderr, flush=True)
         targets = th.judge_targets(results, analyses, failed, targs)
-        rows = [hn.row("target", "ok", met=t["met"], cells=["met" if t["met"] else ("n/a" if t["met"] is None
+        rows = [_row("target", "ok", met=t["met"], cells=["met" if t["met"] else ("n/a" if t["met"] is None
                                                                                     else "MISSED"),
                                                            t["target"], t["value"]]) for t in targets]
         t = {"title": f"throttling: 1 producer offered {targs.speedup:g}x what its consumer takes "
@@ -578,7 +584,7 @@ class Suite:
             doc["machine"] = self.machine
             self._print_header(doc)
             for i, name in enumerate(opts.only, 1):
-                hn.stage(f"[{i}/{len(opts.only)}] {name} (at {_clock(time.monotonic() - t_start)})")
+                _stage(f"[{i}/{len(opts.only)}] {name} (at {_clock(time.monotonic() - t_start)})")
                 w = {"title": name, "about": WORKLOADS[name]}
                 t0 = time.monotonic()
                 try:
