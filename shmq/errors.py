@@ -84,6 +84,11 @@ class QueueClosed(ShmqError):
     """The handle was closed; open the queue again."""
 
 
+class TooManyOpenFiles(ShmqError, OSError):
+    """This process reached its limit of open file descriptors (RLIMIT_NOFILE)
+    while opening a queue: raise the limit or open fewer handles."""
+
+
 class PermissionDenied(ShmqError, PermissionError):
     """The region or data directory belongs to another user."""
 

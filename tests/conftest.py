@@ -16,6 +16,9 @@ import pytest
 import shmq
 from shmq.channel.queue import region_name
 
+# The last resort behind pytest-timeout's signal method (see tests/_watchdog.py).
+from _watchdog import pytest_timeout_set_timer  # noqa: F401
+
 SHM_DIR = "/dev/shm"
 
 # Opening a queue starts a supervisor for its directory by default; the tests
@@ -110,6 +113,8 @@ class QueueFactory:
         for name, path in self.tracked:
             region = region_name(name, path).lstrip("/")
             _unlink(region)
+            for suffix in (".log", ".dead"):  # the log and dead letters of durability="memory"
+                shutil.rmtree(os.path.join(SHM_DIR, region + suffix), ignore_errors=True)
             for entry in os.listdir(SHM_DIR):
                 if entry.startswith(region + ".b"):
                     _unlink(entry)

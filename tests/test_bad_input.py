@@ -222,7 +222,7 @@ def test_region_and_lock_file_are_owner_only(make_queue):
     old = os.umask(0)  # whatever the umask, owner only
     try:
         q = make_queue()
-        os.mkdir(os.path.join(make_queue.default_path, "made"))  # shmq makes only the last level
+        os.mkdir(os.path.join(make_queue.default_path, "made"), 0o700)  # shmq makes only the last level (in a private parent)
         nested = make_queue(path=os.path.join(make_queue.default_path, "made", "here"))
     finally:
         os.umask(old)

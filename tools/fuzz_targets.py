@@ -32,6 +32,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 import warnings
 
 os.environ.setdefault("SHMQ_SUPERVISOR_AUTOSTART", "0")  # fuzzed queues run without a supervisor
@@ -125,6 +126,17 @@ def pristine_log() -> str:
     q.fetch(timeout=5).ack({"r": 1})
     q.fetch(timeout=5).fail("boom", retry=True, delay=0)
     q.fetch(timeout=5).fail("dead", retry=False)
+    # A snapshot is written only when no job is leased or waiting in the job table: run
+    # every job that is left (the retried one among them: a RETRY record), and ack it.
+    deadline = time.monotonic() + 30
+    while q.stats()["waiting"] or q.qsize():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs of the fuzz log did not drain within 30 s: {q.stats()}")
+        q.maintain()
+        try:
+            q.fetch(timeout=0.1).ack()
+        except shmq.Empty:
+            pass
     q.close()  # the last handle: writes the snapshot
     q = shmq.Queue(LOG_NAME, path)
     for i in range(160):  # about 1.2 segments of 500-byte jobs
@@ -132,6 +144,22 @@ def pristine_log() -> str:
     for _ in range(5):
         q.get(timeout=5)
     q.enqueue("late", unique="late-key")
+    q.fetch(timeout=5).fail("again", retry=True, delay=3600)
+    # More segments: the job waiting an hour pins an old one, so maintenance copies it forward (a checkpoint).
+    deadline = time.monotonic() + 30
+    while not q.log_stats().get("checkpoints"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no checkpoint in the fuzz log within 30 s: {q.log_stats()}")
+        for i in range(40):
+            q.put(bytes([i]) * 460)
+            q.get(timeout=5)
+        q.maintain()
+    # After the checkpoint (which lets the older segments go): a DONE, a DEAD and a RETRY record.
+    q.enqueue("acked")
+    q.fetch(timeout=5).ack("ok")
+    q.enqueue("doomed")
+    q.fetch(timeout=5).fail("dead", retry=False)
+    q.enqueue("again later")
     q.fetch(timeout=5).fail("again", retry=True, delay=3600)
     q._snapshot_on_close = False  # as if the machine went down: no snapshot of this part
     shm = shmq.channel.queue.region_name(LOG_NAME, path)

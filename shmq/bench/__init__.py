@@ -16,6 +16,11 @@ benchmark modules, which also run on their own from a checkout
                    (SQLite), and enqueue-to-start latency at a fixed load
 ``throttle.py``    throttling under overload (closed and open loop)
 
+What they share (runs, medians, child processes, the machine and the other load
+on it, the report's rows) is the harness, ``harness.py``; the systems they drive
+are in ``channels.py`` (channels) and ``jobsystems.py`` (job queues), and the
+recovery and latency parts in ``recovery.py`` and ``latency.py``.
+
 Importing this package imports none of them: ``shmq bench --help`` stays quick.
 """
 

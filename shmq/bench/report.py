@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["fmt_rate", "fmt_us", "fmt_ratio", "text_table", "markdown_table", "write_json", "write_markdown",
-           "write_charts"]
+           "write_charts", "summary_table"]
 
 # A system keeps its colour in every chart; shmq stands out.
 COLOURS = {
@@ -126,6 +126,70 @@ def markdown_table(table: dict, heading: str | None = "###") -> str:
         out.append("")
         out += [f"- {_md_escape(n)}" for n in table["notes"]]
     return "\n".join(out)
+
+
+SUMMARY_SYSTEMS = [("shmq", "shmq"), ("mp.Queue", "mp.Queue"), ("faster_fifo", "faster_fifo"),
+                   ("persist-queue", "persist-queue"), ("rq", "RQ"), ("huey", "Huey"), ("c-ring", "C ring")]
+
+
+def summary_table(doc: dict) -> dict:
+    """The main table: one line per workload that has peers, each system's median and
+    shmq's advantage over it from the same run."""
+    lines: list[tuple[str, dict[str, dict], bool]] = []  # (label, system -> row, lower is better)
+    w = doc["workloads"]
+    for name in ("channel", "arrays", "jobs"):
+        for t in w.get(name, {}).get("tables", []):
+            cfg = t.get("config", {})
+            if name == "channel":
+                how = "one at a time" if cfg["batch"] == 1 else f"batches of {cfg['batch']}"
+                who = "" if cfg["procs"] == 1 else f", {cfg['procs']}+{cfg['procs']} procs"
+                size = f"{cfg['payload'] / 1024:g} KiB" if cfg["payload"] >= 1024 else f"{cfg['payload']} B"
+                label = f"{size}, {how}{who}, msgs/s"
+            elif name == "arrays":
+                size = cfg["frame_bytes"]
+                label = (f"numpy {size / 2**20:g} MiB frames, frames/s" if size % 2**20 == 0
+                         else f"numpy {size:,} B frames, frames/s")
+            else:
+                label = "whole jobs, jobs/s"
+            lines.append((label, {r["system"]: r for r in t["rows"]}, False))
+    for t in w.get("latency", {}).get("tables", []):
+        for rate in sorted({r["rate"] for r in t["rows"] if r.get("rate")}):
+            rows = {r["system"]: r for r in t["rows"] if r.get("rate") == rate}
+            lines.append((f"job latency p99 at {rate:,}/s", rows, True))
+    present = [key for key, _ in SUMMARY_SYSTEMS if any(key in rows for _, rows, _ in lines)]
+    columns = ["workload"] + [dict(SUMMARY_SYSTEMS)[k] for k in present]
+    out_rows = []
+    for label, rows, lower in lines:
+        shmq = rows.get("shmq")
+        base = shmq["median"] if shmq and shmq["status"] == "ok" else None
+        cells = [label]
+        for key in present:
+            r = rows.get(key)
+            if r is None:
+                cells.append("")
+            elif r["status"] == "skipped":
+                cells.append("skipped")
+            elif r["status"] == "n/a":
+                cells.append("n/a")
+            elif r["status"] != "ok":
+                cells.append("FAILED")
+            else:
+                value = fmt_us(r["median"]) if lower else fmt_rate(r["median"])
+                if key == "shmq" or base is None:
+                    cells.append(value)
+                elif key == "c-ring":
+                    cells.append(f"{value} (shmq {100 * base / r['median']:.0f}%)")
+                else:
+                    ratio = r["median"] / base if lower else base / r["median"]
+                    cells.append(f"{value} ({fmt_ratio(ratio).replace('x', '×')})")
+        out_rows.append({"system": label, "status": "ok", "cells": cells})
+    return {"title": "summary: medians of this run",
+            "columns": columns, "align": "l" + "r" * (len(columns) - 1), "rows": out_rows, "bold_shmq": False,
+            "notes": ["(N×): how many times better shmq did than that system in this run (its rate / theirs; "
+                      "for latency, their p99 / shmq's)",
+                      "msgs/s, frames/s, jobs/s: between separate processes, each one checked; 1+1 procs unless "
+                      "noted; C ring: a shared-memory ring driven from C, no Python (the ceiling on this "
+                      "machine), with the share of it shmq reaches"]}
 
 
 # --------------------------------------------------------------------------- files

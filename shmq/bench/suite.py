@@ -28,11 +28,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from shmq.bench import DEFAULT_WORKLOADS, WORKLOADS
+from shmq.bench import harness as hn
 from shmq.bench import report as rp
+from shmq.bench.harness import BENCH_EXTRA
 
 __all__ = ["Options", "run", "PRESETS"]
 
-BENCH_EXTRA = "pip install 'shmq[bench]'"
 FORMAT = 1  # of results.json
 
 # Sizes of a full run and of --quick. `seconds`: length of one measured run of the
@@ -47,11 +48,15 @@ PRESETS = {
 }
 BATCHES = [1, 64]
 LATENCY_RATE, LATENCY_LOW_RATE = 10_000, 100
-# Above this share of the machine used by other processes, a workload's numbers come with a warning.
-NOISE_SHARE = 0.05
 AUTOSTART_ENV = "SHMQ_SUPERVISOR_AUTOSTART"
 NO_SUPERVISOR_NOTE = ("no supervisor: each process maintains the log itself (SHMQ_SUPERVISOR_AUTOSTART=0; a "
                       "fresh data directory per run would otherwise start a supervisor for each)")
+
+
+# The harness's progress lines and report rows, under the names used below.
+_progress, _stage = hn.progress, hn.stage
+_row, _ratio_cell, _stats, _first_line = hn.row, hn.ratio_cell, hn.stats, hn.first_line
+throughput_table, _bar_series, _result_dict = hn.throughput_table, hn.bar_series, hn.result_dict
 
 
 @dataclass
@@ -112,64 +117,22 @@ def _no_supervisor():
             os.environ[AUTOSTART_ENV] = before
 
 
-def _progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-
-def _stage(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- the machine
-
-
-def _git(repo: Path, *args: str) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.rstrip() if out.returncode == 0 else ""
-
-
-def source_info() -> dict:
-    """The shmq measured: its directory, and when it is a git checkout, the commit and
-    whether csrc/ or shmq/ have uncommitted changes."""
-    import shmq
-
-    pkg = Path(shmq.__file__).resolve().parent
-    repo = pkg.parent
-    info: dict = {"path": str(pkg)}
-    if (repo / ".git").exists() and shutil.which("git"):
-        info["commit"] = _git(repo, "log", "-1", "--format=%h %cs")
-        info["uncommitted"] = sorted({line[3:].split("/")[0] + "/" for line in
-                                      _git(repo, "status", "--porcelain", "--", "csrc", "shmq").splitlines()})
-    return info
-
-
-def _memory() -> str | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def machine_info(data_dir: str | None) -> dict:
     import shmq
-    from shmq.bench import durability as bd
     from shmq.bench import throughput as bt
 
-    m = bt.machine_info([])
+    m = hn.machine_info([])
     m.pop("numpy", None)
     import numpy
 
-    m.update({"numpy": numpy.__version__, "memory": _memory(), "machine": platform.machine(),
-              "shmq_version": shmq.__version__, "source": source_info(), "loadavg_start": os.getloadavg()})
+    m.update({"numpy": numpy.__version__, "memory": hn.memory(), "machine": platform.machine(),
+              "shmq_version": shmq.__version__, "source": hn.source_info(), "loadavg_start": os.getloadavg()})
     peers = {}
     for dist in ("faster-fifo", "persist-queue", "rq", "redis", "huey", "matplotlib"):
-        v = bt._dist_version(dist)
+        v = hn.dist_version(dist)
         if v:
             peers[dist] = v
     server = shutil.which("redis-server")
@@ -181,75 +144,9 @@ def machine_info(data_dir: str | None) -> dict:
         peers["C compiler"] = cc.version()
     m["peers"] = peers
     if data_dir:
-        fs = bd.filesystem_of(data_dir)
-        m["data_dir"] = {"path": data_dir, **fs, "fdatasync_4k": bd.fdatasync_probe(data_dir, 30)}
+        fs = hn.filesystem_of(data_dir)
+        m["data_dir"] = {"path": data_dir, **fs, "fdatasync_4k": hn.fdatasync_probe(data_dir, 30)}
     return m
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _row(system: str, status: str = "ok", reason: str = "", **numbers) -> dict:
-    return {"system": system, "status": status, "reason": reason, **numbers}
-
-
-def _ratio_cell(shmq: float | None, value: float | None, lower_is_better: bool = False) -> str:
-    if not shmq or not value:
-        return "-"
-    return rp.fmt_ratio(value / shmq if lower_is_better else shmq / value)
-
-
-def _stats(values: list[float]) -> dict:
-    import statistics
-
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
-
-
-def throughput_table(title: str, results, payload: int, unit: str, label: dict | None = None) -> dict:
-    """A table of throughput.Result rows: median, min, max, MB/s, shmq/system."""
-    label = label or {}
-    rows = []
-    shmq = next((r.median for r in results if r.system == "shmq" and r.status == "ok" and r.runs), None)
-    for r in results:
-        name = label.get(r.system, r.system)
-        if r.status != "ok" or not r.runs:
-            rows.append(_row(r.system, r.status if r.status != "ok" else "failed", _first_line(r.reason),
-                             cells=[name]))
-            continue
-        st = _stats(r.rates())
-        ratio = "-" if r.system == "shmq" else _ratio_cell(shmq, st["median"])
-        if r.system == "c-ring" and shmq:
-            ratio += f" (shmq = {100 * shmq / st['median']:.0f}%)"
-        rows.append(_row(r.system, msgs_per_run=r.msgs, unit=unit, mb_per_s=st["median"] * payload / 1e6,
-                         ratio_shmq=(shmq / st["median"]) if shmq else None, warmup=r.warmup, **st,
-                         cells=[name, f"{r.msgs:,}", f"{st['median']:,.0f}", f"{st['min']:,.0f}",
-                                f"{st['max']:,.0f}", f"{st['median'] * payload / 1e6:,.1f}", ratio]))
-    return {"title": title, "unit": unit,
-            "columns": ["system", f"{unit.split('/')[0]}/run", f"median {unit}", "min", "max", "MB/s",
-                        "shmq/system"],
-            "rows": rows, "notes": []}
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    # A failure's last line says what went wrong; a skip reason is one line anyway.
-    return lines[-1].strip() if len(lines) > 1 and "Traceback" in text else lines[0].strip()
-
-
-def _bar_series(tables: list[dict], order: list[str], key: str = "system") -> list[dict]:
-    series = []
-    for name in order:
-        vals, lo, hi = [], [], []
-        for t in tables:
-            row = next((r for r in t["rows"] if r[key] == name and r["status"] == "ok"), None)
-            vals.append(row["median"] if row else None)
-            lo.append(row["min"] if row else None)
-            hi.append(row["max"] if row else None)
-        if any(v is not None for v in vals):
-            series.append({"name": name, "key": name, "values": vals, "lo": lo, "hi": hi})
-    return series
 
 
 # --------------------------------------------------------------------------- workloads
@@ -282,7 +179,7 @@ class Suite:
             why = s.unavailable()
             if not why:
                 continue
-            if s.install_hint == bt.BENCH_EXTRA:  # a peer from the [bench] extra
+            if s.install_hint == BENCH_EXTRA:  # a peer from the [bench] extra
                 skipped[s.name] = BENCH_EXTRA + ("" if "No module named" in why else f" ({why})")
             else:
                 skipped[s.name] = f"{why}; {s.install_hint}" if s.install_hint else why
@@ -470,6 +367,7 @@ class Suite:
 
     def recovery(self) -> dict:
         from shmq.bench import durability as bd
+        from shmq.bench.recovery import RECOVERY_PAYLOAD
 
         why = self._needs_disk()
         if why:
@@ -495,7 +393,7 @@ class Suite:
                              cells=[name, f"{st['median']:.3f}", f"{st['min']:.3f}", f"{st['max']:.3f}",
                                     f"{r.jobs / st['median']:,.0f}", f"{disk / 2**20:.1f}"]))
         jobs = self.p["recovery_jobs"]
-        t = {"title": f"reopening a queue of {jobs:,} pending {bd.RECOVERY_PAYLOAD} B jobs after a simulated reboot",
+        t = {"title": f"reopening a queue of {jobs:,} pending {RECOVERY_PAYLOAD} B jobs after a simulated reboot",
              "columns": ["recovery", "median s", "min s", "max s", "jobs/s", "log MiB"], "rows": rows,
              "unit": "s", "bold_shmq": False,
              "notes": ["the time of shmq.Queue(name, path=...) in a fresh process once the shared memory is gone; "
@@ -585,11 +483,13 @@ class Suite:
 
     def latency(self) -> dict:
         from shmq.bench import jobs
+        from shmq.bench import latency as lt
+        from shmq.bench.jobsystems import HUEY_POLL_S
 
         jargs, skipped = self._jobs_setup()
-        plan = jobs.latency_plan(jobs.SYSTEMS, skipped, LATENCY_RATE, self.p["latency_jobs"], LATENCY_LOW_RATE,
+        plan = lt.latency_plan(jobs.SYSTEMS, skipped, LATENCY_RATE, self.p["latency_jobs"], LATENCY_LOW_RATE,
                                  self.p["latency_low_jobs"], self.p["latency_runs"])
-        lats, failed = jobs.run_latencies(plan, jargs, self.data_dir, self.counter, {})
+        lats, failed = lt.run_latencies(plan, jargs, self.data_dir, self.counter, {})
         rows = []
         order = [(n, LATENCY_LOW_RATE) for n in jobs.SYSTEMS] + [("shmq", LATENCY_RATE)]
         for name, rate in order:
@@ -615,11 +515,11 @@ class Suite:
              "rows": rows, "unit": "us",
              "notes": ["a job carries the time just before its enqueue call and records the delay when it starts "
                        "(CLOCK_MONOTONIC in both processes); percentiles over all the jobs of a run, then the "
-                       f"median of the runs; the first {jobs.LATENCY_WARMUP_FRACTION:.0%} of each run are not "
+                       f"median of the runs; the first {lt.LATENCY_WARMUP_FRACTION:.0%} of each run are not "
                        "counted",
                        f"the peers at {LATENCY_LOW_RATE} jobs/s only: RQ runs a few hundred no-op jobs/s, Huey a "
                        f"few thousand (see jobs), far below {LATENCY_RATE:,} jobs/s",
-                       f"Huey's consumer polls SQLite every {jobs.HUEY_POLL_S * 1e3:g} ms when idle (set here: "
+                       f"Huey's consumer polls SQLite every {HUEY_POLL_S * 1e3:g} ms when idle (set here: "
                        "its default starts at 100 ms); RQ's worker blocks on Redis (BLPOP); a shmq worker polls "
                        "200 us, then sleeps on a futex"]}
         groups = [r["cells"][0].replace(" @ ", "\n@ ") for r in rows if r["status"] == "ok"]
@@ -673,12 +573,10 @@ class Suite:
         out_dir = Path(opts.out) if opts.out else _default_out_dir(started)
         out_dir.mkdir(parents=True, exist_ok=True)
 
-        from shmq.bench import durability as bd
-
-        base = opts.data_dir or bd._default_data_base()
+        base = opts.data_dir or hn.default_data_base()
         os.makedirs(base, exist_ok=True)
         self.data_dir = tempfile.mkdtemp(prefix="shmq-bench-", dir=base)
-        self.disk_ok = bd.filesystem_of(self.data_dir)["fstype"] not in bd.NOT_ON_DISK
+        self.disk_ok = hn.filesystem_of(self.data_dir)["fstype"] not in hn.NOT_ON_DISK
         self.machine = None
         doc: dict = {"format": FORMAT, "command": opts.command(), "started": started.isoformat(timespec="seconds"),
                      "settings": {"quick": opts.quick, "workloads": opts.only, "payload": opts.payload,
@@ -693,7 +591,7 @@ class Suite:
                 w = {"title": name, "about": WORKLOADS[name]}
                 t0 = time.monotonic()
                 try:
-                    with bd.CpuWatch(self.noise, name):
+                    with hn.CpuWatch(self.noise, name):
                         w.update(getattr(self, name)())
                     w["status"] = "ok"
                 except Exception as e:
@@ -718,7 +616,7 @@ class Suite:
         doc["duration_s"] = time.monotonic() - t_start
         doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         doc["other_cpu"] = self.noise
-        doc["summary"] = summary_table(doc)
+        doc["summary"] = rp.summary_table(doc)
         doc["charts"] = self.charts
         if opts.charts:
             doc["charts_skipped"] = rp.write_charts(doc, out_dir)
@@ -751,7 +649,7 @@ class Suite:
             print()
             print(rp.text_table(t))
         noise = w.get("other_cpu")
-        if noise and noise["share"] > NOISE_SHARE:
+        if noise and noise["share"] > hn.NOISE_SHARE:
             print(f"  warning: other processes used {100 * noise['share']:.0f}% of the machine during {name}: "
                   "run it again on a quiet machine")
         sys.stdout.flush()
@@ -794,16 +692,6 @@ def _failures(name: str, w: dict) -> tuple[list[str], list[str]]:
     return out, peers
 
 
-def _result_dict(r) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    d = asdict(r) if is_dataclass(r) else dict(r)
-    median = getattr(r, "median", None)
-    if median is not None:
-        d["median"] = median
-    return d
-
-
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -816,73 +704,6 @@ def _default_out_dir(started: datetime.datetime) -> Path:
         out = Path(f"{base}-{k}")
         k += 1
     return out
-
-
-# --------------------------------------------------------------------------- the summary
-
-
-SUMMARY_SYSTEMS = [("shmq", "shmq"), ("mp.Queue", "mp.Queue"), ("faster_fifo", "faster_fifo"),
-                   ("persist-queue", "persist-queue"), ("rq", "RQ"), ("huey", "Huey"), ("c-ring", "C ring")]
-
-
-def summary_table(doc: dict) -> dict:
-    """The main table: one line per workload that has peers, each system's median and
-    shmq's advantage over it from the same run."""
-    lines: list[tuple[str, dict[str, dict], bool]] = []  # (label, system -> row, lower is better)
-    w = doc["workloads"]
-    for name in ("channel", "arrays", "jobs"):
-        for t in w.get(name, {}).get("tables", []):
-            cfg = t.get("config", {})
-            if name == "channel":
-                how = "one at a time" if cfg["batch"] == 1 else f"batches of {cfg['batch']}"
-                who = "" if cfg["procs"] == 1 else f", {cfg['procs']}+{cfg['procs']} procs"
-                size = f"{cfg['payload'] / 1024:g} KiB" if cfg["payload"] >= 1024 else f"{cfg['payload']} B"
-                label = f"{size}, {how}{who}, msgs/s"
-            elif name == "arrays":
-                size = cfg["frame_bytes"]
-                label = (f"numpy {size / 2**20:g} MiB frames, frames/s" if size % 2**20 == 0
-                         else f"numpy {size:,} B frames, frames/s")
-            else:
-                label = "whole jobs, jobs/s"
-            lines.append((label, {r["system"]: r for r in t["rows"]}, False))
-    for t in w.get("latency", {}).get("tables", []):
-        for rate in sorted({r["rate"] for r in t["rows"] if r.get("rate")}):
-            rows = {r["system"]: r for r in t["rows"] if r.get("rate") == rate}
-            lines.append((f"job latency p99 at {rate:,}/s", rows, True))
-    present = [key for key, _ in SUMMARY_SYSTEMS if any(key in rows for _, rows, _ in lines)]
-    columns = ["workload"] + [dict(SUMMARY_SYSTEMS)[k] for k in present]
-    out_rows = []
-    for label, rows, lower in lines:
-        shmq = rows.get("shmq")
-        base = shmq["median"] if shmq and shmq["status"] == "ok" else None
-        cells = [label]
-        for key in present:
-            r = rows.get(key)
-            if r is None:
-                cells.append("")
-            elif r["status"] == "skipped":
-                cells.append("skipped")
-            elif r["status"] == "n/a":
-                cells.append("n/a")
-            elif r["status"] != "ok":
-                cells.append("FAILED")
-            else:
-                value = rp.fmt_us(r["median"]) if lower else rp.fmt_rate(r["median"])
-                if key == "shmq" or base is None:
-                    cells.append(value)
-                elif key == "c-ring":
-                    cells.append(f"{value} (shmq {100 * base / r['median']:.0f}%)")
-                else:
-                    ratio = r["median"] / base if lower else base / r["median"]
-                    cells.append(f"{value} ({rp.fmt_ratio(ratio).replace('x', '×')})")
-        out_rows.append({"system": label, "status": "ok", "cells": cells})
-    return {"title": "summary: medians of this run",
-            "columns": columns, "align": "l" + "r" * (len(columns) - 1), "rows": out_rows, "bold_shmq": False,
-            "notes": ["(N×): how many times better shmq did than that system in this run (its rate / theirs; "
-                      "for latency, their p99 / shmq's)",
-                      "msgs/s, frames/s, jobs/s: between separate processes, each one checked; 1+1 procs unless "
-                      "noted; C ring: a shared-memory ring driven from C, no Python (the ceiling on this "
-                      "machine), with the share of it shmq reaches"]}
 
 
 def run(opts: Options) -> int:

@@ -36,10 +36,8 @@ to read the output.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import shlex
 import shutil
 import signal
 import statistics
@@ -51,9 +49,8 @@ import time
 import traceback
 from pathlib import Path
 
-from shmq.bench import durability as bd
-from shmq.bench import throughput as bt
-from shmq.bench.throughput import BenchError
+from shmq.bench import harness as hn
+from shmq.bench.harness import BenchError
 
 MODES = ["closed", "open"]
 
@@ -68,7 +65,7 @@ TARGET_FLAT_SEGMENTS = 4  # closed: the log holds at most this many segments' by
 SLOTS = 16
 CHECK = struct.Struct("<Q")
 
-_progress = bt._progress
+_progress = hn.progress
 
 
 # --------------------------------------------------------------------------- the children
@@ -480,7 +477,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                "\nFull guide: benchmarks/README.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--only", type=bd._csv(str, MODES), default=list(MODES), metavar="MODE[,MODE...]",
+    p.add_argument("--only", type=hn.csv(str, MODES), default=list(MODES), metavar="MODE[,MODE...]",
                    help=f"which parts to run (default: all = {','.join(MODES)})")
     p.add_argument("--quick", action="store_true", help="smoke test: --seconds 3, --open-seconds 0.5")
     p.add_argument("--seconds", type=_positive(float), default=None,
@@ -493,16 +490,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--speedup", type=_positive(float), default=10.0,
                    help="the producer is offered this many times the consumer's nominal rate 1e6/--work-us "
                         "(default: 10)")
-    p.add_argument("--target", type=bd._count, default=2000,
+    p.add_argument("--target", type=hn.count, default=2000,
                    help="throttle_target, jobs (default: 2,000: 0.4 s of the consumer's work at 200 us/job)")
     p.add_argument("--high", type=int, default=0,
                    help="throttle_high, jobs (default 0: 4 x --target)")
-    p.add_argument("--capacity", type=bd._count, default=None,
+    p.add_argument("--capacity", type=hn.count, default=None,
                    help="slots per lane, a power of two (default: the smallest one above throttle_high, at least "
                         "1,024); the open loop spills whatever does not fit")
-    p.add_argument("--segment-bytes", type=bd._count, default=1 << 20,
+    p.add_argument("--segment-bytes", type=hn.count, default=1 << 20,
                    help="log segment size (default: 1 MiB, so that retention shows within the run)")
-    p.add_argument("--payload", type=bd._count, default=64, help="job size in bytes, at least 16 (default: 64)")
+    p.add_argument("--payload", type=hn.count, default=64, help="job size in bytes, at least 16 (default: 64)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="closed loop: seconds before the backlog and the rates are judged (default: 1)")
     p.add_argument("--sample-ms", type=_positive(float), default=10.0,
@@ -529,6 +526,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from shmq.bench.channels import ShmqSystem
+
     args = parse_args(argv)
     try:
         import shmq.ops.supervisor  # noqa: F401  (the supervisor is what this measures)
@@ -538,29 +537,18 @@ def main(argv=None) -> int:
         return 2
     # This script starts its own `shmq supervise`; a queue it opens must not start another.
     os.environ["SHMQ_SUPERVISOR_AUTOSTART"] = "0"
-    base = args.data_dir or bd._default_data_base()
+    base = args.data_dir or hn.default_data_base()
     os.makedirs(base, exist_ok=True)
     data_dir = tempfile.mkdtemp(prefix="bench-throttle-", dir=base)
-    fs = bd.filesystem_of(data_dir)
+    fs = hn.filesystem_of(data_dir)
 
-    machine = bt.machine_info([bt.ShmqSystem()])
-    machine["source"] = bd.source_info()
+    machine = hn.machine_info([ShmqSystem()])
+    machine["source"] = hn.source_info()
     machine["loadavg_start"] = os.getloadavg()
     machine["data_dir"] = {"path": data_dir, **fs}
-    command = shlex.join([Path(sys.executable).name] + sys.argv) if argv is None else shlex.join(argv)
-    print(f"command: {command}")
-    print(f"machine: {machine['cpu']} | {machine['cores']} cores ({machine['usable_cpus']} usable) | "
-          f"kernel {machine['kernel']} | Python {machine['python']}")
-    print(f"  shmq: {machine.get('shmq')}")
-    src = machine["source"]
-    if src.get("commit"):
-        dirty = (f"uncommitted changes in {', '.join(src['uncommitted'])}" if src["uncommitted"]
-                 else "no uncommitted changes in csrc/ or shmq/")
-        print(f"  git: {src['commit']} ({dirty})")
-    if src.get("core_older_than_csrc"):
-        print("  warning: the built core (_core*.so) is older than a file in csrc/: rebuild with pip install -e .")
-    print(f"  load average at start: {' '.join(f'{x:.2f}' for x in machine['loadavg_start'])} (1, 5, 15 min)")
-    print(f"  data: {data_dir} on {fs['fstype']} {fs['source']} (mounted at {fs['mount']})")
+    command = hn.command_line(argv)
+    hn.print_machine(command, machine)
+    hn.print_source(machine, data_dir, fs)
     nominal = 1e6 / args.work_us
     print(f"settings: parts={','.join(args.only)}; consumer busy-waits {args.work_us:g} us/job (nominal "
           f"{nominal:,.0f} jobs/s); producer offered {args.speedup:g}x = {args.speedup * nominal:,.0f} jobs/s; "
@@ -577,12 +565,11 @@ def main(argv=None) -> int:
         for mode in args.only:
             _progress(f"{mode} loop: {args.seconds if mode == 'closed' else args.open_seconds:g} s of producing")
             try:
-                with bd.CpuWatch(noise, mode):
+                with hn.CpuWatch(noise, mode):
                     results[mode] = run_mode(mode, args, data_dir)
                 analyses[mode] = analyse(results[mode], args)
             except Exception as e:
-                err = e if isinstance(e, BenchError) else BenchError(f"{type(e).__name__}: {e}\n"
-                                                                      f"{traceback.format_exc()}")
+                err = hn.as_bench_error(e)
                 failed[mode] = str(err).splitlines()[0]
                 print(f"\n*** FAILED: {mode} loop\n{err}\n", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -597,33 +584,23 @@ def main(argv=None) -> int:
         print_open(results["open"], analyses["open"], args)
     for mode, why in failed.items():
         print(f"\n== {mode} loop: FAILED: {why}")
-    bd.print_noise(noise)
+    hn.print_noise(noise)
     targets = judge_targets(results, analyses, failed, args)
-    bd.print_targets(targets)
+    hn.print_targets(targets)
 
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "command": command,
-            "machine": machine,
-            "settings": {k: v for k, v in vars(args).items() if k != "json"},
-            "results": {mode: {**{k: v for k, v in res.items() if k != "samples"}, **analyses.get(mode, {}),
-                               "samples": {"fields": ["t_s", "accepted", "consumed", "backlog", "log_bytes",
-                                                      "consumer_get_ns"], "rows": res["samples"]}}
-                        for mode, res in results.items()},
-            "targets": targets,
-            "other_cpu": noise,
-            "failed": failed,
-        }
-        path.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"\nraw results: {path}")
-
-    if failed:
-        print(f"\n{len(failed)} part(s) FAILED: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
+    hn.write_raw(args.json, {
+        "command": command,
+        "machine": machine,
+        "settings": hn.settings_of(args),
+        "results": {mode: {**{k: v for k, v in res.items() if k != "samples"}, **analyses.get(mode, {}),
+                           "samples": {"fields": ["t_s", "accepted", "consumed", "backlog", "log_bytes",
+                                                  "consumer_get_ns"], "rows": res["samples"]}}
+                    for mode, res in results.items()},
+        "targets": targets,
+        "other_cpu": noise,
+        "failed": failed,
+    }, indent=1)
+    return hn.exit_status(failed, "part(s)")
 
 if __name__ == "__main__":
     sys.exit(main())

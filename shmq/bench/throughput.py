@@ -22,29 +22,22 @@ import argparse
 import array
 import functools
 import itertools
-import json
 import multiprocessing as mp
 import os
-import pickle
-import platform
 import queue
 import random
-import shlex
-import shutil
-import statistics
 import struct
-import subprocess
+import statistics
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-# The C reference ring, shipped with the package and compiled at run time.
-C_SOURCE = Path(__file__).resolve().parent / "ring_bench.c"
+from shmq.bench import harness as hn
+from shmq.bench.channels import PY_SYSTEMS, CRingSystem, PySystem, Settings
+from shmq.bench.harness import BenchError
 
 # Fillers are windows into one random string, picked by tag: a message whose
 # middle bytes came from another message does not match the one expected.
@@ -53,11 +46,9 @@ FILL_VARIANTS = 251
 POOL_MIN = 4096
 # Shorter than any payload (>= 16 bytes), so it can never be mistaken for data.
 STOP = b"\x00STOP\x00\x00\x00"
-BENCH_EXTRA = "pip install 'shmq[bench]'"
 # numpy frames (--arrays): distinct frames a producer cycles through (odd, as the
-# pool above), and how many frames each bounded queue holds.
+# pool above).
 FRAME_POOL = 5
-FRAME_BUFFER = 8
 
 SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "persist-queue", "shmq", "c-ring"]
 SYSTEM_ALIASES = {
@@ -69,26 +60,6 @@ SYSTEM_ALIASES = {
     "c-ring": "c-ring", "c_ring": "c-ring", "cring": "c-ring", "c": "c-ring",
 }
 
-
-class BenchError(RuntimeError):
-    """A run went wrong: lost/corrupt messages, a crashed or stuck process."""
-
-
-@dataclass
-class Settings:
-    payload: int
-    batch: int
-    procs: int
-    capacity: int
-    pin: bool
-    cpus: tuple[int, int] | None
-    timeout: float
-    start_method: str
-    shmq_lanes: int
-    shmq_slot_bytes: int | None
-    shmq_durability: str = "none"
-    kind: str = "bytes"  # bytes: tagged bytes messages; array: numpy uint8 frames of `payload` bytes
-    data_dir: str | None = None  # where a system that keeps files (persist-queue) puts them
 
 
 class Messages:
@@ -174,348 +145,22 @@ def pool_size(batch: int) -> int:
     return batch * (max(3, -(-POOL_MIN // batch)) | 1)
 
 
-def _round_to(n: int, step: int) -> int:
-    return max(step, n // step * step)
-
-
-# --------------------------------------------------------------------------- systems
-
-
-class PySystem:
-    """A Python queue driven by the shared producer/consumer loops below.
-
-    Subclasses stay small: how to create, use and destroy one queue."""
-
-    name = ""
-    install_hint = ""
-    note = ""
-    has_put_many = True
-    has_get_many = True
-    warmup_msgs = 20_000
-    max_msgs = 20_000_000
-    array_note = ""
-
-    def unavailable(self) -> str | None:
-        return None
-
-    def not_applicable(self, s: Settings) -> str | None:
-        """Why this system does not take part in this configuration, if it does not."""
-        return None
-
-    def version(self) -> str | None:
-        return None
-
-    def fifo(self, s: Settings) -> bool:
-        """Whether the queue keeps each producer's messages in order."""
-        return True
-
-    def create(self, ctx, s: Settings, run_id: str):
-        raise NotImplementedError
-
-    def put_fn(self, q):
-        return q.put
-
-    def put_many_fn(self, q):
-        return q.put_many
-
-    def get_fn(self, q):
-        return q.get
-
-    def get_many_fn(self, q, k: int):
-        raise NotImplementedError
-
-    def leftover(self, q):
-        """A message still in the queue after a run (there must be none), or None."""
-        try:
-            return self.get_fn(q)(timeout=0.01)
-        except queue.Empty:
-            return None
-
-    def child_done(self, q) -> None:
-        pass
-
-    def destroy(self, q) -> None:
-        pass
-
-
-class MpQueueSystem(PySystem):
-    name = "mp.Queue"
-    note = ("mp.Queue: no put_many/get_many, so a batch is that many put()/get() calls; "
-            "pickles every message; unbounded (maxsize=0), its fastest setting")
-    array_note = "mp.Queue: pickles each frame; unbounded"
-    has_put_many = False
-    has_get_many = False
-
-    def create(self, ctx, s, run_id):
-        return ctx.Queue()
-
-    def destroy(self, q):
-        q.close()
-        q.join_thread()
-
-
-def _identity(x):
-    return x
-
-
-class FasterFifoSystem(PySystem):
-    name = "faster_fifo"
-    install_hint = BENCH_EXTRA
-    note = ("faster_fifo: raw bytes (dumps=identity, loads=bytes; no pickling), put_many/get_many for batches, "
-            "ring of --capacity x (payload + 8) bytes")
-    array_note = f"faster_fifo: pickles each frame (pickle.dumps/loads), ring of {FRAME_BUFFER} x (frame + 4 KiB) bytes"
-
-    def unavailable(self):
-        try:
-            import faster_fifo  # noqa: F401
-            import faster_fifo_reduction  # noqa: F401  (lets a queue be pickled into 'spawn' children)
-        except Exception as e:  # any import failure means: not usable here
-            return f"{type(e).__name__}: {e}"
-        return None
-
-    def version(self):
-        return _dist_version("faster-fifo")
-
-    def create(self, ctx, s, run_id):
-        import faster_fifo
-        import faster_fifo_reduction  # noqa: F401
-
-        if s.kind == "array":  # a frame pickles to its bytes plus a small header
-            return faster_fifo.Queue(max_size_bytes=FRAME_BUFFER * (s.payload + 4096), loads=pickle.loads,
-                                     dumps=pickle.dumps)
-        # Each message costs its length plus an 8-byte size header in the ring.
-        return faster_fifo.Queue(max_size_bytes=s.capacity * (s.payload + 8), loads=bytes, dumps=_identity)
-
-    def get_many_fn(self, q, k):
-        return functools.partial(q.get_many, max_messages_to_get=k)
-
-
-class ShmqSystem(PySystem):
-    name = "shmq"
-    install_hint = "pip install -e '.[bench]'  (from the repository root)"
-    note = "shmq: codec='raw', put_many/get_many for batches, --capacity slots per lane"
-    array_note = (f"shmq: the default codec (msgpack: an array travels as a small header and its bytes, and comes "
-                  f"back as an array), a lane of about {FRAME_BUFFER} frames")
-
-    def unavailable(self):
-        try:
-            import shmq
-
-            shmq.Queue  # noqa: B018  (the package may exist before its Queue does)
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
-        return None
-
-    def version(self):
-        try:
-            import shmq
-
-            return f"{getattr(shmq, '__version__', _dist_version('shmq'))} ({Path(shmq.__file__).parent})"
-        except Exception:
-            return None
-
-    def fifo(self, s):
-        return s.shmq_lanes == 1  # messages spread over several lanes come out in any order
-
-    def create(self, ctx, s, run_id):
-        path = tempfile.mkdtemp(prefix="shmq-bench-")
-        extra = {} if s.shmq_slot_bytes is None else {"slot_bytes": s.shmq_slot_bytes}
-        capacity, codec = s.capacity, "raw"
-        if s.kind == "array":
-            # Slots of the default 128 bytes (or --shmq-slot-bytes) for FRAME_BUFFER frames.
-            slot = s.shmq_slot_bytes or 128
-            capacity = max(1024, 1 << (FRAME_BUFFER * (s.payload + 128) // slot - 1).bit_length())
-            codec = "msgpack"
-        return _ShmqHandle.create(f"bench-{os.getpid()}-{run_id}", path, lanes=s.shmq_lanes, capacity=capacity,
-                                  codec=codec, durability=s.shmq_durability, **extra)
-
-    def put_fn(self, h):
-        return h.q.put
-
-    def put_many_fn(self, h):
-        return h.q.put_many
-
-    def get_fn(self, h):
-        return h.q.get
-
-    def get_many_fn(self, h, k):
-        return functools.partial(h.q.get_many, k)
-
-    def child_done(self, h):
-        h.close()
-
-    def destroy(self, h):
-        try:
-            h.q.unlink()
-        finally:
-            shutil.rmtree(h.path, ignore_errors=True)
-
-
-class _ShmqHandle:
-    """A shmq queue by name: each process opens its own handle (`q`) on first use,
-    as separate programs do. The parent creates the queue and closes its handle
-    before the children fork, so no handle (nor the log-maintenance thread of a
-    queue with a log) is open in a process that forks: a handle inherited with a
-    lock held by one of its parent's threads at the fork would never get it back."""
-
-    def __init__(self, name: str, path: str, params: dict):
-        self.name, self.path, self.params = name, path, params
-        self.created_stats: dict | None = None
-        self._q = None
-        self._pid = None
-
-    @classmethod
-    def create(cls, name: str, path: str, **params) -> _ShmqHandle:
-        import shmq
-
-        q = shmq.Queue(name, path=path, **params)
-        h = cls(name, path, params)
-        try:
-            h.created_stats = q.log_stats()  # the log's counters before any process used the queue
-        except Exception:  # no log
-            h.created_stats = None
-        q._snapshot_on_close = False  # an empty queue: nothing to snapshot, and the log stays as it is
-        q.close()
-        return h
-
-    @property
-    def q(self):
-        if self._pid != os.getpid():
-            import shmq
-
-            self._q = shmq.Queue(self.name, path=self.path, **self.params)
-            self._pid = os.getpid()
-        return self._q
-
-    def close(self) -> None:
-        if self._q is not None and self._pid == os.getpid():
-            self._q.close()
-        self._q = self._pid = None
-
-
-# How long a persist-queue consumer sleeps when the queue is empty before it looks again.
-PERSIST_QUEUE_POLL_S = 0.001
-
-
-def _disk_tmp() -> str | None:
-    """/var/tmp if it can be used (on most systems a disk, unlike /tmp), else the default."""
-    return "/var/tmp" if os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK) else None
-
-
-class _PersistQueueHandle:
-    """A persist-queue SQLiteQueue by its directory: each process opens its own
-    connection (a SQLite connection must not cross a fork)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._pid = None
-        self._q = None
-
-    def open(self):
-        if self._pid != os.getpid():
-            from persistqueue import SQLiteQueue
-
-            self._q = SQLiteQueue(self.path, auto_commit=True, multithreading=False)
-            self._pid = os.getpid()
-        return self._q
-
-    def close(self):
-        if self._q is not None and self._pid == os.getpid():
-            self._q.close()
-        self._q = None
-
-
-class PersistQueueSystem(PySystem):
-    name = "persist-queue"
-    install_hint = BENCH_EXTRA
-    note = ("persist-queue: SQLiteQueue(auto_commit=True), pickled messages; every put() and get() is a SQLite "
-            "transaction (WAL, synchronous=FULL: each commit waits for the disk); no put_many/get_many, so a "
-            f"batch is that many put()/get() calls; its blocking get() is woken only by a put in the same "
-            f"process, so the consumer polls get(block=False), sleeping {PERSIST_QUEUE_POLL_S * 1e3:g} ms when "
-            "the queue is empty; 1 producer and 1 consumer only")
-    array_note = "persist-queue: pickles each frame into a SQLite row, one transaction per put() and per get()"
-    has_put_many = False
-    has_get_many = False
-    warmup_msgs = 500
-    max_msgs = 2_000_000
-
-    def unavailable(self):
-        try:
-            import persistqueue  # noqa: F401
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
-        return None
-
-    def not_applicable(self, s):
-        if s.procs > 1:
-            return ("n/a: one consumer process only (get() is a SELECT then a DELETE: two consumer processes "
-                    "can take the same message)")
-        return None
-
-    def version(self):
-        return _dist_version("persist-queue")
-
-    def create(self, ctx, s, run_id):
-        h = _PersistQueueHandle(tempfile.mkdtemp(prefix="persist-queue-bench-", dir=s.data_dir or _disk_tmp()))
-        h.open()  # creates the table before the children start
-        h.close()
-        return h
-
-    def put_fn(self, h):
-        return h.open().put
-
-    def get_fn(self, h):
-        import persistqueue
-
-        get, sleep, clock = h.open().get, time.sleep, time.monotonic
-
-        def poll(timeout=None):
-            deadline = None if timeout is None else clock() + timeout
-            while True:
-                try:
-                    return get(block=False)
-                except persistqueue.Empty:
-                    if deadline is not None and clock() >= deadline:
-                        raise queue.Empty from None
-                    sleep(PERSIST_QUEUE_POLL_S)
-        return poll
-
-    def child_done(self, h):
-        h.close()
-
-    def destroy(self, h):
-        h.close()
-        shutil.rmtree(h.path, ignore_errors=True)
-
-
-PY_SYSTEMS: dict[str, PySystem] = {s.name: s for s in (MpQueueSystem(), FasterFifoSystem(), PersistQueueSystem(),
-                                                       ShmqSystem())}
-
-
-# --------------------------------------------------------------------------- child processes
-
-
 def _in_order(system: PySystem, s: Settings) -> bool:
     """Order is checked message by message when one producer feeds a FIFO queue;
     otherwise every message is distinct and checked for exactly-once delivery."""
     return s.procs == 1 and system.fifo(s)
 
 
-def _child_main(role, index, system, q, s, count, barrier, results, counts):
-    try:
-        if s.cpus is not None:
-            os.sched_setaffinity(0, {s.cpus[0] if role == "producer" else s.cpus[1]})
-        if role == "producer":
-            out = _produce(system, q, s, index, count, barrier)
-        else:
-            out = _consume(system, q, s, index, count, barrier, counts)
-        system.child_done(q)
-        results.put(("ok", role, index, out))
-    except BaseException:
-        results.put(("error", role, index, traceback.format_exc()))
-        results.close()
-        results.join_thread()
-        os._exit(1)
+def _child_body(role, index, system, q, s, count, barrier, counts):
+    """A producer's or consumer's process (under harness.child_main)."""
+    if s.cpus is not None:
+        os.sched_setaffinity(0, {s.cpus[0] if role == "producer" else s.cpus[1]})
+    if role == "producer":
+        out = _produce(system, q, s, index, count, barrier)
+    else:
+        out = _consume(system, q, s, index, count, barrier, counts)
+    system.child_done(q)
+    return out
 
 
 def _produce(system, q, s, index, count, barrier):
@@ -583,6 +228,39 @@ def _mismatch(msgs: Messages, i: int, got, expected) -> BenchError:
         if m != e:
             return BenchError(f"consumer: message {i + k}: got {msgs.describe(m)}, expected {msgs.describe(e)}")
     return BenchError(f"consumer: message {i}: got a batch of {len(got)}, expected {len(expected)}")
+
+
+# --------------------------------------------------------------------------- checks of what arrived
+
+
+def by_producer(heads, per: int, procs: int, who: str) -> list:
+    """The indexes of each producer's messages among the tags `heads` (an array of
+    uint64), in the order they arrived; a tag from no producer of the run fails."""
+    tags = np.frombuffer(heads, dtype=np.uint64).astype(np.int64)
+    producers, indexes = np.divmod(tags, per)
+    if tags.size and int(producers.max()) >= procs:
+        bad = int(tags[producers >= procs][0])
+        raise BenchError(f"{who}: message with tag {bad:#x}, from no producer of this run")
+    return [indexes[producers == p] for p in range(procs)]
+
+
+def check_order(mine, who: str, producer: int) -> None:
+    """One producer's messages arrived in the order sent."""
+    if mine.size > 1:
+        back = np.flatnonzero(mine[1:] <= mine[:-1])
+        if back.size:
+            k = int(back[0]) + 1
+            raise BenchError(f"{who}: producer {producer}: message #{mine[k]} arrived after #{mine[k - 1]}")
+
+
+def check_once(seqs, per: int, who: str, producer: int) -> None:
+    """Each of the `per` messages one producer sent arrived exactly once."""
+    never_sent = int((seqs >= per).sum())
+    times = np.bincount(seqs[seqs < per], minlength=per)
+    if never_sent or not (times == 1).all():
+        lost, dup = int((times == 0).sum()), int((times > 1).sum())
+        raise BenchError(f"{who}: producer {producer}: {lost} messages lost, {dup} duplicated"
+                         + (f", {never_sent} with an index it never sent" if never_sent else ""))
 
 
 def _consume_in_order(msgs, pool, get, get_many, count):
@@ -688,21 +366,10 @@ def _consume_any_order(msgs, system, q, get, get_many, s, index, counts):
     for _ in range(stops - 1):  # a get_many may have taken another consumer's STOP
         put(STOP)
 
-    tags = np.frombuffer(heads, dtype=np.uint64).astype(np.int64)
-    producers, indexes = np.divmod(tags, msgs.per_producer)
-    if tags.size and int(producers.max()) >= s.procs:
-        bad = int(tags[producers >= s.procs][0])
-        raise BenchError(f"consumer {index}: message with tag {bad:#x}, from no producer of this run")
-    seqs = []
-    for producer in range(s.procs):
-        mine = indexes[producers == producer]
-        if system.fifo(s) and mine.size > 1:
-            back = np.flatnonzero(mine[1:] <= mine[:-1])
-            if back.size:
-                k = int(back[0]) + 1
-                raise BenchError(f"consumer {index}: producer {producer}: message #{mine[k]} "
-                                 f"arrived after #{mine[k - 1]}")
-        seqs.append(mine)
+    seqs = by_producer(heads, msgs.per_producer, s.procs, f"consumer {index}")
+    if system.fifo(s):
+        for producer, mine in enumerate(seqs):
+            check_order(mine, f"consumer {index}", producer)
     return {"t_end": t_end, "count": len(heads), "seqs": seqs}
 
 
@@ -737,59 +404,33 @@ def run_python(system: PySystem, s: Settings, total: int, run_id: str) -> float:
         for role in ("producer", "consumer"):
             for i in range(s.procs):
                 procs.append(ctx.Process(
-                    target=_child_main, name=f"{system.name}-{role}-{i}", daemon=True,
-                    args=(role, i, system, q, s, per, barrier, results, counts)))
-        for p in procs:
-            p.start()
+                    target=hn.child_main, name=f"{system.name}-{role}-{i}", daemon=True,
+                    args=(results, (role, i), _child_body, role, i, system, q, s, per, barrier, counts)))
+        with hn.reaped(procs):
+            for p in procs:
+                p.start()
+            stop_sent = in_order
 
-        deadline = time.monotonic() + s.timeout
-        done: dict[tuple[str, int], dict] = {}
-        stop_sent = in_order
-        while len(done) < len(procs):
-            try:
-                status, role, idx, payload = results.get(timeout=0.05 if stop_sent else 0.001)
-                if status == "error":
-                    raise BenchError(f"{system.name} {role} {idx} failed:\n{payload}")
-                done[(role, idx)] = payload
-                continue
-            except queue.Empty:
-                pass
-            if not stop_sent and sum(counts) >= total:
-                put = system.put_fn(q)
-                for _ in range(s.procs):
-                    put(STOP)
-                stop_sent = True
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                try:  # prefer the child's own traceback if it managed to send one
-                    status, role, idx, payload = results.get(timeout=0.5)
-                    if status == "error":
-                        raise BenchError(f"{system.name} {role} {idx} failed:\n{payload}")
-                except queue.Empty:
-                    pass
-                raise BenchError(f"{system.name}: {dead[0].name} died with exit code {dead[0].exitcode}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{system.name}: run did not finish within {s.timeout:g} s "
-                                 f"(received {'?' if in_order else sum(counts)} of {total})")
-        for p in procs:
-            p.join(s.timeout)
+            def send_stops():  # once the consumers have all the messages, a STOP for each
+                nonlocal stop_sent
+                if not stop_sent and sum(counts) >= total:
+                    put = system.put_fn(q)
+                    for _ in range(s.procs):
+                        put(STOP)
+                    stop_sent = True
+
+            done = hn.collect(procs, results, s.timeout, system.name,
+                              lambda: f"received {'?' if in_order else sum(counts)} of {total}",
+                              poll=lambda: 0.05 if stop_sent else 0.001, idle=send_stops)
+            for p in procs:
+                p.join(s.timeout)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
         system.destroy(q)
 
     consumers = [done[("consumer", i)] for i in range(s.procs)]
     if not in_order:
         for producer in range(s.procs):
-            seqs = np.concatenate([c["seqs"][producer] for c in consumers])
-            never_sent = int((seqs >= per).sum())
-            times = np.bincount(seqs[seqs < per], minlength=per)
-            if never_sent or not (times == 1).all():
-                lost, dup = int((times == 0).sum()), int((times > 1).sum())
-                raise BenchError(f"{system.name}: producer {producer}: {lost} messages lost, {dup} duplicated"
-                                 + (f", {never_sent} with an index it never sent" if never_sent else ""))
+            check_once(np.concatenate([c["seqs"][producer] for c in consumers]), per, system.name, producer)
     received = sum(c["count"] for c in consumers)
     if received != total:
         raise BenchError(f"{system.name}: consumers received {received} messages, {total} were sent")
@@ -798,89 +439,9 @@ def run_python(system: PySystem, s: Settings, total: int, run_id: str) -> float:
     return (t_end - t_start) / 1e9
 
 
-class CRingSystem:
-    name = "c-ring"
-    note = "c-ring: C11 reference ring (ring_bench.c, shipped with shmq.bench), compiled with -O2 at run time"
-    install_hint = "install a C compiler (e.g. apt-get install gcc) or set CC"
-    array_note = (f"c-ring: the frames as bytes in a ring of {FRAME_BUFFER} slots, copied in and out by C (which "
-                  "checks each frame's tags, not every byte): the most this machine moves")
-    warmup_msgs = 2_000_000
-    max_msgs = 200_000_000
-
-    def not_applicable(self, s):
-        return None
-
-    def __init__(self):
-        self.binary: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self._compiler: str | None = None
-        self._compile_error: str | None = None
-
-    def _find_compiler(self) -> str | None:
-        for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-            if cand and shutil.which(cand):
-                return cand
-        return None
-
-    def unavailable(self):
-        self._compiler = self._find_compiler()
-        if self._compiler is None:
-            return "no C compiler found (tried $CC, cc, gcc, clang)"
-        return None
-
-    def version(self):
-        if not self._compiler:
-            return None
-        try:
-            out = subprocess.run([self._compiler, "--version"], capture_output=True, text=True, timeout=10)
-            return out.stdout.splitlines()[0] if out.stdout else None
-        except Exception:
-            return None
-
-    def build(self) -> None:
-        if self.binary is not None:
-            return
-        if self._compile_error is not None:
-            raise BenchError(self._compile_error)
-        self._tmp = tempfile.TemporaryDirectory(prefix="ring-bench-")
-        binary = Path(self._tmp.name) / "ring_bench"
-        cmd = [self._compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
-               "-o", str(binary), str(C_SOURCE), "-lrt"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            self._compile_error = f"compiling the C reference failed:\n$ {shlex.join(cmd)}\n{out.stderr}"
-            raise BenchError(self._compile_error)
-        self.binary = binary
-
-    def run(self, s: Settings, total: int, run_id: str) -> float:
-        self.build()
-        capacity = FRAME_BUFFER if s.kind == "array" else s.capacity
-        cmd = [str(self.binary), "--payload", str(s.payload), "--batch", str(s.batch),
-               "--msgs", str(total), "--procs", str(s.procs), "--capacity", str(capacity),
-               "--timeout", str(s.timeout)]
-        if s.cpus is not None:
-            cmd.append("--pin")
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=s.timeout + 10)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"c-ring: {shlex.join(cmd)} did not finish") from None
-        if out.returncode != 0:
-            raise BenchError(f"c-ring failed (exit {out.returncode}):\n$ {shlex.join(cmd)}\n{out.stderr}")
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        if not res.get("verified") or res.get("msgs") != total:
-            raise BenchError(f"c-ring: unexpected result {res}")
-        return float(res["seconds"])
-
-    def close(self):
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-
-# --------------------------------------------------------------------------- driver
-
 
 @dataclass
-class Result:
+class Result(hn.Runs):
     system: str
     payload: int
     batch: int
@@ -892,84 +453,38 @@ class Result:
     runs: list = field(default_factory=list)  # [{"seconds", "msgs_per_s"}]
     note: str = ""
 
-    def rates(self) -> list[float]:
-        return [r["msgs_per_s"] for r in self.runs]
 
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.rates()) if self.runs else None
-
-
-def _run(system, s: Settings, total: int, run_id: str) -> float:
-    if isinstance(system, CRingSystem):
-        return system.run(s, total, run_id)
-    return run_python(system, s, total, run_id)
-
-
-def _fail(res: Result, err: Exception) -> None:
-    res.status, res.reason = "failed", str(err)
-    print(f"\n*** FAILED: {res.system} payload={res.payload} batch={res.batch} procs={res.procs}\n{err}\n",
-          file=sys.stderr, flush=True)
+def _run(system, s: Settings, total: int, run_id: str) -> dict:
+    run = system.run if isinstance(system, CRingSystem) else functools.partial(run_python, system)
+    secs = run(s, total, run_id)
+    return {"seconds": secs, "msgs_per_s": total / secs}
 
 
 def bench_config(systems, skipped: dict[str, str], s: Settings, args) -> list[Result]:
+    """Every system in `args.systems` on settings `s`: a warm-up that sizes the runs,
+    then `args.runs` runs interleaved (harness.measure)."""
     step = s.batch * s.procs
     results = {name: Result(name, s.payload, s.batch, s.procs) for name in args.systems}
     for name, why in skipped.items():
         results[name].status, results[name].reason = "skipped", why
-    active = []
+    pieces = []
     for system in systems:
         if system.name in skipped:
             continue
+        res = results[system.name]
         why = system.not_applicable(s)
         if why:
-            results[system.name].status, results[system.name].reason = "n/a", why
+            res.status, res.reason = "n/a", why
             continue
-        active.append(system)
-
-    # Warm-up, which also sizes the measured runs when --messages is not given. A
-    # short warm-up underestimates the steady rate, so with auto sizing it is
-    # repeated, larger, until one lasts at least a quarter of --target-seconds.
-    for system in active:
-        res = results[system.name]
         res.note = system.array_note if s.kind == "array" else system.note
-        n = _round_to(args.messages or (16 if s.kind == "array" else system.warmup_msgs), step)
-        try:
-            while True:
-                secs = _run(system, s, n, f"w{s.payload}-{s.batch}-{s.procs}-{len(res.warmup)}")
-                res.warmup.append({"msgs": n, "seconds": secs, "msgs_per_s": n / secs})
-                _progress(f"{system.name}: warm-up {n:,} msgs: {n / secs:,.0f} msgs/s")
-                if args.messages or secs >= args.target_seconds / 4 or n >= system.max_msgs:
-                    break
-                n = _round_to(min(int(n * min(50.0, args.target_seconds / 2 / secs)), system.max_msgs), step)
-        except BenchError as e:
-            _fail(res, e)
-            continue
-        if args.messages:
-            res.msgs = n
-        else:
-            want = int(n / secs * args.target_seconds)
-            res.msgs = _round_to(min(max(want, step), system.max_msgs), step)
-        _progress(f"{system.name}: {res.msgs:,} msgs per run")
-
-    # Measured runs, interleaved across systems so drift hits every system alike.
-    for run in range(args.runs):
-        for system in active:
-            res = results[system.name]
-            if res.status != "ok":
-                continue
-            try:
-                secs = _run(system, s, res.msgs, f"r{s.payload}-{s.batch}-{s.procs}-{run}")
-            except BenchError as e:
-                _fail(res, e)
-                continue
-            res.runs.append({"seconds": secs, "msgs_per_s": res.msgs / secs})
-            _progress(f"{system.name}: run {run + 1}/{args.runs}: {res.msgs / secs:,.0f} msgs/s")
+        pieces.append(hn.Piece(res, system.name, f"{system.name} payload={s.payload} batch={s.batch} procs={s.procs}",
+                               functools.partial(_run, system, s), f"{s.payload}-{s.batch}-{s.procs}", step,
+                               16 if s.kind == "array" else system.warmup_msgs, system.max_msgs))
+    hn.measure(pieces, args.runs, args.target_seconds, args.messages)
     return [results[name] for name in args.systems]
 
 
-def _progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
+_progress = hn.progress
 
 
 def print_table(results: list[Result], s: Settings, runs: int) -> None:
@@ -1011,49 +526,8 @@ def _system_obj(name: str):
     return _C_RING if name == "c-ring" else PY_SYSTEMS[name]
 
 
-def _dist_version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:
-        return None
-
-
-def machine_info(systems) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-    for system in systems:
-        v = system.version()
-        if v:
-            info[system.name] = v
-    return info
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            vals = [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
-        if not vals:
-            raise argparse.ArgumentTypeError("empty list")
-        return vals
-    return parse
+machine_info = hn.machine_info
+_csv = hn.csv
 
 
 def _systems_arg(text: str) -> list[str]:
@@ -1174,10 +648,8 @@ def main(argv=None) -> int:
             print("warning: --pin needs 2 allowed CPUs; running unpinned", file=sys.stderr)
 
     machine = machine_info([s for s in systems_all if s.name not in skipped])
-    command = shlex.join([Path(sys.executable).name] + sys.argv) if argv is None else shlex.join(argv)
-    print(f"command: {command}")
-    print(f"machine: {machine['cpu']} | {machine['cores']} cores ({machine['usable_cpus']} usable) | "
-          f"kernel {machine['kernel']} | Python {machine['python']} | numpy {machine['numpy']}")
+    command = hn.command_line(argv)
+    hn.print_machine(command, machine, numpy=True)
     for name in args.systems:
         if name in machine:
             print(f"  {name}: {machine[name]}")
@@ -1213,28 +685,17 @@ def main(argv=None) -> int:
     finally:
         _C_RING.close()
 
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "command": command,
-            "machine": machine,
-            "settings": {k: v for k, v in vars(args).items() if k != "json"},
-            "results": [dict(asdict(r), median_msgs_per_s=r.median,
-                             min_msgs_per_s=min(r.rates()) if r.runs else None,
-                             max_msgs_per_s=max(r.rates()) if r.runs else None) for r in all_results],
-        }
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nraw results: {path}")
+    hn.write_raw(args.json, {
+        "command": command,
+        "machine": machine,
+        "settings": hn.settings_of(args),
+        "results": [dict(asdict(r), median_msgs_per_s=r.median,
+                         min_msgs_per_s=min(r.rates()) if r.runs else None,
+                         max_msgs_per_s=max(r.rates()) if r.runs else None) for r in all_results],
+    })
 
     failed = [r for r in all_results if r.status == "failed"]
-    if failed:
-        print(f"\n{len(failed)} benchmark(s) FAILED: " +
-              ", ".join(f"{r.system} (payload {r.payload}, batch {r.batch}, procs {r.procs})" for r in failed),
-              file=sys.stderr)
-        return 1
-    return 0
-
+    return hn.exit_status([f"{r.system} (payload {r.payload}, batch {r.batch}, procs {r.procs})" for r in failed])
 
 if __name__ == "__main__":
     sys.exit(main())

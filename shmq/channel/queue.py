@@ -10,13 +10,12 @@ with the GIL released.
 from __future__ import annotations
 
 import array
+import errno
 import itertools
 import mmap
 import os
 import re
 import secrets
-import time
-import threading
 import warnings
 import weakref
 from typing import Any, Iterable
@@ -26,6 +25,7 @@ import posix_ipc
 from shmq import _args, _fs
 from shmq import codec as _codec
 from shmq import errors
+from shmq.channel import maintenance as _maintenance
 from shmq.settings.params import (  # noqa: F401 - the queue's parameters, also importable from here
     _DURABILITY_NAMES,
     _MESSAGE_BYTES_MAX,
@@ -48,16 +48,18 @@ from shmq.channel.deadletter import DeadLetters
 from shmq.channel.jobs import JobsMixin
 from shmq.channel.region import (  # noqa: F401 - also importable from here, as before
     SHM_DIR,
-    _check_data_dir,
     _asked_by,
+    _check_data_dir,
     _CreatorDied,
     _owner_of,
+    _queue_lock,
     _Region,
     _remove_own_dir,
     _unlink_queue,
     log_dir,
     pickle_not_chosen,
     region_name,
+    remove_queue,
 )
 from shmq._lib import (
     ECLAIMED, EEMPTY, EFULL, EINTR, ENOTDURABLE, OK, ffi, lib, raise_for, status_text,
@@ -69,11 +71,6 @@ __all__ = ["Queue", "QueueParams", "region_name"]
 # High bit of a message tag: the payload names a shared-memory object holding
 # the message (too large for a lane). Tags are opaque to the core.
 _TAG_BLOB = 0x80
-
-
-# How often each process's maintenance thread runs (flush interval, next
-# segment, retention, redelivery of jobs of dead consumers, the backlog).
-_MAINTAIN_EVERY = 0.05
 
 
 _FIND = object()
@@ -92,17 +89,24 @@ def default_path(config_file: str | os.PathLike | None | object = _FIND) -> str:
 
 
 _open_queues: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+# Open handles of this process per queue (path, name): a close that leaves
+# another one open is not the last, and need not ask the participant table.
+_handles_here: dict[tuple[str, str], int] = {}
 
 
 def _after_fork_in_child() -> None:
     # The child must not act under its parent's participant entry. A handle
     # that cannot get an entry of its own is unusable in the child.
+    _handles_here.clear()
     for q in list(_open_queues):
         if q._region is not None and q._region.handle is not None:
             rc = lib.shmq_after_fork(q._region.handle)
             if rc != OK:
                 q._disable_after_fork(status_text(rc))
-            elif q._logged:
+                continue
+            key = (q.path, q.name)
+            _handles_here[key] = _handles_here.get(key, 0) + 1
+            if q._logged:
                 q._start_maintenance()  # threads do not survive fork
 
 
@@ -279,7 +283,12 @@ class Queue(JobsMixin):
     def _setup(self, requested: dict | None, retries, backoff, backoff_max, lease_timeout, spin,
                observe: bool = False) -> None:
         name = self.name
-        self._region = _Region(name, self.path, requested)
+        try:
+            self._region = _Region(name, self.path, requested, must_exist=self._must_exist)
+        except (OSError, errors.ShmqError) as exc:
+            if _out_of_descriptors(exc):
+                raise _too_many_open_files(name, self.path, exc) from None
+            raise
         requested = requested or {}
         actual = self._region.params
         for key, value in requested.items():
@@ -313,11 +322,13 @@ class Queue(JobsMixin):
             lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
         self.recovery = self._region.recovery
-        self._maintainer = None
+        self._maintainer = False  # maintained by this process's thread (shmq/maintenance.py)
         self._maintenance_error = None
         self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
         self.dead_letters = DeadLetters(self)
         _open_queues.add(self)
+        key = (self.path, name)
+        _handles_here[key] = _handles_here.get(key, 0) + 1
         if self._logged:
             self._start_maintenance()
             if not observe:
@@ -328,21 +339,13 @@ class Queue(JobsMixin):
     # ------------------------------------------------------------ maintenance
 
     def _start_maintenance(self) -> None:
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_maintain_loop, args=(weakref.ref(self), self._handle, stop), name=f"shmq-maintain-{self.name}",
-            daemon=True,
-        )
-        self._maintainer = (thread, stop)
-        thread.start()
+        self._maintainer = True
+        _maintenance.add(self)
 
     def _stop_maintenance(self) -> None:
-        if self._maintainer is not None:
-            thread, stop = self._maintainer
-            self._maintainer = None
-            stop.set()
-            if thread is not threading.current_thread() and thread.is_alive():
-                thread.join()
+        if self._maintainer:
+            self._maintainer = False
+            _maintenance.remove(self)  # once it returns, no pass uses the handle
 
     def maintain(self) -> None:
         """Runs the log's maintenance now (each process also runs it in the
@@ -754,21 +757,38 @@ class Queue(JobsMixin):
         Do not call it while another thread of this process is inside put/get."""
         if self._region is not None:
             _open_queues.discard(self)
+            key = (self.path, self.name)
+            others_here = _handles_here.get(key, 1) - 1
+            if others_here > 0:
+                _handles_here[key] = others_here
+            else:
+                _handles_here.pop(key, None)
             self._stop_maintenance()
             region = self._region
-            if self._logged and self._snapshot_on_close:
+            if self._logged and self._snapshot_on_close and not others_here:
                 self._snapshot_if_last(region)
             region.close()
             self._region = None
             self._handle = None  # put/get fast paths then raise TypeError, turned into QueueClosed
 
     _snapshot_on_close = True
+    _must_exist = False  # Queue._existing: never make a new queue
+
+    @classmethod
+    def _existing(cls, name: str, path: str, **settings) -> "Queue":
+        """Opens queue `name` only if it exists (a region or a log: recovered
+        from its log if its region is gone); QueueNotFound otherwise. The
+        supervisor opens queues this way, so a removed queue stays removed."""
+        self = cls.__new__(cls)
+        self._must_exist = True
+        self.__init__(name, path, **settings)
+        return self
 
     def _snapshot_if_last(self, region) -> None:
         try:
-            lock_fd = region.lock()
-        except OSError:
-            return
+            lock_fd = region.lock(create=False)
+        except (OSError, errors.QueueNotFound):
+            return  # removed meanwhile (unlink): nothing to snapshot, and no lock file to make again
         try:
             # Under the queue's lock no one attaches meanwhile.
             if lib.shmq_live_participants(region.handle) <= 1:
@@ -780,47 +800,14 @@ class Queue(JobsMixin):
             os.close(lock_fd)
 
     def unlink(self) -> None:
-        """Removes the queue: its region, its log, and large-message objects left
-        over. Processes still attached keep their mapping until they close."""
-        shm_name = region_name(self.name, self.path)
-        durability = self.params.durability
+        """Removes the queue for good: its region, its log, its dead letters,
+        large-message objects left over and its lock file, all under the
+        queue's lock, so no opener or supervisor sees half of it; a
+        supervisor never makes it again. Processes still attached keep their
+        mapping until they close."""
         self._snapshot_on_close = False
         self.close()
-        _unlink_queue(shm_name)
-        for mode in {durability or "os", "memory"}:
-            where = log_dir(self.name, self.path, mode)
-            _remove_own_dir(where)
-            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
-
-
-def _maintain_loop(queue_ref, handle, stop: threading.Event) -> None:
-    """Each process's background maintenance of a queue's log (the core call
-    releases the GIL). Holds only a weak reference: a dropped Queue stops it.
-    While a supervisor holds the directory it does this work; the process
-    then only passes by once a second (its own buffered acks, and in case
-    the supervisor stops)."""
-    from shmq.channel.supervision import holder
-
-    path = None
-    supervised_until = 0.0
-    last = 0.0
-    while not stop.wait(_MAINTAIN_EVERY):
-        queue = queue_ref()
-        if queue is None or queue._handle is not handle:
-            return
-        path = path or queue.path
-        del queue
-        now = time.monotonic()
-        if now >= supervised_until:
-            supervised_until = now + 1.0 if holder(path) is not None else 0.0
-        if supervised_until and now - last < 1.0:
-            continue
-        last = now
-        rc = lib.shmq_log_maintain(handle)
-        queue = queue_ref()
-        if queue is not None:
-            queue._maintenance_error = None if rc == OK else rc
-        del queue
+        remove_queue(self.name, self.path)
 
 
 def _reattach(name: str, path: str, codec: str | None = None) -> Queue:
@@ -858,3 +845,34 @@ def _read_blob(shm_name: str, name: bytes, length_text: bytes) -> bytearray:
     return out
 
 
+
+
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """Did opening a queue fail for want of file descriptors? posix_ipc's
+    OSError carries no errno, only its text; else: can we open a file now?"""
+    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+        return True
+    text = str(exc)
+    if "Too many open files" in text or "maximum number of files open" in text or "number of open files" in text:
+        return True
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as probe:
+        return probe.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def _too_many_open_files(name: str, path: str, cause: BaseException) -> errors.TooManyOpenFiles:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    logged = sum(1 for q in list(_open_queues) if q._logged)
+    return errors.TooManyOpenFiles(
+        f"cannot open queue {name!r} in {path}: this process has run out of file descriptors (its limit, "
+        f"RLIMIT_NOFILE, is {soft}; hard limit {hard_text}) with {len(_open_queues)} queue handle(s) open, "
+        f"{logged} of them with a log (a log keeps its directory and segment files open). Raise the limit "
+        f"(`ulimit -n {max(4 * soft, 4096)}` in the shell that starts it, or resource.setrlimit(RLIMIT_NOFILE) "
+        "up to the hard limit), or open fewer handles: one Queue per queue is enough for a whole process "
+        f"(threads may share it). Cause: {cause}"
+    )

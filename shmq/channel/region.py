@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 import warnings
 
 import posix_ipc
@@ -173,6 +174,48 @@ def _asked_by(source: str | None, key: str) -> str:
     return ""
 
 
+def _queue_lock(name: str, path: str, create: bool = True) -> int:
+    """Takes queue `name`'s lock, `<path>/<name>.lock` (flock); returns its fd.
+    unlink() removes the file while it holds the lock: a lock taken on a file
+    that is no longer the one at the path is stale, and is taken again.
+    `create` False: QueueNotFound if there is no lock file (the queue was removed)."""
+    lock_path = os.path.join(path, f"{name}.lock")
+    while True:
+        try:
+            fd = _fs.open_file(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), "queue lock")
+        except FileNotFoundError:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (no {lock_path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)  # removed (or removed and made again) while we waited
+        if current is None and not create:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (it was removed)")
+
+
+def _queue_exists(name: str, path: str) -> bool:
+    """Has queue `name` a region or a log (on disk or in /dev/shm)?"""
+    if os.path.exists("/dev/shm" + region_name(name, path)):
+        return True
+    return _has_files(log_dir(name, path, "os")) or _own_memory_log(name, path)
+
+
+def _has_files(path: str) -> bool:
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
+
+
 class _CreatorDied(Exception):
     """The region's creator died before its log was recovered."""
 
@@ -180,36 +223,43 @@ class _CreatorDied(Exception):
 class _Region:
     """One mapping of a queue's shared-memory object and a handle on it."""
 
-    def __init__(self, name: str, path: str, requested: dict | None):
-        """`requested` None: attach only (QueueNotFound if there is no region)."""
+    def __init__(self, name: str, path: str, requested: dict | None, must_exist: bool = False):
+        """`requested` None: attach only (QueueNotFound if there is no region).
+        `must_exist`: open (and recover) only a queue that has a region or a
+        log, never make a new one (QueueNotFound): the supervisor's way."""
         self.shm_name = region_name(name, path)
         self.name, self.path = name, path
         self.recovery = None
         self.handle = None
         self.log_dir = None
         try:
-            _check_data_dir(path)  # its last level only is made: a mistyped path is reported, not built
-            _fs.trusted_dir(path)  # ours and private (made 0700 in a checked parent), or refused
+            if must_exist:
+                _fs.trusted_dir(path, create=False)  # ours and private, or refused; never made here
+            else:
+                _check_data_dir(path)  # its last level only is made: a mistyped path is reported, not built
+                _fs.trusted_dir(path)  # ours and private (made 0700 in a checked parent), or refused
             # Creation and attach are serialised per queue by this lock, so a
             # half-made region seen here belongs to a creator that died.
-            lock_fd = self.lock()
+            lock_fd = _queue_lock(name, path, create=not must_exist)
         except errors.PermissionDenied:
             raise
+        except FileNotFoundError:
+            raise errors.QueueNotFound(f"no queue {name!r} in {path} (no such directory)") from None
         except PermissionError as exc:
             raise errors.PermissionDenied(
                 f"cannot use data directory {path!r}: {exc.strerror}. Pass path= a directory you own, "
                 "or fix its permissions"
             ) from None
         try:
+            if must_exist and not _queue_exists(name, path):
+                raise errors.QueueNotFound(f"no queue {name!r} in {path} (no region, no log)")
             self._open(requested)
         finally:
             os.close(lock_fd)
 
-    def lock(self) -> int:
+    def lock(self, create: bool = True) -> int:
         """Takes the queue's lock (creation, attach, the last close); returns its fd."""
-        fd = _fs.open_file(os.path.join(self.path, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT, "queue lock")
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return _queue_lock(self.name, self.path, create)
 
     def _open(self, requested: dict) -> None:
         try:
@@ -574,7 +624,42 @@ def _remove_own_dir(where: str) -> None:
             return
     except (errors.PermissionDenied, OSError):
         return
-    shutil.rmtree(where, ignore_errors=True)
+    _remove_tree(where)
+
+
+def remove_queue(name: str, path: str) -> None:
+    """Removes queue `name` of data directory `path` (see Queue.unlink)."""
+    path = os.path.abspath(path)
+    try:
+        lock_fd = _queue_lock(name, path, create=False)
+    except errors.QueueNotFound:
+        lock_fd = None  # no lock file: remove what else is there
+    try:
+        _unlink_queue(region_name(name, path))
+        for mode in ("os", "memory"):
+            where = log_dir(name, path, mode)
+            _remove_own_dir(where)  # ours only: a directory another user made in /dev/shm stays
+            _remove_own_dir(where[: -len(".log")] + ".dead")  # the dead letters
+        if lock_fd is not None:
+            # Last, still holding it: whoever waits on this file finds it stale.
+            try:
+                os.unlink(os.path.join(path, f"{name}.lock"))
+            except FileNotFoundError:
+                pass
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _remove_tree(where: str) -> None:
+    """rmtree, again while a process still attached (a supervisor, until its
+    next look) makes a segment in it meanwhile; 5 s at most."""
+    deadline = time.monotonic() + 5
+    while True:
+        shutil.rmtree(where, ignore_errors=True)
+        if not os.path.lexists(where) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
 
 
 def pickle_not_chosen(name: str, path: str, where: str) -> errors.ConfigError:

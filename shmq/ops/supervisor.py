@@ -68,6 +68,17 @@ def queue_names(path: str) -> list[str]:
     return sorted(names)
 
 
+def _region_identity(queue) -> tuple | None:
+    """(inode, device) of the queue's region in /dev/shm now; None if gone."""
+    from shmq.channel.queue import region_name
+
+    try:
+        st = os.stat("/dev/shm" + region_name(queue.name, queue.path))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev)
+
+
 class _Controller:
     """Paces producers of a closed-loop queue: the allowed rate is the
     consumers' measured rate plus what closes the gap to the target backlog
@@ -114,6 +125,7 @@ class Supervisor:
         self.idle_exit = idle_exit  # None: run until stopped
         self.settings = queues or {}  # name -> Queue keywords (from a config file)
         self.queues: dict = {}
+        self.regions: dict = {}  # name -> the identity of the region opened (see _region_identity)
         self.controllers: dict = {}
         self._fd = None
         self._stop = False
@@ -146,12 +158,17 @@ class Supervisor:
         from shmq.channel.queue import Queue
 
         try:
-            queue = Queue(name, self.path, **self.settings.get(name, {}))
+            # Only a queue that exists (a region or a log): a supervisor never
+            # makes one, so a queue removed (unlink, shmq rm) stays removed.
+            queue = Queue._existing(name, self.path, **self.settings.get(name, {}))
+        except errors.QueueNotFound:
+            return
         except errors.ShmqError as exc:
             log.warning("queue %r in %s: %s", name, self.path, exc)
             return
         queue._stop_maintenance()  # this process does it, below
         self.queues[name] = queue
+        self.regions[name] = _region_identity(queue)
         if queue.params.throttle == "closed":
             self.controllers[name] = _Controller(queue)
         recovered = queue.recovery
@@ -162,9 +179,24 @@ class Supervisor:
             log.info("queue %r attached", name)
 
     def scan(self) -> None:
+        for name in list(self.queues):
+            current = _region_identity(self.queues[name])
+            if current is None or current != self.regions.get(name):
+                self._forget(name)  # removed (or removed and made again): let go of the old one
         for name in sorted(set(queue_names(self.path)) | set(self.settings)):
             if name not in self.queues:
                 self._open(name)
+
+    def _forget(self, name: str) -> None:
+        queue = self.queues.pop(name)
+        self.regions.pop(name, None)
+        self.controllers.pop(name, None)
+        queue._snapshot_on_close = False  # its log is gone, or another queue's now
+        try:
+            queue.close()
+        except errors.ShmqError as exc:
+            log.warning("closing removed queue %r: %s", name, exc)
+        log.info("queue %r was removed", name)
 
     def maintain(self) -> None:
         for name, queue in list(self.queues.items()):
