@@ -71,17 +71,17 @@ __all__ = [
 # Module paths of earlier versions, kept for users' imports: each is the same
 # module object as the one it moved to (so monkeypatching either one works).
 _MOVED = {
-    "shmq.channel.queue": "shmq.channel.queue",
-    "shmq.channel.jobs": "shmq.channel.jobs",
-    "shmq.channel.deadletter": "shmq.channel.deadletter",
-    "shmq.channel.mp": "shmq.channel.mp",
-    "shmq.tasks.app": "shmq.tasks.app",
-    "shmq.tasks.worker": "shmq.tasks.worker",
-    "shmq.tasks.eager": "shmq.tasks.eager",
-    "shmq.ops.supervisor": "shmq.ops.supervisor",
-    "shmq.settings.config": "shmq.settings.config",
-    "shmq.ops.metrics": "shmq.ops.metrics",
-    "shmq.cli.commands": "shmq.cli.main.commands",
+    "shmq.queue": "shmq.channel.queue",
+    "shmq.jobs": "shmq.channel.jobs",
+    "shmq.deadletter": "shmq.channel.deadletter",
+    "shmq.mp": "shmq.channel.mp",
+    "shmq.app": "shmq.tasks.app",
+    "shmq.worker": "shmq.tasks.worker",
+    "shmq.eager": "shmq.tasks.eager",
+    "shmq.supervisor": "shmq.ops.supervisor",
+    "shmq.config": "shmq.settings.config",
+    "shmq.metrics": "shmq.ops.metrics",
+    "shmq.commands": "shmq.cli.commands",
 }
 
 

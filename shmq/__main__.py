@@ -3,6 +3,6 @@
 
 import sys
 
-from shmq.cli.main.main import main
+from shmq.cli.main import main
 
 sys.exit(main())

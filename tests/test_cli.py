@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from shmq.cli.main.commands import demo
+from shmq.cli.commands import demo
 
 SHM_DIR = "/dev/shm"
 

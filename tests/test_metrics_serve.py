@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-from shmq.cli.main.commands.metrics import CONNECTION_TIMEOUT
+from shmq.cli.commands.metrics import CONNECTION_TIMEOUT
 
 
 def _serve(path: str) -> tuple[subprocess.Popen, int]:

@@ -2,6 +2,6 @@
 """The command line: ``main`` builds the parser from ``commands/`` (one
 module per subcommand)."""
 
-from shmq.cli.main.main import main
+from shmq.cli.main import main
 
 __all__ = ["main"]

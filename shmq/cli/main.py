@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``shmq`` command line: the subcommands are modules of shmq.cli.main.commands.
+"""The ``shmq`` command line: the subcommands are modules of shmq.cli.commands.
 
 Exit codes: 0 success, 1 the command ran and found a problem, 2 a usage or
 runtime error (one line on stderr; ``--debug`` shows tracebacks), 130
@@ -14,17 +14,17 @@ import os
 import signal
 import sys
 
-from shmq.cli.main.commands import NAMES, PROG, Command, Stopped, _Parser
+from shmq.cli.commands import NAMES, PROG, Command, Stopped, _Parser
 
 __all__ = ["main", "COMMANDS", "Command", "build_parser"]
 
 
 def _load() -> dict[str, Command]:
-    # "name" is module shmq.cli.main.commands.name; "name=module" when the name is a Python keyword (import).
+    # "name" is module shmq.cli.commands.name; "name=module" when the name is a Python keyword (import).
     commands = {}
     for entry in NAMES:
         name, _, module = entry.partition("=")
-        commands[name] = importlib.import_module(f"shmq.cli.main.commands.{module or name}").COMMAND
+        commands[name] = importlib.import_module(f"shmq.cli.commands.{module or name}").COMMAND
     return commands
 
 

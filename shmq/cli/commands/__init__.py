@@ -16,7 +16,7 @@ from typing import Callable
 
 __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
-# The subcommands, in the order --help lists them (module shmq.cli.main.commands.<name>).
+# The subcommands, in the order --help lists them (module shmq.cli.commands.<name>).
 NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics", "bench",
          "rm",
          "import=importer")

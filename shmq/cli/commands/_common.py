@@ -23,7 +23,7 @@ import time
 
 from shmq import errors
 from shmq.backends.shm_inspect import iso  # noqa: F401 - the commands' ISO time format is the backend's
-from shmq.cli.main.commands import CommandError
+from shmq.cli.commands import CommandError
 
 SHM_DIR = "/dev/shm"
 

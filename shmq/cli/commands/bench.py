@@ -8,7 +8,7 @@ import signal
 import textwrap
 
 from shmq.bench import DEFAULT_WORKLOADS, WORKLOADS
-from shmq.cli.main.commands import Command, CommandError, _raise_stopped
+from shmq.cli.commands import Command, CommandError, _raise_stopped
 
 DESCRIPTION = """\
 Runs the standard benchmarks on this machine, shmq side by side with the

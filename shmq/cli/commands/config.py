@@ -9,7 +9,7 @@ import json
 import sys
 import warnings
 
-from shmq.cli.main.commands import Command, CommandError
+from shmq.cli.commands import Command, CommandError
 
 CONFIG_DESCRIPTION = """\
 Checks the settings of shmq (the config file and the SHMQ_ environment

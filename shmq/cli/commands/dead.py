@@ -8,8 +8,8 @@ import json
 import sys
 
 from shmq import errors
-from shmq.cli.main.commands import Command, CommandError, _int_arg
-from shmq.cli.main.commands._common import add_path_argument, data_dir, emit, flush, iso, jsonable, open_jobs, preview, when
+from shmq.cli.commands import Command, CommandError, _int_arg
+from shmq.cli.commands._common import add_path_argument, data_dir, emit, flush, iso, jsonable, open_jobs, preview, when
 
 DEAD_DESCRIPTION = """\
 The dead letters of a queue: jobs whose every attempt failed (or that were
@@ -104,7 +104,7 @@ def _list(q, args) -> int:
     if not records:
         emit(f"no dead jobs in queue {q.name}" + (" with those ids" if args.ids and total else ""))
         return 0
-    from shmq.cli.main.commands._common import table
+    from shmq.cli.commands._common import table
 
     rows = []
     for r, job in zip(records, jobs):

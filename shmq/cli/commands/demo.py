@@ -19,7 +19,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 
-from shmq.cli.main.commands import Command, CommandError, _int_arg, _raise_stopped, _seconds_arg
+from shmq.cli.commands import Command, CommandError, _int_arg, _raise_stopped, _seconds_arg
 
 
 _SEQ = struct.Struct("<Q")

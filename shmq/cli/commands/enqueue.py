@@ -8,8 +8,8 @@ import json
 import os
 import sys
 
-from shmq.cli.main.commands import Command, CommandError, _int_arg
-from shmq.cli.main.commands._common import Progress, add_path_argument, data_dir, emit, flush, open_jobs
+from shmq.cli.commands import Command, CommandError, _int_arg
+from shmq.cli.commands._common import Progress, add_path_argument, data_dir, emit, flush, open_jobs
 
 ENQUEUE_DESCRIPTION = """\
 Enqueues one job per JSON value and prints each job's id, one a line

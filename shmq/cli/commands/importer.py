@@ -8,8 +8,8 @@ import argparse
 import signal
 import sys
 
-from shmq.cli.main.commands import Command, CommandError, _int_arg, _raise_stopped, _seconds_arg
-from shmq.cli.main.commands._common import Progress, emit, flush
+from shmq.cli.commands import Command, CommandError, _int_arg, _raise_stopped, _seconds_arg
+from shmq.cli.commands._common import Progress, emit, flush
 
 IMPORT_DESCRIPTION = """\
 Imports the jobs waiting in a Redis-based queue into the queue of a shmq App:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from shmq.cli.main.commands import Command
-from shmq.cli.main.commands._common import (
+from shmq.cli.commands import Command
+from shmq.cli.commands._common import (
     add_path_argument,
     data_dir,
     duration,

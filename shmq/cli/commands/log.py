@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from shmq.cli.main.commands import Command, CommandError
-from shmq.cli.main.commands._common import add_path_argument, data_dir, log_dirs, no_queue, queue_state, valid_name
+from shmq.cli.commands import Command, CommandError
+from shmq.cli.commands._common import add_path_argument, data_dir, log_dirs, no_queue, queue_state, valid_name
 
 LOG_DESCRIPTION = """\
 The write-ahead log of a queue.

@@ -10,8 +10,8 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from shmq.cli.main.commands import Command, CommandError, Stopped, _int_arg, _raise_stopped
-from shmq.cli.main.commands._common import QueueSet, add_path_argument, check_queue, data_dir, emit, flush
+from shmq.cli.commands import Command, CommandError, Stopped, _int_arg, _raise_stopped
+from shmq.cli.commands._common import QueueSet, add_path_argument, check_queue, data_dir, emit, flush
 
 METRICS_DESCRIPTION = """\
 The metrics of queues in the Prometheus text format (version 0.0.4): job

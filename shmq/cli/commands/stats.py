@@ -9,8 +9,8 @@ import signal
 import sys
 import time
 
-from shmq.cli.main.commands import Command, Stopped, _raise_stopped
-from shmq.cli.main.commands._common import QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
+from shmq.cli.commands import Command, Stopped, _raise_stopped
+from shmq.cli.commands._common import QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
 
 STATS_DESCRIPTION = """\
 Shows the metrics of queues (q.stats()): job counters since the queue was

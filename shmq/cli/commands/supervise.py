@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from shmq.cli.main.commands import Command, CommandError, _seconds_arg
+from shmq.cli.commands import Command, CommandError, _seconds_arg
 
 DESCRIPTION = """\
 Runs the supervisor of a data directory until SIGTERM or ^C: maintenance of

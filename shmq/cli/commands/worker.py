@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shmq.cli.main.commands import Command, _int_arg, _seconds_arg
+from shmq.cli.commands import Command, _int_arg, _seconds_arg
 
 
 WORKER_DESCRIPTION = """\
