@@ -209,9 +209,15 @@ class Consumers:
                      self.rng.randrange(1 << 30), self.stop)
         self.live.append((proc, log))
 
-    def kill_one(self, prefer_busy: bool = True) -> None:
-        """Kills a consumer: any, or preferably one in the middle of a job."""
-        busy = [i for i, (_, log) in enumerate(self.live) if (read_log(log) or [{}])[-1].get("event") == "start"]
+    def kill_one(self, prefer_busy: bool = True, wait: float = 5.0) -> None:
+        """Kills a consumer: any, or preferably one in the middle of a job (waiting
+        up to `wait` s for one: on a busy machine a new consumer takes a while to start)."""
+        deadline = time.monotonic() + (wait if prefer_busy else 0.0)
+        while True:
+            busy = [i for i, (_, log) in enumerate(self.live) if (read_log(log) or [{}])[-1].get("event") == "start"]
+            if busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         index = self.rng.choice(busy) if busy and prefer_busy else self.rng.randrange(len(self.live))
         proc, log = self.live.pop(index)
         t = kill9(proc)

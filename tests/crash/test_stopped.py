@@ -83,7 +83,7 @@ def child_storm(name: str, jobs_name: str, path: str, prefix: str, count: str) -
             errors[type(exc).__name__] += 1
     q.close()
     jobs.close()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # the storm may outlast us
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the storm may outlast us (ignored in every thread, also at exit)
     print(json.dumps({"handled": handled[0], "errors": dict(errors)}), flush=True)
 
 
