@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import shmq
-from shmq.channel import queue as shmq_queue
+from shmq.channel import region as shmq_region
 
 PATH = sys.argv[1]
 # Job tables of about 4 MiB (leases, a 2 MiB ring of results): their pages
@@ -97,10 +97,10 @@ def main() -> None:
     report["filler"] = child(FILLER)
     # The same, when another process took the space after the check: the
     # reservation fails, and nothing is left behind.
-    check = shmq_queue._check_shm_space
-    shmq_queue._check_shm_space = lambda *args: None
+    check = shmq_region._check_shm_space
+    shmq_region._check_shm_space = lambda *args: None
     report["reserve_failed"] = refused(lambda: shmq.Queue("mid", PATH, durability="none", capacity=16384))
-    shmq_queue._check_shm_space = check
+    shmq_region._check_shm_space = check
     os.unlink("/dev/shm/filler")
     # A queue that fits, with its log in /dev/shm: fill it until /dev/shm is
     # full, then drain it in another process.

@@ -75,12 +75,12 @@ def test_queue_keys_are_the_keywords_of_queue():
 
 
 def test_a_new_queue_keyword_is_a_setting(monkeypatch, tmp_path):
-    original = shmq.Queue.__init__
+    from shmq.settings import params
 
-    def widened(self, name="default", path=None, *, lanes: int | None = None, future_knob: int | None = None):
-        original(self, name, path, lanes=lanes)
+    def widened(path=None, *, lanes: int | None = None, future_knob: int | None = None):
+        """The declaration of the queue's settings, with one more."""
 
-    monkeypatch.setattr(shmq.Queue, "__init__", widened)
+    monkeypatch.setattr(params, "declared_settings", widened)
     assert list(config.settings()) == ["path", "lanes", "future_knob"]
     file = write(tmp_path, """
         [defaults]

@@ -12,7 +12,7 @@ import sys
 
 import shmq
 from shmq.channel.queue import Queue
-from shmq.settings.params import queue_settings
+from shmq.settings.params import declared_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_old_module_paths_are_the_modules_that_moved():
 
 
 def test_the_queue_takes_exactly_the_declared_settings():
-    declared = inspect.signature(queue_settings).parameters
+    declared = inspect.signature(declared_settings).parameters
     taken = {key: p for key, p in inspect.signature(Queue.__init__).parameters.items()
              if p.kind is inspect.Parameter.KEYWORD_ONLY or key == "path"}
     taken.pop("config")

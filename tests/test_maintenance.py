@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -190,3 +191,41 @@ def test_maintenance_still_makes_segments_ahead_and_retains(make_queue, durabili
     tail = q.log_stats()["tail"]
     assert _wait_until(lambda: q.log_stats()["segments_made"] > made or
                        len(os.listdir(q._region.log_dir)) * 256 * 1024 > tail - q.log_stats()["base"], 30)
+
+
+def test_closing_a_queue_inside_the_maintainers_lock_does_not_deadlock(make_queue):
+    """The garbage collector can run a Queue's __del__ (close, which leaves the
+    maintainer) in the middle of an allocation the maintainer makes holding its
+    own lock: that re-entry must not wait for itself."""
+    q = make_queue(capacity=16, segment_bytes=1 << 20)
+    q.put(b"x")
+    done = threading.Event()
+
+    def close_inside_the_lock():
+        with maintenance._maintainer.lock:
+            q.close()
+        done.set()
+
+    thread = threading.Thread(target=close_inside_the_lock, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done.is_set(), "close() inside the maintainer's lock deadlocked"
+
+
+def test_the_maintenance_thread_ends_before_the_interpreter_tears_down(qpath):
+    """At exit the thread must not be inside the core while the interpreter frees
+    the mappings it uses: an atexit handler ends it. (A handler registered before
+    shmq is imported runs after shmq's.)"""
+    code = textwrap.dedent(f"""
+        import atexit, threading
+        atexit.register(lambda: print("threads at exit:", sorted(t.name for t in threading.enumerate())))
+        import shmq
+        q = shmq.Queue("exiting", {qpath!r}, capacity=16, segment_bytes=1 << 20)
+        q.put(b"x")
+        assert any(t.name == "shmq-maintenance" for t in threading.enumerate())
+        # no close: the interpreter's exit ends it
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SHMQ_SUPERVISOR_AUTOSTART": "0"})
+    assert out.returncode == 0, out.stderr
+    assert "threads at exit: ['MainThread']" in out.stdout, out.stdout + out.stderr

@@ -26,6 +26,7 @@ child add themselves again.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
@@ -81,7 +82,9 @@ class _Maintainer:
         self._reset()
 
     def _reset(self) -> None:
-        self.lock = threading.Lock()
+        # Re-entrant: the garbage collector may close a Queue (its __del__ calls
+        # remove()) in the middle of any allocation, also one made holding this lock.
+        self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.entries: dict[int, _Entry] = {}
         self.schedule: list = []  # heap of (due, n, entry); removed entries are skipped
@@ -112,6 +115,22 @@ class _Maintainer:
                 return  # the pass itself dropped the last reference: it is done with the handle
             while self.current is entry:
                 self.changed.wait()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """At interpreter exit (atexit, before the interpreter starts tearing
+        itself down): ends the passes, waiting for one under way. Otherwise the
+        daemon thread could still be inside the core while the interpreter frees
+        the mappings the pass uses."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            thread, self.thread = self.thread, None  # its loop returns at its next look
+            for entry in self.entries.values():
+                entry.removed = True
+            self.entries.clear()
+            self.schedule.clear()
+            self.changed.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))  # a pass under way ends first
 
     def _run(self) -> None:
         me = threading.current_thread()
@@ -200,3 +219,4 @@ def thread_count() -> int:
 
 
 os.register_at_fork(after_in_child=_maintainer._reset)
+atexit.register(_maintainer.shutdown)

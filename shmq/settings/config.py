@@ -159,10 +159,10 @@ def settings() -> dict[str, Setting]:
     """The queue settings: the keywords of shmq.Queue (``path`` and the
     keyword-only ones), with their types and built-in defaults."""
     global SETTINGS
-    from shmq.settings.params import DEFAULTS, HANDLE_DEFAULTS, queue_settings
+    from shmq.settings.params import DEFAULTS, HANDLE_DEFAULTS, declared_settings
 
     out: dict[str, Setting] = {}
-    for key, p in inspect.signature(queue_settings).parameters.items():
+    for key, p in inspect.signature(declared_settings).parameters.items():
         if key in _NOT_SETTINGS or not (p.kind is inspect.Parameter.KEYWORD_ONLY or key == "path"):
             continue
         if key == "path":

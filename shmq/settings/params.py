@@ -219,7 +219,7 @@ def _check_fits(values: dict) -> None:
         )
 
 
-def queue_settings(
+def declared_settings(
     path: str | None = None,
     *,
     lanes: int | None = None,
