@@ -112,6 +112,12 @@ struct shmq_handle {
     _Atomic uint32_t entry_cursor;     /* where this handle looks for a free job entry first; relaxed hint */
     int consumer_marked;               /* SHMQ_ROLE_CONSUMER set in our participant entry */
     int64_t spin_ns;                   /* shmq_fetch polls this long before it sleeps (shmq_set_spin) */
+
+    /* Where a lower layer must ask a higher one, it calls through these,
+     * set when the handle is made (queue.c); NULL: nothing above to ask. */
+    /* participant.c: does state above the lanes (a lease, a gate, a unique
+     * key's claim) still name participant `index`? */
+    int (*references)(const shmq_handle *h, unsigned index);
 };
 
 static inline int shmq_lane_ordered(const shmq_handle *h, uint32_t lane) { return lane >= h->unordered_lanes; }
@@ -126,8 +132,12 @@ void shmq_sleep_begin(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
 void shmq_sleep_end(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
 int shmq_sweep_sleepers(shmq_handle *h);
 
+/* region.c */
+int shmq_handle_make(void *base, uint64_t size, shmq_handle **out);
+
 /* wait.c */
 int64_t shmq_now_ns(void);
+int64_t shmq_wall_ns(void);
 int64_t shmq_deadline(int64_t timeout_ns);
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns, int64_t cap_ns);
 

@@ -22,13 +22,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-int64_t shmq_wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int shmq_log_fail(shmq_handle *h, int err)
 {
     /* relaxed: a diagnostic value only. */

@@ -24,7 +24,6 @@ typedef struct part {
     uint32_t length;
 } part;
 
-int64_t shmq_wall_ns(void);
 int shmq_log_fail(shmq_handle *h, int err);
 uint32_t shmq_record_crc(const shmq_record_header *rec, uint64_t word);
 void shmq_log_enter(shmq_handle *h);

@@ -131,7 +131,7 @@ static int index_referenced(const shmq_handle *h, unsigned index)
                 return 1;
         }
     }
-    return h->jobs ? shmq_jobs_references(h, index) : 0;
+    return h->references ? h->references(h, index) : 0; /* the job tables' (queue.c) */
 }
 
 static int give_back_sleepers(shmq_handle *h, shmq_participant *entry)
