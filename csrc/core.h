@@ -203,7 +203,6 @@ int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *
                            uint8_t tag, uint32_t count, uint64_t *job_ids);
 int shmq_log_durable(shmq_handle *h, int64_t timeout_ns);
 int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
-int shmq_log_feed(shmq_handle *h, uint32_t budget);
 int shmq_log_spilling(const shmq_handle *h);
 void shmq_log_pin(shmq_handle *h);
 void shmq_log_unpin(shmq_handle *h);

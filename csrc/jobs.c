@@ -9,6 +9,7 @@
 
 #include "lane.h"
 #include "log.h"
+#include "ops.h"
 
 /* A fetcher that finds nothing re-checks this often while a lane's head is
  * being written by a live producer. */
@@ -410,7 +411,7 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
         int rc = fetch_round(h, &a);
         if (rc != SHMQ_EEMPTY)
             return rc;
-        if (shmq_log_spilling(h) && shmq_log_feed(h, 256) > 0)
+        if (shmq_log_spilling(h) && shmq_backlog_feed(h, 256) > 0)
             continue; /* jobs waited in the log: moved into the lanes now */
         if (round == 0)
             shmq_log_ack_flush(h); /* nothing to take: a good moment to write the acks */

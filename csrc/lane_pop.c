@@ -6,6 +6,7 @@
 
 #include "lane.h"
 #include "log.h"
+#include "ops.h"
 
 enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT, TAKE_BIG };
 
@@ -310,7 +311,7 @@ static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t ma
                 *first = b.first;
             return rc;
         }
-        if (shmq_log_spilling(h) && shmq_log_feed(h, 256) > 0)
+        if (shmq_log_spilling(h) && shmq_backlog_feed(h, 256) > 0)
             continue; /* jobs waited in the log: moved into the lanes now */
         if (round == 0)
             shmq_log_ack_flush(h); /* nothing to take: a good moment to write the acks */

@@ -8,6 +8,7 @@
 
 #include "lane.h"
 #include "log.h"
+#include "ops.h"
 
 
 /* Claims `span` slots at the tail: OK and *position, or EFULL with the
@@ -457,7 +458,7 @@ static int put_spilled(shmq_handle *h, int lane, shmq_msg_header mh, const uint8
         *job_id = record;
     count_enqueued(h, lane >= 0 ? (uint32_t)lane : 0, 1);
     if (spilling) {
-        shmq_log_feed(h, 64);
+        shmq_backlog_feed(h, 64);
         return SHMQ_OK;
     }
     /* The backlog emptied between our look and our reservation: no one

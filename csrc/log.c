@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* log.c -- the write-ahead log while a queue runs: segment files, appending
  * from many processes at once, holes, flushing with group commit, and the
- * feeder that moves jobs waiting in the log (the backlog) into the lanes.
- * The format is specified in layout.h ("The log"); recovery, retention and
- * snapshots are in log_recover.c and log_retain.c. */
+ * SPILL bit by which jobs wait in the log (the backlog; backlog.c feeds
+ * them into the lanes). The format is specified in layout.h ("The log");
+ * recovery and retention are in log_recover.c and log_retain.c. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "crc32c.h"
-#include "lane.h"
 #include "log.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -1085,108 +1084,6 @@ void shmq_log_spill_begin(shmq_handle *h)
             return;
         }
     }
-}
-
-static int feeder_take(shmq_handle *h)
-{
-    uint32_t expected = 0;
-    /* acquire: the previous feeder's cursor and pushes are visible to us. */
-    if (atomic_compare_exchange_strong_explicit(&h->header->feeder, &expected, h->self, memory_order_acquire,
-                                                memory_order_relaxed))
-        return 1;
-    if (expected != h->self && !shmq_participant_alive(h, expected) &&
-        atomic_compare_exchange_strong_explicit(&h->header->feeder, &expected, h->self, memory_order_acquire,
-                                                memory_order_relaxed))
-        return 1; /* the feeder died; at worst its last record is pushed twice */
-    return 0;
-}
-
-/* Pushes one ENQUEUE record of the backlog into a lane, now or never:
- * SHMQ_EFULL when the lanes have no room. */
-static int feed_record(shmq_handle *h, uint64_t position, const shmq_record_header *rec)
-{
-    const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
-    if (h->jobs && body->not_before_ns > shmq_wall_ns())
-        return shmq_jobs_schedule(h, rec, position); /* a delayed job, or a retry's backoff: it waits in the table */
-    uint32_t offset = (uint32_t)(sizeof *rec + sizeof *body) + body->group_bytes + body->unique_bytes;
-    shmq_msg_header mh = {.length = body->payload_bytes, .tag = body->tag, .flags = 0,
-                          .attempt = body->attempt, .job_id = rec->job_id, .enqueued_ns = body->enqueued_ns};
-    int lane = body->lane < h->lane_count ? (int)body->lane : -1;
-    if (h->jobs && body->unique_bytes == SHMQ_UNIQUE_KEY_BYTES) {
-        /* Its key is held while it waits (recovered jobs take theirs again). */
-        uint64_t key[2];
-        memcpy(key, (const uint8_t *)(body + 1) + body->group_bytes, sizeof key);
-        shmq_unique_set(h, key[0], key[1], rec->job_id);
-        mh.flags = SHMQ_MSG_UNIQUE | ((body->flags & SHMQ_ENQ_UNIQUE_FINISH) ? SHMQ_MSG_UNIQUE_FINISH : 0);
-    }
-    if (body->payload_bytes <= h->inline_ref_min && !(mh.flags & SHMQ_MSG_UNIQUE))
-        return shmq_lane_push_job(h, lane, &mh, (const uint8_t *)rec + offset, 0, 0, 0);
-    return shmq_lane_push_job(h, lane, &mh, NULL, position, offset, 0);
-}
-
-/* Moves up to `budget` backlog jobs into the lanes, in log order; clears
- * SPILL when it catches up with the tail. Returns how many it moved. */
-int shmq_log_feed(shmq_handle *h, uint32_t budget)
-{
-    shmq_region_header *hdr = h->header;
-    if (!shmq_log_spilling(h) || !feeder_take(h))
-        return 0;
-    shmq_log_enter(h);
-    int fed = 0;
-    /* Records skipped (pads, holes, acks) count too, so that one call is
-     * bounded even when a stray write threw the tail far ahead of the log. */
-    uint64_t steps = 0, max_steps = (uint64_t)budget * 1024u + 1024u;
-    for (;;) {
-        if (++steps > max_steps)
-            break;
-        /* acquire: pairs with the cursor's release CAS (the pushes before it)
-         * and with reservations (a record below the tail is reserved). */
-        uint64_t cursor = atomic_load_explicit(&hdr->feed_cursor, memory_order_acquire);
-        uint64_t tail_word = atomic_load_explicit(&hdr->log_tail, memory_order_acquire);
-        uint64_t tail = tail_word & ~SHMQ_TAIL_SPILL;
-        if (cursor >= tail) {
-            if (!(tail_word & SHMQ_TAIL_SPILL))
-                break;
-            /* acq_rel: clears SPILL only if no one reserved since we read the
-             * tail; a later reservation sees no SPILL and pushes itself. */
-            if (atomic_compare_exchange_strong_explicit(&hdr->log_tail, &tail_word, tail, memory_order_acq_rel,
-                                                        memory_order_relaxed))
-                break;
-            continue;
-        }
-        if ((uint32_t)fed >= budget)
-            break;
-        int err = 0;
-        shmq_record_header *rec = shmq_record_at(h, cursor, 0, &err);
-        if (!rec)
-            break; /* its segment is missing (a disk error left a hole): maintenance reports it */
-        /* acquire: pairs with the publish CAS; the body is visible. */
-        uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
-        unsigned type = shmq_word_type(word);
-        if (type == SHMQ_REC_NONE || type == SHMQ_REC_PENDING) {
-            if (shmq_log_fill_hole(h, rec, cursor, tail, 0))
-                continue;
-            break; /* a live writer is still on it */
-        }
-        uint32_t length = shmq_word_length(word);
-        if (length < 8 || length % 8 || cursor % h->segment_bytes + length > h->segment_bytes) {
-            /* cannot be: skip to the next segment rather than stop the backlog */
-            length = (uint32_t)(h->segment_bytes - cursor % h->segment_bytes);
-        } else if (type == SHMQ_REC_ENQUEUE && (((shmq_enqueue_body *)(rec + 1))->flags & SHMQ_ENQ_SPILLED)) {
-            if (feed_record(h, cursor, rec) != SHMQ_OK)
-                break; /* lanes full: the rest waits */
-            atomic_fetch_add_explicit(&hdr->fed, 1, memory_order_relaxed); /* statistics (qsize) */
-            shmq_fault(h, SHMQ_FAULT_FEED_AFTER_PUSH);
-            fed++;
-        }
-        /* release: the push above happens before the cursor passes it. */
-        atomic_compare_exchange_strong_explicit(&hdr->feed_cursor, &cursor, cursor + length, memory_order_release,
-                                                memory_order_relaxed);
-    }
-    shmq_log_leave(h);
-    /* release: pairs with feeder_take's acquire. */
-    atomic_store_explicit(&hdr->feeder, 0, memory_order_release);
-    return fed;
 }
 
 /* ------------------------------------------------------------ observing */

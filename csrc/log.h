@@ -44,6 +44,10 @@ int shmq_log_sync(shmq_handle *h);
 int shmq_log_flush_due(shmq_handle *h);
 int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint64_t tail, int force);
 void shmq_log_spill_begin(shmq_handle *h);
+void shmq_log_delete_below(shmq_handle *h, uint64_t low);
+void shmq_log_retire_below_base(shmq_handle *h);
+int shmq_log_upkeep(shmq_handle *h);
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report);
 
 /* Is the published record at `position` whole? (length, alignment, CRC, seq) */
 static inline int shmq_record_valid(const shmq_record_header *rec, uint64_t word, uint64_t position,

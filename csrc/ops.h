@@ -7,4 +7,7 @@
 #include "lane.h"
 #include "log.h"
 
+/* backlog.c */
+int shmq_backlog_feed(shmq_handle *h, uint32_t budget);
+
 #endif /* SHMQ_OPS_H */

@@ -238,6 +238,16 @@ int shmq_sweep_sleepers(shmq_handle *h)
     return swept;
 }
 
+int shmq_live_participants(const shmq_handle *h)
+{
+    int live = 0;
+    for (unsigned i = 1; i < h->participant_capacity; i++)
+        /* acquire: as in shmq_participant_alive. */
+        if (atomic_load_explicit(&h->participants[i].pid, memory_order_acquire) && shmq_participant_alive(h, i))
+            live++;
+    return live;
+}
+
 uint32_t shmq_participant_slots(const shmq_handle *h) { return h->participant_capacity; }
 
 void shmq_participant_info_read(const shmq_handle *h, uint32_t index, shmq_participant_info *info /* OUT */)
