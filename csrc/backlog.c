@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* backlog.c -- the backlog: jobs that wait in the log (SPILLED ENQUEUE
  * records, in log order) while the lanes are full, fed into the lanes by
- * one feeder at a time; and the end of recovery, which feeds the live
+ * one feeder at a time; redelivery, through the backlog, of a message whose
+ * consumer died; and the end of recovery, which feeds the live
  * backlog before it declares the log ready. */
 #include <string.h>
 
@@ -107,6 +108,69 @@ int shmq_backlog_feed(shmq_handle *h, uint32_t budget)
     /* release: pairs with feeder_take's acquire. */
     atomic_store_explicit(&hdr->feeder, 0, memory_order_release);
     return fed;
+}
+
+/* A consumer died holding the message at `pos` of unordered lane `index`
+ * (we hold it now; the ring calls this through h->dead_reader): with a
+ * log, the job goes back as a copy (attempt + 1) through the backlog, so
+ * it runs again; its consumer may or may not have finished it. */
+void shmq_backlog_redeliver(shmq_handle *h, uint32_t index, uint64_t pos)
+{
+    lane_ref lane = lane_at(h, index);
+    if (!h->log_on)
+        return; /* no log: the message had been handed over; it is dropped */
+    shmq_msg_header mh = *header_at(h, lane, pos);
+    if (mh.job_id == 0 || (mh.flags & SHMQ_MSG_SKIP))
+        return;
+    if ((mh.flags & SHMQ_MSG_LEASED) || (h->jobs && shmq_jobs_holds(h, mh.job_id)))
+        return; /* its consumer leased it before dying: the lease puts it back (or did already) */
+    shmq_log_enter(h);
+    /* The payload: from the ring (in up to two pieces where it wraps), or
+     * from the record a reference names. */
+    const uint8_t *first = NULL, *second = NULL;
+    uint32_t first_length = 0, second_length = 0;
+    if (mh.flags & SHMQ_MSG_REF) {
+        shmq_msg_ref ref;
+        ring_read(h, lane, pos, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, ref.record, 0, &err);
+        if (!rec) {
+            shmq_log_fail(h, err);
+            shmq_log_leave(h);
+            return;
+        }
+        first = (const uint8_t *)rec + ref.offset;
+        first_length = mh.length;
+    } else {
+        uint64_t at = ((pos & h->slot_mask) * h->slot_bytes + SHMQ_MSG_HEADER_BYTES) % h->ring_bytes;
+        first = lane.data + at;
+        first_length = mh.length < h->ring_bytes - at ? mh.length : (uint32_t)(h->ring_bytes - at);
+        second = lane.data;
+        second_length = mh.length - first_length;
+    }
+    shmq_enqueue_args args = {.job_id = mh.job_id, .attempt = (uint16_t)(mh.attempt + 1), .tag = mh.tag,
+                              .flags = SHMQ_ENQ_COPY, .enqueued_ns = mh.enqueued_ns, .first = first,
+                              .first_length = first_length, .second = second, .second_length = second_length};
+    uint64_t key[2];
+    if ((mh.flags & SHMQ_MSG_UNIQUE) && (mh.flags & SHMQ_MSG_REF) && first) {
+        /* The copy keeps the job's unique key (its reference points past it). */
+        memcpy(key, first - SHMQ_UNIQUE_KEY_BYTES, sizeof key);
+        args.unique = (const uint8_t *)key;
+        if (mh.flags & SHMQ_MSG_UNIQUE_FINISH)
+            args.flags |= SHMQ_ENQ_UNIQUE_FINISH;
+    }
+    for (int tries = 0; tries < 8; tries++) {
+        shmq_log_spill_begin(h);
+        uint64_t position;
+        int spilling = 0;
+        if (shmq_log_enqueue(h, &args, &position, &spilling) != SHMQ_OK)
+            break; /* the log refuses (disk full): the job stays in the log only */
+        if (spilling) { /* the feeder moves it; else the backlog emptied meanwhile: again */
+            atomic_fetch_add_explicit(&h->header->redelivered, 1, memory_order_relaxed); /* statistics */
+            break;
+        }
+    }
+    shmq_log_leave(h);
 }
 
 int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)

@@ -7,8 +7,7 @@
 #include <sched.h>
 #include <string.h>
 
-#include "lane.h"
-#include "log.h"
+#include "jobs.h"
 #include "ops.h"
 
 /* A fetcher that finds nothing re-checks this often while a lane's head is
@@ -191,6 +190,21 @@ typedef struct fetch_args {
     shmq_taken busy;
 } fetch_args;
 
+/* A taken message's payload: from the ring, or from the record its
+ * reference names (shmq_lane_take read the reference). */
+static int taken_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length)
+{
+    uint32_t n = length < t->msg.length ? length : t->msg.length;
+    if (!(t->msg.flags & SHMQ_MSG_REF)) {
+        ring_read(h, lane_at(h, t->msg.lane), t->msg.position, SHMQ_MSG_HEADER_BYTES, out, n);
+        return SHMQ_OK;
+    }
+    shmq_log_enter(h);
+    int rc = shmq_log_read_payload(h, t->record, t->offset, out, n);
+    shmq_log_leave(h);
+    return rc;
+}
+
 /* Fills entry `e` from a message just taken from its lane. */
 static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken *t)
 {
@@ -217,7 +231,7 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
         PUT(e->record, t->record);
         e->offset = t->offset;
     } else if (t->msg.length <= SHMQ_JOB_INLINE_BYTES) {
-        int rc = shmq_lane_read_payload(h, t, e->payload, t->msg.length);
+        int rc = taken_payload(h, t, e->payload, t->msg.length);
         if (rc != SHMQ_OK)
             return rc;
     } else { /* inline beyond an entry's room: cannot be with a log (inline_ref_min <= 256) */

@@ -4,10 +4,12 @@
 #ifndef SHMQ_OPS_H
 #define SHMQ_OPS_H
 
-#include "lane.h"
+#include "jobs.h"
 #include "log.h"
+#include "ring.h"
 
 /* backlog.c */
 int shmq_backlog_feed(shmq_handle *h, uint32_t budget);
+void shmq_backlog_redeliver(shmq_handle *h, uint32_t lane, uint64_t pos);
 
 #endif /* SHMQ_OPS_H */

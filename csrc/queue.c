@@ -11,6 +11,8 @@
 static void set_callbacks(shmq_handle *h)
 {
     h->references = h->jobs ? shmq_jobs_references : NULL;
+    h->dead_reader = shmq_backlog_redeliver;
+    h->repair_gate = h->jobs ? shmq_jobs_repair_gate : NULL;
 }
 
 int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)

@@ -4,8 +4,7 @@
 #define _GNU_SOURCE
 #include <string.h>
 
-#include "lane.h"
-#include "log.h"
+#include "jobs.h"
 
 /* Reserves `length` bytes of arena, never across its end; returns the
  * position (only grows: position % result_bytes is the offset). */
