@@ -155,8 +155,8 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
     e->unique_hi = e->unique_lo = 0;
     PUT(e->copy, 0);
     if (!(t->msg.flags & SHMQ_MSG_REF)) {
-        /* An inline lane job below the floor has a copy from checkpoint_begin on (see low_water). */
-        /* acquire: pairs with checkpoint()'s release of the floor; begin was stored before it. */
+        /* An inline lane job below the floor has a copy from checkpoint_begin on (see low_water in maintain.c). */
+        /* acquire: pairs with checkpoint()'s release of the floor (maintain.c); begin was stored before it. */
         uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);
         if (t->msg.job_id < floor)
             PUT(e->copy, atomic_load_explicit(&h->header->checkpoint_begin, memory_order_relaxed));

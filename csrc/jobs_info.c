@@ -82,7 +82,7 @@ int shmq_jobs_checkpoint(shmq_handle *h, uint64_t target, uint64_t *copies)
     return SHMQ_OK;
 }
 
-/* The lowest log position a job in the table needs (see low_water). */
+/* The lowest log position a job in the table needs (see low_water in maintain.c). */
 uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low)
 {
     if (!h->jobs)

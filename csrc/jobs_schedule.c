@@ -196,7 +196,7 @@ static int move_to_lane(shmq_handle *h, uint32_t index, uint64_t gen)
     uint64_t record = e->record;
     uint32_t offset = e->offset;
     int by_ref = (e->flags & SHMQ_JOBF_REF) != 0;
-    /* acquire: as in low_water. An inline lane job below the floor must have
+    /* acquire: as in low_water (maintain.c). An inline lane job below the floor must have
      * a copy from checkpoint_begin on; one that has not goes by reference
      * to a fresh copy (its original may be about to go). */
     uint64_t floor = atomic_load_explicit(&h->header->checkpoint_floor, memory_order_acquire);

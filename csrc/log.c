@@ -756,7 +756,7 @@ static int flush_segments(shmq_handle *h, uint64_t from, uint64_t to)
     uint64_t S = h->segment_bytes;
     uint64_t back = h->header->max_message_bytes + SHMQ_ENQUEUE_OVERHEAD + 4096;
     from = from > back ? from - back : 0;
-    /* acquire: pairs with delete_segments' release; below it nothing is left to flush. */
+    /* acquire: pairs with shmq_log_delete_below's release; below it nothing is left to flush. */
     uint64_t log_base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
     if (from < log_base)
         from = log_base;

@@ -34,7 +34,7 @@ void shmq_log_delete_below(shmq_handle *h, uint64_t low)
 /* Unmaps this process's mappings of deleted segments. */
 void shmq_log_retire_below_base(shmq_handle *h)
 {
-    /* acquire: pairs with delete_segments' release of log_base. */
+    /* acquire: pairs with shmq_log_delete_below's release of log_base. */
     uint64_t base = atomic_load_explicit(&h->header->log_base, memory_order_acquire);
     pthread_mutex_lock(&h->segment_lock);
     for (uint32_t i = 0; i < SHMQ_SEGMENT_SLOTS; i++) {

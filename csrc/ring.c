@@ -554,7 +554,7 @@ int shmq_lane_repair_writer(shmq_handle *h, uint32_t index, const shmq_taken *t)
 }
 
 /* Marks a taken message as leased: a repairer that finds its consumer dead
- * leaves the job to the lease (see redeliver in lane_push.c). We hold the
+ * leaves the job to the lease (see shmq_backlog_redeliver in backlog.c). We hold the
  * slot (READING), so the header is ours to write; a repairer reads it only
  * after its takeover CAS, once we are dead. */
 void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t)
