@@ -119,6 +119,8 @@ void shmq_lane_write_message(const shmq_handle *h, lane_ref lane, uint64_t pos, 
                              const uint8_t *first, uint32_t first_length, const uint8_t *second,
                              uint32_t second_length);
 void shmq_lane_publish(const shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span);
+
+/* Every message of a dead reader, taken over and released (maintain.c). */
 int shmq_lane_redeliver_dead(shmq_handle *h);
 
 /* Consumers (get.c). */
@@ -148,6 +150,5 @@ int shmq_lane_busy(const shmq_handle *h, uint32_t lane, shmq_taken *t);
 int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);
 int shmq_lane_release_dead_head(shmq_handle *h, uint32_t lane, unsigned owner);
 void shmq_wake_data(shmq_handle *h);
-
 
 #endif /* SHMQ_RING_H */
