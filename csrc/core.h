@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* core.h -- what the core's .c files share: the process-local handle and the
- * internal functions of region.c, participant.c, wait.c and fault.c. */
+/* core.h -- the base layer: the process-local handle every layer shares,
+ * and the internal functions of region.c, participant.c, wait.c and
+ * fault.c. Each layer above has its header (ring.h, log.h, jobs.h, ops.h),
+ * which includes the headers of the layers it may call and no others. */
 #ifndef SHMQ_CORE_H
 #define SHMQ_CORE_H
 
@@ -112,6 +114,19 @@ struct shmq_handle {
     _Atomic uint32_t entry_cursor;     /* where this handle looks for a free job entry first; relaxed hint */
     int consumer_marked;               /* SHMQ_ROLE_CONSUMER set in our participant entry */
     int64_t spin_ns;                   /* shmq_fetch polls this long before it sleeps (shmq_set_spin) */
+
+    /* Where a lower layer must ask a higher one, it calls through these,
+     * set when the handle is made (queue.c); NULL: nothing above to ask. */
+    /* participant.c: does state above the lanes (a lease, a gate, a unique
+     * key's claim) still name participant `index`? */
+    int (*references)(const shmq_handle *h, unsigned index);
+    /* ring.c: a reader of unordered `lane` died holding the message at `pos`,
+     * which the caller now holds; called before the slots are released (the
+     * message is put back through the log, backlog.c). */
+    void (*dead_reader)(shmq_handle *h, uint32_t lane, uint64_t pos);
+    /* ring.c: ordered `lane` may be blocked by a dead holder of its gate
+     * (jobs_gate.c repairs it); returns 1 if it repaired something. */
+    int (*repair_gate)(shmq_handle *h, uint32_t lane);
 };
 
 static inline int shmq_lane_ordered(const shmq_handle *h, uint32_t lane) { return lane >= h->unordered_lanes; }
@@ -126,8 +141,12 @@ void shmq_sleep_begin(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
 void shmq_sleep_end(shmq_handle *h, _Atomic uint32_t *waiters, uint32_t bit);
 int shmq_sweep_sleepers(shmq_handle *h);
 
+/* region.c */
+int shmq_handle_make(void *base, uint64_t size, shmq_handle **out);
+
 /* wait.c */
 int64_t shmq_now_ns(void);
+int64_t shmq_wall_ns(void);
 int64_t shmq_deadline(int64_t timeout_ns);
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns, int64_t cap_ns);
 
@@ -164,93 +183,6 @@ static inline int shmq_stalled(shmq_stall_watch *w, const void *where, uint64_t 
 }
 void shmq_futex_wake_all(_Atomic uint32_t *word);
 void shmq_cpu_relax(void);
-
-/* log.c */
-void shmq_log_close(shmq_handle *h);
-typedef struct shmq_log_entry {
-    uint64_t position;
-    shmq_record_header *record;
-} shmq_log_entry;
-typedef struct shmq_enqueue_args {
-    uint64_t job_id;            /* 0: a new job (its id is its position) */
-    uint16_t attempt;
-    uint8_t tag;
-    uint8_t flags;              /* SHMQ_ENQ_* */
-    int64_t enqueued_ns;        /* 0: now */
-    int64_t not_before_ns;      /* 0: at once */
-    uint32_t lane_plus1;        /* 0: any lane */
-    const uint8_t *unique;      /* 16 bytes of key hash, or NULL */
-    const uint8_t *first;
-    uint32_t first_length;
-    const uint8_t *second;
-    uint32_t second_length;
-} shmq_enqueue_args;
-int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *args, uint64_t *position, int *spilling);
-int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
-void shmq_log_ack(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
-void shmq_log_ack_flush(shmq_handle *h);
-int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
-                           uint8_t tag, uint32_t count, uint64_t *job_ids);
-int shmq_log_durable(shmq_handle *h, int64_t timeout_ns);
-int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
-int shmq_log_feed(shmq_handle *h, uint32_t budget);
-int shmq_log_spilling(const shmq_handle *h);
-void shmq_log_pin(shmq_handle *h);
-void shmq_log_unpin(shmq_handle *h);
-
-/* lane_push.c (used by the log's feeder and redelivery) */
-int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *first,
-                           uint32_t first_length, const uint8_t *second, uint32_t second_length,
-                           int64_t timeout_ns);
-int shmq_lane_redeliver_dead(shmq_handle *h);
-int shmq_lane_push_job(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *payload,
-                       uint64_t record, uint32_t offset, int64_t timeout_ns);
-
-/* lane_pop.c (used by jobs.c) */
-typedef struct shmq_taken {
-    shmq_message msg;
-    int64_t enqueued_ns;
-    uint64_t record;            /* SHMQ_MSG_REF: the record holding the payload */
-    uint32_t offset;
-} shmq_taken;
-int shmq_lane_take(shmq_handle *h, uint32_t lane, shmq_taken *out);
-int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length);
-void shmq_lane_finish(shmq_handle *h, const shmq_taken *t);
-void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t);
-int shmq_lane_repair_writer(shmq_handle *h, uint32_t lane, const shmq_taken *t);
-int shmq_lane_ready(const shmq_handle *h, uint32_t lane);
-int shmq_lane_busy(const shmq_handle *h, uint32_t lane, shmq_taken *t);
-int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);
-int shmq_lane_release_dead_head(shmq_handle *h, uint32_t lane, unsigned owner);
-void shmq_wake_data(shmq_handle *h);
-
-/* jobs.c (used by the lanes and the log) */
-int shmq_jobs_holds(shmq_handle *h, uint64_t job_id);
-int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position);
-int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const uint8_t *payload, uint32_t length,
-                           uint64_t *job_id);
-int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane);
-uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low);
-uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target);
-int shmq_jobs_checkpoint(shmq_handle *h, uint64_t target, uint64_t *copies);
-uint64_t shmq_jobs_live(const shmq_handle *h);
-int shmq_jobs_references(const shmq_handle *h, unsigned index);
-void shmq_jobs_detach(shmq_handle *h);
-int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
-
-/* throttle.c */
-int shmq_throttle_admit(shmq_handle *h, uint64_t count, uint64_t bytes, int64_t timeout_ns);
-int shmq_throttle_open(const shmq_handle *h);
-
-/* unique.c */
-int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing);
-int shmq_unique_claim_until(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing, int64_t deadline);
-void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
-void shmq_unique_drop(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
-
-/* results.c */
-void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t attempt, uint8_t tag,
-                     const uint8_t *data, uint32_t length);
 
 /* fault.c */
 int shmq_fault_parse(const char *spec, long *nth);

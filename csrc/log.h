@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* log.h -- what the log's .c files (log.c, log_recover.c, log_retain.c) and
- * the lanes share. The format is in layout.h. */
+/* log.h -- the log layer: what the log's .c files (log.c, log_recover.c,
+ * log_retain.c) share and offer the layers above. It knows nothing of the
+ * lanes or the jobs. The format is in layout.h. */
 #ifndef SHMQ_LOG_H
 #define SHMQ_LOG_H
 
@@ -19,12 +20,42 @@ enum { SHMQ_INLINE_PAYLOAD_MAX = 256 };
  * unique key's SHMQ_UNIQUE_KEY_BYTES when it has one). */
 enum { SHMQ_ENQUEUE_FIXED = 64, SHMQ_UNIQUE_KEY_BYTES = 16 };
 
+void shmq_log_close(shmq_handle *h);
+typedef struct shmq_log_entry {
+    uint64_t position;
+    shmq_record_header *record;
+} shmq_log_entry;
+typedef struct shmq_enqueue_args {
+    uint64_t job_id;            /* 0: a new job (its id is its position) */
+    uint16_t attempt;
+    uint8_t tag;
+    uint8_t flags;              /* SHMQ_ENQ_* */
+    int64_t enqueued_ns;        /* 0: now */
+    int64_t not_before_ns;      /* 0: at once */
+    uint32_t lane_plus1;        /* 0: any lane */
+    const uint8_t *unique;      /* 16 bytes of key hash, or NULL */
+    const uint8_t *first;
+    uint32_t first_length;
+    const uint8_t *second;
+    uint32_t second_length;
+} shmq_enqueue_args;
+int shmq_log_enqueue(shmq_handle *h, const shmq_enqueue_args *args, uint64_t *position, int *spilling);
+int shmq_log_done(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+void shmq_log_ack(shmq_handle *h, const uint64_t *job_ids, uint32_t count);
+void shmq_log_ack_flush(shmq_handle *h);
+int shmq_log_enqueue_batch(shmq_handle *h, const uint8_t *data, const uint32_t *lengths, const uint8_t *tags,
+                           uint8_t tag, uint32_t count, uint64_t *job_ids);
+int shmq_log_durable(shmq_handle *h, int64_t timeout_ns);
+int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint8_t *out, uint32_t length);
+int shmq_log_spilling(const shmq_handle *h);
+void shmq_log_pin(shmq_handle *h);
+void shmq_log_unpin(shmq_handle *h);
+
 typedef struct part {
     const void *data;
     uint32_t length;
 } part;
 
-int64_t shmq_wall_ns(void);
 int shmq_log_fail(shmq_handle *h, int err);
 uint32_t shmq_record_crc(const shmq_record_header *rec, uint64_t word);
 void shmq_log_enter(shmq_handle *h);
@@ -45,6 +76,10 @@ int shmq_log_sync(shmq_handle *h);
 int shmq_log_flush_due(shmq_handle *h);
 int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint64_t tail, int force);
 void shmq_log_spill_begin(shmq_handle *h);
+void shmq_log_delete_below(shmq_handle *h, uint64_t low);
+void shmq_log_retire_below_base(shmq_handle *h);
+int shmq_log_upkeep(shmq_handle *h);
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report);
 
 /* Is the published record at `position` whole? (length, alignment, CRC, seq) */
 static inline int shmq_record_valid(const shmq_record_header *rec, uint64_t word, uint64_t position,

@@ -670,7 +670,9 @@ static int marker(shmq_handle *h, unsigned type, uint64_t floor, uint64_t begin,
     return shmq_log_append(h, type, 0, parts, 1, position, &spilling);
 }
 
-int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
+/* Recovery of the log itself; the public shmq_log_recover, in backlog.c,
+ * then feeds the live backlog into the lanes and declares the log ready. */
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report /* OUT */)
 {
     int64_t started = shmq_now_ns();
     *report = (shmq_recovery){0};
@@ -872,11 +874,6 @@ out:
     free(bases);
     free(rc.jobs.jobs);
     free(rc.jobs.index);
-    if (status == SHMQ_OK && report->live)
-        shmq_log_feed(h, UINT32_MAX);
-    if (status == SHMQ_OK)
-        /* release: everything recovery wrote is visible to whoever sees READY. */
-        atomic_fetch_or_explicit(&h->header->log_flags, SHMQ_LOG_READY, memory_order_release);
     report->elapsed_ns = shmq_now_ns() - started;
     return status;
 }

@@ -131,7 +131,7 @@ static int index_referenced(const shmq_handle *h, unsigned index)
                 return 1;
         }
     }
-    return h->jobs ? shmq_jobs_references(h, index) : 0;
+    return h->references ? h->references(h, index) : 0; /* the job tables' (queue.c) */
 }
 
 static int give_back_sleepers(shmq_handle *h, shmq_participant *entry)
@@ -236,6 +236,16 @@ int shmq_sweep_sleepers(shmq_handle *h)
         swept += give_back_sleepers(h, entry);
     }
     return swept;
+}
+
+int shmq_live_participants(const shmq_handle *h)
+{
+    int live = 0;
+    for (unsigned i = 1; i < h->participant_capacity; i++)
+        /* acquire: as in shmq_participant_alive. */
+        if (atomic_load_explicit(&h->participants[i].pid, memory_order_acquire) && shmq_participant_alive(h, i))
+            live++;
+    return live;
 }
 
 uint32_t shmq_participant_slots(const shmq_handle *h) { return h->participant_capacity; }

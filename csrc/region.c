@@ -319,7 +319,9 @@ static uint32_t log2_u64(uint64_t v)
     return shift;
 }
 
-int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
+/* A handle on the region at `base`, not registered yet (queue.c registers
+ * it once the layers above have set their callbacks on it). */
+int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
 {
     shmq_params p;
     uint32_t version;
@@ -378,42 +380,8 @@ int shmq_attach(void *base, uint64_t size, shmq_handle **out /* OUT */)
     atomic_store_explicit(&h->push_cursor, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&h->pop_cursor, (uint32_t)getpid(), memory_order_relaxed);
 
-    rc = shmq_participant_register(h);
-    if (rc != SHMQ_OK) {
-        free(h);
-        return rc;
-    }
-    /* relaxed: a private hint; handles of several processes start apart. */
-    atomic_store_explicit(&h->entry_cursor, p.job_slots ? (h->self * 61u) % p.job_slots : 0, memory_order_relaxed);
-    shmq_sweep_sleepers(h); /* a newcomer often follows a crash: tidy up after it */
     *out = h;
     return SHMQ_OK;
-}
-
-void shmq_detach(shmq_handle *h)
-{
-    if (!h)
-        return;
-    shmq_jobs_detach(h);
-    shmq_log_close(h);
-    shmq_participant_unregister(h);
-    free(h);
-}
-
-/* In a forked child the inherited entry names the parent: take our own, so
- * the parent's death is never mistaken for ours (or ours for the parent's). */
-int shmq_after_fork(shmq_handle *h)
-{
-    h->ack_count = 0; /* the parent's acks: the parent writes them */
-    atomic_flag_clear(&h->ack_lock);
-    /* Another thread of the parent may have held it at the fork; that thread
-     * does not exist here, so the lock is made anew (else it is held for ever). */
-    pthread_mutex_init(&h->segment_lock, NULL);
-    h->self = 0; /* the parent's entry, never ours: on failure the handle must not be used */
-    long nth = 1;
-    h->fault_point = shmq_fault_parse(getenv("SHMQ_FAULT"), &nth);
-    h->fault_countdown = nth;
-    return shmq_participant_register(h);
 }
 
 uint32_t shmq_inline_max(const shmq_handle *h)

@@ -4,8 +4,7 @@
 #define _GNU_SOURCE
 #include <string.h>
 
-#include "lane.h"
-#include "log.h"
+#include "jobs.h"
 
 /* Reserves `length` bytes of arena, never across its end; returns the
  * position (only grows: position % result_bytes is the offset). */
@@ -53,7 +52,7 @@ void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t a
     atomic_store_explicit(&e->seq, 2 * n + 2, memory_order_release);
     shmq_jobs_header *jh = h->jobs;
     /* seq_cst: orders the publish before the load of result_waiters; pairs
-     * with the fence after a waiter's increment (as wake() in lane.h). */
+     * with the fence after a waiter's increment (as wake() in ring.h). */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&jh->result_waiters, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&jh->result_event, 1, memory_order_relaxed);

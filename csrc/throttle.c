@@ -17,8 +17,7 @@
 #include <errno.h>
 #include <time.h>
 
-#include "lane.h"
-#include "log.h"
+#include "jobs.h"
 
 static const int64_t STEP_NS = 1000 * 1000;
 static const int64_t CONTROLLER_STALE_NS = 1000 * 1000 * 1000;

@@ -11,7 +11,7 @@
 #include <sched.h>
 #include <time.h>
 
-#include "core.h"
+#include "jobs.h"
 
 enum { LOCK_SPINS = 128, LOCK_YIELDS = 64 };
 

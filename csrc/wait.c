@@ -21,6 +21,13 @@ int64_t shmq_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int64_t shmq_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* < 0: never; otherwise an absolute CLOCK_MONOTONIC time. */
 int64_t shmq_deadline(int64_t timeout_ns)
 {

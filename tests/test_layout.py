@@ -53,3 +53,27 @@ def test_the_queue_takes_exactly_the_declared_settings():
     assert list(taken) == list(declared)
     for key, p in declared.items():
         assert str(taken[key].annotation).replace("os.PathLike | ", "") == str(p.annotation), key
+
+
+def test_the_c_core_calls_no_layer_above_its_own():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "c-layers"), os.path.join(ROOT, "csrc")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"C layer problems:\n{result.stdout}{result.stderr}"
+
+
+def test_the_c_layer_check_finds_an_upward_call_a_circle_and_an_unplaced_file(tmp_path):
+    (tmp_path / "layers").write_text("layer low:\nlayer high: low\n"
+                                     "a.c low\nb.c high\nc.c high\nd.c high\n")
+    (tmp_path / "a.c").write_text("int shmq_a(void) { return shmq_b(); }\n")
+    (tmp_path / "b.c").write_text("int shmq_b(void) { return shmq_a() + shmq_c(); }\n")
+    (tmp_path / "c.c").write_text("int shmq_c(void) { return shmq_d(); }\n")
+    (tmp_path / "d.c").write_text("int shmq_d(void) { return shmq_c(); }\n")
+    (tmp_path / "e.c").write_text("static int shmq_e(void) { return 0; }\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "c-layers"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"e.c: not in {tmp_path / 'layers'}",
+        "a.c (low) calls up into b.c (high): shmq_b",
+        "circle in layer high: c.c <-> d.c",
+    ]

@@ -11,7 +11,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "lane.h"
+#include "ops.h"
 
 /* Failures end the test's process: the runner forks one per test. */
 #define CHECK(cond)                                                                                       \

@@ -859,6 +859,82 @@ void test_jobs_ordered_dead_states(void)
     }
 }
 
+/* The ring asks the job layer to repair an ordered lane's gate through the
+ * handle's repair_gate callback (set by shmq_attach): shmq_repair alone, with
+ * no tick, opens a gate a dead consumer claimed and puts its head message
+ * back, READY with attempt 2. */
+void test_jobs_repair_reaches_the_gate(void)
+{
+    jobq q;
+    shmq_params p = job_params();
+    jobq_open(&q, &p);
+    shmq_handle *h = q.h;
+    uint64_t ids[3];
+    for (int k = 0; k < 3; k++)
+        ids[k] = ENQUEUE(h, to_lane(ORDERED), (uint64_t)k + 1, 20);
+    shmq_handle *doomed = logged_attach(&q.r, q.dir);
+    unsigned me = shmq_participant_index(doomed);
+    uint64_t open = 0;
+    CHECK(atomic_compare_exchange_strong(&lane_at(h, ORDERED).header->gate, &open, SHMQ_GATE_CLAIM | me));
+    shmq_taken t;
+    uint64_t head = lane_head(h, ORDERED);
+    CHECK_RC(shmq_lane_take(doomed, ORDERED, &t), SHMQ_OK);
+    CHECK_EQ(t.msg.job_id, ids[0]);
+    kill_identity(doomed);
+    EXPECT_EMPTY(h); /* the gate is shut: the lane waits for a repair */
+    if (shmq_repair(h) < 1)
+        test_fail(__FILE__, __LINE__, "shmq_repair left the ordered lane's gate to the tick (gate %llx)",
+                  (unsigned long long)atomic_load(&lane_at(h, ORDERED).header->gate));
+    CHECK_EQ(atomic_load(&lane_at(h, ORDERED).header->gate), 0);
+    CHECK_EQ(shmq_state_kind(lane_state(h, ORDERED, head)), SHMQ_SLOT_READY);
+    shmq_delivery d = expect_at(__LINE__, h, ids[0], 2, 1, 20, 1000 * MS);
+    ack_empty(h, &d);
+    d = EXPECT(h, ids[1], 1, 2, 20);
+    ack_empty(h, &d);
+    d = EXPECT(h, ids[2], 1, 3, 20);
+    ack_empty(h, &d);
+    shmq_detach(doomed);
+    jobq_close(&q);
+}
+
+/* A dead consumer's lease names its participant entry: registration does not
+ * hand that entry to a newcomer while the lease is there (participant.c asks
+ * the job tables through the handle's references callback), and does once
+ * the tick has taken the lease back. */
+void test_jobs_lease_keeps_participant_entry(void)
+{
+    jobq q;
+    shmq_params p = job_params();
+    jobq_open(&q, &p);
+    shmq_handle *h = q.h;
+    uint64_t id = ENQUEUE(h, to_lane(0), 1, 20);
+    shmq_handle *doomed = logged_attach(&q.r, q.dir);
+    unsigned me = shmq_participant_index(doomed);
+    shmq_delivery d = EXPECT(doomed, id, 1, 1, 20);
+    (void)d;
+    kill_identity(doomed);
+    enum { MAX = 128 };
+    shmq_handle *others[MAX];
+    int n = 0, rc = SHMQ_OK;
+    while (n < MAX && (rc = shmq_attach(q.r.base, q.r.size, &others[n])) == SHMQ_OK) {
+        if (shmq_participant_index(others[n]) == me)
+            test_fail(__FILE__, __LINE__, "participant entry %u went to a newcomer while a lease names it", me);
+        n++;
+    }
+    CHECK_RC(rc, SHMQ_EPARTICIPANTS);
+    CHECK_EQ(shmq_jobs_tick(h), 1); /* the dead consumer's lease: taken back */
+    shmq_handle *late = NULL;
+    CHECK_RC(shmq_attach(q.r.base, q.r.size, &late), SHMQ_OK);
+    CHECK_EQ(shmq_participant_index(late), me);
+    shmq_detach(late);
+    while (n > 0)
+        shmq_detach(others[--n]);
+    d = EXPECT(h, id, 2, 1, 20);
+    ack_empty(h, &d);
+    shmq_detach(doomed);
+    jobq_close(&q);
+}
+
 /* A consumer hangs in the second window (lease published, head slot not
  * released) past its lease: the lease is taken back and its job runs and
  * ends elsewhere. Then the hung process is killed. Its slot must not keep

@@ -66,6 +66,8 @@
     X(jobs_ordered_fault_points)     \
     X(jobs_ordered_dead_states)      \
     X(jobs_ordered_hung_then_dead)   \
+    X(jobs_repair_reaches_the_gate)  \
+    X(jobs_lease_keeps_participant_entry) \
     X(jobs_unordered_dead_after_take) \
     X(jobs_unordered_dead_after_lease) \
     X(jobs_unordered_dead_after_lease_maintained) \

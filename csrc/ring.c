@@ -1,13 +1,324 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* lane_pop.c -- consumers: take, copy, release; and the repair of claims left
- * by producers that died (found when a consumer waits behind them). */
+/* ring.c -- the lock-free multi-producer multi-consumer lane (protocol in
+ * layout.h): producers claim, write, publish; consumers take, release;
+ * the hints, waiting for room, and the repair of claims whose owners died.
+ * What a message means (a job, its record in the log) is the callers'
+ * business: where the ring must ask (a dead reader's message, an ordered
+ * lane's gate) it calls the handle's callbacks (queue.c sets them). */
 #define _GNU_SOURCE
 #include <sched.h>
 
-#include "lane.h"
-#include "log.h"
+#include "ring.h"
 
-enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT, TAKE_BIG };
+/* Claims `span` slots at the tail: OK and *position, or EFULL with the
+ * first position that is not free (*blocker) and how many slots were free
+ * from the tail (*room). */
+static int claim(shmq_handle *h, lane_ref lane, uint32_t span, uint64_t *position, uint64_t *blocker,
+                 uint32_t *room)
+{
+    uint64_t stale_tail = 0, stale_state = 0;
+    uint32_t stale_rounds = 0;
+    for (;;) {
+        /* acquire: pairs with advance_hint's release; states are re-read below anyway. */
+        uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
+        _Atomic uint64_t *first = state_at(h, lane, tail);
+        /* acquire: pairs with the consumer's release in release_span(): its reads
+         * of the old message happen before our writes of the new one. */
+        uint64_t state = atomic_load_explicit(first, memory_order_acquire);
+        uint32_t lap = lap_of(h, tail);
+        if (state == free_state(h, tail)) {
+            uint32_t i = 1;
+            for (; i < span; i++) {
+                /* acquire: as for the first slot. */
+                if (atomic_load_explicit(state_at(h, lane, tail + i), memory_order_acquire) !=
+                    free_state(h, tail + i))
+                    break;
+            }
+            if (i < span) {
+                *blocker = tail + i;
+                *room = i;
+                return SHMQ_EFULL;
+            }
+            uint64_t mine = shmq_state(lap, SHMQ_SLOT_WRITING, h->self, span);
+            /* acq_rel: the claim itself. acquire as above; release publishes our
+             * ownership to helpers and repairers that read this state. */
+            if (atomic_compare_exchange_strong_explicit(first, &state, mine, memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                shmq_fault(h, SHMQ_FAULT_PUSH_AFTER_CLAIM);
+                advance_hint(&lane.header->tail, tail, tail + span);
+                *position = tail;
+                return SHMQ_OK;
+            }
+            continue;
+        }
+        uint32_t state_lap = shmq_state_lap(state);
+        if (state_lap == lap) { /* claimed in this lap: move the tail past it */
+            advance_hint(&lane.header->tail, tail, tail + shmq_state_span(state));
+            continue;
+        }
+        if (shmq_lap_before(state_lap, lap)) { /* last lap's message not released yet */
+            *blocker = tail;
+            *room = 0;
+            return SHMQ_EFULL;
+        }
+        /* a later lap: our tail was stale; read it again (unless it is damaged: see STALE_HINT_ROUNDS) */
+        if (tail != stale_tail || state != stale_state) {
+            stale_tail = tail;
+            stale_state = state;
+            stale_rounds = 0;
+        } else if (++stale_rounds >= STALE_HINT_ROUNDS) {
+            *blocker = tail;
+            *room = 0;
+            return SHMQ_EFULL;
+        }
+        shmq_cpu_relax();
+    }
+}
+
+/* Writes a message: `given` is its header (length is the payload's, which
+ * for SHMQ_MSG_REF lies in the log while the lane holds the reference). */
+void shmq_lane_write_message(const shmq_handle *h, lane_ref lane, uint64_t pos, const shmq_msg_header *given,
+                             const uint8_t *first, uint32_t first_length, const uint8_t *second,
+                             uint32_t second_length)
+{
+    *header_at(h, lane, pos) = *given;
+    ring_write(h, lane, pos, SHMQ_MSG_HEADER_BYTES, first, first_length);
+    if (second_length)
+        ring_write(h, lane, pos, SHMQ_MSG_HEADER_BYTES + first_length, second, second_length);
+}
+
+void shmq_lane_publish(const shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span)
+{
+    /* release: publishes the header and payload written before; pairs with
+     * the acquire load of the state in take(). */
+    atomic_store_explicit(state_at(h, lane, pos), shmq_state(lap_of(h, pos), SHMQ_SLOT_READY, h->self, span),
+                          memory_order_release);
+}
+
+/* A consumer died holding the message whose slots block `blocked` (a
+ * position we need in this lap). Find that message's first slot by scanning
+ * back through the previous lap, take it over, release it. Returns 1 if
+ * something was repaired. */
+int shmq_lane_repair_reader(shmq_handle *h, lane_ref lane, uint64_t blocked)
+{
+    uint32_t index = (uint32_t)(((uint8_t *)lane.header - (h->base + h->lanes_offset)) / h->lane_bytes);
+    if (shmq_lane_ordered(h, index)) /* its reader holds the gate: the gate's repair puts the job back in place */
+        return h->repair_gate ? h->repair_gate(h, index) : 0;
+    uint64_t slots = h->slot_mask + 1;
+    if (blocked < slots)
+        return 0;
+    uint64_t old = blocked - slots;
+    for (uint64_t back = 0; back < SHMQ_MAX_SPAN && back <= old; back++) {
+        uint64_t pos = old - back;
+        _Atomic uint64_t *first = state_at(h, lane, pos);
+        /* acquire: pairs with the release CAS that made it READING. */
+        uint64_t state = atomic_load_explicit(first, memory_order_acquire);
+        if (shmq_state_lap(state) != lap_of(h, pos))
+            return 0; /* released already (or not of that lap): nothing stuck here */
+        unsigned kind = shmq_state_kind(state);
+        if (kind == SHMQ_SLOT_FREE)
+            continue; /* a middle slot of a message: keep looking for its first slot */
+        if (kind != SHMQ_SLOT_READING || shmq_state_span(state) <= back ||
+            shmq_participant_alive(h, shmq_state_owner(state)))
+            return 0; /* not consumed yet, or its reader lives: the lane is merely full */
+        uint32_t span = shmq_state_span(state);
+        uint64_t mine = shmq_state(lap_of(h, pos), SHMQ_SLOT_READING, h->self, span);
+        /* acq_rel: takeover; exactly one repairer wins. */
+        if (!atomic_compare_exchange_strong_explicit(first, &state, mine, memory_order_acq_rel,
+                                                     memory_order_relaxed))
+            return 1;
+        shmq_fault(h, SHMQ_FAULT_REPAIR_AFTER_TAKEOVER);
+        advance_hint(&lane.header->head, pos, pos + span);
+        if (h->dead_reader)
+            h->dead_reader(h, index, pos);
+        shmq_lane_release_span(h, lane, pos, span);
+        atomic_fetch_add_explicit(&h->header->released_dead_consumer, 1, memory_order_relaxed);
+        return 1;
+    }
+    return 0;
+}
+
+/* Every READING message whose consumer died, in every lane: taken over,
+ * put back (with a log) and released. Maintenance calls it; a producer that
+ * needs the slots finds them itself (shmq_lane_repair_reader). */
+int shmq_lane_redeliver_dead(shmq_handle *h)
+{
+    int repaired = 0;
+    uint64_t slots = h->slot_mask + 1;
+    for (uint32_t index = 0; index < h->unordered_lanes; index++) { /* ordered ones: shmq_jobs_repair_gate */
+        lane_ref lane = lane_at(h, index);
+        for (uint64_t i = 0; i < slots; i++) {
+            /* acquire: pairs with the claim; the message is intact while READING. */
+            uint64_t state = atomic_load_explicit(&lane.states[i], memory_order_acquire);
+            if (shmq_state_kind(state) != SHMQ_SLOT_READING || shmq_participant_alive(h, shmq_state_owner(state)))
+                continue;
+            uint64_t pos = ((uint64_t)shmq_state_lap(state) << h->slot_shift) | i;
+            uint32_t span = shmq_state_span(state);
+            uint64_t mine = shmq_state(shmq_state_lap(state), SHMQ_SLOT_READING, h->self, span);
+            /* acq_rel: takeover; exactly one repairer wins. */
+            if (!atomic_compare_exchange_strong_explicit(&lane.states[i], &state, mine, memory_order_acq_rel,
+                                                         memory_order_relaxed))
+                continue;
+            shmq_fault(h, SHMQ_FAULT_REPAIR_AFTER_TAKEOVER);
+            if (h->dead_reader)
+                h->dead_reader(h, index, pos);
+            shmq_lane_release_span(h, lane, pos, span);
+            atomic_fetch_add_explicit(&h->header->released_dead_consumer, 1, memory_order_relaxed);
+            wake(&h->header->space_event, &h->header->space_waiters);
+            repaired++;
+        }
+    }
+    return repaired;
+}
+
+/* One attempt over the lanes (`lane` < 0: all, starting at a rotating one).
+ * On EFULL, *lane_index and *blocker say where the first one stopped. */
+static int claim_any(shmq_handle *h, int lane, uint32_t span, uint32_t *lane_index, uint64_t *position,
+                     uint64_t *blocker, uint32_t *room)
+{
+    /* lane < 0: any unordered lane (ordered ones take only the jobs of their groups) */
+    uint32_t lanes = h->unordered_lanes, count = lane < 0 ? lanes : 1;
+    /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
+    uint32_t start = lane >= 0    ? (uint32_t)lane
+                     : lanes == 1 ? 0
+                                  : atomic_fetch_add_explicit(&h->push_cursor, 1, memory_order_relaxed);
+    uint32_t best_room = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t index = lane >= 0 ? (uint32_t)lane : (start + i) % lanes;
+        uint64_t stop;
+        uint32_t free_slots;
+        if (claim(h, lane_at(h, index), span, position, &stop, &free_slots) == SHMQ_OK) {
+            *lane_index = index;
+            return SHMQ_OK;
+        }
+        if (i == 0 || free_slots > best_room) {
+            *lane_index = index;
+            *blocker = stop;
+            best_room = free_slots;
+        }
+    }
+    *room = best_room;
+    return SHMQ_EFULL;
+}
+
+/* The largest span of whole messages, from the start of a batch, that fits
+ * in `room` slots (0: not even the first). batch_fit: ring.h. */
+static uint32_t fit_whole_messages(const batch_fit *fit, uint32_t room)
+{
+    uint32_t span = 0;
+    for (uint32_t i = 0; i < fit->count; i++) {
+        uint32_t next = span_for(fit->h, fit->lengths[i]);
+        if (span + next > room)
+            break;
+        span += next;
+    }
+    return span;
+}
+
+/* Claims a span, waiting per the deadline. With `fit`, a full lane with some
+ * room left lowers *span to the whole messages that fit (put_many takes what
+ * fits rather than waiting for room for all). */
+int shmq_lane_claim_wait(shmq_handle *h, int lane, uint32_t *span, const batch_fit *fit, int64_t timeout_ns,
+                         int64_t *deadline, uint32_t *lane_index, uint64_t *position)
+{
+    shmq_region_header *hdr = h->header;
+    for (unsigned round = 0;; round++) {
+        uint64_t blocker = 0;
+        uint32_t room = 0;
+        if (claim_any(h, lane, *span, lane_index, position, &blocker, &room) == SHMQ_OK)
+            return SHMQ_OK;
+        if (fit && room > 0) {
+            uint32_t smaller = fit_whole_messages(fit, room);
+            if (smaller > 0 && smaller < *span) {
+                *span = smaller;
+                continue;
+            }
+        }
+        if (timeout_ns == 0)
+            return SHMQ_EFULL;
+        if (round < SPIN_ROUNDS) {
+            shmq_cpu_relax();
+            continue;
+        }
+        if (round < SPIN_ROUNDS + YIELD_ROUNDS) {
+            sched_yield();
+            continue;
+        }
+        if (shmq_lane_repair_reader(h, lane_at(h, *lane_index), blocker)) {
+            round = 0;
+            continue;
+        }
+        if (*deadline == 0)
+            *deadline = shmq_deadline(timeout_ns);
+        /* relaxed: only a value for the futex to compare; the states are
+         * re-read with acquire loads after waking. */
+        uint32_t seen = atomic_load_explicit(&hdr->space_event, memory_order_relaxed);
+        shmq_sleep_begin(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
+        /* seq_cst: orders our waiters increment before the re-check below;
+         * pairs with the fence in wake(): one side always sees the other. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (claim_any(h, lane, *span, lane_index, position, &blocker, &room) == SHMQ_OK) {
+            shmq_sleep_end(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
+            return SHMQ_OK;
+        }
+        int rc = shmq_futex_wait(&hdr->space_event, seen, *deadline, SHMQ_FULL_RECHECK_NS);
+        shmq_sleep_end(h, &hdr->space_waiters, SHMQ_SLEEP_SPACE);
+        if (rc == SHMQ_EINTR)
+            return SHMQ_EINTR;
+        if (rc == SHMQ_EEMPTY)
+            return SHMQ_EFULL;
+        round = SPIN_ROUNDS / 2; /* woken: spin a little before sleeping again */
+    }
+}
+
+/* Claims room for a message with header `mh` and its bytes, waiting per the
+ * timeout; writes and publishes it. A job's record is the caller's
+ * (put.c writes it while it holds the claim, through the calls above). */
+int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *first,
+                           uint32_t first_length, const uint8_t *second, uint32_t second_length,
+                           int64_t timeout_ns)
+{
+    uint32_t span = span_for(h, (uint64_t)first_length + second_length);
+    int64_t deadline = 0;
+    uint32_t index;
+    uint64_t pos;
+    int rc = shmq_lane_claim_wait(h, lane, &span, NULL, timeout_ns, &deadline, &index, &pos);
+    if (rc != SHMQ_OK)
+        return rc;
+    lane_ref lr = lane_at(h, index);
+    shmq_lane_write_message(h, lr, pos, mh, first, first_length, second, second_length);
+    shmq_fault(h, SHMQ_FAULT_PUSH_BEFORE_PUBLISH);
+    shmq_lane_publish(h, lr, pos, span);
+    /* relaxed: statistics only. */
+    atomic_fetch_add_explicit(&lr.header->pushed, 1, memory_order_relaxed);
+    wake(&h->header->data_event, &h->header->data_waiters);
+    return SHMQ_OK;
+}
+
+/* Pushes a job whose record is already in the log: its payload inline
+ * (`payload`), or a reference to (record, offset) when `payload` is NULL. */
+int shmq_lane_push_job(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *payload,
+                       uint64_t record, uint32_t offset, int64_t timeout_ns)
+{
+    if (payload)
+        return shmq_lane_push_message(h, lane, mh, payload, mh->length, NULL, 0, timeout_ns);
+    shmq_msg_header ref_mh = *mh;
+    ref_mh.flags |= SHMQ_MSG_REF;
+    shmq_msg_ref r = {.record = record, .offset = offset, .reserved = 0};
+    return shmq_lane_push_message(h, lane, &ref_mh, (const uint8_t *)&r, sizeof r, NULL, 0, timeout_ns);
+}
+
+int shmq_is_full(const shmq_handle *h)
+{
+    for (uint32_t i = 0; i < h->lane_count; i++) {
+        lane_ref lane = lane_at(h, i);
+        /* acquire: as in claim(); a snapshot. */
+        uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
+        if (atomic_load_explicit(state_at(h, lane, tail), memory_order_acquire) == free_state(h, tail))
+            return 0;
+    }
+    return 1;
+}
 
 /* Payload bytes a span can hold at most: a bound known from the state word
  * alone, so we decide whether a message fits before we claim it. */
@@ -120,44 +431,15 @@ static int take_at(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *m
     }
 }
 
-static int take(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy)
+int shmq_lane_take_fit(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy)
 {
     return take_at(h, lane, room, msg, busy, 0);
-}
-
-/* Copies a taken message's payload: from the ring, or from its log record. */
-static int copy_payload(shmq_handle *h, lane_ref lane, const shmq_message *msg, uint8_t *out)
-{
-    if (!(msg->flags & SHMQ_MSG_REF)) {
-        ring_read(h, lane, msg->position, SHMQ_MSG_HEADER_BYTES, out, msg->length);
-        return SHMQ_OK;
-    }
-    shmq_msg_ref ref;
-    ring_read(h, lane, msg->position, SHMQ_MSG_HEADER_BYTES, &ref, sizeof ref);
-    shmq_log_enter(h);
-    int rc = shmq_log_read_payload(h, ref.record, ref.offset, out, msg->length);
-    shmq_log_leave(h);
-    return rc;
-}
-
-/* Releases the slots of taken messages, then acknowledges their jobs (the
- * DONE records are written lazily: see shmq_log_ack). A consumer killed
- * before the release leaves READING slots, and the job is put back. */
-static void finish_taken(shmq_handle *h, lane_ref lane, const uint64_t *positions, const uint32_t *spans,
-                         uint64_t *job_ids, uint32_t count)
-{
-    if (count == 0)
-        return;
-    for (uint32_t i = 0; i < count; i++)
-        shmq_lane_release_span(h, lane, positions[i], spans[i]);
-    if (h->log_on)
-        shmq_log_ack(h, job_ids, count);
 }
 
 /* A producer died between claiming and publishing the head message. Its put
  * never returned, so the span is dropped: take it over, move both hints past
  * it (the producer may have died before moving the tail), release it. */
-static int repair_dead_writer(shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t state)
+int shmq_lane_repair_dead_writer(shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t state)
 {
     if (shmq_participant_alive(h, shmq_state_owner(state)))
         return 0;
@@ -174,244 +456,6 @@ static int repair_dead_writer(shmq_handle *h, lane_ref lane, uint64_t pos, uint6
     atomic_fetch_add_explicit(&h->header->dropped_dead_producer, 1, memory_order_relaxed); /* statistics */
     wake(&h->header->space_event, &h->header->space_waiters);
     return 1;
-}
-
-typedef struct pop_batch {
-    uint8_t *buffer;
-    uint64_t capacity, used;
-    uint32_t max_items, count;
-    uint32_t *lengths;
-    uint8_t *tags;
-    shmq_message *claimed;
-    shmq_message first;  /* the first message taken (for shmq_pop) */
-    /* the first lane found blocked behind a message being written */
-    int busy_lane;
-    uint64_t busy_state;
-    uint64_t busy_position;
-} pop_batch;
-
-/* Takes what it can from one lane into the batch. Returns TAKE_NO_FIT when
- * the batch is done (buffer full, or a message that needs its own buffer was
- * claimed: *claimed, SHMQ_ECLAIMED when it is the only one), else
- * TAKE_OK/EMPTY/BUSY. */
-enum { FINISH_CHUNK = 64 };
-static int take_from_lane(shmq_handle *h, uint32_t index, pop_batch *b)
-{
-    lane_ref lane = lane_at(h, index);
-    uint32_t taken = 0, held = 0;
-    uint64_t positions[FINISH_CHUNK], job_ids[FINISH_CHUNK];
-    uint32_t spans[FINISH_CHUNK];
-    int rc = TAKE_EMPTY;
-    while (b->count < b->max_items) {
-        shmq_message msg;
-        uint64_t busy = 0;
-        rc = take(h, lane, b->capacity - b->used, &msg, &busy);
-        if (rc == TAKE_NO_FIT && b->count == 0) {
-            /* Too big for the shared buffer: claim it for a buffer of its own. */
-            rc = take(h, lane, UINT64_MAX, &msg, &busy);
-            if (rc == TAKE_BIG)
-                rc = TAKE_OK;
-            if (rc == TAKE_OK) {
-                msg.lane = index;
-                *b->claimed = msg;
-                taken++;
-                rc = TAKE_NO_FIT;
-            }
-        }
-        if (rc == TAKE_BIG) { /* claimed; it ends the batch and goes to a buffer of its own */
-            msg.lane = index;
-            *b->claimed = msg;
-            taken++;
-            rc = TAKE_NO_FIT;
-        }
-        if (rc == TAKE_BUSY && b->busy_lane < 0) {
-            b->busy_lane = (int)index;
-            b->busy_state = busy;
-            b->busy_position = msg.position;
-        }
-        if (rc != TAKE_OK)
-            break;
-        if (copy_payload(h, lane, &msg, b->buffer + b->used) != SHMQ_OK) {
-            /* its record is unreadable: counted, and its job stays in the log */
-            shmq_lane_release_span(h, lane, msg.position, msg.span);
-            atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed);
-            continue;
-        }
-        shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
-        if (b->count == 0) {
-            b->first = msg;
-            b->first.lane = index;
-        }
-        b->lengths[b->count] = msg.length;
-        b->tags[b->count] = msg.tag;
-        b->used += msg.length;
-        b->count++;
-        taken++;
-        positions[held] = msg.position;
-        spans[held] = msg.span;
-        job_ids[held] = msg.job_id;
-        if (++held == FINISH_CHUNK) {
-            finish_taken(h, lane, positions, spans, job_ids, held);
-            held = 0;
-        }
-    }
-    if (held)
-        finish_taken(h, lane, positions, spans, job_ids, held);
-    if (taken)
-        atomic_fetch_add_explicit(&lane.header->popped, taken, memory_order_relaxed); /* statistics */
-    return rc;
-}
-
-/* One pass over the lanes, from a rotating start. */
-static int pop_round(shmq_handle *h, pop_batch *b)
-{
-    /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
-    uint32_t lanes = h->unordered_lanes; /* ordered lanes are for shmq_fetch: one job of a group at a time */
-    uint32_t start = lanes == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
-    for (uint32_t i = 0; i < lanes && b->count < b->max_items; i++) {
-        if (take_from_lane(h, (start + i) % lanes, b) == TAKE_NO_FIT) {
-            if (b->count == 0 && b->claimed->span)
-                return SHMQ_ECLAIMED;
-            break;
-        }
-    }
-    if (b->count == 0)
-        return SHMQ_EEMPTY;
-    wake(&h->header->space_event, &h->header->space_waiters);
-    return SHMQ_OK;
-}
-
-static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
-                    uint32_t *lengths, uint8_t *tags, uint32_t *count, shmq_message *claimed, shmq_message *first);
-
-int shmq_pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
-                  uint32_t *lengths /* OUT */, uint8_t *tags /* OUT */, uint32_t *count /* OUT */,
-                  shmq_message *claimed /* OUT */)
-{
-    return pop_many(h, buffer, capacity, max_items, timeout_ns, lengths, tags, count, claimed, NULL);
-}
-
-static int pop_many(shmq_handle *h, char *buffer, uint32_t capacity, uint32_t max_items, int64_t timeout_ns,
-                    uint32_t *lengths, uint8_t *tags, uint32_t *count, shmq_message *claimed, shmq_message *first)
-{
-    *count = 0;
-    claimed->span = 0; /* set when a claimed message ends the batch: see shmq_pop_finish */
-    if (max_items == 0)
-        return SHMQ_EINVAL;
-    pop_batch b = {(uint8_t *)buffer, capacity, 0, max_items, 0, lengths, tags, claimed, {0}, -1, 0, 0};
-    shmq_region_header *hdr = h->header;
-    int64_t deadline = 0;
-    for (unsigned round = 0;; round++) {
-        b.busy_lane = -1;
-        int rc = pop_round(h, &b);
-        *count = b.count;
-        if (rc != SHMQ_EEMPTY) {
-            if (first)
-                *first = b.first;
-            return rc;
-        }
-        if (shmq_log_spilling(h) && shmq_log_feed(h, 256) > 0)
-            continue; /* jobs waited in the log: moved into the lanes now */
-        if (round == 0)
-            shmq_log_ack_flush(h); /* nothing to take: a good moment to write the acks */
-        if (timeout_ns == 0)
-            return SHMQ_EEMPTY;
-        if (round < SPIN_ROUNDS) {
-            shmq_cpu_relax();
-            continue;
-        }
-        if (round < SPIN_ROUNDS + YIELD_ROUNDS) {
-            sched_yield();
-            continue;
-        }
-        if (b.busy_lane >= 0 &&
-            repair_dead_writer(h, lane_at(h, (uint32_t)b.busy_lane), b.busy_position, b.busy_state)) {
-            round = 0;
-            continue;
-        }
-        if (deadline == 0)
-            deadline = shmq_deadline(timeout_ns);
-        /* relaxed: only a value for the futex to compare; states are re-read
-         * with acquire loads after waking. */
-        uint32_t seen = atomic_load_explicit(&hdr->data_event, memory_order_relaxed);
-        shmq_sleep_begin(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
-        /* seq_cst: orders our waiters increment before the re-check below;
-         * pairs with the fence in wake(): one side always sees the other. */
-        atomic_thread_fence(memory_order_seq_cst);
-        rc = pop_round(h, &b);
-        *count = b.count;
-        if (rc != SHMQ_EEMPTY) {
-            shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
-            if (first)
-                *first = b.first;
-            return rc;
-        }
-        /* Behind a live writer: re-check it now and then, in case it dies. */
-        rc = shmq_futex_wait(&hdr->data_event, seen, deadline, b.busy_lane >= 0 ? SHMQ_OWNER_RECHECK_NS : -1);
-        shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
-        if (rc != SHMQ_OK)
-            return rc; /* EINTR, or EEMPTY at the deadline */
-        round = SPIN_ROUNDS / 2; /* woken: spin a little before sleeping again */
-    }
-}
-
-int shmq_pop(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns,
-             shmq_message *message /* OUT */)
-{
-    uint32_t length, count;
-    uint8_t tag;
-    shmq_message first;
-    int rc = pop_many(h, buffer, capacity, 1, timeout_ns, &length, &tag, &count, message, &first);
-    if (rc == SHMQ_OK) {
-        *message = first;
-        message->length = length;
-        message->tag = tag;
-    }
-    return rc;
-}
-
-int64_t shmq_get(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns,
-                 shmq_message *message /* OUT */)
-{
-    int rc = shmq_pop(h, buffer, capacity, timeout_ns, message);
-    return rc == SHMQ_OK ? ((int64_t)message->tag << 32) | message->length : rc;
-}
-
-/* Is `message` a claim this handle holds? Guards against a stale or forged one. */
-static int holds(const shmq_handle *h, const shmq_message *message)
-{
-    if (message->lane >= h->lane_count)
-        return 0;
-    lane_ref lane = lane_at(h, message->lane);
-    uint64_t expected = shmq_state(lap_of(h, message->position), SHMQ_SLOT_READING, h->self, message->span);
-    /* acquire: pairs with our own claim; a plain check of ownership. */
-    return atomic_load_explicit(state_at(h, lane, message->position), memory_order_acquire) == expected;
-}
-
-int shmq_pop_finish(shmq_handle *h, const shmq_message *message, char *buffer)
-{
-    if (!holds(h, message))
-        return SHMQ_EINVAL;
-    lane_ref lane = lane_at(h, message->lane);
-    int rc = copy_payload(h, lane, message, (uint8_t *)buffer);
-    if (rc != SHMQ_OK) {
-        shmq_lane_release_span(h, lane, message->position, message->span);
-        return rc;
-    }
-    shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
-    uint64_t job_id = message->job_id;
-    finish_taken(h, lane, &message->position, &message->span, &job_id, 1);
-    wake(&h->header->space_event, &h->header->space_waiters);
-    return SHMQ_OK;
-}
-
-void shmq_pop_abandon(shmq_handle *h, const shmq_message *message)
-{
-    if (!holds(h, message))
-        return;
-    lane_ref lane = lane_at(h, message->lane);
-    shmq_lane_release_span(h, lane, message->position, message->span);
-    wake(&h->header->space_event, &h->header->space_waiters);
 }
 
 int shmq_is_empty(const shmq_handle *h)
@@ -437,10 +481,10 @@ int shmq_repair(shmq_handle *h)
         shmq_message msg;
         uint64_t busy;
         if (take_at(h, lane, 0, &msg, &busy, shmq_lane_ordered(h, i)) == TAKE_BUSY)
-            repaired += repair_dead_writer(h, lane, msg.position, busy);
+            repaired += shmq_lane_repair_dead_writer(h, lane, msg.position, busy);
         if (shmq_lane_ordered(h, i)) {
-            if (h->jobs)
-                repaired += shmq_jobs_repair_gate(h, i);
+            if (h->repair_gate)
+                repaired += h->repair_gate(h, i);
             continue;
         }
         uint64_t tail = atomic_load_explicit(&lane.header->tail, memory_order_acquire);
@@ -506,18 +550,11 @@ int shmq_lane_take(shmq_handle *h, uint32_t index, shmq_taken *t)
  * shmq_lane_take as SHMQ_EFULL): drops it. Returns 1 if it did. */
 int shmq_lane_repair_writer(shmq_handle *h, uint32_t index, const shmq_taken *t)
 {
-    return repair_dead_writer(h, lane_at(h, index), t->msg.position, t->record);
-}
-
-int shmq_lane_read_payload(shmq_handle *h, const shmq_taken *t, uint8_t *out, uint32_t length)
-{
-    shmq_message msg = t->msg;
-    msg.length = length < msg.length ? length : msg.length;
-    return copy_payload(h, lane_at(h, t->msg.lane), &msg, out);
+    return shmq_lane_repair_dead_writer(h, lane_at(h, index), t->msg.position, t->record);
 }
 
 /* Marks a taken message as leased: a repairer that finds its consumer dead
- * leaves the job to the lease (see redeliver in lane_push.c). We hold the
+ * leaves the job to the lease (see shmq_backlog_redeliver in backlog.c). We hold the
  * slot (READING), so the header is ours to write; a repairer reads it only
  * after its takeover CAS, once we are dead. */
 void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t)

@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* lane.h -- helpers shared by the producer (lane_push.c) and consumer
- * (lane_pop.c) halves of the lock-free multi-producer multi-consumer lane.
- * The protocol is specified in layout.h.
+/* ring.h -- the ring layer: the lock-free multi-producer multi-consumer
+ * lane (ring.c) and the helpers its callers share. It knows nothing of the
+ * log or the jobs. The protocol is specified in layout.h.
  *
  * Producers: claim (CAS a FREE slot to WRITING), copy, publish (store READY).
  * Consumers: take (CAS READY to READING), copy, release (store FREE, next lap).
  * Waiting: spin, yield, then sleep on a futex word that is bumped only when
  * someone sleeps. Repairs of dead owners happen on the slow path only. */
-#ifndef SHMQ_LANE_H
-#define SHMQ_LANE_H
+#ifndef SHMQ_RING_H
+#define SHMQ_RING_H
 
 #include <string.h>
 
@@ -107,4 +107,48 @@ static inline void wake(_Atomic uint32_t *event, _Atomic uint32_t *waiters)
 void shmq_lane_release_span(shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span);
 int shmq_lane_repair_reader(shmq_handle *h, lane_ref lane, uint64_t blocked);
 
-#endif /* SHMQ_LANE_H */
+/* Producers (put.c composes these with the log while it holds a claim). */
+typedef struct batch_fit { /* the whole messages, from the start of a batch, that fit in a room */
+    const shmq_handle *h;
+    const uint32_t *lengths;
+    uint32_t count;
+} batch_fit;
+int shmq_lane_claim_wait(shmq_handle *h, int lane, uint32_t *span, const batch_fit *fit, int64_t timeout_ns,
+                         int64_t *deadline, uint32_t *lane_index, uint64_t *position);
+void shmq_lane_write_message(const shmq_handle *h, lane_ref lane, uint64_t pos, const shmq_msg_header *given,
+                             const uint8_t *first, uint32_t first_length, const uint8_t *second,
+                             uint32_t second_length);
+void shmq_lane_publish(const shmq_handle *h, lane_ref lane, uint64_t pos, uint32_t span);
+
+/* Every message of a dead reader, taken over and released (maintain.c). */
+int shmq_lane_redeliver_dead(shmq_handle *h);
+
+/* Consumers (get.c). */
+enum { TAKE_OK = 0, TAKE_EMPTY, TAKE_BUSY, TAKE_NO_FIT, TAKE_BIG };
+int shmq_lane_take_fit(shmq_handle *h, lane_ref lane, uint64_t room, shmq_message *msg, uint64_t *busy);
+int shmq_lane_repair_dead_writer(shmq_handle *h, lane_ref lane, uint64_t pos, uint64_t state);
+
+/* Whole messages and the head, for the job layer and the feeder. */
+int shmq_lane_push_message(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *first,
+                           uint32_t first_length, const uint8_t *second, uint32_t second_length,
+                           int64_t timeout_ns);
+int shmq_lane_push_job(shmq_handle *h, int lane, const shmq_msg_header *mh, const uint8_t *payload,
+                       uint64_t record, uint32_t offset, int64_t timeout_ns);
+
+typedef struct shmq_taken {
+    shmq_message msg;
+    int64_t enqueued_ns;
+    uint64_t record;            /* SHMQ_MSG_REF: the record holding the payload */
+    uint32_t offset;
+} shmq_taken;
+int shmq_lane_take(shmq_handle *h, uint32_t lane, shmq_taken *out);
+void shmq_lane_finish(shmq_handle *h, const shmq_taken *t);
+void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t);
+int shmq_lane_repair_writer(shmq_handle *h, uint32_t lane, const shmq_taken *t);
+int shmq_lane_ready(const shmq_handle *h, uint32_t lane);
+int shmq_lane_busy(const shmq_handle *h, uint32_t lane, shmq_taken *t);
+int shmq_lane_untake_dead(shmq_handle *h, uint32_t lane, unsigned owner);
+int shmq_lane_release_dead_head(shmq_handle *h, uint32_t lane, unsigned owner);
+void shmq_wake_data(shmq_handle *h);
+
+#endif /* SHMQ_RING_H */
