@@ -113,6 +113,10 @@ class QueueFactory:
         for name, path in self.tracked:
             region = region_name(name, path).lstrip("/")
             _unlink(region)
+            try:
+                os.unlink(os.path.join(SHM_DIR, region + ".dir"))  # the record of its data directory
+            except FileNotFoundError:
+                pass
             for suffix in (".log", ".dead"):  # the log and dead letters of durability="memory"
                 shutil.rmtree(os.path.join(SHM_DIR, region + suffix), ignore_errors=True)
             for entry in os.listdir(SHM_DIR):
