@@ -28,12 +28,15 @@ examples:
   shmq gc --dry-run               list what would be removed
   shmq gc --yes                   remove it without asking
   shmq gc --yes --unknown         also the regions whose data directory is unknown
+  shmq gc --yes emails            only those of queues named emails
 
 exit status: 0 done (or nothing to do), 1 declined or something left because a
 process has it mapped, 2 bad usage."""
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", metavar="QUEUE", nargs="*",
+                        help="only the stale regions of these queue names (default: every one)")
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed; remove nothing")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask")
     parser.add_argument("--unknown", action="store_true",
@@ -47,6 +50,9 @@ def _describe(item: Leftover) -> str:
 
 def _gc(args: argparse.Namespace) -> int:
     stale, unknown = leftovers()
+    if args.names:
+        stale = [item for item in stale if item.name in args.names]
+        unknown = [item for item in unknown if item.name in args.names]
     candidates = stale + (unknown if args.unknown else [])
     busy = [item for item in candidates if item.pids]
     todo = [item for item in candidates if not item.pids]
