@@ -128,6 +128,21 @@ def test_ls_lists_each_queue_with_sizes_depth_processes_and_state(make_queue, qp
     assert not os.path.exists(region(logged.name, qpath))
 
 
+def test_ls_reports_a_queue_it_cannot_read_and_lists_the_others(make_queue, qpath):
+    good = make_queue(durability="none")
+    bad = make_queue(durability="none")
+    bad.close()
+    os.chmod(region(bad.name, qpath), 0o644)  # open to others: refused by the trust rules
+    done = run("ls", "--json", "--path", qpath)
+    assert done.returncode == 1
+    rows = {row["queue"]: row for row in json.loads(done.stdout)["queues"]}
+    assert rows[good.name]["state"] == "loaded"
+    assert rows[bad.name]["state"] == "unreadable" and "0644" in rows[bad.name]["error"]
+    assert f"queue {bad.name}: " in done.stderr and "chmod 600" in done.stderr
+    text = run("ls", "--path", qpath)
+    assert text.returncode == 1 and "unreadable" in text.stdout
+
+
 def test_the_region_records_its_directory_and_unlink_removes_the_record(make_queue, qpath):
     q = make_queue()
     record = region(q.name, qpath) + ".dir"

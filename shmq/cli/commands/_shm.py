@@ -106,6 +106,13 @@ def holds(data_dir: str, name: str, digest: str) -> bool:
     return True
 
 
+def whose(data_dir: str | None) -> str:
+    """How a leftover's data directory is shown: gone, made again without the queue, or unknown."""
+    if data_dir is None:
+        return "data directory unknown"
+    return f"{data_dir} ({'gone' if not os.path.isdir(data_dir) else 'no longer holds the queue'})"
+
+
 def leftovers() -> tuple[list[Leftover], list[Leftover]]:
     """(stale, unknown): this user's queues in /dev/shm whose recorded data
     directory no longer holds them, and those with no (trusted) record."""

@@ -8,7 +8,7 @@ import sys
 
 from shmq.cli.commands import Command, CommandError
 from shmq.cli.commands._common import emit, size
-from shmq.cli.commands._shm import Leftover, leftovers, mapped_by, remove
+from shmq.cli.commands._shm import Leftover, leftovers, mapped_by, remove, whose
 
 DESCRIPTION = """\
 Removes what queues of this user left in /dev/shm once their data directory
@@ -44,7 +44,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _describe(item: Leftover) -> str:
-    where = f"data directory {item.data_dir} gone" if item.data_dir else "data directory unknown"
+    where = f"data directory {whose(item.data_dir)}" if item.data_dir else whose(None)
     return f"{item.region or item.files[0]} (queue {item.name}, {where}, {size(item.bytes)})"
 
 

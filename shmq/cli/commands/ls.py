@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from shmq import errors
 from shmq.cli.commands import Command
-from shmq.cli.commands._common import add_path_argument, data_dir, emit, known_queues, log_dirs, size, table
-from shmq.cli.commands._shm import disk_bytes, leftovers, shm_bytes
+from shmq.cli.commands._common import SHM_DIR, add_path_argument, data_dir, emit, known_queues, log_dirs, size, table
+from shmq.cli.commands._shm import disk_bytes, leftovers, shm_bytes, whose
 
 DESCRIPTION = """\
 Lists the queues of a data directory, one row each: durability, the bytes
@@ -32,7 +33,8 @@ examples:
   shmq ls --path /srv/q           of another directory
   shmq ls --json | jq '.queues[] | {queue, depth, shm_bytes}'
 
-exit status: 0 listed, 2 bad usage or an unreadable queue."""
+exit status: 0 listed, 1 listed but a queue could not be read (not ours, damaged:
+the message says why), 2 bad usage."""
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,9 @@ def _loaded(name: str, path: str) -> dict | None:
         q = shmq.Queue.attach(name, path)
     except errors.QueueNotFound:
         return None
+    except errors.ShmqError as exc:  # not ours, damaged, another layout: the row says so, the rest is listed
+        return {"durability": None, "depth": None, "processes": 0, "pids": [], "state": "unreadable",
+                "error": str(exc)}
     try:
         info = ffi.new("shmq_participant_info *")
         pids = set()
@@ -75,7 +80,7 @@ def _queue_row(name: str, state: str, path: str) -> dict | None:
     row["disk_bytes"] = disk_bytes(name, path)
     row["shm_bytes"] = shm_bytes(name, path)
     return {key: row[key] for key in ("queue", "durability", "disk_bytes", "shm_bytes", "depth", "processes",
-                                      "pids", "state")}
+                                      "pids", "state", "error") if key in row}
 
 
 def listing(path: str) -> dict:
@@ -93,14 +98,18 @@ def listing(path: str) -> dict:
 def _ls(args: argparse.Namespace) -> int:
     path = data_dir(args)
     document = listing(path)
+    unreadable = [q for q in document["queues"] if q["state"] == "unreadable"]
+    for q in unreadable:
+        print(f"shmq ls: queue {q['queue']}: {q['error']}", file=sys.stderr)
     if args.json:
         emit(json.dumps(document, indent=2))
-        return 0
+        return 1 if unreadable else 0
     if document["queues"]:
         emit(f"queues in {path}:")
-        rows = [[q["queue"], q["durability"], size(q["disk_bytes"]), size(q["shm_bytes"]),
-                 "-" if q["depth"] is None else f"{q['depth']:,}", q["processes"],
-                 "loaded" if q["state"] == "loaded" else "not loaded (only a log)"] for q in document["queues"]]
+        states = {"loaded": "loaded", "not_loaded": "not loaded (only a log)", "unreadable": "unreadable (see above)"}
+        rows = [[q["queue"], q["durability"] or "-", size(q["disk_bytes"]), size(q["shm_bytes"]),
+                 "-" if q["depth"] is None else f"{q['depth']:,}", q["processes"], states[q["state"]]]
+                for q in document["queues"]]
         for line in table(["QUEUE", "DURABILITY", "DISK", "/DEV/SHM", "DEPTH", "PROCESSES", "STATE"], rows,
                           right={2, 3, 4, 5}, indent="  "):
             emit(line)
@@ -110,17 +119,14 @@ def _ls(args: argparse.Namespace) -> int:
     items = document["stale"] + document["unknown"]
     if items:
         emit()
-        emit(f"stale regions in {SHM}: {len(items)}, {size(sum(i['shm_bytes'] for i in items))} "
-             "(shmq gc removes them)")
+        emit(f"stale regions in {SHM_DIR}: {len(items)}, {size(sum(i['shm_bytes'] for i in items))} "
+             "(shmq gc removes them; those of an unknown directory with --unknown)")
         rows = [[i["queue"], i["region"] or i["files"][0], size(i["shm_bytes"]), i["processes"],
-                 i["data_dir"] + " (gone)" if i["data_dir"] else "data directory unknown"] for i in items]
+                 whose(i["data_dir"])] for i in items]
         for line in table(["QUEUE", "OBJECT", "SIZE", "PROCESSES", "DATA DIRECTORY"], rows, right={2, 3},
                           indent="  "):
             emit(line)
-    return 0
-
-
-SHM = "/dev/shm"
+    return 1 if unreadable else 0
 
 COMMAND = Command(
     help="list the queues of a data directory and the stale regions in /dev/shm",
