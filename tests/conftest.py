@@ -41,15 +41,15 @@ def unique_name(prefix: str = "t") -> str:
 
 
 def shm_entries(path: str) -> list[str]:
-    """Names in /dev/shm of every region (and large-message object) whose
-    queue lives in data directory `path`."""
+    """Names in /dev/shm of every region (and large-message object, and
+    record of the region's directory) whose queue lives in data directory `path`."""
     digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
     found = []
     for entry in os.listdir(SHM_DIR):
         if not entry.startswith("shmq."):
             continue
-        # "shmq.<name>.<digest>" or "shmq.<name>.<digest>.b<hex>"
-        if entry.endswith("." + digest) or f".{digest}.b" in entry:
+        # "shmq.<name>.<digest>", "shmq.<name>.<digest>.b<hex>" or "shmq.<name>.<digest>.dir"
+        if entry.endswith(("." + digest, f".{digest}.dir")) or f".{digest}.b" in entry:
             found.append(entry)
     return found
 
