@@ -76,7 +76,8 @@ def _wait_until(condition, seconds: float = 30.0) -> bool:
 
 
 QUEUE_KEYS = {"queue", "durability", "disk_bytes", "shm_bytes", "depth", "processes", "pids", "state"}
-STALE_KEYS = {"queue", "region", "data_dir", "data_dir_known", "files", "shm_bytes", "processes", "pids"}
+STALE_KEYS = {"queue", "region", "data_dir", "data_dir_known", "files", "shm_bytes", "processes", "pids",
+              "record_owner"}
 
 
 def test_ls_lists_each_queue_with_sizes_depth_processes_and_state(make_queue, qpath):

@@ -14,6 +14,8 @@ import uuid
 
 import posix_ipc
 
+from shmq.channel.queue import region_name
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, SHMQ_SUPERVISOR_AUTOSTART="0")
@@ -46,3 +48,31 @@ def test_gc_leaves_another_users_stale_region(attacker, other, tmp_path):
                 posix_ipc.unlink_shared_memory(f[len("/dev/shm"):])
             except posix_ipc.ExistentialError:
                 pass
+
+
+def test_a_record_planted_before_our_region_never_lets_gc_remove_it(attacker, other, tmp_path, make_queue, qpath):
+    """Another user writes the record of our queue's directory first (naming
+    a directory that is gone): the queue is made and works, its directory is
+    unknown to gc, and gc keeps it even with --unknown, naming the record's owner."""
+    name = make_queue.new_name()
+    shm_name = region_name(name, qpath)
+    record = "/dev/shm" + shm_name + ".dir"
+    try:
+        attacker("make_object", shm_name + ".dir", 0o644, str(tmp_path / "gone") + "\n")
+        q = make_queue(name, durability="none")
+        q.put(b"ours")
+        q.close()
+        assert os.lstat(record).st_uid == other[0]  # left as it was
+        listing = json.loads(_run("ls", "--json", "--path", qpath).stdout)
+        item = next(i for i in listing["unknown"] if i["queue"] == name)
+        assert item["record_owner"] and other[2] in item["record_owner"]
+        done = _run("gc", "--yes", "--unknown", name)
+        assert done.returncode == 0 and "belongs to" in done.stderr and other[2] in done.stderr, done.stderr
+        assert os.path.exists("/dev/shm" + shm_name)
+        again = make_queue.attach(name)
+        assert again.get(timeout=5) == b"ours"
+    finally:
+        try:
+            posix_ipc.unlink_shared_memory(shm_name + ".dir")
+        except posix_ipc.ExistentialError:
+            pass

@@ -80,6 +80,7 @@ class Leftover:
     files: list[str] = field(default_factory=list)  # every object, the region first if there is one
     bytes: int = 0
     pids: list[int] = field(default_factory=list)  # live processes mapping the region or a large message
+    planted: str | None = None  # the owner of a record beside it that is not ours: never removed
 
     @property
     def region(self) -> str | None:
@@ -88,7 +89,8 @@ class Leftover:
     def as_json(self) -> dict:
         return {"queue": self.name, "region": self.region, "data_dir": self.data_dir,
                 "data_dir_known": self.data_dir is not None, "files": self.files,
-                "shm_bytes": self.bytes, "processes": len(self.pids), "pids": self.pids}
+                "shm_bytes": self.bytes, "processes": len(self.pids), "pids": self.pids,
+                "record_owner": self.planted}
 
 
 def holds(data_dir: str, name: str, digest: str) -> bool:
@@ -144,8 +146,18 @@ def leftovers() -> tuple[list[Leftover], list[Leftover]]:
         if data_dir is None and kinds <= {".dir"}:
             continue  # a record of another kind we cannot trust, alone: nothing of ours to report
         stem = SHM_DIR + shm_name
+        planted = None
+        if ".dir" not in kinds:
+            try:
+                st = os.lstat(stem + ".dir")
+                if st.st_uid != uid:
+                    from shmq._fs import owner_name
+
+                    planted = owner_name(st.st_uid)
+            except OSError:
+                pass
         files = [SHM_DIR + "/" + entry for kind, entry in sorted(found, key=lambda f: (f[0] != "", f[1]))]
-        item = Leftover(name, stem, data_dir, files, sum(allocated(f) for f in files))
+        item = Leftover(name, stem, data_dir, files, sum(allocated(f) for f in files), planted=planted)
         item.pids = sorted({pid for f in files if not f.endswith((".log", ".dead", ".dir"))
                             for pid in mapped_by(f)})
         (stale if data_dir is not None else unknown).append(item)

@@ -54,8 +54,15 @@ def _gc(args: argparse.Namespace) -> int:
         stale = [item for item in stale if item.name in args.names]
         unknown = [item for item in unknown if item.name in args.names]
     candidates = stale + (unknown if args.unknown else [])
-    busy = [item for item in candidates if item.pids]
-    todo = [item for item in candidates if not item.pids]
+    planted = [item for item in candidates if item.planted]
+    busy = [item for item in candidates if item.pids and not item.planted]
+    todo = [item for item in candidates if not item.pids and not item.planted]
+    for item in planted:
+        # Someone else wrote the record of our region's directory: its
+        # directory cannot be told, and the region may well be in use.
+        print(f"shmq gc: keeping {_describe(item)}: the record of its directory, {item.stem}.dir, belongs to "
+              f"{item.planted}, not to you; check that user, remove the record as its owner or root, then "
+              "open the queue again (which records its directory)", file=sys.stderr)
     for item in busy:
         print(f"shmq gc: keeping {_describe(item)}: mapped by pid {', '.join(map(str, item.pids))}; stop "
               "those processes first", file=sys.stderr)
