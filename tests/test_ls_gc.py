@@ -155,6 +155,19 @@ def test_the_region_records_its_directory_and_unlink_removes_the_record(make_que
     assert not os.path.lexists(record)
 
 
+def test_a_record_of_ours_left_from_an_earlier_region_is_made_again(make_queue, qpath):
+    name = make_queue.new_name()
+    record = region(name, qpath) + ".dir"
+    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"/somewhere/else\n")
+    os.close(fd)
+    make_queue(name)
+    st = os.lstat(record)
+    assert st.st_mode & 0o777 == 0o600
+    with open(record) as f:
+        assert f.read() == os.path.realpath(qpath) + "\n"
+
+
 def _stale_pair(make_queue, tmp_path):
     """Two queues (one "os", one "memory") in a directory then removed whole."""
     gone = tmp_path / "project" / "data"
