@@ -48,6 +48,27 @@ def mapped_by(file: str) -> list[int]:
     return sorted(set(_mapped_by(file)) - {os.getpid()})
 
 
+def shm_mappings() -> dict[str, set[int]]:
+    """{/dev/shm path: pids of the live processes (stopped ones included) that
+    map it}, this one excepted, from one pass over /proc/<pid>/maps;
+    processes whose maps cannot be read are not counted."""
+    found: dict[str, set[int]] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/maps", "rb") as maps:
+                lines = maps.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            at = line.find(b" " + SHM_DIR.encode() + b"/")
+            if at >= 0:
+                found.setdefault(line[at + 1:].decode(errors="replace"), set()).add(int(entry))
+    return found
+
+
 def large_objects(shm_name: str) -> list[str]:
     prefix = shm_name.lstrip("/") + ".b"
     try:
@@ -137,6 +158,7 @@ def leftovers() -> tuple[list[Leftover], list[Leftover]]:
             continue
         groups.setdefault((match["name"], match["digest"]), []).append((match["kind"], entry))
     stale, unknown = [], []
+    mappings = shm_mappings() if groups else {}
     for (name, digest), found in groups.items():
         shm_name = f"/shmq.{name}.{digest}"
         kinds = {kind for kind, _ in found}
@@ -158,8 +180,7 @@ def leftovers() -> tuple[list[Leftover], list[Leftover]]:
                 pass
         files = [SHM_DIR + "/" + entry for kind, entry in sorted(found, key=lambda f: (f[0] != "", f[1]))]
         item = Leftover(name, stem, data_dir, files, sum(allocated(f) for f in files), planted=planted)
-        item.pids = sorted({pid for f in files if not f.endswith((".log", ".dead", ".dir"))
-                            for pid in mapped_by(f)})
+        item.pids = sorted({pid for f in files for pid in mappings.get(f, ())})
         (stale if data_dir is not None else unknown).append(item)
     return stale, unknown
 
