@@ -41,15 +41,15 @@ def unique_name(prefix: str = "t") -> str:
 
 
 def shm_entries(path: str) -> list[str]:
-    """Names in /dev/shm of every region (and large-message object) whose
-    queue lives in data directory `path`."""
+    """Names in /dev/shm of every region (and large-message object, and
+    record of the region's directory) whose queue lives in data directory `path`."""
     digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
     found = []
     for entry in os.listdir(SHM_DIR):
         if not entry.startswith("shmq."):
             continue
-        # "shmq.<name>.<digest>" or "shmq.<name>.<digest>.b<hex>"
-        if entry.endswith("." + digest) or f".{digest}.b" in entry:
+        # "shmq.<name>.<digest>", "shmq.<name>.<digest>.b<hex>" or "shmq.<name>.<digest>.dir"
+        if entry.endswith(("." + digest, f".{digest}.dir")) or f".{digest}.b" in entry:
             found.append(entry)
     return found
 
@@ -113,6 +113,10 @@ class QueueFactory:
         for name, path in self.tracked:
             region = region_name(name, path).lstrip("/")
             _unlink(region)
+            try:
+                os.unlink(os.path.join(SHM_DIR, region + ".dir"))  # the record of its data directory
+            except FileNotFoundError:
+                pass
             for suffix in (".log", ".dead"):  # the log and dead letters of durability="memory"
                 shutil.rmtree(os.path.join(SHM_DIR, region + suffix), ignore_errors=True)
             for entry in os.listdir(SHM_DIR):

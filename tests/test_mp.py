@@ -361,7 +361,8 @@ def test_removed_when_its_maker_exits(tmp_path):
 def test_removed_when_its_maker_is_killed(tmp_path):
     proc, (name, path, simple) = run_maker(tmp_path, "wait")
     entries = owned_entries(proc.pid)
-    assert len(entries) == 3, entries  # two regions and the semaphore of maxsize
+    # two regions, the record of each one's directory, and the semaphore of maxsize
+    assert len(entries) == 5 and len([e for e in entries if e.endswith(".dir")]) == 2, entries
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     wait_until(lambda: not owned_entries(proc.pid), what="the killed maker's queues removed")

@@ -148,6 +148,97 @@ def _own_memory_log(name: str, path: str) -> bool:
         os.close(fd)
 
 
+# Where a region's data directory is recorded: the region's name carries only
+# a hash of the directory's real path, and shmq gc must know the directory to
+# tell a region whose directory is gone. The creator writes the real path,
+# one line, to /dev/shm/<region name>.dir (0600, O_EXCL, O_NOFOLLOW; made
+# under the queue's lock); removing the queue removes it. A reader believes it
+# only if it is ours and private, as every file (shmq._fs), and only if the
+# path it names hashes to the region's name.
+DIR_RECORD_SUFFIX = ".dir"
+_DIR_RECORD_MAX = 8192
+
+
+def dir_record(shm_name: str) -> str:
+    return SHM_DIR + shm_name + DIR_RECORD_SUFFIX
+
+
+def read_dir_record(shm_name: str) -> str | None:
+    """The data directory recorded for region `shm_name`, or None: no record,
+    one that is not ours and private, or one that does not match the name."""
+    try:
+        fd = _fs.open_file(dir_record(shm_name), os.O_RDONLY, "data directory record")
+    except (OSError, errors.PermissionDenied):
+        return None
+    try:
+        data = os.read(fd, _DIR_RECORD_MAX)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        path = data.decode()
+    except UnicodeDecodeError:
+        return None
+    if not path.endswith("\n") or "\n" in path[:-1] or not path.startswith("/"):
+        return None
+    path = path[:-1]
+    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+    return path if shm_name.endswith("." + digest) else None
+
+
+def _write_dir_record(shm_name: str, path: str) -> bool:
+    """Records the real path of the region's data directory beside it (see
+    DIR_RECORD_SUFFIX); returns whether it wrote one. A record of ours left
+    by an earlier region of the same name is replaced; one of another user
+    is left alone (readers ignore it), and a record that cannot be written
+    (a full /dev/shm) only leaves the region's directory unknown to shmq gc."""
+    record = dir_record(shm_name)
+    text = (os.path.realpath(path) + "\n").encode()
+    for _ in range(2):
+        try:
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _remove_own_file(record):
+                return False
+            continue
+        except OSError:
+            return False
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, text)
+            return True
+        except OSError:
+            os.close(fd)
+            fd = -1
+            _remove_own_file(record)
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return False
+
+
+def _remove_own_file(file: str) -> bool:
+    """Unlinks `file` if it is ours (never follows a link; as root, never
+    another user's). Returns whether it is gone."""
+    try:
+        st = os.lstat(file)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if st.st_uid != os.geteuid():
+        return False
+    try:
+        os.unlink(file)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
 def _check_region(fd: int, shm_name: str) -> None:
     """A region is used only if it is ours and closed to everyone else:
     another user who made it first could read every message, inject jobs, or
@@ -444,6 +535,7 @@ class _Region:
                 "Free space in /dev/shm, or lower capacity / slot_bytes / lanes"
             ) from None
         _reserve(shm, self.shm_name, size, values)
+        recorded = _write_dir_record(self.shm_name, self.path)
         base = ffi.new("void **")
         try:
             os.fchmod(shm.fd, 0o600)  # whatever the umask, owner only
@@ -466,6 +558,8 @@ class _Region:
             # A region without its log must not be found by the next opener.
             self.close()
             posix_ipc.unlink_shared_memory(self.shm_name)
+            if recorded:
+                _remove_own_file(dir_record(self.shm_name))
             raise
 
     def _restore_settings(self, requested: dict) -> tuple[dict, dict | None]:
@@ -678,6 +772,7 @@ def _unlink_queue(shm_name: str) -> None:
         posix_ipc.unlink_shared_memory(shm_name)
     except posix_ipc.ExistentialError:
         pass
+    _remove_own_file(dir_record(shm_name))
     prefix = shm_name.lstrip("/") + ".b"
     try:
         leftovers = [entry for entry in os.listdir("/dev/shm") if entry.startswith(prefix)]
