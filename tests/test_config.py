@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Settings from the config file and the environment (shmq/config.py), and
+"""Settings from the config file and the environment (shmq/settings/config.py), and
 ``shmq config check|show``."""
 
 from __future__ import annotations

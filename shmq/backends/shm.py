@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shared-memory backend: jobs in a shmq.Queue (lanes, the job table and
 the log of csrc/), on one machine. The job operations themselves live in
-shmq/jobs.py (the queue's job methods); this class is what the rest of the
+shmq/channel/jobs.py (the queue's job methods); this class is what the rest of the
 system holds instead of the Queue, so that another backend can stand in."""
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ class Queue(JobsMixin):
             lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
         self.recovery = self._region.recovery
-        self._maintainer = False  # maintained by this process's thread (shmq/maintenance.py)
+        self._maintainer = False  # maintained by this process's thread (shmq/channel/maintenance.py)
         self._maintenance_error = None
         self._init_jobs(retries, backoff, backoff_max, lease_timeout, spin)
         self.dead_letters = DeadLetters(self)

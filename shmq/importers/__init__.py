@@ -9,7 +9,7 @@ into an App's shmq queue.
                           mode="move", include=["scheduled", "retry"])
     print("\\n".join(summary.lines()))
 
-The same as ``shmq import`` (shmq/commands/importer.py). Needs only redis-py
+The same as ``shmq import`` (shmq/cli/commands/importer.py). Needs only redis-py
 (``pip install 'shmq[redis]'``): Celery's envelope and RQ's hashes are
 decoded here, without celery or rq.
 

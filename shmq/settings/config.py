@@ -134,7 +134,7 @@ SUPERVISOR: dict[str, Setting] = {
 }
 _SUPERVISOR_RANGES = {"idle_exit": (0.0, 86400.0), "interval": (0.001, 60.0)}
 
-# Settings of a queue handle (not stored in the queue): see shmq/jobs.py.
+# Settings of a queue handle (not stored in the queue): see shmq/channel/jobs.py.
 _HANDLE_KEYS = ("retries", "backoff", "backoff_max", "lease_timeout", "spin")
 
 

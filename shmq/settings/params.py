@@ -41,7 +41,7 @@ DEFAULTS = {
     "segment_bytes": 64 * 1024 * 1024,
     "flush_interval": 0.2,  # seconds (durability="interval")
     "flush_bytes": 1024 * 1024,  # durability="interval"; 0 = every put
-    # Jobs (queues with a log): see shmq/jobs.py.
+    # Jobs (queues with a log): see shmq/channel/jobs.py.
     "ordered_lanes": 0,  # extra lanes for jobs with a group (one job of a lane at a time)
     "jobs_capacity": 4096,  # jobs running or waiting for a time (delay, retry backoff) at once
     "unique_capacity": 16384,  # unique keys held at once (a power of two)

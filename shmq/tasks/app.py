@@ -7,7 +7,7 @@
     job = send_email.enqueue(42, "welcome")         # a shmq.Job: job.wait() -> the return value
 
 Workers run the tasks: ``shmq worker myapp.tasks:app --processes 4`` (see
-shmq/worker.py). A job is the message [task name, args, kwargs] encoded with
+shmq/tasks/worker.py). A job is the message [task name, args, kwargs] encoded with
 the queue's codec (msgpack by default: arguments must be msgpack types,
 numpy arrays included). A task is named by its module and qualified name
 unless given a ``name``.
@@ -145,7 +145,7 @@ class App:
     """A named set of tasks over one queue.
 
     Takes the keywords of shmq.Queue (``path``, ``durability``, ...), or
-    ``config="shmq.toml"`` (see shmq/config.py; keywords given here win),
+    ``config="shmq.toml"`` (see shmq/settings/config.py; keywords given here win),
     plus ``eager`` (run tasks inline, for tests). The queue opens on first use, so
     importing a module that defines an App creates nothing. ``ordered_lanes``
     defaults to 4 here (lanes for jobs with a group)."""

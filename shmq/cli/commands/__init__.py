@@ -4,7 +4,7 @@
 A module defines COMMAND: a Command with its help texts, a function that adds
 its arguments to its parser, and a function that takes the parsed arguments
 and returns the exit code (0 success, 1 the command ran and found a problem,
-2 a usage or runtime error). ``shmq/cli.py`` lists the modules in NAMES and
+2 a usage or runtime error). ``shmq/cli/main.py`` lists the modules in NAMES and
 turns errors into one line on stderr.
 """
 

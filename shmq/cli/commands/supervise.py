@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``shmq supervise``: the supervisor of a data directory (see shmq/supervisor.py)."""
+"""``shmq supervise``: the supervisor of a data directory (see shmq/ops/supervisor.py)."""
 
 from __future__ import annotations
 
