@@ -35,6 +35,24 @@ __all__ = ["App", "Task", "load_app"]
 _APP_ORDERED_LANES = 4
 
 
+def _positional_counts(signature) -> tuple[int, float] | None:
+    """(fewest, most) positional arguments a call without keywords may pass,
+    when that alone decides whether bind() would accept it; else None."""
+    if signature is None:
+        return None
+    low, high = 0, 0.0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if p.default is p.empty:
+                low += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            high = float("inf")
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None  # a required keyword: a call without keywords never binds (bind says why)
+    return low, high
+
+
 class Task:
     """A function that can run as a job. Calling it runs it here;
     ``enqueue(*args, **kwargs)`` sends it to a worker."""
@@ -65,6 +83,7 @@ class Task:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: their calls are checked by the worker only
             self._signature = None
+        self._positional = _positional_counts(self._signature)
         functools.update_wrapper(self, fn)
 
     def retry_policy(self):
@@ -118,6 +137,10 @@ class Task:
         """Refuses, before the job exists, a call the task's function cannot take."""
         if self._signature is None:
             return
+        if not kwargs and self._positional is not None:
+            low, high = self._positional  # the common call, checked without bind() (a few us per job)
+            if low <= len(args) <= high:
+                return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
