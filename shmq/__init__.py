@@ -6,6 +6,8 @@
     q.put({"id": 1}); q.get()
 """
 
+import importlib as _importlib
+import importlib.util as _importlib_util
 import sys as _sys
 
 from shmq.errors import (
@@ -98,16 +100,14 @@ class _MovedModules:
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        import importlib.util
-
-        moved = cls._target(fullname)
-        return None if moved is None else importlib.util.spec_from_loader(fullname, cls)
+        # Asked about every import of the process: answer others at once, importing nothing.
+        if not fullname.startswith("shmq.") or cls._target(fullname) is None:
+            return None
+        return _importlib_util.spec_from_loader(fullname, cls)
 
     @classmethod
     def create_module(cls, spec):
-        import importlib
-
-        module = importlib.import_module(cls._target(spec.name))
+        module = _importlib.import_module(cls._target(spec.name))
         spec.moved_from = module.__spec__  # importlib sets module.__spec__ to this alias spec next
         return module
 

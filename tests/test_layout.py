@@ -77,3 +77,18 @@ def test_the_c_layer_check_finds_an_upward_call_a_circle_and_an_unplaced_file(tm
         "a.c (low) calls up into b.c (high): shmq_b",
         "circle in layer high: c.c <-> d.c",
     ]
+
+
+def test_the_old_path_finder_works_in_a_bare_interpreter():
+    """Installed without the editable finder (pip install .), nothing has
+    imported importlib.util before shmq: the finder itself must import nothing
+    when it is asked about other modules (it once recursed for ever)."""
+    import sysconfig
+
+    code = "import shmq, json, shmq.queue, shmq.metrics; print(shmq.queue.__name__)"
+    # -S: no site, so no .pth file (and no editable finder) runs first; the packages come by PYTHONPATH.
+    path = os.pathsep.join([ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": path})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "shmq.channel.queue"
