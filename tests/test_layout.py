@@ -92,3 +92,18 @@ def test_the_old_path_finder_works_in_a_bare_interpreter():
                             env={**os.environ, "PYTHONPATH": path})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "shmq.channel.queue"
+
+
+def test_every_package_folder_is_installed():
+    """pip install . must carry every package of the tree (a folder missing from
+    the install broke every command of an installed shmq)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        config = tomllib.load(f)["tool"]["setuptools"]
+    found = set(find_packages(ROOT, include=config["packages"]["find"]["include"]))
+    on_disk = {os.path.relpath(folder, ROOT).replace(os.sep, ".")
+               for folder, _dirs, files in os.walk(os.path.join(ROOT, "shmq")) if "__init__.py" in files}
+    assert on_disk and on_disk <= found, sorted(on_disk - found)
