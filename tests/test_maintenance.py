@@ -212,15 +212,16 @@ def test_closing_a_queue_inside_the_maintainers_lock_does_not_deadlock(make_queu
     assert done.is_set(), "close() inside the maintainer's lock deadlocked"
 
 
-def test_the_maintenance_thread_ends_before_the_interpreter_tears_down(qpath):
+def test_the_maintenance_thread_ends_before_the_interpreter_tears_down(make_queue, qpath):
     """At exit the thread must not be inside the core while the interpreter frees
     the mappings it uses: an atexit handler ends it. (A handler registered before
     shmq is imported runs after shmq's.)"""
+    name = make_queue.new_name(qpath)  # removed at teardown (the child leaves it, as a program would)
     code = textwrap.dedent(f"""
         import atexit, threading
         atexit.register(lambda: print("threads at exit:", sorted(t.name for t in threading.enumerate())))
         import shmq
-        q = shmq.Queue("exiting", {qpath!r}, capacity=16, segment_bytes=1 << 20)
+        q = shmq.Queue({name!r}, {qpath!r}, capacity=16, segment_bytes=1 << 20)
         q.put(b"x")
         assert any(t.name == "shmq-maintenance" for t in threading.enumerate())
         # no close: the interpreter's exit ends it
