@@ -318,6 +318,41 @@ int shmq_jobs_tick(shmq_handle *h)
     return moved;
 }
 
+/* A job waiting for its time (a delay, a retry's backoff) is due now: the
+ * next tick (or, for an ordered lane, its next fetch) runs it. The new due
+ * time is not logged: after a restart the job waits for its logged time
+ * again. SHMQ_EEMPTY: no job of that id waits for a time (it runs, is in a
+ * lane, is being moved, or is finished). */
+int shmq_job_run_now(shmq_handle *h, uint64_t job_id)
+{
+    if (!h->jobs)
+        return SHMQ_ENOLOG;
+    for (uint32_t i = 0; i < h->job_slots; i++) {
+        shmq_job_entry *e = entry_at(h, i);
+        /* relaxed: a look; the CAS below decides, and job_id is re-read once the entry is ours. */
+        uint64_t s = atomic_load_explicit(&e->state, memory_order_relaxed);
+        if (shmq_job_kind(s) != SHMQ_JOB_WAITING || GET(e->job_id) != job_id)
+            continue;
+        /* acquire: pairs with entry_store's release; the fields are ours while MOVING. */
+        if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
+                                                     memory_order_acquire, memory_order_relaxed))
+            return SHMQ_EEMPTY; /* taken meanwhile (moved, or run) */
+        uint64_t gen = shmq_job_gen(s);
+        if (e->job_id != job_id) { /* the entry was reused between the look and the CAS */
+            entry_store(e, SHMQ_JOB_WAITING, 0, gen);
+            continue;
+        }
+        int64_t now = shmq_wall_ns();
+        if (e->due_ns > now)
+            e->due_ns = now;
+        if ((e->flags & SHMQ_JOBF_ORDERED) && e->lane < h->lane_count) /* relaxed: a hint for the lane's fetchers */
+            atomic_store_explicit(&lane_header(h, e->lane)->gate_due, e->due_ns, memory_order_relaxed);
+        scheduled(h, e, gen); /* WAITING again (release), next_due lowered, fetchers woken */
+        return SHMQ_OK;
+    }
+    return SHMQ_EEMPTY;
+}
+
 int64_t shmq_jobs_next_due(const shmq_handle *h)
 {
     /* relaxed: a hint. */

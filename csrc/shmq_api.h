@@ -319,6 +319,9 @@ void shmq_set_spin(shmq_handle *handle, int64_t spin_ns);
  * Returns how many jobs it moved, or a negative status. */
 int shmq_jobs_tick(shmq_handle *handle);
 int64_t shmq_jobs_next_due(const shmq_handle *handle);
+/* A job waiting for its time (delay, retry backoff) becomes due now (not
+ * logged: a restart restores its logged time). SHMQ_EEMPTY: none such. */
+int shmq_job_run_now(shmq_handle *handle, uint64_t job_id);
 /* SHMQ_JOB_* of a job id; for a finished one, *info. */
 int shmq_job_status(shmq_handle *handle, uint64_t job_id, shmq_result_info *info /* OUT */);
 /* Waits for a job's result and copies it (ECLAIMED: info->length is larger

@@ -83,6 +83,7 @@
     X(jobs_histogram_recording)      \
     X(jobs_stats_counters)           \
     X(jobs_concurrent)               \
+    X(jobs_run_now)                  \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
