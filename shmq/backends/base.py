@@ -117,6 +117,32 @@ class JobBackend(abc.ABC):
     def maintain(self) -> None:
         """Runs due upkeep now (leases of dead consumers, due retries and delays)."""
 
+    # ------------------------------------------------------------ looking at jobs (the dashboard, shmq jobs)
+    # Not abstract: a backend that cannot list raises NotImplementedError, and
+    # the dashboard and ``shmq jobs`` say so.
+
+    def jobs(self, limit: int = 1000) -> list[dict]:
+        """The jobs it can tell of, newest first, at most `limit`: those not
+        finished (``waiting``, ``delayed``, ``retrying`` with ``due_at``,
+        ``running`` with ``owner_pid``, ``lease_left_s`` and ``attempt``) and
+        the recently finished (``done``, ``dead``), each a dict with ``id``,
+        ``task``, ``state``, ``attempts``, ``enqueued_at``, ``due_at``,
+        ``finished_at``, ``group``, ``unique``, ``errors`` (one per failed
+        attempt), ``bytes``. Recent history survives a restart."""
+        raise NotImplementedError(f"the {self.kind} backend cannot list its jobs")
+
+    def job_body(self, job_id: int) -> Any:
+        """The decoded body of a job that ``jobs()`` lists (KeyError: not listed)."""
+        raise NotImplementedError(f"the {self.kind} backend cannot show a job's body")
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        """Per task: how many of the jobs ``jobs()`` can tell of are in each state."""
+        raise NotImplementedError(f"the {self.kind} backend cannot count jobs per task")
+
+    def run_now(self, job_id: int) -> bool:
+        """A job waiting for its time (delay, retry backoff) is due now; False if none such."""
+        raise NotImplementedError(f"the {self.kind} backend cannot make a job due now")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Releases this handle (jobs stay)."""

@@ -94,6 +94,31 @@ class ShmBackend(JobBackend):
         self.queue.repair()  # claims of dead producers at a lane's head
         self.queue.maintain()
 
+    def jobs(self, limit: int = 1000) -> list[dict]:
+        from shmq.backends import shm_inspect
+
+        return shm_inspect.job_list(self.queue, self._history(), limit)
+
+    def job_body(self, job_id: int) -> Any:
+        return self._history().body(job_id)
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        history = self._history()
+        history.refresh()
+        return history.task_counts()
+
+    def run_now(self, job_id: int) -> bool:
+        return self.queue.job(job_id).run_now()
+
+    def _history(self):
+        history = getattr(self, "_log_history", None)
+        if history is None:
+            from shmq.channel.history import LogHistory
+
+            self.queue._jobs_handle()  # a queue without a log has no jobs: says so
+            history = self._log_history = LogHistory(self.queue)
+        return history
+
     def close(self) -> None:
         self.queue.close()
 

@@ -117,6 +117,45 @@ def _jobs(q, lib, ffi) -> list[dict]:
     return out
 
 
+def job_list(q, history, limit: int) -> list[dict]:
+    """The jobs of the job interface's ``jobs()``: the log's recent history
+    (shmq.channel.history), with what the job table says of those still in
+    it (owner, lease, due time, attempt)."""
+    from shmq._lib import ffi, lib
+
+    history.refresh()
+    table = {job["job_id"]: job for job in _jobs(q, lib, ffi)}
+    out = []
+    for job in history.jobs():
+        live = table.pop(job["id"], None)
+        out.append(_merged(job, live))
+    for live in table.values():  # in the table but older than the history read
+        out.append(_merged({"id": live["job_id"], "task": None, "state": "waiting", "attempts": live["attempt"],
+                            "enqueued_at": None, "due_at": None, "finished_at": None, "group": None,
+                            "unique": None, "errors": [], "bytes": live["bytes"]}, live))
+    out.sort(key=lambda job: job["id"], reverse=True)
+    for job in out:
+        for key in ("enqueued_at", "due_at", "finished_at"):
+            job[key] = iso(job[key]) if isinstance(job[key], float) else job[key]
+    return out[:limit]
+
+
+def _merged(job: dict, live: dict | None) -> dict:
+    job = dict(job, owner_pid=None, lease_left_s=None, lane=None)
+    if live is None:
+        return job
+    job["attempts"] = live["attempt"]
+    job["lane"] = live["lane"]
+    if live["state"] in ("running", "finishing"):
+        job.update(state="running", owner_pid=live["owner_pid"], lease_left_s=live["lease_left_s"], due_at=None)
+    elif live["state"] in ("scheduled", "moving"):
+        job["state"] = "retrying" if live["attempt"] > 1 else "delayed"
+        job["due_at"] = live["due_at"]
+    if job["enqueued_at"] is None:
+        job["enqueued_at"] = live["enqueued_at"]
+    return job
+
+
 def _lanes(q, lib, ffi, jobs: list[dict], participants: list[dict]) -> list[dict]:
     handle = q._live_handle()
     info = ffi.new("shmq_lane_info *")

@@ -180,6 +180,18 @@ class Job:
         """wait() with no waiting by default: the result if it is there."""
         return self.wait(timeout)
 
+    def run_now(self) -> bool:
+        """Makes a job that waits for its time (a delay, a retry's backoff)
+        due now; True if it did, False if the job waits for no time (it is in
+        a lane, runs, or is finished). The new time is not logged: after a
+        restart the job waits for its logged time again."""
+        rc = lib.shmq_job_run_now(self.queue._live_handle(), self.id)
+        if rc == EEMPTY:
+            return False
+        if rc != OK:
+            raise_for(rc, f"making job {self.id} of queue {self.queue.name!r} due now")
+        return True
+
 
 def _no_consumer_hint(queue, handle) -> str:
     """For a wait that timed out: a hint when no live process takes jobs from the queue."""

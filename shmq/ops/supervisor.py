@@ -43,6 +43,7 @@ log = logging.getLogger("shmq.supervisor")
 _CONTROL_EVERY = 0.01  # the throttle controller's period
 _SETTLE = 0.5  # seconds over which the controller closes the gap to the target backlog
 _RESCAN_EVERY = 1.0  # how often the directory is looked at for new queues
+_HISTORY_EVERY = 1.0  # how often the recent jobs are read from the logs (shmq.channel.history)
 
 
 class SupervisorRunning(errors.ShmqError):
@@ -127,6 +128,8 @@ class Supervisor:
         self.queues: dict = {}
         self.regions: dict = {}  # name -> the identity of the region opened (see _region_identity)
         self.controllers: dict = {}
+        self.histories: dict = {}  # name -> LogHistory (shmq.channel.history), kept in the log directory
+        self._next_history = 0.0
         self._fd = None
         self._stop = False
 
@@ -191,6 +194,7 @@ class Supervisor:
         queue = self.queues.pop(name)
         self.regions.pop(name, None)
         self.controllers.pop(name, None)
+        self.histories.pop(name, None)
         queue._snapshot_on_close = False  # its log is gone, or another queue's now
         try:
             queue.close()
@@ -199,11 +203,31 @@ class Supervisor:
         log.info("queue %r was removed", name)
 
     def maintain(self) -> None:
+        now = time.monotonic()
+        keep_history = now >= self._next_history
+        if keep_history:
+            self._next_history = now + _HISTORY_EVERY
         for name, queue in list(self.queues.items()):
             try:
+                if keep_history:
+                    self._keep_history(name, queue)  # before retention may delete what it has not read
                 queue.maintain()
             except errors.ShmqError as exc:
                 log.warning("queue %r: %s", name, exc)
+
+    def _keep_history(self, name: str, queue) -> None:
+        """Reads the recent jobs from the log into <log dir>/history (shmq.channel.history)."""
+        if not queue.params.jobs_capacity:
+            return
+        history = self.histories.get(name)
+        if history is None or history.queue is not queue:
+            from shmq.channel.history import LogHistory
+
+            history = self.histories[name] = LogHistory(queue)
+        try:
+            history.keep()
+        except OSError as exc:
+            log.warning("queue %r: keeping its job history: %s", name, exc)
 
     def others_attached(self) -> bool:
         """Does any process but this one have a queue of the directory open?"""
@@ -253,6 +277,13 @@ class Supervisor:
                             break
                 time.sleep(_CONTROL_EVERY if self.controllers else min(self.interval, _RESCAN_EVERY))
         finally:
+            for name, history in self.histories.items():
+                try:
+                    history.refresh()
+                    history.save()
+                except (OSError, errors.ShmqError) as exc:
+                    log.warning("queue %r: keeping its job history: %s", name, exc)
+            self.histories.clear()
             for name, queue in self.queues.items():
                 try:
                     queue.close()  # the last handle of a queue writes its snapshot

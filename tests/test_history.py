@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the dashboard and `shmq jobs` see of a queue's jobs: the recent
+history read from the log (task, state, attempts and errors), which survives
+a restart (the region removed, the queue opened again from its log), merged
+with the job table (running with its owner, delayed, retrying); and
+Job.run_now() for a job that waits for its time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import posix_ipc
+import pytest
+from test_supervisor import Supervisors, wait_until
+
+from shmq.backends.shm import ShmBackend
+from shmq.channel.queue import region_name
+
+
+@pytest.fixture
+def history_supervisors(make_queue, qpath, tmp_path):
+    s = Supervisors(qpath, str(tmp_path))
+    yield s
+    s.cleanup()
+
+
+def by_id(jobs):
+    return {job["id"]: job for job in jobs}
+
+
+def test_history_states_and_restart(make_queue, qpath):
+    q = make_queue(retries=1, backoff=60.0)
+    ok = q.enqueue(["app.ok", [1], {}])
+    flaky = q.enqueue(["app.flaky", [2], {}])
+    doomed = q.enqueue(["app.doomed", [3], {}])
+    later = q.enqueue(["app.later", [], {}], delay=600)
+    held = q.enqueue(["app.held", [], {}])
+    waiting = q.enqueue(["app.ok", [4], {}])
+    got = {}
+    for _ in range(4):
+        d = q.fetch(timeout=5)
+        got[d.id] = d
+    got[ok.id].ack("fine")
+    got[flaky.id].fail(ValueError("try again"))
+    got[doomed.id].fail(KeyError("gone"), retry=False)
+    backend = ShmBackend(q)
+    jobs = by_id(backend.jobs())
+    assert {j: jobs[j.id]["state"] for j in (ok, flaky, doomed, later, held, waiting)} == {
+        ok: "done", flaky: "retrying", doomed: "dead", later: "delayed", held: "running", waiting: "waiting"}
+    assert jobs[held.id]["owner_pid"] == os.getpid() and jobs[held.id]["lease_left_s"] > 0
+    assert jobs[flaky.id]["errors"] == [{"attempt": 1, "reason": "failed", "error": "ValueError: try again"}]
+    assert jobs[flaky.id]["attempts"] == 2 and jobs[flaky.id]["due_at"]
+    assert jobs[doomed.id]["errors"][0]["error"] == "KeyError: 'gone'"
+    assert jobs[ok.id]["task"] == "app.ok" and jobs[ok.id]["finished_at"]
+    assert backend.job_body(flaky.id) == ["app.flaky", [2], {}]
+    counts = backend.task_counts()
+    assert counts["app.ok"]["jobs"] == 2 and counts["app.ok"]["done"] == 1
+    assert counts["app.doomed"]["dead"] == 1
+
+    got[held.id].ack()
+
+
+def test_history_survives_a_restart_through_the_supervisor(history_supervisors, make_queue, qpath):
+    """The supervisor keeps what it read in <log dir>/history; after SIGTERM
+    (a snapshot: the old segments go) and a reboot, the jobs are still told."""
+    name = make_queue.new_name()
+    q = make_queue(name, retries=1, backoff=600.0)
+    ok = q.enqueue(["app.ok", [1], {}])
+    flaky = q.enqueue(["app.flaky", [2], {}])
+    doomed = q.enqueue(["app.doomed", [3], {}])
+    for _ in range(3):
+        d = q.fetch(timeout=5)
+        if d.id == ok.id:
+            d.ack()
+        elif d.id == flaky.id:
+            d.fail(ValueError("try again"))
+        else:
+            d.fail(KeyError("gone"), retry=False)
+    q.close()  # its acks are in the log now
+    sup = history_supervisors.start()
+    sup.attached(name)
+    history = os.path.join(qpath, f"{name}.log", "history")
+    assert wait_until(lambda: os.path.exists(history), 20), f"no {history}; supervisor log:\n{sup.log()}"
+    assert sup.stop(signal.SIGTERM) == 0
+    posix_ipc.unlink_shared_memory(region_name(name, qpath))  # a reboot: the files stay
+    again = make_queue(name)
+    assert all(seg not in os.listdir(os.path.join(qpath, f"{name}.log")) for seg in ("0000000000000000.seg",))
+    jobs = by_id(ShmBackend(again).jobs())
+    assert (jobs[ok.id]["state"], jobs[ok.id]["task"]) == ("done", "app.ok")
+    assert jobs[ok.id]["finished_at"] is not None
+    assert jobs[doomed.id]["state"] == "dead" and jobs[doomed.id]["errors"][0]["error"] == "KeyError: 'gone'"
+    assert jobs[flaky.id]["state"] == "retrying"
+    assert jobs[flaky.id]["errors"] == [{"attempt": 1, "reason": "failed", "error": "ValueError: try again"}]
+
+
+def test_history_is_bounded(make_queue):
+    q = make_queue()
+    backend = ShmBackend(q)
+    backend._history().limit = 50
+    ids = [q.enqueue(["app.n", [i], {}]).id for i in range(120)]
+    jobs = backend.jobs(limit=1000)
+    assert [job["id"] for job in jobs] == sorted(ids, reverse=True)[:50]
+    assert len(backend.jobs(limit=10)) == 10
+
+
+def test_run_now(make_queue):
+    q = make_queue(retries=3, backoff=600.0)
+    later = q.enqueue(["app.later", [], {}], delay=600)
+    queued = q.enqueue(["app.now", [], {}])
+    assert q.fetch(timeout=5).id == queued.id
+    assert queued.run_now() is False  # running: it waits for no time
+    start = time.monotonic()
+    assert later.run_now() is True
+    d = q.fetch(timeout=10)
+    assert d.id == later.id and time.monotonic() - start < 10
+    d.fail(ValueError("again"))  # a retry's backoff of 600 s
+    assert q.job(d.id).status() == "scheduled"
+    assert ShmBackend(q).run_now(d.id) is True
+    d2 = q.fetch(timeout=10)
+    assert (d2.id, d2.attempt) == (later.id, 2)
+    d2.ack()
+    assert later.run_now() is False
