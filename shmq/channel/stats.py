@@ -63,6 +63,7 @@ def snapshot(queue, lanes: bool = False) -> dict:
     values = _read(handle, -1)
     out = {name: values[name] for name in _COUNTERS + _GAUGES}
     out["queue"] = queue.name
+    out["name"] = queue.name  # the key the dashboard's /api/queues documents
     out["depth"] = queue.qsize()  # lanes and the log's backlog
     if queue._logged:
         log = queue.log_stats()

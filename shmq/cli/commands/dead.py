@@ -9,7 +9,7 @@ import sys
 
 from shmq import errors
 from shmq.cli.commands import Command, CommandError, _int_arg
-from shmq.cli.commands._common import add_path_argument, data_dir, emit, flush, iso, jsonable, open_jobs, preview, when
+from shmq.cli.commands._common import add_path_argument, data_dir, emit, flush, open_jobs, preview, when
 
 DEAD_DESCRIPTION = """\
 The dead letters of a queue: jobs whose every attempt failed (or that were
@@ -66,26 +66,9 @@ def _add_dead_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _record(job) -> dict:
-    try:
-        body = jsonable(job.body)
-        body_error = None
-    except Exception as exc:  # noqa: BLE001 - a body this process cannot decode is still listed
-        body, body_error = None, f"{type(exc).__name__}: {exc}"
-    error = job.error if isinstance(job.error, dict) else {"type": "Error", "message": str(job.error)}
-    out = {
-        "id": job.id,
-        "attempts": job.attempts,
-        "failed_at": iso(job.failed_at),
-        "enqueued_at": iso(job.enqueued_at),
-        "error": {"type": error.get("type", "Error"), "message": error.get("message", ""),
-                  "traceback": error.get("traceback", "")},
-        "group": job.group,
-        "body": body,
-        "bytes": len(job.payload),
-    }
-    if body_error is not None:
-        out["body_error"] = body_error
-    return out
+    from shmq.ops.views import dead_record  # the document the dashboard's /api/dead serves too
+
+    return dead_record(job)
 
 
 def _list(q, args) -> int:

@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``shmq jobs NAME``: the jobs of a queue, by state, with filters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from shmq import errors
+from shmq.cli.commands import Command, CommandError, _int_arg
+from shmq.cli.commands._common import add_path_argument, data_dir, duration, emit, flush, open_jobs, table
+
+DESCRIPTION = """\
+Lists the jobs of a queue, newest first: those not finished (waiting in a
+lane, delayed, retrying with the time of the next attempt, running with the
+owner's pid, the lease left and the attempt) and the recently finished
+(done, dead), each with its task, attempts and the errors of its failed
+attempts.
+
+The recent history is read from the queue's log and kept beside it by the
+supervisor (<log dir>/history: the newest 1000 jobs, finished ones for a
+week), so it survives restarts; see docs/architecture.md ("Recent jobs").
+This is the document the dashboard's /api/jobs serves."""
+
+EPILOG = """\
+examples:
+  shmq jobs emails                          the newest 100 jobs of queue emails
+  shmq jobs emails --state running          what runs now, where
+  shmq jobs emails --task myapp.send --error TimeoutError --json"""
+
+_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "finished")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the queue")
+    add_path_argument(parser)
+    parser.add_argument("--state", choices=_STATES, help="only jobs in this state")
+    parser.add_argument("--task", help="only jobs of this task")
+    parser.add_argument("--group", help="only jobs of this group")
+    parser.add_argument("--id", dest="job_id", type=_int_arg(0, (1 << 64) - 1), help="only this job")
+    parser.add_argument("--error", help="only jobs with a failed attempt whose error contains this text")
+    parser.add_argument("--since", help="only jobs enqueued at or after this time (Unix time or ISO 8601)")
+    parser.add_argument("--limit", type=_int_arg(1, 10000), default=100, metavar="N", help="at most N jobs (100)")
+    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+
+def report(backend, args: argparse.Namespace) -> dict:
+    from shmq.ops.views import jobs_report
+
+    try:
+        return jobs_report(backend, state=args.state, task=args.task, group=args.group, job_id=args.job_id,
+                           error=args.error, since=args.since, limit=args.limit)
+    except errors.ArgumentError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    backend = open_jobs(args.name, data_dir(args))
+    try:
+        try:
+            document = report(backend, args)
+        except NotImplementedError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        backend.close()
+    if args.json:
+        emit(json.dumps(document, indent=2))
+        flush()
+        return 0
+    rows = []
+    for job in document["jobs"]:
+        if job["state"] == "running":
+            note = f"pid {job['owner_pid']}, lease left {duration((job['lease_left_s'] or 0) * 1e9)}"
+        elif job["due_at"]:
+            note = f"due {job['due_at']}"
+        elif job["errors"]:
+            note = job["errors"][-1]["error"]
+        else:
+            note = ""
+        note = " ".join(note.split())
+        rows.append([job["id"], job["state"], job["task"] or "-", job["attempts"], job["enqueued_at"] or "-",
+                     note[:70]])
+    counts = ", ".join(f"{n} {s}" for s, n in document["states"].items() if n)
+    emit(f"jobs of {document['queue']}: {counts or 'none'}")
+    if rows:
+        for line in table(["ID", "STATE", "TASK", "ATTEMPTS", "ENQUEUED", "NOTE"], rows, right={0, 3}):
+            emit(line)
+    if document["total"] > len(rows):
+        emit(f"({len(rows)} of {document['total']} matching jobs shown; --limit N for more)")
+    flush()
+    return 0
+
+
+COMMAND = Command(
+    help="list a queue's jobs by state (waiting, delayed, retrying, running, done, dead), with filters",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_arguments=_add_arguments,
+    run=_jobs,
+)

@@ -1,0 +1,259 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The documents that ``shmq ... --json`` prints and the dashboard's
+``/api/`` serves, built in one place so the two cannot drift:
+
+- ``queue_list``: ``shmq stats --json``'s ``queues`` (``GET /api/queues``);
+- ``queue_detail``: ``shmq inspect NAME --json`` (``GET /api/queues/NAME``);
+- ``jobs_report``: ``shmq jobs NAME --json`` (``GET /api/jobs?queue=NAME``);
+- ``dead_report``: ``shmq dead list NAME --json`` (``GET /api/dead?queue=NAME``);
+- ``processes_report``: ``shmq ps --json`` (``GET /api/processes``).
+
+Each takes job backends (shmq.backends), so any store that implements the
+job interface is shown the same way. Bad filters raise shmq.ArgumentError
+naming the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Any, Iterable
+
+from shmq import errors
+from shmq.backends.shm_inspect import iso
+
+__all__ = ["JOB_STATES", "MAX_LIMIT", "queue_list", "queue_detail", "jobs_report", "dead_report",
+           "dead_groups", "processes_report", "jsonable", "check_limit"]
+
+JOB_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "finished")
+MAX_LIMIT = 10000  # jobs in one answer, at most
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with what JSON cannot carry made into text (bytes, arrays, other objects)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return repr(data)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return jsonable(value.tolist())
+    return repr(value)
+
+
+def check_limit(limit: Any, what: str = "limit") -> int:
+    """An integer 1 .. MAX_LIMIT from text or an int, else ArgumentError."""
+    try:
+        value = int(limit)
+    except (TypeError, ValueError):
+        raise errors.ArgumentError(f"{what}={limit!r} is not an integer: give 1 .. {MAX_LIMIT}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise errors.ArgumentError(f"{what}={value} is out of range: give 1 .. {MAX_LIMIT} "
+                                   "(page through larger sets with the id filter)")
+    return value
+
+
+# ---------------------------------------------------------------- queues
+
+
+def queue_list(backends: Iterable) -> list[dict]:
+    """One stats() dict per queue (each with ``name``, ``depth``, ``in_flight``,
+    ``dead_letters``, ``enqueued``, ``done``, ``failed``, ...)."""
+    return [backend.stats() for backend in backends]
+
+
+def queue_detail(backend) -> dict:
+    """The inside of one queue (``shmq inspect --json``)."""
+    s = backend.inspect()
+    for part in s.get("participants", []):
+        part.pop("started", None)
+    return s
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def _since(text: Any) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        raise errors.ArgumentError(f"since={text!r} is neither a Unix time nor an ISO 8601 time "
+                                   "(e.g. 2026-01-31T12:00:00+00:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _timestamp(text: str | None) -> float:
+    return datetime.datetime.fromisoformat(text).timestamp() if text else 0.0
+
+
+def jobs_report(backend, *, state: str | None = None, task: str | None = None, group: str | None = None,
+                job_id: Any = None, error: str | None = None, since: Any = None, limit: Any = 100) -> dict:
+    """The jobs a backend can tell of (``shmq jobs --json``), newest first,
+    filtered: ``state`` (one of JOB_STATES), ``task`` and ``group`` (equal),
+    ``job_id``, ``error`` (a failed attempt's error contains it, e.g. a type
+    name), ``since`` (enqueued at or after: Unix time or ISO 8601)."""
+    if state not in (None, "") and state not in JOB_STATES:
+        raise errors.ArgumentError(f"state={state!r} is not a job state: give one of {', '.join(JOB_STATES)}")
+    if job_id not in (None, ""):
+        try:
+            job_id = int(job_id)
+        except (TypeError, ValueError):
+            raise errors.ArgumentError(f"id={job_id!r} is not a job id (an integer)") from None
+    else:
+        job_id = None
+    limit = check_limit(limit)
+    since_at = _since(since)
+    jobs = backend.jobs(limit=MAX_LIMIT)
+    matching = []
+    for job in jobs:
+        if state and job["state"] != state:
+            continue
+        if task and job["task"] != task:
+            continue
+        if group and job["group"] != group:
+            continue
+        if job_id is not None and job["id"] != job_id:
+            continue
+        if error and not any(error in e["error"] for e in job["errors"]):
+            continue
+        if since_at is not None and _timestamp(job["enqueued_at"]) < since_at:
+            continue
+        matching.append(job)
+    counts = {s: 0 for s in JOB_STATES}
+    for job in jobs:
+        counts[job["state"]] = counts.get(job["state"], 0) + 1
+    return {"queue": backend.name, "total": len(matching), "states": counts,
+            "tasks": backend.task_counts(), "jobs": matching[:limit]}
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+def dead_record(job) -> dict:
+    """One dead job as ``shmq dead list --json`` shows it."""
+    try:
+        body = jsonable(job.body)
+        body_error = None
+    except Exception as exc:  # noqa: BLE001 - a body this process cannot decode is still listed
+        body, body_error = None, f"{type(exc).__name__}: {exc}"
+    error = job.error if isinstance(job.error, dict) else {"type": "Error", "message": str(job.error)}
+    task = body[0] if isinstance(body, list) and len(body) == 3 and isinstance(body[0], str) else None
+    out = {
+        "id": job.id,
+        "attempts": job.attempts,
+        "failed_at": iso(job.failed_at),
+        "enqueued_at": iso(job.enqueued_at),
+        "error": {"type": error.get("type", "Error"), "message": error.get("message", ""),
+                  "traceback": error.get("traceback", "")},
+        "group": job.group,
+        "task": task,
+        "body": body,
+        "bytes": len(job.payload),
+    }
+    if body_error is not None:
+        out["body_error"] = body_error
+    return out
+
+
+def dead_report(backend, *, limit: Any = None, ids: Iterable[int] | None = None, task: str | None = None,
+                error_type: str | None = None) -> tuple[dict, list]:
+    """(``shmq dead list --json``'s document, the DeadJob objects listed)."""
+    letters = backend.dead_letters
+    if ids is not None:
+        wanted = set(ids)
+        jobs = [job for job in letters if job.id in wanted]
+    else:
+        jobs = list(letters)
+    records = [dead_record(job) for job in jobs]
+    if task or error_type:
+        keep = [i for i, r in enumerate(records)
+                if (not task or r["task"] == task) and (not error_type or r["error"]["type"] == error_type)]
+        records, jobs = [records[i] for i in keep], [jobs[i] for i in keep]
+    if limit is not None:
+        limit = check_limit(limit)
+        records, jobs = records[:limit], jobs[:limit]
+    return {"queue": backend.name, "total": len(letters), "dead": records}, jobs
+
+
+def dead_groups(records: list[dict]) -> list[dict]:
+    """Dead jobs grouped by task and error type, largest group first."""
+    groups: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["task"] or "-", r["error"]["type"])
+        g = groups.setdefault(key, {"task": key[0], "error_type": key[1], "count": 0, "ids": [],
+                                    "message": r["error"]["message"]})
+        g["count"] += 1
+        g["ids"].append(r["id"])
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["task"], g["error_type"]))
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _proc(pid: int) -> dict:
+    """RSS and CPU seconds of a live process (None where /proc says nothing)."""
+    out: dict = {"rss_bytes": None, "cpu_s": None}
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        out["cpu_s"] = round((int(fields[11]) + int(fields[12])) / ticks, 2)  # utime + stime
+        out["rss_bytes"] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
+def processes_report(path: str, backends: dict) -> dict:
+    """Processes attached to the queues of a data directory, one row per
+    pid (``shmq ps --json``), and the directory's supervisor."""
+    from shmq.channel.supervision import holder
+
+    now = time.time()
+    rows: dict[int, dict] = {}
+    for name, backend in backends.items():
+        inside = backend.inspect()
+        held: dict[int, int] = {}
+        for job in inside.get("jobs", []):
+            if job["owner_pid"]:
+                held[job["owner_pid"]] = held.get(job["owner_pid"], 0) + 1
+        for part in inside.get("participants", []):
+            if part["self"]:
+                continue
+            row = rows.setdefault(part["pid"], {
+                "pid": part["pid"], "alive": part["alive"], "roles": [], "queues": [], "jobs_held": 0,
+                "started_at": part["started_at"],
+                "uptime_s": round(now - part["started"], 1) if part["started"] else None,
+                "command": part["command"]})
+            if name not in row["queues"]:  # a process may hold several handles on one queue
+                row["queues"].append(name)
+                row["jobs_held"] += held.get(part["pid"], 0)
+            for role in part["roles"]:
+                if role not in row["roles"]:
+                    row["roles"].append(role)
+    supervisor = holder(path)
+    for row in rows.values():
+        if not row["roles"]:
+            row["roles"] = ["supervisor"] if row["pid"] == supervisor else ["producer"]
+        row["role"] = "worker" if "consumer" in row["roles"] else row["roles"][0]
+        row.update(_proc(row["pid"]) if row["alive"] else {"rss_bytes": None, "cpu_s": None})
+    return {"path": path,
+            "supervisor": {"pid": supervisor if supervisor and supervisor > 0 else None,
+                           "running": bool(supervisor)},
+            "processes": sorted(rows.values(), key=lambda r: r["pid"])}
