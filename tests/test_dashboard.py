@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The dashboard's JSON API against the CLI's --json for the same queue
+(one contract: shmq.ops.views), its answers to bad input, and its security:
+token, CSRF, read-only, the audit log, and the refusal to bind elsewhere
+without a token. A real server (uvicorn) on a real port; real CLI processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("starlette", reason="the dashboard extra: pip install -e '.[test]'")
+
+from dashboard_server import Server  # noqa: E402
+
+from shmq.dashboard import asgi_app  # noqa: E402
+
+
+def cli_json(qpath: str, *args: str) -> object:
+    result = subprocess.run([sys.executable, "-m", "shmq", *args, "--path", qpath, "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def queue_with_jobs(make_queue):
+    """A queue with a done, a dead, a retrying, a delayed and a waiting job (none running)."""
+    q = make_queue(retries=1, backoff=600.0)
+    ids = {}
+    for task in ("ok", "doomed", "flaky"):
+        ids[task] = q.enqueue([f"app.{task}", [1], {"x": task}]).id
+    ids["later"] = q.enqueue(["app.later", [], {}], delay=600).id
+    for _ in range(3):
+        d = q.fetch(timeout=5)
+        if d.id == ids["ok"]:
+            d.ack({"sent": True})
+        elif d.id == ids["doomed"]:
+            d.fail(KeyError("no such user"), retry=False)
+        else:
+            d.fail(TimeoutError("slow"))
+    ids["waiting"] = q.enqueue(["app.ok", [2], {}]).id
+    return q, ids
+
+
+@pytest.fixture
+def server(qpath):
+    servers = []
+
+    def start(**kw):
+        s = Server(asgi_app(qpath, **kw))
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def without_viewers(inside: dict) -> dict:
+    """An inspect document without the entries of the processes looking (the CLI's own, the server's)."""
+    inside = dict(inside)
+    inside["participants"] = sorted(p["pid"] for p in inside["participants"]
+                                    if not p["self"] and p["pid"] != os.getpid())
+    inside["participant_slots"] = None
+    inside["jobs"] = [{k: v for k, v in job.items() if k not in ("due_in_s", "lease_left_s")}  # they tick
+                      for job in inside["jobs"]]
+    return inside
+
+
+def test_api_documents_equal_the_cli_json(queue_with_jobs, server, qpath):
+    q, ids = queue_with_jobs
+    s = server()
+    name = q.name
+
+    status, queues = s.get("/api/queues")
+    assert status == 200
+    assert queues == cli_json(qpath, "stats")["queues"]
+    assert {k: queues[0][k] for k in ("name", "depth", "in_flight", "dead_letters", "enqueued", "done", "failed")} \
+        == {"name": name, "depth": 1, "in_flight": 0, "dead_letters": 1, "enqueued": 5, "done": 1, "failed": 2}
+
+    status, inside = s.get(f"/api/queues/{name}")
+    assert status == 200
+    assert without_viewers(inside) == without_viewers(cli_json(qpath, "inspect", name))
+
+    status, jobs = s.get(f"/api/jobs?queue={name}")
+    assert status == 200 and jobs == cli_json(qpath, "jobs", name)
+    states = {job["id"]: job["state"] for job in jobs["jobs"]}
+    assert states == {ids["ok"]: "done", ids["doomed"]: "dead", ids["flaky"]: "retrying", ids["later"]: "delayed",
+                      ids["waiting"]: "waiting"}
+    status, dead_only = s.get(f"/api/jobs?queue={name}&state=dead&task=app.doomed")
+    assert [job["id"] for job in dead_only["jobs"]] == [ids["doomed"]]
+    assert dead_only == cli_json(qpath, "jobs", name, "--state", "dead", "--task", "app.doomed")
+    _, by_error = s.get(f"/api/jobs?queue={name}&error=TimeoutError")
+    assert [job["id"] for job in by_error["jobs"]] == [ids["flaky"]]
+
+    status, dead = s.get(f"/api/dead?queue={name}")
+    assert status == 200 and dead == cli_json(qpath, "dead", "list", name)
+    assert [(r["id"], r["task"], r["error"]["type"]) for r in dead["dead"]] == [(ids["doomed"], "app.doomed", "KeyError")]
+
+    status, processes = s.get("/api/processes")
+    assert status == 200
+    cli = cli_json(qpath, "ps")
+    fields = ("pid", "alive", "role", "queues", "jobs_held")
+    assert [{k: p[k] for k in fields} for p in processes["processes"]] == [{k: p[k] for k in fields} for p in cli["processes"]]
+    assert processes["supervisor"] == cli["supervisor"]
+    assert os.getpid() in [p["pid"] for p in processes["processes"]]
+
+
+@pytest.mark.parametrize("url, status, words", [
+    ("/api/queues/nosuch", 404, ["no queue 'nosuch'", "known:"]),
+    ("/api/jobs?queue=nosuch", 404, ["no queue 'nosuch'"]),
+    ("/api/jobs", 400, ["queue is missing"]),
+    ("/api/jobs?queue={name}&limit=1000000", 400, ["limit=1000000", "1 .. 10000"]),
+    ("/api/jobs?queue={name}&limit=ten", 400, ["limit='ten'", "not an integer"]),
+    ("/api/jobs?queue={name}&state=sleeping", 400, ["state='sleeping'", "waiting, delayed"]),
+    ("/api/jobs?queue={name}&since=yesterday", 400, ["since='yesterday'", "ISO 8601"]),
+    ("/api/jobs?queue={name}&colour=red", 400, ["unknown filter colour"]),
+    ("/api/dead?queue={name}&limit=0", 400, ["limit=0"]),
+])
+def test_bad_input_gets_a_4xx_that_says_why(queue_with_jobs, server, url, status, words):
+    q, _ = queue_with_jobs
+    got, answer = server().get(url.format(name=q.name))
+    assert got == status, answer
+    assert all(w in answer["error"] for w in words), answer
+
+
+def test_actions_need_csrf_same_origin_and_are_audited(queue_with_jobs, server, qpath):
+    q, ids = queue_with_jobs
+    s = server()
+    body = {"queue": q.name, "ids": [ids["doomed"]]}
+    status, answer = s.post("/api/actions/dead-retry", body, csrf=False)
+    assert status == 403 and "CSRF" in answer["error"]
+    status, answer = s.post("/api/actions/dead-retry", body, headers={"Origin": "http://evil.example"})
+    assert status == 403 and "origin http://evil.example" in answer["error"]
+    assert len(q.dead_letters) == 1  # nothing done
+    status, answer = s.post("/api/actions/run-now", {"queue": q.name, "ids": [ids["later"]]})
+    assert status == 200 and answer == {"due_now": [ids["later"]], "not_waiting": []}
+    status, answer = s.post("/api/actions/run-now", {"queue": q.name, "ids": [ids["waiting"]]})
+    assert status == 409 and "waits for no time" in answer["error"]
+    status, answer = s.post("/api/actions/dead-retry", body)
+    assert status == 200 and answer["retried"] == 1
+    assert len(q.dead_letters) == 0
+    status, answer = s.post("/api/actions/dead-purge", {"queue": q.name, "ids": [ids["doomed"]]})
+    assert status == 404 and f"no dead job {ids['doomed']}" in answer["error"]
+    with open(os.path.join(qpath, "dashboard-audit.log")) as f:
+        audit = [json.loads(line) for line in f]
+    assert [(a["action"], "error" in a["outcome"]) for a in audit] == [
+        ("run-now", False), ("run-now", True), ("dead-retry", False), ("dead-purge", True)]
+    assert audit[2]["params"] == body and audit[2]["who"].startswith("127.0.0.1")
+
+
+def test_read_only_refuses_and_records(queue_with_jobs, server, qpath):
+    q, ids = queue_with_jobs
+    s = server(read_only=True)
+    status, answer = s.post("/api/actions/dead-purge", {"queue": q.name, "ids": [ids["doomed"]]})
+    assert status == 403 and "read-only" in answer["error"]
+    assert len(q.dead_letters) == 1
+    status, page = s.get(f"/dead?queue={q.name}")
+    assert status == 200 and "data-action" not in page and "read-only" in page
+    with open(os.path.join(qpath, "dashboard-audit.log")) as f:
+        assert "read-only" in json.loads(f.readline())["outcome"]["error"]
+
+
+def test_token_is_required_on_every_request(queue_with_jobs, server):
+    token = "t0ken-of-the-test-0123456789"
+    s = server(token=token)
+    for url in ("/", "/api/queues", "/static/dashboard.js"):
+        status, answer = s.get(url)
+        assert status == 401 and "needs its token" in answer["error"], url
+    status, answer = s.get("/api/queues", headers={"Authorization": "Bearer wrong-token-0123456789"})
+    assert status == 401
+    status, answer = s.get("/api/queues", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and answer[0]["name"] == queue_with_jobs[0].name
+    with pytest.raises(Exception, match="too easy to guess"):
+        asgi_app("/nonexistent", token="short")
+
+
+def test_cli_refuses_to_bind_elsewhere_without_a_token(qpath):
+    env = {k: v for k, v in os.environ.items() if k != "SHMQ_DASHBOARD_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "shmq", "dashboard", "--path", qpath, "--bind", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "refusing to serve the dashboard on 0.0.0.0:9465 without a token" in result.stderr
+    assert "--token" in result.stderr
