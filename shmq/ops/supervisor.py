@@ -43,7 +43,7 @@ log = logging.getLogger("shmq.supervisor")
 _CONTROL_EVERY = 0.01  # the throttle controller's period
 _SETTLE = 0.5  # seconds over which the controller closes the gap to the target backlog
 _RESCAN_EVERY = 1.0  # how often the directory is looked at for new queues
-_HISTORY_EVERY = 1.0  # how often the recent jobs are read from the logs (shmq.channel.history)
+_HISTORY_EVERY = 5.0  # how often the recent jobs are read from the logs (shmq.channel.history; CPU: see there)
 
 
 class SupervisorRunning(errors.ShmqError):
