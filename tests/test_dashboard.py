@@ -34,7 +34,7 @@ def queue_with_jobs(make_queue):
     ids = {}
     for task in ("ok", "doomed", "flaky"):
         ids[task] = q.enqueue([f"app.{task}", [1], {"x": task}]).id
-    ids["later"] = q.enqueue(["app.later", [], {}], delay=600).id
+    ids["later"] = q.enqueue(["app.later", [], {}], delay=600, unique="later:1").id
     for _ in range(3):
         d = q.fetch(timeout=5)
         if d.id == ids["ok"]:
@@ -97,6 +97,9 @@ def test_api_documents_equal_the_cli_json(queue_with_jobs, server, qpath):
     assert dead_only == cli_json(qpath, "jobs", name, "--state", "dead", "--task", "app.doomed")
     _, by_error = s.get(f"/api/jobs?queue={name}&error=TimeoutError")
     assert [job["id"] for job in by_error["jobs"]] == [ids["flaky"]]
+    _, by_key = s.get(f"/api/jobs?queue={name}&unique=later:1")
+    assert [job["id"] for job in by_key["jobs"]] == [ids["later"]]
+    assert by_key == cli_json(qpath, "jobs", name, "--unique", "later:1")
 
     status, dead = s.get(f"/api/dead?queue={name}")
     assert status == 200 and dead == cli_json(qpath, "dead", "list", name)

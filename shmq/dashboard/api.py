@@ -124,8 +124,23 @@ class Dashboard:
             inside = views.queue_detail(backend)
             queue = backend.queue
             return {"queue": name, "durability": queue.params.durability, "log": inside["log"],
-                    "recovery": queue.recovery, "retention": {"max_log_bytes": queue.params.max_log_bytes,
-                                                              "segment_bytes": queue.params.segment_bytes}}
+                    "recovery": queue.recovery, "recovered": self._recoveries(name),
+                    "retention": {"max_log_bytes": queue.params.max_log_bytes,
+                                  "segment_bytes": queue.params.segment_bytes}}
+
+    def _recoveries(self, name: str) -> list[str]:
+        """The supervisor's last lines about recovering queue `name` (an auto-started
+        supervisor writes <data dir>/supervisor.log)."""
+        try:
+            fd = _fs.open_file(os.path.join(self.path, "supervisor.log"), os.O_RDONLY, "supervisor log")
+        except (OSError, errors.ShmqError):
+            return []
+        try:
+            size = os.fstat(fd).st_size
+            text = os.pread(fd, 65536, max(0, size - 65536)).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+        return [line for line in text.splitlines() if f"queue {name!r} recovered" in line][-5:]
 
     # ---------------------------------------------------------------- charts
 
@@ -137,7 +152,7 @@ class Dashboard:
         self.last_sample = now
         for row in rows:
             name = row["name"]
-            counters = {key: row[key] for key in ("enqueued", "done", "failed", "dead")}
+            counters = {key: row[key] for key in ("enqueued", "started", "done", "failed", "retried", "dead")}
             before = self.previous.get(name)
             self.previous[name] = (now, counters)
             if before is None or now - before[0] <= 0:
@@ -148,6 +163,11 @@ class Dashboard:
                 "t": now, **rates, "depth": row["depth"], "in_flight": row["in_flight"],
                 "wait_p50_ms": row["wait_ns"]["p50"] / 1e6, "run_p50_ms": row["run_ns"]["p50"] / 1e6,
                 "wait_p99_ms": row["wait_ns"]["p99"] / 1e6})
+
+    def rates(self, name: str) -> dict:
+        """The latest sampled rate per second of each counter ({} before two samples)."""
+        samples = self.samples.get(name)
+        return dict(samples[-1]) if samples else {}
 
     def series(self, name: str) -> list[dict]:
         return [s for s in self.samples.get(name, ()) if s["t"] >= time.time() - 3600]

@@ -160,7 +160,7 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
             raise errors.ArgumentError("queue is missing: /api/jobs?queue=NAME (see /api/queues for the names)")
         return name
 
-    _JOB_FILTERS = {"state", "task", "group", "id", "error", "since", "limit", "queue"}
+    _JOB_FILTERS = {"state", "task", "group", "id", "error", "since", "unique", "limit", "queue"}
 
     @guarded
     async def api_jobs(request: Request) -> Response:
@@ -170,7 +170,7 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
             raise errors.ArgumentError(f"unknown filter {', '.join(unknown)}: use {', '.join(sorted(_JOB_FILTERS))}")
         document = await call(request, dashboard.jobs, _queue_param(request), state=q.get("state"),
                               task=q.get("task"), group=q.get("group"), job_id=q.get("id"), error=q.get("error"),
-                              since=q.get("since"), limit=q.get("limit", 100))
+                              since=q.get("since"), unique=q.get("unique"), limit=q.get("limit", 100))
         return JSONResponse(document)
 
     @guarded
@@ -213,7 +213,9 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
             except NotFound:
                 pass
         chart_svgs = {q["name"]: charts.queue_charts(dashboard.series(q["name"])) for q in queues}
-        return page(request, "overview.html", queues=queues, processes=processes, logs=logs, charts=chart_svgs)
+        rates = {q["name"]: dashboard.rates(q["name"]) for q in queues}
+        return page(request, "overview.html", queues=queues, processes=processes, logs=logs, charts=chart_svgs,
+                    rates=rates)
 
     @guarded
     async def queues_page(request: Request) -> Response:
@@ -231,7 +233,8 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
     async def jobs_page(request: Request) -> Response:
         names = [q["name"] for q in await call(request, dashboard.queue_list)]
         name = request.query_params.get("queue") or (names[0] if names else None)
-        filters = {k: request.query_params.get(k, "") for k in ("state", "task", "group", "id", "error", "since")}
+        filters = {k: request.query_params.get(k, "") for k in ("state", "task", "group", "id", "error", "since",
+                                                                 "unique")}
         document = None
         problem = None
         if name:
@@ -239,7 +242,8 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
                 document = await call(request, dashboard.jobs, name, state=filters["state"] or None,
                                       task=filters["task"] or None, group=filters["group"] or None,
                                       job_id=filters["id"] or None, error=filters["error"] or None,
-                                      since=filters["since"] or None, limit=request.query_params.get("limit", 100))
+                                      since=filters["since"] or None, unique=filters["unique"] or None,
+                                      limit=request.query_params.get("limit", 100))
             except errors.ArgumentError as exc:
                 problem = str(exc)
         return page(request, "jobs.html", names=names, name=name, filters=filters, document=document,

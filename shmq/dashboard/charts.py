@@ -30,22 +30,35 @@ def size(n) -> str:
     return f"{n} B"
 
 
+def _compact(value: float) -> str:
+    for suffix, scale in (("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _ago(seconds: float) -> str:
+    return f"-{seconds / 60:.0f} min" if seconds >= 120 else f"-{seconds:.0f} s"
+
+
 def line_chart(title: str, samples: list[dict], keys: tuple[str, ...], unit: str) -> str:
-    """An SVG line chart of `keys` of the samples over the last hour."""
+    """An SVG line chart of `keys` of the samples: the last hour, or since
+    the first sample when the dashboard has run for less (at least a minute)."""
     now = time.time()
+    span = min(3600.0, max(60.0, now - samples[0]["t"])) if samples else 3600.0
     top = max([s[k] for s in samples for k in keys] + [0.0])
     top = top * 1.1 if top > 0 else 1.0
     parts = [f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" aria-label="{html.escape(title)}">',
              f'<text x="{_PAD}" y="12" class="chart-title">{html.escape(title)}</text>',
              f'<line x1="{_PAD}" y1="{_H - 16}" x2="{_W - 4}" y2="{_H - 16}" class="axis"/>',
-             f'<text x="2" y="22" class="tick">{top:.3g}</text><text x="2" y="{_H - 16}" class="tick">0</text>',
-             f'<text x="{_PAD}" y="{_H - 2}" class="tick">-60 min</text>'
+             f'<text x="2" y="22" class="tick">{_compact(top)}</text><text x="2" y="{_H - 16}" class="tick">0</text>',
+             f'<text x="{_PAD}" y="{_H - 2}" class="tick">{_ago(span)}</text>'
              f'<text x="{_W - 40}" y="{_H - 2}" class="tick">now</text>']
     legend_x = _PAD + 90
     for i, key in enumerate(keys):
         points = []
         for s in samples:
-            x = _PAD + (_W - 4 - _PAD) * (1 - (now - s["t"]) / 3600)
+            x = _PAD + (_W - 4 - _PAD) * (1 - (now - s["t"]) / span)
             y = (_H - 16) - (_H - 36) * (s[key] / top)
             points.append(f"{x:.1f},{y:.1f}")
         colour = _COLOURS[i % len(_COLOURS)]

@@ -102,12 +102,24 @@ def _timestamp(text: str | None) -> float:
     return datetime.datetime.fromisoformat(text).timestamp() if text else 0.0
 
 
+def unique_hex(key: str) -> str:
+    """The hash of a unique key as jobs() lists it (``unique``): the 16
+    bytes the core keeps, in hex. An App task's key is ``TASK:KEY``."""
+    import struct
+
+    from shmq.channel.jobs import unique_hash
+
+    return struct.pack("<QQ", *unique_hash(key)).hex()
+
+
 def jobs_report(backend, *, state: str | None = None, task: str | None = None, group: str | None = None,
-                job_id: Any = None, error: str | None = None, since: Any = None, limit: Any = 100) -> dict:
+                job_id: Any = None, error: str | None = None, since: Any = None, unique: str | None = None,
+                limit: Any = 100) -> dict:
     """The jobs a backend can tell of (``shmq jobs --json``), newest first,
     filtered: ``state`` (one of JOB_STATES), ``task`` and ``group`` (equal),
     ``job_id``, ``error`` (a failed attempt's error contains it, e.g. a type
-    name), ``since`` (enqueued at or after: Unix time or ISO 8601)."""
+    name), ``since`` (enqueued at or after: Unix time or ISO 8601),
+    ``unique`` (the unique key given at enqueue)."""
     if state not in (None, "") and state not in JOB_STATES:
         raise errors.ArgumentError(f"state={state!r} is not a job state: give one of {', '.join(JOB_STATES)}")
     if job_id not in (None, ""):
@@ -119,6 +131,7 @@ def jobs_report(backend, *, state: str | None = None, task: str | None = None, g
         job_id = None
     limit = check_limit(limit)
     since_at = _since(since)
+    unique_key = unique_hex(unique) if unique else None
     jobs = backend.jobs(limit=MAX_LIMIT)
     matching = []
     for job in jobs:
@@ -133,6 +146,8 @@ def jobs_report(backend, *, state: str | None = None, task: str | None = None, g
         if error and not any(error in e["error"] for e in job["errors"]):
             continue
         if since_at is not None and _timestamp(job["enqueued_at"]) < since_at:
+            continue
+        if unique_key is not None and job["unique"] != unique_key:
             continue
         matching.append(job)
     counts = {s: 0 for s in JOB_STATES}

@@ -40,6 +40,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="job_id", type=_int_arg(0, (1 << 64) - 1), help="only this job")
     parser.add_argument("--error", help="only jobs with a failed attempt whose error contains this text")
     parser.add_argument("--since", help="only jobs enqueued at or after this time (Unix time or ISO 8601)")
+    parser.add_argument("--unique", metavar="KEY", help="only the job(s) enqueued with this unique key "
+                        "(an App task's key is TASK:KEY)")
     parser.add_argument("--limit", type=_int_arg(1, 10000), default=100, metavar="N", help="at most N jobs (100)")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
 
@@ -49,7 +51,7 @@ def report(backend, args: argparse.Namespace) -> dict:
 
     try:
         return jobs_report(backend, state=args.state, task=args.task, group=args.group, job_id=args.job_id,
-                           error=args.error, since=args.since, limit=args.limit)
+                           error=args.error, since=args.since, unique=args.unique, limit=args.limit)
     except errors.ArgumentError as exc:
         raise CommandError(str(exc)) from None
 
