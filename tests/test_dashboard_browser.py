@@ -108,6 +108,16 @@ def test_pages_numbers_retry_and_purge_with_a_live_worker(tmp_path, browser):
                     assert expect in page.content(), (url, expect)
                     shot(page, name)
 
+                # A dead job's detail: its arguments behind a click, its error and traceback.
+                page.goto(server.url + f"/jobs?queue={q.name}&state=dead&task={module.broken.name}")
+                page.locator("#jobs tr[data-job] a").first.click()
+                page.wait_for_selector("#job")
+                assert "KeyError" in page.content() and "Traceback" in page.content()
+                assert not page.locator("#body").is_visible()
+                page.locator("details summary", has_text="arguments").click()
+                assert page.locator("#body").is_visible() and f'"{module.broken.name}"' in page.locator("#body").inner_text()
+                shot(page, "job")
+
                 # The worker's pid is on the processes page, as a worker holding the queue.
                 page.goto(server.url + "/processes")
                 assert page.locator("tr[data-pid] td:nth-child(3)", has_text="worker").count() >= 1
