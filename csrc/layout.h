@@ -314,6 +314,7 @@ _Static_assert(sizeof(shmq_msg_ref) == 16, "format");
  *   snapshot                       live jobs at a clean shutdown (optional)
  *   params                         the queue's parameters (shmq/logparams.py)
  *   damaged/                       files recovery found damaged: kept, never read again
+ *   history                        recent jobs read from the log (shmq/channel/history.py); not read by the core
  *
  * Positions: the log is one byte sequence numbered 0, 1, 2, ... forever.
  * Segment i holds positions [i * S, (i + 1) * S), S = segment_bytes, at

@@ -13,6 +13,8 @@ import time
 
 import posix_ipc
 import pytest
+
+import shmq
 from test_supervisor import Supervisors, wait_until
 
 from shmq.backends.shm import ShmBackend
@@ -122,3 +124,18 @@ def test_run_now(make_queue):
     assert (d2.id, d2.attempt) == (later.id, 2)
     d2.ack()
     assert later.run_now() is False
+
+
+def test_a_damaged_or_foreign_history_file(make_queue):
+    """Garbage in <log dir>/history is ignored (and written anew); one that
+    is not private is refused with the file, its mode and the fix named."""
+    q = make_queue()
+    job = q.enqueue(["app.n", [1], {}])
+    history = os.path.join(q._region.log_dir, "history")
+    with open(history, "wb") as f:
+        f.write(b"\x93not msgpack at all")
+    os.chmod(history, 0o600)
+    assert [j["id"] for j in ShmBackend(q).jobs()] == [job.id]
+    os.chmod(history, 0o644)
+    with pytest.raises(shmq.PermissionDenied, match="history.*0644"):
+        ShmBackend(q).jobs()

@@ -141,6 +141,8 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
                 return _error(400, str(exc))
             except NotImplementedError as exc:
                 return _error(501, str(exc))
+            except errors.ShmqError as exc:  # the queue's own problem (not ours, damaged, ...): its message
+                return _error(500, str(exc))
         wrapped.__name__ = handler.__name__
         return wrapped
 
