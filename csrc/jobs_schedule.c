@@ -318,15 +318,11 @@ int shmq_jobs_tick(shmq_handle *h)
     return moved;
 }
 
-/* A job waiting for its time (a delay, a retry's backoff) is due now: the
- * next tick (or, for an ordered lane, its next fetch) runs it. The new due
- * time is not logged: after a restart the job waits for its logged time
- * again. SHMQ_EEMPTY: no job of that id waits for a time (it runs, is in a
- * lane, is being moved, or is finished). */
-int shmq_job_run_now(shmq_handle *h, uint64_t job_id)
+/* Takes the WAITING entry of `job_id` (MOVING, ours); NULL if no entry
+ * waits for a time with that id (it runs, is in a lane, is being moved, or
+ * is finished). */
+static shmq_job_entry *waiting_take(shmq_handle *h, uint64_t job_id, uint32_t *index, uint64_t *gen)
 {
-    if (!h->jobs)
-        return SHMQ_ENOLOG;
     for (uint32_t i = 0; i < h->job_slots; i++) {
         shmq_job_entry *e = entry_at(h, i);
         /* relaxed: a look; the CAS below decides, and job_id is re-read once the entry is ours. */
@@ -336,21 +332,68 @@ int shmq_job_run_now(shmq_handle *h, uint64_t job_id)
         /* acquire: pairs with entry_store's release; the fields are ours while MOVING. */
         if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_MOVING, h->self, s),
                                                      memory_order_acquire, memory_order_relaxed))
-            return SHMQ_EEMPTY; /* taken meanwhile (moved, or run) */
-        uint64_t gen = shmq_job_gen(s);
+            return NULL; /* taken meanwhile (moved, or run) */
         if (e->job_id != job_id) { /* the entry was reused between the look and the CAS */
-            entry_store(e, SHMQ_JOB_WAITING, 0, gen);
+            entry_store(e, SHMQ_JOB_WAITING, 0, shmq_job_gen(s));
             continue;
         }
-        int64_t now = shmq_wall_ns();
-        if (e->due_ns > now)
-            e->due_ns = now;
-        if ((e->flags & SHMQ_JOBF_ORDERED) && e->lane < h->lane_count) /* relaxed: a hint for the lane's fetchers */
-            atomic_store_explicit(&lane_header(h, e->lane)->gate_due, e->due_ns, memory_order_relaxed);
-        scheduled(h, e, gen); /* WAITING again (release), next_due lowered, fetchers woken */
-        return SHMQ_OK;
+        *index = i;
+        *gen = shmq_job_gen(s);
+        return e;
     }
-    return SHMQ_EEMPTY;
+    return NULL;
+}
+
+/* A job waiting for its time (a delay, a retry's backoff) is due now: the
+ * next tick (or, for an ordered lane, its next fetch) runs it. The new due
+ * time is not logged: after a restart the job waits for its logged time
+ * again. SHMQ_EEMPTY: no job of that id waits for a time. */
+int shmq_job_run_now(shmq_handle *h, uint64_t job_id)
+{
+    if (!h->jobs)
+        return SHMQ_ENOLOG;
+    uint32_t index;
+    uint64_t gen;
+    shmq_job_entry *e = waiting_take(h, job_id, &index, &gen);
+    if (!e)
+        return SHMQ_EEMPTY;
+    int64_t now = shmq_wall_ns();
+    if (e->due_ns > now)
+        e->due_ns = now;
+    if ((e->flags & SHMQ_JOBF_ORDERED) && e->lane < h->lane_count) /* relaxed: a hint for the lane's fetchers */
+        atomic_store_explicit(&lane_header(h, e->lane)->gate_due, e->due_ns, memory_order_relaxed);
+    scheduled(h, e, gen); /* WAITING again (release), next_due lowered, fetchers woken */
+    return SHMQ_OK;
+}
+
+/* A job waiting for its time is deleted: it ends dead (its DEAD record, with
+ * `error`, so a recovery does not bring it back; its key freed; its ordered
+ * lane's gate opened; `error` kept as its outcome, as for a failed job).
+ * SHMQ_EEMPTY: no job of that id waits for a time. */
+int shmq_job_delete(shmq_handle *h, uint64_t job_id, uint8_t tag, const char *error, uint32_t length)
+{
+    if (!h->jobs)
+        return SHMQ_ENOLOG;
+    uint32_t index;
+    uint64_t gen;
+    shmq_job_entry *e = waiting_take(h, job_id, &index, &gen);
+    if (!e)
+        return SHMQ_EEMPTY;
+    int rc = shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, e->attempt, SHMQ_RETRY_FAILED, error, length);
+    if (rc != SHMQ_OK) {
+        entry_store(e, SHMQ_JOB_WAITING, 0, gen); /* as it was: the caller may try again */
+        return rc;
+    }
+    if (e->flags & SHMQ_JOBF_UNIQUE)
+        shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
+    METRIC_ADD(h, e->lane, dead, 1);
+    int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
+    shmq_jobs_gate_open(h, e, index);
+    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length); /* as in fail */
+    entry_store(e, SHMQ_JOB_FREE, 0, gen);
+    if (ordered)
+        shmq_wake_data(h); /* the lane's next job may start */
+    return SHMQ_OK;
 }
 
 int64_t shmq_jobs_next_due(const shmq_handle *h)

@@ -322,6 +322,9 @@ int64_t shmq_jobs_next_due(const shmq_handle *handle);
 /* A job waiting for its time (delay, retry backoff) becomes due now (not
  * logged: a restart restores its logged time). SHMQ_EEMPTY: none such. */
 int shmq_job_run_now(shmq_handle *handle, uint64_t job_id);
+/* A job waiting for its time is deleted: it ends dead (a DEAD record with
+ * `error`; its unique key freed, its ordered lane's gate opened). SHMQ_EEMPTY: none such. */
+int shmq_job_delete(shmq_handle *handle, uint64_t job_id, uint8_t tag, const char *error, uint32_t length);
 /* SHMQ_JOB_* of a job id; for a finished one, *info. */
 int shmq_job_status(shmq_handle *handle, uint64_t job_id, shmq_result_info *info /* OUT */);
 /* Waits for a job's result and copies it (ECLAIMED: info->length is larger

@@ -2,7 +2,9 @@
 /* shmq_job_run_now: a job waiting for its time (a delay, a retry's backoff,
  * on an unordered or an ordered lane) becomes due at once, and a fetcher
  * asleep in another thread gets it; ids that do not wait for a time are
- * refused. Under TSan the call races the fetcher's own tick. */
+ * refused. Under TSan the call races the fetcher's own tick.
+ * shmq_job_delete: a waiting job ends dead, its unique key is free, and an
+ * ordered lane it held goes on with its next job. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <string.h>
@@ -98,6 +100,64 @@ void test_jobs_run_now(void)
     CHECK_RC(shmq_job_run_now(h, id), SHMQ_EEMPTY);
 
     shmq_detach(other);
+    shmq_detach(h);
+    region_destroy(&r);
+    temp_dir_remove(dir);
+}
+
+void test_jobs_delete_waiting(void)
+{
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(3, 64, 64, SHMQ_DURABILITY_OS, 256 * 1024);
+    p.ordered_lanes = 1; /* lane 2 */
+    p.job_slots = 64;
+    p.unique_slots = 64;
+    p.result_slots = 64;
+    p.result_bytes = 64 * 1024;
+    p.result_ttl_ns = 600ll * 1000 * 1000 * 1000;
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    static const char payload[] = "delete me";
+    static const char why[] = "deleted";
+    shmq_result_info info;
+    static char buf[256];
+    shmq_delivery d;
+    uint64_t id = 0, again = 0;
+
+    /* A delayed job with a unique key: dead, and the key is free again. */
+    shmq_enqueue_options o = {.lane = -1, .not_before_ns = wall() + 60000 * MS, .unique_hi = 7, .unique_lo = 9};
+    CHECK_RC(shmq_enqueue(h, &o, payload, sizeof payload, 0, &id), SHMQ_OK);
+    CHECK_RC(shmq_enqueue(h, &o, payload, sizeof payload, 0, &again), SHMQ_EDUPLICATE);
+    CHECK_RC(shmq_job_delete(h, id, 0, why, sizeof why), SHMQ_OK);
+    CHECK_EQ(shmq_job_status(h, id, &info), SHMQ_JOB_DEAD);
+    CHECK_RC(shmq_job_delete(h, id, 0, why, sizeof why), SHMQ_EEMPTY);
+    CHECK_RC(shmq_job_run_now(h, id), SHMQ_EEMPTY);
+    CHECK_RC(shmq_fetch(h, buf, sizeof buf, 0, LEASE, &d), SHMQ_EEMPTY);
+    o.not_before_ns = 0;
+    CHECK_RC(shmq_enqueue(h, &o, payload, sizeof payload, 0, &again), SHMQ_OK); /* not a duplicate */
+    CHECK(again != id);
+    CHECK_RC(shmq_fetch(h, buf, sizeof buf, 1000 * MS, LEASE, &d), SHMQ_OK);
+    CHECK_EQ(d.job_id, again);
+    CHECK_RC(shmq_ack(h, &d, 0, NULL, 0), SHMQ_OK);
+
+    /* An ordered lane's job waiting for its retry holds the lane; deleted, the next job runs. */
+    o = (shmq_enqueue_options){.lane = 2};
+    CHECK_RC(shmq_enqueue(h, &o, payload, sizeof payload, 0, &id), SHMQ_OK);
+    CHECK_RC(shmq_enqueue(h, &o, payload, sizeof payload, 0, &again), SHMQ_OK);
+    CHECK_RC(shmq_fetch(h, buf, sizeof buf, 1000 * MS, LEASE, &d), SHMQ_OK);
+    CHECK_EQ(d.job_id, id);
+    CHECK_RC(shmq_fail(h, &d, wall() + 60000 * MS, 0, "later", 5), SHMQ_OK);
+    CHECK_RC(shmq_fetch(h, buf, sizeof buf, 0, LEASE, &d), SHMQ_EEMPTY); /* the group waits for it */
+    CHECK_RC(shmq_job_delete(h, id, 0, why, sizeof why), SHMQ_OK);
+    CHECK_RC(shmq_fetch(h, buf, sizeof buf, 1000 * MS, LEASE, &d), SHMQ_OK);
+    CHECK_EQ(d.job_id, again);
+    CHECK_RC(shmq_ack(h, &d, 0, NULL, 0), SHMQ_OK);
+    shmq_job_stats s;
+    shmq_job_stats_read(h, -1, &s);
+    CHECK_EQ(s.dead, 2);
+    CHECK_EQ(s.waiting, 0);
+
     shmq_detach(h);
     region_destroy(&r);
     temp_dir_remove(dir);

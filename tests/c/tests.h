@@ -84,6 +84,7 @@
     X(jobs_stats_counters)           \
     X(jobs_concurrent)               \
     X(jobs_run_now)                  \
+    X(jobs_delete_waiting)           \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
