@@ -190,3 +190,27 @@ def test_cli_refuses_to_bind_elsewhere_without_a_token(qpath):
     assert result.returncode == 2
     assert "refusing to serve the dashboard on 0.0.0.0:9465 without a token" in result.stderr
     assert "--token" in result.stderr
+
+
+def test_run_now_and_delete_from_the_cli_and_the_api(queue_with_jobs, server, qpath):
+    q, ids = queue_with_jobs
+    s = server()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "shmq", "jobs", q.name, "--path", qpath, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    done = cli("--delete", str(ids["flaky"]))
+    assert done.returncode == 0 and f"job {ids['flaky']} of {q.name} deleted" in done.stdout, done.stderr
+    refused = cli("--delete", str(ids["waiting"]))
+    assert refused.returncode == 2 and "waits for no time" in refused.stderr and "nothing was changed" in refused.stderr
+    status, answer = s.post("/api/actions/delete", {"queue": q.name, "ids": [ids["flaky"]]})
+    assert status == 409 and "only delayed and retrying jobs are deleted" in answer["error"]
+    status, answer = s.post("/api/actions/delete", {"queue": q.name, "ids": [ids["later"]]})
+    assert status == 200 and answer == {"deleted": [ids["later"]], "not_waiting": []}
+    _, jobs = s.get(f"/api/jobs?queue={q.name}&state=dead")
+    assert {j["id"]: j["errors"][-1]["error"] for j in jobs["jobs"]} == {
+        ids["doomed"]: "KeyError: 'no such user'", ids["flaky"]: "Deleted: deleted with shmq jobs --delete",
+        ids["later"]: "Deleted: deleted from the dashboard"}
+    ran = cli("--run-now", str(ids["waiting"]))
+    assert ran.returncode == 2 and "waits for no time" in ran.stderr

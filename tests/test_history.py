@@ -139,3 +139,41 @@ def test_a_damaged_or_foreign_history_file(make_queue):
     os.chmod(history, 0o644)
     with pytest.raises(shmq.PermissionDenied, match="history.*0644"):
         ShmBackend(q).jobs()
+
+
+def test_delete_a_waiting_job_and_it_stays_deleted(make_queue, qpath):
+    """Job.delete() of a delayed job (with a unique key) and of a group's job
+    waiting for its retry: dead with error type Deleted, the key free, the
+    group goes on; after a restart (the region gone) neither comes back."""
+    q = make_queue(retries=3, backoff=600.0, ordered_lanes=1)
+    later = q.enqueue(["app.later", [], {}], delay=600, unique="k1")
+    first = q.enqueue(["app.g", [1], {}], group="g")
+    second = q.enqueue(["app.g", [2], {}], group="g")
+    d = q.fetch(timeout=5)
+    assert d.id == first.id
+    d.fail(ValueError("again"))  # waits 600 s, holding its group
+    with pytest.raises(shmq.Empty):
+        q.fetch(timeout=0.2)
+    assert later.delete() is True and first.delete("not needed") is True
+    assert later.delete() is False and second.delete() is False  # no longer waiting; queued in a lane
+    with pytest.raises(shmq.JobFailed, match="Deleted"):
+        later.wait(0)
+    fresh = q.enqueue(["app.later", [], {}], unique="k1")
+    assert fresh.duplicate is False
+    taken = [q.fetch(timeout=5) for _ in range(2)]
+    assert {d.id for d in taken} == {second.id, fresh.id}  # the group went on
+    for d in taken:
+        d.ack()
+    jobs = by_id(ShmBackend(q).jobs())
+    assert jobs[first.id]["state"] == "dead" and jobs[first.id]["errors"][-1]["error"] == "Deleted: not needed"
+    name = q.name
+    q.flush()
+    q.close()
+    posix_ipc.unlink_shared_memory(region_name(name, qpath))
+    again = make_queue(name)
+    assert again.job(later.id).status() in ("unknown", "dead")
+    got = []
+    with pytest.raises(shmq.Empty):
+        while True:
+            got.append(again.fetch(timeout=0.5).id)
+    assert later.id not in got and first.id not in got, got

@@ -143,6 +143,10 @@ class JobBackend(abc.ABC):
         """A job waiting for its time (delay, retry backoff) is due now; False if none such."""
         raise NotImplementedError(f"the {self.kind} backend cannot make a job due now")
 
+    def delete(self, job_id: int, reason: str = "deleted") -> bool:
+        """A job waiting for its time ends dead (error type "Deleted"); False if none such."""
+        raise NotImplementedError(f"the {self.kind} backend cannot delete a job")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Releases this handle (jobs stay)."""

@@ -110,6 +110,9 @@ class ShmBackend(JobBackend):
     def run_now(self, job_id: int) -> bool:
         return self.queue.job(job_id).run_now()
 
+    def delete(self, job_id: int, reason: str = "deleted") -> bool:
+        return self.queue.job(job_id).delete(reason)
+
     def _history(self):
         history = getattr(self, "_log_history", None)
         if history is None:

@@ -192,6 +192,21 @@ class Job:
             raise_for(rc, f"making job {self.id} of queue {self.queue.name!r} due now")
         return True
 
+    def delete(self, reason: str = "deleted") -> bool:
+        """Deletes a job that waits for its time (a delay, a retry's
+        backoff): it ends dead (logged, so it stays deleted after a restart;
+        its unique key freed; a group waiting for it goes on), and wait()
+        raises JobFailed with error type "Deleted" and `reason`. It is not a
+        dead letter. False if the job waits for no time (it is in a lane,
+        runs, or is finished)."""
+        packed = msgpack.packb({"type": "Deleted", "message": str(reason), "traceback": ""})
+        rc = lib.shmq_job_delete(self.queue._live_handle(), self.id, 0, packed, len(packed))
+        if rc == EEMPTY:
+            return False
+        if rc != OK:
+            raise_for(rc, f"deleting job {self.id} of queue {self.queue.name!r}")
+        return True
+
 
 def _no_consumer_hint(queue, handle) -> str:
     """For a wait that timed out: a hint when no live process takes jobs from the queue."""

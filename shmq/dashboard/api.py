@@ -265,6 +265,17 @@ def _run_now(d: Dashboard, params: dict) -> dict:
     return {"due_now": done, "not_waiting": refused}
 
 
+def _delete(d: Dashboard, params: dict) -> dict:
+    backend = d.backend(str(params.get("queue", "")))
+    done, refused = [], []
+    for job_id in _ids(params):
+        (done if backend.delete(job_id, "deleted from the dashboard") else refused).append(job_id)
+    if refused and not done:
+        raise Refused(f"job {', '.join(map(str, refused))} of queue {backend.name!r} waits for no time (it is "
+                      "waiting in a lane, running or finished): only delayed and retrying jobs are deleted", 409)
+    return {"deleted": done, "not_waiting": refused}
+
+
 def _release(d: Dashboard, params: dict) -> dict:
     """Leases of dead consumers and of leases past their deadline taken back now (the supervisor's pass)."""
     backend = d.backend(str(params.get("queue", "")))
@@ -296,6 +307,7 @@ _ACTIONS = {
     "dead-retry": _dead_retry,
     "dead-purge": _dead_purge,
     "run-now": _run_now,
+    "delete": _delete,
     "release": _release,
     "drain": _drain,
 }

@@ -26,7 +26,9 @@ EPILOG = """\
 examples:
   shmq jobs emails                          the newest 100 jobs of queue emails
   shmq jobs emails --state running          what runs now, where
-  shmq jobs emails --task myapp.send --error TimeoutError --json"""
+  shmq jobs emails --task myapp.send --error TimeoutError --json
+  shmq jobs emails --run-now 4096           a delayed or retrying job runs now
+  shmq jobs emails --delete 4096            ... or never (it ends dead, error type Deleted)"""
 
 _STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "finished")
 
@@ -44,6 +46,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(an App task's key is TASK:KEY)")
     parser.add_argument("--limit", type=_int_arg(1, 10000), default=100, metavar="N", help="at most N jobs (100)")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    act = parser.add_mutually_exclusive_group()
+    act.add_argument("--run-now", metavar="ID", type=_int_arg(0, (1 << 64) - 1),
+                     help="instead of listing: make this delayed or retrying job due now")
+    act.add_argument("--delete", metavar="ID", type=_int_arg(0, (1 << 64) - 1),
+                     help="instead of listing: delete this delayed or retrying job (it ends dead, error type Deleted)")
+
+
+def _act(args: argparse.Namespace) -> int:
+    backend = open_jobs(args.name, data_dir(args), read_only=False)
+    try:
+        if args.run_now is not None:
+            job_id, done, what = args.run_now, backend.run_now(args.run_now), "is due now"
+        else:
+            job_id, done, what = args.delete, backend.delete(args.delete, "deleted with shmq jobs --delete"), "deleted"
+    finally:
+        backend.close()
+    if not done:
+        raise CommandError(f"job {job_id} of queue {args.name} waits for no time (it is waiting in a lane, running, "
+                           f"or finished; see 'shmq jobs {args.name} --id {job_id}'): nothing was changed")
+    emit(f"job {job_id} of {args.name} {what}")
+    flush()
+    return 0
 
 
 def report(backend, args: argparse.Namespace) -> dict:
@@ -57,6 +81,8 @@ def report(backend, args: argparse.Namespace) -> dict:
 
 
 def _jobs(args: argparse.Namespace) -> int:
+    if args.run_now is not None or args.delete is not None:
+        return _act(args)
     backend = open_jobs(args.name, data_dir(args))
     try:
         try:
