@@ -214,3 +214,49 @@ def test_run_now_and_delete_from_the_cli_and_the_api(queue_with_jobs, server, qp
         ids["later"]: "Deleted: deleted from the dashboard"}
     ran = cli("--run-now", str(ids["waiting"]))
     assert ran.returncode == 2 and "waits for no time" in ran.stderr
+
+
+CONSUMER = """
+import sys, time, shmq
+q = shmq.Queue(sys.argv[1], path=sys.argv[2])
+d = q.fetch(timeout=30)
+print(d.id, flush=True)
+time.sleep(120)
+"""
+PRODUCER = """
+import sys, time, shmq
+q = shmq.Queue(sys.argv[1], path=sys.argv[2])
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_drain_and_release_with_real_processes(make_queue, server, qpath):
+    """drain sends SIGTERM to a live worker of the directory (and to nothing
+    else); release takes back at once the lease of a consumer killed with -9."""
+    q = make_queue()
+    first, second = q.enqueue(["app.a", [], {}]), q.enqueue(["app.b", [], {}])
+    s = server()
+    procs = [subprocess.Popen([sys.executable, "-c", code, q.name, qpath], stdout=subprocess.PIPE, text=True)
+             for code in (CONSUMER, CONSUMER, PRODUCER)]
+    try:
+        held = {int(p.stdout.readline()) for p in procs[:2]}
+        assert held == {first.id, second.id}
+        assert procs[2].stdout.readline() == "open\n"
+        status, answer = s.post("/api/actions/drain", {"pid": procs[2].pid})
+        assert status == 409 and "not a live worker" in answer["error"]  # it took no job
+        assert procs[2].poll() is None
+        status, answer = s.post("/api/actions/drain", {"pid": procs[0].pid})
+        assert status == 200 and answer == {"signalled": procs[0].pid, "signal": "SIGTERM"}
+        assert procs[0].wait(30) == -15
+        procs[1].kill()
+        procs[1].wait(30)
+        status, answer = s.post("/api/actions/release", {"queue": q.name})
+        assert status == 200 and answer["in_flight_after"] == 0, answer
+        got = {q.fetch(timeout=10).id for _ in range(2)}
+        assert got == {first.id, second.id}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
