@@ -260,3 +260,27 @@ def test_drain_and_release_with_real_processes(make_queue, server, qpath):
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_all_matching_selects_by_task_and_error_type(queue_with_jobs, server):
+    """The dead-letter groups' "all matching": a task's jobs, or ("-") the
+    jobs whose body is not an App job, of one error type; nothing else."""
+    q, ids = queue_with_jobs
+    q.enqueue({"not": "an app job"})
+    d = q.fetch(timeout=5)
+    while d.body != {"not": "an app job"}:  # the waiting App job comes first
+        d.ack()
+        d = q.fetch(timeout=5)
+    d.fail(KeyError("plain"), retry=False)
+    s = server()
+    for task, expect in (("app.doomed", [ids["doomed"]]), ("-", [d.id]), ("app.ok", [])):
+        status, answer = s.post("/api/actions/dead-preview",
+                                {"queue": q.name, "all_matching": True, "task": task, "error_type": "KeyError"})
+        assert status == 200 and answer == {"count": len(expect), "ids": expect}, (task, answer)
+    status, answer = s.post("/api/actions/dead-purge", {"queue": q.name, "all_matching": True, "task": "-",
+                                                        "error_type": "KeyError", "expect": 2})
+    assert status == 409 and "1 dead jobs match now, not the 2 you confirmed" in answer["error"]
+    status, answer = s.post("/api/actions/dead-purge", {"queue": q.name, "all_matching": True, "task": "-",
+                                                        "error_type": "KeyError", "expect": 1})
+    assert status == 200 and answer == {"purged": 1}
+    assert [job.id for job in q.dead_letters] == [ids["doomed"]]

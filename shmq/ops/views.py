@@ -197,8 +197,8 @@ def dead_report(backend, *, limit: Any = None, ids: Iterable[int] | None = None,
         jobs = list(letters)
     records = [dead_record(job) for job in jobs]
     if task or error_type:
-        keep = [i for i, r in enumerate(records)
-                if (not task or r["task"] == task) and (not error_type or r["error"]["type"] == error_type)]
+        keep = [i for i, r in enumerate(records)  # task "-": bodies that are not App jobs (as dead_groups names them)
+                if (not task or (r["task"] or "-") == task) and (not error_type or r["error"]["type"] == error_type)]
         records, jobs = [records[i] for i in keep], [jobs[i] for i in keep]
     if limit is not None:
         limit = check_limit(limit)
