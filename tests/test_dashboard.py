@@ -284,3 +284,14 @@ def test_all_matching_selects_by_task_and_error_type(queue_with_jobs, server):
                                                         "error_type": "KeyError", "expect": 1})
     assert status == 200 and answer == {"purged": 1}
     assert [job.id for job in q.dead_letters] == [ids["doomed"]]
+
+
+def test_queue_page_names_the_group_holding_an_ordered_lane(make_queue, server):
+    q = make_queue(ordered_lanes=1, retries=2, backoff=600.0)
+    job = q.enqueue(["app.g", [1], {}], group="user-42")
+    d = q.fetch(timeout=5)
+    assert d.id == job.id
+    d.fail(ValueError("again"))  # waits for its retry, holding the lane
+    status, page = server().get(f"/queues/{q.name}")
+    assert status == 200
+    assert f'by job <a href="/jobs/{q.name}/{job.id}">{job.id}</a> of group <strong class="gate-group">user-42</strong>' in page

@@ -166,6 +166,7 @@ def test_delete_a_waiting_job_and_it_stays_deleted(make_queue, qpath):
         d.ack()
     jobs = by_id(ShmBackend(q).jobs())
     assert jobs[first.id]["state"] == "dead" and jobs[first.id]["errors"][-1]["error"] == "Deleted: not needed"
+    assert (jobs[first.id]["group"], jobs[second.id]["group"], jobs[later.id]["group"]) == ("g", "g", None)
     name = q.name
     q.flush()
     q.close()

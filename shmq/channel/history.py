@@ -291,6 +291,8 @@ class LogHistory:
         group = body[at:at + group_bytes].decode("utf-8", "replace") if group_bytes else None
         unique = body[at + group_bytes:at + group_bytes + unique_bytes].hex() if unique_bytes else None
         payload = body[at + group_bytes + unique_bytes:at + group_bytes + unique_bytes + payload_bytes]
+        if group is None:
+            group = self._envelope_group(tag, payload)
         job = self._jobs.get(job_id)
         if job is None:  # a job's first ENQUEUE (a redelivery writes another, same id)
             job = {"id": job_id, "task": None, "state": "waiting", "enqueued_at": enqueued / 1e9,
@@ -310,6 +312,18 @@ class LogHistory:
             job["state"] = "retrying" if job["errors"] else "delayed"
         else:
             job["state"] = "waiting"
+
+    @staticmethod
+    def _envelope_group(tag: int, payload: bytes) -> str | None:
+        """The group a Python enqueue put in the job's envelope (shmq.channel.jobs)."""
+        from shmq.channel.jobs import _ENVELOPE, _TAG_JOB
+
+        if not tag & _TAG_JOB or len(payload) < _ENVELOPE.size:
+            return None
+        size = _ENVELOPE.unpack_from(payload)[3]
+        if not size:
+            return None
+        return payload[_ENVELOPE.size:_ENVELOPE.size + size].decode("utf-8", "replace")
 
     def _task(self, tag: int, payload: bytes) -> str | None:
         from shmq.channel.jobs import _ENVELOPE, _TAG_JOB

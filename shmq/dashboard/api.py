@@ -84,6 +84,12 @@ class Dashboard:
             backend = self.backend(name)
             return views.queue_detail(backend)
 
+    def gate_groups(self, name: str, job_ids: list[int]) -> dict[int, str | None]:
+        """The group of each job that holds an ordered lane's gate (from the recent jobs)."""
+        with self.lock:
+            known = {job["id"]: job["group"] for job in self.backend(name).jobs(limit=views.MAX_LIMIT)}
+        return {job_id: known.get(job_id) for job_id in job_ids}
+
     def jobs(self, name: str, **filters) -> dict:
         with self.lock:
             return views.jobs_report(self.backend(name), **filters)

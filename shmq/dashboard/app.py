@@ -229,7 +229,9 @@ def build(path: str | None, *, config: str | None = None, read_only: bool = Fals
         detail = await call(request, dashboard.queue_detail, name)
         stats = next((q for q in await call(request, dashboard.queue_list) if q["name"] == name), None)
         settings = await call(request, _settings, dashboard, name)
-        return page(request, "queue.html", name=name, q=detail, stats=stats, settings=settings)
+        holders = [lane["gate_job"] for lane in detail["lanes"] if lane.get("gate_job") is not None]
+        groups = await call(request, dashboard.gate_groups, name, holders) if holders else {}
+        return page(request, "queue.html", name=name, q=detail, stats=stats, settings=settings, groups=groups)
 
     @guarded
     async def jobs_page(request: Request) -> Response:
