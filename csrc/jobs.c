@@ -454,6 +454,26 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     return SHMQ_OK;
 }
 
+int shmq_hold(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns)
+{
+    shmq_job_entry *e = finish_begin(h, d);
+    if (!e)
+        return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    /* As a retry (fail), but the attempt stays: the job did not run. */
+    int rc = shmq_jobs_log_outcome(h, SHMQ_REC_RETRY, e->job_id, retry_at_ns, e->attempt, SHMQ_RETRY_HELD, NULL, 0);
+    if (rc != SHMQ_OK) {
+        entry_store(e, SHMQ_JOB_RUNNING_KIND, h->self, d->gen); /* still ours: the caller may try again */
+        return rc;
+    }
+    e->due_ns = retry_at_ns;
+    if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
+        atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);
+    entry_store(e, SHMQ_JOB_WAITING, 0, d->gen);
+    shmq_jobs_due_lower(h, retry_at_ns);
+    shmq_wake_data(h); /* sleeping fetchers wake for the new due time */
+    return SHMQ_OK;
+}
+
 int shmq_extend(shmq_handle *h, const shmq_delivery *d, int64_t lease_ns)
 {
     shmq_job_entry *e = leased(h, d);
@@ -500,5 +520,5 @@ int shmq_jobs_references(const shmq_handle *h, unsigned index)
         if ((job & SHMQ_UNIQUE_CLAIMED) && (job & 0x1FFFu) == index)
             return 1;
     }
-    return 0;
+    return shmq_admission_references(h, index);
 }

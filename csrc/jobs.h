@@ -74,6 +74,9 @@ int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const 
 int shmq_jobs_take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired);
 void shmq_jobs_detach(shmq_handle *h);
 
+/* admission.c */
+int shmq_admission_references(const shmq_handle *h, unsigned index);
+
 /* jobs_info.c */
 uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low);
 uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target);

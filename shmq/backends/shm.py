@@ -94,6 +94,21 @@ class ShmBackend(JobBackend):
         self.queue.repair()  # claims of dead producers at a lane's head
         self.queue.maintain()
 
+    def pause(self, task: str | None = None) -> None:
+        self.queue.pause(task)
+
+    def resume(self, task: str | None = None) -> None:
+        self.queue.resume(task)
+
+    def paused(self, task: str | None = None) -> bool:
+        return self.queue.paused(task)
+
+    def take_seat(self, key: int, limit: int):
+        return self.queue.take_seat(key, limit)
+
+    def take_rate(self, key: int, interval_ns: int) -> int:
+        return self.queue.take_rate(key, interval_ns)
+
     def close(self) -> None:
         self.queue.close()
 

@@ -59,7 +59,7 @@ class Task:
 
     def __init__(self, app: "App", fn: Callable, name: str, retries: int | None, backoff: float | None,
                  backoff_max: float | None, group_by: Callable | None, unique_by: Callable | None,
-                 unique_until: str, lease_timeout: float | None):
+                 unique_until: str, lease_timeout: float | None, admission=None):
         from shmq.channel.jobs import RetryPolicy
 
         if unique_until not in ("start", "finish"):
@@ -79,6 +79,7 @@ class Task:
 
             _args.seconds_ns("lease_timeout", lease_timeout, _args.LEASE_MIN, _args.LEASE_MAX)  # at definition
         self.lease_timeout = lease_timeout
+        self.admission = admission  # concurrency and rate limits (shmq/tasks/admission.py), or None
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: their calls are checked by the worker only
@@ -159,6 +160,18 @@ class Task:
                 "arguments as the task; nothing was enqueued"
             ) from exc
 
+    def pause(self) -> None:
+        """Workers start no job of this task until resume(); its jobs stay
+        queued and enqueue goes on (every process of the host sees it)."""
+        self.app.backend.pause(self.name)
+
+    def resume(self) -> None:
+        """Undoes pause(): held jobs run again within about a second."""
+        self.app.backend.resume(self.name)
+
+    def paused(self) -> bool:
+        return self.app.backend.paused(self.name)
+
     def delay(self, seconds: Any, *args, **kwargs):
         """enqueue(*args, **kwargs) to run after `seconds` (or at a datetime)."""
         return self.enqueue_with(args, kwargs, delay=seconds)
@@ -232,7 +245,9 @@ class App:
 
     def task(self, fn: Callable | None = None, *, name: str | None = None, retries: int | None = None,
              backoff: float | None = None, backoff_max: float | None = None, group_by: Callable | None = None,
-             unique_by: Callable | None = None, unique_until: str = "start", lease_timeout: float | None = None):
+             unique_by: Callable | None = None, unique_until: str = "start", lease_timeout: float | None = None,
+             concurrency: int | None = None, concurrency_by: Callable | None = None, rate: str | None = None,
+             rate_by: Callable | None = None):
         """Registers a task: ``@app.task`` or ``@app.task(retries=5, ...)``.
 
         - ``name``: how jobs name it (default ``module.qualname``).
@@ -241,6 +256,11 @@ class App:
         - ``unique_by(*args, **kwargs)``: its unique key (one pending job per key);
           ``unique_until``: ``"start"`` or ``"finish"``.
         - ``lease_timeout``: seconds a run may take before it is presumed hung.
+        - ``concurrency``: at most this many runs at once across all workers of
+          the host; ``concurrency_by(*args, **kwargs)``: per key.
+        - ``rate``: ``"N/s"``, ``"N/m"`` or ``"N/h"`` runs started at most;
+          ``rate_by(*args, **kwargs)``: per key. A job held back by a limit
+          waits (not a failure, not an attempt); see shmq/tasks/admission.py.
         """
 
         def register(f: Callable) -> Task:
@@ -254,8 +274,11 @@ class App:
             for what, value in (("group_by", group_by), ("unique_by", unique_by)):
                 if value is not None and not callable(value):
                     raise errors.ConfigError(f"{what} must be a function of the task's arguments, got {value!r}")
+            from shmq.tasks import admission
+
+            limits = admission.options(task_name, concurrency, concurrency_by, rate, rate_by)
             task = Task(self, f, task_name, retries, backoff, backoff_max, group_by, unique_by, unique_until,
-                        lease_timeout)
+                        lease_timeout, limits)
             self.tasks[task_name] = task
             return task
 

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from shmq import _args, errors
+from shmq.tasks import admission
 
 __all__ = ["run", "work"]
 
@@ -90,6 +91,27 @@ def _run_one(app, delivery, task_of) -> None:
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
+    seat = None
+    if task.admission is not None or delivery.pause_hint:
+        try:
+            seat = admission.enter(app.backend, task, delivery, args, kwargs)
+        except errors.LeaseLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - concurrency_by / rate_by raised: the attempt failed
+            delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
+            log.info("job %d (%s): its limit key could not be made: %s: %s -> %s", delivery.id, name,
+                     type(exc).__name__, exc, delivery.fail(exc, delay=delay))
+            return
+        if seat is admission.HELD:
+            return
+    try:
+        _run_admitted(app, delivery, task, name, args, kwargs)
+    finally:
+        if seat is not None:
+            seat.give()
+
+
+def _run_admitted(app, delivery, task, name, args, kwargs) -> None:
     if task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
     try:
