@@ -134,6 +134,7 @@ static int seat_take_one(shmq_handle *h, uint64_t tag)
         if (w && seat_word_tag(w) == tag && seat_held(h, at, w))
             return 0;
     }
+    shmq_fault(h, SHMQ_FAULT_SEAT_LOOKED);
     uint64_t mine = tag << SHMQ_SEAT_OWNER_BITS | h->self;
     for (uint32_t i = 0; i < SHMQ_SEAT_WINDOW; i++) {
         uint32_t at = seat_at(tag, i);

@@ -39,6 +39,7 @@ enum shmq_fault_point {
     SHMQ_FAULT_FLUSH_HELD,         /* the flusher role held, fdatasync not begun */
     SHMQ_FAULT_SEGMENT_CLAIMED,    /* the segment-making claim held, the file not made */
     SHMQ_FAULT_UNIQUE_LOCKED,      /* the unique-key table's lock held */
+    SHMQ_FAULT_SEAT_LOOKED,        /* a seat's window read (not held), nothing claimed yet */
     SHMQ_FAULT_SEAT_CLAIMED,       /* a concurrency seat claimed, the window not yet checked */
 };
 

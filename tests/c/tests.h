@@ -83,6 +83,10 @@
     X(jobs_histogram_recording)      \
     X(jobs_stats_counters)           \
     X(jobs_concurrent)               \
+    X(admission_seats_race)          \
+    X(admission_dead_holder_seat_back) \
+    X(admission_rate_and_pause)      \
+    X(admission_seat_claim_race)     \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
