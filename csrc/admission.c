@@ -98,6 +98,55 @@ uint32_t shmq_pause_list(const shmq_handle *h, shmq_pause_info *out, uint32_t ca
     return n;
 }
 
+/* ------------------------------------------------------------ priorities */
+
+void shmq_priority_on(shmq_handle *h, int64_t age_ns)
+{
+    if (h->jobs && age_ns > 0)
+        /* relaxed: a setting read by fetchers as a hint; any value they see is valid. */
+        atomic_store_explicit(&h->admission->priority_age_ns, age_ns, memory_order_relaxed);
+}
+
+static void looked(shmq_handle *h, uint32_t lane, int64_t now)
+{
+    /* relaxed: a time for the aging rule; a stale one only shifts a choice. */
+    atomic_store_explicit(&lane_header(h, lane)->looked_ns, now, memory_order_relaxed);
+}
+
+/* A fetch round of a prioritized queue (see "Priorities" in layout.h). */
+int shmq_admission_fetch_round(shmq_handle *h, int64_t age_ns, fetch_args *a,
+                               int (*take)(shmq_handle *h, uint32_t lane, fetch_args *a))
+{
+    int64_t now = shmq_now_ns();
+    uint32_t lanes = h->lane_count;
+    /* relaxed: this handle's own note. Back from idle (every lane was empty,
+     * and that was more than a step ago, or never looked at), the lanes'
+     * times say nothing about waiting: every lane counts as just looked at. */
+    int64_t idle = atomic_load_explicit(&h->idle_since_ns, memory_order_relaxed);
+    if (idle != 0 && now - idle > age_ns)
+        for (uint32_t lane = 0; lane < lanes; lane++)
+            looked(h, lane, now);
+    int rc = SHMQ_EEMPTY;
+    for (uint32_t band = lanes; band-- > 1 && rc == SHMQ_EEMPTY;) { /* aged lanes first, the lowest band first */
+        /* relaxed: see looked(). */
+        int64_t seen = atomic_load_explicit(&lane_header(h, band)->looked_ns, memory_order_relaxed);
+        if (now - seen > (int64_t)band * age_ns) {
+            rc = take(h, band, a);
+            looked(h, band, now);
+        }
+    }
+    for (uint32_t lane = 0; lane < lanes && rc == SHMQ_EEMPTY; lane++) {
+        rc = take(h, lane, a);
+        looked(h, lane, now);
+    }
+    /* relaxed: see above; the first empty round keeps its time. */
+    if (rc != SHMQ_EEMPTY)
+        atomic_store_explicit(&h->idle_since_ns, 0, memory_order_relaxed);
+    else if (idle == 0 || now - idle > age_ns)
+        atomic_store_explicit(&h->idle_since_ns, now, memory_order_relaxed);
+    return rc;
+}
+
 /* ------------------------------------------------------------ seats */
 
 static uint64_t mix64(uint64_t x)

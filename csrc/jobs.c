@@ -308,25 +308,31 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
     return deliver(h, e, index, gen, a);
 }
 
+/* One lane's try: a job, or SHMQ_EEMPTY. */
+static int fetch_lane(shmq_handle *h, uint32_t lane, fetch_args *a)
+{
+    if (shmq_lane_ordered(h, lane))
+        return fetch_ordered(h, lane, a);
+    if (!shmq_lane_ready(h, lane)) {
+        /* A head being written: remembered, so that a writer that died there is repaired. */
+        if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy))
+            a->busy_lane = (int)lane;
+        return SHMQ_EEMPTY;
+    }
+    return fetch_message(h, lane, a, 0);
+}
+
 int shmq_jobs_fetch_round(shmq_handle *h, fetch_args *a)
 {
     uint32_t lanes = h->lane_count;
+    /* relaxed: a setting (admission.c); 0 unless a job was enqueued with a priority. */
+    int64_t age_ns = atomic_load_explicit(&h->admission->priority_age_ns, memory_order_relaxed);
+    if (age_ns > 0 && lanes > 1)
+        return shmq_admission_fetch_round(h, age_ns, a, fetch_lane);
     /* relaxed: any rotation is correct. */
     uint32_t start = lanes == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
     for (uint32_t i = 0; i < lanes; i++) {
-        uint32_t lane = (start + i) % lanes;
-        int rc;
-        if (shmq_lane_ordered(h, lane)) {
-            rc = fetch_ordered(h, lane, a);
-        } else {
-            if (!shmq_lane_ready(h, lane)) {
-                /* A head being written: remembered, so that a writer that died there is repaired. */
-                if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy))
-                    a->busy_lane = (int)lane;
-                continue;
-            }
-            rc = fetch_message(h, lane, a, 0);
-        }
+        int rc = fetch_lane(h, (start + i) % lanes, a);
         if (rc != SHMQ_EEMPTY)
             return rc;
     }

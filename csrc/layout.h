@@ -263,7 +263,9 @@ typedef struct shmq_lane_header {
     _Atomic uint64_t popped;                        /* messages taken (statistics, qsize) */
     _Atomic uint64_t gate;                          /* ordered lanes: SHMQ_GATE_* (see "Ordered lanes") */
     _Atomic int64_t gate_due;                       /* ordered lanes: when the gate's WAITING job may run */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 32];
+    _Atomic int64_t looked_ns;                      /* prioritized queues: CLOCK_MONOTONIC when a fetch last
+                                                     * took from this lane or found it empty (admission.c) */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 40];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
@@ -272,6 +274,7 @@ _Static_assert(offsetof(shmq_lane_header, head) == 64, "head on its own cache li
 _Static_assert(offsetof(shmq_lane_header, popped) == 72, "format");
 _Static_assert(offsetof(shmq_lane_header, gate) == 80, "format");
 _Static_assert(offsetof(shmq_lane_header, gate_due) == 88, "format");
+_Static_assert(offsetof(shmq_lane_header, looked_ns) == 96, "format");
 _Static_assert(sizeof(shmq_lane_header) == 128, "format");
 
 /* Written at the start of a message's first slot. */
@@ -690,6 +693,15 @@ _Static_assert(sizeof(shmq_result_entry) == 64, "format");
  * (not reused) until then. Nothing is a lock: a process killed at any
  * point leaves at most seats that name it, and those are taken back.
  *
+ * Priorities: once a producer enqueues a job with a priority it sets
+ * priority_age_ns (> 0). Unordered lane k is then band k (lane 0 first) and
+ * a fetch takes from the first lane with a job, in band order, the ordered
+ * lanes last, except that a lane whose looked_ns (last taken from, or
+ * found empty) is more than band * priority_age_ns old goes first: a job
+ * waits behind higher bands at most its band's age (aging, no starvation).
+ * A fetcher back from idle (its previous round more than a step ago)
+ * stores looked_ns = now in every lane first: their times were not waits.
+ *
  * A rate entry is GCRA's theoretical arrival time per key: key (0: free;
  * set once by CAS, never removed) and tat (CLOCK_MONOTONIC ns). A run is
  * admitted iff tat <= now; it then CASes tat -> max(tat, now) + interval.
@@ -702,7 +714,8 @@ typedef struct shmq_admission_header {
     alignas(SHMQ_CACHE_LINE) _Atomic uint32_t paused; /* 1: no fetch takes a job */
     _Atomic uint32_t paused_tasks;    /* pause entries set (0: no task is paused) */
     _Atomic uint64_t held;            /* jobs held back by a limit or a pause (statistics, relaxed) */
-    uint8_t reserved[SHMQ_CACHE_LINE - 16];
+    _Atomic int64_t priority_age_ns;  /* 0: no priorities (fetch rotates); else the aging step per band */
+    uint8_t reserved[SHMQ_CACHE_LINE - 24];
 } shmq_admission_header;
 _Static_assert(sizeof(shmq_admission_header) == 64, "format");
 

@@ -388,6 +388,7 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
     h->fault_countdown = nth;
     atomic_store_explicit(&h->push_cursor, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&h->pop_cursor, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&h->idle_since_ns, 1, memory_order_relaxed); /* idle since ever (admission.c) */
 
     *out = h;
     return SHMQ_OK;

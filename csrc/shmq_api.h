@@ -406,6 +406,9 @@ uint32_t shmq_seats_held(shmq_handle *handle, uint64_t key, uint32_t limit);
 int shmq_rate_take(shmq_handle *handle, uint64_t key, int64_t interval_ns, int64_t *wait_ns /* OUT */);
 int shmq_hold(shmq_handle *handle, const shmq_delivery *delivery, int64_t retry_at_ns);
 uint64_t shmq_admission_held(const shmq_handle *handle);
+/* Priorities: unordered lane k is band k (lane 0 first); a lane not looked
+ * at for band * age_ns goes first (aging). Set once a job has a priority. */
+void shmq_priority_on(shmq_handle *handle, int64_t age_ns);
 
 /* Observing. */
 void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);

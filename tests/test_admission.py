@@ -15,6 +15,7 @@ import time
 import pytest
 
 import shmq
+import test_app
 from test_app import app_module, data_dir, lines_of, new_app, worker_process  # noqa: F401 - fixtures
 
 # Each run notes itself in a directory while it runs and writes how many runs
@@ -191,3 +192,72 @@ def test_pause_and_resume_of_the_queue_and_of_a_task_with_jobs_waiting(tmp_path)
         stats = queue.stats()
     assert sorted(lines_of(ran)) == sorted([f"light {i}" for i in range(6)] + [f"heavy {i}" for i in range(3)])
     assert stats["paused"] is False and stats["paused_tasks"] == [] and stats["failed"] == 0
+
+
+def test_bad_priorities_are_config_errors(new_app):
+    app = new_app()
+    for value in (12, -1, True, 2.0, "0"):
+        with pytest.raises(shmq.ConfigError) as info:
+            app.task(name="bad.prio", priority=value)(lambda: None)
+        assert f"task 'bad.prio': priority={value!r} must be an integer from 0 (runs first) to 9" in str(info.value)
+    ok = app.task(name="ok.prio")(lambda: None)
+    with pytest.raises(shmq.ConfigError, match="priority=12 must be an integer from 0"):
+        ok.enqueue_with((), priority=12)
+    with pytest.raises(shmq.ConfigError, match="has lanes=1, so every job shares one lane"):
+        ok.enqueue_with((), priority=0)  # an App without prioritized tasks made one lane: said, with the fix
+
+
+_PRIORITIES = """
+        @app.task(priority=0)
+        def urgent(i):
+            append_line({order!r}, f"urgent {{i}}")
+            time.sleep({pause})
+
+        @app.task
+        def normal(i):
+            append_line({order!r}, f"normal {{i}}")
+
+        @app.task(priority=9)
+        def low(i):
+            append_line({order!r}, f"low {{i}}")
+"""
+
+
+def test_priorities_order_jobs_when_nothing_waits_long(tmp_path):
+    order = tmp_path / "order"
+    header = test_app._MODULE_HEADER.replace("path={path!r})", "path={path!r}, priority_aging=30)")
+    with app_module(tmp_path, _PRIORITIES.format(order=str(order), pause=0), header=header) as (module, app):
+        jobs = [module.low.enqueue(i) for i in range(4)]
+        jobs += [module.normal.enqueue(i) for i in range(4)]
+        jobs += [module.urgent.enqueue(i) for i in range(4)]
+        jobs.append(module.low.enqueue_with((99,), priority=0))  # a job's own priority over its task's
+        jobs.append(module.urgent.enqueue_with((7,), group="g"))  # a group keeps its order: it goes last here
+        assert app.queue.params.lanes == 3
+        with worker_process(tmp_path, module, "--processes", "1"):
+            for job in jobs:
+                job.wait(timeout=30)
+    ran = lines_of(order)
+    assert ran[:5] == [f"urgent {i}" for i in range(4)] + ["low 99"]
+    assert ran[5:] == [f"normal {i}" for i in range(4)] + [f"low {i}" for i in range(4)] + ["urgent 7"]
+
+
+def test_a_low_priority_job_runs_under_a_steady_stream_of_urgent_ones(tmp_path):
+    order = tmp_path / "order"
+    header = test_app._MODULE_HEADER.replace("path={path!r})", "path={path!r}, priority_aging=0.2)")
+    with app_module(tmp_path, _PRIORITIES.format(order=str(order), pause=0.002), header=header) as (module, app):
+        urgent = [module.urgent.enqueue(i) for i in range(200)]  # a backlog the worker cannot clear soon
+        low = module.low.enqueue(0)
+        with worker_process(tmp_path, module, "--processes", "1"):
+            stream = 200
+            deadline = time.monotonic() + 30
+            while low.status() != "done":  # urgent jobs keep coming: the backlog never empties
+                assert time.monotonic() < deadline, "the low job starved"
+                urgent += [module.urgent.enqueue(stream + i) for i in range(10)]
+                stream += 10
+                time.sleep(0.01)
+            backlog = sum(1 for job in urgent[-100:] if job.status() != "done")
+            for job in urgent:
+                job.wait(timeout=60)
+    ran = lines_of(order)
+    assert backlog > 0  # it ran while urgent jobs still waited
+    assert ran.index("low 0") < len(ran) - backlog

@@ -55,9 +55,10 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None):
         """Inserts a job and returns its Job (``duplicate=True``: the pending
-        job holding the same unique key)."""
+        job holding the same unique key). ``priority``: 0 (first) .. 9 (last)."""
 
     @abc.abstractmethod
     def job(self, job_id: int):

@@ -43,9 +43,10 @@ class ShmBackend(JobBackend):
         return f"<shmq.ShmBackend {self.name!r} in {self.queue.path}>"
 
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None):
         return self.queue.enqueue(body, group=group, unique=unique, unique_until=unique_until, delay=delay,
-                                  retries=retries, timeout=timeout)
+                                  retries=retries, timeout=timeout, priority=priority)
 
     def job(self, job_id: int):
         return self.queue.job(job_id)

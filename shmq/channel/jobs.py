@@ -394,6 +394,8 @@ class JobsMixin:
         self.spin = float(spin)
         lib.shmq_set_spin(self._handle, int(spin * 1e9))
         self._options_free: list = []
+        self._prioritized = False  # shmq_priority_on done by this handle
+        self.priority_aging = 0.25  # seconds a job waits per band behind higher bands, at most (see priority_lane)
         self._has_jobs = self.params.jobs_capacity > 0
 
     def _jobs_handle(self):
@@ -408,7 +410,8 @@ class JobsMixin:
     # ------------------------------------------------------------ producing
 
     def enqueue(self, obj: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None) -> Job:
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None) -> Job:
         """Enqueues a job and returns its Job handle.
 
         - ``group``: jobs of one group start in enqueue order, one at a time.
@@ -418,8 +421,12 @@ class JobsMixin:
         - ``delay``: seconds, a timedelta, or a datetime to run at.
         - ``retries``: attempts after the first (default: the consumer's policy).
         - ``timeout``: how long to wait for room (None: forever).
+        - ``priority``: 0 (first) .. 9 (last); jobs go to the lane of their
+          band (see priority_lane) and fetch takes bands in order, with aging.
+          A job with a group keeps its group's order whatever its priority.
         """
         handle = self._jobs_handle()
+        lane = -1 if priority is None or group is not None else self.priority_lane(priority)
         tag, first, second = self._encode(obj)
         data = first if second is None else bytes(first) + bytes(second)
         if group is not None or retries is not None:
@@ -442,7 +449,7 @@ class JobsMixin:
         options = free.pop() if free else (ffi.new("shmq_enqueue_options *"), ffi.new("uint64_t *"))
         try:
             o, out = options
-            o.lane = -1 if group is None else group_lane(self, group)
+            o.lane = lane if group is None else group_lane(self, group)
             o.tag = tag
             o.attempt = 0
             o.not_before_ns = 0 if delay is None else _deadline_ns(delay)
@@ -677,6 +684,23 @@ class JobsMixin:
             raise errors.Full(f"queue {self.name!r}: the rate-limit table holds {lib.SHMQ_RATE_SLOTS} keys, the "
                               "most it can: use fewer distinct rate_by keys on this queue")
         raise_for(rc, f"rate limit on queue {self.name!r}")
+
+    def priority_lane(self, priority: int) -> int:
+        """The lane of `priority` (0 .. 9): the unordered lanes are its bands,
+        lane 0 first (with lanes=10 every priority has its own). Turns the
+        queue's fetch order to bands (with aging) on first use."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise errors.ConfigError(f"priority={priority!r} must be an integer from 0 (runs first) to 9 (runs last)")
+        lanes = self.params.lanes
+        if lanes < 2:
+            raise errors.ConfigError(
+                f"priority={priority}: queue {self.name!r} has lanes=1, so every job shares one lane and no "
+                "priority can go first. Create it with lanes=3 (three bands: 0-3, 4-6, 7-9) or lanes=10 (one per "
+                "priority); an App whose tasks have a priority does so itself")
+        if not self._prioritized:
+            lib.shmq_priority_on(self._jobs_handle(), int(self.priority_aging * 1e9))
+            self._prioritized = True
+        return priority * lanes // 10
 
     def _pause_set(self, task: str | None, paused: bool) -> None:
         handle = self._jobs_handle()

@@ -5,6 +5,13 @@
     @app.task(concurrency=3, concurrency_by=lambda tenant, *a: tenant)   # per key
     @app.task(rate="100/s", rate_by=lambda api_key, *a: api_key)    # per key; "N/s", "N/m", "N/h"
     heavy.pause(); heavy.resume()                                   # per task; app.queue.pause() for all
+    @app.task(priority=0)                                           # 0 runs first .. 9 last; default 5
+
+Priorities: a job goes to the lane of its band (the queue's unordered lanes
+are the bands, lane 0 first; an App with a prioritized task makes its queue
+with PRIORITY_LANES of them) and fetch takes from the first band with a job,
+except that a band not looked at for band x priority_aging seconds goes
+first: a low job waits behind a stream of urgent ones at most that long.
 
 A worker that fetches a job whose task is paused, or whose limit is reached,
 holds it back (Delivery.hold): the job waits in the job table for a short
@@ -35,6 +42,9 @@ SEAT_RETRY = 0.02
 PAUSE_RETRY = 0.5
 
 HELD = object()  # enter(): the job was held back
+DEFAULT_PRIORITY = 5
+# An App whose tasks have a priority makes its queue with this many lanes (bands 0-3, 4-6, 7-9).
+PRIORITY_LANES = 3
 
 
 class Admission:
@@ -59,6 +69,14 @@ class Admission:
         value = fn(*args, **kwargs)
         text = value.hex() if isinstance(value, bytes) else repr(value) if not isinstance(value, str) else value
         return name_hash(f"{kind}\0{self.task}\0{type(value).__name__}\0{text}")
+
+
+def priority(task: str, value: Any) -> int | None:
+    """A task's priority, checked (0 runs first .. 9 runs last; None: the default, 5)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9):
+        raise errors.ConfigError(f"task {task!r}: priority={value!r} must be an integer from 0 (runs first) to 9 "
+                                 f"(runs last), or None (the default, {DEFAULT_PRIORITY})")
+    return value
 
 
 def options(task: str, concurrency: Any, concurrency_by: Any, rate: Any, rate_by: Any) -> Admission | None:

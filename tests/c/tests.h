@@ -87,6 +87,7 @@
     X(admission_dead_holder_seat_back) \
     X(admission_rate_and_pause)      \
     X(admission_seat_claim_race)     \
+    X(admission_priority_bands)      \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
