@@ -460,6 +460,9 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     return SHMQ_OK;
 }
 
+/* A held job waits at most this long for the unique-key table's lock. */
+static const int64_t HOLD_LOCK_NS = 100 * 1000 * 1000;
+
 int shmq_hold(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns)
 {
     shmq_job_entry *e = finish_begin(h, d);
@@ -471,6 +474,16 @@ int shmq_hold(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns)
         entry_store(e, SHMQ_JOB_RUNNING_KIND, h->self, d->gen); /* still ours: the caller may try again */
         return rc;
     }
+    if ((e->flags & SHMQ_JOBF_UNIQUE) && !(e->flags & SHMQ_JOBF_UNIQUE_FINISH)) {
+        /* Its key was freed when it was fetched (unique until start), but it
+         * did not start: pending again, it holds the key again. Another job
+         * that took the key in between (or a table locked by a stopped
+         * process for longer than a moment) leaves it without. */
+        uint64_t existing;
+        if (shmq_unique_claim_until(h, e->unique_hi, e->unique_lo, &existing, shmq_deadline(HOLD_LOCK_NS)) == SHMQ_OK)
+            shmq_unique_set(h, e->unique_hi, e->unique_lo, e->job_id);
+    }
+    METRIC_ADD(h, e->lane, started, (uint64_t)-1); /* it did not start after all (modular: a decrement) */
     e->due_ns = retry_at_ns;
     if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
         atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);

@@ -261,3 +261,16 @@ def test_a_low_priority_job_runs_under_a_steady_stream_of_urgent_ones(tmp_path):
     ran = lines_of(order)
     assert backlog > 0  # it ran while urgent jobs still waited
     assert ran.index("low 0") < len(ran) - backlog
+
+
+def test_a_held_job_is_pending_again_for_its_unique_key_and_not_started(make_queue):
+    q = make_queue(durability="memory")
+    first = q.enqueue("a", unique="key-1")  # unique until start: the fetch frees the key
+    delivery = q.fetch(timeout=5)
+    assert q.stats()["started"] == 1
+    delivery.hold(30)  # held back: it did not start, so it holds its key again
+    again = q.enqueue("b", unique="key-1")
+    assert again.duplicate and again.id == first.id
+    stats = q.stats()
+    assert stats["started"] == 0 and stats["failed"] == 0 and stats["waiting"] == 1
+    assert first.status() == "scheduled"
