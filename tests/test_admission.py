@@ -185,6 +185,10 @@ def test_pause_and_resume_of_the_queue_and_of_a_task_with_jobs_waiting(tmp_path)
                                      queue.path, "--json"], capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
             assert module.heavy.name in result.stdout
+            result = subprocess.run([sys.executable, "-m", "shmq", "inspect", app.name, "--path", queue.path],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert f"paused: no; tasks: {module.heavy.name}" in result.stdout
             result = subprocess.run([sys.executable, "-m", "shmq", "resume", app.name, "--task", module.heavy.name,
                                      "--path", queue.path], capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr

@@ -126,6 +126,9 @@ def _text(s: dict) -> list[str]:
             label = "counters" if start == 0 else ""
             lines.append(f"  {label:<9} " + " ".join(f"{k}={stats[k]}" for k in keys[start:start + 5]))
     lines += ["", f"dead letters: {s['dead_letters']}"]
+    if "paused" in s:  # admission (shmq pause): the queue, or some of its tasks
+        tasks = s.get("paused_tasks") or []
+        lines.append("paused: " + ("the queue" if s["paused"] else "no") + (f"; tasks: {', '.join(tasks)}" if tasks else ""))
     return lines
 
 
