@@ -128,7 +128,8 @@ def _text(s: dict) -> list[str]:
     lines += ["", f"dead letters: {s['dead_letters']}"]
     if "paused" in s:  # admission (shmq pause): the queue, or some of its tasks
         tasks = s.get("paused_tasks") or []
-        lines.append("paused: " + ("the queue" if s["paused"] else "no") + (f"; tasks: {', '.join(tasks)}" if tasks else ""))
+        shown = "the queue" if s["paused"] else "no"
+        lines.append(f"paused: {shown}" + (f"; tasks: {', '.join(tasks)}" if tasks else ""))
     return lines
 
 
