@@ -226,8 +226,6 @@ int shmq_seat_take(shmq_handle *h, uint64_t key, uint32_t limit, uint32_t *seat 
         }
         full |= rc == SHMQ_EADMITFULL;
     }
-    /* relaxed: a statistic. */
-    atomic_fetch_add_explicit(&h->admission->held, 1, memory_order_relaxed);
     return full ? SHMQ_EADMITFULL : SHMQ_EFULL;
 }
 
@@ -309,8 +307,6 @@ int shmq_rate_take(shmq_handle *h, uint64_t key, int64_t interval_ns, int64_t *w
     for (;;) {
         if (tat > now) {
             *wait_ns = tat - now;
-            /* relaxed: a statistic. */
-            atomic_fetch_add_explicit(&h->admission->held, 1, memory_order_relaxed);
             return SHMQ_EFULL;
         }
         /* relaxed: one word, nothing else published with it. */

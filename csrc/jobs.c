@@ -484,6 +484,7 @@ int shmq_hold(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns)
             shmq_unique_set(h, e->unique_hi, e->unique_lo, e->job_id);
     }
     METRIC_ADD(h, e->lane, started, (uint64_t)-1); /* it did not start after all (modular: a decrement) */
+    atomic_fetch_add_explicit(&h->admission->held, 1, memory_order_relaxed); /* relaxed: a statistic */
     e->due_ns = retry_at_ns;
     if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
         atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);

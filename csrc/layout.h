@@ -713,7 +713,7 @@ _Static_assert(sizeof(shmq_result_entry) == 64, "format");
 typedef struct shmq_admission_header {
     alignas(SHMQ_CACHE_LINE) _Atomic uint32_t paused; /* 1: no fetch takes a job */
     _Atomic uint32_t paused_tasks;    /* pause entries set (0: no task is paused) */
-    _Atomic uint64_t held;            /* jobs held back by a limit or a pause (statistics, relaxed) */
+    _Atomic uint64_t held;            /* shmq_hold calls: jobs held back by a limit or a pause (statistics, relaxed) */
     _Atomic int64_t priority_age_ns;  /* 0: no priorities (fetch rotates); else the aging step per band */
     uint8_t reserved[SHMQ_CACHE_LINE - 24];
 } shmq_admission_header;

@@ -195,7 +195,7 @@ def test_pause_and_resume_of_the_queue_and_of_a_task_with_jobs_waiting(tmp_path)
             assert [job.wait(timeout=20) for job in heavy] == [0, 1, 2]
         stats = queue.stats()
     assert sorted(lines_of(ran)) == sorted([f"light {i}" for i in range(6)] + [f"heavy {i}" for i in range(3)])
-    assert stats["paused"] is False and stats["paused_tasks"] == [] and stats["failed"] == 0
+    assert stats["paused"] is False and stats["paused_tasks"] == [] and stats["failed"] == 0 and stats["held"] > 0
 
 
 def test_bad_priorities_are_config_errors(new_app):
@@ -276,5 +276,5 @@ def test_a_held_job_is_pending_again_for_its_unique_key_and_not_started(make_que
     again = q.enqueue("b", unique="key-1")
     assert again.duplicate and again.id == first.id
     stats = q.stats()
-    assert stats["started"] == 0 and stats["failed"] == 0 and stats["waiting"] == 1
+    assert stats["started"] == 0 and stats["failed"] == 0 and stats["waiting"] == 1 and stats["held"] == 1
     assert first.status() == "scheduled"

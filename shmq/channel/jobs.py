@@ -49,6 +49,7 @@ STATUS_NAMES = {
 }
 
 _unpack = ffi.unpack
+_TASKS_PAUSED = lib.SHMQ_DELIVERY_TASKS_PAUSED
 # fetch() polls this long for a job before it sleeps (shmq.settings.params.HANDLE_DEFAULTS says why).
 _DEFAULT_SPIN = HANDLE_DEFAULTS["spin"]
 
@@ -258,7 +259,7 @@ class Delivery:
     attempt = property(lambda self: self._c.attempt, doc="1 on the first run, +1 for every retry or taking back")
     enqueued_at = property(lambda self: self._c.enqueued_ns / 1e9, doc="Unix time of the first enqueue")
     lane = property(lambda self: self._c.lane)
-    pause_hint = property(lambda self: self._c.flags & lib.SHMQ_DELIVERY_TASKS_PAUSED,
+    pause_hint = property(lambda self: self._c.flags & _TASKS_PAUSED,
                           doc="some task of the queue was paused when this job was fetched (Queue.paused says which)")
 
     @property
@@ -426,7 +427,7 @@ class JobsMixin:
           A job with a group keeps its group's order whatever its priority.
         """
         handle = self._jobs_handle()
-        lane = -1 if priority is None or group is not None else self.priority_lane(priority)
+        lane = -1 if priority is None else self.priority_lane(priority)  # a group's lane goes over it
         tag, first, second = self._encode(obj)
         data = first if second is None else bytes(first) + bytes(second)
         if group is not None or retries is not None:

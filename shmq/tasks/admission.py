@@ -42,6 +42,12 @@ SEAT_RETRY = 0.02
 PAUSE_RETRY = 0.5
 
 HELD = object()  # enter(): the job was held back
+
+
+def _name_hash(text: str) -> int:
+    from shmq.channel.jobs import name_hash
+
+    return name_hash(text)
 DEFAULT_PRIORITY = 5
 # An App whose tasks have a priority makes its queue with this many lanes (bands 0-3, 4-6, 7-9).
 PRIORITY_LANES = 3
@@ -50,7 +56,7 @@ PRIORITY_LANES = 3
 class Admission:
     """A task's limits, checked at definition (see options())."""
 
-    __slots__ = ("task", "concurrency", "concurrency_by", "rate", "interval_ns", "rate_by")
+    __slots__ = ("task", "concurrency", "concurrency_by", "rate", "interval_ns", "rate_by", "_fixed")
 
     def __init__(self, task: str, concurrency, concurrency_by, rate, interval_ns, rate_by):
         self.task = task
@@ -59,16 +65,18 @@ class Admission:
         self.rate = rate
         self.interval_ns = interval_ns
         self.rate_by = rate_by
+        self._fixed: dict[str, int] = {}  # the key of a limit without a *_by function, made once
 
     def key(self, kind: str, fn: Callable | None, args, kwargs) -> int:
         """The 64-bit key of this task's `kind` limit ("c" or "r") for these arguments."""
-        from shmq.channel.jobs import name_hash
-
         if fn is None:
-            return name_hash(f"{kind}\0{self.task}")
+            key = self._fixed.get(kind)
+            if key is None:
+                key = self._fixed[kind] = _name_hash(f"{kind}\0{self.task}")
+            return key
         value = fn(*args, **kwargs)
         text = value.hex() if isinstance(value, bytes) else repr(value) if not isinstance(value, str) else value
-        return name_hash(f"{kind}\0{self.task}\0{type(value).__name__}\0{text}")
+        return _name_hash(f"{kind}\0{self.task}\0{type(value).__name__}\0{text}")
 
 
 def priority(task: str, value: Any) -> int | None:
