@@ -148,7 +148,10 @@ def test_rate_limit_per_key_holds_under_8_worker_slots(tmp_path):
         for i, t in enumerate(times):
             assert sum(1 for u in times[i:] if u < t + 1.0) <= 11, (key, times)
         assert times[-1] - times[0] >= 1.0, (key, times)
-    assert took < 1.1 * 2  # the two keys are limited apart, not one after the other
+    # The two keys are limited apart: together they start more than one key's 10 in some second.
+    both = sorted(by_key["x"] + by_key["y"])
+    assert max(sum(1 for u in both[i:] if u < t + 1.0) for i, t in enumerate(both)) > 11, both
+    assert took < 30
     assert stats["failed"] == 0 and stats["dead"] == 0 and stats["held"] > 0
 
 
