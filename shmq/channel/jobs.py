@@ -236,7 +236,7 @@ class Delivery:
     and fail() dead-letters the job at once (its bytes stay in the dead
     letter)."""
 
-    __slots__ = ("queue", "_body", "group", "decode_error", "_c", "_raw", "_retries", "_finished")
+    __slots__ = ("queue", "_body", "group", "decode_error", "_c", "_raw", "_retries", "_finished", "pause_hint")
 
     def __init__(self, queue, c, raw, body, group, retries, decode_error=None):
         self.queue = queue
@@ -247,6 +247,8 @@ class Delivery:
         self._retries = retries
         self.decode_error = decode_error
         self._finished = False
+        # Some task of the queue was paused when this job was fetched (Queue.paused says which).
+        self.pause_hint = c.flags & _TASKS_PAUSED
 
     @property
     def body(self) -> Any:
@@ -259,8 +261,6 @@ class Delivery:
     attempt = property(lambda self: self._c.attempt, doc="1 on the first run, +1 for every retry or taking back")
     enqueued_at = property(lambda self: self._c.enqueued_ns / 1e9, doc="Unix time of the first enqueue")
     lane = property(lambda self: self._c.lane)
-    pause_hint = property(lambda self: self._c.flags & _TASKS_PAUSED,
-                          doc="some task of the queue was paused when this job was fetched (Queue.paused says which)")
 
     @property
     def retries(self) -> int:
