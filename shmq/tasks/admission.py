@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from shmq import errors
 
-__all__ = ["Admission", "options", "enter", "HELD"]
+__all__ = ["Admission", "options", "priority", "enter", "HELD"]
 
 # Concurrency limits: at most this many seats per key (half the seat table).
 CONCURRENCY_MAX = 2048
@@ -42,15 +42,15 @@ SEAT_RETRY = 0.02
 PAUSE_RETRY = 0.5
 
 HELD = object()  # enter(): the job was held back
+DEFAULT_PRIORITY = 5
+# An App whose tasks have a priority makes its queue with this many lanes (bands 0-3, 4-6, 7-9).
+PRIORITY_LANES = 3
 
 
 def _name_hash(text: str) -> int:
     from shmq.channel.jobs import name_hash
 
     return name_hash(text)
-DEFAULT_PRIORITY = 5
-# An App whose tasks have a priority makes its queue with this many lanes (bands 0-3, 4-6, 7-9).
-PRIORITY_LANES = 3
 
 
 class Admission:
