@@ -39,6 +39,8 @@ enum shmq_fault_point {
     SHMQ_FAULT_FLUSH_HELD,         /* the flusher role held, fdatasync not begun */
     SHMQ_FAULT_SEGMENT_CLAIMED,    /* the segment-making claim held, the file not made */
     SHMQ_FAULT_UNIQUE_LOCKED,      /* the unique-key table's lock held */
+    SHMQ_FAULT_SEAT_LOOKED,        /* a seat's window read (not held), nothing claimed yet */
+    SHMQ_FAULT_SEAT_CLAIMED,       /* a concurrency seat claimed, the window not yet checked */
 };
 
 /* A mapped log segment, per process. Slot i holds segment index with
@@ -108,6 +110,11 @@ struct shmq_handle {
     shmq_unique_entry *unique;         /* [unique_slots] */
     shmq_result_entry *results;        /* [result_slots] */
     uint8_t *arena;                    /* [result_bytes] */
+    shmq_admission_header *admission;  /* admission.c: pause, seats, rates */
+    shmq_pause_entry *pauses;          /* [SHMQ_PAUSE_SLOTS] */
+    _Atomic uint64_t *seats;           /* [SHMQ_SEAT_SLOTS] */
+    shmq_rate_entry *rates;            /* [SHMQ_RATE_SLOTS] */
+    _Atomic int64_t idle_since_ns;     /* prioritized queues: when a round of this handle found no job (0: it found one) */
     uint32_t job_slots, unique_slots, result_slots;
     uint64_t result_bytes;
     int64_t last_tick_ns;              /* when this handle last swept the job table */

@@ -44,6 +44,8 @@ static const struct {
     {"flush_held", SHMQ_FAULT_FLUSH_HELD},
     {"segment_claimed", SHMQ_FAULT_SEGMENT_CLAIMED},
     {"unique_locked", SHMQ_FAULT_UNIQUE_LOCKED},
+    {"seat_looked", SHMQ_FAULT_SEAT_LOOKED},
+    {"seat_claimed", SHMQ_FAULT_SEAT_CLAIMED},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)

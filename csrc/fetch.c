@@ -19,6 +19,22 @@ static void maybe_tick(shmq_handle *h)
         shmq_jobs_tick(h);
 }
 
+/* A round of taking, unless the queue is paused (then nothing is there to take). */
+static int take_round(shmq_handle *h, fetch_args *a)
+{
+    return shmq_queue_paused(h) ? SHMQ_EEMPTY : shmq_jobs_fetch_round(h, a);
+}
+
+/* Marks a delivery when a task is paused, so that a consumer asks which only then. */
+static int delivered(shmq_handle *h, shmq_delivery *d, int rc)
+{
+    if ((rc == SHMQ_OK || rc == SHMQ_ECLAIMED) &&
+        /* relaxed: a hint; the consumer's shmq_pause_check reads with acquire. */
+        atomic_load_explicit(&h->admission->paused_tasks, memory_order_relaxed))
+        d->flags |= SHMQ_DELIVERY_TASKS_PAUSED;
+    return rc;
+}
+
 int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_ns, int64_t lease_ns,
                shmq_delivery *d /* OUT */)
 {
@@ -35,9 +51,9 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
     for (unsigned round = 0;; round++) {
         maybe_tick(h);
         a.busy_lane = -1;
-        int rc = shmq_jobs_fetch_round(h, &a);
+        int rc = take_round(h, &a);
         if (rc != SHMQ_EEMPTY)
-            return rc;
+            return delivered(h, d, rc);
         if (shmq_log_spilling(h) && shmq_backlog_feed(h, 256) > 0)
             continue; /* jobs waited in the log: moved into the lanes now */
         if (round == 0)
@@ -78,10 +94,10 @@ int shmq_fetch(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeout_
         /* seq_cst: orders our waiters increment before the re-check below;
          * pairs with the fence in wake(): one side always sees the other. */
         atomic_thread_fence(memory_order_seq_cst);
-        rc = shmq_jobs_fetch_round(h, &a);
+        rc = take_round(h, &a);
         if (rc != SHMQ_EEMPTY) {
             shmq_sleep_end(h, &hdr->data_waiters, SHMQ_SLEEP_DATA);
-            return rc;
+            return delivered(h, d, rc);
         }
         /* Wake for the next scheduled job, and now and then behind a live writer. */
         int64_t cap = a.busy_lane >= 0 ? BUSY_RECHECK_NS : -1;

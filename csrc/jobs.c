@@ -308,25 +308,31 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
     return deliver(h, e, index, gen, a);
 }
 
+/* One lane's try: a job, or SHMQ_EEMPTY. */
+static int fetch_lane(shmq_handle *h, uint32_t lane, fetch_args *a)
+{
+    if (shmq_lane_ordered(h, lane))
+        return fetch_ordered(h, lane, a);
+    if (!shmq_lane_ready(h, lane)) {
+        /* A head being written: remembered, so that a writer that died there is repaired. */
+        if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy))
+            a->busy_lane = (int)lane;
+        return SHMQ_EEMPTY;
+    }
+    return fetch_message(h, lane, a, 0);
+}
+
 int shmq_jobs_fetch_round(shmq_handle *h, fetch_args *a)
 {
     uint32_t lanes = h->lane_count;
+    /* relaxed: a setting (admission.c); 0 unless a job was enqueued with a priority. */
+    int64_t age_ns = atomic_load_explicit(&h->admission->priority_age_ns, memory_order_relaxed);
+    if (age_ns > 0 && lanes > 1)
+        return shmq_admission_fetch_round(h, age_ns, a, fetch_lane);
     /* relaxed: any rotation is correct. */
     uint32_t start = lanes == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
     for (uint32_t i = 0; i < lanes; i++) {
-        uint32_t lane = (start + i) % lanes;
-        int rc;
-        if (shmq_lane_ordered(h, lane)) {
-            rc = fetch_ordered(h, lane, a);
-        } else {
-            if (!shmq_lane_ready(h, lane)) {
-                /* A head being written: remembered, so that a writer that died there is repaired. */
-                if (a->busy_lane < 0 && shmq_lane_busy(h, lane, &a->busy))
-                    a->busy_lane = (int)lane;
-                continue;
-            }
-            rc = fetch_message(h, lane, a, 0);
-        }
+        int rc = fetch_lane(h, (start + i) % lanes, a);
         if (rc != SHMQ_EEMPTY)
             return rc;
     }
@@ -454,6 +460,40 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     return SHMQ_OK;
 }
 
+/* A held job waits at most this long for the unique-key table's lock. */
+static const int64_t HOLD_LOCK_NS = 100 * 1000 * 1000;
+
+int shmq_hold(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns)
+{
+    shmq_job_entry *e = finish_begin(h, d);
+    if (!e)
+        return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    /* As a retry (fail), but the attempt stays: the job did not run. */
+    int rc = shmq_jobs_log_outcome(h, SHMQ_REC_RETRY, e->job_id, retry_at_ns, e->attempt, SHMQ_RETRY_HELD, NULL, 0);
+    if (rc != SHMQ_OK) {
+        entry_store(e, SHMQ_JOB_RUNNING_KIND, h->self, d->gen); /* still ours: the caller may try again */
+        return rc;
+    }
+    if ((e->flags & SHMQ_JOBF_UNIQUE) && !(e->flags & SHMQ_JOBF_UNIQUE_FINISH)) {
+        /* Its key was freed when it was fetched (unique until start), but it
+         * did not start: pending again, it holds the key again. Another job
+         * that took the key in between (or a table locked by a stopped
+         * process for longer than a moment) leaves it without. */
+        uint64_t existing;
+        if (shmq_unique_claim_until(h, e->unique_hi, e->unique_lo, &existing, shmq_deadline(HOLD_LOCK_NS)) == SHMQ_OK)
+            shmq_unique_set(h, e->unique_hi, e->unique_lo, e->job_id);
+    }
+    METRIC_ADD(h, e->lane, started, (uint64_t)-1); /* it did not start after all (modular: a decrement) */
+    atomic_fetch_add_explicit(&h->admission->held, 1, memory_order_relaxed); /* relaxed: a statistic */
+    e->due_ns = retry_at_ns;
+    if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
+        atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);
+    entry_store(e, SHMQ_JOB_WAITING, 0, d->gen);
+    shmq_jobs_due_lower(h, retry_at_ns);
+    shmq_wake_data(h); /* sleeping fetchers wake for the new due time */
+    return SHMQ_OK;
+}
+
 int shmq_extend(shmq_handle *h, const shmq_delivery *d, int64_t lease_ns)
 {
     shmq_job_entry *e = leased(h, d);
@@ -500,5 +540,5 @@ int shmq_jobs_references(const shmq_handle *h, unsigned index)
         if ((job & SHMQ_UNIQUE_CLAIMED) && (job & 0x1FFFu) == index)
             return 1;
     }
-    return 0;
+    return shmq_admission_references(h, index);
 }

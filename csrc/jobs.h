@@ -74,6 +74,11 @@ int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const 
 int shmq_jobs_take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired);
 void shmq_jobs_detach(shmq_handle *h);
 
+/* admission.c */
+int shmq_admission_references(const shmq_handle *h, unsigned index);
+int shmq_admission_fetch_round(shmq_handle *h, int64_t age_ns, fetch_args *a,
+                               int (*take)(shmq_handle *h, uint32_t lane, fetch_args *a));
+
 /* jobs_info.c */
 uint64_t shmq_jobs_low_water(shmq_handle *h, uint64_t low);
 uint64_t shmq_jobs_below(const shmq_handle *h, uint64_t target);

@@ -263,7 +263,9 @@ typedef struct shmq_lane_header {
     _Atomic uint64_t popped;                        /* messages taken (statistics, qsize) */
     _Atomic uint64_t gate;                          /* ordered lanes: SHMQ_GATE_* (see "Ordered lanes") */
     _Atomic int64_t gate_due;                       /* ordered lanes: when the gate's WAITING job may run */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 32];
+    _Atomic int64_t looked_ns;                      /* prioritized queues: CLOCK_MONOTONIC when a fetch last
+                                                     * took from this lane or found it empty (admission.c) */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 40];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
@@ -272,6 +274,7 @@ _Static_assert(offsetof(shmq_lane_header, head) == 64, "head on its own cache li
 _Static_assert(offsetof(shmq_lane_header, popped) == 72, "format");
 _Static_assert(offsetof(shmq_lane_header, gate) == 80, "format");
 _Static_assert(offsetof(shmq_lane_header, gate_due) == 88, "format");
+_Static_assert(offsetof(shmq_lane_header, looked_ns) == 96, "format");
 _Static_assert(sizeof(shmq_lane_header) == 128, "format");
 
 /* Written at the start of a message's first slot. */
@@ -446,7 +449,8 @@ typedef struct shmq_retry_body {
     uint32_t error_bytes;   /* error text (UTF-8) after this body */
 } shmq_retry_body;
 _Static_assert(sizeof(shmq_retry_body) == 16, "format");
-enum { SHMQ_RETRY_FAILED = 1, SHMQ_RETRY_CONSUMER_DIED = 2, SHMQ_RETRY_RECOVERED = 3 };
+enum { SHMQ_RETRY_FAILED = 1, SHMQ_RETRY_CONSUMER_DIED = 2, SHMQ_RETRY_RECOVERED = 3, SHMQ_RETRY_HELD = 4 };
+/* SHMQ_RETRY_HELD: held back by a limit or a pause (shmq_hold); `attempt` is unchanged. */
 
 typedef struct shmq_checkpoint_body {
     uint64_t floor;         /* END: every live job with a record below it has a copy after BEGIN */
@@ -485,6 +489,7 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  *   shmq_unique_entry[unique_slots]          32 bytes each
  *   shmq_result_entry[result_slots]          64 bytes each
  *   uint8 arena[result_bytes]                result bytes, a ring
+ *   admission tables (see "Admission" below): 64-aligned, as every part before is
  *
  * Job entries hold every job that is out of the lanes but not finished:
  * leased to a consumer (RUNNING) or waiting for a time (WAITING: a delay,
@@ -660,6 +665,76 @@ typedef struct shmq_result_entry {
     uint8_t reserved[24];
 } shmq_result_entry;
 _Static_assert(sizeof(shmq_result_entry) == 64, "format");
+
+/*
+ * Admission: pause, concurrency seats, rate limits (csrc/admission.c)
+ * ----------------------------------------------------------------------
+ * After the result arena (when job_slots > 0), 64-aligned:
+ *   shmq_admission_header                      64 bytes
+ *   shmq_pause_entry[SHMQ_PAUSE_SLOTS]         64 bytes each
+ *   _Atomic uint64 seat[SHMQ_SEAT_SLOTS]       8 bytes each
+ *   shmq_rate_entry[SHMQ_RATE_SLOTS]           16 bytes each
+ *
+ * Pause: `paused` = 1 stops every fetch (jobs stay where they are; enqueue
+ * goes on). A task is paused while a pause entry holds its 64-bit name
+ * hash; `paused_tasks` counts such entries, so a job of a queue with none
+ * costs one load.
+ *
+ * A seat is one run's permission under a concurrency limit: key k with
+ * limit n has seats 0 .. n-1, seat s has the 51-bit tag t(k, s), and a
+ * seat word is t << 13 | owner (participant index; 0: free). A seat is
+ * looked for in SHMQ_SEAT_WINDOW words from t % SHMQ_SEAT_SLOTS. Taking
+ * it: no word of the window holds t under a live owner; CAS a free word
+ * 0 -> t|me (seq_cst); then read the rest of the window (seq_cst): if any
+ * other word holds t, give ours back and count the seat busy. Of two
+ * processes that claim the same seat in two words, one at least sees the
+ * other (both CAS, then both read: a seq_cst store-load pair), so at most
+ * one keeps it. A seat held by a dead participant is freed by CAS (owner
+ * dead -> 0) by whoever finds it; the participant index stays referenced
+ * (not reused) until then. Nothing is a lock: a process killed at any
+ * point leaves at most seats that name it, and those are taken back.
+ *
+ * Priorities: once a producer enqueues a job with a priority it sets
+ * priority_age_ns (> 0). Unordered lane k is then band k (lane 0 first) and
+ * a fetch takes from the first lane with a job, in band order, the ordered
+ * lanes last, except that a lane whose looked_ns (last taken from, or
+ * found empty) is more than band * priority_age_ns old goes first: a job
+ * waits behind higher bands at most its band's age (aging, no starvation).
+ * A fetcher back from idle (its previous round more than a step ago)
+ * stores looked_ns = now in every lane first: their times were not waits.
+ *
+ * A rate entry is GCRA's theoretical arrival time per key: key (0: free;
+ * set once by CAS, never removed) and tat (CLOCK_MONOTONIC ns). A run is
+ * admitted iff tat <= now; it then CASes tat -> max(tat, now) + interval.
+ */
+/* SHMQ_PAUSE_SLOTS, SHMQ_SEAT_SLOTS, SHMQ_RATE_SLOTS: in shmq_api.h (Python reads them). */
+#define SHMQ_SEAT_WINDOW 32u
+#define SHMQ_SEAT_OWNER_BITS 13u
+
+typedef struct shmq_admission_header {
+    alignas(SHMQ_CACHE_LINE) _Atomic uint32_t paused; /* 1: no fetch takes a job */
+    _Atomic uint32_t paused_tasks;    /* pause entries set (0: no task is paused) */
+    _Atomic uint64_t held;            /* shmq_hold calls: jobs held back by a limit or a pause (statistics, relaxed) */
+    _Atomic int64_t priority_age_ns;  /* 0: no priorities (fetch rotates); else the aging step per band */
+    uint8_t reserved[SHMQ_CACHE_LINE - 24];
+} shmq_admission_header;
+_Static_assert(sizeof(shmq_admission_header) == 64, "format");
+
+typedef struct shmq_pause_entry {
+    _Atomic uint64_t task;            /* 0 free; else the paused task's name hash */
+    _Atomic uint64_t name[7];         /* its name, NUL-padded, for people (relaxed words) */
+} shmq_pause_entry;
+_Static_assert(sizeof(shmq_pause_entry) == 64, "format");
+
+typedef struct shmq_rate_entry {
+    _Atomic uint64_t key;             /* 0 free; set once */
+    _Atomic int64_t tat;              /* CLOCK_MONOTONIC: the next run may start at this time */
+} shmq_rate_entry;
+_Static_assert(sizeof(shmq_rate_entry) == 16, "format");
+
+#define SHMQ_ADMISSION_BYTES                                                                              \
+    ((uint64_t)sizeof(shmq_admission_header) + sizeof(shmq_pause_entry) * (uint64_t)SHMQ_PAUSE_SLOTS + \
+     8u * (uint64_t)SHMQ_SEAT_SLOTS + sizeof(shmq_rate_entry) * (uint64_t)SHMQ_RATE_SLOTS)
 
 #define SHMQ_HEADER_BYTES ((uint64_t)sizeof(shmq_region_header))
 #define SHMQ_PARTICIPANTS_OFFSET SHMQ_HEADER_BYTES

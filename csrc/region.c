@@ -39,6 +39,7 @@ const char *shmq_strerror(int status)
     case SHMQ_ELOGFULL: return "the log holds max_log_bytes";
     case SHMQ_EUNTRUSTED: return "owned by another user, or open to group/others: refused";
     case SHMQ_ELOCKED: return "held by a live process that makes no progress (stopped?)";
+    case SHMQ_EADMITFULL: return "an admission table (paused tasks, concurrency seats, rate keys) is full";
     case SHMQ_ENOTDURABLE: return "accepted, but not yet durable (the wait for the flush was cut short)";
     default: return "unknown status";
     }
@@ -96,7 +97,7 @@ static uint64_t jobs_bytes(const shmq_params *p)
         return 0;
     return sizeof(shmq_jobs_header) + sizeof(shmq_lane_metrics) * (uint64_t)p->lane_count +
            sizeof(shmq_job_entry) * (uint64_t)p->job_slots + sizeof(shmq_unique_entry) * (uint64_t)p->unique_slots +
-           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + p->result_bytes;
+           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + p->result_bytes + SHMQ_ADMISSION_BYTES;
 }
 
 static uint64_t lanes_offset_for(uint32_t participant_capacity)
@@ -365,6 +366,14 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
         h->results = (shmq_result_entry *)at;
         at += sizeof(shmq_result_entry) * (uint64_t)p.result_slots;
         h->arena = at;
+        at += p.result_bytes;
+        h->admission = (shmq_admission_header *)at;
+        at += sizeof(shmq_admission_header);
+        h->pauses = (shmq_pause_entry *)at;
+        at += sizeof(shmq_pause_entry) * (uint64_t)SHMQ_PAUSE_SLOTS;
+        h->seats = (_Atomic uint64_t *)at;
+        at += 8u * (uint64_t)SHMQ_SEAT_SLOTS;
+        h->rates = (shmq_rate_entry *)at;
         h->job_slots = p.job_slots;
         h->unique_slots = p.unique_slots;
         h->result_slots = p.result_slots;
@@ -379,6 +388,7 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
     h->fault_countdown = nth;
     atomic_store_explicit(&h->push_cursor, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&h->pop_cursor, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&h->idle_since_ns, 1, memory_order_relaxed); /* idle since ever (admission.c) */
 
     *out = h;
     return SHMQ_OK;

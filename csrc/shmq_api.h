@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #define SHMQ_MAGIC 0x31474552514d4853
-#define SHMQ_LAYOUT_VERSION 3
+#define SHMQ_LAYOUT_VERSION 4
 #define SHMQ_MSG_HEADER_BYTES 24
 #define SHMQ_MSG_REF 1
 #define SHMQ_MSG_SKIP 2
@@ -78,6 +78,7 @@ enum shmq_status {
                               * process that makes no progress (stopped?) until the timeout; nothing done */
     SHMQ_EUNTRUSTED = -25,   /* a region, log file or directory is not owned by this effective uid, or is
                               * open to group/others (see shmq_fd_trusted): refused, never used */
+    SHMQ_EADMITFULL = -26,   /* an admission table (paused tasks, concurrency seats, rate keys) is full */
 };
 
 typedef struct shmq_params {
@@ -120,6 +121,8 @@ typedef struct shmq_message {
 /* A job handed to a consumer under a lease (shmq_fetch). `entry` and `gen`
  * name the lease: a consumer whose lease was taken back (its process looked
  * dead, or the lease expired) gets SHMQ_ELEASE from ack, fail and extend. */
+/* shmq_delivery.flags bit: some task of the queue is paused (shmq_pause_check says which). */
+#define SHMQ_DELIVERY_TASKS_PAUSED 128
 typedef struct shmq_delivery {
     uint64_t job_id;
     uint64_t gen;
@@ -382,6 +385,36 @@ uint32_t shmq_participant_slots(const shmq_handle *handle);
 void shmq_participant_info_read(const shmq_handle *handle, uint32_t index, shmq_participant_info *info /* OUT */);
 /* Copies up to `capacity` live job entries; returns how many it copied. */
 uint32_t shmq_jobs_list(const shmq_handle *handle, shmq_job_info *out, uint32_t capacity);
+
+/* Admission (admission.c): pause, concurrency seats, rate limits. Keys are
+ * 64-bit hashes made by the caller (never 0). shmq_pause_set(task 0): the
+ * queue (no fetch takes a job while paused); else a task, named for people.
+ * shmq_pause_check: 1 if `task` is paused. shmq_seat_take: one of the
+ * `limit` seats of `key` for this process (EFULL: all held by live
+ * processes); shmq_seat_give hands it back; a dead holder's seat is taken
+ * back by whoever finds it. shmq_rate_take: OK, or EFULL with how long to
+ * wait. shmq_hold: a leased job waits until retry_at_ns (CLOCK_REALTIME)
+ * without counting an attempt (held back, not failed). */
+#define SHMQ_PAUSE_SLOTS 64u
+#define SHMQ_SEAT_SLOTS 4096u
+#define SHMQ_RATE_SLOTS 1024u
+typedef struct shmq_pause_info {
+    uint64_t task;
+    char name[56];
+} shmq_pause_info;
+int shmq_pause_set(shmq_handle *handle, uint64_t task, const char *name, int paused);
+int shmq_pause_check(shmq_handle *handle, uint64_t task);
+int shmq_queue_paused(const shmq_handle *handle);
+uint32_t shmq_pause_list(const shmq_handle *handle, shmq_pause_info *out, uint32_t capacity);
+int shmq_seat_take(shmq_handle *handle, uint64_t key, uint32_t limit, uint32_t *seat /* OUT */);
+int shmq_seat_give(shmq_handle *handle, uint64_t key, uint32_t seat);
+uint32_t shmq_seats_held(shmq_handle *handle, uint64_t key, uint32_t limit);
+int shmq_rate_take(shmq_handle *handle, uint64_t key, int64_t interval_ns, int64_t *wait_ns /* OUT */);
+int shmq_hold(shmq_handle *handle, const shmq_delivery *delivery, int64_t retry_at_ns);
+uint64_t shmq_admission_held(const shmq_handle *handle);
+/* Priorities: unordered lane k is band k (lane 0 first); a lane not looked
+ * at for band * age_ns goes first (aging). Set once a job has a priority. */
+void shmq_priority_on(shmq_handle *handle, int64_t age_ns);
 
 /* Observing. */
 void shmq_counts_read(const shmq_handle *handle, shmq_counts *counts /* OUT */);

@@ -38,6 +38,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from shmq import errors
+
 __all__ = ["JobBackend"]
 
 
@@ -53,9 +55,10 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None):
         """Inserts a job and returns its Job (``duplicate=True``: the pending
-        job holding the same unique key)."""
+        job holding the same unique key). ``priority``: 0 (first) .. 9 (last)."""
 
     @abc.abstractmethod
     def job(self, job_id: int):
@@ -146,6 +149,28 @@ class JobBackend(abc.ABC):
     def delete(self, job_id: int, reason: str = "deleted") -> bool:
         """A job waiting for its time ends dead (error type "Deleted"); False if none such."""
         raise NotImplementedError(f"the {self.kind} backend cannot delete a job")
+    # Admission (shmq/tasks/admission.py): pause, concurrency seats, rate limits.
+    # Not abstract, so a store without them says so when they are used.
+
+    def pause(self, task: str | None = None) -> None:
+        """Stops consumers starting jobs: all (task None) or one task's, by name. Jobs stay; enqueue goes on."""
+        raise errors.ConfigError(f"the {self.kind} backend cannot pause jobs")
+
+    def resume(self, task: str | None = None) -> None:
+        """Undoes pause()."""
+        raise errors.ConfigError(f"the {self.kind} backend cannot pause jobs")
+
+    def paused(self, task: str | None = None) -> bool:
+        """Is the queue (task None) or this task paused?"""
+        return False
+
+    def take_seat(self, key: int, limit: int):
+        """A seat (with .give()) of at most `limit` for 64-bit `key`, held by this process; None: all taken."""
+        raise errors.ConfigError(f"the {self.kind} backend has no concurrency limits")
+
+    def take_rate(self, key: int, interval_ns: int) -> int:
+        """0: a run of `key` may start now (counted); else nanoseconds until one may."""
+        raise errors.ConfigError(f"the {self.kind} backend has no rate limits")
 
     @abc.abstractmethod
     def close(self) -> None:

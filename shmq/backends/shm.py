@@ -43,9 +43,10 @@ class ShmBackend(JobBackend):
         return f"<shmq.ShmBackend {self.name!r} in {self.queue.path}>"
 
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None):
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None):
         return self.queue.enqueue(body, group=group, unique=unique, unique_until=unique_until, delay=delay,
-                                  retries=retries, timeout=timeout)
+                                  retries=retries, timeout=timeout, priority=priority)
 
     def job(self, job_id: int):
         return self.queue.job(job_id)
@@ -121,6 +122,20 @@ class ShmBackend(JobBackend):
             self.queue._jobs_handle()  # a queue without a log has no jobs: says so
             history = self._log_history = LogHistory(self.queue)
         return history
+    def pause(self, task: str | None = None) -> None:
+        self.queue.pause(task)
+
+    def resume(self, task: str | None = None) -> None:
+        self.queue.resume(task)
+
+    def paused(self, task: str | None = None) -> bool:
+        return self.queue.paused(task)
+
+    def take_seat(self, key: int, limit: int):
+        return self.queue.take_seat(key, limit)
+
+    def take_rate(self, key: int, interval_ns: int) -> int:
+        return self.queue.take_rate(key, interval_ns)
 
     def close(self) -> None:
         self.queue.close()

@@ -226,4 +226,6 @@ def snapshot(q) -> dict:
         "jobs": jobs,
         "log": _log(q),
         "dead_letters": len(q.dead_letters) if q.params.jobs_capacity else 0,
+        "paused": (q.paused() if q.params.jobs_capacity else False),
+        "paused_tasks": (q.paused_tasks() if q.params.jobs_capacity else []),
     }

@@ -28,7 +28,7 @@ from shmq.settings.retry import RetryPolicy  # noqa: F401 - also importable from
 from shmq._calls import _SCRATCH_BYTES, _await_durable, _Budget, _Scratch, _first_wait
 from shmq._lib import ECLAIMED, EEMPTY, EINTR, ENOTDURABLE, OK, ffi, lib, raise_for
 
-__all__ = ["Delivery", "Job", "RetryPolicy", "STATUS_NAMES"]
+__all__ = ["Delivery", "Job", "RetryPolicy", "Seat", "STATUS_NAMES"]
 
 # Tag bit: the payload starts with an envelope (_ENVELOPE, then the group).
 _TAG_JOB = 0x40
@@ -49,6 +49,7 @@ STATUS_NAMES = {
 }
 
 _unpack = ffi.unpack
+_TASKS_PAUSED = lib.SHMQ_DELIVERY_TASKS_PAUSED
 # fetch() polls this long for a job before it sleeps (shmq.settings.params.HANDLE_DEFAULTS says why).
 _DEFAULT_SPIN = HANDLE_DEFAULTS["spin"]
 
@@ -65,6 +66,19 @@ def unique_hash(key: Any) -> tuple[int, int]:
         raise errors.ConfigError(f"unique={key!r}: a unique key must be a str, bytes or int")
     hi, lo = struct.unpack("<QQ", hashlib.blake2b(data, digest_size=16).digest())
     return (hi, lo) if hi or lo else (1, 0)
+
+
+def name_hash(text: str) -> int:
+    """The 64-bit hash (never 0) under which the core keeps a task's pause or a limit's key."""
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return value or 1
+
+
+def _task_text(task: Any) -> str:
+    if not isinstance(task, str) or not task:
+        raise errors.ConfigError(f"task={task!r}: name a task by its name, a non-empty str (as the App "
+                                 "registered it: module.function, or its name=)")
+    return task
 
 
 def group_lane(queue, group: Any) -> int:
@@ -249,7 +263,7 @@ class Delivery:
     and fail() dead-letters the job at once (its bytes stay in the dead
     letter)."""
 
-    __slots__ = ("queue", "_body", "group", "decode_error", "_c", "_raw", "_retries", "_finished")
+    __slots__ = ("queue", "_body", "group", "decode_error", "_c", "_raw", "_retries", "_finished", "pause_hint")
 
     def __init__(self, queue, c, raw, body, group, retries, decode_error=None):
         self.queue = queue
@@ -260,6 +274,8 @@ class Delivery:
         self._retries = retries
         self.decode_error = decode_error
         self._finished = False
+        # Some task of the queue was paused when this job was fetched (Queue.paused says which).
+        self.pause_hint = c.flags & _TASKS_PAUSED
 
     @property
     def body(self) -> Any:
@@ -328,6 +344,17 @@ class Delivery:
         self._finished = True
         return outcome
 
+    def hold(self, seconds: float) -> None:
+        """The job did not run and waits `seconds` (held back by a limit or a
+        pause): not a failure, not an attempt. It runs again after that, on
+        any consumer."""
+        self._check_open()
+        wait_ns = _args.seconds_ns("seconds", seconds, 0.0, _args.DELAY_MAX)
+        rc = lib.shmq_hold(self.queue._live_handle(), self._c, time.time_ns() + wait_ns)
+        if rc != OK:
+            self._lost(rc, "hold")
+        self._finished = True
+
     def extend(self, seconds: float) -> None:
         """Keeps the lease for `seconds` from now (for work longer than the lease timeout)."""
         seconds_ns = _args.seconds_ns("seconds", seconds, _args.LEASE_MIN, _args.LEASE_MAX)
@@ -356,6 +383,22 @@ class Delivery:
         raise_for(rc, f"{what} of job {self.id}")
 
 
+class Seat:
+    """A concurrency seat held by this process (Queue.take_seat)."""
+
+    __slots__ = ("queue", "key", "index")
+
+    def __init__(self, queue, key: int, index: int):
+        self.queue = queue
+        self.key = key
+        self.index = index
+
+    def give(self) -> None:
+        """Hands the seat back (once; the queue may be closed already: then it is gone with this process)."""
+        if self.queue._region is not None and self.queue._has_jobs:
+            lib.shmq_seat_give(self.queue._live_handle(), self.key, self.index)
+
+
 class JobsMixin:
     """The job methods of shmq.Queue (see the module's docstring)."""
 
@@ -379,6 +422,8 @@ class JobsMixin:
         self.spin = float(spin)
         lib.shmq_set_spin(self._handle, int(spin * 1e9))
         self._options_free: list = []
+        self._prioritized = False  # shmq_priority_on done by this handle
+        self.priority_aging = 0.25  # seconds a job waits per band behind higher bands, at most (see priority_lane)
         self._has_jobs = self.params.jobs_capacity > 0
 
     def _jobs_handle(self):
@@ -393,7 +438,8 @@ class JobsMixin:
     # ------------------------------------------------------------ producing
 
     def enqueue(self, obj: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None) -> Job:
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                priority: int | None = None) -> Job:
         """Enqueues a job and returns its Job handle.
 
         - ``group``: jobs of one group start in enqueue order, one at a time.
@@ -403,8 +449,12 @@ class JobsMixin:
         - ``delay``: seconds, a timedelta, or a datetime to run at.
         - ``retries``: attempts after the first (default: the consumer's policy).
         - ``timeout``: how long to wait for room (None: forever).
+        - ``priority``: 0 (first) .. 9 (last); jobs go to the lane of their
+          band (see priority_lane) and fetch takes bands in order, with aging.
+          A job with a group keeps its group's order whatever its priority.
         """
         handle = self._jobs_handle()
+        lane = -1 if priority is None else self.priority_lane(priority)  # a group's lane goes over it
         tag, first, second = self._encode(obj)
         data = first if second is None else bytes(first) + bytes(second)
         if group is not None or retries is not None:
@@ -427,7 +477,7 @@ class JobsMixin:
         options = free.pop() if free else (ffi.new("shmq_enqueue_options *"), ffi.new("uint64_t *"))
         try:
             o, out = options
-            o.lane = -1 if group is None else group_lane(self, group)
+            o.lane = lane if group is None else group_lane(self, group)
             o.tag = tag
             o.attempt = 0
             o.not_before_ns = 0 if delay is None else _deadline_ns(delay)
@@ -602,6 +652,94 @@ class JobsMixin:
         if len(data) > self.params.result_bytes // 4:
             return _TAG_RESULT_TOO_LARGE, b""
         return tag, data if type(data) is bytes else bytes(data)
+
+    # ------------------------------------------------------------ admission
+
+    def pause(self, task: str | None = None) -> None:
+        """Stops consumers taking jobs: every job (``task=None``), or the jobs
+        of one task (by name). Jobs stay queued, enqueue goes on; resume()
+        undoes it. Held in shared memory: every process sees it at once."""
+        self._pause_set(task, True)
+
+    def resume(self, task: str | None = None) -> None:
+        """Undoes pause() (of the queue, or of one task)."""
+        self._pause_set(task, False)
+
+    def paused(self, task: str | None = None) -> bool:
+        """Is the queue paused (``task=None``), or this task?"""
+        handle = self._jobs_handle()
+        if task is None:
+            return bool(lib.shmq_queue_paused(handle))
+        return lib.shmq_pause_check(handle, name_hash(_task_text(task))) == 1
+
+    def paused_tasks(self) -> list[str]:
+        """Names of the paused tasks (as given to pause; the first 55 bytes)."""
+        out = ffi.new("shmq_pause_info[]", lib.SHMQ_PAUSE_SLOTS)
+        count = lib.shmq_pause_list(self._jobs_handle(), out, lib.SHMQ_PAUSE_SLOTS)
+        return sorted(ffi.string(out[i].name).decode(errors="replace") for i in range(count))
+
+    def take_seat(self, key: int, limit: int) -> "Seat | None":
+        """One of the `limit` seats of concurrency key `key` (a 64-bit
+        name_hash) for this process, or None when live processes hold them
+        all. Give it back with seat.give(); a process that dies holding it
+        loses it to whoever looks next."""
+        seat = ffi.new("uint32_t *")
+        rc = lib.shmq_seat_take(self._jobs_handle(), key, limit, seat)
+        if rc == OK:
+            return Seat(self, key, seat[0])
+        if rc == lib.SHMQ_EFULL:
+            return None
+        if rc == lib.SHMQ_EADMITFULL:
+            raise errors.Full(f"queue {self.name!r}: the concurrency seat table ({lib.SHMQ_SEAT_SLOTS} seats) has no "
+                              f"room for a seat of limit {limit}: lower the concurrency limits, or the number of keys "
+                              "running at once")
+        raise_for(rc, f"concurrency seat on queue {self.name!r}")
+
+    def seats_held(self, key: int, limit: int) -> int:
+        """How many of the `limit` seats of `key` live processes hold now."""
+        return lib.shmq_seats_held(self._jobs_handle(), key, limit)
+
+    def take_rate(self, key: int, interval_ns: int) -> int:
+        """0 if a run of rate key `key` (one per `interval_ns`) may start now
+        (and counts it), else the nanoseconds until one may."""
+        wait = ffi.new("int64_t *")
+        rc = lib.shmq_rate_take(self._jobs_handle(), key, interval_ns, wait)
+        if rc == OK:
+            return 0
+        if rc == lib.SHMQ_EFULL:
+            return max(1, wait[0])
+        if rc == lib.SHMQ_EADMITFULL:
+            raise errors.Full(f"queue {self.name!r}: the rate-limit table holds {lib.SHMQ_RATE_SLOTS} keys, the "
+                              "most it can: use fewer distinct rate_by keys on this queue")
+        raise_for(rc, f"rate limit on queue {self.name!r}")
+
+    def priority_lane(self, priority: int) -> int:
+        """The lane of `priority` (0 .. 9): the unordered lanes are its bands,
+        lane 0 first (with lanes=10 every priority has its own). Turns the
+        queue's fetch order to bands (with aging) on first use."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise errors.ConfigError(f"priority={priority!r} must be an integer from 0 (runs first) to 9 (runs last)")
+        lanes = self.params.lanes
+        if lanes < 2:
+            raise errors.ConfigError(
+                f"priority={priority}: queue {self.name!r} has lanes=1, so every job shares one lane and no "
+                "priority can go first. Create it with lanes=3 (three bands: 0-3, 4-6, 7-9) or lanes=10 (one per "
+                "priority); an App whose tasks have a priority does so itself")
+        if not self._prioritized:
+            lib.shmq_priority_on(self._jobs_handle(), int(self.priority_aging * 1e9))
+            self._prioritized = True
+        return priority * lanes // 10
+
+    def _pause_set(self, task: str | None, paused: bool) -> None:
+        handle = self._jobs_handle()
+        name = None if task is None else _task_text(task)
+        rc = lib.shmq_pause_set(handle, 0 if name is None else name_hash(name),
+                                ffi.NULL if name is None else name.encode()[:55], int(paused))
+        if rc == lib.SHMQ_EADMITFULL:
+            raise errors.Full(f"queue {self.name!r}: {lib.SHMQ_PAUSE_SLOTS} tasks are paused already, the most "
+                              f"it holds: resume one of {self.paused_tasks()} first, or pause the whole queue")
+        if rc != OK:
+            raise_for(rc, f"{'pause' if paused else 'resume'} of queue {self.name!r}")
 
     # ------------------------------------------------------------ observing
 

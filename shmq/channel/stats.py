@@ -72,6 +72,10 @@ def snapshot(queue, lanes: bool = False) -> dict:
     else:
         out["spilled"] = out["backlog"] = 0
     out["dead_letters"] = len(queue.dead_letters) if queue._has_jobs else 0
+    if queue._has_jobs:
+        out["paused"] = bool(lib.shmq_queue_paused(handle))
+        out["paused_tasks"] = queue.paused_tasks()
+        out["held"] = int(lib.shmq_admission_held(handle))
     out["wait_ns"] = percentiles(_buckets(handle, lib.SHMQ_HIST_WAIT), values["wait_max_ns"])
     out["run_ns"] = percentiles(_buckets(handle, lib.SHMQ_HIST_RUN), values["run_max_ns"])
     if lanes:

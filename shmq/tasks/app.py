@@ -59,7 +59,7 @@ class Task:
 
     def __init__(self, app: "App", fn: Callable, name: str, retries: int | None, backoff: float | None,
                  backoff_max: float | None, group_by: Callable | None, unique_by: Callable | None,
-                 unique_until: str, lease_timeout: float | None):
+                 unique_until: str, lease_timeout: float | None, admission=None, priority: int | None = None):
         from shmq.channel.jobs import RetryPolicy
 
         if unique_until not in ("start", "finish"):
@@ -79,6 +79,8 @@ class Task:
 
             _args.seconds_ns("lease_timeout", lease_timeout, _args.LEASE_MIN, _args.LEASE_MAX)  # at definition
         self.lease_timeout = lease_timeout
+        self.admission = admission  # concurrency and rate limits (shmq/tasks/admission.py), or None
+        self.priority = priority
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: their calls are checked by the worker only
@@ -108,10 +110,11 @@ class Task:
 
     def enqueue_with(self, args: tuple = (), kwargs: dict | None = None, *, delay: Any = None, group: Any = None,
                      unique: Any = None, unique_until: str | None = None, retries: int | None = None,
-                     timeout: float | None = None):
+                     timeout: float | None = None, priority: int | None = None):
         """enqueue() with job options: ``delay`` (seconds, timedelta or
         datetime), ``group`` and ``unique`` (over the task's group_by /
-        unique_by), ``retries``, ``timeout`` (for room in the queue)."""
+        unique_by), ``retries``, ``timeout`` (for room in the queue),
+        ``priority`` (0 first .. 9 last, over the task's)."""
         kwargs = kwargs or {}
         self._check_arguments(args, kwargs)
         if group is None and self.group_by is not None:
@@ -123,10 +126,15 @@ class Task:
         until = unique_until or self.unique_until
         if retries is None:
             retries = self._policy_args[0]  # the task's own, carried by the job (else the queue's)
+        if priority is None:
+            priority = self.priority
+            if priority is None and self.app._prioritized:
+                priority = 5  # the default's band, among prioritized jobs
         if self.app.eager:
             return self.app._run_eager(self, args, kwargs, unique, until, retries)
         return self.app.backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
-                                      unique_until=until, delay=delay, retries=retries, timeout=timeout)
+                                      unique_until=until, delay=delay, retries=retries, timeout=timeout,
+                                      priority=priority)
 
     def _call_text(self, args: tuple, kwargs: dict) -> str:
         shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
@@ -159,6 +167,18 @@ class Task:
                 "arguments as the task; nothing was enqueued"
             ) from exc
 
+    def pause(self) -> None:
+        """Workers start no job of this task until resume(); its jobs stay
+        queued and enqueue goes on (every process of the host sees it)."""
+        self.app.backend.pause(self.name)
+
+    def resume(self) -> None:
+        """Undoes pause(): held jobs run again within about a second."""
+        self.app.backend.resume(self.name)
+
+    def paused(self) -> bool:
+        return self.app.backend.paused(self.name)
+
     def delay(self, seconds: Any, *args, **kwargs):
         """enqueue(*args, **kwargs) to run after `seconds` (or at a datetime)."""
         return self.enqueue_with(args, kwargs, delay=seconds)
@@ -174,7 +194,7 @@ class App:
     defaults to 4 here (lanes for jobs with a group)."""
 
     def __init__(self, name: str = "default", *, eager: bool = False, config: str | None = None,
-                 backend: str | None = None, **queue_kwargs):
+                 backend: str | None = None, priority_aging: float = 0.25, **queue_kwargs):
         from shmq.backends import _backend_class
         from shmq.channel.queue import _NAME
 
@@ -196,6 +216,12 @@ class App:
         if self.queue_kwargs.get("durability", "os") != "none":
             self.queue_kwargs.setdefault("ordered_lanes", _APP_ORDERED_LANES)
         self.tasks: dict[str, Task] = {}
+        if isinstance(priority_aging, bool) or not isinstance(priority_aging, (int, float)) \
+                or not 0.001 <= priority_aging <= 3600:
+            raise errors.ConfigError(f"app {name!r}: priority_aging={priority_aging!r} must be seconds from 0.001 to "
+                                     "3600 (how long a job waits per priority band behind higher ones, at most)")
+        self.priority_aging = float(priority_aging)
+        self._prioritized = False  # a task has a priority: jobs without one go to the default's band
         self._backend = None
         self._backend_lock = threading.Lock()  # worker threads open one backend between them
         self._eager_state = None
@@ -211,7 +237,14 @@ class App:
         if backend is None or not backend.usable():
             with self._backend_lock:
                 if self._backend is None or not self._backend.usable():
-                    self._backend = self._backend_class.open(self.name, **self.queue_kwargs)
+                    kwargs = self.queue_kwargs
+                    if self._prioritized and kwargs.get("durability", "os") != "none":
+                        from shmq.tasks.admission import PRIORITY_LANES
+
+                        kwargs = {"lanes": PRIORITY_LANES, **kwargs}
+                    self._backend = self._backend_class.open(self.name, **kwargs)
+                    if hasattr(self._backend, "queue"):
+                        self._backend.queue.priority_aging = self.priority_aging
                 backend = self._backend
         return backend
 
@@ -232,7 +265,9 @@ class App:
 
     def task(self, fn: Callable | None = None, *, name: str | None = None, retries: int | None = None,
              backoff: float | None = None, backoff_max: float | None = None, group_by: Callable | None = None,
-             unique_by: Callable | None = None, unique_until: str = "start", lease_timeout: float | None = None):
+             unique_by: Callable | None = None, unique_until: str = "start", lease_timeout: float | None = None,
+             concurrency: int | None = None, concurrency_by: Callable | None = None, rate: str | None = None,
+             rate_by: Callable | None = None, priority: int | None = None):
         """Registers a task: ``@app.task`` or ``@app.task(retries=5, ...)``.
 
         - ``name``: how jobs name it (default ``module.qualname``).
@@ -241,6 +276,13 @@ class App:
         - ``unique_by(*args, **kwargs)``: its unique key (one pending job per key);
           ``unique_until``: ``"start"`` or ``"finish"``.
         - ``lease_timeout``: seconds a run may take before it is presumed hung.
+        - ``priority``: 0 (runs first) .. 9 (runs last), default 5; low ones age
+          (see shmq/tasks/admission.py), so none starves.
+        - ``concurrency``: at most this many runs at once across all workers of
+          the host; ``concurrency_by(*args, **kwargs)``: per key.
+        - ``rate``: ``"N/s"``, ``"N/m"`` or ``"N/h"`` runs started at most;
+          ``rate_by(*args, **kwargs)``: per key. A job held back by a limit
+          waits (not a failure, not an attempt); see shmq/tasks/admission.py.
         """
 
         def register(f: Callable) -> Task:
@@ -254,8 +296,14 @@ class App:
             for what, value in (("group_by", group_by), ("unique_by", unique_by)):
                 if value is not None and not callable(value):
                     raise errors.ConfigError(f"{what} must be a function of the task's arguments, got {value!r}")
+            from shmq.tasks import admission
+
+            limits = admission.options(task_name, concurrency, concurrency_by, rate, rate_by)
+            rank = admission.priority(task_name, priority)
             task = Task(self, f, task_name, retries, backoff, backoff_max, group_by, unique_by, unique_until,
-                        lease_timeout)
+                        lease_timeout, limits, rank)
+            if rank is not None:
+                self._prioritized = True
             self.tasks[task_name] = task
             return task
 

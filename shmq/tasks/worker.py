@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from shmq import _args, errors
+from shmq.tasks import admission
 
 __all__ = ["run", "work"]
 
@@ -67,7 +68,7 @@ def _task_call(delivery):
     return name, args, kwargs
 
 
-def _run_one(app, delivery, task_of) -> None:
+def _run_one(app, delivery, task_of, admitted: bool = False) -> None:
     """Runs one job and finishes it: ack with the result, or fail with the error.
     A job that can never run (undecodable, not a task call, a task this app
     lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
@@ -90,6 +91,9 @@ def _run_one(app, delivery, task_of) -> None:
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
+    if not admitted and (task.admission is not None or delivery.pause_hint):
+        _run_limited(app, delivery, task_of, task, name, args, kwargs)
+        return
     if task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
     try:
@@ -107,6 +111,27 @@ def _run_one(app, delivery, task_of) -> None:
         _dead(delivery, errors.EncodeError(
             f"job {delivery.id}: task {name!r} returned a result the codec cannot carry: {exc}. Return "
             f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
+
+
+def _run_limited(app, delivery, task_of, task, name: str, args, kwargs) -> None:
+    """_run_one of a task with limits, or while some task is paused: the job
+    runs if admitted (holding a seat while it runs), else it is held back."""
+    try:
+        seat = admission.enter(app.backend, task, delivery, args, kwargs)
+    except errors.LeaseLost:
+        raise
+    except Exception as exc:  # noqa: BLE001 - concurrency_by / rate_by raised: the attempt failed
+        delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
+        log.info("job %d (%s): its limit key could not be made: %s: %s -> %s", delivery.id, name,
+                 type(exc).__name__, exc, delivery.fail(exc, delay=delay))
+        return
+    if seat is admission.HELD:
+        return
+    try:
+        _run_one(app, delivery, task_of, admitted=True)
+    finally:
+        if seat is not None:
+            seat.give()  # after the ack: the next run starts once this one has finished
 
 
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:

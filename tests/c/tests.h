@@ -85,6 +85,11 @@
     X(jobs_concurrent)               \
     X(jobs_run_now)                  \
     X(jobs_delete_waiting)           \
+    X(admission_seats_race)          \
+    X(admission_dead_holder_seat_back) \
+    X(admission_rate_and_pause)      \
+    X(admission_seat_claim_race)     \
+    X(admission_priority_bands)      \
     X(trust_fd_checks)               \
     X(trust_log_files)
 

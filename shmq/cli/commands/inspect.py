@@ -125,7 +125,12 @@ def _text(s: dict) -> list[str]:
         for start in range(0, len(keys), 5):
             label = "counters" if start == 0 else ""
             lines.append(f"  {label:<9} " + " ".join(f"{k}={stats[k]}" for k in keys[start:start + 5]))
-    lines += ["", f"dead letters: {s['dead_letters']}"]
+    lines.append("")
+    if "paused" in s:  # admission (shmq pause): the queue, or some of its tasks
+        tasks = s.get("paused_tasks") or []
+        shown = "the queue" if s["paused"] else "no"
+        lines.append(f"paused: {shown}" + (f"; tasks: {', '.join(tasks)}" if tasks else ""))
+    lines.append(f"dead letters: {s['dead_letters']}")
     return lines
 
 

@@ -111,6 +111,13 @@ class _Sampler:
         self.queues.close()
 
 
+def _paused(q: dict) -> str:
+    if q.get("paused"):
+        return "queue"
+    tasks = q.get("paused_tasks") or []
+    return ", ".join(tasks) if tasks else "no"
+
+
 def _rate(value: float) -> str:
     return f"{value:,.1f}/s" if abs(value) < 100 else f"{value:,.0f}/s"
 
@@ -143,6 +150,8 @@ def render(sample: dict, interval: float | None = None) -> list[str]:
             rows.append(row)
         for key, label in (("wait_ns", "wait p50/p99/max"), ("run_ns", "run p50/p99/max")):
             rows.append([label] + [" / ".join(duration(q[key][p]) for p in ("p50", "p99", "max")) for q in queues])
+        rows.append(["held back (limits, pause)"] + [f"{q.get('held', 0):,}" for q in queues])
+        rows.append(["paused"] + [_paused(q) for q in queues])
         lines += table(headers, rows, right=set(range(1, len(headers))))
     for q in queues:
         if "lanes" not in q:
