@@ -139,6 +139,12 @@ class PostgresServer:
         """A schema name no other test uses (the tests of one server share its database)."""
         return f"t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
 
+    def schema_of(self, key: str) -> str:
+        """The schema of a test, named after something of its own (its data directory)."""
+        import hashlib
+
+        return "t_" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
     def destroy(self) -> None:
         try:
             if self.running:
