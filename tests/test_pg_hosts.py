@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Many hosts on one PostgreSQL: each host a ``shmq worker`` (a bridge and its
+workers) with its own data directory and its own /dev/shm (tests/pg_hosts.py),
+against the real server of tests/pg_server.py; hosts killed with kill -9,
+workers hung, the server restarted."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import psycopg
+import pytest
+
+import shmq
+from pg_hosts import Hosts, intervals, wait_until
+
+
+@pytest.fixture
+def hosts_app(tmp_path, pg_server, monkeypatch):
+    """(Hosts, the producers' module pgh_app) on a schema of the test's own."""
+    made = []
+
+    def make(**env):
+        schema = pg_server.new_schema()
+        hosts = Hosts(tmp_path, pg_server.dsn(), schema, **env)
+        made.append((hosts, schema))
+        for key, value in hosts.env.items():
+            if key.startswith("PGH_"):
+                monkeypatch.setenv(key, value)
+        monkeypatch.setenv("PGH_HOST", "producer")
+        monkeypatch.setenv("PGH_DATA", str(tmp_path / "producer"))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        sys.modules.pop("pgh_app", None)
+        return hosts, importlib.import_module("pgh_app")
+
+    yield make
+    for hosts, schema in made:
+        hosts.stop_all()
+        module = sys.modules.pop("pgh_app", None)
+        if module is not None:
+            module.app.close()
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _orphaned(conn, schema: str) -> int:
+    """Running jobs whose owner's session is gone (a dead host's), not yet taken back."""
+    from shmq.backends.pg.schema import lock_space
+
+    return conn.execute(
+        f"""SELECT count(*) FROM "{schema}".jobs j WHERE state = 'running' AND NOT EXISTS (
+              SELECT 1 FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                AND l.classid = %s::oid AND l.objid = j.owner::oid)""", (lock_space(schema),)).fetchone()[0]
+
+
+def test_a_killed_host_s_jobs_run_again_elsewhere_groups_in_order_never_twice_at_once(hosts_app, pg_server):
+    hosts, m = hosts_app()
+    schema = hosts.env["PGH_SCHEMA"]
+    groups, per_group = 4, 12
+    jobs = {}
+    for seq in range(per_group):
+        for g in range(groups):
+            key = f"g{g}-{seq:02d}"
+            jobs[key] = m.work.enqueue(key, f"g{g}", 0.02)
+    for i in range(60):
+        key = f"u-{i:02d}"
+        jobs[key] = m.work.enqueue(key, None, 0.05)
+    unique = {}
+    for i in range(6):
+        first, second = m.once.enqueue(f"k{i}"), m.once.enqueue(f"k{i}")
+        assert not first.duplicate and second.duplicate and second.id == first.id
+        unique[f"k{i}"] = first
+    for name in ("a", "b", "c"):
+        hosts.start(name)
+
+    # Kill host a while it runs jobs: once it started a few, at a moment one of its runs is open.
+    def a_busy():
+        runs = hosts.runs()
+        started = [r for r in runs if r[2] == "a" and r[0] == "S"]
+        ended = {(r[1], r[3]) for r in runs if r[2] == "a" and r[0] != "S"}
+        return len(started) >= 6 and any((r[1], r[3]) not in ended for r in started)
+
+    wait_until(a_busy, 60, lambda: f"host a starts jobs: {hosts.output('a')}", poll=0.01)
+    killed_at = hosts.kill("a")
+
+    # Its jobs are taken back at once (its session ended), not after their hold of 30 s.
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        wait_until(lambda: _orphaned(conn, schema) == 0, 5, "the dead host's jobs taken back")
+    taken_back = time.time() - killed_at
+
+    for key, job in {**jobs, **unique}.items():
+        assert job.wait(timeout=90) is not None, key
+    stats = m.app.backend.stats()
+    assert stats["consumer_died"] >= 1, stats  # host a held jobs when it died
+    assert stats["done"] == len(jobs) + len(unique), stats
+    assert taken_back < 5
+
+    runs = hosts.runs()
+    spans = intervals(runs, dead_hosts={"a"}, killed_at=killed_at)
+    cut = [(key, s) for key, ss in spans.items() for s in ss if s[2] == "a" and s[1] == killed_at]
+    assert cut, "host a was killed while it ran a job"
+    for key, span in cut:
+        assert any(s[2] != "a" and s[0] > killed_at for s in spans[key]), f"{key} was cut on host a and not run again"
+    # No job ran on two hosts at once (host a's cut runs end at its kill).
+    for key, ss in spans.items():
+        for earlier, later in zip(ss, ss[1:]):
+            assert earlier[1] <= later[0], f"job {key} ran twice at once: {earlier} and {later}"
+    # Each group ran in order, one job at a time, across all hosts.
+    for g in range(groups):
+        group_spans = sorted(s + (key,) for key, ss in spans.items() if key.startswith(f"g{g}-") for s in ss)
+        for earlier, later in zip(group_spans, group_spans[1:]):
+            assert earlier[1] <= later[0], f"group g{g} overlapped: {earlier} and {later}"
+            assert earlier[4] <= later[4], f"group g{g} ran out of order: {earlier[4]} after... {later[4]}"
+    assert {r[2] for r in runs if r[0] == "E"} >= {"b", "c"}, "every surviving host ran jobs"
+    assert sum(1 for r in runs if r[0] == "E" and r[1].startswith("k")) >= len(unique)
+
+
+def test_a_hung_worker_is_killed_before_its_job_runs_again(hosts_app):
+    hosts, m = hosts_app(PGH_LEASE=2)
+    job = m.hang_first.enqueue("h")
+    hosts.start("a", 1)
+    result = job.wait(timeout=30)
+    assert result["pid"] != result["first_pid"]
+    assert result["first_alive"] is False, "the job ran again while its hung first run still lived"
+    wait_until(lambda: "past its lease: killed" in hosts.output("a"), 5, "the bridge says it killed the worker")
+
+
+def test_the_host_bridge_batches_its_round_trips(hosts_app):
+    hosts, m = hosts_app()
+    jobs = [m.work.enqueue(f"j{i}", None, 0.0) for i in range(400)]
+    hosts.start("a", 2)
+    for job in jobs:
+        job.wait(timeout=60)
+    assert m.app.backend.stats()["done"] == len(jobs)
