@@ -120,7 +120,7 @@ def test_a_killed_host_s_jobs_run_again_elsewhere_groups_in_order_never_twice_at
 def test_a_hung_worker_is_killed_before_its_job_runs_again(hosts_app):
     hosts, m = hosts_app(PGH_LEASE=2)
     job = m.hang_first.enqueue("h")
-    hosts.start("a", 1)
+    hosts.start("a", 2)  # a second worker would take the job back at once if the hung one were not killed
     result = job.wait(timeout=30)
     assert result["pid"] != result["first_pid"]
     assert result["first_alive"] is False, "the job ran again while its hung first run still lived"
