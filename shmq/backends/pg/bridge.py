@@ -53,6 +53,7 @@ import time
 from typing import Any
 
 from shmq import errors
+from shmq.backends.postgres import _unavailable as _unavailable_at
 
 __all__ = ["Bridge", "HostBackend", "HostDelivery", "local_name"]
 
@@ -74,6 +75,10 @@ _HOLD = 30.0
 _RETRY_CONNECT = 0.5
 # Local outcome kinds (the result of the local job a worker acks).
 _DONE, _FAILED = "d", "f"
+
+
+def _unavailable(pg, exc: BaseException, doing: str) -> errors.BackendUnavailable:
+    return _unavailable_at(pg.dsn, exc, doing)
 
 
 def local_name(name: str) -> str:
@@ -168,18 +173,11 @@ class Bridge:
             except Exception:  # noqa: BLE001 - a broken connection: nothing more to do with it
                 pass
 
-    def claim(self) -> int:
-        """Claims up to the room left under `prefetch` into the local queue; returns how many."""
-        room = self.prefetch - len(self.inflight)
-        if room <= 0:
-            return 0
-        pg = self.pg
-        s = pg._s
-        with pg._lock:
-            pg._connection(f"claiming jobs of queue {self.name!r}")
-            owner = pg._consumer_id()
-        rows = self._query(
-            f"""WITH cand AS (SELECT id FROM {s}.jobs WHERE queue = %(q)s AND state = 'ready' AND run_at <= now()
+    def _claim_sql(self) -> str:
+        s = self.pg._s
+        # Jobs of no group, the oldest due first; with them (one row even when none was free), whether a
+        # job of a group is due (claimed apart, below) and when the next waiting one falls due.
+        return f"""WITH cand AS (SELECT id FROM {s}.jobs WHERE queue = %(q)s AND state = 'ready' AND run_at <= now()
                                 AND grp IS NULL ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED),
                      u AS (UPDATE {s}.jobs AS t SET state = 'running', attempt = t.attempt + 1, owner = %(owner)s,
                                   lease_until = now() + make_interval(secs => %(hold)s::float8),
@@ -191,15 +189,108 @@ class Bridge:
                      c AS (INSERT INTO {s}.counters AS c (queue, shard, started)
                            SELECT %(q)s, %(shard)s, count(*) FROM u HAVING count(*) > 0
                            ON CONFLICT (queue, shard) DO UPDATE SET started = c.started + excluded.started)
-                SELECT * FROM u ORDER BY id""",
-            {"q": self.name, "n": room, "owner": owner, "hold": _HOLD, "shard": pg._shard},
-            f"claiming jobs of queue {self.name!r}")
-        got = list(rows)
+                SELECT u.*,
+                       EXISTS (SELECT 1 FROM {s}.jobs WHERE queue = %(q)s AND state = 'ready' AND run_at <= now()
+                                 AND grp IS NOT NULL),
+                       (SELECT extract(epoch FROM min(run_at) - now()) FROM {s}.jobs
+                         WHERE queue = %(q)s AND state = 'ready' AND run_at > now())
+                FROM (SELECT 1) AS one LEFT JOIN u ON true ORDER BY u.id"""
+
+    def _done_sql(self) -> str:
+        s = self.pg._s
+        return f"""WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::int[],
+                                                %(tags)s::smallint[], %(results)s::bytea[])
+                                    AS v(id, attempt, owner, tag, result)),
+                     u AS (UPDATE {s}.jobs AS t SET state = 'done', finished_at = now(), result_tag = v.tag,
+                                  result = v.result, unique_held = false, owner = NULL, lease_until = NULL
+                           FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
+                             AND t.owner = v.owner RETURNING t.id),
+                     c AS (INSERT INTO {s}.counters AS c (queue, shard, done)
+                           SELECT %(q)s, %(shard)s, count(*) FROM u HAVING count(*) > 0
+                           ON CONFLICT (queue, shard) DO UPDATE SET done = c.done + excluded.done)
+                SELECT count(*), pg_notify(%(channel)s, '') FROM u"""
+
+    def _failed_sql(self) -> str:
+        # kind: retry (after `delay`), dead, or requeue (the worker died: ready now, no failure counted).
+        s = self.pg._s
+        return f"""WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::int[],
+                                                %(kinds)s::text[], %(errors)s::text[], %(delays)s::float8[])
+                                    AS v(id, attempt, owner, kind, error, delay)),
+                     u AS (UPDATE {s}.jobs AS t
+                           SET state = CASE WHEN v.kind = 'dead' THEN 'dead' ELSE 'ready' END,
+                               finished_at = CASE WHEN v.kind = 'dead' THEN now() END,
+                               run_at = CASE WHEN v.kind = 'retry' THEN now() + make_interval(secs => v.delay)
+                                             ELSE now() END,
+                               error = coalesce(v.error::jsonb, t.error),
+                               unique_held = t.unique_held AND v.kind <> 'dead',
+                               owner = NULL, lease_until = NULL
+                           FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
+                             AND t.owner = v.owner RETURNING v.kind),
+                     c AS (INSERT INTO {s}.counters AS c (queue, shard, failed, retried, dead, consumer_died)
+                           SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE kind <> 'requeue'),
+                                  count(*) FILTER (WHERE kind = 'retry'), count(*) FILTER (WHERE kind = 'dead'),
+                                  count(*) FILTER (WHERE kind = 'requeue')
+                           FROM u HAVING count(*) > 0
+                           ON CONFLICT (queue, shard) DO UPDATE SET
+                               failed = c.failed + excluded.failed, retried = c.retried + excluded.retried,
+                               dead = c.dead + excluded.dead,
+                               consumer_died = c.consumer_died + excluded.consumer_died)
+                SELECT count(*), pg_notify(%(jobs)s, ''), pg_notify(%(done)s, '') FROM u"""
+
+    def exchange(self, claim: bool) -> int:
+        """Writes the outcomes held and (if `claim`) claims up to the room left under `prefetch`, in one
+        round trip (a pipeline); then claims due jobs of groups, one statement each. Returns how many
+        jobs it claimed."""
+        pg = self.pg
+        room = self.prefetch - len(self.inflight)
+        claim = claim and room > 0
+        statements = []
+        done = [o for o in self.outcomes if o[0] == _DONE]
+        other = [o for o in self.outcomes if o[0] != _DONE]
+        if done:
+            statements.append((self._done_sql(), {
+                "ids": [o[1] for o in done], "attempts": [o[2] for o in done], "owners": [o[3] for o in done],
+                "tags": [o[4] for o in done], "results": [o[5] for o in done], "q": self.name,
+                "shard": pg._shard, "channel": pg._results_channel}))
+        if other:
+            statements.append((self._failed_sql(), {
+                "ids": [o[1] for o in other], "attempts": [o[2] for o in other], "owners": [o[3] for o in other],
+                "kinds": [o[4] for o in other], "errors": [o[5] for o in other], "delays": [o[6] for o in other],
+                "q": self.name, "shard": pg._shard, "jobs": pg._jobs_channel, "done": pg._results_channel}))
+        if not statements and not claim:
+            return 0
+        psycopg = pg._psycopg
+        doing = f"exchanging jobs of queue {self.name!r} with PostgreSQL"
+        with pg._lock:
+            try:
+                conn = pg._connection(doing)
+                owner = pg._consumer_id() if claim else None
+                if claim:
+                    statements.append((self._claim_sql(), {"q": self.name, "n": room, "owner": owner, "hold": _HOLD,
+                                                           "shard": pg._shard}))
+                with conn.pipeline():
+                    cursors = [conn.execute(sql, params) for sql, params in statements]
+                rows = cursors[-1].fetchall() if claim else []
+            except psycopg.OperationalError as exc:
+                pg._drop()
+                raise _unavailable(pg, exc, doing) from None
+        self.round_trips += 1
+        self.written += len(self.outcomes)
+        self.outcomes = []
+        if not claim:
+            return 0
+        got = [row[:7] for row in rows if row[0] is not None]
+        groups_ready, next_due = rows[0][7], rows[0][8]
         # Jobs of ordered groups: one statement each, under the group's lock (the backend's own claim).
-        while len(got) < room:
+        while groups_ready and len(got) < room:
             with pg._lock:
-                self.round_trips += 1
-                row = pg._claim(_HOLD)
+                try:
+                    self.round_trips += 1
+                    row = pg._claim(_HOLD)
+                except psycopg.OperationalError as exc:
+                    pg._drop()
+                    row = None
+                    log.warning("%s", _unavailable(pg, exc, doing))
             if row is None:
                 break
             got.append(row)
@@ -211,71 +302,9 @@ class Bridge:
         self.claimed += len(got)
         self._more = len(got) >= room
         if not self._more:
-            due = self._query(
-                f"""SELECT extract(epoch FROM min(run_at) - now()) FROM {s}.jobs
-                    WHERE queue = %s AND state = 'ready'""", (self.name,), f"looking at queue {self.name!r}")[0][0]
-            wait = _POLL_MAX if due is None else min(_POLL_MAX, max(0.0, float(due)))
+            wait = _POLL_MAX if next_due is None else min(_POLL_MAX, max(0.0, float(next_due)))
             self._next_poll = time.monotonic() + wait
         return len(got)
-
-    def write(self) -> int:
-        """Writes the outcomes held to PostgreSQL (one statement per kind); returns how many."""
-        if not self.outcomes:
-            return 0
-        pg, s = self.pg, self.pg._s
-        done = [o for o in self.outcomes if o[0] == _DONE]
-        other = [o for o in self.outcomes if o[0] != _DONE]
-        if done:
-            self._query(
-                f"""WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::int[],
-                                                    %(tags)s::smallint[], %(results)s::bytea[])
-                                        AS v(id, attempt, owner, tag, result)),
-                         u AS (UPDATE {s}.jobs AS t SET state = 'done', finished_at = now(), result_tag = v.tag,
-                                      result = v.result, unique_held = false, owner = NULL, lease_until = NULL
-                               FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
-                                 AND t.owner = v.owner RETURNING t.id),
-                         c AS (INSERT INTO {s}.counters AS c (queue, shard, done)
-                               SELECT %(q)s, %(shard)s, count(*) FROM u HAVING count(*) > 0
-                               ON CONFLICT (queue, shard) DO UPDATE SET done = c.done + excluded.done)
-                    SELECT count(*), pg_notify(%(channel)s, '') FROM u""",
-                {"ids": [o[1] for o in done], "attempts": [o[2] for o in done], "owners": [o[3] for o in done],
-                 "tags": [o[4] for o in done], "results": [o[5] for o in done], "q": self.name,
-                 "shard": pg._shard, "channel": pg._results_channel},
-                f"writing results of queue {self.name!r}")
-        if other:
-            # kind: retry (after `delay`), dead, or requeue (the worker died: ready now, no failure counted).
-            self._query(
-                f"""WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::int[],
-                                                    %(kinds)s::text[], %(errors)s::text[], %(delays)s::float8[])
-                                        AS v(id, attempt, owner, kind, error, delay)),
-                         u AS (UPDATE {s}.jobs AS t
-                               SET state = CASE WHEN v.kind = 'dead' THEN 'dead' ELSE 'ready' END,
-                                   finished_at = CASE WHEN v.kind = 'dead' THEN now() END,
-                                   run_at = CASE WHEN v.kind = 'retry' THEN now() + make_interval(secs => v.delay)
-                                                 ELSE now() END,
-                                   error = coalesce(v.error::jsonb, t.error),
-                                   unique_held = t.unique_held AND v.kind <> 'dead',
-                                   owner = NULL, lease_until = NULL
-                               FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
-                                 AND t.owner = v.owner RETURNING v.kind),
-                         c AS (INSERT INTO {s}.counters AS c (queue, shard, failed, retried, dead, consumer_died)
-                               SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE kind <> 'requeue'),
-                                      count(*) FILTER (WHERE kind = 'retry'), count(*) FILTER (WHERE kind = 'dead'),
-                                      count(*) FILTER (WHERE kind = 'requeue')
-                               FROM u HAVING count(*) > 0
-                               ON CONFLICT (queue, shard) DO UPDATE SET
-                                   failed = c.failed + excluded.failed, retried = c.retried + excluded.retried,
-                                   dead = c.dead + excluded.dead,
-                                   consumer_died = c.consumer_died + excluded.consumer_died)
-                    SELECT count(*), pg_notify(%(jobs)s, ''), pg_notify(%(done)s, '') FROM u""",
-                {"ids": [o[1] for o in other], "attempts": [o[2] for o in other], "owners": [o[3] for o in other],
-                 "kinds": [o[4] for o in other], "errors": [o[5] for o in other], "delays": [o[6] for o in other],
-                 "q": self.name, "shard": pg._shard, "jobs": pg._jobs_channel, "done": pg._results_channel},
-                f"writing failures of queue {self.name!r}")
-        count = len(self.outcomes)
-        self.written += count
-        self.outcomes = []
-        return count
 
     def renew(self) -> None:
         """Keeps the jobs held ours for another _HOLD seconds (one statement for all of them)."""
@@ -372,15 +401,13 @@ class Bridge:
         if not self._connect():
             return
         try:
-            self.write()
             if now >= self._next_renew:
                 self._next_renew = now + _HOLD / 4
                 self.renew()
             if now >= self._next_reclaim:
                 self._next_reclaim = now + _RECLAIM_EVERY
                 self.reclaim()
-            if self._more or now >= self._next_poll:
-                self.claim()
+            self.exchange(self._more or now >= self._next_poll)
         except errors.BackendUnavailable as exc:
             self._lost(exc)
 
@@ -410,7 +437,7 @@ class Bridge:
             self.collect()
             if self.outcomes and self._connect():
                 try:
-                    self.write()
+                    self.exchange(False)
                 except errors.BackendUnavailable as exc:
                     log.warning("%s: %d outcome(s) not written; those jobs run again", exc, len(self.outcomes))
         finally:
