@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import time
 
 import psycopg
@@ -141,3 +142,43 @@ def test_the_host_bridge_batches_its_round_trips(hosts_app):
     per_job = float(said[-1].split("PostgreSQL (")[1].split()[0])
     print(said[-1])
     assert per_job < 0.5, said[-1]
+
+
+def test_a_server_restart_mid_run_refuses_clearly_and_runs_every_job_accepted(hosts_app, pg_server):
+    hosts, m = hosts_app()
+    hosts.start("a")
+    hosts.start("b")
+    accepted, refused = [], []
+    restarted = threading.Event()
+    wait_until(lambda: all("worker process(es)" in hosts.output(h) for h in "ab"), 30, "the hosts start")
+
+    def restart():
+        time.sleep(0.5)
+        pg_server.restart("immediate")
+        restarted.set()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        i = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (restarted.is_set() and len(accepted) > 100 + i // 2):
+            try:
+                accepted.append(m.work.enqueue(f"r{i}", None, 0.01))
+            except shmq.BackendUnavailable as exc:
+                refused.append(str(exc))
+                time.sleep(0.02)
+            i += 1
+    finally:
+        thread.join()
+    assert refused, "the server's restart was seen by no enqueue"
+    for text in refused:
+        assert f"PostgreSQL at shmq_test@127.0.0.1:{pg_server.port}/postgres is unavailable while enqueueing" in text
+    deadline = time.monotonic() + 60
+    for job in accepted:
+        job.wait(timeout=max(0.0, deadline - time.monotonic()))
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        states = conn.execute(f'SELECT state, count(*) FROM "{hosts.env["PGH_SCHEMA"]}".jobs GROUP BY state').fetchall()
+    assert dict(states).get("done") >= len(accepted), states
+    for h in "ab":
+        assert "PostgreSQL is back" in hosts.output(h), hosts.output(h)

@@ -119,6 +119,7 @@ class Bridge:
         self._next_reclaim = 0.0
         self._next_local = 0.0
         self._down_since = None
+        self._next_connect = 0.0
         self.claimed = self.written = self.round_trips = self.killed = 0
 
     # ------------------------------------------------------------ the local queue
@@ -162,6 +163,7 @@ class Bridge:
         return True
 
     def _lost(self, exc: BaseException) -> None:
+        self._next_connect = time.monotonic() + _RETRY_CONNECT
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("%s; the bridge keeps the outcomes it holds and tries again every %.1f s", exc,
@@ -396,7 +398,7 @@ class Bridge:
             self._next_local = now + _LOCAL_EVERY
             self.tend_local()
         self.collect()
-        if self._down_since is not None and now - self._down_since < _RETRY_CONNECT and self.listener is None:
+        if self.listener is None and now < self._next_connect:
             return
         if not self._connect():
             return
