@@ -7,6 +7,7 @@ uses the real server of tests/pg_server.py, each in a schema of its own."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -385,3 +386,37 @@ def test_finished_jobs_are_pruned_by_age_and_by_count(pg):
     by_age = open_queue(backend.name, retention=0)
     assert by_age.prune() == 3
     assert backend.stats()["done"] == 10  # the counters outlive the rows
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _shmq(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
+    dsn, schema, open_queue = pg
+    status = _shmq("db", "status", "--dsn", dsn, "--schema", schema)
+    assert status.returncode == 1 and "missing" in status.stdout and "shmq db migrate" in status.stdout
+    migrated = _shmq("db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["applied"] == [pg_schema.VERSION]
+    backend = open_queue(auto_migrate=False)
+    enqueued = _shmq("enqueue", backend.name, '{"to": 1}', "--backend", dsn, "--schema", schema)
+    assert enqueued.returncode == 0, enqueued.stderr
+    delivery = backend.fetch(timeout=5)
+    assert delivery.body == {"to": 1}
+    delivery.fail("no such user", retry=False)
+    env = {"SHMQ_BACKEND": dsn, "SHMQ_SCHEMA": schema}
+    stats = _shmq("stats", backend.name, "--json", env=env)
+    assert stats.returncode == 0, stats.stderr
+    (queue,) = json.loads(stats.stdout)["queues"]
+    assert (queue["queue"], queue["enqueued"], queue["dead"], queue["dead_letters"]) == (backend.name, 1, 1, 1)
+    dead = _shmq("dead", "list", backend.name, env=env)
+    assert dead.returncode == 0 and "no such user" in dead.stdout, dead.stderr
+    metrics = _shmq("metrics", backend.name, env=env)
+    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
+    down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
+    assert down.returncode == 2 and "is unavailable" in down.stderr

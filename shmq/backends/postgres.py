@@ -649,6 +649,9 @@ class PostgresBackend(JobBackend):
                         if now - self._last_reclaim >= _RECLAIM_EVERY:
                             self._last_reclaim = now
                             self._reclaim()
+                        if now - self._last_prune >= _PRUNE_EVERY:
+                            self._last_prune = now
+                            self._prune()
                         row = self._claim(lease_s)
                         break
                     except psycopg.OperationalError as exc:
@@ -747,7 +750,9 @@ class PostgresBackend(JobBackend):
                         UNION
                         (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state = 'done'
                          ORDER BY finished_at DESC OFFSET %(keep)s LIMIT %(batch)s)),
-                    d AS (DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+                    -- rows another pruner is deleting are left to it
+                    mine AS (SELECT id FROM {self._s}.jobs WHERE id IN (SELECT id FROM old) FOR UPDATE SKIP LOCKED),
+                    d AS (DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM mine) RETURNING 1)
                 SELECT count(*) FROM d""",
                 {"q": self.name, "age": self.retention, "keep": self.retention_jobs, "batch": _PRUNE_BATCH}).fetchone()
             deleted += rows[0]
@@ -883,8 +888,9 @@ class PostgresBackend(JobBackend):
                    spilled=0, backlog=0)
         for which in ("wait", "run"):
             out[f"{which}_ns"] = self._percentiles(which)
-        if lanes:
-            out["lanes"] = []
+        if lanes:  # PostgreSQL has no lanes: one, holding everything (as shmq.ops.metrics reads lanes)
+            lane = {name: out[name] for name in _COUNTERS + ("depth", "in_flight", "waiting")}
+            out["lanes"] = [{**lane, "throttled": 0, "lane": 0, "ordered": False}]
         return out
 
     def _span(self, which: str) -> tuple[str, str]:
