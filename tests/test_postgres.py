@@ -420,3 +420,28 @@ def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
     assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
     down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
     assert down.returncode == 2 and "is unavailable" in down.stderr
+
+
+def test_a_forked_child_never_ends_its_parents_session(pg):
+    _, _, open_queue = pg
+    backend = open_queue()
+    backend.enqueue("before")
+    backend._sleep(backend._results_channel, 0.01)  # the listening connection too
+    pid = os.fork()
+    if pid == 0:  # the child drops the inherited handle and collects it, as a program would
+        try:
+            import gc
+
+            assert not backend.usable()
+            backend._conn.close()
+            backend._listener.close()
+            del gc.garbage[:]
+            gc.collect()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    job = backend.enqueue("after")  # the same session: it was not ended by the child
+    delivery = backend.fetch(timeout=5)
+    assert delivery.body == "before"
+    assert job.status() == "queued"

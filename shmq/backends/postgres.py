@@ -32,6 +32,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator
 
 from shmq import _args, codec as _codec, errors
@@ -134,6 +135,34 @@ def queue_names(dsn: str, schema: str | None = None) -> list[str]:
     except psycopg.OperationalError as exc:
         raise _unavailable(dsn, exc, "listing queues") from None
     return [row[0] for row in rows]
+
+
+# Handles of this process, for the fork guard below.
+_LIVE: "weakref.WeakSet[PostgresBackend]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must never end its parent's sessions: closing (or
+    collecting) an inherited connection would send PostgreSQL a Terminate on
+    the parent's socket. The child points each inherited socket at /dev/null
+    first; its handles are then unusable (usable() is False) and it opens its own."""
+    for backend in list(_LIVE):
+        for conn in (backend._conn, backend._listener):
+            if conn is None or conn.closed:
+                continue
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, conn.fileno())
+                finally:
+                    os.close(null)
+            except OSError:
+                pass
+        backend._lock = threading.RLock()  # a lock held by a parent's thread at the fork
+        backend._listen_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PostgresJob:
@@ -380,6 +409,7 @@ class PostgresBackend(JobBackend):
         self._last_prune = 0.0
         with self._lock:
             self._connection("opening queue " + repr(name))
+        _LIVE.add(self)
 
     # ------------------------------------------------------------ opening
 
