@@ -651,6 +651,9 @@ class PostgresBackend(JobBackend):
                 return None
             if row[2] is not None:
                 return row[2:]
+            if row[1] is None:  # not claimed though free of any group: gone meanwhile; look again
+                params["skip"] = params["skip"] + [row[0]]
+                continue
             # A job of a group: claimed only while holding the group's lock, so that two consumers never
             # start two jobs of one group (each sees the other's claim once it holds the lock).
             with conn.transaction():
