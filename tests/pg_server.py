@@ -18,6 +18,7 @@ import atexit
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -78,6 +79,7 @@ class PostgresServer:
         self.log = os.path.join(self.directory, "server.log")
         self.port = free_port()
         self.running = False
+        self.watchdog = None
         if self.user is not None:
             os.chown(self.directory, self.user.pw_uid, self.user.pw_gid)
         atexit.register(self.destroy)
@@ -98,9 +100,23 @@ class PostgresServer:
                            f"unix_socket_directories = '{self.directory}'\nfsync = off\nfull_page_writes = off\n"
                            "shared_buffers = 16MB\nmax_connections = 100\nlogging_collector = off\n")
             self.start()
+            self._watch()
         except BaseException:
             self.destroy()
             raise
+
+    def _watch(self) -> None:
+        """A watchdog that stops the server and removes its directory if this
+        process dies without doing it (kill -9 of pytest, a crashed xdist worker)."""
+        quote = shlex.quote
+        script = (f"while [ -d /proc/{os.getpid()} ]; do sleep 1; done; "
+                  f"{quote(os.path.join(self.bin, 'pg_ctl'))} -D {quote(self.data)} -m immediate stop "
+                  f">/dev/null 2>&1; rm -rf {quote(self.directory)}")
+        kwargs = {}
+        if self.user is not None:
+            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        self.watchdog = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True, cwd="/", **kwargs)
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
         kwargs = {}
@@ -146,6 +162,10 @@ class PostgresServer:
         return "t_" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
     def destroy(self) -> None:
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         try:
             if self.running:
                 try:

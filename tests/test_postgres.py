@@ -1,16 +1,60 @@
 # SPDX-License-Identifier: Apache-2.0
 """The postgres backend beyond the job contract (tests/contract/ runs that
 against it too): schema and migrations, errors of a server that is down or
-refuses us, transactional enqueue, workers killed mid-job, retention. Every
-test uses the real server of tests/pg_server.py."""
+refuses us, transactional enqueue, workers killed mid-job, a server restarted
+under load, groups and unique keys across processes, retention. Every test
+uses the real server of tests/pg_server.py, each in a schema of its own."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
-
-import pytest  # noqa: F401
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import psycopg  # the test extra brings it (shmq[postgres] for users)
+import pytest
+
+import shmq
+from shmq.backends import open_backend
+from shmq.backends.pg import schema as pg_schema
+from pg_server import free_port
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def pg(pg_server, make_queue):
+    """(dsn, schema, open) for this test: open(**options) -> a backend of a fresh queue, closed at teardown."""
+    if not pg_server.running:  # a test before this one stopped it and failed
+        pg_server.start()
+    schema = pg_server.new_schema()
+    dsn = pg_server.dsn()
+    opened = []
+
+    def open_queue(name=None, **options):
+        backend = open_backend(name or make_queue.new_name(), "postgres", dsn=dsn, schema=schema, **options)
+        opened.append(backend)
+        return backend
+
+    yield dsn, schema, open_queue
+    for backend in opened:
+        backend.close()
+    if not pg_server.running:
+        pg_server.start()
 
 
 def test_the_test_server_is_ours_and_quick(pg_server):
@@ -19,5 +63,385 @@ def test_the_test_server_is_ours_and_quick(pg_server):
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert conn.execute("SHOW port").fetchone()[0] == str(pg_server.port)
     owner = os.stat(f"/proc/{pid}").st_uid
-    assert owner == (os.stat(pg_server.directory).st_uid)
+    assert owner == os.stat(pg_server.directory).st_uid
     assert owner != 0
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _open_at_once(dsn, schema, go, results) -> None:
+    go.wait(30)
+    try:
+        backend = open_backend("migrating", "postgres", dsn=dsn, schema=schema)
+        backend.enqueue(os.getpid())
+        backend.close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_several_processes_creating_the_schema_at_once_all_succeed(pg):
+    dsn, schema, _ = pg
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    children = [context.Process(target=_open_at_once, args=(dsn, schema, go, results)) for _ in range(4)]
+    for child in children:
+        child.start()
+    try:
+        go.set()
+        outcomes = [results.get(timeout=60) for _ in children]
+    finally:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    assert outcomes == ["ok"] * 4
+    with psycopg.connect(dsn) as conn:
+        assert pg_schema.version(conn, schema) == pg_schema.VERSION
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".jobs').fetchone()[0] == 4
+
+
+def test_missing_schema_without_auto_migrate_is_a_clear_error_and_creates_nothing(pg):
+    dsn, schema, open_queue = pg
+    with pytest.raises(shmq.SchemaError, match=rf"schema '{schema}' .* does not exist.*shmq db migrate"):
+        open_queue(auto_migrate=False)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()[0] == 0
+        assert pg_schema.migrate(conn, schema) == [1]
+        assert pg_schema.migrate(conn, schema) == []  # idempotent
+    open_queue(auto_migrate=False).enqueue("fine now")
+
+
+def test_a_schema_newer_than_the_code_is_refused(pg):
+    dsn, schema, open_queue = pg
+    open_queue()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema}".schema_version SET version = %s', (pg_schema.VERSION + 1,))
+    with pytest.raises(shmq.SchemaError, match=rf"version {pg_schema.VERSION + 1}, newer than this shmq"):
+        open_queue()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_server_that_is_down_or_refuses_us_is_backend_unavailable(pg_server, pg):
+    _, schema, open_queue = pg
+    port = free_port()
+    with pytest.raises(shmq.BackendUnavailable, match=rf"127\.0\.0\.1:{port}.*(refused|connect)"):
+        open_backend("q", f"postgresql://u:p@127.0.0.1:{port}/db", schema=schema)
+    with pytest.raises(shmq.BackendUnavailable, match=r"password authentication failed.*check the user and password"):
+        open_backend("q", pg_server.dsn(password="wrong"), schema=schema)
+    with pytest.raises(shmq.BackendUnavailable) as bad:
+        open_backend("q", f"postgresql://u:secret@127.0.0.1:{pg_server.port}/db?nosuchoption=1", schema=schema)
+    assert "secret" not in str(bad.value)
+    with pytest.raises(shmq.ConfigError, match="dsn="):
+        open_backend("q", "postgres", schema=schema)
+
+
+def test_enqueue_while_the_server_is_down_raises_and_leaves_no_job(pg_server, pg):
+    dsn, schema, open_queue = pg
+    backend = open_queue()
+    backend.enqueue("before")
+    pg_server.stop("immediate")
+    try:
+        with pytest.raises(shmq.BackendUnavailable, match=rf"127\.0\.0\.1:{pg_server.port}.*enqueueing"):
+            backend.enqueue("while down")
+    finally:
+        pg_server.start()
+    backend.enqueue("after")
+    bodies = []
+    for _ in range(2):
+        delivery = backend.fetch(timeout=5)
+        bodies.append(delivery.body)
+        delivery.ack()
+    assert bodies == ["before", "after"]
+    with pytest.raises(shmq.Empty):
+        backend.fetch(timeout=0.1)
+
+
+# --------------------------------------------------------------------------- transactional enqueue
+
+
+def test_enqueue_in_the_callers_transaction_exists_iff_it_commits(pg):
+    dsn, schema, open_queue = pg
+    consumer = open_queue()
+    app = shmq.App(consumer.name, backend=dsn, schema=schema)
+
+    @app.task(name="welcome")
+    def welcome(user):
+        return user
+
+    with psycopg.connect(dsn) as conn:
+        rolled_back = welcome.enqueue_with((1,), connection=conn)
+        conn.rollback()
+        assert consumer.status(rolled_back.id) == "unknown"
+        committed = welcome.enqueue_with((2,), connection=conn)
+        with pytest.raises(shmq.Empty):  # not visible before the commit
+            consumer.fetch(timeout=0.1)
+        conn.commit()
+    delivery = consumer.fetch(timeout=5)
+    assert (delivery.id, delivery.body) == (committed.id, ["welcome", [2], {}])
+    delivery.ack("sent")
+    assert committed.wait(timeout=5) == "sent"
+    with pytest.raises(shmq.Empty):
+        consumer.fetch(timeout=0.1)
+    app.close()
+
+
+# --------------------------------------------------------------------------- many processes
+
+
+def _consume(dsn, schema, name, hold, results) -> None:
+    backend = open_backend(name, "postgres", dsn=dsn, schema=schema)
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < 2.0:
+        try:
+            delivery = backend.fetch(timeout=0.2)
+        except shmq.Empty:
+            continue
+        started = time.time()
+        time.sleep(hold)
+        delivery.ack([delivery.group, delivery.body, started, time.time(), os.getpid()])
+        idle_since = time.monotonic()
+    backend.close()
+    results.put("done")
+
+
+def test_groups_run_in_order_without_overlap_across_processes(pg):
+    dsn, schema, open_queue = pg
+    backend = open_queue()
+    # Each group's jobs in a row: consumers that ignored groups would take several of one group at once.
+    jobs = [backend.enqueue(i, group=f"g{i // 15}") for i in range(45)]
+    jobs += [backend.enqueue(i) for i in range(45, 60)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    children = [context.Process(target=_consume, args=(dsn, schema, backend.name, 0.005, results))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    try:
+        assert [results.get(timeout=120) for _ in children] == ["done"] * 3
+    finally:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    runs = [job.wait(timeout=5) for job in jobs]
+    assert len({pid for *_, pid in runs}) > 1  # the work was shared
+    for g in ("g0", "g1", "g2"):
+        mine = [r for r in runs if r[0] == g]
+        assert [r[1] for r in sorted(mine, key=lambda r: r[2])] == [r[1] for r in mine]  # started in order
+        for before, after in zip(mine, mine[1:]):
+            assert before[3] <= after[2], f"group {g}: {before} overlaps {after}"
+
+
+def _enqueue_unique(dsn, schema, name, go, results) -> None:
+    backend = open_backend(name, "postgres", dsn=dsn, schema=schema)
+    go.wait(30)
+    job = backend.enqueue(os.getpid(), unique="the-key")
+    results.put((job.id, job.duplicate))
+    backend.close()
+
+
+def test_one_pending_job_per_unique_key_across_processes(pg):
+    dsn, schema, open_queue = pg
+    backend = open_queue()
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    children = [context.Process(target=_enqueue_unique, args=(dsn, schema, backend.name, go, results))
+                for _ in range(4)]
+    for child in children:
+        child.start()
+    try:
+        time.sleep(0.5)  # let them connect; then all at once
+        go.set()
+        outcomes = [results.get(timeout=60) for _ in children]
+    finally:
+        for child in children:
+            child.join(30)
+    assert len({job_id for job_id, _ in outcomes}) == 1
+    assert sorted(duplicate for _, duplicate in outcomes) == [False, True, True, True]
+    assert backend.stats()["deduplicated"] == 3
+
+
+# --------------------------------------------------------------------------- shmq worker
+
+
+_APP = '''
+import os, time
+import shmq
+
+app = shmq.App("pgworker", backend=os.environ["TEST_DSN"], schema=os.environ["TEST_SCHEMA"])
+
+
+@app.task(name="add")
+def add(a, b):
+    return a + b
+
+
+@app.task(name="hold")
+def hold(directory):
+    with open(os.path.join(directory, "runs"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    with open(os.path.join(directory, "runs")) as f:
+        runs = len(f.read().split())
+    if runs == 1:
+        time.sleep(120)  # killed before this ends
+    return runs
+'''
+
+
+@pytest.fixture
+def worker(pg, tmp_path):
+    """Starts `shmq worker tasks:app --processes 2` on this test's schema; stopped at teardown."""
+    dsn, schema, _ = pg
+    (tmp_path / "tasks.py").write_text(textwrap.dedent(_APP))
+    env = {**os.environ, "TEST_DSN": dsn, "TEST_SCHEMA": schema, "PYTHONPATH": str(tmp_path)}
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "shmq", "worker", "tasks:app", "--processes", "2", "--grace",
+                                 "5"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    sys.path.insert(0, str(tmp_path))
+    os.environ["TEST_DSN"], os.environ["TEST_SCHEMA"] = dsn, schema
+    try:
+        import tasks
+
+        yield proc, tasks.app
+        tasks.app.close()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tasks", None)
+        os.environ.pop("TEST_DSN"), os.environ.pop("TEST_SCHEMA")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_shmq_worker_runs_tasks_and_a_job_of_a_killed_worker_runs_again(worker, tmp_path, pg):
+    proc, app = worker
+    dsn, schema, _ = pg
+    assert app.tasks["add"].enqueue(2, 3).wait(timeout=60) == 5
+    job = app.tasks["hold"].enqueue(str(tmp_path))
+    runs = tmp_path / "runs"
+    pid = int(wait_for(lambda: runs.exists() and runs.read_text().split(), 30, "the job to start")[0])
+    assert job.status() == "running"
+    os.kill(pid, signal.SIGKILL)
+    # The lease is 300 s: the job comes back because its worker's session ended.
+    assert job.wait(timeout=30) == 2
+    assert int(runs.read_text().split()[1]) != pid
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(f'SELECT attempt FROM "{schema}".jobs WHERE id = %s', (job.id,)).fetchone()[0] == 2
+    assert proc.poll() is None
+
+
+def test_a_server_restart_under_load_loses_no_job_whose_enqueue_returned(worker, pg_server, tmp_path):
+    proc, app = worker
+    add = app.tasks["add"]
+    accepted, refused = [], 0
+    deadline = time.monotonic() + 60
+    restarted = False
+    while len(accepted) < 150 and time.monotonic() < deadline:
+        if len(accepted) == 50 and not restarted:
+            pg_server.restart("immediate")
+            restarted = True
+        try:
+            accepted.append((len(accepted), add.enqueue(len(accepted), 1000)))
+        except shmq.BackendUnavailable as exc:
+            assert f"127.0.0.1:{pg_server.port}" in str(exc)
+            refused += 1
+    assert restarted and len(accepted) == 150
+    assert refused <= 2  # the one call that found the old connection dead, at most
+    print("refused", refused)
+    for i, job in accepted:
+        try:
+            assert job.wait(timeout=60) == i + 1000
+        except shmq.Timeout:
+            pytest.fail(f"job {job.id} did not run; the worker's log:\n{(tmp_path / 'worker.log').read_text()}")
+    assert proc.poll() is None
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_finished_jobs_are_pruned_by_age_and_by_count(pg):
+    dsn, schema, open_queue = pg
+    backend = open_queue(retention=3600, retention_jobs=3)
+    jobs = [backend.enqueue(i) for i in range(10)]
+    for _ in jobs:
+        backend.fetch(timeout=5).ack("x")
+    dead = backend.enqueue("dead", retries=0)
+    backend.fetch(timeout=5).fail("no")
+    assert backend.prune() == 7
+    assert [job.status() for job in jobs] == ["unknown"] * 7 + ["done"] * 3
+    with pytest.raises(shmq.ResultExpired, match="retention"):
+        jobs[0].wait(timeout=1)
+    assert len(backend.dead_letters) == 1 and dead.status() == "dead"  # dead letters stay until purged
+    by_age = open_queue(backend.name, retention=0)
+    assert by_age.prune() == 3
+    assert backend.stats()["done"] == 10  # the counters outlive the rows
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _shmq(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
+    dsn, schema, open_queue = pg
+    status = _shmq("db", "status", "--dsn", dsn, "--schema", schema)
+    assert status.returncode == 1 and "missing" in status.stdout and "shmq db migrate" in status.stdout
+    migrated = _shmq("db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["applied"] == [pg_schema.VERSION]
+    backend = open_queue(auto_migrate=False)
+    enqueued = _shmq("enqueue", backend.name, '{"to": 1}', "--backend", dsn, "--schema", schema)
+    assert enqueued.returncode == 0, enqueued.stderr
+    delivery = backend.fetch(timeout=5)
+    assert delivery.body == {"to": 1}
+    delivery.fail("no such user", retry=False)
+    env = {"SHMQ_BACKEND": dsn, "SHMQ_SCHEMA": schema}
+    stats = _shmq("stats", backend.name, "--json", env=env)
+    assert stats.returncode == 0, stats.stderr
+    (queue,) = json.loads(stats.stdout)["queues"]
+    assert (queue["queue"], queue["enqueued"], queue["dead"], queue["dead_letters"]) == (backend.name, 1, 1, 1)
+    dead = _shmq("dead", "list", backend.name, env=env)
+    assert dead.returncode == 0 and "no such user" in dead.stdout, dead.stderr
+    metrics = _shmq("metrics", backend.name, env=env)
+    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
+    down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
+    assert down.returncode == 2 and "is unavailable" in down.stderr
+
+
+def test_a_forked_child_never_ends_its_parents_session(pg):
+    _, _, open_queue = pg
+    backend = open_queue()
+    backend.enqueue("before")
+    backend._sleep(backend._results_channel, 0.01)  # the listening connection too
+    pid = os.fork()
+    if pid == 0:  # the child drops the inherited handle and collects it, as a program would
+        try:
+            import gc
+
+            assert not backend.usable()
+            backend._conn.close()
+            backend._listener.close()
+            del gc.garbage[:]
+            gc.collect()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    job = backend.enqueue("after")  # the same session: it was not ended by the child
+    delivery = backend.fetch(timeout=5)
+    assert delivery.body == "before"
+    assert job.status() == "queued"

@@ -32,6 +32,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator
 
 from shmq import _args, codec as _codec, errors
@@ -41,7 +42,7 @@ from shmq.channel.deadletter import DeadJob
 from shmq.settings.params import HANDLE_DEFAULTS
 from shmq.settings.retry import RetryPolicy
 
-__all__ = ["PostgresBackend", "INSTALL", "is_dsn"]
+__all__ = ["PostgresBackend", "INSTALL", "is_dsn", "queue_names"]
 
 INSTALL = "pip install 'shmq[postgres]'"
 _DSN = re.compile(r"(postgres|postgresql)://", re.IGNORECASE)
@@ -59,6 +60,20 @@ _PRUNE_EVERY = 10.0
 _COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
              "lease_expired", "consumer_died")
 _SHARDS = 16
+
+
+# The histograms have the buckets of the shared-memory queue's (csrc/jobs_info.c), so that
+# shmq.ops.metrics reads both alike.
+_HIST_BUCKETS = 256
+
+
+def _bucket_low(b: int) -> int:
+    """The smallest ns of bucket `b` (shmq_histogram_bucket_low)."""
+    if b < 4:
+        return b
+    if b >= 252:
+        return (1 << 64) - 1
+    return (4 + b % 4) << (b // 4 - 1)
 
 
 def is_dsn(value: Any) -> bool:
@@ -106,6 +121,48 @@ def _unavailable(dsn: str, exc: BaseException, doing: str) -> errors.BackendUnav
 
 def _seconds(name: str, value: Any, low: float, high: float) -> float:
     return _args.seconds_ns(name, value, low, high) / 1e9
+
+
+def queue_names(dsn: str, schema: str | None = None) -> list[str]:
+    """The queues that have jobs or counters in `schema` (default $SHMQ_SCHEMA, else "shmq")."""
+    psycopg = _psycopg()
+    schema = _schema.check_name(schema or os.environ.get("SHMQ_SCHEMA") or "shmq")
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            if _schema.version(conn, schema) is None:
+                return []
+            rows = conn.execute(f'SELECT DISTINCT queue FROM "{schema}".counters ORDER BY queue').fetchall()
+    except psycopg.OperationalError as exc:
+        raise _unavailable(dsn, exc, "listing queues") from None
+    return [row[0] for row in rows]
+
+
+# Handles of this process, for the fork guard below.
+_LIVE: "weakref.WeakSet[PostgresBackend]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must never end its parent's sessions: closing (or
+    collecting) an inherited connection would send PostgreSQL a Terminate on
+    the parent's socket. The child points each inherited socket at /dev/null
+    first; its handles are then unusable (usable() is False) and it opens its own."""
+    for backend in list(_LIVE):
+        for conn in (backend._conn, backend._listener):
+            if conn is None or conn.closed:
+                continue
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, conn.fileno())
+                finally:
+                    os.close(null)
+            except OSError:
+                pass
+        backend._lock = threading.RLock()  # a lock held by a parent's thread at the fork
+        backend._listen_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PostgresJob:
@@ -242,7 +299,7 @@ class PostgresDeadLetters:
         rows = b._query(
             f"SELECT id, attempt, extract(epoch FROM finished_at), extract(epoch FROM enqueued_at), error, grp, tag, "
             f"body FROM {b._s}.jobs WHERE queue = %s AND state = 'dead' ORDER BY id LIMIT %s::bigint",
-            (b.name, limit), "listing dead letters")
+            (b.name, limit), "listing dead letters", idempotent=True)
         return [DeadJob(id=r[0], attempts=r[1], failed_at=float(r[2]), enqueued_at=float(r[3]), error=r[4] or {},
                         group=r[5], tag=r[6], payload=bytes(r[7]), _queue=b) for r in rows]
 
@@ -252,7 +309,7 @@ class PostgresDeadLetters:
     def __len__(self) -> int:
         b = self._backend
         return b._query(f"SELECT count(*) FROM {b._s}.jobs WHERE queue = %s AND state = 'dead'", (b.name,),
-                        "counting dead letters")[0][0]
+                        "counting dead letters", idempotent=True)[0][0]
 
     def list(self, limit: int | None = None) -> list[DeadJob]:
         return self._rows(limit)
@@ -303,7 +360,7 @@ class PostgresBackend(JobBackend):
                            "segment_bytes", "jobs_capacity", "unique_capacity", "result_capacity", "result_bytes",
                            "result_ttl", "spin", "flush_interval", "log_bytes"})
 
-    def __init__(self, name: str, dsn: str, *, schema: str = "shmq", auto_migrate: bool = True,
+    def __init__(self, name: str, dsn: str, *, schema: str | None = None, auto_migrate: bool = True,
                  codec: str | None = None, retries: int | None = None, backoff: float | None = None,
                  backoff_max: float | None = None, lease_timeout: float | None = None, retention: float = 3600.0,
                  retention_jobs: int = 100_000):
@@ -318,6 +375,8 @@ class PostgresBackend(JobBackend):
         self._psycopg = _psycopg()
         self.name = name
         self.dsn = dsn
+        if schema is None:
+            schema = os.environ.get("SHMQ_SCHEMA") or "shmq"
         self.schema = _schema.check_name(schema)
         self._s = '"' + schema + '"'
         self.auto_migrate = auto_migrate
@@ -350,6 +409,7 @@ class PostgresBackend(JobBackend):
         self._last_prune = 0.0
         with self._lock:
             self._connection("opening queue " + repr(name))
+        _LIVE.add(self)
 
     # ------------------------------------------------------------ opening
 
@@ -376,8 +436,11 @@ class PostgresBackend(JobBackend):
     def _connect(self, doing: str):
         psycopg = self._psycopg
         try:
+            # Keepalives: a server that vanished without closing the connection (a host or network
+            # gone) is noticed within about 25 s instead of never.
             return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
-                                   application_name=f"shmq {self.name}"[:63])
+                                   application_name=f"shmq {self.name}"[:63], keepalives=1, keepalives_idle=10,
+                                   keepalives_interval=5, keepalives_count=3)
         except psycopg.Error as exc:
             raise _unavailable(self.dsn, exc, doing) from None
 
@@ -410,16 +473,22 @@ class PostgresBackend(JobBackend):
         self._consumer = None  # a new session holds no consumer lock yet
         return conn
 
-    def _query(self, sql: str, params=None, doing: str = "", conn=None) -> list:
-        """Runs one statement; its rows (empty without). Connection loss is shmq.BackendUnavailable."""
+    def _query(self, sql: str, params=None, doing: str = "", idempotent: bool = False) -> list:
+        """Runs one statement; its rows (empty without). Connection loss is
+        shmq.BackendUnavailable; an `idempotent` statement (one that reads, or
+        whose repetition changes nothing) is tried once more on a new
+        connection first, so that a server restart costs no error."""
         psycopg = self._psycopg
         with self._lock:
-            try:
-                cursor = self._connection(doing).execute(sql, params)
-                return cursor.fetchall() if cursor.description is not None else []
-            except psycopg.OperationalError as exc:
-                self._drop()
-                raise _unavailable(self.dsn, exc, doing) from None
+            for again in ((True, False) if idempotent else (False,)):
+                try:
+                    cursor = self._connection(doing).execute(sql, params)
+                    return cursor.fetchall() if cursor.description is not None else []
+                except psycopg.OperationalError as exc:
+                    self._drop()
+                    if not again:
+                        raise _unavailable(self.dsn, exc, doing) from None
+        raise AssertionError("unreachable")
 
     def _drop(self) -> None:
         conn, self._conn, self._consumer = self._conn, None, None
@@ -531,9 +600,17 @@ class PostgresBackend(JobBackend):
         """Our consumer id, its session advisory lock held (under self._lock)."""
         if self._consumer is None:
             conn = self._connection("registering a consumer")
-            consumer = conn.execute(f"SELECT nextval('{self._s}.consumers')::integer").fetchone()[0]
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (self._space, consumer))
-            self._consumer = consumer
+            # try, never wait: an id still locked by a live session (the sequence cycled, or went back
+            # after a crash of the server) is skipped, not waited for.
+            for _ in range(1000):
+                consumer, got = conn.execute(
+                    f"""SELECT id, pg_try_advisory_lock(%s, id)
+                        FROM (SELECT nextval('{self._s}.consumers')::integer AS id) n""", (self._space,)).fetchone()
+                if got:
+                    self._consumer = consumer
+                    break
+            else:
+                raise errors.ShmqError(f"no free consumer id in schema {self.schema!r} after 1000 tries")
         return self._consumer
 
     def _claim_sql(self, locked: bool) -> str:
@@ -574,6 +651,9 @@ class PostgresBackend(JobBackend):
                 return None
             if row[2] is not None:
                 return row[2:]
+            if row[1] is None:  # not claimed though free of any group: gone meanwhile; look again
+                params["skip"] = params["skip"] + [row[0]]
+                continue
             # A job of a group: claimed only while holding the group's lock, so that two consumers never
             # start two jobs of one group (each sees the other's claim once it holds the lock).
             with conn.transaction():
@@ -593,16 +673,24 @@ class PostgresBackend(JobBackend):
         psycopg = self._psycopg
         while True:
             with self._lock:
-                try:
-                    self._connection(f"fetching from queue {self.name!r}")
-                    now = time.monotonic()
-                    if now - self._last_reclaim >= _RECLAIM_EVERY:
-                        self._last_reclaim = now
-                        self._reclaim()
-                    row = self._claim(lease_s)
-                except psycopg.OperationalError as exc:
-                    self._drop()
-                    raise _unavailable(self.dsn, exc, f"fetching from queue {self.name!r}") from None
+                # Tried again once on a new connection: a claim whose answer was lost belongs to the
+                # session that died with it, and is taken back with attempt + 1.
+                for again in (True, False):
+                    try:
+                        self._connection(f"fetching from queue {self.name!r}")
+                        now = time.monotonic()
+                        if now - self._last_reclaim >= _RECLAIM_EVERY:
+                            self._last_reclaim = now
+                            self._reclaim()
+                        if now - self._last_prune >= _PRUNE_EVERY:
+                            self._last_prune = now
+                            self._prune()
+                        row = self._claim(lease_s)
+                        break
+                    except psycopg.OperationalError as exc:
+                        self._drop()
+                        if not again:
+                            raise _unavailable(self.dsn, exc, f"fetching from queue {self.name!r}") from None
             if row is not None:
                 job_id, attempt, grp, enqueued_at, tag, body, retries = row
                 return PostgresDelivery(self, job_id, attempt, grp, float(enqueued_at), tag, bytes(body), retries,
@@ -635,6 +723,8 @@ class PostgresBackend(JobBackend):
             change = "state = 'dead', finished_at = now(), error = %(error)s::jsonb, unique_held = false"
             counts, notify = ("failed", "dead"), "done"
         counts = (counts,) if isinstance(counts, str) else counts
+        # The end of a group's job may let the next of its group start: wake the fetchers too.
+        wake = ", pg_notify(%(jobs)s, '')" if delivery.group is not None and notify == "done" else ""
         sets = ", ".join(f"{c} = c.{c} + 1" for c in counts)
         rows = self._query(
             f"""WITH u AS (UPDATE {self._s}.jobs SET {change}, owner = NULL, lease_until = NULL WHERE {mine}
@@ -642,7 +732,7 @@ class PostgresBackend(JobBackend):
                      c AS (INSERT INTO {self._s}.counters AS c (queue, shard, {", ".join(counts)})
                            SELECT %(q)s, %(shard)s, {", ".join("1" for _ in counts)} FROM u
                            ON CONFLICT (queue, shard) DO UPDATE SET {sets})
-                SELECT id, pg_notify(%({notify})s, id::text) FROM u""",
+                SELECT id, pg_notify(%({notify})s, id::text){wake} FROM u""",
             params, f"finishing job {delivery.id} of queue {self.name!r}")
         return bool(rows)
 
@@ -652,7 +742,7 @@ class PostgresBackend(JobBackend):
                 WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s
                   AND lease_until > now() RETURNING id""",
             {"s": seconds, "id": delivery.id, "attempt": delivery.attempt, "owner": delivery._owner},
-            f"extending the lease of job {delivery.id}")
+            f"extending the lease of job {delivery.id}", idempotent=True)
         return bool(rows)
 
     # ------------------------------------------------------------ upkeep
@@ -693,7 +783,9 @@ class PostgresBackend(JobBackend):
                         UNION
                         (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state = 'done'
                          ORDER BY finished_at DESC OFFSET %(keep)s LIMIT %(batch)s)),
-                    d AS (DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+                    -- rows another pruner is deleting are left to it
+                    mine AS (SELECT id FROM {self._s}.jobs WHERE id IN (SELECT id FROM old) FOR UPDATE SKIP LOCKED),
+                    d AS (DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM mine) RETURNING 1)
                 SELECT count(*) FROM d""",
                 {"q": self.name, "age": self.retention, "keep": self.retention_jobs, "batch": _PRUNE_BATCH}).fetchone()
             deleted += rows[0]
@@ -757,7 +849,7 @@ class PostgresBackend(JobBackend):
     def status(self, job_id: int) -> str:
         rows = self._query(
             f"SELECT state, run_at > now() FROM {self._s}.jobs WHERE id = %s AND queue = %s",
-            (int(job_id), self.name), f"reading the status of job {job_id}")
+            (int(job_id), self.name), f"reading the status of job {job_id}", idempotent=True)
         if not rows:
             return "unknown"
         state, later = rows[0]
@@ -774,7 +866,7 @@ class PostgresBackend(JobBackend):
         while True:
             rows = self._query(
                 f"SELECT state, result_tag, result, error, attempt FROM {self._s}.jobs WHERE id = %s AND queue = %s",
-                (job_id, self.name), f"waiting for job {job_id}")
+                (job_id, self.name), f"waiting for job {job_id}", idempotent=True)
             if not rows:
                 raise errors.ResultExpired(
                     f"job {job_id} of queue {self.name!r} is not in PostgreSQL: it never was a job of this queue, "
@@ -808,7 +900,7 @@ class PostgresBackend(JobBackend):
     def stats(self, lanes: bool = False) -> dict:
         sums = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in _COUNTERS)
         counters = self._query(f"SELECT {sums} FROM {self._s}.counters WHERE queue = %s", (self.name,),
-                               "reading stats")[0]
+                               "reading stats", idempotent=True)[0]
         out = dict(zip(_COUNTERS, (int(v) for v in counters)))
         gauges = self._query(
             f"""SELECT count(*) FILTER (WHERE state = 'ready' AND run_at <= now()),
@@ -818,19 +910,20 @@ class PostgresBackend(JobBackend):
                        count(*) FILTER (WHERE state = 'dead'),
                        count(DISTINCT owner) FILTER (WHERE state = 'running')
                 FROM {self._s}.jobs WHERE queue = %s AND state IN ('ready', 'running', 'dead')""",
-            (self.name,), "reading stats")[0]
+            (self.name,), "reading stats", idempotent=True)[0]
         consumers = self._query(
             """SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
                  AND classid = %s::oid
                  AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())""",
-            (self._space,), "reading stats")[0][0]
+            (self._space,), "reading stats", idempotent=True)[0][0]
         out.update(queue=self.name, depth=gauges[0], in_flight=gauges[1], waiting=gauges[2], unique_keys=gauges[3],
                    dead_letters=gauges[4], consumers=consumers, running_consumers=gauges[5], throttled=0,
                    spilled=0, backlog=0)
         for which in ("wait", "run"):
             out[f"{which}_ns"] = self._percentiles(which)
-        if lanes:
-            out["lanes"] = []
+        if lanes:  # PostgreSQL has no lanes: one, holding everything (as shmq.ops.metrics reads lanes)
+            lane = {name: out[name] for name in _COUNTERS + ("depth", "in_flight", "waiting")}
+            out["lanes"] = [{**lane, "throttled": 0, "lane": 0, "ordered": False}]
         return out
 
     def _span(self, which: str) -> tuple[str, str]:
@@ -846,21 +939,28 @@ class PostgresBackend(JobBackend):
         row = self._query(
             f"""SELECT count(*), percentile_disc(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY {ns}),
                        max({ns}) FROM {self._s}.jobs WHERE queue = %s AND {where}""",
-            (self.name,), "reading stats")[0]
+            (self.name,), "reading stats", idempotent=True)[0]
         count, points, maximum = row
         points = points or [0, 0, 0, 0]
         return {"count": count, "p50": int(points[0] or 0), "p90": int(points[1] or 0), "p99": int(points[2] or 0),
                 "p999": int(points[3] or 0), "max": int(maximum or 0)}
 
     def histogram(self, which: str) -> list[tuple[int, int]]:
-        """Powers of two of ns, over the jobs still kept (see ``retention``)."""
+        """The buckets of the shared-memory queue's histograms (four per power
+        of two, _HIST_BUCKETS of them), over the jobs still kept (``retention``)."""
         ns, where = self._span(which)
         rows = self._query(
-            f"""SELECT b, count(*) FROM (SELECT CASE WHEN {ns} < 1 THEN 0
-                                                     ELSE floor(log(2, {ns}::numeric))::int END AS b
-                                          FROM {self._s}.jobs WHERE queue = %s AND {where}) x
-                GROUP BY b ORDER BY b""", (self.name,), "reading a histogram")
-        return [(0 if b == 0 else 1 << b, int(count)) for b, count in rows]
+            f"""SELECT CASE WHEN ns < 4 THEN greatest(ns, 0)::int ELSE 4 * (e - 1) + ((ns >> (e - 2)) & 3)::int END,
+                       count(*)
+                FROM (SELECT ns, e - CASE WHEN ns >= 4 AND ns >> e = 0 THEN 1 ELSE 0 END
+                                     + CASE WHEN ns >= 4 AND ns >> (e + 1) > 0 THEN 1 ELSE 0 END AS e
+                      FROM (SELECT ns, floor(ln(greatest(ns, 1)::float8) / ln(2.0::float8))::int AS e
+                            FROM (SELECT {ns} AS ns FROM {self._s}.jobs WHERE queue = %s AND {where}) a) b) c
+                GROUP BY 1""", (self.name,), "reading a histogram", idempotent=True)
+        counts = [0] * _HIST_BUCKETS
+        for bucket, count in rows:
+            counts[min(bucket, _HIST_BUCKETS - 1)] += int(count)
+        return [(_bucket_low(b), counts[b]) for b in range(_HIST_BUCKETS)]
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "location": f"postgresql://{_where(self.dsn)} schema {self.schema}",
@@ -876,14 +976,14 @@ class PostgresBackend(JobBackend):
     def inspect(self) -> dict:
         by_state = dict(self._query(
             f"SELECT state, count(*) FROM {self._s}.jobs WHERE queue = %s GROUP BY state", (self.name,),
-            "inspecting"))
+            "inspecting", idempotent=True))
         running = self._query(
             f"""SELECT owner, count(*), min(lease_until) - now() FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'running' GROUP BY owner ORDER BY owner""", (self.name,), "inspecting")
+                WHERE queue = %s AND state = 'running' GROUP BY owner ORDER BY owner""", (self.name,), "inspecting", idempotent=True)
         oldest = self._query(
             f"""SELECT extract(epoch FROM now() - min(enqueued_at)) FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'ready' AND run_at <= now()""", (self.name,), "inspecting")[0][0]
-        server = self._query("SHOW server_version", None, "inspecting")[0][0]
+                WHERE queue = %s AND state = 'ready' AND run_at <= now()""", (self.name,), "inspecting", idempotent=True)[0][0]
+        server = self._query("SHOW server_version", None, "inspecting", idempotent=True)[0][0]
         return {"kind": self.kind, "queue": self.name, "server": _where(self.dsn), "server_version": server,
                 "schema": self.schema, "schema_version": _schema.VERSION,
                 "jobs": {s: int(by_state.get(s, 0)) for s in ("ready", "running", "done", "dead")},

@@ -230,7 +230,12 @@ class App:
     @property
     def queue(self):
         """The App's shmq.Queue (the shared-memory backend's queue)."""
-        return self.backend.queue
+        backend = self.backend
+        if backend.kind != "shm":
+            raise errors.ConfigError(
+                f"app {self.name!r} keeps its jobs in backend {backend.kind!r}, not in a shmq.Queue: use app.backend "
+                "(enqueue, fetch, dead_letters, stats)")
+        return backend.queue
 
     def close(self) -> None:
         if self._backend is not None:

@@ -38,6 +38,8 @@ log = logging.getLogger("shmq.worker")
 _FETCH_SLICE = 0.25
 # A worker that can lease no job (jobs_capacity taken) says so at most this often.
 _FULL_WARN_EVERY = 30.0
+# A worker whose job backend's server is unreachable tries again this often.
+_DOWN_RETRY = 1.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
 # A worker whose parent died gives its running jobs this long, then exits (they run again elsewhere).
@@ -121,10 +123,19 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
 
     fetch = backend.fetch
     warned_full_at = None
+    warned_down_at = None
     while not stop.is_set():
         try:
             delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
         except errors.Empty:
+            continue
+        except errors.BackendUnavailable as exc:
+            # The backend's server is down or unreachable: wait for it (the jobs are there when it is back).
+            now = time.monotonic()
+            if warned_down_at is None or now - warned_down_at >= _FULL_WARN_EVERY:
+                log.warning("%s; this worker waits and tries again", exc)
+                warned_down_at = now
+            stop.wait(_DOWN_RETRY)
             continue
         except errors.Full as exc:
             # Every job entry holds a running or scheduled job: nothing can be
@@ -140,6 +151,10 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             _run_one(app, delivery, task_of)
         except errors.LeaseLost as exc:
             log.warning("%s", exc)
+        except errors.BackendUnavailable as exc:
+            # The attempt ran but its end could not be written: the job runs again once its lease is
+            # taken back (at-least-once).
+            log.warning("job %d: %s; it runs again", delivery.id, exc)
 
 
 def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None) -> None:
