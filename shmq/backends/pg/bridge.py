@@ -459,7 +459,11 @@ class Bridge:
             self.pg.close()
             self.pg = None
         if self.local is not None:
+            from shmq.channel.region import remove_queue
+
+            # Nothing of value is left in it (its jobs' outcomes are written, or they go back with our session).
             self.local.close()
+            remove_queue(self.local.name, self.path)
             self.local = None
 
 
