@@ -28,7 +28,7 @@ import os, time, shmq
 HOST = os.environ["PGH_HOST"]
 app = shmq.App("hosts", backend=os.environ["PGH_DSN"], schema=os.environ["PGH_SCHEMA"],
                path=os.environ["PGH_DATA"], lease_timeout=float(os.environ.get("PGH_LEASE", "30")),
-               retries=5, backoff=0.05, backoff_max=0.2)
+               retries=5, backoff=0.05, backoff_max=0.2, outbox=bool(os.environ.get("PGH_OUTBOX")))
 
 
 def _log(*fields):

@@ -23,7 +23,7 @@ def hosts_app(tmp_path, pg_server, monkeypatch):
     """(Hosts, the producers' module pgh_app) on a schema of the test's own."""
     made = []
 
-    def make(**env):
+    def make(producer_env=None, **env):
         schema = pg_server.new_schema()
         hosts = Hosts(tmp_path, pg_server.dsn(), schema, **env)
         made.append((hosts, schema))
@@ -32,6 +32,8 @@ def hosts_app(tmp_path, pg_server, monkeypatch):
                 monkeypatch.setenv(key, value)
         monkeypatch.setenv("PGH_HOST", "producer")
         monkeypatch.setenv("PGH_DATA", str(tmp_path / "producer"))
+        for key, value in (producer_env or {}).items():
+            monkeypatch.setenv(key, value)
         monkeypatch.syspath_prepend(str(tmp_path))
         sys.modules.pop("pgh_app", None)
         return hosts, importlib.import_module("pgh_app")
@@ -41,7 +43,10 @@ def hosts_app(tmp_path, pg_server, monkeypatch):
         hosts.stop_all()
         module = sys.modules.pop("pgh_app", None)
         if module is not None:
+            box = getattr(module.app._backend, "box", None)
             module.app.close()
+            if box is not None:
+                box.unlink()  # the producer's outbox (its region in this machine's /dev/shm)
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -182,3 +187,59 @@ def test_a_server_restart_mid_run_refuses_clearly_and_runs_every_job_accepted(ho
     assert dict(states).get("done") >= len(accepted), states
     for h in "ab":
         assert "PostgreSQL is back" in hosts.output(h), hosts.output(h)
+
+
+def test_with_an_outbox_producers_keep_accepting_while_the_server_is_down_and_nothing_is_lost(hosts_app, pg_server):
+    hosts, m = hosts_app(producer_env={"PGH_OUTBOX": "1"})
+    hosts.start("a")
+    wait_until(lambda: "worker process(es)" in hosts.output("a"), 30, "the host starts")
+    down, back = threading.Event(), threading.Event()
+
+    def outage():
+        time.sleep(0.3)
+        pg_server.stop("immediate")
+        down.set()
+        time.sleep(1.5)
+        pg_server.start()
+        back.set()
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    jobs = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (back.is_set() and len(jobs) > after_back + 50):
+            jobs.append(m.work.enqueue(f"o{len(jobs):04d}", None, 0.0))  # never raises: the outbox takes it
+            if not back.is_set():
+                after_back = len(jobs)
+            time.sleep(0.002)
+    finally:
+        thread.join()
+    kinds = [type(job).__name__ for job in jobs]
+    assert "OutboxJob" in kinds and kinds[0] == "PostgresJob", "no job went through the outbox"
+    deadline = time.monotonic() + 60
+    for i, job in enumerate(jobs):
+        assert job.wait(timeout=max(0.0, deadline - time.monotonic()))[0] == f"o{i:04d}"
+    # In PostgreSQL once each, in the order they were enqueued.
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        rows = conn.execute(f'SELECT body FROM "{hosts.env["PGH_SCHEMA"]}".jobs ORDER BY id').fetchall()
+    import msgpack
+
+    assert [msgpack.unpackb(bytes(r[0]))[1][0] for r in rows] == [f"o{i:04d}" for i in range(len(jobs))]
+
+
+def test_an_outbox_job_forwarded_twice_is_inserted_once(pg_server):
+    from shmq.backends.pg import outbox
+    from shmq.backends.postgres import PostgresBackend
+
+    schema = pg_server.new_schema()
+    pg = PostgresBackend("twice", pg_server.dsn(), schema=schema)
+    try:
+        entry = ["origin-1", 0, b"body", None, None, "start", None, time.time()]
+        first, second = outbox.insert(pg, entry), outbox.insert(pg, entry)
+        assert first is not None and first == second
+        assert pg.stats()["enqueued"] == 1 and pg.stats()["depth"] == 1
+    finally:
+        pg.close()
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -603,6 +603,7 @@ class Host:
         self.name = app.name
         self.pg_class = app._backend_class
         self.settings = dict(app.queue_kwargs)
+        self.settings.pop("outbox", None)  # the bridge and the workers' results talk to PostgreSQL itself
         self.path = os.path.abspath(self.settings.get("path") or default_path())
         self.slots = slots
         self.prefetch = prefetch
