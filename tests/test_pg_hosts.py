@@ -6,7 +6,9 @@ workers hung, the server restarted."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import subprocess
 import sys
 import threading
 import time
@@ -243,3 +245,43 @@ def test_an_outbox_job_forwarded_twice_is_inserted_once(pg_server):
         pg.close()
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_the_outbox_of_a_producer_killed_while_the_server_was_down_is_forwarded_by_its_host(hosts_app, pg_server,
+                                                                                            tmp_path):
+    hosts, m = hosts_app()
+    data = tmp_path / "data-a"
+    data.mkdir(mode=0o700)
+    env = dict(hosts.env, PGH_OUTBOX="1", PGH_HOST="producer", PGH_DATA=str(data))
+    producer = ("import os, pgh_app\n"
+                "jobs = [pgh_app.work.enqueue(f'p{i:02d}', None, 0.0) for i in range(30)]\n"
+                "print(sorted({type(j).__name__ for j in jobs}), flush=True)\n"
+                "os.kill(os.getpid(), 9)\n")
+    m.app.backend  # the schema exists (made by the first open)
+    pg_server.stop("immediate")
+    try:
+        done = subprocess.run([sys.executable, "-c", producer], env=env, cwd=str(tmp_path), capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        pg_server.start()
+    try:
+        _forwarded_by_host_a(hosts, done, pg_server)
+    finally:
+        hosts.stop_all()
+        with contextlib.suppress(shmq.QueueNotFound):
+            shmq.Queue.attach("hosts.outbox", str(data)).unlink()  # the killed producer's, in this /dev/shm
+
+
+def _forwarded_by_host_a(hosts, done, pg_server):
+    assert done.returncode == -9 and done.stdout.strip() == "['OutboxJob']", (done.stdout, done.stderr)
+    hosts.start("a")
+    schema = hosts.env["PGH_SCHEMA"]
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        def forwarded_and_done():
+            return conn.execute(f"""SELECT count(*) FILTER (WHERE state = 'done') = 30 FROM "{schema}".jobs""").fetchone()[0]
+
+        wait_until(forwarded_and_done, 30, lambda: f"the outbox forwarded and run: {hosts.output('a')}")
+        rows = conn.execute(f'SELECT body FROM "{schema}".jobs ORDER BY id').fetchall()
+    import msgpack
+
+    assert [msgpack.unpackb(bytes(r[0]))[1][0] for r in rows] == [f"p{i:02d}" for i in range(30)]

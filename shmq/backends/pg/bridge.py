@@ -22,6 +22,9 @@ process beside its workers (shmq.tasks.worker). The bridge
   long as its connection: when a host dies, its session ends and the next
   bridge to look (any host, within ``_RECLAIM_EVERY``) makes its jobs ready
   again; they start with attempt + 1;
+- forwards the jobs of the queue's outbox in its data directory
+  (shmq.backends.pg.outbox), left by producers that exited while the
+  server was down;
 - kills a worker whose job's local lease is about to run out (a hung task)
   before the local queue takes the job back: the job is then handed back to
   PostgreSQL as a consumer death, and runs again (anywhere) only once the
@@ -71,6 +74,8 @@ _KILL_MARGIN = 1.0
 # stops renewing (hung, or cut from the server) loses its jobs by time; a dead one loses them
 # at once by its session.
 _HOLD = 30.0
+# The outbox of the queue in the bridge's data directory is looked at this often.
+_OUTBOX_EVERY = 1.0
 # While PostgreSQL is unreachable, the bridge tries again this often.
 _RETRY_CONNECT = 0.5
 # Local outcome kinds (the result of the local job a worker acks).
@@ -118,6 +123,9 @@ class Bridge:
         self._next_renew = 0.0
         self._next_reclaim = 0.0
         self._next_local = 0.0
+        self._next_outbox = 0.0
+        self.box = None  # the outbox of the queue in this data directory, once one is there
+        self._box_held: list = []
         self._down_since = None
         self._next_connect = 0.0
         self.claimed = self.written = self.round_trips = self.killed = 0
@@ -328,6 +336,26 @@ class Bridge:
             log.info("queue %r: %d job(s) of dead hosts taken back", self.name, taken)
             self._more = True
 
+    def forward_outbox(self) -> int:
+        """Forwards the jobs of the queue's outbox in this data directory (left by producers that
+        exited while PostgreSQL was down); returns how many."""
+        from shmq.backends.pg import outbox
+        from shmq.channel.queue import Queue
+
+        if self.box is None:
+            name = outbox.outbox_name(self.name)
+            if not os.path.exists(os.path.join(self.path, name + ".log")):
+                return 0
+            try:
+                self.box = Queue._existing(name, self.path)
+            except errors.ShmqError as exc:
+                log.warning("the outbox %r in %s cannot be opened: %s", name, self.path, exc)
+                return 0
+        sent = outbox.forward(self.pg, self.box, self._box_held)
+        if sent:
+            log.info("queue %r: %d job(s) of the outbox forwarded", self.name, sent)
+        return sent
+
     # ------------------------------------------------------------ the local side
 
     def collect(self) -> int:
@@ -406,6 +434,9 @@ class Bridge:
             if now >= self._next_renew:
                 self._next_renew = now + _HOLD / 4
                 self.renew()
+            if now >= self._next_outbox:
+                self._next_outbox = now + _OUTBOX_EVERY
+                self.forward_outbox()
             if now >= self._next_reclaim:
                 self._next_reclaim = now + _RECLAIM_EVERY
                 self.reclaim()
@@ -458,6 +489,9 @@ class Bridge:
         if self.pg is not None:
             self.pg.close()
             self.pg = None
+        if self.box is not None:
+            self.box.close()
+            self.box = None
         if self.local is not None:
             from shmq.channel.region import remove_queue
 
