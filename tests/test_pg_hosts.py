@@ -285,3 +285,19 @@ def _forwarded_by_host_a(hosts, done, pg_server):
     import msgpack
 
     assert [msgpack.unpackb(bytes(r[0]))[1][0] for r in rows] == [f"p{i:02d}" for i in range(30)]
+
+
+def test_a_host_holds_no_more_jobs_than_its_prefetch(hosts_app, pg_server):
+    hosts, m = hosts_app()
+    jobs = [m.work.enqueue(f"p{i}", None, 0.05) for i in range(40)]
+    hosts.start("a", 1, "--prefetch", "3")
+    schema = hosts.env["PGH_SCHEMA"]
+    held = []
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        wait_until(lambda: hosts.runs(), 30, "host a starts jobs")
+        for _ in range(40):
+            held.append(conn.execute(f"""SELECT count(*) FROM "{schema}".jobs WHERE state = 'running'""").fetchone()[0])
+            time.sleep(0.02)
+    assert max(held) == 3, held  # claimed ahead up to the bound, never beyond: the rest stays for other hosts
+    for job in jobs:
+        job.wait(timeout=60)

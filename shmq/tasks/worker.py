@@ -297,6 +297,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     _args.seconds_ns("grace", grace, 0.0, _args.LEASE_MAX)
     if lease is not None:
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
+                                 or not 1 <= prefetch <= 65536):
+        raise errors.ConfigError(f"prefetch={prefetch!r} must be an integer from 1 to 65536")
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
     app.backend  # opens (creates or recovers) the queue once, before the workers start
