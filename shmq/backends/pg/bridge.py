@@ -10,9 +10,9 @@ process beside its workers (shmq.tasks.worker). The bridge
 - claims jobs in batches (``FOR UPDATE SKIP LOCKED``, one statement per
   batch) into a local queue ``<name>.host`` in the host's data directory and
   /dev/shm, so workers fetch and ack with the shared-memory fast path;
-- claims no more than ``prefetch`` jobs at a time (default twice the
-  worker slots: one running and one ready for each), so one host never
-  hoards the queue;
+- holds no more than ``prefetch`` jobs at a time (``--prefetch``; by
+  default what the host finishes in _HORIZON seconds, at least twice its
+  worker slots), so one host never hoards the queue;
 - writes outcomes back in batches (one statement for every job done, one for
   every failure), and renews the leases of the jobs it holds in one
   statement;
@@ -62,6 +62,11 @@ __all__ = ["Bridge", "HostBackend", "HostDelivery", "local_name"]
 
 log = logging.getLogger("shmq.bridge")
 
+# Without --prefetch, a host holds what it finishes in this many seconds (at least twice its
+# worker slots, at most _PREFETCH_MAX): enough to keep its workers busy between two round
+# trips, little enough to leave the rest of the queue to other hosts.
+_HORIZON = 0.1
+_PREFETCH_MAX = 256
 # Without a notification, the bridge looks for due jobs at least this often.
 _POLL_MAX = 0.5
 # Dead consumers (other hosts) are looked for this often.
@@ -105,9 +110,15 @@ class Bridge:
     def __init__(self, name: str, open_pg, path: str, slots: int, prefetch: int | None = None):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise errors.ConfigError(f"slots={slots!r} must be an integer >= 1")
+        self.fixed = prefetch is not None  # else the bound follows the host's pace (see _track)
         prefetch = 2 * slots if prefetch is None else prefetch
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise errors.ConfigError(f"prefetch={prefetch!r} must be an integer from 1 to 65536")
+        self.base = prefetch
+        self.cap = prefetch if self.fixed else max(prefetch, _PREFETCH_MAX)
+        self._rate = 0.0  # outcomes per second, smoothed
+        self._window_start = time.monotonic()
+        self._window_count = 0
         self.name = name
         self.path = path
         self.prefetch = prefetch
@@ -140,7 +151,7 @@ class Bridge:
         name = local_name(self.name)
         remove_queue(name, self.path)
         # Small: it holds at most `prefetch` jobs (and their outcomes until the bridge reads them).
-        room = max(64, 1 << (2 * self.prefetch - 1).bit_length())
+        room = max(64, 1 << (2 * self.cap - 1).bit_length())
         self.local = Queue(name, self.path, durability="memory", retries=0, lease_timeout=lease_timeout,
                            lanes=1, capacity=room, jobs_capacity=room, result_capacity=room,
                            result_bytes=max(1 << 20, 1024 * room), segment_bytes=4 << 20, codec="msgpack")
@@ -365,6 +376,7 @@ class Bridge:
         handle = self.local._live_handle()
         info = ffi.new("shmq_result_info *")
         finished = []
+        count = 0
         for local_id, (job_id, attempt, owner, retries) in list(self.inflight.items()):
             status = lib.shmq_job_status(handle, local_id, info)
             if status == lib.SHMQ_JOB_DONE:
@@ -388,9 +400,24 @@ class Bridge:
             else:
                 continue
             del self.inflight[local_id]
+            count += 1
         if finished:
             self.local.dead_letters.purge(finished)
-        return len(finished)
+        self._track(count)
+        return count
+
+    def _track(self, finished: int) -> None:
+        """The bound follows the host's pace: what it finishes in _HORIZON seconds, at least `base`."""
+        self._window_count += finished
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed < 0.25:
+            return
+        measured = self._window_count / elapsed
+        self._rate = measured if self._rate == 0.0 else 0.7 * self._rate + 0.3 * measured
+        self._window_start, self._window_count = now, 0
+        if not self.fixed:
+            self.prefetch = min(self.cap, max(self.base, int(self._rate * _HORIZON)))
 
     def tend_local(self) -> None:
         """Kills workers whose job's local lease is about to end (hung), then takes back leases of dead ones."""
