@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -301,3 +304,33 @@ def test_a_host_holds_no_more_jobs_than_its_prefetch(hosts_app, pg_server):
     assert max(held) == 3, held  # claimed ahead up to the bound, never beyond: the rest stays for other hosts
     for job in jobs:
         job.wait(timeout=60)
+
+
+def test_a_killed_bridge_restarts_its_host_and_its_jobs_run_again_never_twice_at_once(hosts_app):
+    hosts, m = hosts_app()
+    # Jobs longer than the host's restart: a worker of the dead bridge left running would still run its
+    # job when the new bridge hands it out again.
+    jobs = {f"x{i}": m.work.enqueue(f"x{i}", None, 3.0) for i in range(4)}
+    hosts.start("a", 2)
+
+    def bridge_pid():
+        found = re.findall(r"bridge of queue 'hosts' started \(pid (\d+)", hosts.output("a"))
+        return int(found[0]) if found and len([r for r in hosts.runs() if r[0] == "S"]) >= 2 else None
+
+    os.kill(wait_until(bridge_pid, 60, lambda: f"host a runs jobs: {hosts.output('a')}"), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    for key, job in jobs.items():
+        assert job.wait(timeout=max(0.0, deadline - time.monotonic()))[0] == key
+    said = hosts.output("a")
+    assert "the bridge of queue 'hosts' died" in said
+    starts = re.findall(r"^(\S+ \S+),(\d+) .*bridge of queue 'hosts' started", said, re.M)
+    assert len(starts) == 2, said
+    restarted = time.mktime(time.strptime(starts[1][0], "%Y-%m-%d %H:%M:%S")) + int(starts[1][1]) / 1000
+    # The dead bridge's workers were killed before the new one started: their runs never ended, and
+    # the same jobs ran again only after that.
+    spans = intervals(hosts.runs())
+    cut = {key for key, ss in spans.items() for s in ss if s[1] == float("inf")}
+    assert len(cut) == 2, spans
+    for key in cut:
+        (first, again) = spans[key]
+        assert first[1] == float("inf") and again[0] > restarted and again[1] < float("inf"), spans[key]
