@@ -334,3 +334,27 @@ def test_a_killed_bridge_restarts_its_host_and_its_jobs_run_again_never_twice_at
     for key in cut:
         (first, again) = spans[key]
         assert first[1] == float("inf") and again[0] > restarted and again[1] < float("inf"), spans[key]
+
+
+def test_failures_retries_dead_letters_and_delays_through_a_host(hosts_app, pg_server):
+    hosts, m = hosts_app()
+    flaky = m.work.enqueue("f1", None, 0.0, fail=2)  # fails twice, then succeeds
+    doomed = m.work.enqueue("f2", None, 0.0, fail=99)  # retries=5: dead after its 6th attempt
+    enqueued_at = time.time()
+    later = m.work.enqueue_with(("d1", None, 0.0), delay=1.5)
+    hosts.start("a", 2)
+    assert flaky.wait(timeout=60) == ["f1", "a"]
+    with pytest.raises(shmq.JobFailed, match="failing f2 on purpose") as failed:
+        doomed.wait(timeout=60)
+    assert failed.value.attempts == 6
+    assert later.wait(timeout=60) == ["d1", "a"]
+    started = [r[4] for r in hosts.runs() if r[0] == "S" and r[1] == "d1"]
+    assert started and min(started) >= enqueued_at + 1.4  # its time, on the database's clock
+    dead = m.app.backend.dead_letters.list()
+    assert [d.id for d in dead] == [doomed.id] and "failing f2 on purpose" in dead[0].error["message"]
+    stats = m.app.backend.stats()
+    assert stats["retried"] == 2 + 5 and stats["dead"] == 1 and stats["done"] == 2, stats
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        attempt = conn.execute(f'SELECT attempt FROM "{hosts.env["PGH_SCHEMA"]}".jobs WHERE id = %s',
+                               (flaky.id,)).fetchone()[0]
+    assert attempt == 3
