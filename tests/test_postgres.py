@@ -344,6 +344,7 @@ def test_shmq_worker_runs_tasks_and_a_job_of_a_killed_worker_runs_again(worker, 
 def test_a_server_restart_under_load_loses_no_job_whose_enqueue_returned(worker, pg_server, tmp_path):
     proc, app = worker
     add = app.tasks["add"]
+    assert add.enqueue(1, 1).wait(timeout=60) == 2  # the workers are up
     accepted, refused = [], 0
     deadline = time.monotonic() + 60
     restarted = False
@@ -358,7 +359,6 @@ def test_a_server_restart_under_load_loses_no_job_whose_enqueue_returned(worker,
             refused += 1
     assert restarted and len(accepted) == 150
     assert refused <= 2  # the one call that found the old connection dead, at most
-    print("refused", refused)
     for i, job in accepted:
         try:
             assert job.wait(timeout=60) == i + 1000
@@ -445,3 +445,16 @@ def test_a_forked_child_never_ends_its_parents_session(pg):
     delivery = backend.fetch(timeout=5)
     assert delivery.body == "before"
     assert job.status() == "queued"
+
+
+def test_shmq_worker_started_while_the_server_is_down_waits_for_it(pg_server, pg, tmp_path, request):
+    pg_server.stop("immediate")
+    try:
+        proc, app = request.getfixturevalue("worker")
+        log = tmp_path / "worker.log"
+        wait_for(lambda: "waiting for it" in log.read_text() or proc.poll() is not None, 60,
+                 "the worker to say it waits for the server")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        pg_server.start()
+    assert app.tasks["add"].enqueue(20, 22).wait(timeout=60) == 42

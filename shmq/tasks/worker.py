@@ -111,8 +111,25 @@ def _run_one(app, delivery, task_of) -> None:
             f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
 
 
+def _open_backend(app, stop: threading.Event):
+    """app.backend, waiting while its server is unreachable (None once `stop` is set meanwhile)."""
+    warned_at = None
+    while not stop.is_set():
+        try:
+            return app.backend
+        except errors.BackendUnavailable as exc:
+            now = time.monotonic()
+            if warned_at is None or now - warned_at >= _FULL_WARN_EVERY:
+                log.warning("%s; waiting for it", exc)
+                warned_at = now
+            stop.wait(_DOWN_RETRY)
+    return None
+
+
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
-    backend = app.backend
+    backend = _open_backend(app, stop)
+    if backend is None:
+        return
     cache: dict[str, Any] = {}
 
     def task_of(name):
@@ -280,7 +297,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.backend  # opens (creates or recovers) the queue once, before the workers start
+    # Opens (creates or recovers) the queue once, before the workers start; a backend's server that is
+    # down is waited for (SIGTERM/^C still stop the wait).
+    _open_backend(app, threading.Event())
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
