@@ -135,7 +135,9 @@ def test_a_server_that_is_down_or_refuses_us_is_backend_unavailable(pg_server, p
         open_backend("q", pg_server.dsn(password="wrong"), schema=schema)
     with pytest.raises(shmq.BackendUnavailable) as bad:
         open_backend("q", f"postgresql://u:secret@127.0.0.1:{pg_server.port}/db?nosuchoption=1", schema=schema)
-    assert "secret" not in str(bad.value)
+    assert "secret" not in str(bad.value) and "write the DSN as postgresql://" in str(bad.value)
+    with pytest.raises(shmq.BackendUnavailable, match="write the DSN as"):
+        open_backend("q", "postgres", dsn="postgresql://u:p@127.0.0.1:notaport/db", schema=schema)
     with pytest.raises(shmq.ConfigError, match="dsn="):
         open_backend("q", "postgres", schema=schema)
 
@@ -416,6 +418,8 @@ def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
     assert (queue["queue"], queue["enqueued"], queue["dead"], queue["dead_letters"]) == (backend.name, 1, 1, 1)
     dead = _shmq("dead", "list", backend.name, env=env)
     assert dead.returncode == 0 and "no such user" in dead.stdout, dead.stderr
+    inspect = _shmq("inspect", backend.name, "--json", env=env)
+    assert json.loads(inspect.stdout)["jobs"] == {"ready": 0, "running": 0, "done": 0, "dead": 1}, inspect.stderr
     metrics = _shmq("metrics", backend.name, env=env)
     assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
     down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")

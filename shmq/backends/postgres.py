@@ -111,8 +111,8 @@ def _unavailable(dsn: str, exc: BaseException, doing: str) -> errors.BackendUnav
         fix = "check the user and password in the DSN (or ~/.pgpass, $PGPASSWORD)"
     elif "does not exist" in cause and "database" in cause:
         fix = "create the database, or name an existing one in the DSN"
-    elif "invalid" in cause.lower() and ("dsn" in cause.lower() or "conninfo" in cause.lower()
-                                         or "URI" in cause):
+    elif "invalid" in cause.lower() and any(word in cause.lower() for word in
+                                            ("dsn", "conninfo", "uri", "connection option", "missing")):
         fix = "write the DSN as postgresql://user:password@host:port/dbname"
     else:
         fix = "check that the server runs and that this host reaches it (host, port, firewall)"
