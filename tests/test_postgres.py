@@ -393,37 +393,48 @@ def test_finished_jobs_are_pruned_by_age_and_by_count(pg):
 # --------------------------------------------------------------------------- the command line
 
 
-def _shmq(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+def _shmq(capsys, *args: str) -> tuple[int, str, str]:
+    """`shmq ARGS` in this process: (exit status, stdout, stderr)."""
+    from shmq.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
+def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg, capsys, monkeypatch):
     dsn, schema, open_queue = pg
-    status = _shmq("db", "status", "--dsn", dsn, "--schema", schema)
-    assert status.returncode == 1 and "missing" in status.stdout and "shmq db migrate" in status.stdout
-    migrated = _shmq("db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
-    assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout)["applied"] == [pg_schema.VERSION]
+    # --backend and --schema set these for the command's process: restored after the test.
+    monkeypatch.setenv("SHMQ_BACKEND", "")
+    monkeypatch.setenv("SHMQ_SCHEMA", "")
+    code, out, _ = _shmq(capsys, "db", "status", "--dsn", dsn, "--schema", schema)
+    assert code == 1 and "missing" in out and "shmq db migrate" in out
+    code, out, err = _shmq(capsys, "db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
+    assert code == 0, err
+    assert json.loads(out)["applied"] == [pg_schema.VERSION]
     backend = open_queue(auto_migrate=False)
-    enqueued = _shmq("enqueue", backend.name, '{"to": 1}', "--backend", dsn, "--schema", schema)
+    # The real entry point once: --backend and --schema as a user types them.
+    enqueued = subprocess.run([sys.executable, "-m", "shmq", "enqueue", backend.name, '{"to": 1}', "--backend", dsn,
+                               "--schema", schema], capture_output=True, text=True, timeout=120)
     assert enqueued.returncode == 0, enqueued.stderr
     delivery = backend.fetch(timeout=5)
     assert delivery.body == {"to": 1}
     delivery.fail("no such user", retry=False)
-    env = {"SHMQ_BACKEND": dsn, "SHMQ_SCHEMA": schema}
-    stats = _shmq("stats", backend.name, "--json", env=env)
-    assert stats.returncode == 0, stats.stderr
-    (queue,) = json.loads(stats.stdout)["queues"]
+    monkeypatch.setenv("SHMQ_BACKEND", dsn)
+    monkeypatch.setenv("SHMQ_SCHEMA", schema)
+    code, out, err = _shmq(capsys, "stats", backend.name, "--json")
+    assert code == 0, err
+    (queue,) = json.loads(out)["queues"]
     assert (queue["queue"], queue["enqueued"], queue["dead"], queue["dead_letters"]) == (backend.name, 1, 1, 1)
-    dead = _shmq("dead", "list", backend.name, env=env)
-    assert dead.returncode == 0 and "no such user" in dead.stdout, dead.stderr
-    inspect = _shmq("inspect", backend.name, "--json", env=env)
-    assert json.loads(inspect.stdout)["jobs"] == {"ready": 0, "running": 0, "done": 0, "dead": 1}, inspect.stderr
-    metrics = _shmq("metrics", backend.name, env=env)
-    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
-    down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
-    assert down.returncode == 2 and "is unavailable" in down.stderr
+    code, out, err = _shmq(capsys, "dead", "list", backend.name)
+    assert code == 0 and "no such user" in out, err
+    code, out, err = _shmq(capsys, "inspect", backend.name, "--json")
+    assert json.loads(out)["jobs"] == {"ready": 0, "running": 0, "done": 0, "dead": 1}, err
+    code, out, err = _shmq(capsys, "metrics", backend.name)
+    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in out, err
+    code, _, err = _shmq(capsys, "db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
+    assert code == 2 and "is unavailable" in err
 
 
 def test_a_forked_child_never_ends_its_parents_session(pg):

@@ -225,8 +225,12 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
-    _ask_for_sigterm_when_parent_dies()
     stop = threading.Event()
+    # SIGTERM came blocked from the parent (start_one): one sent while we started is delivered now,
+    # to our own handler, instead of to the parent's inherited one.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _ask_for_sigterm_when_parent_dies()
     threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
         work(app, threads=threads, stop=stop, lease=lease)
@@ -251,7 +255,13 @@ class _Pool:
     def start_one(self, slot: int) -> None:
         process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
                                        name=f"shmq-worker-{slot}", daemon=False)
-        process.start()
+        # Forked with SIGTERM blocked: until the child has its own handler, a SIGTERM waits for it
+        # (the parent's handler, which the child inherits, would swallow it).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.workers[slot] = process
         self.started_at[slot] = time.monotonic()
         log.info("worker %d started (pid %d)", slot, process.pid)
