@@ -269,6 +269,14 @@ def test_one_pending_job_per_unique_key_across_processes(pg):
     assert backend.stats()["deduplicated"] == 3
 
 
+def test_live_consumers_are_counted_per_queue(pg):
+    _, _, open_queue = pg
+    first, second = open_queue(), open_queue()
+    first.enqueue("x")
+    first.fetch(timeout=5)  # first now takes jobs; second never did
+    assert (first.stats()["consumers"], second.stats()["consumers"]) == (1, 0)
+
+
 # --------------------------------------------------------------------------- shmq worker
 
 

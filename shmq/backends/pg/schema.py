@@ -20,9 +20,9 @@ Version 1:
   ...), added to in the statement that makes the event; a shard per handle
   spreads the row locks of many producers.
 - ``consumers``: a sequence of consumer ids. A consumer holds a session
-  advisory lock (classid = the schema's lock space, objid = its id) for as
-  long as its connection lives; a running job whose owner holds no such
-  lock belongs to a dead process and is taken back.
+  advisory lock (classid = its queue's lock space, a hash of schema and
+  queue; objid = its id) for as long as its connection lives; a running job
+  whose owner holds no such lock belongs to a dead process and is taken back.
 """
 
 from __future__ import annotations
