@@ -481,3 +481,22 @@ def test_shmq_worker_started_while_the_server_is_down_waits_for_it(pg_server, pg
     finally:
         pg_server.start()
     assert app.tasks["add"].enqueue(20, 22).wait(timeout=60) == 42
+
+
+def test_histogram_buckets_are_the_shared_memory_queues(pg):
+    import bisect
+    import random
+
+    from shmq._lib import lib
+    from shmq.backends.pg.observe import BUCKET_SQL, _bucket_low
+
+    lows = [int(lib.shmq_histogram_bucket_low(b)) for b in range(256)]
+    assert [_bucket_low(b) for b in range(256)] == lows
+    values = [0, 1, 3, 4, 5, 7, 8, (1 << 62) + 12345]
+    values += [(1 << k) + d for k in range(3, 62) for d in (-1, 0, 1)]  # at the edges of powers of two
+    values += [random.randrange(1, 1 << 50) for _ in range(200)]
+    dsn = pg[0]
+    with psycopg.connect(dsn) as conn:
+        source = "SELECT unnest(%s::bigint[]) AS ns"
+        got = [row[0] for row in conn.execute(BUCKET_SQL.format(source=source), (values,))]
+    assert sorted(got) == sorted(bisect.bisect_right(lows, v) - 1 for v in values)  # rows in no promised order

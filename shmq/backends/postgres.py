@@ -38,7 +38,7 @@ from typing import Any
 
 from shmq import _args, codec as _codec, errors
 from shmq.backends.base import JobBackend
-from shmq.backends.pg import schema as _schema
+from shmq.backends.pg import observe as _observe, schema as _schema
 from shmq.backends.pg.connect import INSTALL, is_dsn, load_psycopg, queue_names, seconds as _seconds
 from shmq.backends.pg.connect import unavailable as _unavailable, where as _where
 from shmq.backends.pg.handles import PostgresDeadLetters, PostgresDelivery, PostgresJob
@@ -58,23 +58,7 @@ _RECLAIM_EVERY = 1.0
 # Finished jobs beyond the retention are deleted in batches of this many rows.
 _PRUNE_BATCH = 1000
 _PRUNE_EVERY = 10.0
-_COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
-             "lease_expired", "consumer_died")
 _SHARDS = 16
-
-
-# The histograms have the buckets of the shared-memory queue's (csrc/jobs_info.c), so that
-# shmq.ops.metrics reads both alike.
-_HIST_BUCKETS = 256
-
-
-def _bucket_low(b: int) -> int:
-    """The smallest ns of bucket `b` (shmq_histogram_bucket_low)."""
-    if b < 4:
-        return b
-    if b >= 252:
-        return (1 << 64) - 1
-    return (4 + b % 4) << (b // 4 - 1)
 
 
 # Handles of this process, for the fork guard below.
@@ -672,69 +656,10 @@ class PostgresBackend(JobBackend):
         return self._retry_policy
 
     def stats(self, lanes: bool = False) -> dict:
-        sums = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in _COUNTERS)
-        counters = self._query(f"SELECT {sums} FROM {self._s}.counters WHERE queue = %s", (self.name,),
-                               "reading stats", idempotent=True)[0]
-        out = dict(zip(_COUNTERS, (int(v) for v in counters)))
-        gauges = self._query(
-            f"""SELECT count(*) FILTER (WHERE state = 'ready' AND run_at <= now()),
-                       count(*) FILTER (WHERE state = 'running'),
-                       count(*) FILTER (WHERE state = 'ready' AND run_at > now()),
-                       count(*) FILTER (WHERE unique_held),
-                       count(*) FILTER (WHERE state = 'dead'),
-                       count(DISTINCT owner) FILTER (WHERE state = 'running')
-                FROM {self._s}.jobs WHERE queue = %s AND state IN ('ready', 'running', 'dead')""",
-            (self.name,), "reading stats", idempotent=True)[0]
-        consumers = self._query(
-            """SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                 AND classid = %s::oid
-                 AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())""",
-            (self._queue_space,), "reading stats", idempotent=True)[0][0]
-        out.update(queue=self.name, depth=gauges[0], in_flight=gauges[1], waiting=gauges[2], unique_keys=gauges[3],
-                   dead_letters=gauges[4], consumers=consumers, running_consumers=gauges[5], throttled=0,
-                   spilled=0, backlog=0)
-        for which in ("wait", "run"):
-            out[f"{which}_ns"] = self._percentiles(which)
-        if lanes:  # PostgreSQL has no lanes: one, holding everything (as shmq.ops.metrics reads lanes)
-            lane = {name: out[name] for name in _COUNTERS + ("depth", "in_flight", "waiting")}
-            out["lanes"] = [{**lane, "throttled": 0, "lane": 0, "ordered": False}]
-        return out
-
-    def _span(self, which: str) -> tuple[str, str]:
-        if which == "wait":
-            return "(extract(epoch FROM started_at - enqueued_at) * 1e9)::bigint", "started_at IS NOT NULL"
-        if which == "run":
-            return ("(extract(epoch FROM finished_at - attempt_started_at) * 1e9)::bigint",
-                    "state IN ('done', 'dead') AND attempt_started_at IS NOT NULL")
-        raise errors.ConfigError(f"histogram {which!r}: use 'wait' or 'run'")
-
-    def _percentiles(self, which: str) -> dict:
-        ns, where = self._span(which)
-        row = self._query(
-            f"""SELECT count(*), percentile_disc(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY {ns}),
-                       max({ns}) FROM {self._s}.jobs WHERE queue = %s AND {where}""",
-            (self.name,), "reading stats", idempotent=True)[0]
-        count, points, maximum = row
-        points = points or [0, 0, 0, 0]
-        return {"count": count, "p50": int(points[0] or 0), "p90": int(points[1] or 0), "p99": int(points[2] or 0),
-                "p999": int(points[3] or 0), "max": int(maximum or 0)}
+        return _observe.stats(self, lanes)
 
     def histogram(self, which: str) -> list[tuple[int, int]]:
-        """The buckets of the shared-memory queue's histograms (four per power
-        of two, _HIST_BUCKETS of them), over the jobs still kept (``retention``)."""
-        ns, where = self._span(which)
-        rows = self._query(
-            f"""SELECT CASE WHEN ns < 4 THEN greatest(ns, 0)::int ELSE 4 * (e - 1) + ((ns >> (e - 2)) & 3)::int END,
-                       count(*)
-                FROM (SELECT ns, e - CASE WHEN ns >= 4 AND ns >> e = 0 THEN 1 ELSE 0 END
-                                     + CASE WHEN ns >= 4 AND ns >> (e + 1) > 0 THEN 1 ELSE 0 END AS e
-                      FROM (SELECT ns, floor(ln(greatest(ns, 1)::float8) / ln(2.0::float8))::int AS e
-                            FROM (SELECT {ns} AS ns FROM {self._s}.jobs WHERE queue = %s AND {where}) a) b) c
-                GROUP BY 1""", (self.name,), "reading a histogram", idempotent=True)
-        counts = [0] * _HIST_BUCKETS
-        for bucket, count in rows:
-            counts[min(bucket, _HIST_BUCKETS - 1)] += int(count)
-        return [(_bucket_low(b), counts[b]) for b in range(_HIST_BUCKETS)]
+        return _observe.histogram(self, which)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name,
@@ -749,25 +674,7 @@ class PostgresBackend(JobBackend):
         """Nothing to do: a job is in PostgreSQL once enqueue returned (its commit)."""
 
     def inspect(self) -> dict:
-        by_state = dict(self._query(
-            f"SELECT state, count(*) FROM {self._s}.jobs WHERE queue = %s GROUP BY state", (self.name,),
-            "inspecting", idempotent=True))
-        running = self._query(
-            f"""SELECT owner, count(*), min(lease_until) - now() FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'running' GROUP BY owner ORDER BY owner""", (self.name,), "inspecting",
-            idempotent=True)
-        oldest = self._query(
-            f"""SELECT extract(epoch FROM now() - min(enqueued_at)) FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'ready' AND run_at <= now()""", (self.name,), "inspecting",
-            idempotent=True)[0][0]
-        server = self._query("SHOW server_version", None, "inspecting", idempotent=True)[0][0]
-        return {"kind": self.kind, "queue": self.name, "server": _where(self.dsn), "server_version": server,
-                "schema": self.schema, "schema_version": _schema.VERSION,
-                "jobs": {s: int(by_state.get(s, 0)) for s in ("ready", "running", "done", "dead")},
-                "running_by_consumer": [{"consumer": o, "jobs": n,
-                                         "next_lease_end_s": None if left is None else left.total_seconds()}
-                                        for o, n, left in running],
-                "oldest_ready_age_s": None if oldest is None else float(oldest)}
+        return _observe.inspect(self)
 
     def close(self) -> None:
         with self._lock:
