@@ -28,6 +28,7 @@ first need, that only LISTENs.
 from __future__ import annotations
 
 import datetime
+import inspect as _inspect
 import json
 import os
 import random
@@ -42,7 +43,7 @@ from shmq.backends.pg import observe as _observe, schema as _schema
 from shmq.backends.pg.connect import INSTALL, is_dsn, load_psycopg, queue_names, seconds as _seconds
 from shmq.backends.pg.connect import unavailable as _unavailable, where as _where
 from shmq.backends.pg.handles import PostgresDeadLetters, PostgresDelivery, PostgresJob
-from shmq.settings.params import HANDLE_DEFAULTS
+from shmq.settings.params import HANDLE_DEFAULTS, declared_settings
 from shmq.settings.retry import RetryPolicy
 
 __all__ = ["PostgresBackend", "PostgresJob", "PostgresDelivery", "PostgresDeadLetters", "INSTALL", "is_dsn",
@@ -107,9 +108,8 @@ class PostgresBackend(JobBackend):
 
     # Settings of the shared-memory queue that say nothing here (the App and
     # configuration files may pass them): accepted and ignored.
-    _SHM_ONLY = frozenset({"path", "lanes", "capacity", "ordered_lanes", "max_message_bytes", "durability",
-                           "segment_bytes", "jobs_capacity", "unique_capacity", "result_capacity", "result_bytes",
-                           "result_ttl", "spin", "flush_interval", "log_bytes"})
+    _SHM_ONLY = frozenset(_inspect.signature(declared_settings).parameters) - {
+        "codec", "retries", "backoff", "backoff_max", "lease_timeout"}
 
     def __init__(self, name: str, dsn: str, *, schema: str | None = None, auto_migrate: bool = True,
                  codec: str | None = None, retries: int | None = None, backoff: float | None = None,
