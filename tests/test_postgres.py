@@ -192,6 +192,19 @@ def test_enqueue_in_the_callers_transaction_exists_iff_it_commits(pg):
     app.close()
 
 
+def test_a_blocking_fetch_wakes_when_a_delayed_job_falls_due(pg, monkeypatch):
+    from shmq.backends import postgres
+
+    monkeypatch.setattr(postgres, "_POLL_MAX", 10.0)  # no poll to save it: only the due time can wake it
+    _, _, open_queue = pg
+    backend = open_queue()
+    job = backend.enqueue("later", delay=0.3)
+    started = time.monotonic()
+    delivery = backend.fetch(timeout=20)
+    assert delivery.id == job.id
+    assert 0.25 <= time.monotonic() - started < 5
+
+
 # --------------------------------------------------------------------------- many processes
 
 

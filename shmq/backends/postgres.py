@@ -455,7 +455,17 @@ class PostgresBackend(JobBackend):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise errors.Empty(f"queue {self.name!r} (PostgreSQL) had no job ready within {timeout} s")
-            self._sleep(self._jobs_channel, _POLL_MAX if left is None else min(left, _POLL_MAX))
+            nap = _POLL_MAX if left is None else min(left, _POLL_MAX)
+            due = self._next_due()
+            self._sleep(self._jobs_channel, nap if due is None else max(0.001, min(nap, due)))
+
+    def _next_due(self) -> float | None:
+        """Seconds until the next delayed or backed-off job falls due (None: none waits for a time)."""
+        rows = self._query(
+            f"""SELECT extract(epoch FROM min(run_at) - now()) FROM {self._s}.jobs
+                WHERE queue = %s AND state = 'ready' AND run_at > now()""",
+            (self.name,), f"fetching from queue {self.name!r}", idempotent=True)
+        return None if rows[0][0] is None else float(rows[0][0])
 
     # ------------------------------------------------------------ finishing (PostgresDelivery)
 

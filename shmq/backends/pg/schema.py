@@ -84,6 +84,8 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         # fetch: the oldest ready job of a queue.
         "CREATE INDEX jobs_ready ON {s}.jobs (queue, id) WHERE state = 'ready'",
+        # when the next delayed or backed-off job falls due (a blocking fetch sleeps until then at most).
+        "CREATE INDEX jobs_due ON {s}.jobs (queue, run_at) WHERE state = 'ready'",
         # leases to take back, and the running jobs of a consumer.
         "CREATE INDEX jobs_running ON {s}.jobs (queue, lease_until) WHERE state = 'running'",
         # the head of a group, and whether one of its jobs runs.
