@@ -5,14 +5,11 @@ hold no connection: every call goes through their PostgresBackend."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from shmq import _args, errors
 from shmq.backends.pg.connect import seconds as _seconds
 from shmq.channel.deadletter import DeadJob
-
-if TYPE_CHECKING:
-    from shmq.backends.postgres import PostgresBackend
 
 __all__ = ["PostgresJob", "PostgresDelivery", "PostgresDeadLetters"]
 
@@ -23,7 +20,7 @@ class PostgresJob:
 
     __slots__ = ("queue", "id", "duplicate")
 
-    def __init__(self, backend: "PostgresBackend", job_id: int, duplicate: bool = False):
+    def __init__(self, backend, job_id: int, duplicate: bool = False):
         self.queue = backend
         self.id = job_id
         self.duplicate = duplicate
@@ -143,7 +140,7 @@ class PostgresDelivery:
 class PostgresDeadLetters:
     """The dead jobs of a queue: iterate, len(), list(limit), retry(ids), purge(ids)."""
 
-    def __init__(self, backend: "PostgresBackend"):
+    def __init__(self, backend):
         self._backend = backend
 
     def _rows(self, limit: int | None) -> list[DeadJob]:
