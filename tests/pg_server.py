@@ -129,7 +129,8 @@ class PostgresServer:
             if os.path.exists(self.log):
                 with open(self.log, errors="replace") as f:
                     log = f.read()[-4000:]
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n{log}")
+            raise RuntimeError(
+                f"{tool} {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n{log}")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")

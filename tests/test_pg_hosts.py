@@ -63,7 +63,8 @@ def _orphaned(conn, schema: str) -> int:
     return conn.execute(
         f"""SELECT count(*) FROM "{schema}".jobs j WHERE state = 'running' AND NOT EXISTS (
               SELECT 1 FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                AND l.classid = %s::oid AND l.objid = j.owner::oid)""", (lock_space(schema),)).fetchone()[0]
+                AND l.classid = %s::oid AND l.objid = j.owner::oid)""",
+        (lock_space(schema + "\x00" + "hosts"),)).fetchone()[0]  # the queue's lock space
 
 
 def test_a_killed_host_s_jobs_run_again_elsewhere_groups_in_order_never_twice_at_once(hosts_app, pg_server):

@@ -135,7 +135,9 @@ def test_a_server_that_is_down_or_refuses_us_is_backend_unavailable(pg_server, p
         open_backend("q", pg_server.dsn(password="wrong"), schema=schema)
     with pytest.raises(shmq.BackendUnavailable) as bad:
         open_backend("q", f"postgresql://u:secret@127.0.0.1:{pg_server.port}/db?nosuchoption=1", schema=schema)
-    assert "secret" not in str(bad.value)
+    assert "secret" not in str(bad.value) and "write the DSN as postgresql://" in str(bad.value)
+    with pytest.raises(shmq.BackendUnavailable, match="write the DSN as"):
+        open_backend("q", "postgres", dsn="postgresql://u:p@127.0.0.1:notaport/db", schema=schema)
     with pytest.raises(shmq.ConfigError, match="dsn="):
         open_backend("q", "postgres", schema=schema)
 
@@ -188,6 +190,19 @@ def test_enqueue_in_the_callers_transaction_exists_iff_it_commits(pg):
     with pytest.raises(shmq.Empty):
         consumer.fetch(timeout=0.1)
     app.close()
+
+
+def test_a_blocking_fetch_wakes_when_a_delayed_job_falls_due(pg, monkeypatch):
+    from shmq.backends import postgres
+
+    monkeypatch.setattr(postgres, "_POLL_MAX", 10.0)  # no poll to save it: only the due time can wake it
+    _, _, open_queue = pg
+    backend = open_queue()
+    job = backend.enqueue("later", delay=0.3)
+    started = time.monotonic()
+    delivery = backend.fetch(timeout=20)
+    assert delivery.id == job.id
+    assert 0.25 <= time.monotonic() - started < 5
 
 
 # --------------------------------------------------------------------------- many processes
@@ -267,6 +282,14 @@ def test_one_pending_job_per_unique_key_across_processes(pg):
     assert backend.stats()["deduplicated"] == 3
 
 
+def test_live_consumers_are_counted_per_queue(pg):
+    _, _, open_queue = pg
+    first, second = open_queue(), open_queue()
+    first.enqueue("x")
+    first.fetch(timeout=5)  # first now takes jobs; second never did
+    assert (first.stats()["consumers"], second.stats()["consumers"]) == (1, 0)
+
+
 # --------------------------------------------------------------------------- shmq worker
 
 
@@ -344,6 +367,7 @@ def test_shmq_worker_runs_tasks_and_a_job_of_a_killed_worker_runs_again(worker, 
 def test_a_server_restart_under_load_loses_no_job_whose_enqueue_returned(worker, pg_server, tmp_path):
     proc, app = worker
     add = app.tasks["add"]
+    assert add.enqueue(1, 1).wait(timeout=60) == 2  # the workers are up
     accepted, refused = [], 0
     deadline = time.monotonic() + 60
     restarted = False
@@ -358,7 +382,6 @@ def test_a_server_restart_under_load_loses_no_job_whose_enqueue_returned(worker,
             refused += 1
     assert restarted and len(accepted) == 150
     assert refused <= 2  # the one call that found the old connection dead, at most
-    print("refused", refused)
     for i, job in accepted:
         try:
             assert job.wait(timeout=60) == i + 1000
@@ -391,35 +414,48 @@ def test_finished_jobs_are_pruned_by_age_and_by_count(pg):
 # --------------------------------------------------------------------------- the command line
 
 
-def _shmq(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+def _shmq(capsys, *args: str) -> tuple[int, str, str]:
+    """`shmq ARGS` in this process: (exit status, stdout, stderr)."""
+    from shmq.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg):
+def test_shmq_db_and_the_job_commands_work_on_a_queue_in_postgres(pg, capsys, monkeypatch):
     dsn, schema, open_queue = pg
-    status = _shmq("db", "status", "--dsn", dsn, "--schema", schema)
-    assert status.returncode == 1 and "missing" in status.stdout and "shmq db migrate" in status.stdout
-    migrated = _shmq("db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
-    assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout)["applied"] == list(range(1, pg_schema.VERSION + 1))
+    # --backend and --schema set these for the command's process: restored after the test.
+    monkeypatch.setenv("SHMQ_BACKEND", "")
+    monkeypatch.setenv("SHMQ_SCHEMA", "")
+    code, out, _ = _shmq(capsys, "db", "status", "--dsn", dsn, "--schema", schema)
+    assert code == 1 and "missing" in out and "shmq db migrate" in out
+    code, out, err = _shmq(capsys, "db", "migrate", "--dsn", dsn, "--schema", schema, "--json")
+    assert code == 0, err
+    assert json.loads(out)["applied"] == list(range(1, pg_schema.VERSION + 1))
     backend = open_queue(auto_migrate=False)
-    enqueued = _shmq("enqueue", backend.name, '{"to": 1}', "--backend", dsn, "--schema", schema)
+    # The real entry point once: --backend and --schema as a user types them.
+    enqueued = subprocess.run([sys.executable, "-m", "shmq", "enqueue", backend.name, '{"to": 1}', "--backend", dsn,
+                               "--schema", schema], capture_output=True, text=True, timeout=120)
     assert enqueued.returncode == 0, enqueued.stderr
     delivery = backend.fetch(timeout=5)
     assert delivery.body == {"to": 1}
     delivery.fail("no such user", retry=False)
-    env = {"SHMQ_BACKEND": dsn, "SHMQ_SCHEMA": schema}
-    stats = _shmq("stats", backend.name, "--json", env=env)
-    assert stats.returncode == 0, stats.stderr
-    (queue,) = json.loads(stats.stdout)["queues"]
+    monkeypatch.setenv("SHMQ_BACKEND", dsn)
+    monkeypatch.setenv("SHMQ_SCHEMA", schema)
+    code, out, err = _shmq(capsys, "stats", backend.name, "--json")
+    assert code == 0, err
+    (queue,) = json.loads(out)["queues"]
     assert (queue["queue"], queue["enqueued"], queue["dead"], queue["dead_letters"]) == (backend.name, 1, 1, 1)
-    dead = _shmq("dead", "list", backend.name, env=env)
-    assert dead.returncode == 0 and "no such user" in dead.stdout, dead.stderr
-    metrics = _shmq("metrics", backend.name, env=env)
-    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in metrics.stdout, metrics.stderr
-    down = _shmq("db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
-    assert down.returncode == 2 and "is unavailable" in down.stderr
+    code, out, err = _shmq(capsys, "dead", "list", backend.name)
+    assert code == 0 and "no such user" in out, err
+    code, out, err = _shmq(capsys, "inspect", backend.name, "--json")
+    assert json.loads(out)["jobs"] == {"ready": 0, "running": 0, "done": 0, "dead": 1}, err
+    code, out, err = _shmq(capsys, "metrics", backend.name)
+    assert f'shmq_jobs_dead_total{{queue="{backend.name}"' in out, err
+    code, _, err = _shmq(capsys, "db", "status", "--dsn", f"postgresql://u:p@127.0.0.1:{free_port()}/db")
+    assert code == 2 and "is unavailable" in err
 
 
 def test_a_forked_child_never_ends_its_parents_session(pg):
@@ -445,3 +481,35 @@ def test_a_forked_child_never_ends_its_parents_session(pg):
     delivery = backend.fetch(timeout=5)
     assert delivery.body == "before"
     assert job.status() == "queued"
+
+
+def test_shmq_worker_started_while_the_server_is_down_waits_for_it(pg_server, pg, tmp_path, request):
+    pg_server.stop("immediate")
+    try:
+        proc, app = request.getfixturevalue("worker")
+        log = tmp_path / "worker.log"
+        wait_for(lambda: "waiting for it" in log.read_text() or proc.poll() is not None, 60,
+                 "the worker to say it waits for the server")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        pg_server.start()
+    assert app.tasks["add"].enqueue(20, 22).wait(timeout=60) == 42
+
+
+def test_histogram_buckets_are_the_shared_memory_queues(pg):
+    import bisect
+    import random
+
+    from shmq._lib import lib
+    from shmq.backends.pg.observe import BUCKET_SQL, _bucket_low
+
+    lows = [int(lib.shmq_histogram_bucket_low(b)) for b in range(256)]
+    assert [_bucket_low(b) for b in range(256)] == lows
+    values = [0, 1, 3, 4, 5, 7, 8, (1 << 62) + 12345]
+    values += [(1 << k) + d for k in range(3, 62) for d in (-1, 0, 1)]  # at the edges of powers of two
+    values += [random.randrange(1, 1 << 50) for _ in range(200)]
+    dsn = pg[0]
+    with psycopg.connect(dsn) as conn:
+        source = "SELECT unnest(%s::bigint[]) AS ns"
+        got = [row[0] for row in conn.execute(BUCKET_SQL.format(source=source), (values,))]
+    assert sorted(got) == sorted(bisect.bisect_right(lows, v) - 1 for v in values)  # rows in no promised order

@@ -5,7 +5,9 @@ every process on every host that opens the same DSN and schema.
     app = shmq.App("emails", backend="postgresql://app@db/app")
     backend = shmq.backends.open_backend("emails", "postgres", dsn="postgresql://...")
 
-The tables and their migrations are in shmq/backends/pg/schema.py; how each
+The tables and their migrations are in shmq/backends/pg/schema.py, the
+handles it gives out (Job, Delivery, dead letters) in pg/handles.py, the
+connection helpers in pg/connect.py; how each
 job semantic maps onto them is in docs/architecture.md ("Many hosts"). In
 short: fetch takes the oldest due ready job with ``FOR UPDATE SKIP LOCKED``;
 a lease is ``lease_until`` on the database's clock; a consumer holds a
@@ -26,26 +28,26 @@ first need, that only LISTENs.
 from __future__ import annotations
 
 import datetime
+import inspect as _inspect
 import json
 import os
 import random
-import re
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from shmq import _args, codec as _codec, errors
 from shmq.backends.base import JobBackend
-from shmq.backends.pg import schema as _schema
-from shmq.channel.deadletter import DeadJob
-from shmq.settings.params import HANDLE_DEFAULTS
+from shmq.backends.pg import observe as _observe, schema as _schema
+from shmq.backends.pg.connect import INSTALL, is_dsn, load_psycopg, queue_names, seconds as _seconds
+from shmq.backends.pg.connect import unavailable as _unavailable, where as _where
+from shmq.backends.pg.handles import PostgresDeadLetters, PostgresDelivery, PostgresJob
+from shmq.settings.params import HANDLE_DEFAULTS, declared_settings
 from shmq.settings.retry import RetryPolicy
 
-__all__ = ["PostgresBackend", "INSTALL", "is_dsn", "queue_names"]
-
-INSTALL = "pip install 'shmq[postgres]'"
-_DSN = re.compile(r"(postgres|postgresql)://", re.IGNORECASE)
+__all__ = ["PostgresBackend", "PostgresJob", "PostgresDelivery", "PostgresDeadLetters", "INSTALL", "is_dsn",
+           "queue_names"]
 
 # A result of None, kept without encoding (codec tags are small numbers).
 _TAG_NONE = -1
@@ -57,84 +59,7 @@ _RECLAIM_EVERY = 1.0
 # Finished jobs beyond the retention are deleted in batches of this many rows.
 _PRUNE_BATCH = 1000
 _PRUNE_EVERY = 10.0
-_COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
-             "lease_expired", "consumer_died")
 _SHARDS = 16
-
-
-# The histograms have the buckets of the shared-memory queue's (csrc/jobs_info.c), so that
-# shmq.ops.metrics reads both alike.
-_HIST_BUCKETS = 256
-
-
-def _bucket_low(b: int) -> int:
-    """The smallest ns of bucket `b` (shmq_histogram_bucket_low)."""
-    if b < 4:
-        return b
-    if b >= 252:
-        return (1 << 64) - 1
-    return (4 + b % 4) << (b // 4 - 1)
-
-
-def is_dsn(value: Any) -> bool:
-    """True for a ``postgresql://`` or ``postgres://`` URL."""
-    return isinstance(value, str) and _DSN.match(value) is not None
-
-
-def _psycopg():
-    try:
-        import psycopg
-    except ImportError:
-        raise errors.ConfigError(
-            f"backend 'postgres' needs psycopg 3, which is not installed: {INSTALL}"
-        ) from None
-    return psycopg
-
-
-def _where(dsn: str) -> str:
-    """host:port/dbname of a DSN, without its password (for messages)."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        parts = conninfo_to_dict(dsn)
-    except Exception:  # noqa: BLE001 - a DSN that does not parse: name it without its secrets
-        return re.sub(r"//[^@/]*@", "//", dsn)
-    host = parts.get("host") or "localhost"
-    port = parts.get("port") or "5432"
-    user = parts.get("user")
-    return f"{user + '@' if user else ''}{host}:{port}/{parts.get('dbname') or user or ''}"
-
-
-def _unavailable(dsn: str, exc: BaseException, doing: str) -> errors.BackendUnavailable:
-    cause = " ".join(str(exc).split()) or type(exc).__name__
-    if "password authentication failed" in cause or "no password supplied" in cause:
-        fix = "check the user and password in the DSN (or ~/.pgpass, $PGPASSWORD)"
-    elif "does not exist" in cause and "database" in cause:
-        fix = "create the database, or name an existing one in the DSN"
-    elif "invalid" in cause.lower() and ("dsn" in cause.lower() or "conninfo" in cause.lower()
-                                         or "URI" in cause):
-        fix = "write the DSN as postgresql://user:password@host:port/dbname"
-    else:
-        fix = "check that the server runs and that this host reaches it (host, port, firewall)"
-    return errors.BackendUnavailable(f"PostgreSQL at {_where(dsn)} is unavailable while {doing}: {cause}. Fix: {fix}")
-
-
-def _seconds(name: str, value: Any, low: float, high: float) -> float:
-    return _args.seconds_ns(name, value, low, high) / 1e9
-
-
-def queue_names(dsn: str, schema: str | None = None) -> list[str]:
-    """The queues that have jobs or counters in `schema` (default $SHMQ_SCHEMA, else "shmq")."""
-    psycopg = _psycopg()
-    schema = _schema.check_name(schema or os.environ.get("SHMQ_SCHEMA") or "shmq")
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            if _schema.version(conn, schema) is None:
-                return []
-            rows = conn.execute(f'SELECT DISTINCT queue FROM "{schema}".counters ORDER BY queue').fetchall()
-    except psycopg.OperationalError as exc:
-        raise _unavailable(dsn, exc, "listing queues") from None
-    return [row[0] for row in rows]
 
 
 # Handles of this process, for the fork guard below.
@@ -165,179 +90,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class PostgresJob:
-    """A handle on a job of a PostgresBackend: ``id``, ``duplicate``,
-    ``status()``, ``wait(timeout)``, ``result(timeout=0)``."""
-
-    __slots__ = ("queue", "id", "duplicate")
-
-    def __init__(self, backend: "PostgresBackend", job_id: int, duplicate: bool = False):
-        self.queue = backend
-        self.id = job_id
-        self.duplicate = duplicate
-
-    def __repr__(self) -> str:
-        extra = ", duplicate" if self.duplicate else ""
-        return f"<shmq.Job {self.id} of {self.queue.name!r} in PostgreSQL{extra}>"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, PostgresJob) and other.id == self.id and other.queue.name == self.queue.name
-
-    def __hash__(self) -> int:
-        return hash((self.queue.name, self.id))
-
-    def status(self) -> str:
-        return self.queue.status(self.id)
-
-    def wait(self, timeout: float | None = None) -> Any:
-        return self.queue.wait(self.id, timeout)
-
-    def result(self, timeout: float | None = 0) -> Any:
-        return self.queue.wait(self.id, timeout)
-
-
-class PostgresDelivery:
-    """A job leased to this process (see shmq.backends.base)."""
-
-    __slots__ = ("queue", "id", "attempt", "group", "enqueued_at", "decode_error", "_body", "_retries", "_owner",
-                 "_finished", "tag", "_raw")
-
-    def __init__(self, backend, job_id, attempt, group, enqueued_at, tag, raw, retries, owner):
-        self.queue = backend
-        self.id = job_id
-        self.attempt = attempt
-        self.group = group
-        self.enqueued_at = enqueued_at
-        self.tag = tag
-        self._raw = raw
-        self._retries = retries
-        self._owner = owner
-        self._finished = False
-        self.decode_error = None
-        self._body = None
-        try:
-            self._body = raw if tag == 0 else backend._decode(tag, raw)
-        except errors.DecodeError as exc:
-            self.decode_error = errors.UndecodableJob(
-                f"job {job_id} of queue {backend.name!r} cannot be decoded: {exc}", job_id, tag)
-
-    @property
-    def body(self) -> Any:
-        if self.decode_error is not None:
-            raise self.decode_error
-        return self._body
-
-    @property
-    def retries(self) -> int:
-        return self.queue.retry_policy.retries if self._retries is None else self._retries
-
-    @property
-    def last_attempt(self) -> bool:
-        return self.attempt > self.retries
-
-    @property
-    def payload(self) -> tuple[int, bytes]:
-        return self.tag, self._raw
-
-    def __repr__(self) -> str:
-        return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r} in PostgreSQL>"
-
-    def _check_open(self) -> None:
-        if self._finished:
-            raise errors.ShmqError(f"job {self.id} was already acked or failed by this delivery")
-
-    def _lost(self, what: str) -> None:
-        self._finished = True
-        raise errors.LeaseLost(
-            f"{what} of job {self.id} (attempt {self.attempt}) of queue {self.queue.name!r}: its lease expired or "
-            "it was taken back, and it runs again elsewhere. Extend the lease (d.extend(seconds), or a longer "
-            "lease_timeout) for long jobs"
-        )
-
-    def ack(self, result: Any = None) -> None:
-        self._check_open()
-        tag, data = self.queue._encode_result(result)
-        if not self.queue._finish(self, "done", result_tag=tag, result=data):
-            self._lost("ack")
-        self._finished = True
-
-    def fail(self, error: Any = None, retry: bool = True, delay: float | None = None) -> str:
-        from shmq.channel.jobs import error_info
-
-        delay_s = None if delay is None else _seconds("delay", delay, 0.0, _args.DELAY_MAX)
-        self._check_open()
-        info = error_info(error)
-        if self.decode_error is not None:
-            retry = False  # the same bytes would fail the same way on every attempt
-        if retry and not self.last_attempt:
-            wait = max(0.0, self.queue.retry_policy.delay(self.attempt)) if delay_s is None else delay_s
-            ok = self.queue._finish(self, "retry", error=info, delay=wait)
-            outcome = "retry"
-        else:
-            ok = self.queue._finish(self, "dead", error=info)
-            outcome = "dead"
-        if not ok:
-            self._lost("fail")
-        self._finished = True
-        return outcome
-
-    def extend(self, seconds: float) -> None:
-        seconds = _seconds("seconds", seconds, _args.LEASE_MIN, _args.LEASE_MAX)
-        self._check_open()
-        if not self.queue._extend(self, seconds):
-            self._lost("extend")
-
-
-class PostgresDeadLetters:
-    """The dead jobs of a queue: iterate, len(), list(limit), retry(ids), purge(ids)."""
-
-    def __init__(self, backend: "PostgresBackend"):
-        self._backend = backend
-
-    def _rows(self, limit: int | None) -> list[DeadJob]:
-        b = self._backend
-        rows = b._query(
-            f"SELECT id, attempt, extract(epoch FROM finished_at), extract(epoch FROM enqueued_at), error, grp, tag, "
-            f"body FROM {b._s}.jobs WHERE queue = %s AND state = 'dead' ORDER BY id LIMIT %s::bigint",
-            (b.name, limit), "listing dead letters", idempotent=True)
-        return [DeadJob(id=r[0], attempts=r[1], failed_at=float(r[2]), enqueued_at=float(r[3]), error=r[4] or {},
-                        group=r[5], tag=r[6], payload=bytes(r[7]), _queue=b) for r in rows]
-
-    def __iter__(self) -> Iterator[DeadJob]:
-        return iter(self._rows(None))
-
-    def __len__(self) -> int:
-        b = self._backend
-        return b._query(f"SELECT count(*) FROM {b._s}.jobs WHERE queue = %s AND state = 'dead'", (b.name,),
-                        "counting dead letters", idempotent=True)[0][0]
-
-    def list(self, limit: int | None = None) -> list[DeadJob]:
-        return self._rows(limit)
-
-    def retry(self, ids: Iterable[int] | None = None) -> list[PostgresJob]:
-        """Enqueues the dead jobs again (new ids, attempt 1) and removes them from the dead letters."""
-        b = self._backend
-        chosen = None if ids is None else [int(i) for i in ids]
-        rows = b._query(
-            f"""WITH d AS (DELETE FROM {b._s}.jobs WHERE queue = %(q)s AND state = 'dead'
-                             AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-                           RETURNING id, tag, body, grp, retries),
-                 j AS (INSERT INTO {b._s}.jobs (queue, state, tag, body, grp, retries)
-                       SELECT %(q)s, 'ready', tag, body, grp, retries FROM d ORDER BY d.id RETURNING id)
-                SELECT j.id, pg_notify(%(channel)s, '') FROM j ORDER BY j.id""",
-            {"q": b.name, "ids": chosen, "channel": b._jobs_channel}, "retrying dead letters")
-        return [PostgresJob(b, r[0]) for r in rows]
-
-    def purge(self, ids: Iterable[int] | None = None) -> int:
-        b = self._backend
-        chosen = None if ids is None else [int(i) for i in ids]
-        rows = b._query(
-            f"""WITH d AS (DELETE FROM {b._s}.jobs WHERE queue = %(q)s AND state = 'dead'
-                             AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[])) RETURNING 1)
-                SELECT count(*) FROM d""", {"q": b.name, "ids": chosen}, "purging dead letters")
-        return rows[0][0]
-
-
 class PostgresBackend(JobBackend):
     """The jobs of queue `name` in PostgreSQL (see the module's docstring).
 
@@ -356,9 +108,8 @@ class PostgresBackend(JobBackend):
 
     # Settings of the shared-memory queue that say nothing here (the App and
     # configuration files may pass them): accepted and ignored.
-    _SHM_ONLY = frozenset({"path", "lanes", "capacity", "ordered_lanes", "max_message_bytes", "durability",
-                           "segment_bytes", "jobs_capacity", "unique_capacity", "result_capacity", "result_bytes",
-                           "result_ttl", "spin", "flush_interval", "log_bytes"})
+    _SHM_ONLY = frozenset(_inspect.signature(declared_settings).parameters) - {
+        "codec", "retries", "backoff", "backoff_max", "lease_timeout"}
 
     def __init__(self, name: str, dsn: str, *, schema: str | None = None, auto_migrate: bool = True,
                  codec: str | None = None, retries: int | None = None, backoff: float | None = None,
@@ -372,7 +123,7 @@ class PostgresBackend(JobBackend):
             raise errors.ConfigError(f"dsn={dsn!r}: give the PostgreSQL server as postgresql://user:pw@host/db")
         if not isinstance(auto_migrate, bool):
             raise errors.ConfigError(f"auto_migrate={auto_migrate!r} must be True or False")
-        self._psycopg = _psycopg()
+        self._psycopg = load_psycopg()
         self.name = name
         self.dsn = dsn
         if schema is None:
@@ -394,7 +145,9 @@ class PostgresBackend(JobBackend):
             raise errors.ConfigError(f"retention_jobs={retention_jobs!r} must be an integer >= 0")
         self.retention_jobs = retention_jobs
         self._space = _schema.lock_space(schema)
-        digest = format(_schema.lock_space(schema + "\x00" + name), "08x")
+        # The consumers of this queue lock (queue space, consumer id): stats count them per queue.
+        self._queue_space = _schema.lock_space(schema + "\x00" + name)
+        digest = format(self._queue_space, "08x")
         self._jobs_channel = f"shmq_jobs_{digest}"
         self._results_channel = f"shmq_done_{digest}"
         self._shard = random.randrange(_SHARDS)
@@ -431,7 +184,8 @@ class PostgresBackend(JobBackend):
         try:
             return cls(name, dsn, **options)
         except TypeError as exc:
-            raise errors.ConfigError(f"queue {name!r} in PostgreSQL: {exc} (see help(shmq.backends.postgres))") from None
+            raise errors.ConfigError(
+                f"queue {name!r} in PostgreSQL: {exc} (see help(shmq.backends.postgres))") from None
 
     @classmethod
     def attach(cls, name: str, path: str | None = None, dsn: str | None = None, **options) -> "PostgresBackend":
@@ -609,7 +363,8 @@ class PostgresBackend(JobBackend):
             for _ in range(1000):
                 consumer, got = conn.execute(
                     f"""SELECT id, pg_try_advisory_lock(%s, id)
-                        FROM (SELECT nextval('{self._s}.consumers')::integer AS id) n""", (self._space,)).fetchone()
+                        FROM (SELECT nextval('{self._s}.consumers')::integer AS id) n""",
+                    (self._queue_space,)).fetchone()
                 if got:
                     self._consumer = consumer
                     break
@@ -704,14 +459,25 @@ class PostgresBackend(JobBackend):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise errors.Empty(f"queue {self.name!r} (PostgreSQL) had no job ready within {timeout} s")
-            self._sleep(self._jobs_channel, _POLL_MAX if left is None else min(left, _POLL_MAX))
+            nap = _POLL_MAX if left is None else min(left, _POLL_MAX)
+            due = self._next_due()
+            self._sleep(self._jobs_channel, nap if due is None else max(0.001, min(nap, due)))
+
+    def _next_due(self) -> float | None:
+        """Seconds until the next delayed or backed-off job falls due (None: none waits for a time)."""
+        rows = self._query(
+            f"""SELECT extract(epoch FROM min(run_at) - now()) FROM {self._s}.jobs
+                WHERE queue = %s AND state = 'ready' AND run_at > now()""",
+            (self.name,), f"fetching from queue {self.name!r}", idempotent=True)
+        return None if rows[0][0] is None else float(rows[0][0])
 
     # ------------------------------------------------------------ finishing (PostgresDelivery)
 
     def _finish(self, delivery: PostgresDelivery, how: str, result_tag: int = 0, result: bytes = b"",
                 error: dict | None = None, delay: float = 0.0) -> bool:
         """Ends an attempt we hold: done, retry or dead. False when the lease is no longer ours."""
-        mine = "id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s AND lease_until > now()"
+        mine = ("id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s "
+                "AND lease_until > now()")
         params = {"id": delivery.id, "attempt": delivery.attempt, "owner": delivery._owner, "q": self.name,
                   "shard": self._shard, "tag": result_tag, "result": result,
                   "error": None if error is None else json.dumps(error), "delay": delay,
@@ -721,7 +487,8 @@ class PostgresBackend(JobBackend):
                       "unique_held = false")
             counts, notify = "done", "done"
         elif how == "retry":
-            change = "state = 'ready', run_at = now() + make_interval(secs => %(delay)s::float8), error = %(error)s::jsonb"
+            change = ("state = 'ready', run_at = now() + make_interval(secs => %(delay)s::float8), "
+                      "error = %(error)s::jsonb")
             counts, notify = ("failed", "retried"), "jobs"
         else:
             change = "state = 'dead', finished_at = now(), error = %(error)s::jsonb, unique_held = false"
@@ -773,7 +540,8 @@ class PostgresBackend(JobBackend):
                       ON CONFLICT (queue, shard) DO UPDATE SET lease_expired = c.lease_expired + excluded.lease_expired,
                                                                consumer_died = c.consumer_died + excluded.consumer_died)
             SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify(%(channel)s, '') END FROM u""",
-            {"q": self.name, "space": self._space, "shard": self._shard, "channel": self._jobs_channel}).fetchone()
+            {"q": self.name, "space": self._queue_space, "shard": self._shard,
+             "channel": self._jobs_channel}).fetchone()
         return rows[0]
 
     def _prune(self) -> int:
@@ -902,72 +670,14 @@ class PostgresBackend(JobBackend):
         return self._retry_policy
 
     def stats(self, lanes: bool = False) -> dict:
-        sums = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in _COUNTERS)
-        counters = self._query(f"SELECT {sums} FROM {self._s}.counters WHERE queue = %s", (self.name,),
-                               "reading stats", idempotent=True)[0]
-        out = dict(zip(_COUNTERS, (int(v) for v in counters)))
-        gauges = self._query(
-            f"""SELECT count(*) FILTER (WHERE state = 'ready' AND run_at <= now()),
-                       count(*) FILTER (WHERE state = 'running'),
-                       count(*) FILTER (WHERE state = 'ready' AND run_at > now()),
-                       count(*) FILTER (WHERE unique_held),
-                       count(*) FILTER (WHERE state = 'dead'),
-                       count(DISTINCT owner) FILTER (WHERE state = 'running')
-                FROM {self._s}.jobs WHERE queue = %s AND state IN ('ready', 'running', 'dead')""",
-            (self.name,), "reading stats", idempotent=True)[0]
-        consumers = self._query(
-            """SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                 AND classid = %s::oid
-                 AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())""",
-            (self._space,), "reading stats", idempotent=True)[0][0]
-        out.update(queue=self.name, depth=gauges[0], in_flight=gauges[1], waiting=gauges[2], unique_keys=gauges[3],
-                   dead_letters=gauges[4], consumers=consumers, running_consumers=gauges[5], throttled=0,
-                   spilled=0, backlog=0)
-        for which in ("wait", "run"):
-            out[f"{which}_ns"] = self._percentiles(which)
-        if lanes:  # PostgreSQL has no lanes: one, holding everything (as shmq.ops.metrics reads lanes)
-            lane = {name: out[name] for name in _COUNTERS + ("depth", "in_flight", "waiting")}
-            out["lanes"] = [{**lane, "throttled": 0, "lane": 0, "ordered": False}]
-        return out
-
-    def _span(self, which: str) -> tuple[str, str]:
-        if which == "wait":
-            return "(extract(epoch FROM started_at - enqueued_at) * 1e9)::bigint", "started_at IS NOT NULL"
-        if which == "run":
-            return ("(extract(epoch FROM finished_at - attempt_started_at) * 1e9)::bigint",
-                    "state IN ('done', 'dead') AND attempt_started_at IS NOT NULL")
-        raise errors.ConfigError(f"histogram {which!r}: use 'wait' or 'run'")
-
-    def _percentiles(self, which: str) -> dict:
-        ns, where = self._span(which)
-        row = self._query(
-            f"""SELECT count(*), percentile_disc(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY {ns}),
-                       max({ns}) FROM {self._s}.jobs WHERE queue = %s AND {where}""",
-            (self.name,), "reading stats", idempotent=True)[0]
-        count, points, maximum = row
-        points = points or [0, 0, 0, 0]
-        return {"count": count, "p50": int(points[0] or 0), "p90": int(points[1] or 0), "p99": int(points[2] or 0),
-                "p999": int(points[3] or 0), "max": int(maximum or 0)}
+        return _observe.stats(self, lanes)
 
     def histogram(self, which: str) -> list[tuple[int, int]]:
-        """The buckets of the shared-memory queue's histograms (four per power
-        of two, _HIST_BUCKETS of them), over the jobs still kept (``retention``)."""
-        ns, where = self._span(which)
-        rows = self._query(
-            f"""SELECT CASE WHEN ns < 4 THEN greatest(ns, 0)::int ELSE 4 * (e - 1) + ((ns >> (e - 2)) & 3)::int END,
-                       count(*)
-                FROM (SELECT ns, e - CASE WHEN ns >= 4 AND ns >> e = 0 THEN 1 ELSE 0 END
-                                     + CASE WHEN ns >= 4 AND ns >> (e + 1) > 0 THEN 1 ELSE 0 END AS e
-                      FROM (SELECT ns, floor(ln(greatest(ns, 1)::float8) / ln(2.0::float8))::int AS e
-                            FROM (SELECT {ns} AS ns FROM {self._s}.jobs WHERE queue = %s AND {where}) a) b) c
-                GROUP BY 1""", (self.name,), "reading a histogram", idempotent=True)
-        counts = [0] * _HIST_BUCKETS
-        for bucket, count in rows:
-            counts[min(bucket, _HIST_BUCKETS - 1)] += int(count)
-        return [(_bucket_low(b), counts[b]) for b in range(_HIST_BUCKETS)]
+        return _observe.histogram(self, which)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "location": f"postgresql://{_where(self.dsn)} schema {self.schema}",
+        return {"kind": self.kind, "name": self.name,
+                "location": f"postgresql://{_where(self.dsn)} schema {self.schema}",
                 "params": {"codec": self.codec.name, "schema": self.schema, "lease_timeout": self.lease_timeout,
                            "retries": self._retry_policy.retries, "backoff": self._retry_policy.backoff,
                            "backoff_max": self._retry_policy.backoff_max, "retention": self.retention,
@@ -978,23 +688,7 @@ class PostgresBackend(JobBackend):
         """Nothing to do: a job is in PostgreSQL once enqueue returned (its commit)."""
 
     def inspect(self) -> dict:
-        by_state = dict(self._query(
-            f"SELECT state, count(*) FROM {self._s}.jobs WHERE queue = %s GROUP BY state", (self.name,),
-            "inspecting", idempotent=True))
-        running = self._query(
-            f"""SELECT owner, count(*), min(lease_until) - now() FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'running' GROUP BY owner ORDER BY owner""", (self.name,), "inspecting", idempotent=True)
-        oldest = self._query(
-            f"""SELECT extract(epoch FROM now() - min(enqueued_at)) FROM {self._s}.jobs
-                WHERE queue = %s AND state = 'ready' AND run_at <= now()""", (self.name,), "inspecting", idempotent=True)[0][0]
-        server = self._query("SHOW server_version", None, "inspecting", idempotent=True)[0][0]
-        return {"kind": self.kind, "queue": self.name, "server": _where(self.dsn), "server_version": server,
-                "schema": self.schema, "schema_version": _schema.VERSION,
-                "jobs": {s: int(by_state.get(s, 0)) for s in ("ready", "running", "done", "dead")},
-                "running_by_consumer": [{"consumer": o, "jobs": n,
-                                         "next_lease_end_s": None if left is None else left.total_seconds()}
-                                        for o, n, left in running],
-                "oldest_ready_age_s": None if oldest is None else float(oldest)}
+        return _observe.inspect(self)
 
     def close(self) -> None:
         with self._lock:

@@ -111,8 +111,25 @@ def _run_one(app, delivery, task_of) -> None:
             f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
 
 
+def _open_backend(app, stop: threading.Event):
+    """app.backend, waiting while its server is unreachable (None once `stop` is set meanwhile)."""
+    warned_at = None
+    while not stop.is_set():
+        try:
+            return app.backend
+        except errors.BackendUnavailable as exc:
+            now = time.monotonic()
+            if warned_at is None or now - warned_at >= _FULL_WARN_EVERY:
+                log.warning("%s; waiting for it", exc)
+                warned_at = now
+            stop.wait(_DOWN_RETRY)
+    return None
+
+
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
-    backend = app.backend
+    backend = _open_backend(app, stop)
+    if backend is None:
+        return
     cache: dict[str, Any] = {}
 
     def task_of(name):
@@ -208,8 +225,12 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
-    _ask_for_sigterm_when_parent_dies()
     stop = threading.Event()
+    # SIGTERM came blocked from the parent (start_one): one sent while we started is delivered now,
+    # to our own handler, instead of to the parent's inherited one.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _ask_for_sigterm_when_parent_dies()
     threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
         work(app, threads=threads, stop=stop, lease=lease)
@@ -235,7 +256,13 @@ class _Pool:
     def start_one(self, slot: int) -> None:
         process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
                                        name=f"shmq-worker-{slot}", daemon=False)
-        process.start()
+        # Forked with SIGTERM blocked: until the child has its own handler, a SIGTERM waits for it
+        # (the parent's handler, which the child inherits, would swallow it).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.workers[slot] = process
         self.started_at[slot] = time.monotonic()
         log.info("worker %d started (pid %d)", slot, process.pid)
@@ -302,7 +329,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         raise errors.ConfigError(f"prefetch={prefetch!r} must be an integer from 1 to 65536")
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.backend  # opens (creates or recovers) the queue once, before the workers start
+    # Opens (creates or recovers) the queue once, before the workers start; a backend's server that is
+    # down is waited for (SIGTERM/^C still stop the wait).
+    _open_backend(app, threading.Event())
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}

@@ -56,7 +56,7 @@ import time
 from typing import Any
 
 from shmq import errors
-from shmq.backends.postgres import _unavailable as _unavailable_at
+from shmq.backends.pg.connect import unavailable as _unavailable_at
 
 __all__ = ["Bridge", "HostBackend", "HostDelivery", "local_name"]
 

@@ -20,9 +20,9 @@ Version 1:
   ...), added to in the statement that makes the event; a shard per handle
   spreads the row locks of many producers.
 - ``consumers``: a sequence of consumer ids. A consumer holds a session
-  advisory lock (classid = the schema's lock space, objid = its id) for as
-  long as its connection lives; a running job whose owner holds no such
-  lock belongs to a dead process and is taken back.
+  advisory lock (classid = its queue's lock space, a hash of schema and
+  queue; objid = its id) for as long as its connection lives; a running job
+  whose owner holds no such lock belongs to a dead process and is taken back.
 
 Version 2:
 
@@ -91,6 +91,8 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         # fetch: the oldest ready job of a queue.
         "CREATE INDEX jobs_ready ON {s}.jobs (queue, id) WHERE state = 'ready'",
+        # when the next delayed or backed-off job falls due (a blocking fetch sleeps until then at most).
+        "CREATE INDEX jobs_due ON {s}.jobs (queue, run_at) WHERE state = 'ready'",
         # leases to take back, and the running jobs of a consumer.
         "CREATE INDEX jobs_running ON {s}.jobs (queue, lease_until) WHERE state = 'running'",
         # the head of a group, and whether one of its jobs runs.

@@ -53,7 +53,7 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 def backend_dsn() -> str | None:
     """The PostgreSQL DSN the job commands use ($SHMQ_BACKEND, set by --backend), or None."""
-    from shmq.backends.postgres import is_dsn
+    from shmq.backends.pg.connect import is_dsn
 
     dsn = os.environ.get("SHMQ_BACKEND")
     return dsn if is_dsn(dsn) else None
@@ -218,7 +218,7 @@ class QueueSet:
         """({name: job backend} attached now, names not loaded, named queues gone)."""
         dsn = backend_dsn()
         if dsn is not None:  # the named queues, else every queue that has jobs in PostgreSQL
-            from shmq.backends.postgres import queue_names
+            from shmq.backends.pg.connect import queue_names
 
             for name in self.names or queue_names(dsn):
                 if name not in self.handles:

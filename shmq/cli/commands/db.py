@@ -35,7 +35,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def backend_options(args: argparse.Namespace) -> tuple[str, str]:
-    from shmq.backends.postgres import is_dsn
+    from shmq.backends.pg.connect import is_dsn
 
     dsn = args.dsn or os.environ.get("SHMQ_BACKEND")
     if not is_dsn(dsn):
@@ -51,20 +51,20 @@ def _add_db_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _db(args: argparse.Namespace) -> int:
     from shmq.backends.pg import schema as pg_schema
-    from shmq.backends.postgres import _psycopg, _unavailable, _where
+    from shmq.backends.pg.connect import load_psycopg, unavailable, where
 
     dsn, schema = backend_options(args)
     pg_schema.check_name(schema)
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        raise _unavailable(dsn, exc, f"shmq db {args.action}") from None
+        raise unavailable(dsn, exc, f"shmq db {args.action}") from None
     with conn:
         before = pg_schema.version(conn, schema)
         applied = pg_schema.migrate(conn, schema) if args.action == "migrate" else []
         now = pg_schema.version(conn, schema)
-    report = {"server": _where(dsn), "schema": schema, "version": now, "code_version": pg_schema.VERSION,
+    report = {"server": where(dsn), "schema": schema, "version": now, "code_version": pg_schema.VERSION,
               "was": before, "applied": applied}
     if args.json:
         print(json.dumps(report))
