@@ -56,6 +56,11 @@ def work(key, group, seconds, fail=0):
     return [key, HOST]
 
 
+@app.task
+def big(n):
+    return "x" * n
+
+
 @app.task(unique_by=lambda key: key)
 def once(key):
     _log("S", key, HOST, os.getpid(), repr(time.time()))

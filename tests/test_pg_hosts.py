@@ -343,7 +343,11 @@ def test_failures_retries_dead_letters_and_delays_through_a_host(hosts_app, pg_s
     doomed = m.work.enqueue("f2", None, 0.0, fail=99)  # retries=5: dead after its 6th attempt
     enqueued_at = time.time()
     later = m.work.enqueue_with(("d1", None, 0.0), delay=1.5)
+    large, too_large = m.big.enqueue(1 << 20), m.big.enqueue(5 << 20)
     hosts.start("a", 2)
+    assert large.wait(timeout=60) == "x" * (1 << 20)
+    with pytest.raises(shmq.JobFailed, match="more than a host passes to PostgreSQL"):
+        too_large.wait(timeout=60)
     assert flaky.wait(timeout=60) == ["f1", "a"]
     with pytest.raises(shmq.JobFailed, match="failing f2 on purpose") as failed:
         doomed.wait(timeout=60)
@@ -352,9 +356,9 @@ def test_failures_retries_dead_letters_and_delays_through_a_host(hosts_app, pg_s
     started = [r[4] for r in hosts.runs() if r[0] == "S" and r[1] == "d1"]
     assert started and min(started) >= enqueued_at + 1.4  # its time, on the database's clock
     dead = m.app.backend.dead_letters.list()
-    assert [d.id for d in dead] == [doomed.id] and "failing f2 on purpose" in dead[0].error["message"]
+    assert [d.id for d in dead] == [doomed.id, too_large.id] and "failing f2 on purpose" in dead[0].error["message"]
     stats = m.app.backend.stats()
-    assert stats["retried"] == 2 + 5 and stats["dead"] == 1 and stats["done"] == 2, stats
+    assert stats["retried"] == 2 + 5 and stats["dead"] == 2 and stats["done"] == 3, stats
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
         attempt = conn.execute(f'SELECT attempt FROM "{hosts.env["PGH_SCHEMA"]}".jobs WHERE id = %s',
                                (flaky.id,)).fetchone()[0]

@@ -79,6 +79,9 @@ _KILL_MARGIN = 1.0
 # stops renewing (hung, or cut from the server) loses its jobs by time; a dead one loses them
 # at once by its session.
 _HOLD = 30.0
+# The local queue's ring of outcomes: a result passes through it if it is at most a quarter of
+# this (a larger one is refused at ack: shmq.EncodeError, and the worker dead-letters the job).
+_RESULT_BYTES = 16 << 20
 # The outbox of the queue in the bridge's data directory is looked at this often.
 _OUTBOX_EVERY = 1.0
 # While PostgreSQL is unreachable, the bridge tries again this often.
@@ -94,10 +97,6 @@ def _unavailable(pg, exc: BaseException, doing: str) -> errors.BackendUnavailabl
 def local_name(name: str) -> str:
     """The host's local queue of PostgreSQL queue `name`."""
     return name + ".host"
-
-
-def _pg_options(queue_kwargs: dict) -> dict:
-    return {k: v for k, v in queue_kwargs.items() if k != "path"}
 
 
 class Bridge:
@@ -154,7 +153,7 @@ class Bridge:
         room = max(64, 1 << (2 * self.cap - 1).bit_length())
         self.local = Queue(name, self.path, durability="memory", retries=0, lease_timeout=lease_timeout,
                            lanes=1, capacity=room, jobs_capacity=room, result_capacity=room,
-                           result_bytes=max(1 << 20, 1024 * room), segment_bytes=4 << 20, codec="msgpack")
+                           result_bytes=_RESULT_BYTES, segment_bytes=4 << 20, codec="msgpack")
         self.local._stop_maintenance()  # the bridge runs it (and must see local deaths first)
 
     # ------------------------------------------------------------ PostgreSQL
@@ -580,6 +579,12 @@ class HostDelivery:
         else:
             tag, first, second = self.queue.codec.encode(result)
             data = bytes(first) if second is None else bytes(first) + bytes(second)
+            most = self.queue.local.params.result_bytes // 4 - 64  # the outcome's own envelope
+            if len(data) > most:
+                raise errors.EncodeError(
+                    f"the result of job {self.id} is {len(data)} bytes, more than a host passes to PostgreSQL "
+                    f"({most} bytes, a quarter of its local queue's result ring): return less (store large data "
+                    "elsewhere and return where it is)")
         self._local.ack([_DONE, tag, data])
 
     def fail(self, error: Any = None, retry: bool = True, delay: float | None = None) -> str:
