@@ -363,3 +363,17 @@ def test_failures_retries_dead_letters_and_delays_through_a_host(hosts_app, pg_s
         attempt = conn.execute(f'SELECT attempt FROM "{hosts.env["PGH_SCHEMA"]}".jobs WHERE id = %s',
                                (flaky.id,)).fetchone()[0]
     assert attempt == 3
+
+
+def test_a_stopped_bridge_is_killed_with_its_workers_before_its_jobs_run_elsewhere(hosts_app):
+    hosts, m = hosts_app()
+    job = m.hang_first.enqueue("s")  # the first run hangs (600 s), a later one says if the first still lives
+    hosts.start("a", 1)
+    hosts.start("b", 1)
+    wait_until(lambda: [r for r in hosts.runs() if r[0] == "S"], 60, "the job starts")
+    holder = hosts.runs()[0][2]
+    pid = int(re.findall(r"bridge of queue 'hosts' started \(pid (\d+)", hosts.output(holder))[0])
+    os.kill(pid, signal.SIGSTOP)  # the bridge stops renewing its hold; its worker runs on
+    result = job.wait(timeout=60)
+    assert result["first_alive"] is False, "the job ran again while its first run still lived"
+    assert "has not run for" in hosts.output(holder)

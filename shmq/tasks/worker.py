@@ -270,14 +270,23 @@ class _Pool:
     def watch(self) -> None:
         """Replaces workers that died (and, on a bridged host, a bridge that died: with all its workers)."""
         host = self.host
-        if host is not None and not host.alive():
-            code = host.process.exitcode if host.process is not None else None
-            log.warning("the bridge of queue %r died (exit %s): its jobs went back to PostgreSQL with its "
-                        "session; the workers are killed and the host starts again", host.name, code)
+        stalled = host.stalled() if host is not None else None
+        if host is not None and (stalled is not None or not host.alive()):
+            if stalled is not None:
+                log.warning("the bridge of queue %r (pid %d) has not run for %.0f s (stopped or stuck): it and "
+                            "the workers are killed, before other hosts take its jobs, and the host starts again",
+                            host.name, host.process.pid, stalled)
+            else:
+                code = host.process.exitcode if host.process is not None else None
+                log.warning("the bridge of queue %r died (exit %s): its jobs went back to PostgreSQL with its "
+                            "session; the workers are killed and the host starts again", host.name, code)
             for process in self.workers.values():
                 process.kill()
             for process in self.workers.values():
                 process.join()
+            if host.process is not None:
+                host.process.kill()  # after the workers: its session, ending, gives their jobs back
+                host.process.join()
             host.process = None
             time.sleep(_RESTART_PAUSE)
             host.start(self.context)

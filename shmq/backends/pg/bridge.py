@@ -82,6 +82,10 @@ _HOLD = 30.0
 # The local queue's ring of outcomes: a result passes through it if it is at most a quarter of
 # this (a larger one is refused at ack: shmq.EncodeError, and the worker dead-letters the job).
 _RESULT_BYTES = 16 << 20
+# A bridge that has not finished a turn for this long (stopped, or stuck) is killed by the worker
+# parent with its workers, well before the hold of its jobs runs out and other hosts take them:
+# so its workers never run a job that runs elsewhere too.
+_STALL = _HOLD / 2
 # The outbox of the queue in the bridge's data directory is looked at this often.
 _OUTBOX_EVERY = 1.0
 # While PostgreSQL is unreachable, the bridge tries again this often.
@@ -139,6 +143,7 @@ class Bridge:
         self._down_since = None
         self._next_connect = 0.0
         self.claimed = self.written = self.round_trips = self.killed = 0
+        self.beat = None  # a shared double: CLOCK_MONOTONIC of the last turn (set by Host)
 
     # ------------------------------------------------------------ the local queue
 
@@ -448,6 +453,8 @@ class Bridge:
     def step(self) -> None:
         """One turn of the loop (see run)."""
         now = time.monotonic()
+        if self.beat is not None:
+            self.beat.value = now  # the worker parent's proof that we run (Host.stalled)
         if now >= self._next_local:
             self._next_local = now + _LOCAL_EVERY
             self.tend_local()
@@ -674,6 +681,7 @@ class Host:
         self.slots = slots
         self.prefetch = prefetch
         self.process = None
+        self.beat = None
 
     def open_pg(self):
         return self.pg_class.open(self.name, **self.settings)
@@ -684,6 +692,13 @@ class Host:
     def attach(self, name: str, path: str | None = None):
         return self.pg_class.attach(name, path)
 
+    def stalled(self) -> float | None:
+        """Seconds since the bridge's last turn, if more than _STALL (stopped, or stuck): else None."""
+        if self.beat is None:
+            return None
+        idle = time.monotonic() - self.beat.value
+        return idle if idle > _STALL else None
+
     def _main(self, ready) -> None:
         from shmq.settings.params import HANDLE_DEFAULTS
 
@@ -692,6 +707,7 @@ class Host:
         bridge = Bridge(self.name, self.open_pg, self.path, self.slots, self.prefetch)
         lease = self.settings.get("lease_timeout") or HANDLE_DEFAULTS["lease_timeout"]
         bridge.open_local(lease)
+        bridge.beat = self.beat
         ready.set()
         bridge.run()
 
@@ -701,6 +717,7 @@ class Host:
 
         trusted_dir(self.path)
         ready = context.Event()
+        self.beat = context.Value("d", time.monotonic(), lock=False)  # one aligned double: read whole
         self.process = context.Process(target=self._main, args=(ready,), name=f"shmq-bridge-{self.name}",
                                        daemon=False)
         self.process.start()
