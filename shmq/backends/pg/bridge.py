@@ -79,6 +79,10 @@ _KILL_MARGIN = 1.0
 # stops renewing (hung, or cut from the server) loses its jobs by time; a dead one loses them
 # at once by its session.
 _HOLD = 30.0
+# While it holds jobs, the bridge looks at the local queue after this long, and after up to
+# _BUSY_NAP_MAX when turn after turn no job ended.
+_BUSY_NAP = 0.0005
+_BUSY_NAP_MAX = 0.005
 # The local queue's ring of outcomes: a result passes through it if it is at most a quarter of
 # this (a larger one is refused at ack: shmq.EncodeError, and the worker dead-letters the job).
 _RESULT_BYTES = 16 << 20
@@ -144,6 +148,7 @@ class Bridge:
         self._next_connect = 0.0
         self.claimed = self.written = self.round_trips = self.killed = 0
         self.beat = None  # a shared double: CLOCK_MONOTONIC of the last turn (set by Host)
+        self._quiet = 0  # turns in a row that saw no job end
 
     # ------------------------------------------------------------ the local queue
 
@@ -458,7 +463,7 @@ class Bridge:
         if now >= self._next_local:
             self._next_local = now + _LOCAL_EVERY
             self.tend_local()
-        self.collect()
+        self._quiet = 0 if self.collect() else self._quiet + 1
         if self.listener is None and now < self._next_connect:
             return
         if not self._connect():
@@ -479,13 +484,15 @@ class Bridge:
 
     def _sleep(self) -> None:
         busy = bool(self.inflight) or bool(self.outcomes)
+        # While jobs run and none ends, look less often (long jobs cost no CPU), at once again when one ends.
+        nap = min(_BUSY_NAP_MAX, _BUSY_NAP * (1 + self._quiet))
         room = len(self.inflight) < self.prefetch
         if self.listener is None or not room:
-            time.sleep(0.0005 if busy else 0.05)
+            time.sleep(nap if busy else 0.05)
             return
         if self._more:
             return
-        timeout = 0.0005 if busy else max(0.0, min(self._next_poll - time.monotonic(), _LOCAL_EVERY))
+        timeout = nap if busy else max(0.0, min(self._next_poll - time.monotonic(), _LOCAL_EVERY))
         try:
             for _ in self.listener.notifies(timeout=timeout, stop_after=1):
                 self._more = True
