@@ -218,34 +218,50 @@ def _consume(dsn, schema, name, hold, results) -> None:
             continue
         started = time.time()
         time.sleep(hold)
-        delivery.ack([delivery.group, delivery.body, started, time.time(), os.getpid()])
+        delivery.ack([delivery.group, delivery.body, started, time.time(), os.getpid(), delivery.attempt])
         idle_since = time.monotonic()
     backend.close()
     results.put("done")
 
 
-def test_groups_run_in_order_without_overlap_across_processes(pg):
+def _take_and_hold(dsn, schema, name, taken) -> None:
+    backend = open_backend(name, "postgres", dsn=dsn, schema=schema, lease_timeout=300)
+    delivery = backend.fetch(timeout=30)
+    taken.put((delivery.id, delivery.group))
+    time.sleep(120)  # killed before this ends
+
+
+def test_groups_run_in_order_without_overlap_across_processes_and_a_kill(pg):
     dsn, schema, open_queue = pg
     backend = open_queue()
     # Each group's jobs in a row: consumers that ignored groups would take several of one group at once.
     jobs = [backend.enqueue(i, group=f"g{i // 15}") for i in range(45)]
     jobs += [backend.enqueue(i) for i in range(45, 60)]
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    results, taken = context.Queue(), context.Queue()
+    # A consumer takes the first job of g0 and is killed (-9) while the others work: g0 waits for that
+    # job, which comes back (attempt 2) once the holder's session is gone, and only then goes on.
+    holder = context.Process(target=_take_and_hold, args=(dsn, schema, backend.name, taken))
+    holder.start()
     children = [context.Process(target=_consume, args=(dsn, schema, backend.name, 0.005, results))
                 for _ in range(3)]
-    for child in children:
-        child.start()
     try:
+        assert taken.get(timeout=60) == (jobs[0].id, "g0")
+        for child in children:
+            child.start()
+        wait_for(lambda: jobs[15].status() == "done", 60, "the other groups to run")
+        assert jobs[1].status() == "queued"  # g0 waits for its first job
+        os.kill(holder.pid, signal.SIGKILL)
         assert [results.get(timeout=120) for _ in children] == ["done"] * 3
     finally:
-        for child in children:
+        for child in [holder, *children]:
             child.join(30)
             if child.is_alive():
                 child.kill()
                 child.join()
     runs = [job.wait(timeout=5) for job in jobs]
-    assert len({pid for *_, pid in runs}) > 1  # the work was shared
+    assert len({r[4] for r in runs}) > 1  # the work was shared
+    assert runs[0][5] == 2 and all(r[5] == 1 for r in runs[1:])
     for g in ("g0", "g1", "g2"):
         mine = [r for r in runs if r[0] == g]
         assert [r[1] for r in sorted(mine, key=lambda r: r[2])] == [r[1] for r in mine]  # started in order
