@@ -172,3 +172,16 @@ class TaskArgumentsError(ShmqError, TypeError):
 class LeaseLost(ShmqError):
     """ack/fail/extend of a job whose lease is no longer ours: it expired (see
     the lease timeout) or the job was taken back, and runs again elsewhere."""
+
+
+class BackendUnavailable(ShmqError, ConnectionError):
+    """The job backend's server cannot be reached or refuses us: down, a bad
+    address, a wrong password, a network cut. The message names the server
+    and the cause. The call that raised it did not happen (an enqueue left no
+    job behind); calls work again once the server is back."""
+
+
+class SchemaError(ShmqError):
+    """The database schema of a backend is missing (with auto_migrate off) or
+    newer than this shmq understands. The message names the schema, its
+    version and the fix (``shmq db migrate``, or upgrading shmq)."""

@@ -142,3 +142,6 @@ def make_queue(qpath):
     ]
     assert not still_there, f"regions not removed at teardown: {still_there}"
     assert not leaked, f"shared-memory objects leaked by the test (made outside make_queue?): {leaked}"
+
+# A PostgreSQL server per pytest process, for the postgres backend (see tests/pg_server.py).
+from pg_server import pg_server  # noqa: E402,F401

@@ -982,3 +982,35 @@ def test_worker_process_runs_tasks_and_stops_on_sigterm(tmp_path):
             assert pid not in (os.getpid(), proc.pid)  # a child of the worker's parent
         assert proc.returncode == 0
         assert app.queue.stats()["in_flight"] == 0
+
+
+def test_a_worker_told_to_stop_while_it_starts_stops(tmp_path):
+    # SIGTERM reaching a worker between its fork and its own handler must not be lost (the parent's
+    # handler, inherited, would swallow it: the worker then ran until killed at the end of the grace).
+    from shmq.tasks.worker import _Pool
+
+    with app_module(tmp_path, """
+        @app.task
+        def noop():
+            return None
+    """) as (module, app):
+        app.backend  # the queue exists before the worker opens it
+        app.close()
+        parent_stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: parent_stop.set())  # as worker.run() does
+        pool = _Pool(app, 1, 1, None)
+        try:
+            for _ in range(3):
+                pool.start_one(0)
+                child = pool.workers[0]
+                os.kill(child.pid, signal.SIGTERM)  # at once: the child has not reached its loop yet
+                child.join(10)
+                assert not child.is_alive(), "a worker that got SIGTERM while starting kept running"
+                assert child.exitcode == 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for process in pool.workers.values():
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        assert not parent_stop.is_set()

@@ -92,6 +92,7 @@ _SUPERVISOR_PREFIX = "SUPERVISOR_"
 # SHMQ_ variables of the project that are not settings: never warned about.
 _NOT_SETTINGS_ENV = frozenset({
     "CONFIG", "FAULT", "CFLAGS", "CRASH_SEED", "CRASH_ROUNDS", "LOG_CRASH_ROUNDS", "BENCH_DIR",
+    "BACKEND", "SCHEMA",  # the App's job backend (shmq.backends): a DSN and its schema, read by shmq.App
 })
 # Keywords of shmq.Queue.__init__ that are not settings.
 _NOT_SETTINGS = frozenset({"self", "name", "config"})

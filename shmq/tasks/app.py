@@ -110,11 +110,13 @@ class Task:
 
     def enqueue_with(self, args: tuple = (), kwargs: dict | None = None, *, delay: Any = None, group: Any = None,
                      unique: Any = None, unique_until: str | None = None, retries: int | None = None,
-                     timeout: float | None = None, priority: int | None = None):
+                     timeout: float | None = None, priority: int | None = None, connection: Any = None):
         """enqueue() with job options: ``delay`` (seconds, timedelta or
         datetime), ``group`` and ``unique`` (over the task's group_by /
         unique_by), ``retries``, ``timeout`` (for room in the queue),
-        ``priority`` (0 first .. 9 last, over the task's)."""
+        ``priority`` (0 first .. 9 last, over the task's).
+        ``connection``: a psycopg connection (postgres backend only): the job
+        is inserted in its current transaction, and exists iff it commits."""
         kwargs = kwargs or {}
         self._check_arguments(args, kwargs)
         if group is None and self.group_by is not None:
@@ -132,6 +134,15 @@ class Task:
                 priority = 5  # the default's band, among prioritized jobs
         if self.app.eager:
             return self.app._run_eager(self, args, kwargs, unique, until, retries)
+        if connection is not None:
+            backend = self.app.backend
+            if backend.kind != "postgres":
+                raise errors.ConfigError(
+                    f"enqueue_with(connection=...) of task {self.name!r}: app {self.app.name!r} keeps its jobs in "
+                    f"backend {backend.kind!r}; a transactional enqueue needs backend='postgresql://...'")
+            return backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique, unique_until=until,
+                                   delay=delay, retries=retries, timeout=timeout, priority=priority,
+                                   connection=connection)
         return self.app.backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
                                       unique_until=until, delay=delay, retries=retries, timeout=timeout,
                                       priority=priority)
@@ -208,12 +219,14 @@ class App:
 
             # Read (and checked) now: errors name the file at the App's definition.
             queue_kwargs, _ = _config.resolve(name, queue_kwargs, _config.find(config))
+        if backend is None:
+            backend = os.environ.get("SHMQ_BACKEND") or None  # e.g. postgresql://app@db/app
         self._backend_class = _backend_class(backend)  # a backend that is not there fails here, at definition
         self.config = config
         self.name = name
         self.eager = bool(eager)
         self.queue_kwargs = dict(queue_kwargs)
-        if self.queue_kwargs.get("durability", "os") != "none":
+        if self.queue_kwargs.get("durability", "os") != "none" and self._backend_class.kind == "shm":
             self.queue_kwargs.setdefault("ordered_lanes", _APP_ORDERED_LANES)
         self.tasks: dict[str, Task] = {}
         if isinstance(priority_aging, bool) or not isinstance(priority_aging, (int, float)) \
@@ -251,7 +264,12 @@ class App:
     @property
     def queue(self):
         """The App's shmq.Queue (the shared-memory backend's queue)."""
-        return self.backend.queue
+        backend = self.backend
+        if backend.kind != "shm":
+            raise errors.ConfigError(
+                f"app {self.name!r} keeps its jobs in backend {backend.kind!r}, not in a shmq.Queue: use app.backend "
+                "(enqueue, fetch, dead_letters, stats)")
+        return backend.queue
 
     def close(self) -> None:
         if self._backend is not None:

@@ -39,6 +39,8 @@ log = logging.getLogger("shmq.worker")
 _FETCH_SLICE = 0.25
 # A worker that can lease no job (jobs_capacity taken) says so at most this often.
 _FULL_WARN_EVERY = 30.0
+# A worker whose job backend's server is unreachable tries again this often.
+_DOWN_RETRY = 1.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
 # A worker whose parent died gives its running jobs this long, then exits (they run again elsewhere).
@@ -132,10 +134,25 @@ def _run_limited(app, delivery, task_of, task, name: str, args, kwargs) -> None:
     finally:
         if seat is not None:
             seat.give()  # after the ack: the next run starts once this one has finished
+def _open_backend(app, stop: threading.Event):
+    """app.backend, waiting while its server is unreachable (None once `stop` is set meanwhile)."""
+    warned_at = None
+    while not stop.is_set():
+        try:
+            return app.backend
+        except errors.BackendUnavailable as exc:
+            now = time.monotonic()
+            if warned_at is None or now - warned_at >= _FULL_WARN_EVERY:
+                log.warning("%s; waiting for it", exc)
+                warned_at = now
+            stop.wait(_DOWN_RETRY)
+    return None
 
 
 def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
-    backend = app.backend
+    backend = _open_backend(app, stop)
+    if backend is None:
+        return
     cache: dict[str, Any] = {}
 
     def task_of(name):
@@ -146,10 +163,19 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
 
     fetch = backend.fetch
     warned_full_at = None
+    warned_down_at = None
     while not stop.is_set():
         try:
             delivery = fetch(timeout=_FETCH_SLICE, lease=lease)
         except errors.Empty:
+            continue
+        except errors.BackendUnavailable as exc:
+            # The backend's server is down or unreachable: wait for it (the jobs are there when it is back).
+            now = time.monotonic()
+            if warned_down_at is None or now - warned_down_at >= _FULL_WARN_EVERY:
+                log.warning("%s; this worker waits and tries again", exc)
+                warned_down_at = now
+            stop.wait(_DOWN_RETRY)
             continue
         except errors.Full as exc:
             # Every job entry holds a running or scheduled job: nothing can be
@@ -165,6 +191,10 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             _run_one(app, delivery, task_of)
         except errors.LeaseLost as exc:
             log.warning("%s", exc)
+        except errors.BackendUnavailable as exc:
+            # The attempt ran but its end could not be written: the job runs again once its lease is
+            # taken back (at-least-once).
+            log.warning("job %d: %s; it runs again", delivery.id, exc)
 
 
 def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None) -> None:
@@ -218,8 +248,12 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
-    _ask_for_sigterm_when_parent_dies()
     stop = threading.Event()
+    # SIGTERM came blocked from the parent (start_one): one sent while we started is delivered now,
+    # to our own handler, instead of to the parent's inherited one.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _ask_for_sigterm_when_parent_dies()
     threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
         work(app, threads=threads, stop=stop, lease=lease)
@@ -240,17 +274,49 @@ class _Pool:
         self.workers: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
         self.replaced = 0
+        self.host = None  # the bridge of an App whose jobs are in PostgreSQL (shmq.backends.pg.bridge)
 
     def start_one(self, slot: int) -> None:
         process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
                                        name=f"shmq-worker-{slot}", daemon=False)
-        process.start()
+        # Forked with SIGTERM blocked: until the child has its own handler, a SIGTERM waits for it
+        # (the parent's handler, which the child inherits, would swallow it).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.workers[slot] = process
         self.started_at[slot] = time.monotonic()
         log.info("worker %d started (pid %d)", slot, process.pid)
 
     def watch(self) -> None:
-        """Replaces workers that died."""
+        """Replaces workers that died (and, on a bridged host, a bridge that died: with all its workers)."""
+        host = self.host
+        stalled = host.stalled() if host is not None else None
+        if host is not None and (stalled is not None or not host.alive()):
+            if stalled is not None:
+                log.warning("the bridge of queue %r (pid %d) has not run for %.0f s (stopped or stuck): it and "
+                            "the workers are killed, before other hosts take its jobs, and the host starts again",
+                            host.name, host.process.pid, stalled)
+            else:
+                code = host.process.exitcode if host.process is not None else None
+                log.warning("the bridge of queue %r died (exit %s): its jobs went back to PostgreSQL with its "
+                            "session; the workers are killed and the host starts again", host.name, code)
+            for process in self.workers.values():
+                process.kill()
+            for process in self.workers.values():
+                process.join()
+            if host.process is not None:
+                host.process.kill()  # after the workers: its session, ending, gives their jobs back
+                host.process.join()
+            host.process = None
+            time.sleep(_RESTART_PAUSE)
+            host.start(self.context)
+            for slot in list(self.workers):
+                self.replaced += 1
+                self.start_one(slot)
+            return
         for slot, process in list(self.workers.items()):
             if process.is_alive():
                 continue
@@ -279,8 +345,10 @@ class _Pool:
 
 
 def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: float | None = None,
-        ready: threading.Event | None = None) -> int:
-    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0."""
+        ready: threading.Event | None = None, prefetch: int | None = None) -> int:
+    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0.
+    `prefetch`: for an App whose jobs are in PostgreSQL, the most jobs the
+    host holds at once (default twice processes x threads)."""
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 1024:
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
@@ -288,13 +356,27 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     _args.seconds_ns("grace", grace, 0.0, _args.LEASE_MAX)
     if lease is not None:
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
+                                 or not 1 <= prefetch <= 65536):
+        raise errors.ConfigError(f"prefetch={prefetch!r} must be an integer from 1 to 65536")
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.backend  # opens (creates or recovers) the queue once, before the workers start
+    # Opens (creates or recovers) the queue once, before the workers start; a backend's server that is
+    # down is waited for (SIGTERM/^C still stop the wait).
+    _open_backend(app, threading.Event())
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
     pool = _Pool(app, processes, threads, lease)
+    backend_class = app._backend_class
+    if backend_class.kind == "postgres":
+        # One PostgreSQL client for the host: the bridge claims jobs into a local queue that the
+        # workers fetch from (the workers open the Host's HostBackend as the App's backend).
+        from shmq.backends.pg.bridge import Host
+
+        pool.host = Host(app, processes * threads, prefetch)
+        pool.host.start(pool.context)
+        app._backend_class = pool.host
     try:
         for slot in range(processes):
             pool.start_one(slot)
@@ -307,6 +389,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
     finally:
         pool.stop(grace)
+        if pool.host is not None:
+            pool.host.stop()  # after the workers: it writes back what they finished
+            app._backend_class = backend_class
         for signo, handler in previous.items():
             signal.signal(signo, handler)
     log.info("stopped (%d worker(s) replaced while running)", pool.replaced)

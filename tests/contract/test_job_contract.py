@@ -18,16 +18,18 @@ from shmq.backends import JobBackend, open_backend
 
 # Kinds the contract runs against (a fixture per test, below); a backend joins
 # by adding its kind here and a branch in `_options`.
-BACKENDS = ["shm"]
+BACKENDS = ["shm", "postgres"]
 
 # Small stores: the contract is about semantics, not size.
 _SHM_OPTIONS = {"capacity": 256, "segment_bytes": 1 << 20, "jobs_capacity": 256, "unique_capacity": 256,
                 "result_capacity": 256, "ordered_lanes": 2}
 
 
-def _options(kind: str, qpath: str) -> dict:
+def _options(kind: str, qpath: str, server=None) -> dict:
     if kind == "shm":
         return {"path": qpath, **_SHM_OPTIONS}
+    if kind == "postgres":  # every test its own schema on the session's server
+        return {"dsn": server.dsn(), "schema": server.schema_of(qpath)}
     raise AssertionError(f"no contract options for backend kind {kind!r}")
 
 
@@ -36,9 +38,10 @@ class BackendFactory:
     handle on the same store (as another process would open it); .spec(b) ->
     what a child process passes to open_backend."""
 
-    def __init__(self, kind: str, make_queue):
+    def __init__(self, kind: str, make_queue, server=None):
         self.kind = kind
         self.make_queue = make_queue
+        self.server = server
         self.opened = []
 
     def __call__(self, **options):
@@ -46,7 +49,7 @@ class BackendFactory:
         return self._open(name, options)
 
     def _open(self, name: str, options: dict):
-        settings = {**_options(self.kind, self.make_queue.default_path), **options}
+        settings = {**_options(self.kind, self.make_queue.default_path, self.server), **options}
         backend = open_backend(name, None if self.kind == "shm" else self.kind, **settings)
         self.opened.append(backend)
         return backend
@@ -55,8 +58,8 @@ class BackendFactory:
         return self._open(backend.name, options)
 
     def spec(self, backend) -> tuple:
-        return backend.name, (None if self.kind == "shm" else self.kind), _options(self.kind,
-                                                                                  self.make_queue.default_path)
+        return backend.name, (None if self.kind == "shm" else self.kind), _options(
+            self.kind, self.make_queue.default_path, self.server)
 
     def close(self) -> None:
         for backend in self.opened:
@@ -65,7 +68,8 @@ class BackendFactory:
 
 @pytest.fixture(params=BACKENDS)
 def backends(request, make_queue):
-    factory = BackendFactory(request.param, make_queue)
+    server = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+    factory = BackendFactory(request.param, make_queue, server)
     yield factory
     factory.close()
 

@@ -34,6 +34,31 @@ def add_path_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", metavar="DIR", default=None, help=PATH_HELP)
 
 
+class _SetEnv(argparse.Action):
+    """--backend / --schema: kept in the environment, where open_jobs, QueueSet and shmq.App read them."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        os.environ[self.const] = value
+        setattr(namespace, self.dest, value)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--backend DSN and --schema: the commands that work on jobs read them from PostgreSQL."""
+    parser.add_argument("--backend", metavar="DSN", action=_SetEnv, const="SHMQ_BACKEND", default=None,
+                        help="jobs in PostgreSQL: postgresql://user:pw@host/db (default: $SHMQ_BACKEND; "
+                             "else the queues in shared memory of --path)")
+    parser.add_argument("--schema", action=_SetEnv, const="SHMQ_SCHEMA", default=None,
+                        help="with --backend: the schema of shmq's tables (default: $SHMQ_SCHEMA, else shmq)")
+
+
+def backend_dsn() -> str | None:
+    """The PostgreSQL DSN the job commands use ($SHMQ_BACKEND, set by --backend), or None."""
+    from shmq.backends.pg.connect import is_dsn
+
+    dsn = os.environ.get("SHMQ_BACKEND")
+    return dsn if is_dsn(dsn) else None
+
+
 def data_dir(args: argparse.Namespace) -> str:
     """The data directory, resolved as shmq.Queue resolves it."""
     if args.path:
@@ -134,6 +159,8 @@ def not_loaded(name: str, path: str) -> CommandError:
 
 def check_queue(name: str, path: str) -> None:
     """Raises CommandError unless queue `name` has a region to attach to."""
+    if backend_dsn() is not None:
+        return  # a queue in PostgreSQL: there is nothing to attach to in `path`
     state = queue_state(name, path)
     if state is None:
         raise no_queue(name, path)
@@ -170,6 +197,11 @@ def open_jobs(name: str, path: str, *, read_only: bool = True):
     metrics) work on."""
     from shmq.backends.shm import ShmBackend
 
+    dsn = backend_dsn()
+    if dsn is not None:
+        from shmq.backends.postgres import PostgresBackend
+
+        return PostgresBackend.attach(name, dsn=dsn)
     return ShmBackend(open_queue(name, path, read_only=read_only))
 
 
@@ -184,6 +216,14 @@ class QueueSet:
 
     def refresh(self) -> tuple[dict, list[str], list[str]]:
         """({name: job backend} attached now, names not loaded, named queues gone)."""
+        dsn = backend_dsn()
+        if dsn is not None:  # the named queues, else every queue that has jobs in PostgreSQL
+            from shmq.backends.pg.connect import queue_names
+
+            for name in self.names or queue_names(dsn):
+                if name not in self.handles:
+                    self.handles[name] = (open_jobs(name, self.path), None)
+            return {name: held[0] for name, held in self.handles.items()}, [], []
         if self.names:
             states = {name: queue_state(name, self.path) for name in self.names}
         else:

@@ -9,7 +9,7 @@ import sys
 
 from shmq import errors
 from shmq.cli.commands import Command, CommandError, _int_arg
-from shmq.cli.commands._common import add_path_argument, data_dir, emit, flush, open_jobs, preview, when
+from shmq.cli.commands._common import add_backend_argument, add_path_argument, data_dir, emit, flush, open_jobs, preview, when
 
 DEAD_DESCRIPTION = """\
 The dead letters of a queue: jobs whose every attempt failed (or that were
@@ -44,6 +44,7 @@ _ACTIONS = {
 def _add_common(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("name", metavar="NAME", help="the queue")
     add_path_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--id", dest="ids", metavar="ID", type=_int_arg(0, (1 << 64) - 1), nargs="+",
                         action="extend", help="the dead job(s) with this id (may be repeated)")
     if action != "list":

@@ -9,7 +9,7 @@ import os
 import sys
 
 from shmq.cli.commands import Command, CommandError, _int_arg
-from shmq.cli.commands._common import Progress, add_path_argument, data_dir, emit, flush, open_jobs
+from shmq.cli.commands._common import add_backend_argument, Progress, add_path_argument, data_dir, emit, flush, open_jobs
 
 ENQUEUE_DESCRIPTION = """\
 Enqueues one job per JSON value and prints each job's id, one a line
@@ -59,6 +59,7 @@ def _add_enqueue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("values", metavar="JSON", nargs="*",
                         help="one job body (or, with --task, one call's arguments) per JSON value")
     add_path_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--stdin", action="store_true",
                         help="also read JSON values from stdin, one a line (blank lines skipped)")
     job = parser.add_argument_group("job options (each job of the call)")

@@ -8,6 +8,7 @@ import json
 
 from shmq.cli.commands import Command
 from shmq.cli.commands._common import (
+    add_backend_argument,
     add_path_argument,
     data_dir,
     duration,
@@ -41,6 +42,7 @@ examples:
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the queue")
     add_path_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--json", action="store_true", help="JSON instead of text")
 
 
@@ -134,12 +136,32 @@ def _text(s: dict) -> list[str]:
     return lines
 
 
+def _postgres_text(s: dict) -> list[str]:
+    """shmq inspect of a queue in PostgreSQL: where, its jobs by state, who runs what."""
+    oldest = s["oldest_ready_age_s"]
+    lines = [f"queue {s['queue']} in PostgreSQL {s['server_version']} at {s['server']}, schema {s['schema']} "
+             f"(version {s['schema_version']})",
+             "jobs: " + "  ".join(f"{state}={count}" for state, count in s["jobs"].items()),
+             f"oldest ready job: {'-' if oldest is None else duration(oldest * 1e9)}"]
+    if s["running_by_consumer"]:
+        lines += ["", "running, by consumer:"]
+        lines += table(["CONSUMER", "JOBS", "NEXT LEASE END"],
+                       [[str(r["consumer"]), str(r["jobs"]), "-" if r["next_lease_end_s"] is None
+                         else duration(r["next_lease_end_s"] * 1e9)] for r in s["running_by_consumer"]],
+                       right={1}, indent="  ")
+    return lines
+
+
 def _inspect(args: argparse.Namespace) -> int:
     q = open_jobs(args.name, data_dir(args))
     try:
         s = q.inspect()
     finally:
         q.close()
+    if s.get("kind") == "postgres":
+        emit(json.dumps(s, indent=2) if args.json else "\n".join(_postgres_text(s)))
+        flush()
+        return 0
     if args.json:
         for part in s["participants"]:
             part.pop("started")

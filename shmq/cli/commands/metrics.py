@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from shmq.cli.commands import Command, CommandError, Stopped, _int_arg, _raise_stopped
-from shmq.cli.commands._common import QueueSet, add_path_argument, check_queue, data_dir, emit, flush
+from shmq.cli.commands._common import add_backend_argument, QueueSet, add_path_argument, check_queue, data_dir, emit, flush
 
 METRICS_DESCRIPTION = """\
 The metrics of queues in the Prometheus text format (version 0.0.4): job
@@ -49,6 +49,7 @@ CONNECTION_TIMEOUT = 10.0
 def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", metavar="NAME", nargs="*", help="queues (default: every queue in DIR)")
     add_path_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--serve", action="store_true", help="serve the metrics over HTTP at /metrics until stopped")
     parser.add_argument("--port", type=_int_arg(0, 65535), default=9464,
                         help="TCP port to listen on with --serve (default 9464; 0: any free port)")

@@ -10,7 +10,7 @@ import sys
 import time
 
 from shmq.cli.commands import Command, Stopped, _raise_stopped
-from shmq.cli.commands._common import QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
+from shmq.cli.commands._common import add_backend_argument, QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
 
 STATS_DESCRIPTION = """\
 Shows the metrics of queues (q.stats()): job counters since the queue was
@@ -73,6 +73,7 @@ def _interval_arg(text: str) -> float:
 def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", metavar="NAME", nargs="*", help="queues to show (default: every queue in DIR)")
     add_path_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     parser.add_argument("--watch", type=_interval_arg, nargs="?", const=2.0, default=None, metavar="SECONDS",
                         help="refresh every SECONDS (default 2) until ^C, with rates per second")
