@@ -62,7 +62,7 @@ def test_the_test_server_is_ours_and_quick(pg_server):
     with psycopg.connect(pg_server.dsn()) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert conn.execute("SHOW port").fetchone()[0] == str(pg_server.port)
-    owner = os.stat(f"/proc/{pid}").st_uid
+        owner = os.stat(f"/proc/{pid}").st_uid  # while connected: the session's process ends with it
     assert owner == os.stat(pg_server.directory).st_uid
     assert owner != 0
 

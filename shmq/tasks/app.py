@@ -256,7 +256,7 @@ class App:
 
                         kwargs = {"lanes": PRIORITY_LANES, **kwargs}
                     self._backend = self._backend_class.open(self.name, **kwargs)
-                    if hasattr(self._backend, "queue"):
+                    if self._backend.kind == "shm":  # (another backend's .queue may reach its server)
                         self._backend.queue.priority_aging = self.priority_aging
                 backend = self._backend
         return backend

@@ -547,6 +547,8 @@ class Bridge:
 class HostDelivery:
     """A job of PostgreSQL leased to this worker through the host's local queue."""
 
+    pause_hint = False  # pause is a shared-memory admission feature: never set on PostgreSQL
+
     __slots__ = ("queue", "_local", "id", "attempt", "group", "enqueued_at", "tag", "_raw", "_retries", "_body",
                  "decode_error")
 

@@ -48,6 +48,8 @@ class PostgresJob:
 class PostgresDelivery:
     """A job leased to this process (see shmq.backends.base)."""
 
+    pause_hint = False  # pause is a shared-memory admission feature: never set on PostgreSQL
+
     __slots__ = ("queue", "id", "attempt", "group", "enqueued_at", "decode_error", "_body", "_retries", "_owner",
                  "_finished", "tag", "_raw")
 
