@@ -172,3 +172,17 @@ class TaskArgumentsError(ShmqError, TypeError):
 class LeaseLost(ShmqError):
     """ack/fail/extend of a job whose lease is no longer ours: it expired (see
     the lease timeout) or the job was taken back, and runs again elsewhere."""
+
+
+class JobTimeout(ShmqError, TimeoutError):
+    """A run of a task with ``timeout=`` took longer: its process was killed
+    and the attempt failed with this error (retried per the task's policy)."""
+
+
+class JobCancelled(ShmqError):
+    """wait() on a job that was cancelled (``job.cancel()``): it did not run,
+    or its run was stopped."""
+
+    def __init__(self, message: str, job_id: int = 0):
+        super().__init__(message)
+        self.job_id = job_id

@@ -83,6 +83,10 @@
     X(jobs_histogram_recording)      \
     X(jobs_stats_counters)           \
     X(jobs_concurrent)               \
+    X(cancel_states)                 \
+    X(cancel_force_kills)            \
+    X(cancel_lease_take)             \
+    X(cancel_race)                   \
     X(trust_fd_checks)               \
     X(trust_log_files)
 

@@ -47,6 +47,7 @@ _COUNTER_ROWS = (
     ("throttled", "throttled"),
     ("lease_expired", "lease expired"),
     ("consumer_died", "consumer died"),
+    ("cancelled", "cancelled"),
 )
 _GAUGE_ROWS = (
     ("depth", "depth"),
