@@ -18,7 +18,9 @@ from shmq.errors import (
     Empty,
     EncodeError,
     Full,
+    JobCancelled,
     JobFailed,
+    JobTimeout,
     LeaseLost,
     NotDurable,
     ResultExpired,
@@ -58,6 +60,9 @@ __all__ = [
     "SharedMemoryFull",
     "PermissionDenied",
     "JobFailed",
+    "JobTimeout",
+    "JobCancelled",
+    "current_job",
     "TaskArgumentsError",
     "LeaseLost",
     "ResultExpired",
@@ -134,6 +139,10 @@ def __getattr__(name):
         from shmq.tasks.app import App
 
         return App
+    if name == "current_job":  # the job the calling task runs (shmq/tasks/current.py)
+        from shmq.tasks.current import current_job
+
+        return current_job
     if name == "mp":  # the drop-in for multiprocessing.Queue
         import shmq.channel.mp
 

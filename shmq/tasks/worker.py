@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from shmq import _args, errors
+from shmq.tasks.current import _running
 
 __all__ = ["run", "work"]
 
@@ -56,18 +57,48 @@ def _dead(delivery, error: Exception) -> None:
 
 
 def _task_call(delivery):
-    """(name, args, kwargs) of a task call, or None when the body is not one."""
+    """(name, args, kwargs, meta) of a task call, or None when the body is not
+    one. ``meta`` (a 4th element, a dict) is what the scheduler adds to a
+    periodic tick: {"scheduled_at": Unix time}."""
     body = delivery.body
-    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+    if not (isinstance(body, (list, tuple)) and len(body) in (3, 4)):
         return None
-    name, args, kwargs = body
+    name, args, kwargs = body[:3]
+    meta = body[3] if len(body) == 4 else None
     if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
-            and all(isinstance(key, str) for key in kwargs)):
+            and all(isinstance(key, str) for key in kwargs) and (meta is None or isinstance(meta, dict))):
         return None
-    return name, args, kwargs
+    return name, args, kwargs, meta
 
 
-def _run_one(app, delivery, task_of) -> None:
+class _Watch:
+    """One fetch loop's words in the pool's shared array, through which the
+    parent kills a run past its task's timeout: CLOCK_MONOTONIC deadline (ns,
+    0: nothing watched), then the lease (job id, entry, gen), the job's
+    retries and the task's index + 1. The deadline is written last and
+    cleared first, and the parent reads it before and after the rest."""
+
+    WORDS = 6
+    __slots__ = ("words", "at", "tasks")
+
+    def __init__(self, words, at: int, tasks: list[str]):
+        self.words = words
+        self.at = at
+        self.tasks = tasks
+
+    def arm(self, delivery, task) -> None:
+        w, at = self.words, self.at
+        token = delivery.lease_token
+        w[at + 1], w[at + 2], w[at + 3] = token
+        w[at + 4] = delivery.retries
+        w[at + 5] = self.tasks.index(task.name) + 1
+        w[at] = time.monotonic_ns() + int(task.timeout * 1e9)
+
+    def disarm(self) -> None:
+        self.words[self.at] = 0
+
+
+def _run_one(app, delivery, task_of, watch: _Watch | None = None) -> None:
     """Runs one job and finishes it: ack with the result, or fail with the error.
     A job that can never run (undecodable, not a task call, a task this app
     lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
@@ -82,7 +113,7 @@ def _run_one(app, delivery, task_of) -> None:
             f"calls: use Task.enqueue(...), or shmq enqueue {app.backend.name} --app mod:app --task NAME "
             "'[args...]'"))
         return
-    name, args, kwargs = call
+    name, args, kwargs, meta = call
     task = task_of(name)
     if task is None:
         _dead(delivery, errors.ShmqError(
@@ -90,17 +121,32 @@ def _run_one(app, delivery, task_of) -> None:
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
-    if task.lease_timeout is not None:
+    if task.timeout is not None:
+        if watch is not None:
+            # The parent kills the run at its timeout, and takes the lease before it kills: the lease
+            # itself must never run out first (a second run beside a live first one).
+            delivery.extend(_args.LEASE_MAX)
+            watch.arm(delivery, task)
+        else:  # no pool to kill the run: the lease is the bound (taken back then; the run may go on)
+            delivery.extend(task.timeout)
+    elif task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
+    token = _running.set((delivery, None if meta is None else meta.get("scheduled_at")))
     try:
         result = task.fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
+        if watch is not None and task.timeout is not None:
+            watch.disarm()
+        _running.reset(token)
         # The job's retries came with it (the task's, or a per-job retries=); the backoff is the task's.
         delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
         outcome = delivery.fail(exc, delay=delay)
         log.info("job %d (%s) failed on attempt %d: %s: %s -> %s", delivery.id, name, delivery.attempt,
                  type(exc).__name__, exc, outcome)
         return
+    if watch is not None and task.timeout is not None:
+        watch.disarm()
+    _running.reset(token)
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
@@ -109,7 +155,7 @@ def _run_one(app, delivery, task_of) -> None:
             f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
 
 
-def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
+def _fetch_loop(app, stop: threading.Event, lease: float | None, watch: _Watch | None = None) -> None:
     backend = app.backend
     cache: dict[str, Any] = {}
 
@@ -137,22 +183,29 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             stop.wait(_FETCH_SLICE)
             continue
         try:
-            _run_one(app, delivery, task_of)
+            _run_one(app, delivery, task_of, watch)
         except errors.LeaseLost as exc:
             log.warning("%s", exc)
 
 
-def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None) -> None:
+def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None,
+         watch: tuple | None = None) -> None:
     """The loop of one worker process: fetch and run jobs until `stop` is set
-    (or SIGTERM/SIGINT arrives, when called in the main thread)."""
+    (or SIGTERM/SIGINT arrives, when called in the main thread). `watch`:
+    (shared words, first index) from the pool, whose parent kills runs past
+    their task's timeout; without it a timeout only bounds the lease."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signo in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signo, lambda *_: stop.set())
+    names = sorted(app.tasks)
+    watches = [None if watch is None else _Watch(watch[0], watch[1] + i * _Watch.WORDS, names)
+               for i in range(threads)]
     if threads <= 1:
-        _fetch_loop(app, stop, lease)
+        _fetch_loop(app, stop, lease, watches[0])
         return
-    pool = [threading.Thread(target=_fetch_loop, args=(app, stop, lease), name=f"shmq-worker-{i}", daemon=True)
+    pool = [threading.Thread(target=_fetch_loop, args=(app, stop, lease, watches[i]), name=f"shmq-worker-{i}",
+                             daemon=True)
             for i in range(threads)]
     for thread in pool:
         thread.start()
@@ -189,7 +242,7 @@ def _watch_parent(parent: int, stop: threading.Event) -> None:
     os._exit(1)  # still busy: the queue's recovery of dead consumers hands its jobs to another worker
 
 
-def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
+def _child_main(app, threads: int, lease: float | None, parent: int, watch: tuple | None = None) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
@@ -197,7 +250,7 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     stop = threading.Event()
     threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
-        work(app, threads=threads, stop=stop, lease=lease)
+        work(app, threads=threads, stop=stop, lease=lease, watch=watch)
     finally:
         app.close()
 
@@ -215,9 +268,21 @@ class _Pool:
         self.workers: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
         self.replaced = 0
+        self.timed_out = 0
+        self.task_names = sorted(app.tasks)
+        # Words through which each fetch loop tells us the run to kill at its timeout (see _Watch).
+        self.words = None
+        if any(task.timeout is not None for task in app.tasks.values()):
+            self.words = self.context.RawArray("q", processes * threads * _Watch.WORDS)
 
     def start_one(self, slot: int) -> None:
-        process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
+        watch = None
+        if self.words is not None:
+            for i in range(slot * self.threads * _Watch.WORDS, (slot + 1) * self.threads * _Watch.WORDS):
+                self.words[i] = 0
+            watch = (self.words, slot * self.threads * _Watch.WORDS)
+        process = self.context.Process(target=_child_main,
+                                       args=(self.app, self.threads, self.lease, os.getpid(), watch),
                                        name=f"shmq-worker-{slot}", daemon=False)
         process.start()
         self.workers[slot] = process
@@ -239,13 +304,63 @@ class _Pool:
             self.replaced += 1
             self.start_one(slot)
 
+    def expire(self) -> None:
+        """Kills the process of every run past its task's timeout: the lease
+        first becomes ours (its ack can no longer land), then SIGKILL, then,
+        with the process gone, the attempt fails with shmq.JobTimeout (retried
+        per the task's policy). So the job is never running twice at once.
+        With threads, the whole process goes: its other runs are taken back
+        and run again (attempt + 1), as after a crash."""
+        words = self.words
+        if words is None:
+            return
+        now = time.monotonic_ns()
+        for slot, process in list(self.workers.items()):
+            base = slot * self.threads * _Watch.WORDS
+            for at in range(base, base + self.threads * _Watch.WORDS, _Watch.WORDS):
+                deadline = words[at]
+                if deadline == 0 or now < deadline:
+                    continue
+                lease = (words[at + 1], words[at + 2], words[at + 3])
+                retries, task_index = words[at + 4], words[at + 5]
+                if words[at] != deadline:
+                    continue  # the run ended (and maybe another began) while we read
+                self._stop_run(slot, process, lease, retries, task_index)
+                break
+
+    def _stop_run(self, slot: int, process, lease: tuple, retries: int, task_index: int) -> None:
+        task = self.app.tasks.get(self.task_names[task_index - 1]) if 0 < task_index <= len(self.task_names) else None
+        timeout = task.timeout if task is not None else 0.0
+        backend = self.app.backend  # the parent's own handle, opened on the first timeout
+        delivery = backend.take_over(lease)  # None: the run ended meanwhile (or was taken back)
+        if delivery is None:
+            return
+        log.warning("job %d (%s) ran past its timeout of %g s: worker %d (pid %d) is killed and replaced", lease[0],
+                    task.name if task else "?", timeout, slot, process.pid)
+        process.kill()
+        process.join(10.0)
+        self.timed_out += 1
+        for i in range(slot * self.threads * _Watch.WORDS, (slot + 1) * self.threads * _Watch.WORDS,
+                       _Watch.WORDS):
+            self.words[i] = 0
+        error = errors.JobTimeout(f"job {lease[0]} ({task.name if task else '?'}) ran longer than its timeout of "
+                                  f"{timeout:g} s and was killed (attempt {delivery.attempt})")
+        delay = None if delivery.last_attempt or task is None else task.retry_policy().delay(delivery.attempt)
+        outcome = delivery.fail(error, delay=delay)
+        log.info("job %d: %s -> %s", lease[0], error, outcome)
+
     def stop(self, grace: float) -> None:
         for process in self.workers.values():
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for slot, process in self.workers.items():
-            process.join(max(0.0, deadline - time.monotonic()))
+            # Again every half second: a worker forked just before (a replacement) may have had the
+            # signal before it set its handler, and run the parent's instead.
+            while process.is_alive() and time.monotonic() < deadline:
+                process.join(min(0.5, max(0.0, deadline - time.monotonic())))
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
             if process.is_alive():
                 log.warning("worker %d (pid %d) still busy after %.0f s: killed; its jobs run again", slot,
                             process.pid, grace)
@@ -253,9 +368,21 @@ class _Pool:
                 process.join()
 
 
+def _schedule(scheduler) -> None:
+    """One look of the periodic scheduler (the role is taken if free); a
+    failure is logged and tried again at the next look."""
+    try:
+        scheduler.run_once()
+    except errors.ShmqError as exc:
+        log.warning("periodic tasks: %s; tried again shortly", exc)
+
+
 def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: float | None = None,
-        ready: threading.Event | None = None) -> int:
-    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0."""
+        ready: threading.Event | None = None, clock=None) -> int:
+    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0.
+    The parent also kills runs past their task's timeout, and schedules the
+    App's periodic tasks while it holds the queue's scheduler role (`clock`,
+    Unix seconds, is the scheduler's: injected by tests)."""
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 1024:
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
@@ -265,22 +392,35 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.backend  # opens (creates or recovers) the queue once, before the workers start
+    location = app.backend.describe()["location"]  # opens (creates or recovers) the queue once, before the workers
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
     pool = _Pool(app, processes, threads, lease)
+    scheduler = None
     try:
         for slot in range(processes):
             pool.start_one(slot)
         log.info("app %r: %d worker process(es) x %d thread(s), tasks: %s", app.name, processes, threads,
                  ", ".join(sorted(app.tasks)))
+        schedules = app.periodic_tasks()
+        if schedules:
+            from shmq.tasks.periodic import Scheduler
+
+            scheduler = Scheduler(app.backend, location, app.name, schedules, clock or time.time)
         if ready is not None:
             ready.set()
-        while not stopping.wait(0.2):
+        # Runs past a timeout are noticed within a twentieth of a second; otherwise a look every 0.2 s.
+        period = 0.05 if pool.words is not None or scheduler is not None else 0.2
+        while not stopping.wait(period):
+            pool.expire()
             pool.watch()
+            if scheduler is not None:
+                _schedule(scheduler)
         log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
     finally:
+        if scheduler is not None:
+            scheduler.release()
         pool.stop(grace)
         for signo, handler in previous.items():
             signal.signal(signo, handler)

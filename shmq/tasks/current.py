@@ -1,0 +1,58 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``shmq.current_job()``: the job the calling task runs, or None.
+
+    @app.task(timeout=600)
+    def export(rows):
+        job = shmq.current_job()
+        for i, row in enumerate(rows):
+            if job.cancelled:          # job.cancel() was called: stop cleanly
+                return None
+            write(row)
+            job.progress(i + 1, len(rows))
+
+The worker sets it around each run (a context variable: each thread, and
+each asyncio task, sees its own), so a task defined for a worker also runs
+as a plain call, where current_job() is None.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+__all__ = ["CurrentJob", "current_job"]
+
+# (delivery, scheduled_at) of the running job; set by the worker.
+_running: contextvars.ContextVar = contextvars.ContextVar("shmq_current_job", default=None)
+
+
+class CurrentJob:
+    """The running job, seen from its task: ``id``, ``attempt`` (1 on the first
+    run), ``scheduled_at`` (Unix time it was due: a periodic job's tick, else
+    its enqueue), ``cancelled`` (a look into shared memory), ``progress()``."""
+
+    __slots__ = ("_delivery", "scheduled_at")
+
+    def __init__(self, delivery, scheduled_at: float | None):
+        self._delivery = delivery
+        self.scheduled_at = delivery.enqueued_at if scheduled_at is None else scheduled_at
+
+    id = property(lambda self: self._delivery.id, doc="the job's id (as Job.id)")
+    attempt = property(lambda self: self._delivery.attempt, doc="1 on the first run, +1 for every retry")
+
+    @property
+    def cancelled(self) -> bool:
+        """True once job.cancel() was called (or the lease was lost): stop and return."""
+        return self._delivery.cancelled
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Reports progress: a fraction 0.0 .. 1.0, or `done` of `total`."""
+        self._delivery.progress(done, total)
+
+    def __repr__(self) -> str:
+        return f"<shmq.CurrentJob {self.id} attempt {self.attempt}>"
+
+
+def current_job() -> CurrentJob | None:
+    """The job the calling task runs (in a worker), or None outside a task."""
+    running = _running.get()
+    return None if running is None else CurrentJob(*running)
