@@ -215,3 +215,22 @@ def test_bad_timeout_is_a_config_error_naming_the_task(new_app, options, words):
     with pytest.raises(shmq.ConfigError, match=words) as raised:
         app.task(name="crunch", **options)(lambda: None)
     assert "'crunch'" in str(raised.value)
+
+
+def test_cancel_command(make_queue, qpath):
+    from test_cli_commands import ok, one_error_line, shmq_cli
+
+    queue = make_queue()
+    job = queue.enqueue("x")
+    out = ok(shmq_cli("cancel", str(job.id), "--queue", queue.name, "--path", qpath))
+    assert f"job {job.id} of queue {queue.name} cancelled (queued -> cancelled)" in out
+    assert job.status() == "cancelled"
+    again = shmq_cli("cancel", str(job.id), "--path", qpath)  # the only queue of the directory
+    assert again.returncode == 1 and "is cancelled (not pending)" in again.stdout
+    make_queue()
+    assert "name the job's queue with --queue NAME" in one_error_line(shmq_cli("cancel", str(job.id), "--path", qpath))
+    running = queue.enqueue("y")
+    delivery = queue.fetch(timeout=2)
+    out = ok(shmq_cli("cancel", str(running.id), "-q", queue.name, "--path", qpath))
+    assert "its task is told" in out and delivery.cancelled
+    delivery.ack()

@@ -8,6 +8,7 @@ restart, ticks missed meanwhile per ``missed``; bad options."""
 from __future__ import annotations
 
 import collections
+import json
 import datetime
 import multiprocessing
 import os
@@ -212,3 +213,28 @@ def test_exactly_once_over_real_seconds_with_four_worker_commands(tmp_path, data
         assert len(ticks) == len(set(ticks)), "a tick ran twice"
         steps = {round((b - a) / 0.25) for a, b in zip(ticks, ticks[1:])}
         assert steps == {1}, f"ticks missing between the first and the last: {ticks}"
+
+
+def test_periodic_list_stats_and_inspect_show_the_next_runs(make_queue, qpath):
+    from test_cli_commands import ok, shmq_cli
+
+    queue = make_queue()
+    schedules = {"beat": periodic_options("beat", 60, None, None, "once"),
+                 "rollup": periodic_options("rollup", None, "*/5 * * * *", "Europe/Berlin", "all")}
+    scheduler = Scheduler(ShmBackend(queue), qpath, queue.name, schedules, clock=lambda: T0 + 1)
+    assert scheduler.holding()
+    try:
+        listed = json.loads(ok(shmq_cli("periodic", "list", "--path", qpath, "--json")))["periodic"]
+        assert [(r["queue"], r["task"], r["next"], r["scheduler"]) for r in listed] == [
+            (queue.name, "beat", T0 + 60, os.getpid()), (queue.name, "rollup", T0 + 300, os.getpid())]
+        assert listed[1]["schedule"] == "cron '*/5 * * * *' in Europe/Berlin" and listed[1]["missed"] == "all"
+        text = ok(shmq_cli("periodic", "list", queue.name, "--path", qpath))
+        assert "beat" in text and "every 60 s" in text and str(os.getpid()) in text
+        stats = json.loads(ok(shmq_cli("stats", queue.name, "--path", qpath, "--json")))["queues"][0]
+        assert [(r["task"], r["next"]) for r in stats["periodic"]] == [("beat", T0 + 60), ("rollup", T0 + 300)]
+        assert "periodic" in ok(shmq_cli("stats", queue.name, "--path", qpath))
+        inspected = json.loads(ok(shmq_cli("inspect", queue.name, "--path", qpath, "--json")))
+        assert [r["task"] for r in inspected["periodic"]] == ["beat", "rollup"]
+    finally:
+        scheduler.release()
+    assert json.loads(ok(shmq_cli("periodic", "list", "--path", qpath, "--json")))["periodic"][0]["scheduler"] is None

@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 from shmq import _fs, errors
 
-__all__ = ["Schedule", "Scheduler", "periodic_options"]
+__all__ = ["Schedule", "Scheduler", "listing", "periodic_options", "read_state", "scheduler_pid"]
 
 log = logging.getLogger("shmq.periodic")
 
@@ -257,6 +257,24 @@ class Scheduler:
         return dict(self._next)
 
 
+def scheduler_pid(lock_path: str) -> int | None:
+    """The pid of the process holding the scheduler role (its lock file), or None."""
+    try:
+        fd = _fs.open_file(lock_path, os.O_RDONLY, "the scheduler's lock file")
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 64).decode(errors="replace").split()
+            return int(text[0]) if text and text[0].isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # nobody holds it
+    finally:
+        os.close(fd)
+
+
 def read_state(path: str) -> dict:
     """{task: {schedule, last, next}} from a state file (empty: none, or damaged and moved aside)."""
     try:
@@ -284,3 +302,23 @@ def read_state(path: str) -> dict:
     log.warning("the periodic tasks' state file %s is damaged: %s. It was moved to %s; every schedule starts "
                 "again from now (ticks missed meanwhile are not run)", path, problem, aside)
     return {}
+
+
+def listing(path: str, names: list[str]) -> list[dict]:
+    """[{queue, task, schedule, missed, last, next, scheduler}] of the periodic
+    tasks of queues `names` in data directory `path`, from their state files
+    (for ``shmq periodic list``, ``stats`` and ``inspect``)."""
+    rows = []
+    for name in names:
+        state_path = os.path.join(path, f"{name}.periodic")
+        if not os.path.exists(state_path):
+            continue
+        holder = scheduler_pid(os.path.join(path, f"{name}.scheduler"))
+        for task, entry in sorted(read_state(state_path).items()):
+            schedule = entry.get("schedule") or {}
+            every = schedule.get("every")
+            text = (f"cron {schedule.get('cron')!r} in {schedule.get('tz') or 'UTC'}" if schedule.get("cron")
+                    else f"every {every:g} s" if isinstance(every, (int, float)) else "?")
+            rows.append({"queue": name, "task": task, "schedule": text, "missed": schedule.get("missed"),
+                         "last": entry.get("last"), "next": entry.get("next"), "scheduler": holder})
+    return rows

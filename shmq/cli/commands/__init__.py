@@ -18,7 +18,7 @@ __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
 # The subcommands, in the order --help lists them (module shmq.cli.commands.<name>).
 NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics", "bench",
-         "rm", "ls", "gc",
+         "rm", "ls", "gc", "cancel", "periodic",
          "import=importer")
 
 PROG = "shmq"

@@ -100,8 +100,9 @@ def _text(s: dict) -> list[str]:
                 due = f"in {duration(job['due_in_s'] * 1e9)}"
             else:
                 due = f"{duration(-job['due_in_s'] * 1e9)} ago"
+            flags = job["flags"] + ([f"progress {job['progress']:.0%}"] if job.get("progress") is not None else [])
             rows.append([job["job_id"], job["state"], job["owner_pid"] or "-", lease, due, job["attempt"],
-                         "any" if job["lane"] is None else job["lane"], f"{job['bytes']:,}", ",".join(job["flags"]) or "-"])
+                         "any" if job["lane"] is None else job["lane"], f"{job['bytes']:,}", ",".join(flags) or "-"])
         if rows:
             lines += table(["JOB", "STATE", "OWNER", "LEASE LEFT", "DUE", "ATTEMPT", "LANE", "BYTES", "FLAGS"],
                            rows, right={0, 5, 6, 7}, indent="  ")
@@ -126,15 +127,21 @@ def _text(s: dict) -> list[str]:
             label = "counters" if start == 0 else ""
             lines.append(f"  {label:<9} " + " ".join(f"{k}={stats[k]}" for k in keys[start:start + 5]))
     lines += ["", f"dead letters: {s['dead_letters']}"]
+    for row in s.get("periodic", ()):
+        lines.append(f"periodic: {row['task']} ({row['schedule']}, missed {row['missed']}), next run "
+                     f"{when(row['next'])}, scheduled by pid {row['scheduler'] or 'none'}")
     return lines
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from shmq.tasks.periodic import listing
+
     q = open_jobs(args.name, data_dir(args))
     try:
         s = q.inspect()
     finally:
         q.close()
+    s["periodic"] = listing(data_dir(args), [args.name])
     if args.json:
         for part in s["participants"]:
             part.pop("started")
