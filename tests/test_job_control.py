@@ -234,3 +234,29 @@ def test_cancel_command(make_queue, qpath):
     out = ok(shmq_cli("cancel", str(running.id), "-q", queue.name, "--path", qpath))
     assert "its task is told" in out and delivery.cancelled
     delivery.ack()
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["log", "last-close"])
+def test_cancelled_jobs_stay_cancelled_after_a_restart(make_queue, qpath, snapshot):
+    import posix_ipc
+
+    from shmq.channel.queue import region_name
+
+    q = make_queue()
+    queued, kept, delayed = q.enqueue("queued"), q.enqueue("kept"), q.enqueue("delayed", delay=60)
+    assert queued.cancel() and delayed.cancel()
+    name = q.name
+    q._snapshot_on_close = snapshot  # the last close: no snapshot while a cancelled job is still in a lane
+    q.close()
+    posix_ipc.unlink_shared_memory(region_name(name, qpath))  # as after a reboot: recovered from the log
+    again = make_queue(name)
+    bodies = []
+    while True:
+        try:
+            delivery = again.fetch(timeout=0)
+        except shmq.Empty:
+            break
+        bodies.append(delivery.body)
+        delivery.ack()
+    assert bodies == ["kept"]
+    assert again.recovery["live"] == 1

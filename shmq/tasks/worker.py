@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from threading import get_ident
 from typing import Any
 
 from shmq import _args, errors
@@ -61,10 +62,15 @@ def _task_call(delivery):
     one. ``meta`` (a 4th element, a dict) is what the scheduler adds to a
     periodic tick: {"scheduled_at": Unix time}."""
     body = delivery.body
-    if not (isinstance(body, (list, tuple)) and len(body) in (3, 4)):
+    if not isinstance(body, (list, tuple)):
         return None
-    name, args, kwargs = body[:3]
-    meta = body[3] if len(body) == 4 else None
+    if len(body) == 3:
+        name, args, kwargs = body
+        meta = None
+    elif len(body) == 4:
+        name, args, kwargs, meta = body
+    else:
+        return None
     if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
             and all(isinstance(key, str) for key in kwargs) and (meta is None or isinstance(meta, dict))):
         return None
@@ -131,13 +137,14 @@ def _run_one(app, delivery, task_of, watch: _Watch | None = None) -> None:
             delivery.extend(task.timeout)
     elif task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
-    token = _running.set((delivery, None if meta is None else meta.get("scheduled_at")))
+    ident = get_ident()
+    _running[ident] = (delivery, None if meta is None else meta.get("scheduled_at"))  # current_job()
     try:
         result = task.fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
         if watch is not None and task.timeout is not None:
             watch.disarm()
-        _running.reset(token)
+        _running[ident] = None
         # The job's retries came with it (the task's, or a per-job retries=); the backoff is the task's.
         delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
         outcome = delivery.fail(exc, delay=delay)
@@ -146,7 +153,7 @@ def _run_one(app, delivery, task_of, watch: _Watch | None = None) -> None:
         return
     if watch is not None and task.timeout is not None:
         watch.disarm()
-    _running.reset(token)
+    _running[ident] = None
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
