@@ -260,3 +260,23 @@ def test_cancelled_jobs_stay_cancelled_after_a_restart(make_queue, qpath, snapsh
         delivery.ack()
     assert bodies == ["kept"]
     assert again.recovery["live"] == 1
+
+
+def test_current_job_in_eager_mode(new_app):
+    app = new_app(eager=True)
+    seen = []
+
+    @app.task(retries=1)
+    def flaky():
+        job = shmq.current_job()
+        job.progress(0.5)
+        seen.append((job.id, job.attempt, job.cancelled))
+        if job.attempt == 1:
+            raise RuntimeError("once")
+        return job.id
+
+    job = flaky.enqueue()
+    assert job.wait() == job.id
+    assert seen == [(job.id, 1, False), (job.id, 2, False)]
+    assert job.cancel() is False and job.progress() is None  # it ran at enqueue
+    assert shmq.current_job() is None
