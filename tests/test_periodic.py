@@ -238,3 +238,36 @@ def test_periodic_list_stats_and_inspect_show_the_next_runs(make_queue, qpath):
     finally:
         scheduler.release()
     assert json.loads(ok(shmq_cli("periodic", "list", "--path", qpath, "--json")))["periodic"][0]["scheduler"] is None
+
+
+def test_the_supervisor_schedules_what_a_worker_registered(make_queue, qpath):
+    from shmq.ops.supervisor import Supervisor
+    from shmq.tasks.periodic import register
+
+    queue = make_queue()
+    schedules = {"beat": periodic_options("beat", 60, None, None, "once")}
+    register(qpath, queue.name, schedules)  # as shmq worker does at its start
+    now = [T0 + 1]
+    supervisor = Supervisor(qpath, clock=lambda: now[0])
+    supervisor.acquire()
+    try:
+        supervisor.scan()
+        supervisor.maintain()
+        worker_side = Scheduler(ShmBackend(queue), qpath, queue.name, schedules, clock=lambda: now[0])
+        assert not worker_side.holding()  # the supervisor holds the role
+        now[0] = T0 + 61
+        supervisor.maintain()
+        delivery = queue.fetch(timeout=1)
+        assert delivery.body == ["beat", [], {}, {"scheduled_at": T0 + 60}]
+        delivery.ack()
+        assert read_state(os.path.join(qpath, f"{queue.name}.periodic"))["beat"]["next"] == T0 + 120
+    finally:
+        for scheduler, _ in supervisor.schedulers.values():
+            scheduler.release()
+        for q in supervisor.queues.values():
+            q.close()
+        supervisor.release()
+    assert worker_side.holding()  # and a worker takes it over once the supervisor is gone
+    now[0] = T0 + 121
+    assert worker_side.run_once() == 1
+    worker_side.release()

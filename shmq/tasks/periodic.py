@@ -9,11 +9,14 @@ the scheduler that enqueues each tick exactly once.
     def rollup(): ...
 
 Who schedules: one process per queue and data directory at a time, the
-holder of an exclusive ``flock`` on ``<data dir>/<queue>.scheduler``. Every
-``shmq worker`` parent of the App tries to take it (without waiting) each
-time it looks after its pool; the kernel drops it when its holder dies
-(even by kill -9), and the next parent that tries takes over. So however
-many worker commands run on one data directory, one of them schedules.
+holder of an exclusive ``flock`` on ``<data dir>/<queue>.scheduler``. Each
+``shmq worker`` parent of the App writes the App's periodic tasks to
+``<data dir>/<queue>.periodic-tasks`` when it starts; the directory's
+supervisor, and every worker parent, try to take the role (without
+waiting) at each look (50 ms). The kernel drops the lock when its holder
+dies (even by kill -9), and the next process that tries takes over. So
+however many worker commands (and a supervisor) run on one data directory,
+one of them schedules.
 
 What it remembers: ``<data dir>/<queue>.periodic``, JSON with a CRC, written
 whole (temp file, fsync, rename) after each tick it enqueued: per task its
@@ -46,7 +49,8 @@ from typing import Any, Callable
 
 from shmq import _fs, errors
 
-__all__ = ["Schedule", "Scheduler", "listing", "periodic_options", "read_state", "scheduler_pid"]
+__all__ = ["Schedule", "Scheduler", "listing", "periodic_options", "read_state", "register", "registered",
+           "scheduler_pid"]
 
 log = logging.getLogger("shmq.periodic")
 
@@ -219,15 +223,7 @@ class Scheduler:
     def _save(self) -> None:
         tasks = {name: {"schedule": s.as_dict(), "last": self._last[name], "next": self._next[name]}
                  for name, s in self.schedules.items()}
-        doc = {"format": _FORMAT, "tasks": tasks}
-        doc["crc32"] = zlib.crc32(_canonical(tasks))
-        fd, temp = _fs.open_temp(self.path, f"{os.path.basename(self.state_path)}")
-        try:
-            os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, self.state_path)
+        _write_json(self.state_path, self.path, tasks)
 
     # ------------------------------------------------------------ ticks
 
@@ -257,6 +253,38 @@ class Scheduler:
         return dict(self._next)
 
 
+def _write_json(path: str, directory: str, tasks: dict) -> None:
+    """{"format", "tasks", "crc32"} into `path`, whole: a temporary file, fsync, rename."""
+    doc = {"format": _FORMAT, "tasks": tasks, "crc32": zlib.crc32(_canonical(tasks))}
+    fd, temp = _fs.open_temp(directory, os.path.basename(path))
+    try:
+        os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, path)
+
+
+def register(path: str, name: str, schedules: dict[str, Schedule]) -> None:
+    """Writes the App's periodic tasks to <dir>/<queue>.periodic-tasks, so that
+    a supervisor of the directory can schedule them (shmq worker does, at start)."""
+    _write_json(os.path.join(path, f"{name}.periodic-tasks"), path,
+                {task: schedule.as_dict() for task, schedule in schedules.items()})
+
+
+def registered(path: str, name: str) -> dict[str, Schedule]:
+    """{task: Schedule} registered for queue `name` (empty: none, or a file that fails its checks)."""
+    tasks = read_state(os.path.join(path, f"{name}.periodic-tasks"))
+    out = {}
+    for task, spec in tasks.items():
+        try:
+            out[task] = periodic_options(task, spec.get("every"), spec.get("cron"), spec.get("tz"),
+                                         spec.get("missed"))
+        except (errors.ConfigError, AttributeError) as exc:
+            log.warning("periodic task %r registered for %r is not scheduled: %s", task, name, exc)
+    return out
+
+
 def scheduler_pid(lock_path: str) -> int | None:
     """The pid of the process holding the scheduler role (its lock file), or None."""
     try:
@@ -276,7 +304,7 @@ def scheduler_pid(lock_path: str) -> int | None:
 
 
 def read_state(path: str) -> dict:
-    """{task: {schedule, last, next}} from a state file (empty: none, or damaged and moved aside)."""
+    """{task: ...} from a state or registration file (empty: none, or damaged and moved aside)."""
     try:
         fd = _fs.open_file(path, os.O_RDONLY, "the periodic tasks' state file")
     except FileNotFoundError:
@@ -299,8 +327,9 @@ def read_state(path: str) -> dict:
         return tasks
     aside = f"{path}.damaged.{int(time.time())}"
     os.rename(path, aside)
-    log.warning("the periodic tasks' state file %s is damaged: %s. It was moved to %s; every schedule starts "
-                "again from now (ticks missed meanwhile are not run)", path, problem, aside)
+    log.warning("the periodic tasks' file %s is damaged: %s. It was moved to %s; a state file's schedules "
+                "start again from now (ticks missed meanwhile are not run), a registration is written again by "
+                "the next shmq worker of the App", path, problem, aside)
     return {}
 
 

@@ -412,8 +412,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
                  ", ".join(sorted(app.tasks)))
         schedules = app.periodic_tasks()
         if schedules:
-            from shmq.tasks.periodic import Scheduler
+            from shmq.tasks.periodic import Scheduler, register
 
+            register(location, app.name, schedules)  # for the directory's supervisor, which may hold the role
             scheduler = Scheduler(app.backend, location, app.name, schedules, clock or time.time)
         if ready is not None:
             ready.set()
