@@ -38,6 +38,10 @@ from shmq.errors import (
     UndecodableJob,
 )
 
+# The job the calling task runs. Imported here, not lazily: tasks call it per job, and a module
+# __getattr__ would run an import statement on every call (it loads no C core: pure Python).
+from shmq.tasks.current import current_job
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -139,10 +143,6 @@ def __getattr__(name):
         from shmq.tasks.app import App
 
         return App
-    if name == "current_job":  # the job the calling task runs (shmq/tasks/current.py)
-        from shmq.tasks.current import current_job
-
-        return current_job
     if name == "mp":  # the drop-in for multiprocessing.Queue
         import shmq.channel.mp
 

@@ -90,14 +90,14 @@ class _Watch:
     def __init__(self, words, at: int, tasks: list[str]):
         self.words = words
         self.at = at
-        self.tasks = tasks
+        self.tasks = {name: i + 1 for i, name in enumerate(tasks)}  # name -> index + 1 (the parent's order)
 
     def arm(self, delivery, task) -> None:
         w, at = self.words, self.at
         token = delivery.lease_token
         w[at + 1], w[at + 2], w[at + 3] = token
         w[at + 4] = delivery.retries
-        w[at + 5] = self.tasks.index(task.name) + 1
+        w[at + 5] = self.tasks[task.name]
         w[at] = time.monotonic_ns() + int(task.timeout * 1e9)
 
     def disarm(self) -> None:
