@@ -546,7 +546,7 @@ class JobsMixin:
         rc = lib.shmq_delivery_payload(handle, c, ffi.from_buffer(raw))
         if rc != OK:
             raise_for(rc, f"reading job {job_id} on queue {self.name!r}")
-        return self._delivery(c, bytes(raw), 60 * 10**9)
+        return self._delivery(c, bytes(raw), 60 * 10**9, check_attempts=False)  # the taker ends the attempt
 
     def job(self, job_id: int) -> Job:
         """The handle of job `job_id` (for status and wait from another process)."""
@@ -615,7 +615,7 @@ class JobsMixin:
         finally:
             free.append(scratch)
 
-    def _delivery(self, c, raw, lease_ns: int) -> Delivery | None:
+    def _delivery(self, c, raw, lease_ns: int, check_attempts: bool = True) -> Delivery | None:
         tag = c.tag
         group = None
         retries = _RETRIES_DEFAULT
@@ -650,7 +650,7 @@ class JobsMixin:
                 f"{self.name}' shows them). Producers and consumers must run the same shmq version and codec",
                 c.job_id, tag)
         delivery = Delivery(self, c, raw, body, group, retries, decode_error)
-        if c.attempt > delivery.retries + 1:
+        if check_attempts and c.attempt > delivery.retries + 1:
             # Its consumers died (or overran their lease) on every attempt: dead.
             delivery.fail(
                 errors.ShmqError(
