@@ -95,6 +95,7 @@ class Task:
             _args.seconds_ns("lease_timeout", lease_timeout, _args.LEASE_MIN, _args.LEASE_MAX)  # at definition
         self.lease_timeout = lease_timeout
         self.timeout = timeout  # seconds a run may take: the worker kills it then (checked by lifecycle_options)
+        self._bounded = timeout is not None or lease_timeout is not None  # the worker's one look per run
         self.schedule = None  # a shmq.tasks.periodic.Schedule for @app.periodic tasks
         try:
             self._signature = inspect.signature(fn)

@@ -10,10 +10,11 @@
             write(row)
             job.progress(i + 1, len(rows))
 
-The worker sets it around each run, for its thread (a dict keyed by the
-thread's ident: two stores per job, where a context variable's set and
-reset cost several times more on the job path), so a task defined for a
-worker also runs as a plain call, where current_job() is None.
+The worker sets it around each run, for its thread (a cell per thread,
+found once per fetch loop: two list stores per job, where a context
+variable's set and reset cost several times more on the job path), so a
+task defined for a worker also runs as a plain call, where current_job()
+is None.
 """
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ import threading
 
 __all__ = ["CurrentJob", "current_job"]
 
-# {thread ident: (delivery, scheduled_at) of the job it runs, or None}; set by the worker.
+# {thread ident: [the delivery of the job it runs, or (delivery, meta dict) for a periodic tick, or
+# None]}: a cell per thread, which the worker's fetch loop looks up once and sets around each run.
 _running: dict = {}
+
+
+def thread_cell() -> list:
+    """This thread's cell in _running (made on first use)."""
+    ident = threading.get_ident()
+    cell = _running.get(ident)
+    if cell is None:
+        cell = _running[ident] = [None]
+    return cell
 
 
 class CurrentJob:
@@ -55,5 +66,10 @@ class CurrentJob:
 
 def current_job() -> CurrentJob | None:
     """The job the calling task runs (in a worker), or None outside a task."""
-    running = _running.get(threading.get_ident())
-    return None if running is None else CurrentJob(*running)
+    cell = _running.get(threading.get_ident())
+    running = None if cell is None else cell[0]
+    if running is None:
+        return None
+    if type(running) is tuple:  # (delivery, meta) of a periodic tick
+        return CurrentJob(running[0], running[1].get("scheduled_at"))
+    return CurrentJob(running, None)

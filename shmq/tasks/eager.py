@@ -13,7 +13,6 @@ a duplicate. Delays are not waited for.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from shmq import _args
 from shmq import codec as _codec
 from shmq import errors
 from shmq.channel.jobs import error_info
-from shmq.tasks.current import _running
+from shmq.tasks.current import thread_cell
 
 __all__ = ["EagerJob", "run_eager"]
 
@@ -118,18 +117,18 @@ def run_eager(app, task, args: tuple, kwargs: dict, unique: Any, until: str, ret
         state.held[unique] = job
     try:
         allowed = _retries(app, task, retries)
-        ident, enqueued_at = threading.get_ident(), time.time()
-        outer = _running.get(ident)  # an eager task that enqueues another runs it inside its own run
+        cell, enqueued_at = thread_cell(), time.time()
+        outer = list(cell)  # an eager task that enqueues another runs it inside its own run
         for attempt in range(1, allowed + 2):
             job.attempts = attempt
-            _running[ident] = (_EagerRun(job.id, attempt, enqueued_at), None)
+            cell[0] = _EagerRun(job.id, attempt, enqueued_at)
             try:
                 result = task.fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - a task's failure, as a worker sees it
                 job._error = error_info(exc)
                 continue
             finally:
-                _running[ident] = outer
+                cell[:] = outer
             if result is not None:
                 try:
                     codec.encode(result)  # a result the queue could not carry

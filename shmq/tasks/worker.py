@@ -26,11 +26,10 @@ import os
 import signal
 import threading
 import time
-from threading import get_ident
 from typing import Any
 
 from shmq import _args, errors
-from shmq.tasks.current import _running
+from shmq.tasks.current import thread_cell
 
 __all__ = ["run", "work"]
 
@@ -62,17 +61,15 @@ def _task_call(delivery):
     one. ``meta`` (a 4th element, a dict) is what the scheduler adds to a
     periodic tick: {"scheduled_at": Unix time}."""
     body = delivery.body
-    if not isinstance(body, (list, tuple)):
-        return None
-    if len(body) == 3:
+    if isinstance(body, (list, tuple)) and len(body) == 3:  # a task call; checked as cheaply as it was
         name, args, kwargs = body
         meta = None
-    elif len(body) == 4:
+    elif isinstance(body, (list, tuple)) and len(body) == 4 and isinstance(body[3], dict):  # a periodic tick
         name, args, kwargs, meta = body
     else:
         return None
     if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
-            and all(isinstance(key, str) for key in kwargs) and (meta is None or isinstance(meta, dict))):
+            and all(isinstance(key, str) for key in kwargs)):
         return None
     return name, args, kwargs, meta
 
@@ -104,7 +101,20 @@ class _Watch:
         self.words[self.at] = 0
 
 
-def _run_one(app, delivery, task_of, watch: _Watch | None = None) -> None:
+def _bound_run(delivery, task, watch: _Watch | None) -> None:
+    """The lease (and the parent's watch) of a run of a task with a timeout or a lease_timeout."""
+    if task.timeout is None:
+        delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
+    elif watch is not None:
+        # The parent kills the run at its timeout, and takes the lease before it kills: the lease
+        # itself must never run out first (a second run beside a live first one).
+        delivery.extend(_args.LEASE_MAX)
+        watch.arm(delivery, task)
+    else:  # no pool to kill the run: the lease is the bound (taken back then; the run may go on)
+        delivery.extend(task.timeout)
+
+
+def _run_one(app, delivery, task_of, watch: _Watch | None = None, cell: list | None = None) -> None:
     """Runs one job and finishes it: ack with the result, or fail with the error.
     A job that can never run (undecodable, not a task call, a task this app
     lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
@@ -127,33 +137,26 @@ def _run_one(app, delivery, task_of, watch: _Watch | None = None) -> None:
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
-    if task.timeout is not None:
-        if watch is not None:
-            # The parent kills the run at its timeout, and takes the lease before it kills: the lease
-            # itself must never run out first (a second run beside a live first one).
-            delivery.extend(_args.LEASE_MAX)
-            watch.arm(delivery, task)
-        else:  # no pool to kill the run: the lease is the bound (taken back then; the run may go on)
-            delivery.extend(task.timeout)
-    elif task.lease_timeout is not None:
-        delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
-    ident = get_ident()
-    _running[ident] = (delivery, None if meta is None else meta.get("scheduled_at"))  # current_job()
+    if task._bounded:  # a timeout or a lease_timeout of its own (one look for tasks with neither)
+        _bound_run(delivery, task, watch)
+    if cell is None:
+        cell = thread_cell()
+    cell[0] = delivery if meta is None else (delivery, meta)  # current_job() in this thread
     try:
         result = task.fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
-        if watch is not None and task.timeout is not None:
+        cell[0] = None
+        if watch is not None:
             watch.disarm()
-        _running[ident] = None
         # The job's retries came with it (the task's, or a per-job retries=); the backoff is the task's.
         delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
         outcome = delivery.fail(exc, delay=delay)
         log.info("job %d (%s) failed on attempt %d: %s: %s -> %s", delivery.id, name, delivery.attempt,
                  type(exc).__name__, exc, outcome)
         return
-    if watch is not None and task.timeout is not None:
+    cell[0] = None
+    if watch is not None:
         watch.disarm()
-    _running[ident] = None
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
@@ -173,6 +176,7 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None, watch: _Watch |
         return task
 
     fetch = backend.fetch
+    cell = thread_cell()
     warned_full_at = None
     while not stop.is_set():
         try:
@@ -190,7 +194,7 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None, watch: _Watch |
             stop.wait(_FETCH_SLICE)
             continue
         try:
-            _run_one(app, delivery, task_of, watch)
+            _run_one(app, delivery, task_of, watch, cell)
         except errors.LeaseLost as exc:
             log.warning("%s", exc)
 
