@@ -481,15 +481,14 @@ int shmq_extend(shmq_handle *h, const shmq_delivery *d, int64_t lease_ns)
 
 /* ------------------------------------------------------------ cancelled jobs (see jobs_cancel.c) */
 
-const char shmq_cancelled_text[] = "cancelled";
 
 /* Ends a job whose entry we hold (FINISHING or MOVING under our index). */
 void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen, int logged)
 {
     uint64_t job_id = e->job_id;
     if (!logged) {
-        shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, e->attempt, SHMQ_RETRY_CANCELLED, shmq_cancelled_text,
-                              sizeof shmq_cancelled_text - 1);
+        shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, e->attempt, SHMQ_RETRY_CANCELLED, SHMQ_CANCELLED_TEXT,
+                              sizeof SHMQ_CANCELLED_TEXT - 1);
     }
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
@@ -497,7 +496,7 @@ void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, 
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, index);
     if (!logged)
-        shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, e->attempt, 0, (const uint8_t *)shmq_cancelled_text, 0);
+        shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, e->attempt, 0, (const uint8_t *)"", 0);
     entry_store(e, SHMQ_JOB_FREE, 0, gen);
     if (ordered)
         shmq_wake_data(h); /* the lane's next job may start */

@@ -41,6 +41,9 @@ static inline uint64_t entry_needs(const shmq_job_entry *e)
     return (GET(e->flags) & SHMQ_JOBF_REF) ? GET(e->record) : copy ? copy : GET(e->job_id);
 }
 
+/* The error text of a cancelled job's DEAD record. */
+#define SHMQ_CANCELLED_TEXT "cancelled"
+
 /* The cancel set (jobs_cancel.c says how it is used): the slot holding
  * job_id, or -1. seq_cst loads: one side of the canceller/fetcher handshake. */
 static inline int cancel_slot_of(const shmq_handle *h, uint64_t job_id)
@@ -85,7 +88,6 @@ int shmq_jobs_references(const shmq_handle *h, unsigned index);
 void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen, int logged);
 int shmq_jobs_cancel_taken(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen);
 int shmq_jobs_cancels_pending(const shmq_handle *h);
-extern const char shmq_cancelled_text[];
 
 /* jobs_gate.c */
 void shmq_jobs_gate_open(shmq_handle *h, const shmq_job_entry *e, uint32_t index);

@@ -113,7 +113,7 @@ static int cancel_in_table(shmq_handle *h, uint64_t job_id, int force, int *outc
 }
 
 /* A job in a lane or the backlog (see the top comment). */
-static int cancel_queued(shmq_handle *h, uint64_t job_id, int force, int *outcome)
+static int cancel_queued(shmq_handle *h, uint64_t job_id, int *outcome)
 {
     int at = set_add(h, job_id);
     if (at < 0)
@@ -134,10 +134,10 @@ static int cancel_queued(shmq_handle *h, uint64_t job_id, int force, int *outcom
         if (cancel_take(h, at, job_id))
             return SHMQ_OK;
     }
-    (void)force;
-    shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, 0, SHMQ_RETRY_CANCELLED, shmq_cancelled_text,
-                          9);
-    shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, 0, 0, (const uint8_t *)shmq_cancelled_text, 0);
+    /* Its end, now (a recovery drops it; status and wait answer at once); the fetcher frees it unrun. */
+    shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, 0, SHMQ_RETRY_CANCELLED, SHMQ_CANCELLED_TEXT,
+                          sizeof SHMQ_CANCELLED_TEXT - 1);
+    shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, 0, 0, (const uint8_t *)"", 0);
     *outcome = SHMQ_CANCEL_ENDED;
     return SHMQ_OK;
 }
@@ -168,7 +168,7 @@ int shmq_job_cancel(shmq_handle *h, uint64_t job_id, int force, int *outcome /* 
             continue; /* into the table meanwhile */
         if (status != SHMQ_JOB_QUEUED)
             return status < 0 ? status : SHMQ_OK; /* finished, cancelled already, or unknown */
-        rc = cancel_queued(h, job_id, force, outcome);
+        rc = cancel_queued(h, job_id, outcome);
         if (rc != 1)
             return rc;
     }
