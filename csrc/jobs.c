@@ -186,6 +186,9 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
         }
     }
     PUT(e->flags, flags);
+    /* relaxed: published by the lease's release store. */
+    atomic_store_explicit(&e->control, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->progress, SHMQ_PROGRESS_NONE, memory_order_relaxed);
     return SHMQ_OK;
 }
 
@@ -256,6 +259,8 @@ static int fetch_message(shmq_handle *h, uint32_t lane, fetch_args *a, int order
     METRIC_ADD(h, lane, started, 1);
     if (t.enqueued_ns)
         shmq_jobs_hist_add(h, SHMQ_HIST_WAIT, shmq_wall_ns() - t.enqueued_ns);
+    if (shmq_jobs_cancel_taken(h, e, index, gen))
+        return SHMQ_EEMPTY; /* cancelled while it waited in the lane: ended unrun; the round goes on */
     return deliver(h, e, index, gen, a);
 }
 
@@ -425,6 +430,13 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     uint64_t job_id = e->job_id;
     METRIC_ADD(h, e->lane, failed, 1);
     shmq_jobs_hist_add(h, SHMQ_HIST_RUN, shmq_now_ns() - e->started_ns);
+    /* seq_cst: our FINISHING before the look at the control word; pairs with
+     * the canceller's fetch_or then second look at the state (jobs_cancel.c). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&e->control) & SHMQ_JOBC_CANCEL) {
+        shmq_jobs_end_cancelled(h, e, d->entry, d->gen, 0); /* a cancelled job is never retried */
+        return SHMQ_ECANCELLED;
+    }
     if (retry_at_ns >= 0) {
         uint16_t next = (uint16_t)(e->attempt + 1);
         int rc = shmq_jobs_log_outcome(h, SHMQ_REC_RETRY, job_id, retry_at_ns, next, SHMQ_RETRY_FAILED, error, length);
@@ -505,6 +517,57 @@ int shmq_extend(shmq_handle *h, const shmq_delivery *d, int64_t lease_ns)
     atomic_store_explicit(&e->deadline_ns, lease_ns < 0 || lease_ns > INT64_MAX - now ? INT64_MAX : now + lease_ns,
                           memory_order_relaxed);
     return leased(h, d) ? SHMQ_OK : SHMQ_ELEASE;
+}
+
+/* ------------------------------------------------------------ cancelled jobs (see jobs_cancel.c) */
+
+
+/* Ends a job whose entry we hold (FINISHING or MOVING under our index). */
+void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen, int logged)
+{
+    uint64_t job_id = e->job_id;
+    if (!logged) {
+        shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, e->attempt, SHMQ_RETRY_CANCELLED, SHMQ_CANCELLED_TEXT,
+                              sizeof SHMQ_CANCELLED_TEXT - 1);
+    }
+    if (e->flags & SHMQ_JOBF_UNIQUE)
+        shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
+    METRIC_ADD(h, e->lane, cancelled, 1);
+    int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
+    shmq_jobs_gate_open(h, e, index);
+    if (!logged)
+        shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, e->attempt, 0, (const uint8_t *)"", 0);
+    entry_store(e, SHMQ_JOB_FREE, 0, gen);
+    if (ordered)
+        shmq_wake_data(h); /* the lane's next job may start */
+}
+
+int shmq_jobs_cancels_pending(const shmq_handle *h)
+{
+    /* relaxed: a look for the snapshot (the last handle: nothing moves). */
+    return h->jobs && atomic_load_explicit(&h->jobs->cancel_count, memory_order_relaxed) != 0;
+}
+
+/* The fetcher, holding job `e` RUNNING(me, gen) just taken from a lane: if it
+ * was cancelled, takes it out of the set and frees it unrun; returns 1 then. */
+int shmq_jobs_cancel_taken(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen)
+{
+    /* seq_cst: our lease (published above) before our look at the set; pairs
+     * with the fence in cancel_queued. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* relaxed: after the fence; 0 means no canceller has added an id that we must see. */
+    if (!atomic_load_explicit(&h->jobs->cancel_count, memory_order_relaxed))
+        return 0;
+    int at = cancel_slot_of(h, e->job_id);
+    if (at < 0 || !cancel_take(h, at, e->job_id))
+        return 0;
+    uint64_t s = shmq_job_state(SHMQ_JOB_RUNNING_KIND, h->self, gen);
+    /* acquire: ours already; the CAS only keeps the sweeper out while we end it. */
+    if (!atomic_compare_exchange_strong_explicit(&e->state, &s, shmq_job_state(SHMQ_JOB_FINISHING, h->self, gen),
+                                                 memory_order_acquire, memory_order_relaxed))
+        return 1; /* taken back meanwhile (we looked dead?): the sweeper sees no cancel bit; rare, runs again */
+    shmq_jobs_end_cancelled(h, e, index, gen, 1); /* the canceller wrote its end */
+    return 1;
 }
 
 /* ------------------------------------------------------------ for the lanes and the log */

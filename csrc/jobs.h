@@ -41,6 +41,30 @@ static inline uint64_t entry_needs(const shmq_job_entry *e)
     return (GET(e->flags) & SHMQ_JOBF_REF) ? GET(e->record) : copy ? copy : GET(e->job_id);
 }
 
+/* The error text of a cancelled job's DEAD record. */
+#define SHMQ_CANCELLED_TEXT "cancelled"
+
+/* The cancel set (jobs_cancel.c says how it is used): the slot holding
+ * job_id, or -1. seq_cst loads: one side of the canceller/fetcher handshake. */
+static inline int cancel_slot_of(const shmq_handle *h, uint64_t job_id)
+{
+    for (int i = 0; i < SHMQ_CANCEL_SLOTS; i++)
+        if (atomic_load(&h->jobs->cancel_ids[i]) == job_id)
+            return i;
+    return -1;
+}
+
+/* Takes job_id out of slot `at`; 1 if we did (whoever does, owns the outcome). */
+static inline int cancel_take(shmq_handle *h, int at, uint64_t job_id)
+{
+    uint64_t expected = job_id;
+    /* seq_cst: one taker wins; pairs with the other side's take. */
+    if (!atomic_compare_exchange_strong(&h->jobs->cancel_ids[at], &expected, 0))
+        return 0;
+    atomic_fetch_sub(&h->jobs->cancel_count, 1); /* seq_cst: a hint for fetchers (see shmq_jobs_cancel_taken) */
+    return 1;
+}
+
 typedef struct fetch_args {
     char *buffer;
     uint32_t capacity;
@@ -61,6 +85,9 @@ int shmq_jobs_log_outcome(shmq_handle *h, unsigned type, uint64_t job_id, int64_
 int shmq_jobs_fetch_round(shmq_handle *h, fetch_args *a);
 int shmq_jobs_holds(shmq_handle *h, uint64_t job_id);
 int shmq_jobs_references(const shmq_handle *h, unsigned index);
+void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen, int logged);
+int shmq_jobs_cancel_taken(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen);
+int shmq_jobs_cancels_pending(const shmq_handle *h);
 
 /* jobs_gate.c */
 void shmq_jobs_gate_open(shmq_handle *h, const shmq_job_entry *e, uint32_t index);

@@ -123,7 +123,8 @@ static int in_lanes(const shmq_handle *h, uint64_t job_id)
             if (kind != SHMQ_SLOT_READY && kind != SHMQ_SLOT_READING)
                 continue;
             const shmq_msg_header *mh = (const shmq_msg_header *)(base + h->data_offset + i * h->slot_bytes);
-            if (mh->job_id == job_id && !(mh->flags & SHMQ_MSG_SKIP))
+            /* relaxed: a look; the holder of a READING slot may mark it leased meanwhile. */
+            if (GET(mh->job_id) == job_id && !(__atomic_load_n(&mh->flags, __ATOMIC_RELAXED) & SHMQ_MSG_SKIP))
                 return 1;
         }
     }
@@ -135,7 +136,7 @@ static int status_once(shmq_handle *h, uint64_t job_id, shmq_result_info *info)
     /* In the order a job moves (lane, table, result), so one that moves on
      * while we look is still seen. */
     if (in_lanes(h, job_id))
-        return SHMQ_JOB_QUEUED;
+        return cancel_slot_of(h, job_id) >= 0 ? SHMQ_JOB_CANCELLED : SHMQ_JOB_QUEUED;
     for (uint32_t i = 0; i < h->job_slots; i++) {
         shmq_job_entry *e = entry_at(h, i);
         /* acquire: pairs with entry_store. */
@@ -154,7 +155,7 @@ static int status_once(shmq_handle *h, uint64_t job_id, shmq_result_info *info)
     shmq_log_stats s;
     shmq_log_stats_read(h, &s);
     if (s.spilling && job_id >= s.feed_cursor && job_id < s.tail)
-        return SHMQ_JOB_QUEUED; /* waiting in the log for room in the lanes */
+        return cancel_slot_of(h, job_id) >= 0 ? SHMQ_JOB_CANCELLED : SHMQ_JOB_QUEUED; /* in the log, for room */
     return SHMQ_JOB_UNKNOWN;
 }
 
@@ -190,6 +191,7 @@ void shmq_job_stats_read(const shmq_handle *h, int lane, shmq_job_stats *s /* OU
         s->dead += atomic_load_explicit(&m->dead, memory_order_relaxed);
         s->lease_expired += atomic_load_explicit(&m->lease_expired, memory_order_relaxed);
         s->consumer_died += atomic_load_explicit(&m->consumer_died, memory_order_relaxed);
+        s->cancelled += atomic_load_explicit(&m->cancelled, memory_order_relaxed);
         const shmq_lane_header *lh = lane_header(h, i);
         uint64_t pushed = atomic_load_explicit(&lh->pushed, memory_order_relaxed);
         uint64_t popped = atomic_load_explicit(&lh->popped, memory_order_relaxed);

@@ -39,6 +39,9 @@ static void entry_from_record(shmq_job_entry *e, const shmq_record_header *rec, 
         e->offset = offset;
     }
     PUT(e->flags, flags);
+    /* relaxed: published by the entry's release store. */
+    atomic_store_explicit(&e->control, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->progress, SHMQ_PROGRESS_NONE, memory_order_relaxed);
 }
 
 static void scheduled(shmq_handle *h, shmq_job_entry *e, uint64_t gen)
@@ -164,6 +167,11 @@ int shmq_jobs_take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired)
                                                  memory_order_acquire, memory_order_relaxed))
         return 0;
     uint64_t gen = shmq_job_gen(s);
+    /* relaxed: the canceller's bit; one set after this look is seen by the next holder's fail. */
+    if (atomic_load_explicit(&e->control, memory_order_relaxed) & SHMQ_JOBC_CANCEL) {
+        shmq_jobs_end_cancelled(h, e, index, gen, 0); /* cancelled (with force: killed): never run again */
+        return 1;
+    }
     if ((e->flags & SHMQ_JOBF_ORDERED) && e->lane < h->lane_count &&
         /* acquire: as in fetch_ordered. */
         atomic_load_explicit(&lane_header(h, e->lane)->gate, memory_order_acquire) != (uint64_t)index + 1) {
@@ -278,6 +286,11 @@ int shmq_jobs_tick(shmq_handle *h)
                 continue;
             uint64_t gen = shmq_job_gen(s);
             int64_t due = e->due_ns;
+            /* relaxed: a bit set while it ran, seen late (a fail that raced the canceller). */
+            if (atomic_load_explicit(&e->control, memory_order_relaxed) & SHMQ_JOBC_CANCEL) {
+                shmq_jobs_end_cancelled(h, e, i, gen, 0);
+                continue;
+            }
             if (e->flags & SHMQ_JOBF_ORDERED) { /* its lane's fetchers take it (see fetch_ordered) */
                 uint32_t lane = e->lane;
                 entry_store(e, SHMQ_JOB_WAITING, 0, gen);

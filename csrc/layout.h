@@ -449,7 +449,8 @@ typedef struct shmq_retry_body {
     uint32_t error_bytes;   /* error text (UTF-8) after this body */
 } shmq_retry_body;
 _Static_assert(sizeof(shmq_retry_body) == 16, "format");
-enum { SHMQ_RETRY_FAILED = 1, SHMQ_RETRY_CONSUMER_DIED = 2, SHMQ_RETRY_RECOVERED = 3, SHMQ_RETRY_HELD = 4 };
+enum { SHMQ_RETRY_FAILED = 1, SHMQ_RETRY_CONSUMER_DIED = 2, SHMQ_RETRY_RECOVERED = 3, SHMQ_RETRY_HELD = 4,
+       SHMQ_RETRY_CANCELLED = 5 };
 /* SHMQ_RETRY_HELD: held back by a limit or a pause (shmq_hold); `attempt` is unchanged. */
 
 typedef struct shmq_checkpoint_body {
@@ -535,6 +536,14 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  * record (unique_bytes = 16), so recovery rebuilds the table; unique jobs
  * travel by reference so that a consumer finds the key to free.
  *
+ * Job control (csrc/jobs_cancel.c): an entry's `control` word holds what
+ * was asked of its running job (SHMQ_JOBC_CANCEL, _FORCE; zeroed when the
+ * entry is filled), `progress` what its task reported (ppm). A job cancelled
+ * while in a lane or the backlog has its id in the header's cancel_ids
+ * until a fetcher passes it by unrun; its end is a DEAD record with reason
+ * SHMQ_RETRY_CANCELLED (recovery drops it) and a result with status
+ * SHMQ_JOB_CANCELLED. No snapshot is written while an id is there.
+ *
  * Results: entry n of the ring (n = claimed sequence number) lives in
  * slot n % result_slots; its `seq` is 2n + 1 while written and 2n + 2 once
  * published (a seqlock: readers copy, then check seq again). Result bytes
@@ -561,6 +570,12 @@ static inline uint64_t shmq_job_gen(uint64_t s) { return s & SHMQ_JOB_GEN_MASK; 
 #define SHMQ_JOBF_ORDERED 2u       /* it holds its lane's gate (or will, for a WAITING one) */
 #define SHMQ_JOBF_UNIQUE_FINISH 4u /* its unique key is freed when it ends */
 #define SHMQ_JOBF_UNIQUE 8u        /* unique_hi/lo hold its key */
+
+/* Job control words (entry `control`): what was asked of a running job. */
+#define SHMQ_JOBC_CANCEL 1u        /* cancelled: the task may look (current_job().cancelled); never retried */
+#define SHMQ_JOBC_FORCE 2u         /* cancelled with force: its process was killed */
+#define SHMQ_PROGRESS_NONE 0xFFFFFFFFu
+#define SHMQ_CANCEL_SLOTS 127      /* cancelled jobs still in a lane or the backlog, at once */
 
 #define SHMQ_GATE_CLAIM (1ull << 63)
 #define SHMQ_UNIQUE_CLAIMED (1ull << 63)
@@ -598,10 +613,19 @@ typedef struct shmq_jobs_header {
     _Atomic uint64_t rate;                            /* closed: the controller's allowed rate, jobs/s */
     _Atomic uint32_t controller;                      /* participant refilling (0: none) */
     uint32_t reserved5;
+    /* Cancellation (csrc/jobs_cancel.c): ids of jobs cancelled while in a
+     * lane or the backlog; the fetcher that takes one ends it unrun.
+     * cancel_count is how many slots are taken (a hint: fetchers look at
+     * the slots only while it is not 0). */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint32_t cancel_count;
+    uint32_t reserved6;
+    _Atomic uint64_t cancel_ids[SHMQ_CANCEL_SLOTS];   /* 0: free */
 } shmq_jobs_header;
 _Static_assert(offsetof(shmq_jobs_header, result_seq) == 64, "format");
 _Static_assert(offsetof(shmq_jobs_header, hist) == 128, "format");
 _Static_assert(offsetof(shmq_jobs_header, throttle_mode) == 4288, "format");
+_Static_assert(offsetof(shmq_jobs_header, cancel_count) == 4352, "format");
+_Static_assert(offsetof(shmq_jobs_header, cancel_ids) == 4360, "format");
 _Static_assert(sizeof(shmq_jobs_header) % SHMQ_CACHE_LINE == 0, "format");
 
 /* Per lane; relaxed counters. Producers write the first line, consumers the second. */
@@ -618,7 +642,7 @@ typedef struct shmq_lane_metrics {
     _Atomic uint64_t dead;
     _Atomic uint64_t lease_expired;
     _Atomic uint64_t consumer_died;
-    uint8_t reserved1[SHMQ_CACHE_LINE - 56];
+    _Atomic uint64_t cancelled;    /* ended by a cancel (jobs_cancel.c) */
 } shmq_lane_metrics;
 _Static_assert(sizeof(shmq_lane_metrics) == 128, "format");
 
@@ -639,9 +663,13 @@ typedef struct shmq_job_entry {
     uint8_t tag;
     uint8_t flags;              /* SHMQ_JOBF_* */
     uint64_t copy;              /* not JOBF_REF: position of a record (or checkpoint) holding a copy; 0: job_id's */
-    uint8_t reserved[32];
+    /* Job control (jobs_cancel.c): set by any process, read by the lease's holder. */
+    _Atomic uint32_t control;   /* SHMQ_JOBC_*: 0 when the entry is filled */
+    _Atomic uint32_t progress;  /* RUNNING: parts per million the task reported; SHMQ_PROGRESS_NONE: none */
+    uint8_t reserved[24];
     uint8_t payload[SHMQ_JOB_INLINE_BYTES];
 } shmq_job_entry;
+_Static_assert(offsetof(shmq_job_entry, control) == 96, "format");
 _Static_assert(offsetof(shmq_job_entry, payload) == 128, "format");
 _Static_assert(sizeof(shmq_job_entry) == 384, "format");
 

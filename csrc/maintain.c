@@ -239,8 +239,9 @@ int shmq_log_snapshot(shmq_handle *h)
 {
     if (!h->log_on || shmq_log_spilling(h))
         return SHMQ_OK;
-    if (h->jobs && shmq_jobs_live(h))
-        return SHMQ_OK; /* jobs wait in the table (scheduled, or to run again): the log keeps them */
+    if (h->jobs && (shmq_jobs_live(h) || shmq_jobs_cancels_pending(h)))
+        return SHMQ_OK; /* jobs wait in the table (scheduled, or to run again), or cancelled ones in the
+                         * lanes (their DEAD records are in the log): the log keeps them */
     shmq_log_ack_flush(h); /* before the segments go: a DONE after the snapshot would only be noise */
     shmq_region_header *hdr = h->header;
     uint64_t S = h->segment_bytes;

@@ -38,6 +38,8 @@ const char *shmq_strerror(int status)
     case SHMQ_ENOLOG: return "jobs need a log (the queue has durability none)";
     case SHMQ_ELOGFULL: return "the log holds max_log_bytes";
     case SHMQ_EUNTRUSTED: return "owned by another user, or open to group/others: refused";
+    case SHMQ_ECANCELLED: return "the job was cancelled while it ran: it ended cancelled";
+    case SHMQ_ECANCELFULL: return "too many cancelled jobs are still waiting in the lanes";
     case SHMQ_ELOCKED: return "held by a live process that makes no progress (stopped?)";
     case SHMQ_EADMITFULL: return "an admission table (paused tasks, concurrency seats, rate keys) is full";
     case SHMQ_ENOTDURABLE: return "accepted, but not yet durable (the wait for the flush was cut short)";

@@ -559,7 +559,9 @@ int shmq_lane_repair_writer(shmq_handle *h, uint32_t index, const shmq_taken *t)
  * after its takeover CAS, once we are dead. */
 void shmq_lane_mark_leased(shmq_handle *h, const shmq_taken *t)
 {
-    header_at(h, lane_at(h, t->msg.lane), t->msg.position)->flags |= SHMQ_MSG_LEASED;
+    /* relaxed: a lone byte; a status look (in_lanes, jobs_info.c) reads it while we hold the slot. */
+    __atomic_fetch_or(&header_at(h, lane_at(h, t->msg.lane), t->msg.position)->flags, SHMQ_MSG_LEASED,
+                      __ATOMIC_RELAXED);
 }
 
 /* Releases a taken message's slots (no DONE: the job's lease holds it now). */

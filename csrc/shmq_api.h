@@ -43,6 +43,12 @@
 #define SHMQ_JOB_RUNNING 3
 #define SHMQ_JOB_DONE 4
 #define SHMQ_JOB_DEAD 5
+#define SHMQ_JOB_CANCELLED 6
+#define SHMQ_CANCEL_NONE 0
+#define SHMQ_CANCEL_ENDED 1
+#define SHMQ_CANCEL_RUNNING 2
+#define SHMQ_CANCEL_REQUESTED 1
+#define SHMQ_CANCEL_KILLED 2
 #define SHMQ_THROTTLE_NONE 0
 #define SHMQ_THROTTLE_OPEN 1
 #define SHMQ_THROTTLE_CLOSED 2
@@ -79,6 +85,9 @@ enum shmq_status {
     SHMQ_EUNTRUSTED = -25,   /* a region, log file or directory is not owned by this effective uid, or is
                               * open to group/others (see shmq_fd_trusted): refused, never used */
     SHMQ_EADMITFULL = -26,   /* an admission table (paused tasks, concurrency seats, rate keys) is full */
+    SHMQ_ECANCELLED = -27,   /* DONE, differently: the job was cancelled while it ran, so shmq_fail ended it
+                              * cancelled (never retried, not dead) */
+    SHMQ_ECANCELFULL = -28,  /* SHMQ_CANCEL_SLOTS cancelled jobs are still in the lanes: try again later */
 };
 
 typedef struct shmq_params {
@@ -175,6 +184,7 @@ typedef struct shmq_job_stats {
     uint64_t consumers;        /* live processes that took jobs */
     int64_t wait_max_ns;
     int64_t run_max_ns;
+    uint64_t cancelled;        /* ended by a cancel */
 } shmq_job_stats;
 
 /* The log, as seen by shmq_log_stats. */
@@ -339,6 +349,25 @@ void shmq_job_stats_read(const shmq_handle *handle, int lane, shmq_job_stats *st
 void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets /* OUT [SHMQ_HIST_BUCKETS] */);
 uint64_t shmq_histogram_bucket_low(uint32_t bucket);
 int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
+
+/* Job control (csrc/jobs_cancel.c). shmq_job_cancel: a queued or scheduled
+ * job ends cancelled now and never runs (*outcome SHMQ_CANCEL_ENDED); a
+ * running one is marked (SHMQ_CANCEL_RUNNING): its task sees it through
+ * shmq_job_control, a failure ends it cancelled, and with `force` its
+ * process is killed (SIGKILL) and the lease's taking back ends it
+ * cancelled. SHMQ_CANCEL_NONE: not pending (finished, or unknown). */
+int shmq_job_cancel(shmq_handle *handle, uint64_t job_id, int force, int *outcome /* OUT */);
+/* For the lease's holder: the job's SHMQ_JOBC_* bits (>= 0), or SHMQ_ELEASE. */
+int shmq_job_control(shmq_handle *handle, const shmq_delivery *delivery);
+/* For the lease's holder: progress in parts per million (0 .. 1000000). */
+int shmq_job_progress_set(shmq_handle *handle, const shmq_delivery *delivery, uint32_t ppm);
+/* Any process: a running job's progress in ppm (>= 0), or -1: none known. */
+int64_t shmq_job_progress(const shmq_handle *handle, uint64_t job_id);
+/* The lease (entry, gen) of job_id, held by another participant of this
+ * process's making (a worker child about to be killed), becomes ours: the
+ * old holder's ack/fail get SHMQ_ELEASE. Fills *delivery for shmq_fail. */
+int shmq_lease_take(shmq_handle *handle, uint64_t job_id, uint32_t entry, uint64_t gen,
+                    shmq_delivery *delivery /* OUT */);
 
 /* Throttling. The controller (the supervisor) calls shmq_throttle_refill
  * every few milliseconds with the puts allowed until the next call; without

@@ -19,7 +19,9 @@ from shmq.errors import (
     Empty,
     EncodeError,
     Full,
+    JobCancelled,
     JobFailed,
+    JobTimeout,
     LeaseLost,
     NotDurable,
     ResultExpired,
@@ -37,6 +39,10 @@ from shmq.errors import (
     TaskArgumentsError,
     UndecodableJob,
 )
+
+# The job the calling task runs. Imported here, not lazily: tasks call it per job, and a module
+# __getattr__ would run an import statement on every call (it loads no C core: pure Python).
+from shmq.tasks.current import current_job
 
 __version__ = "0.1.0"
 
@@ -62,6 +68,9 @@ __all__ = [
     "JobFailed",
     "BackendUnavailable",
     "SchemaError",
+    "JobTimeout",
+    "JobCancelled",
+    "current_job",
     "TaskArgumentsError",
     "LeaseLost",
     "ResultExpired",

@@ -185,3 +185,17 @@ class SchemaError(ShmqError):
     """The database schema of a backend is missing (with auto_migrate off) or
     newer than this shmq understands. The message names the schema, its
     version and the fix (``shmq db migrate``, or upgrading shmq)."""
+
+
+class JobTimeout(ShmqError, TimeoutError):
+    """A run of a task with ``timeout=`` took longer: its process was killed
+    and the attempt failed with this error (retried per the task's policy)."""
+
+
+class JobCancelled(ShmqError):
+    """wait() on a job that was cancelled (``job.cancel()``): it did not run,
+    or its run was stopped."""
+
+    def __init__(self, message: str, job_id: int = 0):
+        super().__init__(message)
+        self.job_id = job_id

@@ -7,11 +7,13 @@ are held to one contract test suite (tests/contract/).
 What a backend hands out:
 
 - a **Job** (``enqueue``, ``job``): ``id``, ``duplicate``, ``status()``,
-  ``wait(timeout)``, ``result(timeout=0)``;
+  ``wait(timeout)``, ``result(timeout=0)``, ``cancel(force=False)``,
+  ``progress()``;
 - a **Delivery** (``fetch``): a job leased to this process: ``id``, ``body``,
   ``attempt``, ``group``, ``enqueued_at``, ``retries``, ``last_attempt``,
   ``ack(result)``, ``fail(error, retry=True, delay=None) -> "retry" | "dead"``,
-  ``extend(seconds)``;
+  ``extend(seconds)``, ``cancelled``, ``progress(done, total=None)``,
+  ``lease_token`` (for ``take_over``);
 - **dead letters** (``dead_letters``): iterable of dead jobs (``id``,
   ``attempts``, ``failed_at``, ``enqueued_at``, ``error``, ``group``,
   ``body``), ``len()``, ``list(limit)``, ``retry(ids) -> [Job]``,
@@ -30,7 +32,10 @@ The semantics every backend keeps (the contract):
   returns the pending job's handle with ``duplicate=True``;
 - groups: jobs of one group start in enqueue order and never overlap;
 - results: ``Job.wait()`` returns the value given to ``ack``, or raises
-  ``shmq.JobFailed`` for a dead job and ``shmq.Timeout`` when time runs out.
+  ``shmq.JobFailed`` for a dead job, ``shmq.JobCancelled`` for a cancelled
+  one and ``shmq.Timeout`` when time runs out;
+- cancel: a queued or scheduled job cancelled never runs; a running one is
+  told (``Delivery.cancelled``), is not retried, and ends "cancelled".
 """
 
 from __future__ import annotations
@@ -67,6 +72,21 @@ class JobBackend(abc.ABC):
     # ------------------------------------------------------------ consuming
 
     @abc.abstractmethod
+    def cancel(self, job_id: int, force: bool = False) -> bool:
+        """Cancels a pending job: queued or scheduled, it never runs; running,
+        its task sees it (``current_job().cancelled``) and a failure ends it
+        cancelled; ``force`` kills the process running it. Either way it ends
+        with status "cancelled" and is never retried. False when it was no
+        longer pending."""
+
+    @abc.abstractmethod
+    def take_over(self, lease: tuple):
+        """The lease named by ``Delivery.lease_token`` (held by another process
+        of this host, about to be killed: a run past its timeout) becomes this
+        handle's Delivery; the old holder can no longer finish it. None if the
+        lease ended meanwhile."""
+
+    @abc.abstractmethod
     def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
         """Leases one available job to this process (a Delivery), waiting up
         to `timeout` seconds for one (shmq.Empty)."""
@@ -75,7 +95,7 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def status(self, job_id: int) -> str:
-        """queued, scheduled, running, done, dead, or unknown."""
+        """queued, scheduled, running, done, dead, cancelled, or unknown."""
 
     @abc.abstractmethod
     def wait(self, job_id: int, timeout: float | None = None) -> Any:

@@ -51,6 +51,12 @@ class ShmBackend(JobBackend):
     def job(self, job_id: int):
         return self.queue.job(job_id)
 
+    def cancel(self, job_id: int, force: bool = False) -> bool:
+        return self.queue.cancel_job(job_id, force=force)
+
+    def take_over(self, lease: tuple):
+        return self.queue.take_over(lease)
+
     def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
         return self.queue.fetch(block, timeout, lease)
 

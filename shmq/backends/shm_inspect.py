@@ -86,6 +86,12 @@ def _participants(q, lib, ffi) -> list[dict]:
     return out
 
 
+def _progress(q, lib, job_id: int) -> float | None:
+    """What a running job's task reported (current_job().progress()), 0.0 .. 1.0, or None."""
+    ppm = lib.shmq_job_progress(q._live_handle(), job_id)
+    return None if ppm < 0 else ppm / 1e6
+
+
 def _jobs(q, lib, ffi) -> list[dict]:
     capacity = q.params.jobs_capacity
     if not capacity:
@@ -112,6 +118,7 @@ def _jobs(q, lib, ffi) -> list[dict]:
             "lane": None if e.lane == _ANY_LANE else e.lane,  # a job not yet in a lane may go to any
             "bytes": e.length,
             "flags": flags,
+            "progress": _progress(q, lib, e.job_id) if running else None,
         })
     out.sort(key=lambda job: job["job_id"])
     return out

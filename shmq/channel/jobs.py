@@ -38,6 +38,8 @@ _RETRIES_DEFAULT = 0xFFFF
 # Result tags of our own (codec tags are small numbers).
 _TAG_RESULT_TOO_LARGE = 0xFE
 _TAG_RESULT_NONE = 0xFD
+# Control bits of a running job (csrc/layout.h, SHMQ_JOBC_*).
+_JOBC_CANCEL = 1
 
 STATUS_NAMES = {
     lib.SHMQ_JOB_UNKNOWN: "unknown",
@@ -46,6 +48,7 @@ STATUS_NAMES = {
     lib.SHMQ_JOB_RUNNING: "running",
     lib.SHMQ_JOB_DONE: "done",
     lib.SHMQ_JOB_DEAD: "dead",
+    lib.SHMQ_JOB_CANCELLED: "cancelled",
 }
 
 _unpack = ffi.unpack
@@ -148,6 +151,22 @@ class Job:
         info = ffi.new("shmq_result_info *")
         return STATUS_NAMES[lib.shmq_job_status(self.queue._live_handle(), self.id, info)]
 
+    def cancel(self, force: bool = False) -> bool:
+        """Cancels the job. Queued or scheduled (a delay, a retry's backoff):
+        it never runs and ends "cancelled". Running: its task sees
+        ``shmq.current_job().cancelled`` become true, and if it fails it is
+        not retried but ends "cancelled"; with ``force=True`` its process is
+        killed at once (a worker pool starts another) and the job ends
+        "cancelled". Returns False when the job is no longer pending (done,
+        dead, cancelled already, or unknown)."""
+        return self.queue.cancel_job(self.id, force=force)
+
+    def progress(self) -> float | None:
+        """What the running job reported through ``current_job().progress()``
+        (0.0 .. 1.0), or None (not running, or nothing reported)."""
+        ppm = lib.shmq_job_progress(self.queue._live_handle(), self.id)
+        return None if ppm < 0 else ppm / 1e6
+
     def wait(self, timeout: float | None = None) -> Any:
         """The job's return value, once it is done. Sleeps until then (at most
         `timeout` seconds: shmq.Timeout). Raises shmq.JobFailed if it ended dead,
@@ -180,7 +199,7 @@ class Job:
                         f"of them and {queue.params.result_bytes} bytes: raise result_ttl / result_capacity / "
                         "result_bytes to keep them longer)"
                     )
-                if status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
+                if status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD, lib.SHMQ_JOB_CANCELLED):
                     wait_ns = 0
                     continue
             elif rc != EINTR:
@@ -234,6 +253,9 @@ def _no_consumer_hint(queue, handle) -> str:
 
 def _outcome(queue, job_id: int, info, buffer) -> Any:
     data = bytes(memoryview(buffer)[: info.length])
+    if info.status == lib.SHMQ_JOB_CANCELLED:
+        raise errors.JobCancelled(f"job {job_id} of queue {queue.name!r} was cancelled (job.cancel()): it has no "
+                                  "result", job_id)
     if info.status == lib.SHMQ_JOB_DEAD:
         try:
             error = msgpack.unpackb(data, raw=False) if data else {}
@@ -318,7 +340,8 @@ class Delivery:
         else it is dead: kept in the queue's dead letters, and Job.wait()
         raises JobFailed. A job whose body could not be decoded
         (``decode_error``) is always dead: retrying cannot help.
-        Returns "retry" or "dead"."""
+        A job cancelled while it ran ends cancelled instead (never retried).
+        Returns "retry", "dead" or "cancelled"."""
         queue = self.queue
         delay_ns = None if delay is None else _args.seconds_ns("delay", delay, 0.0, _args.DELAY_MAX)
         self._check_open()
@@ -339,6 +362,9 @@ class Delivery:
             if rc != OK:
                 queue.dead_letters.purge([self.id])  # not dead after all: the job runs again elsewhere
             outcome = "dead"
+        if rc == lib.SHMQ_ECANCELLED:  # cancelled while it ran: ended so, never retried
+            self._finished = True
+            return "cancelled"
         if rc != OK:
             self._lost(rc, "fail")
         self._finished = True
@@ -354,6 +380,35 @@ class Delivery:
         if rc != OK:
             self._lost(rc, "hold")
         self._finished = True
+    @property
+    def lease_token(self) -> tuple[int, int, int]:
+        """What names this lease for JobBackend.take_over (job id, entry, generation)."""
+        c = self._c
+        return c.job_id, c.entry, c.gen
+
+    @property
+    def cancelled(self) -> bool:
+        """True once job.cancel() was called for this running job (a look
+        into shared memory: cheap enough to ask between steps of work).
+        Also true when the lease is no longer ours."""
+        rc = lib.shmq_job_control(self.queue._live_handle(), self._c)
+        return rc < 0 or bool(rc & _JOBC_CANCEL)
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Reports progress: a fraction 0.0 .. 1.0, or `done` of `total`
+        (``Job.progress()`` and ``shmq inspect`` show it)."""
+        for what, value in (("done", done), ("total", total)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value != value):
+                raise errors.ArgumentTypeError(f"progress {what}={value!r} must be a number")
+        fraction = done if total is None else (done / total if total else 0.0)
+        if not 0.0 <= fraction <= 1.0:
+            raise errors.ArgumentError(
+                f"progress {done!r}{'' if total is None else f' of {total!r}'} is {fraction:g}: give a fraction "
+                "from 0.0 to 1.0, or done and total with 0 <= done <= total")
+        rc = lib.shmq_job_progress_set(self.queue._live_handle(), self._c, round(fraction * 1e6))
+        if rc != OK:
+            self._lost(rc, "progress")
 
     def extend(self, seconds: float) -> None:
         """Keeps the lease for `seconds` from now (for work longer than the lease timeout)."""
@@ -530,6 +585,45 @@ class JobsMixin:
             )
         raise_for(rc, f"enqueue on queue {self.name!r}")
 
+    def cancel_job(self, job_id: int, force: bool = False) -> bool:
+        """Cancels job `job_id` (see Job.cancel); True if it was pending."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise errors.ArgumentTypeError(f"job id {job_id!r} must be a positive int (Job.id)")
+        handle = self._jobs_handle()
+        outcome = ffi.new("int *")
+        rc = lib.shmq_job_cancel(handle, job_id, 1 if force else 0, outcome)
+        if rc == lib.SHMQ_ECANCELFULL:
+            raise errors.Full(
+                f"cancel of job {job_id} on queue {self.name!r}: {lib.SHMQ_CANCEL_SLOTS} cancelled jobs still wait "
+                "in the lanes for a worker to pass them by: start workers (they drop cancelled jobs unrun), "
+                "then cancel again")
+        if rc == lib.SHMQ_ELOCKED:
+            raise errors.Timeout(
+                f"cancel of job {job_id} on queue {self.name!r}: its entry stayed held by a process that makes no "
+                "progress (stopped?): resume (SIGCONT) or end that process, then cancel again")
+        if rc != OK:
+            raise_for(rc, f"cancel of job {job_id} on queue {self.name!r}")
+        return outcome[0] != lib.SHMQ_CANCEL_NONE
+
+    def take_over(self, lease: tuple) -> Delivery | None:
+        """The lease named by `lease` (Delivery.lease_token of another
+        process's delivery) becomes this handle's: the old holder's ack and
+        fail raise LeaseLost. For a worker pool's parent, which then kills the
+        run and fails the attempt. None if that lease has ended meanwhile."""
+        job_id, entry, gen = (int(x) for x in lease)
+        handle = self._jobs_handle()
+        c = ffi.new("shmq_delivery *")
+        rc = lib.shmq_lease_take(handle, job_id, entry, gen, c)
+        if rc == lib.SHMQ_ELEASE:
+            return None
+        if rc != OK:
+            raise_for(rc, f"taking over the lease of job {job_id} on queue {self.name!r}")
+        raw = bytearray(c.length)
+        rc = lib.shmq_delivery_payload(handle, c, ffi.from_buffer(raw))
+        if rc != OK:
+            raise_for(rc, f"reading job {job_id} on queue {self.name!r}")
+        return self._delivery(c, bytes(raw), 60 * 10**9, check_attempts=False)  # the taker ends the attempt
+
     def job(self, job_id: int) -> Job:
         """The handle of job `job_id` (for status and wait from another process)."""
         self._jobs_handle()
@@ -597,7 +691,7 @@ class JobsMixin:
         finally:
             free.append(scratch)
 
-    def _delivery(self, c, raw, lease_ns: int) -> Delivery | None:
+    def _delivery(self, c, raw, lease_ns: int, check_attempts: bool = True) -> Delivery | None:
         tag = c.tag
         group = None
         retries = _RETRIES_DEFAULT
@@ -632,7 +726,7 @@ class JobsMixin:
                 f"{self.name}' shows them). Producers and consumers must run the same shmq version and codec",
                 c.job_id, tag)
         delivery = Delivery(self, c, raw, body, group, retries, decode_error)
-        if c.attempt > delivery.retries + 1:
+        if check_attempts and c.attempt > delivery.retries + 1:
             # Its consumers died (or overran their lease) on every attempt: dead.
             delivery.fail(
                 errors.ShmqError(

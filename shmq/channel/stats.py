@@ -14,7 +14,7 @@ __all__ = ["snapshot", "histogram", "percentiles", "COUNTERS"]
 
 
 _COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
-             "throttled", "lease_expired", "consumer_died")
+             "throttled", "lease_expired", "consumer_died", "cancelled")
 
 
 _GAUGES = ("depth", "in_flight", "waiting", "unique_keys", "consumers")

@@ -6,7 +6,8 @@
 Every ``interval`` it runs each queue's maintenance (flushes per durability,
 the next segment, retention and checkpoints, leases of dead or hung
 consumers, due retries and delayed jobs, feeding the backlog into the
-lanes), and every few milliseconds the throttle controller of queues with
+lanes) and, while it holds a queue's scheduler role, enqueues the ticks of
+the periodic tasks a worker registered (shmq/tasks/periodic.py), and every few milliseconds the throttle controller of queues with
 ``throttle="closed"``. On start, opening each queue recovers it if its
 shared memory is gone; on SIGTERM/SIGINT it closes them, so the last one
 out writes the snapshot. The data path never waits for it: producers and
@@ -120,7 +121,7 @@ class _Controller:
 
 class Supervisor:
     def __init__(self, path: str, *, interval: float = 0.05, idle_exit: float | None = None,
-                 queues: dict | None = None):
+                 queues: dict | None = None, clock=time.time):
         self.path = os.path.abspath(path)
         self.interval = interval
         self.idle_exit = idle_exit  # None: run until stopped
@@ -132,6 +133,8 @@ class Supervisor:
         self._next_history = 0.0
         self._fd = None
         self._stop = False
+        self.clock = clock  # Unix seconds, of the periodic schedules (injected by tests)
+        self.schedulers: dict = {}  # name -> (periodic Scheduler, mtime of its registration)
 
     # ------------------------------------------------------------ the lock
 
@@ -190,7 +193,37 @@ class Supervisor:
             if name not in self.queues:
                 self._open(name)
 
+    def _periodic(self, name: str, queue) -> None:
+        """Schedules the periodic tasks a worker of queue `name` registered,
+        while this process holds the queue's scheduler role (see
+        shmq/tasks/periodic.py); a registration that changed is read again."""
+        from shmq.tasks import periodic
+
+        try:
+            mtime = os.stat(os.path.join(self.path, f"{name}.periodic-tasks")).st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        held = self.schedulers.get(name)
+        if held is not None and held[1] != mtime:
+            held[0].release()
+            del self.schedulers[name]
+            held = None
+        if mtime is None:
+            return
+        if held is None:
+            from shmq.backends.shm import ShmBackend
+
+            schedules = periodic.registered(self.path, name)
+            if not schedules:
+                return
+            held = self.schedulers[name] = (periodic.Scheduler(ShmBackend(queue), self.path, name, schedules,
+                                                               self.clock), mtime)
+        held[0].run_once()
+
     def _forget(self, name: str) -> None:
+        held = self.schedulers.pop(name, None)
+        if held is not None:
+            held[0].release()
         queue = self.queues.pop(name)
         self.regions.pop(name, None)
         self.controllers.pop(name, None)
@@ -212,6 +245,7 @@ class Supervisor:
                 if keep_history:
                     self._keep_history(name, queue)  # before retention may delete what it has not read
                 queue.maintain()
+                self._periodic(name, queue)
             except errors.ShmqError as exc:
                 log.warning("queue %r: %s", name, exc)
 
@@ -284,6 +318,9 @@ class Supervisor:
                 except (OSError, errors.ShmqError) as exc:
                     log.warning("queue %r: keeping its job history: %s", name, exc)
             self.histories.clear()
+            for scheduler, _ in self.schedulers.values():
+                scheduler.release()
+            self.schedulers.clear()
             for name, queue in self.queues.items():
                 try:
                     queue.close()  # the last handle of a queue writes its snapshot

@@ -35,6 +35,21 @@ __all__ = ["App", "Task", "load_app"]
 _APP_ORDERED_LANES = 4
 
 
+def lifecycle_options(task_name: str, timeout: Any) -> float | None:
+    """Checks the job-control options of one task (``timeout``): ConfigError
+    at decoration time, naming the task, the value and the allowed form."""
+    if timeout is None:
+        return None
+    from shmq import _args
+
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= _args.LEASE_MAX \
+            or timeout != timeout:
+        raise errors.ConfigError(
+            f"task {task_name!r}: timeout={timeout!r} must be seconds > 0 and at most {_args.LEASE_MAX:g} (a week): "
+            "a run still going then is killed and counts as a failed attempt (shmq.JobTimeout)")
+    return float(timeout)
+
+
 def _positional_counts(signature) -> tuple[int, float] | None:
     """(fewest, most) positional arguments a call without keywords may pass,
     when that alone decides whether bind() would accept it; else None."""
@@ -59,7 +74,8 @@ class Task:
 
     def __init__(self, app: "App", fn: Callable, name: str, retries: int | None, backoff: float | None,
                  backoff_max: float | None, group_by: Callable | None, unique_by: Callable | None,
-                 unique_until: str, lease_timeout: float | None, admission=None, priority: int | None = None):
+                 unique_until: str, lease_timeout: float | None, admission=None, priority: int | None = None,
+                 timeout: float | None = None):
         from shmq.channel.jobs import RetryPolicy
 
         if unique_until not in ("start", "finish"):
@@ -81,6 +97,9 @@ class Task:
         self.lease_timeout = lease_timeout
         self.admission = admission  # concurrency and rate limits (shmq/tasks/admission.py), or None
         self.priority = priority
+        self.timeout = timeout  # seconds a run may take: the worker kills it then (checked by lifecycle_options)
+        self._bounded = timeout is not None or lease_timeout is not None  # the worker's one look per run
+        self.schedule = None  # a shmq.tasks.periodic.Schedule for @app.periodic tasks
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: their calls are checked by the worker only
@@ -285,7 +304,7 @@ class App:
              backoff: float | None = None, backoff_max: float | None = None, group_by: Callable | None = None,
              unique_by: Callable | None = None, unique_until: str = "start", lease_timeout: float | None = None,
              concurrency: int | None = None, concurrency_by: Callable | None = None, rate: str | None = None,
-             rate_by: Callable | None = None, priority: int | None = None):
+             rate_by: Callable | None = None, priority: int | None = None, timeout: float | None = None):
         """Registers a task: ``@app.task`` or ``@app.task(retries=5, ...)``.
 
         - ``name``: how jobs name it (default ``module.qualname``).
@@ -301,6 +320,9 @@ class App:
         - ``rate``: ``"N/s"``, ``"N/m"`` or ``"N/h"`` runs started at most;
           ``rate_by(*args, **kwargs)``: per key. A job held back by a limit
           waits (not a failure, not an attempt); see shmq/tasks/admission.py.
+        - ``timeout``: seconds a run may take: ``shmq worker`` kills the process
+          running it then (and starts another); the attempt fails with
+          shmq.JobTimeout and is retried per the policy.
         """
 
         def register(f: Callable) -> Task:
@@ -318,8 +340,9 @@ class App:
 
             limits = admission.options(task_name, concurrency, concurrency_by, rate, rate_by)
             rank = admission.priority(task_name, priority)
+            checked_timeout = lifecycle_options(task_name, timeout)
             task = Task(self, f, task_name, retries, backoff, backoff_max, group_by, unique_by, unique_until,
-                        lease_timeout, limits, rank)
+                        lease_timeout, limits, rank, checked_timeout)
             if rank is not None:
                 self._prioritized = True
             self.tasks[task_name] = task
@@ -330,6 +353,34 @@ class App:
                 raise errors.ConfigError(f"@app.task needs a function, got {fn!r}")
             return register(fn)
         return register
+
+    def periodic(self, fn: Callable | None = None, *, every: Any = None, cron: str | None = None,
+                 tz: str | None = None, missed: str = "once", name: str | None = None, **task_options):
+        """Registers a task that runs on a schedule: ``@app.periodic(every=30)``
+        (seconds or a timedelta) or ``@app.periodic(cron="*/5 * * * *",
+        tz="Europe/Berlin")``. ``missed``: ticks that fell due while no worker
+        ran: ``"once"`` (one run for them all), ``"skip"`` or ``"all"``. Other
+        keywords are those of ``task()`` (retries, timeout, ...). One
+        ``shmq worker`` of the App's data directory enqueues each tick, exactly
+        once (see shmq/tasks/periodic.py)."""
+        from shmq.tasks.periodic import periodic_options
+
+        def register(f: Callable) -> Task:
+            if inspect.isclass(f) or not callable(f):
+                raise errors.ConfigError(f"@app.periodic needs a function, got {f!r}")
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            schedule = periodic_options(task_name, every, cron, tz, missed)
+            task = self.task(f, name=task_name, **task_options)
+            task.schedule = schedule
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def periodic_tasks(self) -> dict:
+        """{task name: Schedule} of the App's periodic tasks."""
+        return {name: task.schedule for name, task in self.tasks.items() if task.schedule is not None}
 
     def worker(self, processes: int = 1, threads: int = 1, grace: float = 30.0, **options) -> int:
         """Runs worker processes until SIGTERM/SIGINT (see shmq.tasks.worker.run)."""

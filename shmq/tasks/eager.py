@@ -13,6 +13,7 @@ a duplicate. Delays are not waited for.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from shmq import _args
 from shmq import codec as _codec
 from shmq import errors
 from shmq.channel.jobs import error_info
+from shmq.tasks.current import thread_cell
 
 __all__ = ["EagerJob", "run_eager"]
 
@@ -62,6 +64,26 @@ class EagerJob:
 
     result = wait
 
+    def cancel(self, force: bool = False) -> bool:
+        """False: an eager job has run by the time its enqueue returns."""
+        return False
+
+    def progress(self) -> float | None:
+        return None
+
+
+class _EagerRun:
+    """What shmq.current_job() sees in an eagerly run task (as a worker's Delivery)."""
+
+    __slots__ = ("id", "attempt", "enqueued_at")
+    cancelled = False
+
+    def __init__(self, job_id: int, attempt: int, enqueued_at: float):
+        self.id, self.attempt, self.enqueued_at = job_id, attempt, enqueued_at
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        pass
+
 
 def _retries(app, task, retries: int | None) -> int:
     if retries is not None:
@@ -95,13 +117,18 @@ def run_eager(app, task, args: tuple, kwargs: dict, unique: Any, until: str, ret
         state.held[unique] = job
     try:
         allowed = _retries(app, task, retries)
+        cell, enqueued_at = thread_cell(), time.time()
+        outer = list(cell)  # an eager task that enqueues another runs it inside its own run
         for attempt in range(1, allowed + 2):
             job.attempts = attempt
+            cell[0] = _EagerRun(job.id, attempt, enqueued_at)
             try:
                 result = task.fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - a task's failure, as a worker sees it
                 job._error = error_info(exc)
                 continue
+            finally:
+                cell[:] = outer
             if result is not None:
                 try:
                     codec.encode(result)  # a result the queue could not carry

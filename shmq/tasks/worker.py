@@ -30,6 +30,7 @@ from typing import Any
 
 from shmq import _args, errors
 from shmq.tasks import admission
+from shmq.tasks.current import thread_cell
 
 __all__ = ["run", "work"]
 
@@ -59,18 +60,65 @@ def _dead(delivery, error: Exception) -> None:
 
 
 def _task_call(delivery):
-    """(name, args, kwargs) of a task call, or None when the body is not one."""
+    """(name, args, kwargs, meta) of a task call, or None when the body is not
+    one. ``meta`` (a 4th element, a dict) is what the scheduler adds to a
+    periodic tick: {"scheduled_at": Unix time}."""
     body = delivery.body
-    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+    if isinstance(body, (list, tuple)) and len(body) == 3:  # a task call; checked as cheaply as it was
+        name, args, kwargs = body
+        meta = None
+    elif isinstance(body, (list, tuple)) and len(body) == 4 and isinstance(body[3], dict):  # a periodic tick
+        name, args, kwargs, meta = body
+    else:
         return None
-    name, args, kwargs = body
     if not (isinstance(name, str) and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
             and all(isinstance(key, str) for key in kwargs)):
         return None
-    return name, args, kwargs
+    return name, args, kwargs, meta
 
 
-def _run_one(app, delivery, task_of, admitted: bool = False) -> None:
+class _Watch:
+    """One fetch loop's words in the pool's shared array, through which the
+    parent kills a run past its task's timeout: CLOCK_MONOTONIC deadline (ns,
+    0: nothing watched), then the lease (job id, entry, gen), the job's
+    retries and the task's index + 1. The deadline is written last and
+    cleared first, and the parent reads it before and after the rest."""
+
+    WORDS = 6
+    __slots__ = ("words", "at", "tasks")
+
+    def __init__(self, words, at: int, tasks: list[str]):
+        self.words = words
+        self.at = at
+        self.tasks = {name: i + 1 for i, name in enumerate(tasks)}  # name -> index + 1 (the parent's order)
+
+    def arm(self, delivery, task) -> None:
+        w, at = self.words, self.at
+        token = delivery.lease_token
+        w[at + 1], w[at + 2], w[at + 3] = token
+        w[at + 4] = delivery.retries
+        w[at + 5] = self.tasks[task.name]
+        w[at] = time.monotonic_ns() + int(task.timeout * 1e9)
+
+    def disarm(self) -> None:
+        self.words[self.at] = 0
+
+
+def _bound_run(delivery, task, watch: _Watch | None) -> None:
+    """The lease (and the parent's watch) of a run of a task with a timeout or a lease_timeout."""
+    if task.timeout is None:
+        delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
+    elif watch is not None:
+        # The parent kills the run at its timeout, and takes the lease before it kills: the lease
+        # itself must never run out first (a second run beside a live first one).
+        delivery.extend(_args.LEASE_MAX)
+        watch.arm(delivery, task)
+    else:  # no pool to kill the run: the lease is the bound (taken back then; the run may go on)
+        delivery.extend(task.timeout)
+
+
+def _run_one(app, delivery, task_of, watch: _Watch | None = None, cell: list | None = None,
+             admitted: bool = False) -> None:
     """Runs one job and finishes it: ack with the result, or fail with the error.
     A job that can never run (undecodable, not a task call, a task this app
     lacks, a result the codec cannot carry) is dead at once, logged at WARNING."""
@@ -85,7 +133,7 @@ def _run_one(app, delivery, task_of, admitted: bool = False) -> None:
             f"calls: use Task.enqueue(...), or shmq enqueue {app.backend.name} --app mod:app --task NAME "
             "'[args...]'"))
         return
-    name, args, kwargs = call
+    name, args, kwargs, meta = call
     task = task_of(name)
     if task is None:
         _dead(delivery, errors.ShmqError(
@@ -94,19 +142,28 @@ def _run_one(app, delivery, task_of, admitted: bool = False) -> None:
             "defines it (the same code as the producers)"))
         return
     if not admitted and (task.admission is not None or delivery.pause_hint):
-        _run_limited(app, delivery, task_of, task, name, args, kwargs)
+        _run_limited(app, delivery, task_of, task, name, args, kwargs, watch, cell)
         return
-    if task.lease_timeout is not None:
-        delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
+    if task._bounded:  # a timeout or a lease_timeout of its own (one look for tasks with neither)
+        _bound_run(delivery, task, watch)
+    if cell is None:
+        cell = thread_cell()
+    cell[0] = delivery if meta is None else (delivery, meta)  # current_job() in this thread
     try:
         result = task.fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the task's failure: an attempt that failed, not a dead worker
+        cell[0] = None
+        if watch is not None:
+            watch.disarm()
         # The job's retries came with it (the task's, or a per-job retries=); the backoff is the task's.
         delay = None if delivery.last_attempt else task.retry_policy().delay(delivery.attempt)
         outcome = delivery.fail(exc, delay=delay)
         log.info("job %d (%s) failed on attempt %d: %s: %s -> %s", delivery.id, name, delivery.attempt,
                  type(exc).__name__, exc, outcome)
         return
+    cell[0] = None
+    if watch is not None:
+        watch.disarm()
     try:
         delivery.ack(result)
     except errors.EncodeError as exc:
@@ -115,7 +172,7 @@ def _run_one(app, delivery, task_of, admitted: bool = False) -> None:
             f"a value the queue's codec ({app.backend.describe()['params'].get('codec')!r}) can encode (convert it in the task)"))
 
 
-def _run_limited(app, delivery, task_of, task, name: str, args, kwargs) -> None:
+def _run_limited(app, delivery, task_of, task, name: str, args, kwargs, watch, cell) -> None:
     """_run_one of a task with limits, or while some task is paused: the job
     runs if admitted (holding a seat while it runs), else it is held back."""
     try:
@@ -130,10 +187,12 @@ def _run_limited(app, delivery, task_of, task, name: str, args, kwargs) -> None:
     if seat is admission.HELD:
         return
     try:
-        _run_one(app, delivery, task_of, admitted=True)
+        _run_one(app, delivery, task_of, watch, cell, admitted=True)
     finally:
         if seat is not None:
             seat.give()  # after the ack: the next run starts once this one has finished
+
+
 def _open_backend(app, stop: threading.Event):
     """app.backend, waiting while its server is unreachable (None once `stop` is set meanwhile)."""
     warned_at = None
@@ -149,7 +208,7 @@ def _open_backend(app, stop: threading.Event):
     return None
 
 
-def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
+def _fetch_loop(app, stop: threading.Event, lease: float | None, watch: _Watch | None = None) -> None:
     backend = _open_backend(app, stop)
     if backend is None:
         return
@@ -162,6 +221,7 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
         return task
 
     fetch = backend.fetch
+    cell = thread_cell()
     warned_full_at = None
     warned_down_at = None
     while not stop.is_set():
@@ -188,7 +248,7 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             stop.wait(_FETCH_SLICE)
             continue
         try:
-            _run_one(app, delivery, task_of)
+            _run_one(app, delivery, task_of, watch, cell)
         except errors.LeaseLost as exc:
             log.warning("%s", exc)
         except errors.BackendUnavailable as exc:
@@ -197,17 +257,24 @@ def _fetch_loop(app, stop: threading.Event, lease: float | None) -> None:
             log.warning("job %d: %s; it runs again", delivery.id, exc)
 
 
-def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None) -> None:
+def work(app, threads: int = 1, stop: threading.Event | None = None, lease: float | None = None,
+         watch: tuple | None = None) -> None:
     """The loop of one worker process: fetch and run jobs until `stop` is set
-    (or SIGTERM/SIGINT arrives, when called in the main thread)."""
+    (or SIGTERM/SIGINT arrives, when called in the main thread). `watch`:
+    (shared words, first index) from the pool, whose parent kills runs past
+    their task's timeout; without it a timeout only bounds the lease."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signo in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signo, lambda *_: stop.set())
+    names = sorted(app.tasks)
+    watches = [None if watch is None else _Watch(watch[0], watch[1] + i * _Watch.WORDS, names)
+               for i in range(threads)]
     if threads <= 1:
-        _fetch_loop(app, stop, lease)
+        _fetch_loop(app, stop, lease, watches[0])
         return
-    pool = [threading.Thread(target=_fetch_loop, args=(app, stop, lease), name=f"shmq-worker-{i}", daemon=True)
+    pool = [threading.Thread(target=_fetch_loop, args=(app, stop, lease, watches[i]), name=f"shmq-worker-{i}",
+                             daemon=True)
             for i in range(threads)]
     for thread in pool:
         thread.start()
@@ -244,7 +311,7 @@ def _watch_parent(parent: int, stop: threading.Event) -> None:
     os._exit(1)  # still busy: the queue's recovery of dead consumers hands its jobs to another worker
 
 
-def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
+def _child_main(app, threads: int, lease: float | None, parent: int, watch: tuple | None = None) -> None:
     # The parent's queue handle (if it had one) is not ours: open our own.
     app._forget_backend()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into SIGTERM for us
@@ -256,7 +323,7 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
     _ask_for_sigterm_when_parent_dies()
     threading.Thread(target=_watch_parent, args=(parent, stop), name="shmq-parent-watch", daemon=True).start()
     try:
-        work(app, threads=threads, stop=stop, lease=lease)
+        work(app, threads=threads, stop=stop, lease=lease, watch=watch)
     finally:
         app.close()
 
@@ -275,9 +342,21 @@ class _Pool:
         self.started_at: dict[int, float] = {}
         self.replaced = 0
         self.host = None  # the bridge of an App whose jobs are in PostgreSQL (shmq.backends.pg.bridge)
+        self.timed_out = 0
+        self.task_names = sorted(app.tasks)
+        # Words through which each fetch loop tells us the run to kill at its timeout (see _Watch).
+        self.words = None
+        if any(task.timeout is not None for task in app.tasks.values()):
+            self.words = self.context.RawArray("q", processes * threads * _Watch.WORDS)
 
     def start_one(self, slot: int) -> None:
-        process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
+        watch = None
+        if self.words is not None:
+            for i in range(slot * self.threads * _Watch.WORDS, (slot + 1) * self.threads * _Watch.WORDS):
+                self.words[i] = 0
+            watch = (self.words, slot * self.threads * _Watch.WORDS)
+        process = self.context.Process(target=_child_main,
+                                       args=(self.app, self.threads, self.lease, os.getpid(), watch),
                                        name=f"shmq-worker-{slot}", daemon=False)
         # Forked with SIGTERM blocked: until the child has its own handler, a SIGTERM waits for it
         # (the parent's handler, which the child inherits, would swallow it).
@@ -330,13 +409,63 @@ class _Pool:
             self.replaced += 1
             self.start_one(slot)
 
+    def expire(self) -> None:
+        """Kills the process of every run past its task's timeout: the lease
+        first becomes ours (its ack can no longer land), then SIGKILL, then,
+        with the process gone, the attempt fails with shmq.JobTimeout (retried
+        per the task's policy). So the job is never running twice at once.
+        With threads, the whole process goes: its other runs are taken back
+        and run again (attempt + 1), as after a crash."""
+        words = self.words
+        if words is None:
+            return
+        now = time.monotonic_ns()
+        for slot, process in list(self.workers.items()):
+            base = slot * self.threads * _Watch.WORDS
+            for at in range(base, base + self.threads * _Watch.WORDS, _Watch.WORDS):
+                deadline = words[at]
+                if deadline == 0 or now < deadline:
+                    continue
+                lease = (words[at + 1], words[at + 2], words[at + 3])
+                retries, task_index = words[at + 4], words[at + 5]
+                if words[at] != deadline:
+                    continue  # the run ended (and maybe another began) while we read
+                self._stop_run(slot, process, lease, retries, task_index)
+                break
+
+    def _stop_run(self, slot: int, process, lease: tuple, retries: int, task_index: int) -> None:
+        task = self.app.tasks.get(self.task_names[task_index - 1]) if 0 < task_index <= len(self.task_names) else None
+        timeout = task.timeout if task is not None else 0.0
+        backend = self.app.backend  # the parent's own handle, opened on the first timeout
+        delivery = backend.take_over(lease)  # None: the run ended meanwhile (or was taken back)
+        if delivery is None:
+            return
+        log.warning("job %d (%s) ran past its timeout of %g s: worker %d (pid %d) is killed and replaced", lease[0],
+                    task.name if task else "?", timeout, slot, process.pid)
+        process.kill()
+        process.join(10.0)
+        self.timed_out += 1
+        for i in range(slot * self.threads * _Watch.WORDS, (slot + 1) * self.threads * _Watch.WORDS,
+                       _Watch.WORDS):
+            self.words[i] = 0
+        error = errors.JobTimeout(f"job {lease[0]} ({task.name if task else '?'}) ran longer than its timeout of "
+                                  f"{timeout:g} s and was killed (attempt {delivery.attempt})")
+        delay = None if delivery.last_attempt or task is None else task.retry_policy().delay(delivery.attempt)
+        outcome = delivery.fail(error, delay=delay)
+        log.info("job %d: %s -> %s", lease[0], error, outcome)
+
     def stop(self, grace: float) -> None:
         for process in self.workers.values():
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for slot, process in self.workers.items():
-            process.join(max(0.0, deadline - time.monotonic()))
+            # Again every half second: a worker forked just before (a replacement) may have had the
+            # signal before it set its handler, and run the parent's instead.
+            while process.is_alive() and time.monotonic() < deadline:
+                process.join(min(0.5, max(0.0, deadline - time.monotonic())))
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
             if process.is_alive():
                 log.warning("worker %d (pid %d) still busy after %.0f s: killed; its jobs run again", slot,
                             process.pid, grace)
@@ -344,11 +473,23 @@ class _Pool:
                 process.join()
 
 
+def _schedule(scheduler) -> None:
+    """One look of the periodic scheduler (the role is taken if free); a
+    failure is logged and tried again at the next look."""
+    try:
+        scheduler.run_once()
+    except errors.ShmqError as exc:
+        log.warning("periodic tasks: %s; tried again shortly", exc)
+
+
 def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: float | None = None,
-        ready: threading.Event | None = None, prefetch: int | None = None) -> int:
+        ready: threading.Event | None = None, prefetch: int | None = None, clock=None) -> int:
     """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0.
     `prefetch`: for an App whose jobs are in PostgreSQL, the most jobs the
-    host holds at once (default twice processes x threads)."""
+    host holds at once (default twice processes x threads). The parent also
+    kills runs past their task's timeout, and schedules the App's periodic
+    tasks while it holds the queue's scheduler role (`clock`, Unix seconds,
+    is the scheduler's: injected by tests)."""
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 1024:
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
@@ -364,7 +505,20 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     # Opens (creates or recovers) the queue once, before the workers start; a backend's server that is
     # down is waited for (SIGTERM/^C still stop the wait).
     _open_backend(app, threading.Event())
+    location = app.backend.describe()["location"]
     app.close()
+    if app._backend_class.kind != "shm":
+        # Timeouts that kill and periodic schedules live in the shared-memory queue's region and data
+        # directory; on another backend they are refused rather than silently not kept.
+        timed = sorted(name for name, task in app.tasks.items() if task.timeout is not None)
+        scheduled = sorted(app.periodic_tasks())
+        if timed or scheduled:
+            raise errors.ConfigError(
+                f"app {app.name!r} keeps its jobs in {app._backend_class.kind!r}: "
+                + (f"tasks with timeout= ({', '.join(timed)}) " if timed else "")
+                + (f"periodic tasks ({', '.join(scheduled)}) " if scheduled else "")
+                + "need the shared-memory backend for now: use lease_timeout= for a bound on a run, and "
+                "enqueue scheduled work from cron")
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
     pool = _Pool(app, processes, threads, lease)
@@ -377,17 +531,31 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         pool.host = Host(app, processes * threads, prefetch)
         pool.host.start(pool.context)
         app._backend_class = pool.host
+    scheduler = None
     try:
         for slot in range(processes):
             pool.start_one(slot)
         log.info("app %r: %d worker process(es) x %d thread(s), tasks: %s", app.name, processes, threads,
                  ", ".join(sorted(app.tasks)))
+        schedules = app.periodic_tasks()
+        if schedules:
+            from shmq.tasks.periodic import Scheduler, register
+
+            register(location, app.name, schedules)  # for the directory's supervisor, which may hold the role
+            scheduler = Scheduler(app.backend, location, app.name, schedules, clock or time.time)
         if ready is not None:
             ready.set()
-        while not stopping.wait(0.2):
+        # Runs past a timeout are noticed within a twentieth of a second; otherwise a look every 0.2 s.
+        period = 0.05 if pool.words is not None or scheduler is not None else 0.2
+        while not stopping.wait(period):
+            pool.expire()
             pool.watch()
+            if scheduler is not None:
+                _schedule(scheduler)
         log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
     finally:
+        if scheduler is not None:
+            scheduler.release()
         pool.stop(grace)
         if pool.host is not None:
             pool.host.stop()  # after the workers: it writes back what they finished

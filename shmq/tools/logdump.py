@@ -56,7 +56,7 @@ TYPE_NAMES = {
     REC_CHECKPOINT_END: "CHECKPOINT_END",
 }
 ENQ_FLAGS = ((1, "LANED"), (2, "SPILLED"), (4, "COPY"))
-RETRY_REASONS = {1: "FAILED", 2: "CONSUMER_DIED", 3: "RECOVERED", 4: "HELD"}
+RETRY_REASONS = {1: "FAILED", 2: "CONSUMER_DIED", 3: "RECOVERED", 4: "HELD", 5: "CANCELLED"}
 TAG_NAMES = {0: "raw", 1: "msgpack", 2: "pickle", 3: "numpy"}
 DURABILITY_NAMES = {0: "none", 1: "memory", 2: "os", 3: "interval", 4: "sync"}
 

@@ -90,6 +90,10 @@
     X(admission_rate_and_pause)      \
     X(admission_seat_claim_race)     \
     X(admission_priority_bands)      \
+    X(cancel_states)                 \
+    X(cancel_force_kills)            \
+    X(cancel_lease_take)             \
+    X(cancel_race)                   \
     X(trust_fd_checks)               \
     X(trust_log_files)
 

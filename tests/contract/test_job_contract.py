@@ -332,3 +332,59 @@ def test_stats_count_what_happened(backends):
     waits = backend.histogram("wait")
     assert sum(count for _low, count in waits) == 6
     assert [low for low, _ in waits] == sorted(low for low, _ in waits)
+
+
+def test_cancel_queued_scheduled_and_running_jobs(backends):
+    backend = backends()
+    queued = backend.enqueue("queued")
+    later = backend.enqueue("later", delay=30)
+    running = backend.enqueue("running")
+    assert queued.cancel() is True
+    assert later.cancel() is True
+    assert backend.status(queued.id) == backend.status(later.id) == "cancelled"
+    assert queued.cancel() is False  # once
+    delivery = fetch_within(backend, 2)
+    assert delivery.id == running.id  # the cancelled job is passed by, unrun
+    assert not delivery.cancelled
+    assert backend.cancel(running.id) is True
+    assert delivery.cancelled
+    assert delivery.fail(RuntimeError("stopped")) == "cancelled"  # never retried
+    assert backend.status(running.id) == "cancelled"
+    for job in (queued, later, running):
+        with pytest.raises(shmq.JobCancelled):
+            job.wait(timeout=1)
+    assert_nothing_to_fetch(backend)
+    done = backend.enqueue("done")
+    fetch_within(backend, 2).ack("ok")
+    assert done.cancel() is False  # finished: nothing to cancel
+    assert backend.status(done.id) == "done"
+    assert backend.stats()["cancelled"] == 3
+
+
+def test_progress_of_a_running_job(backends):
+    backend = backends()
+    job = backend.enqueue("work")
+    delivery = fetch_within(backend, 2)
+    assert job.progress() is None
+    delivery.progress(3, 4)
+    assert job.progress() == 0.75
+    with pytest.raises(shmq.ArgumentError):
+        delivery.progress(5, 4)
+    delivery.ack()
+    assert job.progress() is None
+
+
+def test_take_over_a_lease_of_another_handle(backends):
+    backend = backends()
+    other = backends.reopen(backend)
+    job = backend.enqueue("long")
+    held = fetch_within(other, 2)
+    mine = backend.take_over(held.lease_token)
+    assert mine.id == job.id and mine.body == "long" and mine.attempt == 1
+    with pytest.raises(shmq.LeaseLost):
+        held.ack("late")
+    assert backend.take_over(held.lease_token) is not None  # ours now: taken again by ourselves
+    mine = backend.take_over(held.lease_token)
+    mine.ack("mine")
+    assert job.wait(timeout=2) == "mine"
+    assert backend.take_over(held.lease_token) is None  # ended

@@ -18,7 +18,7 @@ __all__ = ["Command", "CommandError", "Stopped", "NAMES"]
 
 # The subcommands, in the order --help lists them (module shmq.cli.commands.<name>).
 NAMES = ("demo", "worker", "supervise", "enqueue", "stats", "inspect", "config", "dead", "log", "metrics", "bench",
-         "pause", "resume", "rm", "ls", "gc",
+         "pause", "resume", "cancel", "periodic", "rm", "ls", "gc",
          "import=importer", "jobs", "ps", "dashboard", "db")
 
 PROG = "shmq"

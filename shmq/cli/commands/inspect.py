@@ -102,8 +102,9 @@ def _text(s: dict) -> list[str]:
                 due = f"in {duration(job['due_in_s'] * 1e9)}"
             else:
                 due = f"{duration(-job['due_in_s'] * 1e9)} ago"
+            flags = job["flags"] + ([f"progress {job['progress']:.0%}"] if job.get("progress") is not None else [])
             rows.append([job["job_id"], job["state"], job["owner_pid"] or "-", lease, due, job["attempt"],
-                         "any" if job["lane"] is None else job["lane"], f"{job['bytes']:,}", ",".join(job["flags"]) or "-"])
+                         "any" if job["lane"] is None else job["lane"], f"{job['bytes']:,}", ",".join(flags) or "-"])
         if rows:
             lines += table(["JOB", "STATE", "OWNER", "LEASE LEFT", "DUE", "ATTEMPT", "LANE", "BYTES", "FLAGS"],
                            rows, right={0, 5, 6, 7}, indent="  ")
@@ -133,6 +134,9 @@ def _text(s: dict) -> list[str]:
         shown = "the queue" if s["paused"] else "no"
         lines.append(f"paused: {shown}" + (f"; tasks: {', '.join(tasks)}" if tasks else ""))
     lines.append(f"dead letters: {s['dead_letters']}")
+    for row in s.get("periodic", ()):
+        lines.append(f"periodic: {row['task']} ({row['schedule']}, missed {row['missed']}), next run "
+                     f"{when(row['next'])}, scheduled by pid {row['scheduler'] or 'none'}")
     return lines
 
 
@@ -153,6 +157,8 @@ def _postgres_text(s: dict) -> list[str]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from shmq.tasks.periodic import listing
+
     q = open_jobs(args.name, data_dir(args))
     try:
         s = q.inspect()
@@ -162,6 +168,7 @@ def _inspect(args: argparse.Namespace) -> int:
         emit(json.dumps(s, indent=2) if args.json else "\n".join(_postgres_text(s)))
         flush()
         return 0
+    s["periodic"] = listing(data_dir(args), [args.name])
     if args.json:
         for part in s["participants"]:
             part.pop("started")

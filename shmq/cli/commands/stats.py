@@ -10,6 +10,7 @@ import sys
 import time
 
 from shmq.cli.commands import Command, Stopped, _raise_stopped
+from shmq.tasks.periodic import listing
 from shmq.cli.commands._common import add_backend_argument, QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
 
 STATS_DESCRIPTION = """\
@@ -47,6 +48,7 @@ _COUNTER_ROWS = (
     ("throttled", "throttled"),
     ("lease_expired", "lease expired"),
     ("consumer_died", "consumer died"),
+    ("cancelled", "cancelled"),
 )
 _GAUGE_ROWS = (
     ("depth", "depth"),
@@ -94,6 +96,7 @@ class _Sampler:
         for name, q in attached.items():
             now = time.monotonic()
             stats = q.stats(lanes=self.lanes)
+            stats["periodic"] = [{k: row[k] for k in ("task", "schedule", "next")} for row in listing(self.path, [name])]
             if rates:
                 stats["rates_per_second"] = self._rates(name, now, stats)
             out.append(stats)
@@ -163,6 +166,9 @@ def render(sample: dict, interval: float | None = None) -> list[str]:
         rows = [[lane["lane"], "ordered" if lane["ordered"] else "fifo"] + [f"{lane[c]:,}" for c in _LANE_COLUMNS]
                 for lane in q["lanes"]]
         lines += table(headers, rows, right={0} | set(range(2, len(headers))), indent="  ")
+    for q in queues:
+        for row in q.get("periodic", ()):
+            lines.append(f"periodic {q['queue']}: {row['task']} ({row['schedule']}), next run {when(row['next'])}")
     if sample["not_loaded"]:
         lines.append(f"not loaded (a log but no region, e.g. after a restart): {', '.join(sample['not_loaded'])}")
     if sample["gone"]:
