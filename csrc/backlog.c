@@ -81,6 +81,19 @@ int shmq_backlog_feed(shmq_handle *h, uint32_t budget)
         shmq_record_header *rec = shmq_record_at(h, cursor, 0, &err);
         if (!rec)
             break; /* its segment is missing (a disk error left a hole): maintenance reports it */
+        if (shmq_segment_cover(h, cursor, 8, 0) != 0) {
+            /* Past the file's end: a writer reserved it and could not grow
+             * the file (disk full). While the tail is in this segment a later
+             * writer grows it (then it is a hole); once past, nothing will
+             * ever be written there: go on at the next segment. */
+            uint64_t end = (cursor / h->segment_bytes + 1) * h->segment_bytes;
+            if (tail < end)
+                break;
+            /* release: as below. */
+            atomic_compare_exchange_strong_explicit(&hdr->feed_cursor, &cursor, end, memory_order_release,
+                                                    memory_order_relaxed);
+            continue;
+        }
         /* acquire: pairs with the publish CAS; the body is visible. */
         uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
         unsigned type = shmq_word_type(word);

@@ -14,6 +14,10 @@ static const int64_t SHMQ_HOLE_WAIT_NS = 200 * 1000 * 1000;
  * for another maker), SHMQ_MAKE_AHEAD create unless someone else is making one. */
 enum { SHMQ_MAKE_AHEAD = 2 };
 
+/* A segment file is made with this many bytes of records allocated, and
+ * grows by at least this much (shmq_segment_cover). */
+enum { SHMQ_SEGMENT_CHUNK = 64 * 1024 };
+
 /* Payloads up to this travel inline in a lane; larger ones by reference. */
 enum { SHMQ_INLINE_PAYLOAD_MAX = 256 };
 /* An ENQUEUE record's header and body; the payload follows (after the
@@ -65,6 +69,8 @@ int shmq_segment_header_check(const shmq_segment_header *sh, uint64_t magic);
 void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t segment_bytes, uint64_t index,
                               uint64_t base, uint32_t durability);
 uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err);
+int shmq_segment_cover(shmq_handle *h, uint64_t position, uint64_t length, int grow);
+uint64_t shmq_segment_known_end(shmq_handle *h, uint64_t position);
 void shmq_log_retire_slot(shmq_handle *h, shmq_segment_slot *slot);
 void shmq_log_unmap_retired(shmq_handle *h, uint32_t self_inside);
 shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create, int *err);

@@ -509,10 +509,11 @@ static int read_segment(recovery *rc, const mapped_file *f, const char *name, ui
     int status = present ? scan(rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, size, last) : SHMQ_OK;
     if (status != SHMQ_OK)
         return status;
-    /* Never written (made ahead of need): recovery may reuse the file. */
-    *empty = !problem && present == size && r->records == records && r->corrupt_bytes == corrupt &&
-             r->holes == holes && r->torn_bytes == torn &&
-             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + size);
+    /* Never written (made ahead of need, as far as it was grown): recovery
+     * may reuse the file. */
+    *empty = !problem && r->records == records && r->corrupt_bytes == corrupt && r->holes == holes &&
+             r->torn_bytes == torn &&
+             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + present);
     uint64_t missing = last ? 0 : size - present; /* every segment but the last was written to its end */
     if (missing) {
         r->missing_bytes += missing;
