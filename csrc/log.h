@@ -14,10 +14,6 @@ static const int64_t SHMQ_HOLE_WAIT_NS = 200 * 1000 * 1000;
  * for another maker), SHMQ_MAKE_AHEAD create unless someone else is making one. */
 enum { SHMQ_MAKE_AHEAD = 2 };
 
-/* A segment file is made with this many bytes of records allocated, and
- * grows by at least this much (shmq_segment_cover). */
-enum { SHMQ_SEGMENT_CHUNK = 64 * 1024 };
-
 /* Payloads up to this travel inline in a lane; larger ones by reference. */
 enum { SHMQ_INLINE_PAYLOAD_MAX = 256 };
 /* An ENQUEUE record's header and body; the payload follows (after the
