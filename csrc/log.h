@@ -81,7 +81,15 @@ void shmq_log_spill_begin(shmq_handle *h);
 void shmq_log_delete_below(shmq_handle *h, uint64_t low);
 void shmq_log_retire_below_base(shmq_handle *h);
 int shmq_log_upkeep(shmq_handle *h);
-int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report);
+/* A live job recovery left where it was (recovery in place): its record's
+ * position in the old log, and what recovery worked out for it. */
+typedef struct shmq_put_back {
+    uint64_t position;
+    int64_t not_before_ns;
+    uint16_t attempt;
+} shmq_put_back;
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report, shmq_put_back **put_back /* OUT */,
+                             uint64_t *put_back_count /* OUT */);
 
 /* Is the published record at `position` whole? (length, alignment, CRC, seq) */
 static inline int shmq_record_valid(const shmq_record_header *rec, uint64_t word, uint64_t position,
