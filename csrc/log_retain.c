@@ -66,21 +66,18 @@ int shmq_log_upkeep(shmq_handle *h)
         ahead = SHMQ_SEGMENT_CHUNK;
     if (ahead > S)
         ahead = S;
-    int rc = SHMQ_OK;
-    for (uint64_t at = tail, end = tail + ahead; at < end;) {
+    int rc = SHMQ_OK, err = 0;
+    for (uint64_t at = tail, end = tail + ahead; at < end && !err;) {
         uint64_t stop = (at / S + 1) * S < end ? (at / S + 1) * S : end;
-        int err = 0;
-        if (!shmq_segment_map(h, at / S, SHMQ_MAKE_AHEAD, &err)) {
-            if (err != EAGAIN) /* EAGAIN: someone else is making it */
-                rc = shmq_log_fail(h, err);
+        if (!shmq_segment_map(h, at / S, SHMQ_MAKE_AHEAD, &err))
             break;
-        }
-        if ((err = shmq_segment_cover(h, at, stop - at, 1)) != 0) {
-            rc = shmq_log_fail(h, err);
-            break;
-        }
+        err = shmq_segment_cover(h, at, stop - at, 1);
         at = stop;
     }
+    /* EAGAIN: someone else is making the segment. No space: work ahead of
+     * need only; a writer that needs the space gets the error, with its put. */
+    if (err && err != EAGAIN && err != ENOSPC && err != EDQUOT)
+        rc = shmq_log_fail(h, err);
     int flushed = shmq_log_flush_due(h);
     if (rc == SHMQ_OK)
         rc = flushed;
