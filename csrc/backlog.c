@@ -87,10 +87,17 @@ int shmq_backlog_feed(shmq_handle *h, uint32_t budget)
         if (shmq_segment_cover(h, cursor, 8, 0) != 0) {
             /* Past the file's end: a writer reserved it and could not grow
              * the file (disk full). While the tail is in this segment a later
-             * writer grows it (then it is a hole); once past, nothing will
-             * ever be written there: go on at the next segment. */
+             * writer grows it (then it is a hole); once past, and after
+             * SHMQ_HOLE_WAIT_NS for a writer between its reservation and its
+             * growth (as for a hole), nothing will be written there: go on
+             * at the next segment. */
             uint64_t end = (cursor / h->segment_bytes + 1) * h->segment_bytes;
-            if (tail < end)
+            int64_t now = shmq_now_ns();
+            if (h->hole_position != cursor) {
+                h->hole_position = cursor;
+                h->hole_seen_ns = now;
+            }
+            if (tail < end || now - h->hole_seen_ns < SHMQ_HOLE_WAIT_NS)
                 break;
             /* release: as below. */
             atomic_compare_exchange_strong_explicit(&hdr->feed_cursor, &cursor, end, memory_order_release,
