@@ -4,6 +4,8 @@
  * one feeder at a time; redelivery, through the backlog, of a message whose
  * consumer died; and the end of recovery, which feeds the live
  * backlog before it declares the log ready. */
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops.h"
@@ -24,14 +26,15 @@ static int feeder_take(shmq_handle *h)
 
 /* Pushes one ENQUEUE record of the backlog into a lane, now or never:
  * SHMQ_EFULL when the lanes have no room. */
-static int feed_record(shmq_handle *h, uint64_t position, const shmq_record_header *rec)
+static int feed_record(shmq_handle *h, uint64_t position, const shmq_record_header *rec, uint16_t attempt,
+                       int64_t not_before_ns)
 {
     const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
-    if (h->jobs && body->not_before_ns > shmq_wall_ns())
-        return shmq_jobs_schedule(h, rec, position); /* a delayed job, or a retry's backoff: it waits in the table */
+    if (h->jobs && not_before_ns > shmq_wall_ns()) /* a delayed job, or a retry's backoff: it waits in the table */
+        return shmq_jobs_schedule(h, rec, position, attempt, not_before_ns);
     uint32_t offset = (uint32_t)(sizeof *rec + sizeof *body) + body->group_bytes + body->unique_bytes;
     shmq_msg_header mh = {.length = body->payload_bytes, .tag = body->tag, .flags = 0,
-                          .attempt = body->attempt, .job_id = rec->job_id, .enqueued_ns = body->enqueued_ns};
+                          .attempt = attempt, .job_id = rec->job_id, .enqueued_ns = body->enqueued_ns};
     int lane = body->lane < h->lane_count ? (int)body->lane : -1;
     if (h->jobs && body->unique_bytes == SHMQ_UNIQUE_KEY_BYTES) {
         /* Its key is held while it waits (recovered jobs take theirs again). */
@@ -81,6 +84,26 @@ int shmq_backlog_feed(shmq_handle *h, uint32_t budget)
         shmq_record_header *rec = shmq_record_at(h, cursor, 0, &err);
         if (!rec)
             break; /* its segment is missing (a disk error left a hole): maintenance reports it */
+        if (shmq_segment_cover(h, cursor, 8, 0) != 0) {
+            /* Past the file's end: a writer reserved it and could not grow
+             * the file (disk full). While the tail is in this segment a later
+             * writer grows it (then it is a hole); once past, and after
+             * SHMQ_HOLE_WAIT_NS for a writer between its reservation and its
+             * growth (as for a hole), nothing will be written there: go on
+             * at the next segment. */
+            uint64_t end = (cursor / h->segment_bytes + 1) * h->segment_bytes;
+            int64_t now = shmq_now_ns();
+            if (h->hole_position != cursor) {
+                h->hole_position = cursor;
+                h->hole_seen_ns = now;
+            }
+            if (tail < end || now - h->hole_seen_ns < SHMQ_HOLE_WAIT_NS)
+                break;
+            /* release: as below. */
+            atomic_compare_exchange_strong_explicit(&hdr->feed_cursor, &cursor, end, memory_order_release,
+                                                    memory_order_relaxed);
+            continue;
+        }
         /* acquire: pairs with the publish CAS; the body is visible. */
         uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
         unsigned type = shmq_word_type(word);
@@ -94,7 +117,8 @@ int shmq_backlog_feed(shmq_handle *h, uint32_t budget)
             /* cannot be: skip to the next segment rather than stop the backlog */
             length = (uint32_t)(h->segment_bytes - cursor % h->segment_bytes);
         } else if (type == SHMQ_REC_ENQUEUE && (((shmq_enqueue_body *)(rec + 1))->flags & SHMQ_ENQ_SPILLED)) {
-            if (feed_record(h, cursor, rec) != SHMQ_OK)
+            const shmq_enqueue_body *body = (const shmq_enqueue_body *)(rec + 1);
+            if (feed_record(h, cursor, rec, body->attempt, body->not_before_ns) != SHMQ_OK)
                 break; /* lanes full: the rest waits */
             atomic_fetch_add_explicit(&hdr->fed, 1, memory_order_relaxed); /* statistics (qsize) */
             shmq_fault(h, SHMQ_FAULT_FEED_AFTER_PUSH);
@@ -175,10 +199,25 @@ void shmq_backlog_redeliver(shmq_handle *h, uint32_t index, uint64_t pos)
 
 int shmq_log_recover(shmq_handle *h, shmq_recovery *report /* OUT */)
 {
-    int status = shmq_log_recover_records(h, report);
+    shmq_put_back *put_back = NULL;
+    uint64_t put_back_count = 0;
+    int status = shmq_log_recover_records(h, report, &put_back, &put_back_count);
+    int64_t started = shmq_now_ns();
+    /* Recovered in place: the live jobs go into the lanes (or the job table)
+     * from their records where they lie, in the order they were enqueued. */
+    shmq_log_enter(h);
+    for (uint64_t i = 0; i < put_back_count && status == SHMQ_OK; i++) {
+        int err = 0;
+        shmq_record_header *rec = shmq_record_at(h, put_back[i].position, 0, &err);
+        if (!rec)
+            status = shmq_log_fail(h, err);
+        else if (feed_record(h, put_back[i].position, rec, put_back[i].attempt, put_back[i].not_before_ns) != SHMQ_OK)
+            status = shmq_log_fail(h, ENOSPC); /* no room in the lanes, none on disk for the backlog */
+    }
+    shmq_log_leave(h);
+    free(put_back);
     if (status != SHMQ_OK)
         return status;
-    int64_t started = shmq_now_ns();
     if (report->live)
         shmq_backlog_feed(h, UINT32_MAX);
     /* release: everything recovery wrote is visible to whoever sees READY. */

@@ -52,6 +52,10 @@ enum shmq_fault_point {
 typedef struct shmq_segment_slot {
     _Atomic(uint8_t *) base;
     _Atomic uint64_t index;
+    /* The file's length as this process last saw it (at most the whole
+     * segment): every block below it is allocated. Only grows while the
+     * slot holds one segment; a stale value only costs an fstat. */
+    _Atomic uint64_t bytes;
     int fd;
 } shmq_segment_slot;
 
@@ -100,6 +104,7 @@ struct shmq_handle {
     atomic_flag ack_lock;
     uint32_t ack_count;
     uint64_t ack_ids[SHMQ_ACK_BATCH];
+    _Atomic uint64_t upkeep_tail;      /* the log tail at this handle's last upkeep (relaxed: a rate estimate) */
     uint64_t hole_position;            /* the unwritten position this handle saw last, and when */
     int64_t hole_seen_ns;
 

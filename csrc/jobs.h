@@ -95,7 +95,8 @@ void shmq_jobs_gate_adopt(shmq_handle *h, uint32_t lane, uint32_t index, int64_t
 int shmq_jobs_repair_gate(shmq_handle *h, uint32_t lane);
 
 /* jobs_schedule.c */
-int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position);
+int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position, uint16_t attempt,
+                       int64_t due_ns);
 int shmq_jobs_schedule_new(shmq_handle *h, const shmq_enqueue_args *args, const uint8_t *payload, uint32_t length,
                            uint64_t *job_id);
 int shmq_jobs_take_back(shmq_handle *h, uint32_t index, uint64_t s, int expired);

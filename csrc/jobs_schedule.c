@@ -53,7 +53,8 @@ static void scheduled(shmq_handle *h, shmq_job_entry *e, uint64_t gen)
 }
 
 /* A job of the backlog (recovered, or fed) that must wait for its time. */
-int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position)
+int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t position, uint16_t attempt,
+                       int64_t due_ns)
 {
     uint32_t index;
     uint64_t gen;
@@ -62,6 +63,9 @@ int shmq_jobs_schedule(shmq_handle *h, const shmq_record_header *rec, uint64_t p
         return rc;
     shmq_job_entry *e = entry_at(h, index);
     entry_from_record(e, rec, position);
+    /* What recovery worked out may differ from the record (recovered in place). */
+    e->attempt = attempt ? attempt : e->attempt;
+    e->due_ns = due_ns;
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_set(h, e->unique_hi, e->unique_lo, e->job_id);
     /* A group's job waiting to run again (a retry's backoff, recovered) holds

@@ -322,9 +322,16 @@ _Static_assert(sizeof(shmq_msg_ref) == 16, "format");
  * Positions: the log is one byte sequence numbered 0, 1, 2, ... forever.
  * Segment i holds positions [i * S, (i + 1) * S), S = segment_bytes, at
  * file offset SHMQ_SEGMENT_HEADER_BYTES + (position - i * S). A segment
- * file is SHMQ_SEGMENT_HEADER_BYTES + S bytes, made whole (zero-filled or
- * allocated) before it is renamed into place, so writing into the mapping
- * never meets a missing block (no SIGBUS on a full disk).
+ * file is at most SHMQ_SEGMENT_HEADER_BYTES + S bytes, and every block
+ * below its length is allocated (zero-filled or fallocated): it is made
+ * with its first 64 KiB of records and grown (fallocate, or zeros
+ * appended) before a writer writes past its end, so writing into the
+ * mapping never meets a missing block (no SIGBUS on a full disk).
+ * Positions past a file's length hold no record. Segment i + 1 is made
+ * only once segment i is whole, so every segment but the last is whole;
+ * a shorter one before the last is damage. (Logs whose files were all
+ * made whole read the same; readers that expect whole files read these
+ * too: only the last is short, as a log cut short at its end.)
  *
  * Records: 8-aligned, never across a segment end; each starts with a
  * shmq_record_header. A record's `length` covers header, body and padding

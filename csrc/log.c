@@ -158,16 +158,22 @@ static void write_pad(shmq_handle *h, shmq_record_header *rec, uint64_t position
     atomic_compare_exchange_strong_explicit(&rec->word, &pending, word, memory_order_release, memory_order_relaxed);
 }
 
-/* Checks that the segments a record of `length` at the tail needs exist,
- * so a full disk fails the append before any space is reserved. */
+/* Checks that the blocks a record of `length` at the tail needs are
+ * allocated (segments made, files grown), so a full disk fails the append
+ * before any space is reserved. */
 static int room_ahead(shmq_handle *h, uint32_t length)
 {
+    uint64_t S = h->segment_bytes;
     /* relaxed: an estimate; the reservation below is what counts. */
     uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
-    uint64_t first = tail / h->segment_bytes, last = (tail + length) / h->segment_bytes;
+    uint64_t first = tail / S, last = (tail + length) / S;
     for (uint64_t index = first; index <= last; index++) {
         int err = 0;
         if (!shmq_segment_map(h, index, 1, &err))
+            return shmq_log_fail(h, err);
+        uint64_t from = index == first ? tail : index * S;
+        uint64_t to = tail + length < (index + 1) * S ? tail + length : (index + 1) * S;
+        if (to > from && (err = shmq_segment_cover(h, from, to - from, 1)) != 0)
             return shmq_log_fail(h, err);
     }
     return SHMQ_OK;
@@ -189,8 +195,13 @@ int shmq_log_reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_r
         uint64_t offset = p % S;
         int err = 0;
         shmq_record_header *rec = shmq_record_at(h, p, 1, &err);
+        /* Another writer may have reserved past room_ahead's estimate: the
+         * file is grown before a byte is written. On failure the space stays
+         * a hole (past the file's end, perhaps); fillers skip it. */
+        if (rec && (err = shmq_segment_cover(h, p, offset + length <= S ? length : S - offset, 1)) != 0)
+            rec = NULL;
         if (!rec)
-            return shmq_log_fail(h, err); /* the space stays a hole; fillers skip it */
+            return shmq_log_fail(h, err);
         if (offset + length <= S) {
             *position = p;
             *out = rec;
@@ -201,6 +212,8 @@ int shmq_log_reserve(shmq_handle *h, uint32_t length, uint64_t *position, shmq_r
         write_pad(h, rec, p, (uint32_t)(S - offset));
         uint64_t next = (p / S + 1) * S;
         shmq_record_header *second = shmq_record_at(h, next, 1, &err);
+        if (second && (err = shmq_segment_cover(h, next, p + length - next, 1)) != 0)
+            second = NULL;
         if (!second)
             return shmq_log_fail(h, err);
         write_pad(h, second, next, (uint32_t)(p + length - next));
@@ -506,6 +519,9 @@ int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t positio
     uint64_t end = (position / S + 1) * S;
     if (tail < end)
         end = tail;
+    uint64_t known = shmq_segment_known_end(h, position); /* never past the file's end */
+    if (known < end)
+        end = known;
     uint64_t at = position + 8;
     _Atomic uint64_t *words = (_Atomic uint64_t *)rec;
     for (; at < end; at += 8) {

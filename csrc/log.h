@@ -65,6 +65,8 @@ int shmq_segment_header_check(const shmq_segment_header *sh, uint64_t magic);
 void shmq_segment_header_fill(shmq_segment_header *sh, uint64_t magic, uint64_t segment_bytes, uint64_t index,
                               uint64_t base, uint32_t durability);
 uint8_t *shmq_segment_map(shmq_handle *h, uint64_t index, int create, int *err);
+int shmq_segment_cover(shmq_handle *h, uint64_t position, uint64_t length, int grow);
+uint64_t shmq_segment_known_end(shmq_handle *h, uint64_t position);
 void shmq_log_retire_slot(shmq_handle *h, shmq_segment_slot *slot);
 void shmq_log_unmap_retired(shmq_handle *h, uint32_t self_inside);
 shmq_record_header *shmq_record_at(shmq_handle *h, uint64_t position, int create, int *err);
@@ -79,7 +81,15 @@ void shmq_log_spill_begin(shmq_handle *h);
 void shmq_log_delete_below(shmq_handle *h, uint64_t low);
 void shmq_log_retire_below_base(shmq_handle *h);
 int shmq_log_upkeep(shmq_handle *h);
-int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report);
+/* A live job recovery left where it was (recovery in place): its record's
+ * position in the old log, and what recovery worked out for it. */
+typedef struct shmq_put_back {
+    uint64_t position;
+    int64_t not_before_ns;
+    uint16_t attempt;
+} shmq_put_back;
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report, shmq_put_back **put_back /* OUT */,
+                             uint64_t *put_back_count /* OUT */);
 
 /* Is the published record at `position` whole? (length, alignment, CRC, seq) */
 static inline int shmq_record_valid(const shmq_record_header *rec, uint64_t word, uint64_t position,

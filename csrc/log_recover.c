@@ -509,10 +509,11 @@ static int read_segment(recovery *rc, const mapped_file *f, const char *name, ui
     int status = present ? scan(rc, f->base + SHMQ_SEGMENT_HEADER_BYTES, present, base, size, last) : SHMQ_OK;
     if (status != SHMQ_OK)
         return status;
-    /* Never written (made ahead of need): recovery may reuse the file. */
-    *empty = !problem && present == size && r->records == records && r->corrupt_bytes == corrupt &&
-             r->holes == holes && r->torn_bytes == torn &&
-             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + size);
+    /* Never written (made ahead of need, as far as it was grown): recovery
+     * may reuse the file. */
+    *empty = !problem && r->records == records && r->corrupt_bytes == corrupt && r->holes == holes &&
+             r->torn_bytes == torn &&
+             all_zero(f->base + SHMQ_SEGMENT_HEADER_BYTES, f->base + SHMQ_SEGMENT_HEADER_BYTES + present);
     uint64_t missing = last ? 0 : size - present; /* every segment but the last was written to its end */
     if (missing) {
         r->missing_bytes += missing;
@@ -661,6 +662,188 @@ static int write_copies(shmq_handle *h, const job *live, uint64_t count, shmq_re
     return SHMQ_OK;
 }
 
+/* The bytes the copies of the live jobs and the checkpoint's two markers
+ * take at most (a record never crosses a segment end: one record's length
+ * of padding per segment they span). */
+static uint64_t copies_bytes(const job *live, uint64_t count, uint64_t S)
+{
+    uint64_t total = 2 * (sizeof(shmq_record_header) + sizeof(shmq_checkpoint_body)), largest = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t bytes = (sizeof(shmq_record_header) + live[i].record->body_bytes + 7) & ~7ull;
+        total += bytes;
+        if (bytes > largest)
+            largest = bytes;
+    }
+    return total + (total / S + 1) * largest;
+}
+
+/* Allocates the new log's blocks for `bytes` from `from` on (segments made,
+ * files grown) before anything is written there. 0 or an errno. */
+static int room_for(shmq_handle *h, uint64_t from, uint64_t bytes)
+{
+    uint64_t S = h->segment_bytes;
+    for (uint64_t at = from, end = from + bytes; at < end;) {
+        uint64_t stop = (at / S + 1) * S < end ? (at / S + 1) * S : end;
+        int err = 0;
+        if (!shmq_segment_map(h, at / S, 1, &err))
+            return err;
+        if ((err = shmq_segment_cover(h, at, stop - at, 1)) != 0)
+            return err;
+        at = stop;
+    }
+    return 0;
+}
+
+/* Removes the segments room_for made from `next` on (the old log's files,
+ * `bases`, stay): nothing was written into them. */
+static void drop_new_segments(shmq_handle *h, uint64_t next, const uint64_t *bases, size_t count)
+{
+    uint64_t S = h->segment_bytes;
+    /* relaxed: no one else is attached yet. */
+    uint64_t made = atomic_load_explicit(&h->header->segments_made, memory_order_relaxed);
+    for (uint64_t index = next / S; index < made; index++) {
+        int old = 0;
+        for (size_t i = 0; i < count && !old; i++)
+            old = bases[i] == index * S;
+        if (old)
+            continue;
+        pthread_mutex_lock(&h->segment_lock);
+        shmq_segment_slot *slot = &h->segments[index % SHMQ_SEGMENT_SLOTS];
+        /* relaxed: under segment_lock. */
+        if (atomic_load_explicit(&slot->base, memory_order_relaxed) &&
+            atomic_load_explicit(&slot->index, memory_order_relaxed) == index)
+            shmq_log_retire_slot(h, slot);
+        pthread_mutex_unlock(&h->segment_lock);
+        char name[32];
+        shmq_segment_name(name, sizeof name, index * S);
+        unlinkat(h->log_dirfd, name, 0);
+    }
+    shmq_log_unmap_retired(h, 0); /* recovery runs outside the log code */
+    atomic_store_explicit(&h->header->segments_made, next / S, memory_order_relaxed);
+}
+
+/* The old segment files, as recovery read them (files[i] holds bases[i]). */
+typedef struct in_place_files {
+    const mapped_file *files;
+    size_t mapped;
+    const uint64_t *bases;
+    size_t count;
+    const uint8_t *damaged;
+} in_place_files;
+
+/* Writes a PAD over [position, position + length) of the old log's last
+ * segment, where a writer died mid-record (torn bytes), so that a later
+ * recovery finds a record there, not damage. Only this process is attached. */
+static int pad_torn(shmq_handle *h, uint64_t position, uint32_t length)
+{
+    int err = 0;
+    shmq_record_header *rec = shmq_record_at(h, position, 0, &err);
+    if (!rec)
+        return shmq_log_fail(h, err);
+    memset((uint8_t *)rec + 8, 0, length - 8);
+    uint64_t word = shmq_record_word(length, SHMQ_REC_PAD, 0);
+    rec->body_bytes = length - (uint32_t)sizeof *rec;
+    rec->seq = position;
+    rec->crc = shmq_record_crc(rec, word);
+    /* release: as every publish (no reader is attached yet). */
+    atomic_store_explicit(&rec->word, word, memory_order_release);
+    if (h->durability >= SHMQ_DURABILITY_OS) {
+        int fd = h->segments[(position / h->segment_bytes) % SHMQ_SEGMENT_SLOTS].fd;
+        if (fdatasync(fd) != 0)
+            return shmq_log_fail(h, errno);
+    }
+    return SHMQ_OK;
+}
+
+/* Recovery in place, when the disk has no room for the copies: the old
+ * segments stay the log, unchanged but for a PAD over a torn record at
+ * their end; the log goes on where they end, and the live jobs go back
+ * into the lanes from their records where they lie (the caller pushes
+ * `put_back`). Retention deletes the old segments as their jobs finish,
+ * as it does any segment. Possible when every segment was read whole,
+ * with this queue's segment size, and no job lives in a snapshot. */
+static int recover_in_place(recovery *rc, const in_place_files *f, const job *live, uint64_t live_count,
+                            shmq_put_back **put_back, uint64_t *put_back_count)
+{
+    shmq_handle *h = rc->h;
+    shmq_recovery *report = rc->report;
+    uint64_t S = h->segment_bytes;
+    int err = ENOSPC;
+    if (f->mapped != f->count || !f->count)
+        return shmq_log_fail(h, err);
+    size_t last = f->count;
+    for (size_t i = 0; i < f->count; i++) {
+        const mapped_file *m = &f->files[i];
+        const shmq_segment_header *sh = (const shmq_segment_header *)m->base;
+        if (f->damaged[i] || m->bytes < SHMQ_SEGMENT_HEADER_BYTES || sh->segment_bytes != S)
+            return shmq_log_fail(h, err); /* read around damage, or of another size: only copies can carry it */
+        if (m->bytes > SHMQ_SEGMENT_HEADER_BYTES &&
+            !all_zero(m->base + SHMQ_SEGMENT_HEADER_BYTES, m->base + m->bytes))
+            last = i;
+    }
+    if (last == f->count)
+        return shmq_log_fail(h, err);
+    /* The old log ends after its last non-zero byte (records, torn bytes);
+     * the new one goes on from there, in what its file has allocated. */
+    const mapped_file *m = &f->files[last];
+    const uint8_t *data = m->base + SHMQ_SEGMENT_HEADER_BYTES, *end = m->base + m->bytes;
+    while (end > data && end[-1] == 0)
+        end--;
+    uint64_t seg = f->bases[last];
+    uint64_t file_end = seg + (m->bytes - SHMQ_SEGMENT_HEADER_BYTES < S ? m->bytes - SHMQ_SEGMENT_HEADER_BYTES : S);
+    uint64_t written = seg + (((uint64_t)(end - data) + 7) & ~7ull), tail = written;
+    uint64_t torn = report->torn_bytes && report->torn_position >= seg && report->torn_position < written
+                        ? report->torn_position
+                        : written;
+    if (torn < tail && tail - torn < sizeof(shmq_record_header))
+        tail = torn + sizeof(shmq_record_header); /* a PAD in mid-segment has a whole header */
+    if (tail > file_end)
+        tail = file_end;
+    if ((torn < tail && tail - torn < sizeof(shmq_record_header) && tail != seg + S) || tail <= rc->top_id)
+        return shmq_log_fail(h, err);
+    shmq_put_back *back = malloc((live_count ? live_count : 1) * sizeof *back);
+    if (!back)
+        return shmq_log_fail(h, ENOMEM);
+    for (uint64_t k = 0; k < live_count; k++) {
+        const uint8_t *at = (const uint8_t *)live[k].record;
+        size_t i = 0;
+        while (i < f->count && !(at >= f->files[i].base + SHMQ_SEGMENT_HEADER_BYTES &&
+                                 at < f->files[i].base + f->files[i].bytes))
+            i++;
+        if (i == f->count) { /* in no segment file (the snapshot's) */
+            free(back);
+            return shmq_log_fail(h, err);
+        }
+        uint16_t attempt = live[k].attempt ? live[k].attempt : 1;
+        if (live[k].state == JOB_RUNNING) { /* it was running when the crash came: runs again */
+            attempt++;
+            report->running++;
+        }
+        back[k] = (shmq_put_back){.position = f->bases[i] + (uint64_t)(at - f->files[i].base) - SHMQ_SEGMENT_HEADER_BYTES,
+                                  .not_before_ns = live[k].not_before, .attempt = attempt};
+    }
+    shmq_region_header *hdr = h->header;
+    /* relaxed: no one else is attached yet (the creator holds the queue's lock). */
+    atomic_store_explicit(&hdr->log_tail, tail, memory_order_relaxed);
+    atomic_store_explicit(&hdr->log_base, f->bases[0], memory_order_relaxed);
+    atomic_store_explicit(&hdr->feed_cursor, tail, memory_order_relaxed);
+    atomic_store_explicit(&hdr->checkpoint_floor, 0, memory_order_relaxed); /* no copies: every job needs its id */
+    atomic_store_explicit(&hdr->checkpoint_begin, 0, memory_order_relaxed);
+    atomic_store_explicit(&hdr->flushed_tail, tail, memory_order_relaxed);
+    atomic_store_explicit(&hdr->segments_made, f->bases[f->count - 1] / S + 1, memory_order_relaxed);
+    hdr->log_origin = f->bases[0];
+    report->next_position = tail;
+    int status = torn < tail ? pad_torn(h, torn, (uint32_t)(tail - torn)) : SHMQ_OK;
+    if (status != SHMQ_OK) {
+        free(back);
+        return status;
+    }
+    report->live = live_count;
+    *put_back = back;
+    *put_back_count = live_count;
+    return SHMQ_OK;
+}
+
 /* Writes a checkpoint marker. */
 static int marker(shmq_handle *h, unsigned type, uint64_t floor, uint64_t begin, uint64_t count, uint64_t *position)
 {
@@ -672,10 +855,13 @@ static int marker(shmq_handle *h, unsigned type, uint64_t floor, uint64_t begin,
 
 /* Recovery of the log itself; the public shmq_log_recover, in backlog.c,
  * then feeds the live backlog into the lanes and declares the log ready. */
-int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report /* OUT */)
+int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report /* OUT */, shmq_put_back **put_back /* OUT */,
+                             uint64_t *put_back_count /* OUT */)
 {
     int64_t started = shmq_now_ns();
     *report = (shmq_recovery){0};
+    *put_back = NULL;
+    *put_back_count = 0;
     if (!h->log_on)
         return SHMQ_EINVAL;
     recovery rc = {.h = h, .report = report};
@@ -833,6 +1019,17 @@ int shmq_log_recover_records(shmq_handle *h, shmq_recovery *report /* OUT */)
     atomic_store_explicit(&hdr->segments_made, next / S, memory_order_relaxed);
     hdr->log_origin = next;
     report->next_position = next;
+
+    /* No room on disk for the copies (a full disk): the old segments stay
+     * the log, the jobs are put back from where they lie. */
+    int room = room_for(h, next, copies_bytes(live, live_count, S));
+    if (room == ENOSPC || room == EDQUOT) {
+        drop_new_segments(h, next, bases, count);
+        in_place_files old = {files + have_snapshot, mapped - (size_t)have_snapshot, bases, count, damaged};
+        status = have_snapshot ? shmq_log_fail(h, room)
+                               : recover_in_place(&rc, &old, live, live_count, put_back, put_back_count);
+        goto out;
+    }
 
     /* Every log starts with a checkpoint (empty for a new queue): so no job
      * has position 0, which lanes read as "not logged". */

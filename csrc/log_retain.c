@@ -48,15 +48,35 @@ void shmq_log_retire_below_base(shmq_handle *h)
     shmq_log_unmap_retired(h, 0); /* we have left the log code: no thread of ours may be inside */
 }
 
-/* The log's own part of a maintenance pass (inside the log code): the next
- * segment made before the tail needs it, and a group commit that is due. */
+/* The log's own part of a maintenance pass (inside the log code): the
+ * files grown, and the next segment made, before the tail needs them; a
+ * group commit that is due. Ahead means four times what was appended since
+ * this handle's last pass, at least SHMQ_SEGMENT_CHUNK: a busy log has its
+ * segments whole soon, an idle one stays a few chunks long. */
 int shmq_log_upkeep(shmq_handle *h)
 {
-    int rc = SHMQ_OK;
-    /* Make the next segment before the tail needs it. */
+    uint64_t S = h->segment_bytes;
+    /* relaxed: where to grow is an estimate; the writers' own cover decides. */
     uint64_t tail = atomic_load_explicit(&h->header->log_tail, memory_order_relaxed) & ~SHMQ_TAIL_SPILL;
-    int err = 0;
-    if (!shmq_segment_map(h, tail / h->segment_bytes + 1, SHMQ_MAKE_AHEAD, &err) && err != EAGAIN)
+    /* relaxed: this handle's own rate estimate. */
+    uint64_t last = atomic_exchange_explicit(&h->upkeep_tail, tail, memory_order_relaxed);
+    uint64_t moved = last && tail > last ? tail - last : 0;
+    uint64_t ahead = moved >= S / 4 ? S : 4 * moved;
+    if (ahead < SHMQ_SEGMENT_CHUNK)
+        ahead = SHMQ_SEGMENT_CHUNK;
+    if (ahead > S)
+        ahead = S;
+    int rc = SHMQ_OK, err = 0;
+    for (uint64_t at = tail, end = tail + ahead; at < end && !err;) {
+        uint64_t stop = (at / S + 1) * S < end ? (at / S + 1) * S : end;
+        if (!shmq_segment_map(h, at / S, SHMQ_MAKE_AHEAD, &err))
+            break;
+        err = shmq_segment_cover(h, at, stop - at, 1);
+        at = stop;
+    }
+    /* EAGAIN: someone else is making the segment. No space: work ahead of
+     * need only; a writer that needs the space gets the error, with its put. */
+    if (err && err != EAGAIN && err != ENOSPC && err != EDQUOT)
         rc = shmq_log_fail(h, err);
     int flushed = shmq_log_flush_due(h);
     if (rc == SHMQ_OK)

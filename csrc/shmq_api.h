@@ -32,6 +32,9 @@
 #define SHMQ_DURABILITY_SYNC 4
 #define SHMQ_RECORD_HEADER_BYTES 32
 #define SHMQ_ENQUEUE_OVERHEAD 80
+/* A log segment file is made with this many bytes of records allocated and
+ * grows by at least this much at a time (log_segment.c). */
+#define SHMQ_SEGMENT_CHUNK 65536
 #define SHMQ_MAX_PARTICIPANTS 8191
 #define SHMQ_JOB_INLINE_BYTES 256
 #define SHMQ_HIST_BUCKETS 256

@@ -51,6 +51,23 @@ except shmq.Full:
     pass
 print(json.dumps({"error": None, "accepted": accepted}))
 """
+BIG_SEGMENTS = """
+import json, sys, shmq
+# The default 64 MiB segments, larger than this /dev/shm: the log's files
+# start at 64 KiB and grow with it.
+try:
+    q = shmq.Queue("seg", sys.argv[1], durability="memory", capacity=64, slot_bytes=64, jobs_capacity=16,
+                   unique_capacity=16, result_capacity=0, result_bytes=0)
+except shmq.ShmqError as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+    sys.exit(0)
+got = []
+for i in range(200):
+    q.put(b"%08d" % i + bytes(1016))
+    got.append(int(q.get(timeout=5)[:8]))
+q.unlink()
+print(json.dumps({"error": None, "got": got}))
+"""
 CONSUMER = """
 import json, sys, shmq
 q = shmq.Queue("small", sys.argv[1])
@@ -102,6 +119,7 @@ def main() -> None:
     report["reserve_failed"] = refused(lambda: shmq.Queue("mid", PATH, durability="none", capacity=16384))
     shmq_region._check_shm_space = check
     os.unlink("/dev/shm/filler")
+    report["big_segments"] = child(BIG_SEGMENTS)
     # A queue that fits, with its log in /dev/shm: fill it until /dev/shm is
     # full, then drain it in another process.
     report["producer"] = child(PRODUCER, json.dumps(SMALL))

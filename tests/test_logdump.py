@@ -137,6 +137,18 @@ def test_fresh_log_lists_enqueue_and_done_records(make_queue, capsys):
     assert "live jobs: 3" in out and "status: clean" in out
 
 
+def test_a_log_whose_last_file_has_not_grown_whole_is_clean(make_queue, capsys):
+    q = make_queue(codec="raw")  # 64 MiB segments: the file is a few chunks long
+    for i in range(5):
+        q.put(b"job-%d" % i)
+    log = kept_log(q)
+    files = [n for n in os.listdir(log) if n.endswith(".seg")]
+    assert len(files) == 1 and os.path.getsize(os.path.join(log, files[0])) < 4096 + (64 << 20)
+    code, doc = run_json(capsys, log)
+    assert code == 0 and not doc["summary"]["damaged"], doc["summary"]
+    assert doc["summary"]["bad_files"] == 0 and doc["summary"]["live_jobs"] == 5, doc["summary"]
+
+
 def test_segment_boundaries_and_pads(make_queue, capsys):
     q = make_queue(segment_bytes=S, codec="raw")
     for i in range(70):

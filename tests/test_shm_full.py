@@ -61,6 +61,11 @@ def test_full_dev_shm_gives_errors_never_sigbus(tmp_path):
     # Made sparse (as before it was reserved), its first puts would die of SIGBUS.
     assert report["filler"] == {"status": 0, "stderr": "", "error": "SharedMemoryFull"}, report["filler"]
 
+    # A memory queue whose segment_bytes exceeds /dev/shm: its log's files
+    # grow with the log (refused before as "more than /dev/shm holds").
+    assert report["big_segments"] == {"status": 0, "stderr": "", "error": None, "got": list(range(200))}, \
+        report["big_segments"]
+
     # durability="memory", throttle="open": the producer fills /dev/shm with
     # the log and gets a clear error; the consumer then gets every job.
     producer = report["producer"]

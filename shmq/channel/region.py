@@ -82,7 +82,9 @@ def _shm_needs(size: int, values: dict) -> tuple[int, str]:
     """Bytes a new queue takes in /dev/shm, and what they are."""
     if values["durability"] != "memory":
         return size, f"a region of {size} bytes"
-    segment = 4096 + values["segment_bytes"]
+    # A segment file is made with its first chunk of records and grows as
+    # the log does (csrc/log_segment.c).
+    segment = 4096 + min(values["segment_bytes"], lib.SHMQ_SEGMENT_CHUNK)
     return size + segment, f"a region of {size} bytes and a first log segment of {segment} bytes"
 
 

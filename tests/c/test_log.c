@@ -24,8 +24,9 @@ enum { SEGMENT = 64 * 1024 }; /* small, so the tests cross segments */
 
 typedef struct log_segment {
     uint64_t index;
-    uint8_t *records; /* S bytes: the file past its header page */
+    uint8_t *records; /* S bytes: the file past its header page (zeros past its end) */
     uint8_t *file;    /* the whole file */
+    uint64_t bytes;   /* the file's length: the last segment may not be grown whole yet */
 } log_segment;
 
 /* Every segment file of a log directory, read into memory. */
@@ -74,8 +75,8 @@ static log_image image_load(const char *dir, uint64_t S)
         CHECK(fd >= 0);
         struct stat st;
         CHECK_EQ(fstat(fd, &st), 0);
-        CHECK_EQ(st.st_size, SHMQ_SEGMENT_HEADER_BYTES + S);
-        uint8_t *file = malloc(st.st_size);
+        CHECK(st.st_size >= SHMQ_SEGMENT_HEADER_BYTES && (uint64_t)st.st_size <= SHMQ_SEGMENT_HEADER_BYTES + S);
+        uint8_t *file = calloc(1, SHMQ_SEGMENT_HEADER_BYTES + S);
         CHECK(file != NULL);
         CHECK_EQ(pread(fd, file, st.st_size, 0), st.st_size);
         close(fd);
@@ -84,10 +85,13 @@ static log_image image_load(const char *dir, uint64_t S)
         CHECK_EQ(sh->index, index);
         CHECK_EQ(sh->segment_bytes, S);
         CHECK_EQ(sh->base, index * S);
-        img.segments[img.count++] = (log_segment){index, file + SHMQ_SEGMENT_HEADER_BYTES, file};
+        img.segments[img.count++] = (log_segment){index, file + SHMQ_SEGMENT_HEADER_BYTES, file, st.st_size};
     }
     closedir(d);
     qsort(img.segments, img.count, sizeof *img.segments, compare_segments);
+    /* Every segment but the last is whole: the next is made only then. */
+    for (uint32_t i = 0; i + 1 < img.count; i++)
+        CHECK_EQ(img.segments[i].bytes, SHMQ_SEGMENT_HEADER_BYTES + S);
     return img;
 }
 
@@ -481,16 +485,36 @@ static void b_visit(void *ctx, uint64_t position, unsigned type, const shmq_reco
     CHECK_EQ(scan->logged[(uint64_t)m.producer * B_PER_PRODUCER + m.seq]++, 0);
 }
 
+/* Grows the log's files ahead of the writers, as maintenance does, until
+ * the producers are done. */
+static void *b_upkeep(void *arg)
+{
+    b_run *run = arg;
+    shmq_handle *h = logged_attach(run->region, run->dir);
+    const uint64_t total = (uint64_t)B_PRODUCERS * B_PER_PRODUCER;
+    while (atomic_load(&run->received) < total) {
+        shmq_log_enter(h);
+        CHECK_RC(shmq_log_upkeep(h), SHMQ_OK);
+        shmq_log_leave(h);
+        sleep_ms(1);
+    }
+    shmq_detach(h);
+    return NULL;
+}
+
 /* Producers and consumers append at once: the log is still one gapless
  * sequence of whole records, and every job has exactly one DONE. Half the
  * threads share a handle (one mapping of each segment, which TSan can
- * check); the others have their own, as separate processes would. */
-void test_log_concurrent_append(void)
+ * check); the others have their own, as separate processes would. With
+ * segments larger than SHMQ_SEGMENT_CHUNK the files grow while written
+ * (by writers that reach their end, and by upkeep ahead of them): no
+ * record is lost or torn, no page past a file's end is touched (SIGBUS). */
+static void concurrent_append_run(uint64_t S, int upkeep)
 {
     const uint64_t total = (uint64_t)B_PRODUCERS * B_PER_PRODUCER;
     char *dir = temp_dir_create();
     /* Room for every message at once: producers never wait for consumers. */
-    shmq_params p = logged_params(1, 1u << 17, 32, SHMQ_DURABILITY_MEMORY, SEGMENT);
+    shmq_params p = logged_params(1, 1u << 17, 32, SHMQ_DURABILITY_MEMORY, S);
     test_region r;
     shmq_recovery rep;
     shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
@@ -500,6 +524,9 @@ void test_log_concurrent_append(void)
     run.seen = calloc(total, 1);
     CHECK(run.seen != NULL);
     b_worker producers[B_PRODUCERS], consumers[B_CONSUMERS];
+    pthread_t keeper;
+    if (upkeep)
+        CHECK_EQ(pthread_create(&keeper, NULL, b_upkeep, &run), 0);
     for (uint32_t i = 0; i < B_CONSUMERS; i++) {
         consumers[i] = (b_worker){.run = &run, .id = i, .shared = i == 0};
         CHECK_EQ(pthread_create(&consumers[i].thread, NULL, b_consumer, &consumers[i]), 0);
@@ -512,6 +539,8 @@ void test_log_concurrent_append(void)
         CHECK_EQ(pthread_join(producers[i].thread, NULL), 0);
     for (uint32_t i = 0; i < B_CONSUMERS; i++)
         CHECK_EQ(pthread_join(consumers[i].thread, NULL), 0);
+    if (upkeep)
+        CHECK_EQ(pthread_join(keeper, NULL), 0);
     CHECK_EQ(atomic_load(&run.received), total);
     for (uint64_t i = 0; i < total; i++)
         if (atomic_load(&run.seen[i]) != 1)
@@ -525,7 +554,7 @@ void test_log_concurrent_append(void)
     shmq_log_stats st = log_stats(h);
     CHECK_EQ(st.last_errno, 0);
     CHECK_EQ(st.holes_filled, 0);
-    log_image img = image_load(dir, SEGMENT);
+    log_image img = image_load(dir, S);
     CHECK(img.count > 2);
     b_scan scan = {.summary = summary_new(2 * total), .logged = calloc(total, 1)};
     CHECK(scan.logged != NULL);
@@ -542,6 +571,104 @@ void test_log_concurrent_append(void)
     close_region(h, &r);
     temp_dir_remove(dir);
 }
+
+void test_log_concurrent_append(void) { concurrent_append_run(SEGMENT, 0); }
+
+/* Segments of 1 MiB: each file is made with 64 KiB of records and grows
+ * four or five times while four producers write into it at once. */
+void test_log_segments_grow(void) { concurrent_append_run(1u << 20, 1); }
+
+/* ------------------------------------------------------------ growing files, large records */
+
+enum { G_WRITERS = 4, G_PER_WRITER = 300, G_MAX = 60 * 1024 };
+
+typedef struct g_writer {
+    test_region *region;
+    const char *dir;
+    uint32_t id;
+    pthread_t thread;
+} g_writer;
+
+static uint32_t g_length(uint32_t id, uint32_t i) { return 8 + (uint32_t)(mix64((uint64_t)id << 32 | i) % G_MAX); }
+
+static void *g_write(void *arg)
+{
+    g_writer *w = arg;
+    shmq_handle *h = logged_attach(w->region, w->dir); /* its own mappings, as another process */
+    uint8_t *payload = malloc(G_MAX + 8);
+    CHECK(payload != NULL);
+    for (uint32_t i = 0; i < G_PER_WRITER; i++) {
+        uint32_t length = g_length(w->id, i);
+        uint64_t key = (uint64_t)w->id << 32 | i; /* then bytes that depend on it */
+        memcpy(payload, &key, 8);
+        fill_pattern(payload + 8, key, length - 8);
+        shmq_enqueue_args args = {.tag = (uint8_t)w->id, .first = payload, .first_length = length};
+        uint64_t position;
+        int spilling;
+        shmq_log_enter(h);
+        CHECK_RC(shmq_log_enqueue(h, &args, &position, &spilling), SHMQ_OK);
+        shmq_log_leave(h);
+    }
+    free(payload);
+    shmq_detach(h);
+    return NULL;
+}
+
+typedef struct g_scan {
+    uint64_t records;
+    uint8_t seen[G_WRITERS][G_PER_WRITER];
+} g_scan;
+
+static void g_visit(void *ctx, uint64_t position, unsigned type, const shmq_record_header *rec)
+{
+    (void)position;
+    g_scan *scan = ctx;
+    if (type != SHMQ_REC_ENQUEUE)
+        return;
+    const uint8_t *payload = enqueue_payload(rec);
+    uint64_t key;
+    memcpy(&key, payload, 8);
+    uint32_t id = (uint32_t)(key >> 32), i = (uint32_t)key;
+    CHECK(id < G_WRITERS && i < G_PER_WRITER);
+    CHECK_EQ(enqueue_body(rec)->payload_bytes, g_length(id, i));
+    CHECK_EQ(check_pattern(payload + 8, key, g_length(id, i) - 8), 0);
+    CHECK_EQ(scan->seen[id][i]++, 0);
+    scan->records++;
+}
+
+/* Writers of records up to 60 KiB, each with its own mappings and no
+ * upkeep: one writer's check that the file reaches past the tail is soon
+ * out of date when others reserve behind it, so each grows the file for
+ * its own reservation before it writes (a page past the file's end would
+ * kill it with SIGBUS). Every record is whole, once. */
+void test_log_segments_grow_large_records(void)
+{
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 1u << 10, 64, SHMQ_DURABILITY_MEMORY, 1u << 20);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    uint64_t origin = rep.next_position;
+    g_writer writers[G_WRITERS];
+    for (uint32_t i = 0; i < G_WRITERS; i++) {
+        writers[i] = (g_writer){.region = &r, .dir = dir, .id = i};
+        CHECK_EQ(pthread_create(&writers[i].thread, NULL, g_write, &writers[i]), 0);
+    }
+    for (uint32_t i = 0; i < G_WRITERS; i++)
+        CHECK_EQ(pthread_join(writers[i].thread, NULL), 0);
+    shmq_log_stats st = log_stats(h);
+    CHECK_EQ(st.last_errno, 0);
+    log_image img = image_load(dir, 1u << 20);
+    CHECK(img.count > 10);
+    static g_scan scan;
+    memset(&scan, 0, sizeof scan);
+    image_walk(&img, origin, st.tail, g_visit, &scan);
+    CHECK_EQ(scan.records, (uint64_t)G_WRITERS * G_PER_WRITER);
+    image_free(&img);
+    close_region(h, &r);
+    temp_dir_remove(dir);
+}
+
 
 /* ------------------------------------------------------------ recovery */
 

@@ -39,6 +39,8 @@
     X(crc32c_threads)            \
     X(log_put_get_records)       \
     X(log_concurrent_append)     \
+    X(log_segments_grow)         \
+    X(log_segments_grow_large_records) \
     X(log_recover_pending)       \
     X(log_recover_running_job)   \
     X(log_hole_filled)           \

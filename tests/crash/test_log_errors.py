@@ -23,10 +23,12 @@ CHILD = textwrap.dedent(
     import shmq
 
     mount, scenario = sys.argv[1], sys.argv[2]
-    if scenario == "full":
+    if scenario.startswith("full"):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount], check=True)
     out = {}
-    q = shmq.Queue("full", path=mount, codec="raw", segment_bytes=64 * 1024, capacity=8192)
+    # full-growing: one 4 MiB segment on a 1 MiB disk, its file grown while written
+    segment = 4 << 20 if scenario == "full-growing" else 64 * 1024
+    q = shmq.Queue("full", path=mount, codec="raw", segment_bytes=segment, capacity=8192)
     accepted = []
     body = b"x" * 1000
     log = os.path.join(mount, "full.log")
@@ -46,6 +48,14 @@ CHILD = textwrap.dedent(
     out["error_type"] = type(error).__name__ if error else None
     out["error"] = str(error) if error else None
     out["accepted"] = len(accepted)
+    if scenario.startswith("full"):
+        # Growing the log ahead finds no room either: work ahead of need, not
+        # an error of maintenance (the put that needs the space reports it).
+        try:
+            q.maintain()
+            out["maintain_error"] = None
+        except shmq.ShmqError as exc:
+            out["maintain_error"] = f"{type(exc).__name__}: {exc}"
     # Everything accepted is still there, in order.
     got = []
     while True:
@@ -79,7 +89,7 @@ CHILD = textwrap.dedent(
 def run_child(tmp_path, scenario: str) -> dict:
     mount = tmp_path / "disk"
     mount.mkdir()
-    if scenario == "full":
+    if scenario.startswith("full"):
         # As root a private mount namespace is enough; otherwise map ourselves
         # to root in a user namespace, which may mount tmpfs.
         prefix = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-r", "-m"]
@@ -107,6 +117,19 @@ def test_full_disk(tmp_path):
     assert out["accepted"] > 100, out  # the disk filled after real work
     assert out["delivered_in_order"] and out["delivered"] == out["accepted"], out
     assert out["after"] is True, out
+    assert out["maintain_error"] is None, out
+
+
+def test_full_disk_while_a_segment_grows(tmp_path):
+    """The disk fills while the segment's file grows ahead of the writers: a
+    put that finds no room is refused before anything is published (no
+    SIGBUS from a page past the file's end), and nothing accepted is lost."""
+    out = run_child(tmp_path, "full-growing")
+    assert out["error_type"] == "LogWriteError", out
+    assert "full" in out["error"] and "free space" in out["error"], out["error"]
+    assert out["accepted"] > 100, out
+    assert out["delivered_in_order"] and out["delivered"] == out["accepted"], out
+    assert out["maintain_error"] is None, out
 
 
 def test_log_directory_without_write_permission(tmp_path):
