@@ -221,6 +221,25 @@ class ShmqSystem(PySystem):
             shutil.rmtree(h.path, ignore_errors=True)
 
 
+class ShmqLoggedSystem(ShmqSystem):
+    """shmq at its default durability: every put also writes its record into
+    the log (memory-mapped segment files in the page cache)."""
+
+    name = "shmq-os"
+    note = ("shmq-os: shmq with durability='os' (the default): each message is also written to the log, in the "
+            "page cache, before put() returns; the log in --data-dir")
+    array_note = ""
+
+    def not_applicable(self, s):
+        return "n/a: measured on bytes messages only" if s.kind == "array" else None
+
+    def create(self, ctx, s, run_id):
+        path = tempfile.mkdtemp(prefix="shmq-bench-", dir=s.data_dir or _disk_tmp())
+        extra = {} if s.shmq_slot_bytes is None else {"slot_bytes": s.shmq_slot_bytes}
+        return _ShmqHandle.create(f"bench-{os.getpid()}-{run_id}", path, lanes=s.shmq_lanes, capacity=s.capacity,
+                                  codec="raw", durability="os", **extra)
+
+
 class _ShmqHandle:
     """A shmq queue by name: each process opens its own handle (`q`) on first use,
     as separate programs do. The parent creates the queue and closes its handle
@@ -619,7 +638,8 @@ class IceoryxSystem(PySystem):
 
 
 PY_SYSTEMS: dict[str, PySystem] = {s.name: s for s in (MpQueueSystem(), FasterFifoSystem(), PersistQueueSystem(),
-                                                       ZmqSystem(), IceoryxSystem(), ShmqSystem())}
+                                                       ZmqSystem(), IceoryxSystem(), ShmqSystem(),
+                                                       ShmqLoggedSystem())}
 
 
 # --------------------------------------------------------------------------- child processes

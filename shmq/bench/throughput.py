@@ -51,7 +51,7 @@ STOP = b"\x00STOP\x00\x00\x00"
 # pool above).
 FRAME_POOL = 5
 
-SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "shmq", "c-ring"]
+SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "shmq", "shmq-os", "c-ring"]
 SYSTEM_ALIASES = {
     "mp.queue": "mp.Queue", "mp": "mp.Queue", "mpqueue": "mp.Queue", "multiprocessing": "mp.Queue",
     "faster_fifo": "faster_fifo", "faster-fifo": "faster_fifo", "ff": "faster_fifo",
@@ -59,7 +59,7 @@ SYSTEM_ALIASES = {
     "pq": "persist-queue",
     "pyzmq": "pyzmq", "zmq": "pyzmq", "zeromq": "pyzmq",
     "iceoryx2": "iceoryx2", "iox2": "iceoryx2",
-    "shmq": "shmq",
+    "shmq": "shmq", "shmq-os": "shmq-os",
     "c-ring": "c-ring", "c_ring": "c-ring", "cring": "c-ring", "c": "c-ring",
 }
 
