@@ -15,8 +15,12 @@
  * points (shmq_api.h), through the addresses the cffi module hands over at
  * import (shmq/channel/queue.py: bind()): one copy of the core per process.
  *
- * What a call returns is small on purpose: the bytes (or list) on the
- * common path, else an int the Python caller deals with as before --
+ * put and get are Queue.put and Queue.get themselves (bound on each handle
+ * by shmq/channel/queue.py): what they do not finish they hand to the
+ * queue's _put_rest / _get_rest, through a weak reference (no cycle: a
+ * dropped queue still closes at once). The other calls return little on
+ * purpose: the list on the common path, else an int the Python caller
+ * deals with as before --
  * a negative shmq_status (time-outs, signals, errors: shmq/channel/queue.py
  * has the budget, the messages and the exceptions), SHMQ_FAST_CLOSED, or
  * SHMQ_FAST_DECLINED (the arguments or the moment are not for this path:
@@ -69,7 +73,10 @@ typedef struct {
     uint32_t lengths[MAX_BATCH];
     uint8_t tags[MAX_BATCH];
     int last_errno;          /* errno after a failed call (SHMQ_ESYS, SHMQ_ELOG) */
+    PyObject *owner;         /* a weak reference to the shmq.Queue: its _put_rest, _get_rest go on */
 } Channel;
+
+static PyObject *str_put_rest, *str_get_rest, *str_put_keywords, *str_block, *str_timeout;
 
 /* --------------------------------------------------------------- arguments */
 
@@ -154,23 +161,111 @@ out:
     return rc;
 }
 
-/* put(obj, block=True, timeout=None): 0 when `obj` (bytes, tag 0) went in;
- * else a status or SHMQ_FAST_* for the caller (see the top of the file). */
-static PyObject *Channel_put(Channel *self, PyObject *const *args, Py_ssize_t nargs)
+/* (block, timeout) of put(obj, block, timeout) / get(block, timeout), from
+ * positional arguments after the first `skip` and keywords; 0, or -1 with
+ * TypeError as Python's own signature would raise it. */
+static int block_timeout(const char *what, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         Py_ssize_t skip, PyObject **block, PyObject **timeout)
 {
-    if (nargs < 1 || nargs > 3)
-        return status(SHMQ_FAST_DECLINED);
-    if (!self->h)
-        return status(SHMQ_FAST_CLOSED);
+    *block = Py_True;
+    *timeout = Py_None;
+    if (nargs > skip + 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd positional arguments (%zd given)", what, skip + 2,
+                     nargs);
+        return -1;
+    }
+    if (nargs > skip)
+        *block = args[skip];
+    if (nargs > skip + 1)
+        *timeout = args[skip + 1];
+    Py_ssize_t keywords = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < keywords; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject **slot;
+        Py_ssize_t position;
+        if (name == str_block || PyUnicode_Compare(name, str_block) == 0) {
+            slot = block;
+            position = skip;
+        } else if (name == str_timeout || PyUnicode_Compare(name, str_timeout) == 0) {
+            slot = timeout;
+            position = skip + 1;
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", what, name);
+            return -1;
+        }
+        if (nargs > position) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", what, name);
+            return -1;
+        }
+        *slot = args[nargs + i];
+    }
+    return 0;
+}
+
+/* Hands what this path did not finish to the queue's Python code:
+ * queue.<method>(result, *rest) -- the time budget, the codec, the errors. */
+static PyObject *go_on(Channel *self, PyObject *method, PyObject *result, PyObject *a, PyObject *b, PyObject *c)
+{
+    if (!result)
+        return NULL;
+    PyObject *queue = PyWeakref_GetObject(self->owner); /* borrowed */
+    if (!queue || queue == Py_None) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_ReferenceError, "shmq._fast.Channel: its queue is gone");
+        return NULL;
+    }
+    Py_INCREF(queue);
+    PyObject *call[5] = {queue, result, a, b, c};
+    PyObject *out = PyObject_VectorcallMethod(method, call, (c ? 5 : 4) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(queue);
+    Py_DECREF(result);
+    return out;
+}
+
+/* put(obj, block=True, timeout=None): Queue.put itself. bytes (tag 0) go
+ * in here; anything else, and whatever this path does not finish, goes on in
+ * Queue._put_rest(status, obj, block, timeout). */
+static PyObject *Channel_put(Channel *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *block, *timeout;
+    if (nargs < 1) { /* put(obj=...): Queue._put_keywords takes it as Python's signature would */
+        PyObject *queue = PyWeakref_GetObject(self->owner);
+        if (!queue || queue == Py_None) {
+            PyErr_SetString(PyExc_ReferenceError, "shmq._fast.Channel: its queue is gone");
+            return NULL;
+        }
+        PyObject *call[4] = {NULL, NULL, NULL, NULL};
+        Py_ssize_t keywords = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        if (keywords > 3) {
+            PyErr_SetString(PyExc_TypeError, "put() takes at most 3 arguments");
+            return NULL;
+        }
+        call[0] = queue;
+        for (Py_ssize_t i = 0; i < keywords; i++)
+            call[1 + i] = args[i];
+        Py_INCREF(queue);
+        PyObject *out = PyObject_VectorcallMethod(str_put_keywords, call, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        Py_DECREF(queue);
+        return out;
+    }
+    if (block_timeout("put", args, nargs, kwnames, 1, &block, &timeout) < 0)
+        return NULL;
     PyObject *obj = args[0];
-    if (!PyBytes_CheckExact(obj) || (size_t)PyBytes_GET_SIZE(obj) > self->inline_max)
-        return status(SHMQ_FAST_DECLINED);
-    int64_t total_ns = timeout_arg(nargs > 1 ? args[1] : Py_True, nargs > 2 ? args[2] : Py_None);
-    if (total_ns == -2)
-        return status(SHMQ_FAST_DECLINED);
-    /* The bytes object is immutable and referenced by the caller for the call. */
-    return status(put_bytes(self, PyBytes_AS_STRING(obj), (uint32_t)PyBytes_GET_SIZE(obj), 0,
-                            first_wait(total_ns)));
+    int rc;
+    if (!self->h)
+        rc = SHMQ_FAST_CLOSED;
+    else if (!PyBytes_CheckExact(obj) || (size_t)PyBytes_GET_SIZE(obj) > self->inline_max)
+        rc = SHMQ_FAST_DECLINED;
+    else {
+        int64_t total_ns = timeout_arg(block, timeout);
+        /* The bytes object is immutable and referenced by the caller for the call. */
+        rc = total_ns == -2 ? SHMQ_FAST_DECLINED
+                            : put_bytes(self, PyBytes_AS_STRING(obj), (uint32_t)PyBytes_GET_SIZE(obj), 0,
+                                        first_wait(total_ns));
+    }
+    if (rc == SHMQ_OK)
+        Py_RETURN_NONE;
+    return go_on(self, str_put_rest, status(rc), obj, block, timeout);
 }
 
 /* put_tagged(tag, data, wait_ns): an encoded message (any buffer), one slice. */
@@ -313,15 +408,28 @@ static PyObject *taken(int64_t result, PyObject *data)
     return Py_BuildValue("(iN)", tag, data);
 }
 
-/* get(block=True, timeout=None): bytes (tag 0), (tag, data) for the
- * caller's codec, or a status / SHMQ_FAST_* (see the top of the file). */
-static PyObject *Channel_get(Channel *self, PyObject *const *args, Py_ssize_t nargs)
+/* get(block=True, timeout=None): Queue.get itself. A message of tag 0 is
+ * returned as bytes; anything else goes on in Queue._get_rest(result,
+ * block, timeout), result being (tag, data) for its codec, or a status /
+ * SHMQ_FAST_* (see the top of the file). */
+static PyObject *get_one(Channel *self, PyObject *block, PyObject *timeout);
+
+static PyObject *Channel_get(Channel *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs > 2)
-        return status(SHMQ_FAST_DECLINED);
+    PyObject *block, *timeout;
+    if (block_timeout("get", args, nargs, kwnames, 0, &block, &timeout) < 0)
+        return NULL;
+    PyObject *result = get_one(self, block, timeout);
+    if (!result || PyBytes_CheckExact(result))
+        return result;
+    return go_on(self, str_get_rest, result, block, timeout, NULL);
+}
+
+static PyObject *get_one(Channel *self, PyObject *block, PyObject *timeout)
+{
     if (!self->h)
         return status(SHMQ_FAST_CLOSED);
-    int64_t total_ns = timeout_arg(nargs > 0 ? args[0] : Py_True, nargs > 1 ? args[1] : Py_None);
+    int64_t total_ns = timeout_arg(block, timeout);
     if (total_ns == -2)
         return status(SHMQ_FAST_DECLINED);
     shmq_handle *h = self->h;
@@ -462,13 +570,20 @@ static PyObject *Channel_last_errno(Channel *self, void *unused)
 
 static int Channel_init(Channel *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"handle", "wait_unheld", "inline_max", "scratch_bytes", NULL};
+    static char *names[] = {"handle", "wait_unheld", "inline_max", "scratch_bytes", "owner", NULL};
     unsigned long long handle;
     int wait_unheld;
     unsigned int inline_max, scratch_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KpII", names, &handle, &wait_unheld, &inline_max,
-                                     &scratch_bytes))
+    PyObject *owner;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KpIIO", names, &handle, &wait_unheld, &inline_max,
+                                     &scratch_bytes, &owner))
         return -1;
+    if (!PyWeakref_CheckRef(owner)) {
+        PyErr_SetString(PyExc_TypeError, "shmq._fast.Channel: owner must be a weak reference to the queue");
+        return -1;
+    }
+    Py_INCREF(owner);
+    Py_XSETREF(self->owner, owner);
     if (!core.push) {
         PyErr_SetString(PyExc_RuntimeError, "shmq._fast: bind() the core's entry points first");
         return -1;
@@ -487,14 +602,17 @@ static int Channel_init(Channel *self, PyObject *args, PyObject *kwargs)
 static void Channel_dealloc(Channel *self)
 {
     PyMem_RawFree(self->scratch);
+    Py_XDECREF(self->owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Channel_methods[] = {
-    {"put", (PyCFunction)(void (*)(void))Channel_put, METH_FASTCALL, "put(obj, block=True, timeout=None)"},
+    {"put", (PyCFunction)(void (*)(void))Channel_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(obj, block=True, timeout=None): shmq.Queue.put"},
     {"put_tagged", (PyCFunction)(void (*)(void))Channel_put_tagged, METH_FASTCALL, "put_tagged(tag, data, wait_ns)"},
     {"put_many", (PyCFunction)(void (*)(void))Channel_put_many, METH_FASTCALL, "put_many(list, wait_ns, tags)"},
-    {"get", (PyCFunction)(void (*)(void))Channel_get, METH_FASTCALL, "get(block=True, timeout=None)"},
+    {"get", (PyCFunction)(void (*)(void))Channel_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(block=True, timeout=None): shmq.Queue.get"},
     {"get_many", (PyCFunction)(void (*)(void))Channel_get_many, METH_FASTCALL, "get_many(max_items, wait_ns)"},
     {"close", (PyCFunction)Channel_close, METH_NOARGS, "forget the handle: later calls return CLOSED"},
     {NULL, NULL, 0, NULL},
@@ -555,6 +673,13 @@ static struct PyModuleDef fast_module = {
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
+    str_put_rest = PyUnicode_InternFromString("_put_rest");
+    str_get_rest = PyUnicode_InternFromString("_get_rest");
+    str_put_keywords = PyUnicode_InternFromString("_put_keywords");
+    str_block = PyUnicode_InternFromString("block");
+    str_timeout = PyUnicode_InternFromString("timeout");
+    if (!str_put_rest || !str_get_rest || !str_put_keywords || !str_block || !str_timeout)
+        return NULL;
     if (PyType_Ready(&ChannelType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fast_module);

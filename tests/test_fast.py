@@ -135,8 +135,11 @@ def test_threads_sharing_a_handle_each_get_whole_messages_once(make_queue):
         for t in threads:
             t.join(130)
     finally:
-        producer.kill() if producer.poll() is None else None
-        producer.wait(30)
+        try:  # it may still be closing its handle when the last message arrived
+            producer.wait(60)
+        except subprocess.TimeoutExpired:
+            producer.kill()
+            producer.wait(30)
     assert not errors, errors[0]
     assert not any(t.is_alive() for t in threads)
     assert producer.returncode == 0

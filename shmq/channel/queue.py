@@ -334,9 +334,14 @@ class Queue(JobsMixin):
         self._scratch_free = [_Scratch()]
         # The GIL is never held while a call waits for a flush (sync, interval).
         self._fast = _fast.Channel(int(ffi.cast("uintptr_t", self._handle)), actual.durability in ("sync", "interval"),
-                                   min(self._inline_max, _SCRATCH_BYTES), _SCRATCH_BYTES)
-        self._fast_put, self._fast_get = self._fast.put, self._fast.get
+                                   min(self._inline_max, _SCRATCH_BYTES), _SCRATCH_BYTES, weakref.ref(self))
         self._fast_put_many, self._fast_get_many = self._fast.put_many, self._fast.get_many
+        # put and get called on the handle go straight into C (no Python frame),
+        # unless a subclass has its own.
+        if type(self).put is Queue.put:
+            self.put = self._fast.put
+        if type(self).get is Queue.get:
+            self.get = self._fast.get
         self.recovery = self._region.recovery
         self._maintainer = False  # maintained by this process's thread (shmq/channel/maintenance.py)
         self._maintenance_error = None
@@ -437,11 +442,15 @@ class Queue(JobsMixin):
         # The hot path: plain bytes skip the codec (every codec sends bytes as
         # they are) and go in with one call into shmq._fast, which also reads
         # block and timeout; anything else it declines, and _put_rest goes on.
-        rc = self._fast_put(obj, block, timeout)
-        if rc:
-            self._put_rest(rc, obj, block, timeout)
+        # (Each handle binds self.put to it directly: _setup.)
+        return self._fast.put(obj, block, timeout)
+
+    def _put_keywords(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """put(obj=...) with the object as a keyword: Python checks the arguments."""
+        return self._fast.put(obj, block, timeout)
 
     def _put_rest(self, rc: int, obj: Any, block: bool, timeout: float | None) -> None:
+        """What shmq._fast's put did not finish: status `rc` (not OK)."""
         if rc == _FAST_CLOSED:
             self._live_handle()  # raises QueueClosed
         if rc != _FAST_DECLINED:  # bytes the fast path tried for one slice: go on as _put_failed does
@@ -685,12 +694,11 @@ class Queue(JobsMixin):
         block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
         # The hot path: one call into shmq._fast, which makes the bytes straight
         # from the slot; other tags, time-outs and errors go on in _get_rest.
-        result = self._fast_get(block, timeout)
-        if type(result) is bytes:
-            return result
-        return self._get_rest(result, block, timeout)
+        # (Each handle binds self.get to it directly: _setup.)
+        return self._fast.get(block, timeout)
 
     def _get_rest(self, result, block: bool, timeout: float | None) -> Any:
+        """What shmq._fast's get did not finish: (tag, data) or a status."""
         if type(result) is tuple:  # (tag, data) for the codec
             return self._decode_message(*result)
         if result == _FAST_CLOSED:
