@@ -7,17 +7,22 @@ tests/crash/test_kill_windows.py (the consumer actor's get() takes this path).""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
 import threading
 import time
 
+import posix_ipc
 import pytest
 
 import shmq
 import shmq.channel.queue as queue_module
+from shmq.channel.queue import region_name
 
 HOT = {"shmq_put", "shmq_get", "shmq_push", "shmq_push_many", "shmq_pop", "shmq_pop_many"}
 
@@ -147,3 +152,54 @@ def test_threads_sharing_a_handle_each_get_whole_messages_once(make_queue):
         assert mine == sorted(mine), "a thread saw the producer's messages out of order"
     everything = sorted(seq for mine in got for seq in mine)
     assert everything == list(range(total))
+
+
+FULL_DISK = r"""
+import errno, os, sys
+import shmq
+path = sys.argv[1]
+q = shmq.Queue("full", path=path, codec="raw", segment_bytes=1 << 16)
+q._stop_maintenance()  # no segment made ahead: the put must make the next one itself
+try:
+    with open(os.path.join(os.path.dirname(path), "filler"), "wb") as f:
+        while True:
+            f.write(bytes(4096))
+            f.flush()
+except OSError as exc:
+    assert exc.errno == errno.ENOSPC, exc
+sent = 0
+try:
+    for sent in range(100_000):  # far more than one 64 KiB segment holds
+        q.put(b"%06d" % sent + bytes(200))
+    print("NO ERROR")
+except shmq.ShmqError as exc:
+    print("ERRNO", getattr(exc, "errno", None), sent)
+    print("TEXT", exc)
+finally:
+    q.unlink()
+"""
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0,
+                    reason="needs unshare -m and mount (root): a small tmpfs stands for the disk")
+def test_a_put_on_a_full_disk_names_the_cause(tmp_path):
+    """errno of a failed core call made by shmq._fast reaches the exception."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data = disk / "data"
+    script = tmp_path / "child.py"
+    script.write_text(FULL_DISK)
+    command = f"mount -t tmpfs -o size=1m tmpfs {disk} && mkdir {data} && exec {sys.executable} {script} {data}"
+    env = {**os.environ, "SHMQ_SUPERVISOR_AUTOSTART": "0"}
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120,
+                              env=env)
+    finally:  # the region is in the real /dev/shm, whatever happened to the child
+        try:
+            posix_ipc.unlink_shared_memory(region_name("full", str(data)))
+        except posix_ipc.ExistentialError:
+            pass
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines.get("ERRNO", "").split()[0] == str(errno.ENOSPC), done.stdout + done.stderr
+    assert "is full" in lines["TEXT"], lines["TEXT"]
