@@ -60,7 +60,12 @@ def count(case: str, n: int, payload: int, durability: str) -> int:
         cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
                "--child", case, "--n", str(n), "--payload", str(payload), "--durability", durability,
                "--path", path]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        finally:  # whatever became of the child, its queue goes (a region outlives its directory)
+            from shmq.channel.region import remove_queue
+
+            remove_queue("callgrind", path)
         if out.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
         found = re.search(r"Collected : (\d+)", out.stderr)
