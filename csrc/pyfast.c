@@ -17,11 +17,10 @@
  *
  * put and get are Queue.put and Queue.get themselves (bound on each handle
  * by shmq/channel/queue.py): what they do not finish they hand to the
- * queue's _put_rest / _get_rest, through a weak reference (no cycle: a
- * dropped queue still closes at once). The other calls return little on
- * purpose: the list on the common path, else an int the Python caller
- * deals with as before --
- * a negative shmq_status (time-outs, signals, errors: shmq/channel/queue.py
+ * queue's _put_rest / _get_rest, through a weak reference (this module
+ * adds no reference cycle). The other calls return little on purpose: the
+ * list on the common path, else an int the Python caller deals with as
+ * before -- a negative shmq_status (time-outs, signals, errors: shmq/channel/queue.py
  * has the budget, the messages and the exceptions), SHMQ_FAST_CLOSED, or
  * SHMQ_FAST_DECLINED (the arguments or the moment are not for this path:
  * the Python path does the same work). A wait is never longer than the
