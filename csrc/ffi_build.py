@@ -32,7 +32,8 @@ ffibuilder.set_source(
     "shmq._core",
     '#include "shmq_api.h"',
     # Relative paths: setuptools rejects absolute ones in sources.
-    sources=[os.path.relpath(path) for path in sorted(CSRC.glob("*.c"))],
+    # pyfast.c is the CPython extension shmq._fast (setup.py), not part of the core.
+    sources=[os.path.relpath(path) for path in sorted(CSRC.glob("*.c")) if path.name != "pyfast.c"],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
     + os.environ.get("SHMQ_CFLAGS", "").split(),

@@ -238,6 +238,57 @@ int64_t shmq_get(shmq_handle *h, char *buffer, uint32_t capacity, int64_t timeou
     return rc == SHMQ_OK ? ((int64_t)message->tag << 32) | message->length : rc;
 }
 
+/* One message of one lane into room alloc() makes: 1 taken, 0 none, or
+ * SHMQ_ECLAIMED (alloc failed; the claim is in *message). */
+static int take_one_into(shmq_handle *h, uint32_t index, shmq_alloc_fn alloc, void *ctx, shmq_message *message)
+{
+    lane_ref lane = lane_at(h, index);
+    for (;;) {
+        uint64_t busy = 0;
+        shmq_message msg;
+        int rc = shmq_lane_take_fit(h, lane, UINT64_MAX, &msg, &busy);
+        if (rc != TAKE_OK && rc != TAKE_BIG) /* TAKE_BIG: a payload in the log; no room limit here */
+            return 0;
+        msg.lane = index;
+        /* counted when taken, as take_from_lane counts a claim (relaxed: statistics) */
+        atomic_fetch_add_explicit(&lane.header->popped, 1, memory_order_relaxed);
+        uint8_t *out = alloc(ctx, msg.length);
+        if (!out) {
+            *message = msg; /* still held (READING): shmq_pop_finish or shmq_pop_abandon */
+            return SHMQ_ECLAIMED;
+        }
+        if (copy_payload(h, lane, &msg, out) != SHMQ_OK) {
+            /* as in take_from_lane: counted, and its job stays in the log */
+            shmq_lane_release_span(h, lane, msg.position, msg.span);
+            atomic_fetch_add_explicit(&h->header->dropped_corrupt, 1, memory_order_relaxed); /* statistics */
+            continue;
+        }
+        shmq_fault(h, SHMQ_FAULT_POP_MID_COPY);
+        uint64_t job_id = msg.job_id;
+        finish_taken(h, lane, &msg.position, &msg.span, &job_id, 1);
+        *message = msg;
+        return 1;
+    }
+}
+
+int64_t shmq_take(shmq_handle *h, shmq_alloc_fn alloc, void *ctx, shmq_message *message /* OUT */)
+{
+    message->span = 0;
+    uint32_t lanes = h->unordered_lanes; /* as pop_round: ordered lanes are for shmq_fetch */
+    /* relaxed: any rotation is correct; with one lane there is nothing to rotate. */
+    uint32_t start = lanes == 1 ? 0 : atomic_fetch_add_explicit(&h->pop_cursor, 1, memory_order_relaxed);
+    for (uint32_t i = 0; i < lanes; i++) {
+        int rc = take_one_into(h, (start + i) % lanes, alloc, ctx, message);
+        if (rc == 0)
+            continue;
+        if (rc < 0)
+            return rc;
+        wake(&h->header->space_event, &h->header->space_waiters);
+        return ((int64_t)message->tag << 32) | message->length;
+    }
+    return SHMQ_EEMPTY;
+}
+
 /* Is `message` a claim this handle holds? Guards against a stale or forged one. */
 static int holds(const shmq_handle *h, const shmq_message *message)
 {

@@ -279,6 +279,18 @@ int shmq_put(shmq_handle *handle, uint8_t tag, const char *data, uint32_t length
 int64_t shmq_get(shmq_handle *handle, char *buffer, uint32_t capacity, int64_t timeout_ns,
                  shmq_message *message /* OUT */);
 
+/* The consumer's one-copy path, for callers that make their own result
+ * object (the CPython extension, csrc/pyfast.c): takes one message if one
+ * is there now (never waits, never feeds the backlog or repairs: shmq_get
+ * does), asks alloc(ctx, length) for room and copies the payload there once.
+ * alloc may be called again for a later message (when a record could not be
+ * read): only the last room holds the message. Returns (tag << 32) | length,
+ * SHMQ_EEMPTY when nothing is there now, or SHMQ_ECLAIMED when alloc
+ * returned NULL: the claim is in *message, for shmq_pop_finish or
+ * shmq_pop_abandon. */
+typedef void *(*shmq_alloc_fn)(void *ctx, uint32_t length);
+int64_t shmq_take(shmq_handle *handle, shmq_alloc_fn alloc, void *ctx, shmq_message *message /* OUT */);
+
 /* Producing. lane < 0 picks one. */
 int shmq_push(shmq_handle *handle, int lane, uint8_t tag, uint8_t flags,
               const char *first, uint32_t first_length,

@@ -61,7 +61,8 @@ def test_bench_channel(tmp_path):
     systems = {row["system"]: row for row in rows}
     # multiprocessing.Queue is always there: a peer beside shmq in the same run.
     assert systems["mp.Queue"]["status"] == "ok" and systems["mp.Queue"]["median"] > 0
-    for peer, module in (("faster_fifo", "faster_fifo"), ("persist-queue", "persistqueue")):
+    for peer, module in (("faster_fifo", "faster_fifo"), ("persist-queue", "persistqueue"), ("pyzmq", "zmq"),
+                         ("iceoryx2", "iceoryx2")):
         if importlib.util.find_spec(module) is None:
             assert systems[peer]["status"] == "skipped"
             assert systems[peer]["reason"] == BENCH_EXTRA

@@ -8,8 +8,8 @@ benchmark modules, which also run on their own from a checkout
 (``python benchmarks/bench_<name>.py``):
 
 ``throughput.py``  the raw channel (bytes messages and numpy frames) beside
-                   multiprocessing.Queue, faster_fifo, persist-queue and a C
-                   ring (``ring_bench.c``, shipped here, compiled at run time)
+                   multiprocessing.Queue, faster_fifo, persist-queue, pyzmq,
+                   iceoryx2 and a C ring (``ring_bench.c``, shipped here, compiled at run time)
 ``durability.py``  throughput per durability setting, ``sync`` with several
                    producers, recovery time of a large backlog
 ``jobs.py``        whole jobs beside RQ (on a Redis server it starts) and Huey
@@ -31,7 +31,8 @@ __all__ = ["WORKLOADS", "DEFAULT_WORKLOADS"]
 # name -> what it measures (``shmq bench --help`` lists them in this order).
 WORKLOADS = {
     "channel": "raw channel: bytes messages (--payload) one at a time and in batches of 64, 1 producer -> "
-               "1 consumer process and 2 -> 2; shmq, multiprocessing.Queue, faster_fifo, persist-queue, C ring",
+               "1 consumer process and 2 -> 2; shmq, multiprocessing.Queue, faster_fifo, persist-queue, pyzmq "
+               "(PUSH/PULL over ipc://), iceoryx2 (1 -> 1 only), C ring",
     "arrays": "numpy uint8 frames (1 MiB, --frame) between 2 processes; shmq, multiprocessing.Queue, "
               "faster_fifo, persist-queue, C ring",
     "durability": "shmq put+get throughput per durability setting (none, memory, os, interval)",

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The systems the channel and arrays workloads (throughput.py) drive, and what a
 run of them is set to (``Settings``): multiprocessing.Queue, faster_fifo,
-persist-queue (SQLite) and shmq, each a small ``PySystem`` the shared producer and
+persist-queue (SQLite), pyzmq (PUSH/PULL over ipc://), iceoryx2 (shared-memory
+publish-subscribe) and shmq, each a small ``PySystem`` the shared producer and
 consumer loops of throughput.py call, and the C reference ring (ring_bench.c,
 shipped here, compiled at run time), which runs its own processes.
 """
@@ -220,6 +221,25 @@ class ShmqSystem(PySystem):
             shutil.rmtree(h.path, ignore_errors=True)
 
 
+class ShmqLoggedSystem(ShmqSystem):
+    """shmq at its default durability: every put also writes its record into
+    the log (memory-mapped segment files in the page cache)."""
+
+    name = "shmq-os"
+    note = ("shmq-os: shmq with durability='os' (the default): each message is also written to the log, in the "
+            "page cache, before put() returns; the log in --data-dir")
+    array_note = ""
+
+    def not_applicable(self, s):
+        return "n/a: measured on bytes messages only" if s.kind == "array" else None
+
+    def create(self, ctx, s, run_id):
+        path = tempfile.mkdtemp(prefix="shmq-bench-", dir=s.data_dir or _disk_tmp())
+        extra = {} if s.shmq_slot_bytes is None else {"slot_bytes": s.shmq_slot_bytes}
+        return _ShmqHandle.create(f"bench-{os.getpid()}-{run_id}", path, lanes=s.shmq_lanes, capacity=s.capacity,
+                                  codec="raw", durability="os", **extra)
+
+
 class _ShmqHandle:
     """A shmq queue by name: each process opens its own handle (`q`) on first use,
     as separate programs do. The parent creates the queue and closes its handle
@@ -357,8 +377,269 @@ class PersistQueueSystem(PySystem):
         shutil.rmtree(h.path, ignore_errors=True)
 
 
+class _ZmqHandle:
+    """PUSH/PULL sockets over ipc:// endpoints in a private directory, opened by
+    each process on first use (a zmq context must not cross a fork). Consumer i
+    binds PULL at ``<dir>/c<i>`` (i from a shared counter); every PUSH connects
+    to all consumers' endpoints and deals messages among them round-robin, so
+    several consumers share the work as they do on the other queues. A connecting
+    PUSH queues what it sends until the bind is there: nothing is lost at start."""
+
+    def __init__(self, path: str, consumers: int, hwm: int, timeout: float, counter):
+        self.path, self.consumers, self.hwm, self.timeout = path, consumers, hwm, timeout
+        self.counter = counter
+        self._pid = None
+        self._ctx = self._push = self._pull = None
+
+    def _context(self):
+        if self._pid != os.getpid():
+            import zmq
+
+            self._ctx = zmq.Context()
+            self._push = self._pull = None
+            self._pid = os.getpid()
+        return self._ctx
+
+    def push(self):
+        ctx = self._context()
+        if self._push is None:
+            import zmq
+
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.LINGER, int(self.timeout * 1000))
+            for i in range(self.consumers):
+                sock.connect(f"ipc://{self.path}/c{i}")
+            self._push = sock
+        return self._push
+
+    def pull(self):
+        ctx = self._context()
+        if self._pull is None:
+            import zmq
+
+            with self.counter.get_lock():
+                index = self.counter.value
+                self.counter.value += 1
+            sock = ctx.socket(zmq.PULL)
+            sock.setsockopt(zmq.RCVHWM, self.hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"ipc://{self.path}/c{index}")
+            self._pull = sock
+        return self._pull
+
+    def close(self) -> None:
+        if self._pid == os.getpid() and self._ctx is not None:
+            for sock in (self._push, self._pull):
+                if sock is not None:
+                    sock.close()
+            self._ctx.term()
+        self._pid = self._ctx = self._push = self._pull = None
+
+
+class ZmqSystem(PySystem):
+    name = "pyzmq"
+    install_hint = BENCH_EXTRA
+    note = ("pyzmq: PUSH/PULL over ipc:// (a Unix socket; the kernel copies each message in and out), raw bytes, "
+            "send()/recv(); no put_many/get_many, so a batch is that many calls; high-water mark of --capacity "
+            "messages on each side; several consumers: each binds its own endpoint and every producer deals "
+            "among them round-robin")
+    has_put_many = False
+    has_get_many = False
+
+    def unavailable(self):
+        try:
+            import zmq  # noqa: F401
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def version(self):
+        try:
+            import zmq
+
+            return f"{_dist_version('pyzmq')} (libzmq {zmq.zmq_version()})"
+        except Exception:
+            return None
+
+    def create(self, ctx, s, run_id):
+        # The directory is short: a Unix socket's path holds at most 107 bytes.
+        path = tempfile.mkdtemp(prefix="zmq-bench-")
+        return _ZmqHandle(path, s.procs, s.capacity, s.timeout, ctx.Value("i", 0))
+
+    def put_fn(self, h):
+        return h.push().send
+
+    def not_applicable(self, s):
+        return "n/a: measured on bytes messages only" if s.kind == "array" else None
+
+    def get_fn(self, h):
+        return h.pull().recv
+
+    def leftover(self, h):
+        sock = h.pull()
+        return sock.recv() if sock.poll(10) else None
+
+    def child_done(self, h):
+        h.close()
+
+    def destroy(self, h):
+        h.close()
+        shutil.rmtree(h.path, ignore_errors=True)
+
+
+class _IceoryxHandle:
+    """An iceoryx2 publish-subscribe service of byte slices, by name; each process
+    makes its own node and port on first use. The parent's node (made in create())
+    keeps the service alive for the run; children never touch it."""
+
+    def __init__(self, name: str, payload: int, buffer: int, node):
+        self.name, self.payload, self.buffer = name, payload, buffer
+        self.node = node
+        self._pid = None
+        self._node = self._service = self._pub = self._sub = None
+
+    def __getstate__(self):  # a child under 'spawn' opens its own node
+        state = self.__dict__.copy()
+        state.update(node=None, _pid=None, _node=None, _service=None, _pub=None, _sub=None)
+        return state
+
+    @staticmethod
+    def service(node, name: str, buffer: int, create: bool):
+        import ctypes
+
+        import iceoryx2 as iox
+
+        builder = (node.service_builder(iox.ServiceName.new(name)).publish_subscribe(iox.Slice[ctypes.c_uint8])
+                   .enable_safe_overflow(False).history_size(0).subscriber_max_buffer_size(buffer)
+                   .max_publishers(2).max_subscribers(2))
+        return builder.create() if create else builder.open()
+
+    def _open(self):
+        if self._pid != os.getpid():
+            import iceoryx2 as iox
+
+            self._node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
+            self._service = self.service(self._node, self.name, self.buffer, create=False)
+            self._pub = self._sub = None
+            self._pid = os.getpid()
+        return self._service
+
+    def publisher(self):
+        service = self._open()
+        if self._pub is None:
+            import iceoryx2 as iox
+
+            self._pub = (service.publisher_builder().initial_max_slice_len(self.payload)
+                         .backpressure_strategy(iox.BackpressureStrategy.RetryUntilDelivered).create())
+        return self._pub
+
+    def service_of_this_process(self):
+        return self._open()
+
+    def subscriber(self):
+        service = self._open()
+        if self._sub is None:
+            self._sub = service.subscriber_builder().buffer_size(self.buffer).create()
+        return self._sub
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for port in (self._pub, self._sub):
+                if port is not None:
+                    port.delete()
+        self._pid = self._node = self._service = self._pub = self._sub = None
+
+
+class IceoryxSystem(PySystem):
+    name = "iceoryx2"
+    install_hint = BENCH_EXTRA
+    note = ("iceoryx2: publish-subscribe of byte slices in shared memory (the producer loans a sample, copies the "
+            "message into it and sends it; the consumer copies it out to bytes and releases it), backpressure "
+            "RetryUntilDelivered (no loss: the publisher spins while the subscriber's buffer of "
+            "min(--capacity, 4096) samples is full); no blocking receive: the consumer polls receive(); "
+            "1 producer and 1 consumer only")
+    has_put_many = False
+    has_get_many = False
+
+    def unavailable(self):
+        try:
+            import iceoryx2 as iox
+
+            iox.set_log_level(iox.LogLevel.Error)  # not the notice about running without a config file
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def not_applicable(self, s):
+        if s.kind == "array":
+            return "n/a: measured on bytes messages only"
+        if s.procs > 1:
+            return ("n/a: publish-subscribe hands every message to every subscriber; consumers cannot share "
+                    "the work")
+        return None
+
+    def version(self):
+        return _dist_version("iceoryx2")
+
+    def create(self, ctx, s, run_id):
+        import iceoryx2 as iox
+
+        buffer = min(s.capacity, 4096)
+        name = f"shmq-bench/{os.getpid()}-{run_id}"
+        node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
+        h = _IceoryxHandle(name, s.payload, buffer, node)
+        h.owner_service = _IceoryxHandle.service(node, name, buffer, create=True)
+        return h
+
+    def put_fn(self, h):
+        import ctypes
+
+        pub, memmove = h.publisher(), ctypes.memmove
+        # A publisher delivers only to the subscribers it knows (a sample sent
+        # before the consumer's subscriber exists is lost): wait for it.
+        end = time.monotonic() + 10
+        while h.service_of_this_process().dynamic_config.number_of_subscribers < 1:
+            if time.monotonic() > end:
+                raise BenchError("iceoryx2: no subscriber connected within 10 s")
+            time.sleep(0.001)
+        pub.update_connections()
+
+        def put(data):
+            n = len(data)
+            sample = pub.loan_slice_uninit(n)
+            memmove(sample.payload_ptr, data, n)
+            sample.assume_init().send()
+        return put
+
+    def get_fn(self, h):
+        import ctypes
+
+        sub, string_at, clock = h.subscriber(), ctypes.string_at, time.monotonic
+
+        def get(timeout=None):
+            end = None if timeout is None else clock() + timeout
+            while True:
+                sample = sub.receive()
+                if sample is not None:
+                    data = string_at(sample.payload_ptr, sample.header.number_of_elements)
+                    sample.delete()
+                    return data
+                if end is not None and clock() > end:
+                    raise queue.Empty
+        return get
+
+    def child_done(self, h):
+        h.close()
+
+    def destroy(self, h):
+        h.close()
+        h.owner_service = h.node = None
+
+
 PY_SYSTEMS: dict[str, PySystem] = {s.name: s for s in (MpQueueSystem(), FasterFifoSystem(), PersistQueueSystem(),
-                                                       ShmqSystem())}
+                                                       ZmqSystem(), IceoryxSystem(), ShmqSystem(),
+                                                       ShmqLoggedSystem())}
 
 
 # --------------------------------------------------------------------------- child processes

@@ -26,7 +26,7 @@ __all__ = ["fmt_rate", "fmt_us", "fmt_ratio", "text_table", "markdown_table", "w
 # A system keeps its colour in every chart; shmq stands out.
 COLOURS = {
     "shmq": "#d62728", "mp.Queue": "#1f77b4", "faster_fifo": "#2ca02c", "persist-queue": "#9467bd",
-    "c-ring": "#7f7f7f", "rq": "#ff7f0e", "huey": "#8c564b",
+    "c-ring": "#7f7f7f", "rq": "#ff7f0e", "huey": "#8c564b", "pyzmq": "#17becf", "iceoryx2": "#bcbd22",
     "none": "#7f7f7f", "memory": "#1f77b4", "os": "#d62728", "interval": "#9467bd",
     "p50": "#1f77b4", "p99": "#ff7f0e", "p99.9": "#d62728",
 }
@@ -129,7 +129,7 @@ def markdown_table(table: dict, heading: str | None = "###") -> str:
 
 
 SUMMARY_SYSTEMS = [("shmq", "shmq"), ("mp.Queue", "mp.Queue"), ("faster_fifo", "faster_fifo"),
-                   ("persist-queue", "persist-queue"), ("rq", "RQ"), ("huey", "Huey"), ("c-ring", "C ring")]
+                   ("pyzmq", "pyzmq"), ("iceoryx2", "iceoryx2"), ("persist-queue", "persist-queue"), ("rq", "RQ"), ("huey", "Huey"), ("c-ring", "C ring")]
 
 
 def summary_table(doc: dict) -> dict:

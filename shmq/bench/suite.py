@@ -131,7 +131,7 @@ def machine_info(data_dir: str | None) -> dict:
     m.update({"numpy": numpy.__version__, "memory": hn.memory(), "machine": platform.machine(),
               "shmq_version": shmq.__version__, "source": hn.source_info(), "loadavg_start": os.getloadavg()})
     peers = {}
-    for dist in ("faster-fifo", "persist-queue", "rq", "redis", "huey", "matplotlib"):
+    for dist in ("faster-fifo", "persist-queue", "pyzmq", "iceoryx2", "rq", "redis", "huey", "matplotlib"):
         v = hn.dist_version(dist)
         if v:
             peers[dist] = v
@@ -676,7 +676,7 @@ class Suite:
 
 
 # The systems shmq is measured beside: one of them failing is reported, and fails the run only with --strict.
-PEERS = frozenset({"mp.Queue", "faster_fifo", "persist-queue", "rq", "huey", "c-ring"})
+PEERS = frozenset({"mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "rq", "huey", "c-ring"})
 
 
 def _failures(name: str, w: dict) -> tuple[list[str], list[str]]:

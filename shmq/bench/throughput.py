@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """Cross-process queue throughput: shmq side by side with multiprocessing.Queue,
-faster_fifo, persist-queue (SQLite) and a C reference ring, on the same machine
+faster_fifo, persist-queue (SQLite), pyzmq (PUSH/PULL over ipc://), iceoryx2
+(shared-memory publish-subscribe) and a C reference ring, on the same machine
 in the same invocation.
 
 Producers and consumers are separate processes. Every message is a bytes object
@@ -50,13 +51,15 @@ STOP = b"\x00STOP\x00\x00\x00"
 # pool above).
 FRAME_POOL = 5
 
-SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "persist-queue", "shmq", "c-ring"]
+SYSTEM_ORDER = ["mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "shmq", "shmq-os", "c-ring"]
 SYSTEM_ALIASES = {
     "mp.queue": "mp.Queue", "mp": "mp.Queue", "mpqueue": "mp.Queue", "multiprocessing": "mp.Queue",
     "faster_fifo": "faster_fifo", "faster-fifo": "faster_fifo", "ff": "faster_fifo",
     "persist-queue": "persist-queue", "persist_queue": "persist-queue", "persistqueue": "persist-queue",
     "pq": "persist-queue",
-    "shmq": "shmq",
+    "pyzmq": "pyzmq", "zmq": "pyzmq", "zeromq": "pyzmq",
+    "iceoryx2": "iceoryx2", "iox2": "iceoryx2",
+    "shmq": "shmq", "shmq-os": "shmq-os",
     "c-ring": "c-ring", "c_ring": "c-ring", "cring": "c-ring", "c": "c-ring",
 }
 

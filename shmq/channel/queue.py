@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import posix_ipc
 
-from shmq import _args, _fs
+from shmq import _args, _fast, _fs
 from shmq import codec as _codec
 from shmq import errors
 from shmq.channel import maintenance as _maintenance
@@ -116,6 +116,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _core_put = lib.shmq_put
 _core_get = lib.shmq_get
 _unpack = ffi.unpack
+
+# The hot calls go through shmq._fast (csrc/pyfast.c), a small CPython
+# extension that calls the core's entry points at these addresses; whatever
+# it declines or cannot finish (other types, large messages, waits that ran
+# out, errors) comes back here and takes the cffi path below.
+_fast.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in (
+    "shmq_push", "shmq_push_many", "shmq_take", "shmq_pop", "shmq_pop_many", "shmq_pop_finish",
+    "shmq_pop_abandon")))
+_FAST_CLOSED = _fast.CLOSED
+_FAST_DECLINED = _fast.DECLINED
+_ESYS, _ELOG = lib.SHMQ_ESYS, lib.SHMQ_ELOG
 
 
 class Queue(JobsMixin):
@@ -321,6 +332,16 @@ class Queue(JobsMixin):
         self._inline_max = actual.max_message_bytes if self._logged else min(
             lib.shmq_inline_max(self._handle), actual.max_message_bytes)
         self._scratch_free = [_Scratch()]
+        # The GIL is never held while a call waits for a flush (sync, interval).
+        self._fast = _fast.Channel(int(ffi.cast("uintptr_t", self._handle)), actual.durability in ("sync", "interval"),
+                                   min(self._inline_max, _SCRATCH_BYTES), _SCRATCH_BYTES, weakref.ref(self))
+        self._fast_put_many, self._fast_get_many = self._fast.put_many, self._fast.get_many
+        # put and get called on the handle go straight into C (no Python frame),
+        # unless a subclass has its own.
+        if type(self).put is Queue.put:
+            self.put = self._fast.put
+        if type(self).get is Queue.get:
+            self.get = self._fast.get
         self.recovery = self._region.recovery
         self._maintainer = False  # maintained by this process's thread (shmq/channel/maintenance.py)
         self._maintenance_error = None
@@ -403,6 +424,7 @@ class Queue(JobsMixin):
 
     def _disable_after_fork(self, reason: str) -> None:
         _open_queues.discard(self)
+        self._fast.close()
         self._region = None  # the parent's mapping stays; the parent still uses it
         self._handle = None
         self._closed_reason = f" in this forked child ({reason})"
@@ -417,8 +439,26 @@ class Queue(JobsMixin):
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts one object; waits for room up to `timeout` seconds (None: forever;
         0 or block=False: never). Raises shmq.Full (a queue.Full) on time-out."""
-        # The hot path, kept flat: plain bytes skip the codec (every codec sends
-        # bytes as they are) and go in with one call into the core.
+        # The hot path: plain bytes skip the codec (every codec sends bytes as
+        # they are) and go in with one call into shmq._fast, which also reads
+        # block and timeout; anything else it declines, and _put_rest goes on.
+        # (Each handle binds self.put to it directly: _setup.)
+        return self._fast.put(obj, block, timeout)
+
+    def _put_keywords(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """put(obj=...) with the object as a keyword: Python checks the arguments."""
+        return self._fast.put(obj, block, timeout)
+
+    def _put_rest(self, rc: int, obj: Any, block: bool, timeout: float | None) -> None:
+        """What shmq._fast's put did not finish: status `rc` (not OK)."""
+        if rc == _FAST_CLOSED:
+            self._live_handle()  # raises QueueClosed
+        if rc != _FAST_DECLINED:  # bytes the fast path tried for one slice: go on as _put_failed does
+            total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+            if rc == _ESYS or rc == _ELOG:
+                ffi.errno = self._fast.last_errno
+            first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
+            return self._put_failed(rc, 0, obj, None, _Budget(total_ns, first_ns))
         total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
         if type(obj) is bytes and len(obj) <= self._inline_max:
             first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
@@ -439,11 +479,22 @@ class Queue(JobsMixin):
             length = len(first)
             if length > self._inline_max:
                 return self._put_large(tag, first, None, total_ns)
+            # One buffer (msgpack's common types): through shmq._fast.
+            rc = self._fast.put_tagged(tag, first, _first_wait(total_ns))
+            if rc == OK:
+                return
+            if rc == _FAST_CLOSED:
+                self._live_handle()
             if type(first) is not bytes:
                 first = ffi.from_buffer(first)
+            if rc == _FAST_DECLINED:
+                rc = self._push_parts(tag, first, second, _first_wait(total_ns))
+            elif rc == _ESYS or rc == _ELOG:
+                ffi.errno = self._fast.last_errno
         elif len(first) + second.nbytes > self._inline_max:
             return self._put_large(tag, first, second, total_ns)
-        rc = self._push_parts(tag, first, second, _first_wait(total_ns))
+        else:
+            rc = self._push_parts(tag, first, second, _first_wait(total_ns))
         if rc != OK:
             self._put_failed(rc, tag, first, second, _Budget(total_ns, _first_wait(total_ns)))
 
@@ -540,15 +591,54 @@ class Queue(JobsMixin):
             accepted += len(chunk)
 
     def _put_chunk(self, chunk: list, budget: _Budget) -> None:
+        """A chunk through shmq._fast (bytes as they are, other objects
+        encoded first), slice by slice while the time lasts; what it declines
+        (large messages, a buffer in use by another thread) takes _put_payloads."""
+        payloads, tags, done = chunk, None, 0
+        while True:
+            result = self._fast_put_many(payloads if not done else payloads[done:], budget.next_wait() or 0,
+                                         tags if not done else tags and tags[done:])
+            if type(result) is not tuple:
+                if result == _FAST_CLOSED:
+                    self._live_handle()
+                if tags is None and not done and set(map(type, chunk)) != {bytes}:
+                    payloads, tags = self._encode_chunk(chunk)
+                    continue
+                try:
+                    return self._put_payloads(payloads[done:], tags and tags[done:], budget)
+                except errors.ShmqError as exc:
+                    exc.accepted = getattr(exc, "accepted", 0) + done
+                    raise
+            rc, pushed = result
+            done += pushed
+            if rc == OK:
+                return
+            if rc == ENOTDURABLE:  # all accepted: wait for the flush, never send them again
+                return _await_durable(self._handle, budget.durable, f"put_many on queue {self.name!r}", done)
+            if (rc == EINTR or rc == EFULL) and budget.next_wait() is not None:
+                continue  # a handler ran and returned, or a slice ended: go on while time lasts
+            if rc == EFULL or rc == EINTR:
+                raise errors.Full(f"queue {self.name!r} is full", done)
+            if rc == _ESYS or rc == _ELOG:
+                ffi.errno = self._fast.last_errno
+            try:
+                raise_for(rc, f"put_many on queue {self.name!r}")
+            except errors.ShmqError as exc:
+                exc.accepted = done
+                raise
+
+    def _encode_chunk(self, chunk: list) -> tuple[list, bytes | None]:
         if set(map(type, chunk)) == {bytes}:
-            payloads, tags = chunk, None  # every codec sends bytes as they are (tag 0)
-        else:
-            payloads, tag_list = [], []
-            for obj in chunk:
-                tag, first, second = self._encode(obj)
-                payloads.append(bytes(first) + second.tobytes() if second is not None else bytes(first))
-                tag_list.append(tag)
-            tags = bytes(tag_list)
+            return chunk, None  # every codec sends bytes as they are (tag 0)
+        payloads, tag_list = [], []
+        for obj in chunk:
+            tag, first, second = self._encode(obj)
+            payloads.append(bytes(first) + second.tobytes() if second is not None else bytes(first))
+            tag_list.append(tag)
+        return payloads, bytes(tag_list)
+
+    def _put_payloads(self, payloads: list, tags: bytes | None, budget: _Budget) -> None:
+        """Encoded messages (tags None: all 0) through cffi, large ones on their own."""
         lengths = array.array("I", map(len, payloads))
         if max(lengths) > self._inline_max:  # rare: send the large ones on their own
             done = 0
@@ -602,6 +692,31 @@ class Queue(JobsMixin):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Takes one object; waits up to `timeout` seconds (None: forever; 0 or
         block=False: never). Raises shmq.Empty (a queue.Empty) on time-out."""
+        # The hot path: one call into shmq._fast, which makes the bytes straight
+        # from the slot; other tags, time-outs and errors go on in _get_rest.
+        # (Each handle binds self.get to it directly: _setup.)
+        return self._fast.get(block, timeout)
+
+    def _get_rest(self, result, block: bool, timeout: float | None) -> Any:
+        """What shmq._fast's get did not finish: (tag, data) or a status."""
+        if type(result) is tuple:  # (tag, data) for the codec
+            return self._decode_message(*result)
+        if result == _FAST_CLOSED:
+            self._live_handle()  # raises QueueClosed
+        if result == _FAST_DECLINED:
+            return self._get_cffi(block, timeout)
+        total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
+        first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
+        if result == _ESYS or result == _ELOG:
+            ffi.errno = self._fast.last_errno
+        free = self._scratch_free
+        scratch = free.pop() if free else _Scratch()
+        try:
+            return self._get_slow(result, scratch, _Budget(total_ns, first_ns))
+        finally:
+            free.append(scratch)
+
+    def _get_cffi(self, block: bool, timeout: float | None) -> Any:
         total_ns = (-1 if timeout is None else self._timeout_ns(True, timeout)) if block else 0
         first_ns = _SLICE_NS if total_ns < 0 else _first_wait(total_ns)
         free = self._scratch_free
@@ -682,7 +797,25 @@ class Queue(JobsMixin):
         total_ns = self._timeout_ns(block, timeout)
         wait = _first_wait(total_ns)
         budget = _Budget(total_ns, wait)
-        while True:
+        # First through shmq._fast: the list made in C, the GIL released only to wait.
+        result = self._fast_get_many(max_items, wait)
+        if type(result) is list:
+            return result
+        if type(result) is tuple:  # tags other than 0, or a large message after the batch
+            items, tags, claimed = result
+            decode_message = self._decode_message
+            items = [decode_message(tags[i], items[i]) for i in range(len(items))]
+            if claimed is not None:
+                items.append(decode_message(*claimed))
+            return items
+        if result == _FAST_CLOSED:
+            self._live_handle()
+        rc = None if result == _FAST_DECLINED else result
+        if rc == _ESYS or rc == _ELOG:
+            ffi.errno = self._fast.last_errno
+        elif rc is not None:
+            wait = budget.next_wait()  # the fast call waited its slice
+        while wait is not None and (rc is None or rc == EINTR or rc == EEMPTY):
             rc = lib.shmq_pop_many(
                 handle, scratch.buffer, _SCRATCH_BYTES, max_items, wait, scratch.lengths, scratch.tags,
                 scratch.count, scratch.message,
@@ -690,8 +823,6 @@ class Queue(JobsMixin):
             if rc != EINTR and rc != EEMPTY:
                 break
             wait = budget.next_wait()  # a handler ran and returned, or a slice ended
-            if wait is None:
-                break
         if rc == OK:
             count = scratch.count[0]
             lengths = _unpack(scratch.lengths, count)
@@ -764,6 +895,7 @@ class Queue(JobsMixin):
             else:
                 _handles_here.pop(key, None)
             self._stop_maintenance()
+            self._fast.close()
             region = self._region
             if self._logged and self._snapshot_on_close and not others_here:
                 self._snapshot_if_last(region)

@@ -111,6 +111,21 @@ static void receive(worker *self, int64_t *last, const uint8_t *data, uint32_t l
     atomic_fetch_add(&m->received, 1);
 }
 
+/* shmq_take's alloc for the consumers: their own buffer, or none for
+ * messages longer than `limit` (they come back claimed). */
+typedef struct take_room {
+    uint8_t *buffer;
+    uint32_t limit;
+    uint32_t calls;
+} take_room;
+
+static void *take_alloc(void *ctx, uint32_t length)
+{
+    take_room *r = ctx;
+    r->calls++;
+    return length <= r->limit ? r->buffer : NULL;
+}
+
 static void *consumer_main(void *arg)
 {
     worker *self = arg;
@@ -128,9 +143,29 @@ static void *consumer_main(void *arg)
 
     while (atomic_load(&m->received) < total) {
         shmq_message msg;
-        uint32_t mode = rng_below(&rng, 4);
+        uint32_t mode = rng_below(&rng, 5);
         int rc;
-        if (mode < 2) {
+        if (mode == 4) {
+            /* the one-copy path: no wait; longer messages come back claimed */
+            take_room room = {own, rng_below(&rng, 2) ? sizeof own : 48, 0};
+            int64_t got = shmq_take(h, take_alloc, &room, &msg);
+            rc = got < 0 ? (int)got : SHMQ_OK;
+            if (got >= 0) {
+                CHECK_EQ(room.calls, 1);
+                CHECK_EQ((uint64_t)got, ((uint64_t)msg.tag << 32) | msg.length);
+                receive(self, last, own, msg.length, msg.tag);
+            } else if (rc == SHMQ_ECLAIMED) {
+                CHECK(msg.length > room.limit);
+                mode = 1; /* finished below, as a claim of shmq_pop */
+            } else {
+                CHECK_RC(rc, SHMQ_EEMPTY);
+                CHECK_EQ(room.calls, 0);
+                /* nothing now: wait for data, as shmq._fast's get does */
+                rc = shmq_pop(h, (char *)buf, sizeof buf, timeout, &msg);
+                if (rc == SHMQ_OK)
+                    receive(self, last, buf, msg.length, msg.tag);
+            }
+        } else if (mode < 2) {
             /* mode 1: a buffer too small for most messages, so they are claimed */
             rc = shmq_pop(h, (char *)buf, mode == 0 ? sizeof buf : 48, timeout, &msg);
             if (rc == SHMQ_OK)

@@ -11,6 +11,7 @@
     X(basic_timeouts)            \
     X(basic_lanes)               \
     X(basic_core_flags)          \
+    X(basic_take)                \
     X(wrap_single)               \
     X(wrap_batches)              \
     X(wrap_lap_overflow)         \
