@@ -168,6 +168,10 @@ class PostgresBackend(JobBackend):
 
     @classmethod
     def open(cls, name: str, dsn: str | None = None, **options) -> "PostgresBackend":
+        if options.pop("outbox", False):  # jobs go to a local outbox while the server is down
+            from shmq.backends.pg.outbox import OutboxBackend
+
+            return OutboxBackend.open(cls, name, dsn, **options)
         ignored = cls._SHM_ONLY.intersection(options)
         for key in ignored:
             options.pop(key)

@@ -251,6 +251,7 @@ class _Pool:
         self.workers: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
         self.replaced = 0
+        self.host = None  # the bridge of an App whose jobs are in PostgreSQL (shmq.backends.pg.bridge)
 
     def start_one(self, slot: int) -> None:
         process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
@@ -267,7 +268,32 @@ class _Pool:
         log.info("worker %d started (pid %d)", slot, process.pid)
 
     def watch(self) -> None:
-        """Replaces workers that died."""
+        """Replaces workers that died (and, on a bridged host, a bridge that died: with all its workers)."""
+        host = self.host
+        stalled = host.stalled() if host is not None else None
+        if host is not None and (stalled is not None or not host.alive()):
+            if stalled is not None:
+                log.warning("the bridge of queue %r (pid %d) has not run for %.0f s (stopped or stuck): it and "
+                            "the workers are killed, before other hosts take its jobs, and the host starts again",
+                            host.name, host.process.pid, stalled)
+            else:
+                code = host.process.exitcode if host.process is not None else None
+                log.warning("the bridge of queue %r died (exit %s): its jobs went back to PostgreSQL with its "
+                            "session; the workers are killed and the host starts again", host.name, code)
+            for process in self.workers.values():
+                process.kill()
+            for process in self.workers.values():
+                process.join()
+            if host.process is not None:
+                host.process.kill()  # after the workers: its session, ending, gives their jobs back
+                host.process.join()
+            host.process = None
+            time.sleep(_RESTART_PAUSE)
+            host.start(self.context)
+            for slot in list(self.workers):
+                self.replaced += 1
+                self.start_one(slot)
+            return
         for slot, process in list(self.workers.items()):
             if process.is_alive():
                 continue
@@ -296,8 +322,10 @@ class _Pool:
 
 
 def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: float | None = None,
-        ready: threading.Event | None = None) -> int:
-    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0."""
+        ready: threading.Event | None = None, prefetch: int | None = None) -> int:
+    """Runs `processes` worker processes until SIGTERM/SIGINT; returns 0.
+    `prefetch`: for an App whose jobs are in PostgreSQL, the most jobs the
+    host holds at once (default twice processes x threads)."""
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 1024:
         raise errors.ConfigError(f"processes={processes!r} must be 1 .. 1024")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
@@ -305,6 +333,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     _args.seconds_ns("grace", grace, 0.0, _args.LEASE_MAX)
     if lease is not None:
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
+                                 or not 1 <= prefetch <= 65536):
+        raise errors.ConfigError(f"prefetch={prefetch!r} must be an integer from 1 to 65536")
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
     # Opens (creates or recovers) the queue once, before the workers start; a backend's server that is
@@ -314,6 +345,15 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
     pool = _Pool(app, processes, threads, lease)
+    backend_class = app._backend_class
+    if backend_class.kind == "postgres":
+        # One PostgreSQL client for the host: the bridge claims jobs into a local queue that the
+        # workers fetch from (the workers open the Host's HostBackend as the App's backend).
+        from shmq.backends.pg.bridge import Host
+
+        pool.host = Host(app, processes * threads, prefetch)
+        pool.host.start(pool.context)
+        app._backend_class = pool.host
     try:
         for slot in range(processes):
             pool.start_one(slot)
@@ -326,6 +366,9 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
     finally:
         pool.stop(grace)
+        if pool.host is not None:
+            pool.host.stop()  # after the workers: it writes back what they finished
+            app._backend_class = backend_class
         for signo, handler in previous.items():
             signal.signal(signo, handler)
     log.info("stopped (%d worker(s) replaced while running)", pool.replaced)

@@ -23,6 +23,13 @@ Version 1:
   advisory lock (classid = its queue's lock space, a hash of schema and
   queue; objid = its id) for as long as its connection lives; a running job
   whose owner holds no such lock belongs to a dead process and is taken back.
+
+Version 2:
+
+- ``jobs.origin``: the id a job had in a producer's outbox
+  (shmq.backends.pg.outbox), unique (a partial unique index), so that a job
+  forwarded twice (its forwarder died between the insert and the outbox's
+  ack) is inserted once.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from shmq import errors
 
 __all__ = ["VERSION", "MIGRATIONS", "migrate", "version", "lock_space", "check_name"]
 
-VERSION = 1
+VERSION = 2
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
@@ -110,6 +117,10 @@ MIGRATIONS: dict[int, list[str]] = {
             consumer_died bigint NOT NULL DEFAULT 0,
             PRIMARY KEY (queue, shard)
         )""",
+    ],
+    2: [
+        "ALTER TABLE {s}.jobs ADD COLUMN origin text",
+        "CREATE UNIQUE INDEX jobs_origin ON {s}.jobs (origin) WHERE origin IS NOT NULL",
     ],
 }
 

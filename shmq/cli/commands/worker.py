@@ -37,6 +37,9 @@ def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease", type=_seconds_arg, default=None,
                         help="seconds a job may run before it is presumed hung and runs again "
                              "(default: the queue's lease_timeout, 300)")
+    parser.add_argument("--prefetch", type=_int_arg(1, 65536), default=None,
+                        help="an App whose jobs are in PostgreSQL: the most jobs this host holds at once "
+                             "(default twice processes x threads)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="what to log on stderr (default INFO: starts, stops, failures)")
 
@@ -50,7 +53,8 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s shmq worker[%(process)d]: %(message)s")
     app = load_app(args.app)
-    return run(app, processes=args.processes, threads=args.threads, grace=args.grace, lease=args.lease)
+    return run(app, processes=args.processes, threads=args.threads, grace=args.grace, lease=args.lease,
+               prefetch=args.prefetch)
 
 
 COMMAND = Command(
