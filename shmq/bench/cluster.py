@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -383,8 +384,8 @@ class Cluster:
         import psycopg
 
         with psycopg.connect(self.server.dsn(), autocommit=True) as conn:
-            return conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d "
-                                "ON d.oid = s.dbid WHERE d.datname = %s", (db,)).fetchone()[0]
+            return int(conn.execute("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s JOIN pg_database d "
+                                "ON d.oid = s.dbid WHERE d.datname = %s", (db,)).fetchone()[0])
 
     def reset_statements(self) -> None:
         import psycopg
@@ -505,14 +506,15 @@ def bench_system(bench: Cluster, system: System, res: "hn.Runs") -> None:
         system.stop()
 
 
+@dataclass
 class Result(hn.Runs):
+    system: str
+    jobs: int
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    warmup: list = field(default_factory=list)
+    runs: list = field(default_factory=list)  # [{"jobs", "seconds", "jobs_per_s", "enqueue_p99_us", ...}]
     rate_key = "jobs_per_s"
-
-    def __init__(self, system: str, jobs: int):
-        self.system, self.jobs = system, jobs
-        self.status, self.reason = "ok", ""
-        self.warmup: list = []
-        self.runs: list = []
 
 
 def parse_args(argv=None) -> argparse.Namespace:
