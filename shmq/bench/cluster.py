@@ -333,6 +333,7 @@ def _produce(system: System, n: int, go, results) -> None:
     try:
         os.environ.update(system.env())
         enqueue = system.enqueuer()
+        results.put(("ready", None))
         go.wait(60)
         clock = time.perf_counter_ns
         times = []
@@ -439,7 +440,7 @@ class Cluster:
                 last, last_change = now_done, time.monotonic()
             elif time.monotonic() - last_change > self.args.timeout:
                 raise BenchError(f"{system.name}: no job finished for {self.args.timeout:g} s "
-                                 f"({now_done - (target - 0):,} short)")
+                                 f"({target - now_done:,} job(s) not run)")
             system.check()
             time.sleep(0.002)
 
@@ -454,11 +455,14 @@ class Cluster:
             self.reset_statements()
         for p in procs:
             p.start()
-        time.sleep(0.2)  # the producers connect before the clock starts
-        started = time.perf_counter()
-        go.set()
         times = []
         try:
+            for _ in procs:  # every producer has connected before the clock starts
+                status, value = results.get(timeout=self.args.timeout + 60)
+                if status != "ready":
+                    raise BenchError(f"{system.name}: a producer failed: {value}")
+            started = time.perf_counter()
+            go.set()
             for _ in procs:
                 status, value = results.get(timeout=self.args.timeout + 60)
                 if status != "ok":
