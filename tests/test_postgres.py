@@ -579,3 +579,20 @@ def test_shmq_toml_puts_a_queue_in_postgres_for_the_app_the_config_and_the_comma
     file.write_text(f'[queues.{json.dumps(name)}]\nbackend = "mysql://db/app"\n')
     with pytest.raises(shmq.ConfigError, match=r"backend.*mysql://db/app.*postgresql://"):
         shmq.App(name, config=str(file))
+
+
+def test_an_idle_worker_asks_postgresql_about_twice_a_second(worker, tmp_path):
+    """Its bridge waits on LISTEN and looks for due jobs and for dead hosts' jobs once a second each, not four
+    round trips a second (whatever --processes)."""
+    proc, app = worker
+    started = time.monotonic()
+    assert app.tasks["add"].enqueue(1, 1).wait(timeout=60) == 2
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    lived = time.monotonic() - started
+    import re
+
+    found = re.search(r"(\d+) round trip\(s\) to PostgreSQL", (tmp_path / "worker.log").read_text())
+    assert found, (tmp_path / "worker.log").read_text()
+    assert int(found.group(1)) <= 2.4 * lived + 6, (found.group(1), lived)
