@@ -551,6 +551,8 @@ def test_shmq_toml_puts_a_queue_in_postgres_for_the_app_the_config_and_the_comma
     monkeypatch.chdir(tmp_path)  # as `shmq worker mod:app` runs: the App finds ./shmq.toml itself
     assert shmq.App(name)._backend_class.kind == "postgres"
     assert shmq.App("elsewhere")._backend_class.kind == "shm"
+    # An argument wins over the file, also beside config=.
+    assert shmq.App(name, config=str(file), schema="from_argument").queue_kwargs["schema"] == "from_argument"
     # Backend settings are not queue settings: shmq.Queue never receives them.
     kwargs, provenance = config.resolve(name, {}, str(file))
     assert not {"backend", "schema", "auto_migrate", "outbox"} & (set(kwargs) | set(provenance))
