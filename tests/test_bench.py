@@ -179,6 +179,38 @@ def test_a_failed_peer_fails_the_run_only_with_strict():
     assert suite.Options(quick=True, strict=True).command().endswith("--strict")
 
 
+def test_bench_cluster_reports_every_system(tmp_path):
+    """shmq on 1 and 2 hosts, pgqueuer, procrastinate and Celery, on a PostgreSQL of its own: every row is
+    there, shmq's with jobs/s, enqueue p99 and statements per job; the run leaves no server behind."""
+    from shmq.bench.pgserver import bindir
+
+    if bindir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; CI has it)")
+    out = tmp_path / "report"
+    proc = run_bench(out, "--only", "cluster", "--no-charts", timeout=300)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads((out / "results.json").read_text())
+    w = doc["workloads"]["cluster"]
+    assert w["status"] == "ok" and doc["failed"] == [], (w, doc["failed"])
+    (table,) = w["tables"]
+    rows = {row["variant"]: row for row in table["rows"]}
+    assert list(rows) == ["shmq-1", "shmq-2", "pgqueuer", "procrastinate", "celery"]
+    for name in ("shmq-1", "shmq-2"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["median"] > 0 and row["enqueue_p99_us"] > 0, row
+        assert 0 < row["statements_per_job"] < 50, row
+    for name, module in (("pgqueuer", "pgqueuer"), ("procrastinate", "procrastinate"), ("celery", "celery")):
+        row = rows[name]
+        if importlib.util.find_spec(module) is None:
+            assert row["status"] == "skipped" and "shmq[bench]" in row["reason"], row
+        else:  # installed: it ran (a peer's failure would show here with its reason)
+            assert row["status"] == "ok" and row["median"] > 0, row
+    assert "shmq, 2 hosts" in proc.stdout and "statements/job" in proc.stdout
+    assert "## cluster" in (out / "report.md").read_text()
+    servers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert servers.stdout == "", servers.stdout
+
+
 def test_bench_rejects_an_unknown_workload(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "shmq", "bench", "--only", "nonsense", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)

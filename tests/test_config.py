@@ -47,7 +47,7 @@ def write(tmp_path: Path, text: str, name: str = "shmq.toml") -> str:
 
 
 def known() -> str:
-    return ", ".join(config.settings())
+    return ", ".join([*config.settings(), "backend", "schema", "auto_migrate", "outbox"])  # queue's, backend's
 
 
 def problem(file, *, name="x", environ=None) -> str:
@@ -195,8 +195,11 @@ def test_explain_gives_every_value_and_source(tmp_path):
         "durability": ("sync", "env SHMQ_DURABILITY"),
         "spin": (0.001, "argument"),
     })
+    # The backend settings (shmq/settings/backend.py) follow the queue's: their backend decides them.
+    expected.update({key: (None, "default (set by the backend)") for key in ("backend", "schema", "auto_migrate",
+                                                                           "outbox")})
     assert table == expected
-    assert list(table) == list(config.settings())
+    assert list(table) == [*config.settings(), "backend", "schema", "auto_migrate", "outbox"]
 
 
 def test_queue_names_in_variables(tmp_path):
@@ -853,6 +856,7 @@ def test_cli_show_table(tmp_path):
             "lanes": ("2", f"file {file} [queues.emails]"),
             "codec": ('"raw"', f"file {file} [queues.emails]"),
             "spin": ("0.001", "env SHMQ_EMAILS__SPIN"),
+            **{key: ("-", "default (set by the backend)") for key in ("backend", "schema", "auto_migrate", "outbox")},
         },
         "[supervisor]": {
             "SETTING": ("VALUE", "SOURCE"),
@@ -883,7 +887,7 @@ def test_cli_show_json(tmp_path):
     assert shown["file"] == file and shown["warnings"] == []
     assert list(shown["queues"]) == ["a", "b"]
     for name, table in shown["queues"].items():
-        assert list(table) == list(config.settings())
+        assert list(table) == [*config.settings(), "backend", "schema", "auto_migrate", "outbox"]
         assert table["retries"] == {"value": 3, "source": "default"}
         assert table["path"] == {"value": str(tmp_path / ".shmq"), "source": "default"}
     assert shown["queues"]["a"]["lanes"] == {"value": 2, "source": f"file {file} [queues.a]"}

@@ -529,3 +529,72 @@ def test_histogram_buckets_are_the_shared_memory_queues(pg):
         source = "SELECT unnest(%s::bigint[]) AS ns"
         got = [row[0] for row in conn.execute(BUCKET_SQL.format(source=source), (values,))]
     assert sorted(got) == sorted(bisect.bisect_right(lows, v) - 1 for v in values)  # rows in no promised order
+
+
+def test_shmq_toml_puts_a_queue_in_postgres_for_the_app_the_config_and_the_commands(pg, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from shmq.settings import config
+
+    dsn, schema, open_queue = pg
+    monkeypatch.setenv("SHMQ_BACKEND", "")
+    monkeypatch.setenv("SHMQ_SCHEMA", "")
+    backend = open_queue()  # creates the schema: the file turns auto_migrate off
+    name = backend.name
+    file = tmp_path / "shmq.toml"
+    file.write_text(f'[defaults]\npath = "data"\n\n[queues.{json.dumps(name)}]\nbackend = "{dsn}"\n'
+                    f'schema = "{schema}"\nauto_migrate = false\n')
+    app = shmq.App(name, config=str(file))
+    assert (app.backend.kind, app.backend.schema, app.backend.auto_migrate) == ("postgres", schema, False)
+    app.backend.enqueue({"from": "config"})
+    app.close()
+    assert backend.fetch(timeout=10).body == {"from": "config"}
+    monkeypatch.chdir(tmp_path)  # as `shmq worker mod:app` runs: the App finds ./shmq.toml itself
+    assert shmq.App(name)._backend_class.kind == "postgres"
+    assert shmq.App("elsewhere")._backend_class.kind == "shm"
+    # An argument wins over the file, also beside config=.
+    assert shmq.App(name, config=str(file), schema="from_argument").queue_kwargs["schema"] == "from_argument"
+    # Backend settings are not queue settings: shmq.Queue never receives them.
+    kwargs, provenance = config.resolve(name, {}, str(file))
+    assert not {"backend", "schema", "auto_migrate", "outbox"} & (set(kwargs) | set(provenance))
+
+    code, out, err = _shmq(capsys, "config", "show", "-q", name, "-q", "elsewhere", "--json")
+    assert code == 0, err
+    shown = json.loads(out)["queues"]
+    assert shown[name]["backend"] == {"value": dsn, "source": f"file {file} [queues.{name}]"}
+    assert shown[name]["auto_migrate"]["value"] is False
+    assert shown["elsewhere"]["backend"] == {"value": None, "source": "default (set by the backend)"}
+    monkeypatch.setenv(f"SHMQ_{name.upper().replace('-', '_').replace('.', '_')}__SCHEMA", "other_schema")
+    code, out, err = _shmq(capsys, "config", "show", "-q", name, "--json")
+    assert json.loads(out)["queues"][name]["schema"]["source"].startswith("env SHMQ_"), err
+    monkeypatch.delenv(f"SHMQ_{name.upper().replace('-', '_').replace('.', '_')}__SCHEMA")
+
+    # The job commands read the file too; stats names the server, never its password.
+    backend.enqueue(2)
+    code, out, err = _shmq(capsys, "stats", name)
+    assert code == 0, err
+    head = out.splitlines()[0]
+    assert f"127.0.0.1:{dsn.rsplit(':', 1)[1].split('/')[0]}" in head and schema in head, head
+    assert dsn.split("//")[1].split("@")[0] not in out  # user:password
+    code, out, err = _shmq(capsys, "inspect", name, "--json")
+    assert code == 0 and json.loads(out)["jobs"]["ready"] == 1, err
+
+    file.write_text(f'[queues.{json.dumps(name)}]\nbackend = "mysql://db/app"\n')
+    with pytest.raises(shmq.ConfigError, match=r"backend.*mysql://db/app.*postgresql://"):
+        shmq.App(name, config=str(file))
+
+
+def test_an_idle_worker_asks_postgresql_about_twice_a_second(worker, tmp_path):
+    """Its bridge waits on LISTEN and looks for due jobs and for dead hosts' jobs once a second each, not four
+    round trips a second (whatever --processes)."""
+    proc, app = worker
+    started = time.monotonic()
+    assert app.tasks["add"].enqueue(1, 1).wait(timeout=60) == 2
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    lived = time.monotonic() - started
+    import re
+
+    found = re.search(r"(\d+) round trip\(s\) to PostgreSQL", (tmp_path / "worker.log").read_text())
+    assert found, (tmp_path / "worker.log").read_text()
+    assert int(found.group(1)) <= 2.4 * lived + 6, (found.group(1), lived)

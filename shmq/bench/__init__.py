@@ -15,6 +15,8 @@ benchmark modules, which also run on their own from a checkout
 ``jobs.py``        whole jobs beside RQ (on a Redis server it starts) and Huey
                    (SQLite), and enqueue-to-start latency at a fixed load
 ``throttle.py``    throttling under overload (closed and open loop)
+``cluster.py``     many hosts on PostgreSQL beside pgqueuer, procrastinate and
+                   Celery, on a PostgreSQL server it starts (``pgserver.py``)
 
 What they share (runs, medians, child processes, the machine and the other load
 on it, the report's rows) is the harness, ``harness.py``; the systems they drive
@@ -43,6 +45,9 @@ WORKLOADS = {
     "latency": "enqueue-to-start latency p50/p99/p99.9 at a fixed offered load: every system at 100 jobs/s, "
                "shmq also at 10,000 jobs/s",
     "throttle": "shmq throttling under 10x overload, closed and open loop (about 20 s; only with --only)",
+    "cluster": "many hosts: no-op jobs end to end on PostgreSQL, shmq on 1 and 2 hosts beside pgqueuer, "
+               "procrastinate and Celery (Redis), as many worker processes each (PostgreSQL installed; only with "
+               "--only)",
 }
 
 # What runs without --only.

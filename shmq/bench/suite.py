@@ -564,6 +564,18 @@ class Suite:
                for mode, res in results.items()}
         return {"tables": [t], "raw": raw, "failed_rows": [f"throttle {m}" for m in failed]}
 
+    def cluster(self) -> dict:
+        from shmq.bench import cluster as cl
+
+        cargs = cl.parse_args(["--jobs", "100" if self.opts.quick else "5000", "--runs", str(self.p["jobs_runs"]),
+                               "--timeout", f"{self.opts.timeout:g}"])
+        results, notes = cl.run(cargs, self.data_dir)
+        t = cl.table(results, cargs)
+        if all(r.status == "skipped" for r in results):
+            return {"skipped_all": results[0].reason, "tables": [t]}
+        return {"tables": [t], "notes": [text for text in notes.values() if text],
+                "raw": [_result_dict(r) for r in results]}
+
     # ---- the run
 
     def run(self) -> int:
@@ -676,7 +688,8 @@ class Suite:
 
 
 # The systems shmq is measured beside: one of them failing is reported, and fails the run only with --strict.
-PEERS = frozenset({"mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "rq", "huey", "c-ring"})
+PEERS = frozenset({"mp.Queue", "faster_fifo", "persist-queue", "pyzmq", "iceoryx2", "rq", "huey", "c-ring",
+                   "pgqueuer", "procrastinate", "celery"})
 
 
 def _failures(name: str, w: dict) -> tuple[list[str], list[str]]:

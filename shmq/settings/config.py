@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from shmq import errors
+from shmq.settings import backend as _backend
 
 __all__ = [
     "CONFIG_ENV",
@@ -78,6 +79,7 @@ __all__ = [
     "resolve",
     "explain",
     "queue_settings",
+    "backend_settings",
     "supervisor_settings",
     "check",
     "env_name",
@@ -92,12 +94,12 @@ _SUPERVISOR_PREFIX = "SUPERVISOR_"
 # SHMQ_ variables of the project that are not settings: never warned about.
 _NOT_SETTINGS_ENV = frozenset({
     "CONFIG", "FAULT", "CFLAGS", "CRASH_SEED", "CRASH_ROUNDS", "LOG_CRASH_ROUNDS", "BENCH_DIR",
-    "BACKEND", "SCHEMA",  # the App's job backend (shmq.backends): a DSN and its schema, read by shmq.App
 })
 # Keywords of shmq.Queue.__init__ that are not settings.
 _NOT_SETTINGS = frozenset({"self", "name", "config"})
 _SOURCE_DEFAULT = "default"
 _SOURCE_QUEUE_DECIDES = "default (set by the queue)"
+_SOURCE_BACKEND_DECIDES = "default (set by the backend)"
 _SOURCE_ARGUMENT = "argument"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -175,6 +177,15 @@ def settings() -> dict[str, Setting]:
     return out
 
 
+def _spec() -> dict[str, Setting]:
+    """What [defaults], [queues.<name>] and SHMQ_[<QUEUE>__]<KEY> may set: the
+    queue settings and the backend settings (shmq/settings/backend.py)."""
+    out = settings()
+    for key, (kind, text) in _backend.KEYS.items():
+        out[key] = Setting(key, kind, None, text)
+    return out
+
+
 def default_data_dir(file: str | os.PathLike | None) -> str:
     """The data directory when no ``path`` is given (argument, $SHMQ_PATH or
     the file): ``.shmq`` in the directory of `file`, the config file in use;
@@ -193,7 +204,7 @@ def _default_value(setting: Setting, file: str | None = None) -> tuple[Any, str]
     if setting.key == "path":
         return default_data_dir(file), _SOURCE_DEFAULT
     if setting.default is None:
-        return None, _SOURCE_QUEUE_DECIDES
+        return None, _SOURCE_BACKEND_DECIDES if setting.key in _backend.KEYS else _SOURCE_QUEUE_DECIDES
     return setting.default, _SOURCE_DEFAULT
 
 
@@ -336,6 +347,9 @@ def _check_range(setting: Setting, value: Any, supervisor: bool) -> Any:
     if key in _HANDLE_KEYS:
         _check_handle(key, value)
         return value
+    if key in _backend.KEYS:
+        _backend.check(key, value)
+        return value
     return _validate({key: value}).get(key, value)
 
 
@@ -450,7 +464,7 @@ class _Config:
     # (scope, text): scope None concerns every queue, else a queue's env name
     problems: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
-    spec: dict = field(default_factory=settings)
+    spec: dict = field(default_factory=_spec)
 
     def problem(self, text: str, scope: str | None = None) -> None:
         self.problems.append((scope, text))
@@ -737,11 +751,28 @@ def resolve(name: str, explicit: Mapping[str, Any] | None = None, file: str | os
     config.raise_problems(name)
     config.emit_warnings()
     effective = config.effective(name, explicit)
-    kwargs = {key: value for key, (value, source) in effective.items() if not source.startswith(_SOURCE_DEFAULT)}
-    provenance = {key: source for key, (_, source) in effective.items()}
+    kwargs = {key: value for key, (value, source) in effective.items()
+              if not source.startswith(_SOURCE_DEFAULT) and key not in _backend.KEYS}
+    provenance = {key: source for key, (_, source) in effective.items() if key not in _backend.KEYS}
     for key, (_, source) in config.effective_supervisor().items():
         provenance[f"supervisor.{key}"] = source
     return kwargs, provenance
+
+
+def backend_settings(name: str, explicit: Mapping[str, Any] | None = None, file: str | os.PathLike | None = None,
+                     environ: Mapping[str, str] | None = None) -> tuple[dict, dict]:
+    """The backend settings of queue `name` (shmq/settings/backend.py):
+    (kwargs, provenance) as resolve() gives the queue settings, with the same
+    sources and precedence; kwargs holds only those given (an argument, the
+    environment or the file). shmq.App and the job commands read them."""
+    _check_name(name)
+    config = _read(file, environ)
+    config.raise_problems(name)
+    config.emit_warnings()
+    explicit = {key: value for key, value in (explicit or {}).items() if key in _backend.KEYS}
+    effective = {key: found for key, found in config.effective(name, explicit).items() if key in _backend.KEYS}
+    return ({key: value for key, (value, source) in effective.items() if not source.startswith(_SOURCE_DEFAULT)},
+            {key: source for key, (_, source) in effective.items()})
 
 
 def queue_settings(path: str | os.PathLike | None, name: str) -> dict:

@@ -233,14 +233,21 @@ class App:
                 f"invalid app name {name!r}: it names the queue, so use 1-100 characters of letters, digits, "
                 "'_', '.', '-', starting with a letter or digit"
             )
-        if config is not None:
-            from shmq.settings import config as _config
+        from shmq.settings import config as _config
 
+        file = _config.find(config)
+        # backend, schema, auto_migrate, outbox: the argument, else SHMQ_[<NAME>__]<KEY>, else the
+        # file's [queues.<name>] or [defaults] (shmq/settings/backend.py); the backend takes the others.
+        given = {"backend": backend, **{key: queue_kwargs.pop(key) for key in ("schema", "auto_migrate", "outbox")
+                                        if key in queue_kwargs}}
+        if config is not None:
             # Read (and checked) now: errors name the file at the App's definition.
-            queue_kwargs, _ = _config.resolve(name, queue_kwargs, _config.find(config))
-        if backend is None:
-            backend = os.environ.get("SHMQ_BACKEND") or None  # e.g. postgresql://app@db/app
+            queue_kwargs, _ = _config.resolve(name, queue_kwargs, file)
+        chosen, _ = _config.backend_settings(name, given, file)
+        backend = chosen.pop("backend", None)
         self._backend_class = _backend_class(backend)  # a backend that is not there fails here, at definition
+        if self._backend_class.kind != "shm":
+            queue_kwargs = {**queue_kwargs, **chosen}
         self.config = config
         self.name = name
         self.eager = bool(eager)

@@ -68,9 +68,9 @@ log = logging.getLogger("shmq.bridge")
 _HORIZON = 0.1
 _PREFETCH_MAX = 256
 # Without a notification, the bridge looks for due jobs at least this often.
-_POLL_MAX = 0.5
+_POLL_MAX = 1.0
 # Dead consumers (other hosts) are looked for this often.
-_RECLAIM_EVERY = 0.5
+_RECLAIM_EVERY = 1.0
 # Local maintenance (leases of dead workers) and the hung-worker check run this often.
 _LOCAL_EVERY = 0.05
 # A worker whose local lease has less than this left (or a quarter of the lease, if less) is killed.

@@ -51,12 +51,22 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
                         help="with --backend: the schema of shmq's tables (default: $SHMQ_SCHEMA, else shmq)")
 
 
-def backend_dsn() -> str | None:
-    """The PostgreSQL DSN the job commands use ($SHMQ_BACKEND, set by --backend), or None."""
+def backend_dsn(name: str | None = None) -> str | None:
+    """The PostgreSQL DSN the job commands use, or None: --backend ($SHMQ_BACKEND), else
+    $SHMQ_<NAME>__BACKEND or shmq.toml's backend (of [queues.<name>], else [defaults])."""
     from shmq.backends.pg.connect import is_dsn
 
     dsn = os.environ.get("SHMQ_BACKEND")
+    if not dsn:
+        dsn = _backend_options(name).get("backend")
     return dsn if is_dsn(dsn) else None
+
+
+def _backend_options(name: str | None) -> dict:
+    """The backend settings of queue `name` given by the environment or shmq.toml."""
+    from shmq.settings import config
+
+    return config.backend_settings(name or "default", None, config.find(None))[0]
 
 
 def data_dir(args: argparse.Namespace) -> str:
@@ -159,7 +169,7 @@ def not_loaded(name: str, path: str) -> CommandError:
 
 def check_queue(name: str, path: str) -> None:
     """Raises CommandError unless queue `name` has a region to attach to."""
-    if backend_dsn() is not None:
+    if backend_dsn(name) is not None:
         return  # a queue in PostgreSQL: there is nothing to attach to in `path`
     state = queue_state(name, path)
     if state is None:
@@ -197,11 +207,12 @@ def open_jobs(name: str, path: str, *, read_only: bool = True):
     metrics) work on."""
     from shmq.backends.shm import ShmBackend
 
-    dsn = backend_dsn()
+    dsn = backend_dsn(name)
     if dsn is not None:
         from shmq.backends.postgres import PostgresBackend
 
-        return PostgresBackend.attach(name, dsn=dsn)
+        schema = _backend_options(name).get("schema")
+        return PostgresBackend.attach(name, dsn=dsn, **({} if schema is None else {"schema": schema}))
     return ShmBackend(open_queue(name, path, read_only=read_only))
 
 
@@ -214,9 +225,24 @@ class QueueSet:
         self.path, self.names = path, names
         self.handles: dict = {}  # name -> (job backend, region inode)
 
+    def dsn(self) -> str | None:
+        """The PostgreSQL server of these queues (backend_dsn of the first named one), or None."""
+        return backend_dsn(self.names[0] if self.names else None)
+
+    def server(self) -> str | None:
+        """Where the queues are when they are in PostgreSQL (host:port/db and schema, no password), or None."""
+        dsn = self.dsn()
+        if dsn is None:
+            return None
+        from shmq.backends.pg.connect import where
+
+        schema = os.environ.get("SHMQ_SCHEMA") or _backend_options(self.names[0] if self.names else None).get(
+            "schema") or "shmq"
+        return f"postgresql://{where(dsn)} schema {schema}"
+
     def refresh(self) -> tuple[dict, list[str], list[str]]:
         """({name: job backend} attached now, names not loaded, named queues gone)."""
-        dsn = backend_dsn()
+        dsn = self.dsn()
         if dsn is not None:  # the named queues, else every queue that has jobs in PostgreSQL
             from shmq.backends.pg.connect import queue_names
 

@@ -30,7 +30,7 @@ compiled at run time (needs a C compiler). A peer that is missing is
 reported as skipped, with what installs it; a peer that fails is marked
 FAILED in the tables, with the reason, and fails the run only with --strict.
 
-workloads (--only; the default runs all but throttle):
+workloads (--only; the default runs all but throttle and cluster):
 """ + "\n".join(textwrap.fill(text, 79, initial_indent=f"  {name:<11} ", subsequent_indent=" " * 14)
                 for name, text in WORKLOADS.items())
 

@@ -100,7 +100,8 @@ class _Sampler:
             if rates:
                 stats["rates_per_second"] = self._rates(name, now, stats)
             out.append(stats)
-        return {"time": time.time(), "path": self.path, "queues": out, "not_loaded": not_loaded, "gone": gone}
+        return {"time": time.time(), "path": self.path, "server": self.queues.server(), "queues": out,
+                "not_loaded": not_loaded, "gone": gone}
 
     def _rates(self, name: str, now: float, stats: dict) -> dict | None:
         counters = {key: stats[key] for key, _ in _COUNTER_ROWS}
@@ -129,7 +130,7 @@ def _rate(value: float) -> str:
 def render(sample: dict, interval: float | None = None) -> list[str]:
     """The lines of the table of a sample."""
     queues = sample["queues"]
-    head = f"shmq stats  {sample['path']}  {when(sample['time'])}"
+    head = f"shmq stats  {sample.get('server') or sample['path']}  {when(sample['time'])}"
     if interval is not None:
         head += f"  (every {interval:g} s, ^C to stop)"
     lines = [head]
