@@ -108,6 +108,7 @@ struct shmq_handle {
     shmq_unique_entry *unique;         /* [unique_slots] */
     shmq_result_entry *results;        /* [result_slots] */
     uint8_t *arena;                    /* [result_bytes] */
+    shmq_task_entry *tasks;            /* [SHMQ_TASK_SLOTS] */
     uint32_t job_slots, unique_slots, result_slots;
     uint64_t result_bytes;
     int64_t last_tick_ns;              /* when this handle last swept the job table */

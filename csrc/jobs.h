@@ -26,6 +26,15 @@ static inline shmq_lane_header *lane_header(const shmq_handle *h, uint32_t lane)
 #define PUT(field, value) __atomic_store_n(&(field), (value), __ATOMIC_RELAXED)
 #define GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
+/* Four buckets per power of two: at most 19% between a value and its bucket's floor. */
+static inline uint32_t shmq_histogram_bucket_of(uint64_t v)
+{
+    if (v < 4)
+        return (uint32_t)v;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    return 4u * (e - 1u) + (uint32_t)((v >> (e - 2u)) & 3u);
+}
+
 static inline shmq_job_entry *entry_at(const shmq_handle *h, uint32_t index) { return &h->entries[index]; }
 
 static inline void entry_store(shmq_job_entry *e, unsigned kind, unsigned owner, uint64_t gen)
@@ -61,6 +70,9 @@ int shmq_jobs_log_outcome(shmq_handle *h, unsigned type, uint64_t job_id, int64_
 int shmq_jobs_fetch_round(shmq_handle *h, fetch_args *a);
 int shmq_jobs_holds(shmq_handle *h, uint64_t job_id);
 int shmq_jobs_references(const shmq_handle *h, unsigned index);
+
+/* tasks.c */
+void shmq_task_finished(shmq_handle *h, const shmq_job_entry *e, unsigned counters, int64_t run_ns);
 
 /* jobs_gate.c */
 void shmq_jobs_gate_open(shmq_handle *h, const shmq_job_entry *e, uint32_t index);

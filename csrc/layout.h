@@ -485,6 +485,7 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  *   shmq_unique_entry[unique_slots]          32 bytes each
  *   shmq_result_entry[result_slots]          64 bytes each
  *   uint8 arena[result_bytes]                result bytes, a ring
+ *   shmq_task_entry[SHMQ_TASK_SLOTS]         per-task counters and histograms
  *
  * Job entries hold every job that is out of the lanes but not finished:
  * leased to a consumer (RUNNING) or waiting for a time (WAITING: a delay,
@@ -536,6 +537,15 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  * go to the arena at a position that only grows (pos % result_bytes); a
  * reader's copy is good if the arena's head has not passed pos +
  * result_bytes by the time it finished.
+ *
+ * Tasks (csrc/tasks.c): a table of SHMQ_TASK_SLOTS entries keyed by a
+ * 63-bit hash of the task's name, filled by open addressing over all but
+ * the last slot, which takes every task that finds no room (named "*").
+ * key: 0 free --CAS claimer--> key | SHMQ_TASK_CLAIM --name written, store
+ * release--> key. Producers count `enqueued` after an enqueue; a consumer
+ * binds its lease to the slot (entry.task) once it has decoded the task's
+ * name, and the finish (ack, fail, delete) counts done/failed/retried/dead
+ * and the attempt's wait and run times into the slot. All counters relaxed.
  */
 #define SHMQ_JOB_FREE 0u
 #define SHMQ_JOB_FILLING 1u
@@ -617,6 +627,18 @@ typedef struct shmq_lane_metrics {
 } shmq_lane_metrics;
 _Static_assert(sizeof(shmq_lane_metrics) == 128, "format");
 
+#define SHMQ_TASK_CLAIM (1ull << 63)
+#define SHMQ_TASK_NAME_BYTES 56
+typedef struct shmq_task_entry {
+    _Atomic uint64_t key;       /* 0: free; hash | SHMQ_TASK_CLAIM while its name is written; hash */
+    char name[SHMQ_TASK_NAME_BYTES]; /* NUL-padded; a longer name is cut */
+    _Atomic uint64_t counts[SHMQ_TASK_COUNTERS]; /* SHMQ_TASK_ENQUEUED.. */
+    _Atomic int64_t hist_max[2];
+    uint8_t reserved[SHMQ_CACHE_LINE - 8 * SHMQ_TASK_COUNTERS - 16];
+    _Atomic uint64_t hist[2][SHMQ_HIST_BUCKETS];
+} shmq_task_entry;
+_Static_assert(offsetof(shmq_task_entry, hist) == 128, "format");
+
 typedef struct shmq_job_entry {
     _Atomic uint64_t state;     /* see above */
     uint64_t job_id;
@@ -634,7 +656,9 @@ typedef struct shmq_job_entry {
     uint8_t tag;
     uint8_t flags;              /* SHMQ_JOBF_* */
     uint64_t copy;              /* not JOBF_REF: position of a record (or checkpoint) holding a copy; 0: job_id's */
-    uint8_t reserved[32];
+    int64_t wait_ns;            /* RUNNING: the wait before this lease (-1: unknown), for its task's histogram */
+    _Atomic uint32_t task;      /* its task's slot + 1 (shmq_task_bind; 0: none); relaxed, statistics */
+    uint8_t reserved[20];
     uint8_t payload[SHMQ_JOB_INLINE_BYTES];
 } shmq_job_entry;
 _Static_assert(offsetof(shmq_job_entry, payload) == 128, "format");

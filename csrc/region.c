@@ -96,7 +96,8 @@ static uint64_t jobs_bytes(const shmq_params *p)
         return 0;
     return sizeof(shmq_jobs_header) + sizeof(shmq_lane_metrics) * (uint64_t)p->lane_count +
            sizeof(shmq_job_entry) * (uint64_t)p->job_slots + sizeof(shmq_unique_entry) * (uint64_t)p->unique_slots +
-           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + p->result_bytes;
+           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + shmq_align_up(p->result_bytes, SHMQ_CACHE_LINE) +
+           sizeof(shmq_task_entry) * SHMQ_TASK_SLOTS;
 }
 
 static uint64_t lanes_offset_for(uint32_t participant_capacity)
@@ -365,6 +366,8 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
         h->results = (shmq_result_entry *)at;
         at += sizeof(shmq_result_entry) * (uint64_t)p.result_slots;
         h->arena = at;
+        at += shmq_align_up(p.result_bytes, SHMQ_CACHE_LINE);
+        h->tasks = (shmq_task_entry *)at;
         h->job_slots = p.job_slots;
         h->unique_slots = p.unique_slots;
         h->result_slots = p.result_slots;

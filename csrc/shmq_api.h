@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #define SHMQ_MAGIC 0x31474552514d4853
-#define SHMQ_LAYOUT_VERSION 3
+#define SHMQ_LAYOUT_VERSION 4
 #define SHMQ_MSG_HEADER_BYTES 24
 #define SHMQ_MSG_REF 1
 #define SHMQ_MSG_SKIP 2
@@ -151,6 +151,16 @@ typedef struct shmq_result_info {
     uint8_t tag;
     uint8_t status;            /* SHMQ_JOB_* */
 } shmq_result_info;
+
+/* A task's counters (shmq_task_read), indexed by SHMQ_TASK_*. */
+enum { SHMQ_TASK_ENQUEUED, SHMQ_TASK_DONE, SHMQ_TASK_FAILED, SHMQ_TASK_RETRIED, SHMQ_TASK_DEAD, SHMQ_TASK_COUNTERS };
+#define SHMQ_TASK_SLOTS 32
+typedef struct shmq_task_stats {
+    char name[57];             /* NUL-terminated */
+    uint64_t counts[5];        /* SHMQ_TASK_ENQUEUED .. SHMQ_TASK_DEAD */
+    int64_t wait_max_ns;
+    int64_t run_max_ns;
+} shmq_task_stats;
 
 /* Job counters, per lane or summed (shmq_job_stats_read). */
 typedef struct shmq_job_stats {
@@ -335,6 +345,16 @@ int shmq_result_wait(shmq_handle *handle, uint64_t job_id, int64_t timeout_ns, c
 void shmq_job_stats_read(const shmq_handle *handle, int lane, shmq_job_stats *stats /* OUT */);
 void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets /* OUT [SHMQ_HIST_BUCKETS] */);
 uint64_t shmq_histogram_bucket_low(uint32_t bucket);
+/* Per-task counters and histograms (every job of a task whose producer
+ * counted it and whose consumer bound its lease). shmq_task_slot finds or
+ * takes the slot of a name (the last slot, "*", when the table is full);
+ * shmq_task_bind ties a lease to a slot, so its finish counts there;
+ * shmq_task_read copies slot `slot` (0: free, 1: copied). */
+int shmq_task_slot(shmq_handle *handle, const char *name, uint32_t length);
+int shmq_task_enqueued(shmq_handle *handle, int slot, uint32_t count);
+int shmq_task_bind(shmq_handle *handle, const shmq_delivery *delivery, int slot);
+int shmq_task_read(const shmq_handle *handle, int slot, shmq_task_stats *stats /* OUT */,
+                   uint64_t *wait_buckets /* OUT [SHMQ_HIST_BUCKETS] */, uint64_t *run_buckets /* OUT */);
 int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
 
 /* Throttling. The controller (the supervisor) calls shmq_throttle_refill

@@ -285,6 +285,13 @@ class Delivery:
     def __repr__(self) -> str:
         return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r}>"
 
+    def _bind_task(self, name: str) -> None:
+        """This attempt runs task `name`: its end counts in that task's counters and histograms."""
+        queue = self.queue
+        slot = queue._task_slot(name)
+        if slot >= 0:
+            lib.shmq_task_bind(queue._live_handle(), self._c, slot)  # a lost lease counts nowhere: nothing to do
+
     def ack(self, result: Any = None) -> None:
         """The job is done; `result` is kept for Job.wait() (encoded with the
         queue's codec). Raises shmq.LeaseLost if the lease expired meanwhile."""
@@ -379,7 +386,24 @@ class JobsMixin:
         self.spin = float(spin)
         lib.shmq_set_spin(self._handle, int(spin * 1e9))
         self._options_free: list = []
+        self._task_slots: dict = {}
         self._has_jobs = self.params.jobs_capacity > 0
+
+    def _task_slot(self, name: str) -> int:
+        """The slot of a task's counters in shared memory (-1: none)."""
+        slot = self._task_slots.get(name)
+        if slot is None:
+            data = name.encode(errors="replace")
+            slot = lib.shmq_task_slot(self._live_handle(), data, len(data))
+            if slot >= 0 and len(self._task_slots) < 4096:
+                self._task_slots[name] = slot
+        return slot
+
+    def _task_enqueued(self, name: str) -> None:
+        """Counts a job of task `name` enqueued (its per-task counters, q.stats()["tasks"])."""
+        slot = self._task_slot(name)
+        if slot >= 0:
+            lib.shmq_task_enqueued(self._live_handle(), slot, 1)
 
     def _jobs_handle(self):
         handle = self._live_handle()

@@ -90,6 +90,9 @@ def _run_one(app, delivery, task_of) -> None:
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
+    bind = getattr(delivery, "_bind_task", None)
+    if bind is not None:
+        bind(name)  # its end counts in the task's counters (q.stats()["tasks"])
     if task.lease_timeout is not None:
         delivery.extend(task.lease_timeout)  # the task's own bound on a run, over the worker's lease
     try:

@@ -85,6 +85,7 @@
     X(jobs_concurrent)               \
     X(jobs_run_now)                  \
     X(jobs_delete_waiting)           \
+    X(tasks_counted)                 \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
