@@ -241,9 +241,12 @@ static int fetch_message(shmq_handle *h, uint32_t lane, fetch_args *a, int order
     int64_t wait_ns = t.enqueued_ns ? shmq_wall_ns() - t.enqueued_ns : -1;
     gen = lease_start(h, e, gen, a->lease_ns, wait_ns);
     shmq_lane_mark_leased(h, &t);
-    if (ordered)
+    if (ordered) {
+        /* relaxed: for people (shmq_lane_info_read); ordered by nothing. */
+        atomic_store_explicit(&lane_header(h, lane)->gate_since, shmq_wall_ns(), memory_order_relaxed);
         /* release: the entry is RUNNING before the gate names it. */
         atomic_store_explicit(&lane_header(h, lane)->gate, (uint64_t)index + 1, memory_order_release);
+    }
     shmq_fault(h, SHMQ_FAULT_FETCH_AFTER_LEASE);
     if ((e->flags & SHMQ_JOBF_UNIQUE) && !(e->flags & SHMQ_JOBF_UNIQUE_FINISH))
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, e->job_id); /* unique until it starts: free now */
@@ -383,7 +386,7 @@ int shmq_ack(shmq_handle *h, const shmq_delivery *d, uint8_t tag, const char *re
     shmq_jobs_gate_open(h, e, d->entry);
     /* The result last but the entry: a waiter that wakes finds the key free,
      * the counters counted and the group's next job startable. */
-    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length);
+    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length, run_ns);
     shmq_fault(h, SHMQ_FAULT_ACK_BEFORE_FREE);
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
@@ -447,7 +450,7 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     shmq_task_finished(h, e, 1u << SHMQ_TASK_FAILED | 1u << SHMQ_TASK_DEAD, run_ns);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, d->entry);
-    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length); /* as in ack */
+    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length, run_ns); /* as in ack */
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
         shmq_wake_data(h);

@@ -95,7 +95,7 @@ uint64_t shmq_jobs_live(const shmq_handle *h);
 /* results.c */
 int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
 void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t attempt, uint8_t tag,
-                     const uint8_t *data, uint32_t length);
+                     const uint8_t *data, uint32_t length, int64_t run_ns);
 
 /* throttle.c */
 int shmq_throttle_admit(shmq_handle *h, uint64_t count, uint64_t bytes, int64_t timeout_ns);

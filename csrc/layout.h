@@ -263,7 +263,8 @@ typedef struct shmq_lane_header {
     _Atomic uint64_t popped;                        /* messages taken (statistics, qsize) */
     _Atomic uint64_t gate;                          /* ordered lanes: SHMQ_GATE_* (see "Ordered lanes") */
     _Atomic int64_t gate_due;                       /* ordered lanes: when the gate's WAITING job may run */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 32];
+    _Atomic int64_t gate_since;                     /* ordered lanes: CLOCK_REALTIME the gate's job took it */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 40];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
@@ -630,14 +631,19 @@ _Static_assert(sizeof(shmq_lane_metrics) == 128, "format");
 #define SHMQ_TASK_CLAIM (1ull << 63)
 #define SHMQ_TASK_NAME_BYTES 56
 typedef struct shmq_task_entry {
-    _Atomic uint64_t key;       /* 0: free; hash | SHMQ_TASK_CLAIM while its name is written; hash */
+    /* Written once (the claim), then only read. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t key; /* 0: free; hash | SHMQ_TASK_CLAIM while its name is written; hash */
     char name[SHMQ_TASK_NAME_BYTES]; /* NUL-padded; a longer name is cut */
-    _Atomic uint64_t counts[SHMQ_TASK_COUNTERS]; /* SHMQ_TASK_ENQUEUED.. */
+    /* Producers write this line, consumers the next: no line moves between them per job. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t enqueued;
+    uint8_t reserved0[SHMQ_CACHE_LINE - 8];
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t counts[SHMQ_TASK_COUNTERS]; /* [SHMQ_TASK_ENQUEUED] unused */
     _Atomic int64_t hist_max[2];
-    uint8_t reserved[SHMQ_CACHE_LINE - 8 * SHMQ_TASK_COUNTERS - 16];
+    uint8_t reserved1[SHMQ_CACHE_LINE - 8 * SHMQ_TASK_COUNTERS - 16];
     _Atomic uint64_t hist[2][SHMQ_HIST_BUCKETS];
 } shmq_task_entry;
-_Static_assert(offsetof(shmq_task_entry, hist) == 128, "format");
+_Static_assert(offsetof(shmq_task_entry, counts) == 128, "format");
+_Static_assert(offsetof(shmq_task_entry, hist) == 192, "format");
 
 typedef struct shmq_job_entry {
     _Atomic uint64_t state;     /* see above */
@@ -681,7 +687,8 @@ typedef struct shmq_result_entry {
     uint16_t attempt;
     uint8_t tag;
     uint8_t status;             /* SHMQ_JOB_DONE or SHMQ_JOB_DEAD */
-    uint8_t reserved[24];
+    int64_t run_ns;             /* the last attempt's run time; -1: it did not run (deleted while waiting) */
+    uint8_t reserved[16];
 } shmq_result_entry;
 _Static_assert(sizeof(shmq_result_entry) == 64, "format");
 

@@ -150,6 +150,7 @@ typedef struct shmq_result_info {
     uint16_t attempt;
     uint8_t tag;
     uint8_t status;            /* SHMQ_JOB_* */
+    int64_t run_ns;            /* the last attempt's run time (its start: finished_ns - run_ns); -1: none */
 } shmq_result_info;
 
 /* A task's counters (shmq_task_read), indexed by SHMQ_TASK_*. */
@@ -376,6 +377,7 @@ typedef struct shmq_lane_info {
     int64_t gate_due_ns;
     uint32_t ordered;
     uint32_t reserved;
+    int64_t gate_since_ns;     /* ordered lanes: CLOCK_REALTIME its job took the gate (kept while it retries) */
 } shmq_lane_info;
 typedef struct shmq_participant_info {
     uint64_t start_time;

@@ -67,7 +67,7 @@ int shmq_task_enqueued(shmq_handle *h, int slot, uint32_t count)
     if (!t)
         return h->jobs ? SHMQ_EINVAL : SHMQ_ENOLOG;
     /* relaxed: a counter. */
-    atomic_fetch_add_explicit(&t->counts[SHMQ_TASK_ENQUEUED], count, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->enqueued, count, memory_order_relaxed);
     return SHMQ_OK;
 }
 
@@ -132,6 +132,7 @@ int shmq_task_read(const shmq_handle *h, int slot, shmq_task_stats *s, uint64_t 
     for (int i = 0; i < SHMQ_TASK_COUNTERS; i++)
         /* relaxed: statistics. */
         s->counts[i] = atomic_load_explicit(&t->counts[i], memory_order_relaxed);
+    s->counts[SHMQ_TASK_ENQUEUED] = atomic_load_explicit(&t->enqueued, memory_order_relaxed);
     s->wait_max_ns = atomic_load_explicit(&t->hist_max[SHMQ_HIST_WAIT], memory_order_relaxed);
     s->run_max_ns = atomic_load_explicit(&t->hist_max[SHMQ_HIST_RUN], memory_order_relaxed);
     for (uint32_t b = 0; b < SHMQ_HIST_BUCKETS; b++) {

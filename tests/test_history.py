@@ -178,3 +178,34 @@ def test_delete_a_waiting_job_and_it_stays_deleted(make_queue, qpath):
         while True:
             got.append(again.fetch(timeout=0.5).id)
     assert later.id not in got and first.id not in got, got
+
+
+def test_run_time_of_finished_jobs_and_since_when_a_gate_is_held(make_queue):
+    """A finished job's run time and start (its last attempt's, from the core),
+    and since when an ordered lane's gate is held: from the job's first
+    attempt, kept while it waits for its retry."""
+    from datetime import datetime
+
+    from shmq.backends import shm_inspect
+
+    q = make_queue(retries=1, backoff=600.0, ordered_lanes=1)
+    ok = q.enqueue(["app.ok", [], {}])
+    d = q.fetch(timeout=5)
+    time.sleep(0.3)
+    d.ack()
+    before = time.time()
+    grouped = q.enqueue(["app.grouped", [], {}], group="g")
+    d = q.fetch(timeout=5)
+    after = time.time()
+    gate = [lane for lane in shm_inspect.snapshot(q)["lanes"] if lane["ordered"]][0]
+    since = datetime.fromisoformat(gate["gate_since"]).timestamp()
+    assert gate["gate"] == "held" and gate["gate_job"] == grouped.id and before - 0.01 <= since <= after + 0.01
+    d.fail(ValueError("later"))  # it waits 600 s for its retry, holding the gate
+    gate = [lane for lane in shm_inspect.snapshot(q)["lanes"] if lane["ordered"]][0]
+    assert gate["gate"] == "held" and datetime.fromisoformat(gate["gate_since"]).timestamp() == since
+    job = by_id(ShmBackend(q).jobs())[ok.id]
+    assert 0.3 <= job["run_s"] < 30
+    started = datetime.fromisoformat(job["started_at"]).timestamp()
+    finished = datetime.fromisoformat(job["finished_at"]).timestamp()
+    assert abs(finished - started - job["run_s"]) < 0.01
+    assert grouped.delete()

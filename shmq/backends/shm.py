@@ -50,8 +50,9 @@ class ShmBackend(JobBackend):
     def job(self, job_id: int):
         return self.queue.job(job_id)
 
-    def _task_enqueued(self, name: str) -> None:
-        self.queue._task_enqueued(name)
+    @property
+    def _task_enqueued(self):
+        return self.queue._task_enqueued
 
     def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
         return self.queue.fetch(block, timeout, lease)

@@ -67,6 +67,17 @@ def task_of(body: Any) -> str | None:
     return None
 
 
+def _times(job: dict, info) -> None:
+    """A finished job's finish time, and its last attempt's start and run
+    time, from its entry in the result ring (the log's records carry no times
+    of a run)."""
+    if info.finished_ns:
+        job["finished_at"] = info.finished_ns / 1e9
+        if info.run_ns >= 0:
+            job["started_at"] = (info.finished_ns - info.run_ns) / 1e9
+            job["run_s"] = info.run_ns / 1e9
+
+
 class LogHistory:
     """The last ``limit`` jobs of one queue, as its log tells them.
 
@@ -74,7 +85,10 @@ class LogHistory:
     ``state`` (``waiting``, ``retrying``, ``done``, ``dead``: what the log
     says; the job table says more for jobs still there), ``enqueued_at``,
     ``due_at``, ``attempts``, ``group``, ``unique`` (the key's hash, hex),
-    ``errors`` (one per failed attempt: attempt, reason, error), ``bytes``.
+    ``errors`` (one per failed attempt: attempt, reason, error), ``bytes``,
+    and once finished ``finished_at``, ``started_at`` and ``run_s`` (its last
+    attempt's, from the result ring while it holds the job: None if it no
+    longer did when the job's end was read).
     """
 
     def __init__(self, queue, limit: int = 1000, max_age: float = 7 * 86400.0,
@@ -181,7 +195,7 @@ class LogHistory:
         for job in self._jobs.values():
             if job["state"] in ("done", "dead") and job["finished_at"] is None:
                 if lib.shmq_job_status(handle, job["id"], info) in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
-                    job["finished_at"] = info.finished_ns / 1e9 if info.finished_ns else None
+                    _times(job, info)
 
     # ---------------------------------------------------------------- reading
 
@@ -402,13 +416,12 @@ class LogHistory:
                     state = "finished"  # not pending, its outcome no longer kept (its DONE not read)
                 elif status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
                     state = "done" if status == lib.SHMQ_JOB_DONE else "dead"
-                    if info.finished_ns:
-                        job["finished_at"] = info.finished_ns / 1e9
+                    _times(job, info)
                     if state == "done":
                         job["state"], job["due_at"] = state, None
                 elif status == lib.SHMQ_JOB_RUNNING and state not in ("done", "dead"):
                     state = "running"
-            out.append(dict(job, state=state, errors=list(job["errors"])))
+            out.append({"started_at": None, "run_s": None, **job, "state": state, "errors": list(job["errors"])})
         return out
 
     def body(self, job_id: int) -> Any:

@@ -288,7 +288,9 @@ class Delivery:
     def _bind_task(self, name: str) -> None:
         """This attempt runs task `name`: its end counts in that task's counters and histograms."""
         queue = self.queue
-        slot = queue._task_slot(name)
+        slot = queue._task_slots.get(name)
+        if slot is None:
+            slot = queue._task_slot(name)
         if slot >= 0:
             lib.shmq_task_bind(queue._live_handle(), self._c, slot)  # a lost lease counts nowhere: nothing to do
 
@@ -401,9 +403,11 @@ class JobsMixin:
 
     def _task_enqueued(self, name: str) -> None:
         """Counts a job of task `name` enqueued (its per-task counters, q.stats()["tasks"])."""
-        slot = self._task_slot(name)
+        slot = self._task_slots.get(name)
+        if slot is None:
+            slot = self._task_slot(name)
         if slot >= 0:
-            lib.shmq_task_enqueued(self._live_handle(), slot, 1)
+            lib.shmq_task_enqueued(self._handle, slot, 1)  # the enqueue just used the handle
 
     def _jobs_handle(self):
         handle = self._live_handle()
