@@ -20,6 +20,8 @@ in each process, for tasks that wait on I/O.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -28,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from shmq import _args, errors
+from shmq import _args, _fs, errors
 
 __all__ = ["run", "work"]
 
@@ -40,6 +42,7 @@ _FETCH_SLICE = 0.25
 _FULL_WARN_EVERY = 30.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
+POOL_PREFIX = "workers."  # <data dir>/workers.<parent pid>.json: a pool's children and their restarts
 # A worker whose parent died gives its running jobs this long, then exits (they run again elsewhere).
 _ORPHAN_GRACE = 1.0
 # How often a worker checks that its parent is still the process that started it.
@@ -209,7 +212,7 @@ def _child_main(app, threads: int, lease: float | None, parent: int) -> None:
 
 
 class _Pool:
-    def __init__(self, app, processes: int, threads: int, lease: float | None):
+    def __init__(self, app, processes: int, threads: int, lease: float | None, directory: str | None = None):
         self.app = app
         self.processes = processes
         self.threads = threads
@@ -217,7 +220,30 @@ class _Pool:
         self.context = multiprocessing.get_context("fork")
         self.workers: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
+        self.restarts: dict[int, int] = {}
         self.replaced = 0
+        # Where `shmq ps` (and the dashboard) read each child's restarts.
+        self.pool_file = None if directory is None else os.path.join(directory, f"{POOL_PREFIX}{os.getpid()}.json")
+
+    def publish(self) -> None:
+        """Writes the pool's file: each child's pid, slot and restarts (temporary file, then rename)."""
+        if self.pool_file is None:
+            return
+        document = {"pid": os.getpid(), "app": self.app.name,
+                    "children": {str(p.pid): {"slot": slot, "restarts": self.restarts.get(slot, 0)}
+                                 for slot, p in self.workers.items()}}
+        try:
+            fd, tmp = _fs.open_temp(os.path.dirname(self.pool_file), "tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(document, f)
+            os.replace(tmp, self.pool_file)
+        except OSError as exc:  # statistics: a worker pool runs without them
+            log.warning("cannot write %s (%s): shmq ps shows no restarts for this pool", self.pool_file, exc)
+
+    def unpublish(self) -> None:
+        if self.pool_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.pool_file)
 
     def start_one(self, slot: int) -> None:
         process = self.context.Process(target=_child_main, args=(self.app, self.threads, self.lease, os.getpid()),
@@ -226,6 +252,7 @@ class _Pool:
         self.workers[slot] = process
         self.started_at[slot] = time.monotonic()
         log.info("worker %d started (pid %d)", slot, process.pid)
+        self.publish()
 
     def watch(self) -> None:
         """Replaces workers that died."""
@@ -240,6 +267,7 @@ class _Pool:
             if time.monotonic() - self.started_at[slot] < _RESTART_PAUSE:
                 time.sleep(_RESTART_PAUSE)  # a worker that cannot even start must not spin the machine
             self.replaced += 1
+            self.restarts[slot] = self.restarts.get(slot, 0) + 1
             self.start_one(slot)
 
     def stop(self, grace: float) -> None:
@@ -268,11 +296,12 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         _args.seconds_ns("lease", lease, _args.LEASE_MIN, _args.LEASE_MAX)
     if not app.tasks:
         raise errors.ConfigError(f"app {app.name!r} has no tasks: define them with @app.task before starting workers")
-    app.backend  # opens (creates or recovers) the queue once, before the workers start
+    backend = app.backend  # opens (creates or recovers) the queue once, before the workers start
+    directory = getattr(getattr(backend, "queue", None), "path", None)  # the shm backend's data directory
     app.close()
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
-    pool = _Pool(app, processes, threads, lease)
+    pool = _Pool(app, processes, threads, lease, directory)
     try:
         for slot in range(processes):
             pool.start_one(slot)
@@ -285,6 +314,7 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         log.info("stopping: workers finish the jobs they hold (grace %.0f s)", grace)
     finally:
         pool.stop(grace)
+        pool.unpublish()
         for signo, handler in previous.items():
             signal.signal(signo, handler)
     log.info("stopped (%d worker(s) replaced while running)", pool.replaced)
