@@ -112,6 +112,7 @@ static void delivery_fill(const shmq_job_entry *e, uint32_t index, uint64_t gen,
     d->attempt = e->attempt;
     d->tag = e->tag;
     d->flags = e->flags;
+    d->task = 0;
 }
 
 /* ------------------------------------------------------------ fetch */
@@ -369,11 +370,21 @@ static shmq_job_entry *finish_begin(shmq_handle *h, const shmq_delivery *d)
     return e;
 }
 
+/* The task the consumer named in the delivery (0: as bound, or none); kept
+ * in the entry, so a retry's delete counts there too. */
+static inline void task_from(shmq_job_entry *e, const shmq_delivery *d)
+{
+    if (d->task && d->task <= SHMQ_TASK_SLOTS)
+        /* relaxed: the entry is ours (FINISHING); read back below by this thread. */
+        atomic_store_explicit(&e->task, d->task, memory_order_relaxed);
+}
+
 int shmq_ack(shmq_handle *h, const shmq_delivery *d, uint8_t tag, const char *result, uint32_t length)
 {
     shmq_job_entry *e = finish_begin(h, d);
     if (!e)
         return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    task_from(e, d);
     uint64_t job_id = e->job_id;
     shmq_log_ack(h, &job_id, 1); /* DONE, written lazily: a lost one only runs the job again after a recovery */
     if (e->flags & SHMQ_JOBF_UNIQUE_FINISH)
@@ -416,6 +427,7 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     shmq_job_entry *e = finish_begin(h, d);
     if (!e)
         return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    task_from(e, d);
     uint64_t job_id = e->job_id;
     METRIC_ADD(h, e->lane, failed, 1);
     int64_t run_ns = shmq_now_ns() - e->started_ns;

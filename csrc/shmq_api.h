@@ -130,6 +130,8 @@ typedef struct shmq_delivery {
     uint16_t attempt;
     uint8_t tag;
     uint8_t flags;
+    uint32_t task;             /* 0 from fetch; the consumer may set its task's slot + 1 (shmq_task_slot)
+                                  before ack or fail: the end counts in that task (as shmq_task_bind) */
 } shmq_delivery;
 
 /* Options of shmq_enqueue. */
@@ -141,6 +143,7 @@ typedef struct shmq_enqueue_options {
     int64_t not_before_ns;     /* CLOCK_REALTIME; 0: at once */
     uint64_t unique_hi;        /* a 128-bit hash of the unique key; both 0: none */
     uint64_t unique_lo;
+    uint32_t task;             /* its task's slot + 1 (shmq_task_slot): counted there once accepted; 0: none */
 } shmq_enqueue_options;
 
 /* A finished job's outcome (shmq_job_status, shmq_result_wait). */

@@ -44,15 +44,14 @@ class ShmBackend(JobBackend):
 
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
                 delay: Any = None, retries: int | None = None, timeout: float | None = None):
+        # An App's call, [task, args, kwargs]: counted under its task by the core (q.stats()["tasks"]).
+        task = body[0] if type(body) is list and len(body) == 3 and type(body[0]) is str else None
         return self.queue.enqueue(body, group=group, unique=unique, unique_until=unique_until, delay=delay,
-                                  retries=retries, timeout=timeout)
+                                  retries=retries, timeout=timeout, _task=task)
 
     def job(self, job_id: int):
         return self.queue.job(job_id)
 
-    @property
-    def _task_enqueued(self):
-        return self.queue._task_enqueued
 
     def fetch(self, block: bool = True, timeout: float | None = None, lease: float | None = None):
         return self.queue.fetch(block, timeout, lease)

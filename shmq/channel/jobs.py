@@ -292,7 +292,7 @@ class Delivery:
         if slot is None:
             slot = queue._task_slot(name)
         if slot >= 0:
-            lib.shmq_task_bind(queue._live_handle(), self._c, slot)  # a lost lease counts nowhere: nothing to do
+            self._c.task = slot + 1  # the ack or fail counts there
 
     def ack(self, result: Any = None) -> None:
         """The job is done; `result` is kept for Job.wait() (encoded with the
@@ -421,7 +421,8 @@ class JobsMixin:
     # ------------------------------------------------------------ producing
 
     def enqueue(self, obj: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
-                delay: Any = None, retries: int | None = None, timeout: float | None = None) -> Job:
+                delay: Any = None, retries: int | None = None, timeout: float | None = None,
+                _task: str | None = None) -> Job:
         """Enqueues a job and returns its Job handle.
 
         - ``group``: jobs of one group start in enqueue order, one at a time.
@@ -466,6 +467,13 @@ class JobsMixin:
                     raise errors.ConfigError(f"unique_until={unique_until!r} must be 'start' or 'finish'")
                 o.unique_hi, o.unique_lo = unique_hash(unique)
             o.unique_until_finish = unique_until == "finish"
+            if _task is None:
+                o.task = 0
+            else:  # counted under its task once accepted (q.stats()["tasks"])
+                slot = self._task_slots.get(_task)
+                if slot is None:
+                    slot = self._task_slot(_task)
+                o.task = slot + 1 if slot >= 0 else 0
             buf = data if type(data) is bytes else ffi.from_buffer(data)
             total_ns = _args.timeout_ns(timeout)
             budget = _Budget(total_ns, _first_wait(total_ns))

@@ -125,13 +125,8 @@ class Task:
             retries = self._policy_args[0]  # the task's own, carried by the job (else the queue's)
         if self.app.eager:
             return self.app._run_eager(self, args, kwargs, unique, until, retries)
-        backend = self.app.backend
-        job = backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
-                              unique_until=until, delay=delay, retries=retries, timeout=timeout)
-        count = getattr(backend, "_task_enqueued", None)
-        if count is not None and not getattr(job, "duplicate", False):
-            count(self.name)
-        return job
+        return self.app.backend.enqueue([self.name, list(args), kwargs], group=group, unique=unique,
+                                      unique_until=until, delay=delay, retries=retries, timeout=timeout)
 
     def _call_text(self, args: tuple, kwargs: dict) -> str:
         shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]

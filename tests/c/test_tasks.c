@@ -41,8 +41,10 @@ static void *t_run(void *arg)
     for (int j = 0; j < T_JOBS; j++) {
         int task = (j + w->id) % T_NAMES;
         uint64_t id;
+        /* Odd jobs name their task in the options and the delivery, even ones by the calls. */
+        o.task = j % 2 ? (uint32_t)w->slots[task] + 1 : 0;
         if (shmq_enqueue(w->h, &o, (const char *)&task, sizeof task, 5000 * MS, &id) != SHMQ_OK ||
-            shmq_task_enqueued(w->h, w->slots[task], 1) != SHMQ_OK) {
+            (j % 2 == 0 && shmq_task_enqueued(w->h, w->slots[task], 1) != SHMQ_OK)) {
             w->failed++;
             continue;
         }
@@ -53,7 +55,13 @@ static void *t_run(void *arg)
         }
         int got;
         memcpy(&got, buf, sizeof got);
-        if (shmq_task_bind(w->h, &d, w->slots[got]) != SHMQ_OK || shmq_ack(w->h, &d, 0, NULL, 0) != SHMQ_OK)
+        if (d.task != 0)
+            w->failed++; /* a fetch names no task */
+        if (got % 2)
+            d.task = (uint32_t)w->slots[got] + 1;
+        else if (shmq_task_bind(w->h, &d, w->slots[got]) != SHMQ_OK)
+            w->failed++;
+        if (shmq_ack(w->h, &d, 0, NULL, 0) != SHMQ_OK)
             w->failed++;
     }
     return NULL;
