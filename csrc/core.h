@@ -120,6 +120,7 @@ struct shmq_handle {
     _Atomic uint64_t *seats;           /* [SHMQ_SEAT_SLOTS] */
     shmq_rate_entry *rates;            /* [SHMQ_RATE_SLOTS] */
     _Atomic int64_t idle_since_ns;     /* prioritized queues: when a round of this handle found no job (0: it found one) */
+    shmq_task_entry *tasks;            /* [SHMQ_TASK_SLOTS] */
     uint32_t job_slots, unique_slots, result_slots;
     uint64_t result_bytes;
     int64_t last_tick_ns;              /* when this handle last swept the job table */

@@ -11,22 +11,13 @@
 
 /* ------------------------------------------------------------ histograms */
 
-/* Four buckets per power of two: at most 19% between a value and its bucket's floor. */
-static inline uint32_t bucket_of(uint64_t v)
-{
-    if (v < 4)
-        return (uint32_t)v;
-    unsigned e = 63u - (unsigned)__builtin_clzll(v);
-    return 4u * (e - 1u) + (uint32_t)((v >> (e - 2u)) & 3u);
-}
-
 void shmq_jobs_hist_add(shmq_handle *h, int which, int64_t ns)
 {
     if (ns < 0)
         ns = 0;
     shmq_jobs_header *jh = jobs_of(h);
     /* relaxed: statistics; each bucket is a counter on its own. */
-    atomic_fetch_add_explicit(&jh->hist[which][bucket_of((uint64_t)ns)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&jh->hist[which][shmq_histogram_bucket_of((uint64_t)ns)], 1, memory_order_relaxed);
     int64_t max = atomic_load_explicit(&jh->hist_max[which], memory_order_relaxed);
     while (ns > max && !atomic_compare_exchange_weak_explicit(&jh->hist_max[which], &max, ns, memory_order_relaxed,
                                                               memory_order_relaxed)) {
@@ -121,6 +112,7 @@ static void delivery_fill(const shmq_job_entry *e, uint32_t index, uint64_t gen,
     d->attempt = e->attempt;
     d->tag = e->tag;
     d->flags = e->flags;
+    d->task = 0;
 }
 
 /* ------------------------------------------------------------ fetch */
@@ -193,10 +185,13 @@ static int entry_from_taken(shmq_handle *h, shmq_job_entry *e, const shmq_taken 
 }
 
 /* The job's lease starts: fields, then RUNNING(me, gen + 1). */
-static uint64_t lease_start(shmq_handle *h, shmq_job_entry *e, uint64_t gen, int64_t lease_ns)
+static uint64_t lease_start(shmq_handle *h, shmq_job_entry *e, uint64_t gen, int64_t lease_ns, int64_t wait_ns)
 {
     int64_t now = shmq_now_ns();
     e->started_ns = now;
+    e->wait_ns = wait_ns;
+    /* relaxed: published by the state store below; unbound until its consumer names the task. */
+    atomic_store_explicit(&e->task, 0, memory_order_relaxed);
     /* relaxed: published by the state store below. */
     atomic_store_explicit(&e->deadline_ns, lease_ns < 0 || lease_ns > INT64_MAX - now ? INT64_MAX : now + lease_ns,
                           memory_order_relaxed);
@@ -247,18 +242,22 @@ static int fetch_message(shmq_handle *h, uint32_t lane, fetch_args *a, int order
     }
     if (ordered)
         PUT(e->flags, (uint8_t)(e->flags | SHMQ_JOBF_ORDERED));
-    gen = lease_start(h, e, gen, a->lease_ns);
+    int64_t wait_ns = t.enqueued_ns ? shmq_wall_ns() - t.enqueued_ns : -1;
+    gen = lease_start(h, e, gen, a->lease_ns, wait_ns);
     shmq_lane_mark_leased(h, &t);
-    if (ordered)
+    if (ordered) {
+        /* relaxed: for people (shmq_lane_info_read); ordered by nothing. */
+        atomic_store_explicit(&lane_header(h, lane)->gate_since, shmq_wall_ns(), memory_order_relaxed);
         /* release: the entry is RUNNING before the gate names it. */
         atomic_store_explicit(&lane_header(h, lane)->gate, (uint64_t)index + 1, memory_order_release);
+    }
     shmq_fault(h, SHMQ_FAULT_FETCH_AFTER_LEASE);
     if ((e->flags & SHMQ_JOBF_UNIQUE) && !(e->flags & SHMQ_JOBF_UNIQUE_FINISH))
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, e->job_id); /* unique until it starts: free now */
     shmq_lane_finish(h, &t);
     METRIC_ADD(h, lane, started, 1);
-    if (t.enqueued_ns)
-        shmq_jobs_hist_add(h, SHMQ_HIST_WAIT, shmq_wall_ns() - t.enqueued_ns);
+    if (wait_ns >= 0)
+        shmq_jobs_hist_add(h, SHMQ_HIST_WAIT, wait_ns);
     if (shmq_jobs_cancel_taken(h, e, index, gen))
         return SHMQ_EEMPTY; /* cancelled while it waited in the lane: ended unrun; the round goes on */
     return deliver(h, e, index, gen, a);
@@ -307,7 +306,7 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
         return SHMQ_EEMPTY;
     }
     int64_t due = e->due_ns;
-    uint64_t gen = lease_start(h, e, shmq_job_gen(s), a->lease_ns);
+    uint64_t gen = lease_start(h, e, shmq_job_gen(s), a->lease_ns, now - due);
     METRIC_ADD(h, lane, started, 1);
     shmq_jobs_hist_add(h, SHMQ_HIST_WAIT, now - due);
     return deliver(h, e, index, gen, a);
@@ -382,22 +381,34 @@ static shmq_job_entry *finish_begin(shmq_handle *h, const shmq_delivery *d)
     return e;
 }
 
+/* The task the consumer named in the delivery (0: as bound, or none); kept
+ * in the entry, so a retry's delete counts there too. */
+static inline void task_from(shmq_job_entry *e, const shmq_delivery *d)
+{
+    if (d->task && d->task <= SHMQ_TASK_SLOTS)
+        /* relaxed: the entry is ours (FINISHING); read back below by this thread. */
+        atomic_store_explicit(&e->task, d->task, memory_order_relaxed);
+}
+
 int shmq_ack(shmq_handle *h, const shmq_delivery *d, uint8_t tag, const char *result, uint32_t length)
 {
     shmq_job_entry *e = finish_begin(h, d);
     if (!e)
         return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    task_from(e, d);
     uint64_t job_id = e->job_id;
     shmq_log_ack(h, &job_id, 1); /* DONE, written lazily: a lost one only runs the job again after a recovery */
     if (e->flags & SHMQ_JOBF_UNIQUE_FINISH)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
     METRIC_ADD(h, e->lane, done, 1);
-    shmq_jobs_hist_add(h, SHMQ_HIST_RUN, shmq_now_ns() - e->started_ns);
+    int64_t run_ns = shmq_now_ns() - e->started_ns;
+    shmq_jobs_hist_add(h, SHMQ_HIST_RUN, run_ns);
+    shmq_task_finished(h, e, 1u << SHMQ_TASK_DONE, run_ns);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, d->entry);
     /* The result last but the entry: a waiter that wakes finds the key free,
      * the counters counted and the group's next job startable. */
-    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length);
+    shmq_result_put(h, job_id, SHMQ_JOB_DONE, e->attempt, tag, (const uint8_t *)result, length, run_ns);
     shmq_fault(h, SHMQ_FAULT_ACK_BEFORE_FREE);
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
@@ -427,9 +438,11 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     shmq_job_entry *e = finish_begin(h, d);
     if (!e)
         return h->jobs ? SHMQ_ELEASE : SHMQ_ENOLOG;
+    task_from(e, d);
     uint64_t job_id = e->job_id;
     METRIC_ADD(h, e->lane, failed, 1);
-    shmq_jobs_hist_add(h, SHMQ_HIST_RUN, shmq_now_ns() - e->started_ns);
+    int64_t run_ns = shmq_now_ns() - e->started_ns;
+    shmq_jobs_hist_add(h, SHMQ_HIST_RUN, run_ns);
     /* seq_cst: our FINISHING before the look at the control word; pairs with
      * the canceller's fetch_or then second look at the state (jobs_cancel.c). */
     atomic_thread_fence(memory_order_seq_cst);
@@ -448,6 +461,7 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
         e->attempt = next;
         e->due_ns = retry_at_ns;
         METRIC_ADD(h, e->lane, retried, 1);
+        shmq_task_finished(h, e, 1u << SHMQ_TASK_FAILED | 1u << SHMQ_TASK_RETRIED, run_ns);
         if (e->flags & SHMQ_JOBF_ORDERED) /* relaxed: a hint for the lane's fetchers (see fetch_ordered) */
             atomic_store_explicit(&lane_header(h, e->lane)->gate_due, retry_at_ns, memory_order_relaxed);
         entry_store(e, SHMQ_JOB_WAITING, 0, d->gen);
@@ -463,9 +477,10 @@ int shmq_fail(shmq_handle *h, const shmq_delivery *d, int64_t retry_at_ns, uint8
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
     METRIC_ADD(h, e->lane, dead, 1);
+    shmq_task_finished(h, e, 1u << SHMQ_TASK_FAILED | 1u << SHMQ_TASK_DEAD, run_ns);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, d->entry);
-    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length); /* as in ack */
+    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length, run_ns); /* as in ack */
     entry_store(e, SHMQ_JOB_FREE, 0, d->gen);
     if (ordered)
         shmq_wake_data(h);

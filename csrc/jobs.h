@@ -26,6 +26,15 @@ static inline shmq_lane_header *lane_header(const shmq_handle *h, uint32_t lane)
 #define PUT(field, value) __atomic_store_n(&(field), (value), __ATOMIC_RELAXED)
 #define GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
+/* Four buckets per power of two: at most 19% between a value and its bucket's floor. */
+static inline uint32_t shmq_histogram_bucket_of(uint64_t v)
+{
+    if (v < 4)
+        return (uint32_t)v;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    return 4u * (e - 1u) + (uint32_t)((v >> (e - 2u)) & 3u);
+}
+
 static inline shmq_job_entry *entry_at(const shmq_handle *h, uint32_t index) { return &h->entries[index]; }
 
 static inline void entry_store(shmq_job_entry *e, unsigned kind, unsigned owner, uint64_t gen)
@@ -89,6 +98,9 @@ void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, 
 int shmq_jobs_cancel_taken(shmq_handle *h, shmq_job_entry *e, uint32_t index, uint64_t gen);
 int shmq_jobs_cancels_pending(const shmq_handle *h);
 
+/* tasks.c */
+void shmq_task_finished(shmq_handle *h, const shmq_job_entry *e, unsigned counters, int64_t run_ns);
+
 /* jobs_gate.c */
 void shmq_jobs_gate_open(shmq_handle *h, const shmq_job_entry *e, uint32_t index);
 void shmq_jobs_gate_adopt(shmq_handle *h, uint32_t lane, uint32_t index, int64_t due);
@@ -116,7 +128,7 @@ uint64_t shmq_jobs_live(const shmq_handle *h);
 /* results.c */
 int shmq_result_lookup(const shmq_handle *h, uint64_t job_id, shmq_result_info *info);
 void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t attempt, uint8_t tag,
-                     const uint8_t *data, uint32_t length);
+                     const uint8_t *data, uint32_t length, int64_t run_ns);
 
 /* throttle.c */
 int shmq_throttle_admit(shmq_handle *h, uint64_t count, uint64_t bytes, int64_t timeout_ns);

@@ -25,9 +25,12 @@ void shmq_jobs_gate_adopt(shmq_handle *h, uint32_t lane, uint32_t index, int64_t
     uint64_t open = 0;
     /* acq_rel: the entry (published before) is visible to whoever sees the gate. */
     if (atomic_compare_exchange_strong_explicit(&lane_header(h, lane)->gate, &open, (uint64_t)index + 1,
-                                                memory_order_acq_rel, memory_order_relaxed))
+                                                memory_order_acq_rel, memory_order_relaxed)) {
         /* relaxed: a hint (see fetch_ordered). */
         atomic_store_explicit(&lane_header(h, lane)->gate_due, due, memory_order_relaxed);
+        /* relaxed: for people (shmq_lane_info_read). */
+        atomic_store_explicit(&lane_header(h, lane)->gate_since, shmq_wall_ns(), memory_order_relaxed);
+    }
 }
 
 /* Repairs what a dead consumer left in an ordered lane's gate (layout.h,

@@ -404,9 +404,10 @@ int shmq_job_delete(shmq_handle *h, uint64_t job_id, uint8_t tag, const char *er
     if (e->flags & SHMQ_JOBF_UNIQUE)
         shmq_unique_drop(h, e->unique_hi, e->unique_lo, job_id);
     METRIC_ADD(h, e->lane, dead, 1);
+    shmq_task_finished(h, e, 1u << SHMQ_TASK_DEAD, -1);
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, index);
-    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length); /* as in fail */
+    shmq_result_put(h, job_id, SHMQ_JOB_DEAD, e->attempt, tag, (const uint8_t *)error, length, -1); /* as in fail */
     entry_store(e, SHMQ_JOB_FREE, 0, gen);
     if (ordered)
         shmq_wake_data(h); /* the lane's next job may start */

@@ -265,7 +265,8 @@ typedef struct shmq_lane_header {
     _Atomic int64_t gate_due;                       /* ordered lanes: when the gate's WAITING job may run */
     _Atomic int64_t looked_ns;                      /* prioritized queues: CLOCK_MONOTONIC when a fetch last
                                                      * took from this lane or found it empty (admission.c) */
-    uint8_t reserved1[SHMQ_CACHE_LINE - 40];
+    _Atomic int64_t gate_since;                     /* ordered lanes: CLOCK_REALTIME the gate's job took it */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 48];
 } shmq_lane_header;
 
 _Static_assert(offsetof(shmq_lane_header, tail) == 0, "format");
@@ -496,7 +497,8 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  *   shmq_job_entry[job_slots]                384 bytes each
  *   shmq_unique_entry[unique_slots]          32 bytes each
  *   shmq_result_entry[result_slots]          64 bytes each
- *   uint8 arena[result_bytes]                result bytes, a ring
+ *   uint8 arena[result_bytes]                result bytes, a ring, padded to a cache line
+ *   shmq_task_entry[SHMQ_TASK_SLOTS]         per-task counters and histograms
  *   admission tables (see "Admission" below): 64-aligned, as every part before is
  *
  * Job entries hold every job that is out of the lanes but not finished:
@@ -557,6 +559,15 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  * go to the arena at a position that only grows (pos % result_bytes); a
  * reader's copy is good if the arena's head has not passed pos +
  * result_bytes by the time it finished.
+ *
+ * Tasks (csrc/tasks.c): a table of SHMQ_TASK_SLOTS entries keyed by a
+ * 63-bit hash of the task's name, filled by open addressing over all but
+ * the last slot, which takes every task that finds no room (named "*").
+ * key: 0 free --CAS claimer--> key | SHMQ_TASK_CLAIM --name written, store
+ * release--> key. Producers count `enqueued` after an enqueue; a consumer
+ * binds its lease to the slot (entry.task) once it has decoded the task's
+ * name, and the finish (ack, fail, delete) counts done/failed/retried/dead
+ * and the attempt's wait and run times into the slot. All counters relaxed.
  */
 #define SHMQ_JOB_FREE 0u
 #define SHMQ_JOB_FILLING 1u
@@ -653,6 +664,23 @@ typedef struct shmq_lane_metrics {
 } shmq_lane_metrics;
 _Static_assert(sizeof(shmq_lane_metrics) == 128, "format");
 
+#define SHMQ_TASK_CLAIM (1ull << 63)
+#define SHMQ_TASK_NAME_BYTES 56
+typedef struct shmq_task_entry {
+    /* Written once (the claim), then only read. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t key; /* 0: free; hash | SHMQ_TASK_CLAIM while its name is written; hash */
+    char name[SHMQ_TASK_NAME_BYTES]; /* NUL-padded; a longer name is cut */
+    /* Producers write this line, consumers the next: no line moves between them per job. */
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t enqueued;
+    uint8_t reserved0[SHMQ_CACHE_LINE - 8];
+    alignas(SHMQ_CACHE_LINE) _Atomic uint64_t counts[SHMQ_TASK_COUNTERS]; /* [SHMQ_TASK_ENQUEUED] unused */
+    _Atomic int64_t hist_max[2];
+    uint8_t reserved1[SHMQ_CACHE_LINE - 8 * SHMQ_TASK_COUNTERS - 16];
+    _Atomic uint64_t hist[2][SHMQ_HIST_BUCKETS];
+} shmq_task_entry;
+_Static_assert(offsetof(shmq_task_entry, counts) == 128, "format");
+_Static_assert(offsetof(shmq_task_entry, hist) == 192, "format");
+
 typedef struct shmq_job_entry {
     _Atomic uint64_t state;     /* see above */
     uint64_t job_id;
@@ -673,7 +701,9 @@ typedef struct shmq_job_entry {
     /* Job control (jobs_cancel.c): set by any process, read by the lease's holder. */
     _Atomic uint32_t control;   /* SHMQ_JOBC_*: 0 when the entry is filled */
     _Atomic uint32_t progress;  /* RUNNING: parts per million the task reported; SHMQ_PROGRESS_NONE: none */
-    uint8_t reserved[24];
+    int64_t wait_ns;            /* RUNNING: the wait before this lease (-1: unknown), for its task's histogram */
+    _Atomic uint32_t task;      /* its task's slot + 1 (shmq_task_bind; 0: none); relaxed, statistics */
+    uint8_t reserved[12];
     uint8_t payload[SHMQ_JOB_INLINE_BYTES];
 } shmq_job_entry;
 _Static_assert(offsetof(shmq_job_entry, control) == 96, "format");
@@ -697,7 +727,8 @@ typedef struct shmq_result_entry {
     uint16_t attempt;
     uint8_t tag;
     uint8_t status;             /* SHMQ_JOB_DONE or SHMQ_JOB_DEAD */
-    uint8_t reserved[24];
+    int64_t run_ns;             /* the last attempt's run time; -1: it did not run (deleted while waiting) */
+    uint8_t reserved[16];
 } shmq_result_entry;
 _Static_assert(sizeof(shmq_result_entry) == 64, "format");
 

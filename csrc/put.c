@@ -384,6 +384,8 @@ int shmq_enqueue(shmq_handle *h, const shmq_enqueue_options *o, const char *data
         shmq_unique_drop(h, key[0], key[1], 0); /* our claim: the job was not accepted */
     if (rc == SHMQ_OK) {
         *job_id = id;
+        if (o->task)
+            shmq_task_enqueued(h, (int)o->task - 1, 1); /* accepted: counted under its task */
         rc = shmq_log_durable(h, timeout_ns);
     }
     shmq_log_leave(h);

@@ -99,7 +99,8 @@ static uint64_t jobs_bytes(const shmq_params *p)
         return 0;
     return sizeof(shmq_jobs_header) + sizeof(shmq_lane_metrics) * (uint64_t)p->lane_count +
            sizeof(shmq_job_entry) * (uint64_t)p->job_slots + sizeof(shmq_unique_entry) * (uint64_t)p->unique_slots +
-           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + p->result_bytes + SHMQ_ADMISSION_BYTES;
+           sizeof(shmq_result_entry) * (uint64_t)p->result_slots + shmq_align_up(p->result_bytes, SHMQ_CACHE_LINE) +
+           sizeof(shmq_task_entry) * SHMQ_TASK_SLOTS + SHMQ_ADMISSION_BYTES;
 }
 
 static uint64_t lanes_offset_for(uint32_t participant_capacity)
@@ -368,7 +369,9 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
         h->results = (shmq_result_entry *)at;
         at += sizeof(shmq_result_entry) * (uint64_t)p.result_slots;
         h->arena = at;
-        at += p.result_bytes;
+        at += shmq_align_up(p.result_bytes, SHMQ_CACHE_LINE);
+        h->tasks = (shmq_task_entry *)at;
+        at += sizeof(shmq_task_entry) * SHMQ_TASK_SLOTS;
         h->admission = (shmq_admission_header *)at;
         at += sizeof(shmq_admission_header);
         h->pauses = (shmq_pause_entry *)at;

@@ -25,7 +25,7 @@ static uint64_t arena_reserve(shmq_handle *h, uint32_t length)
 }
 
 void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t attempt, uint8_t tag,
-                     const uint8_t *data, uint32_t length)
+                     const uint8_t *data, uint32_t length, int64_t run_ns)
 {
     if (!h->jobs || h->result_slots == 0)
         return;
@@ -48,6 +48,7 @@ void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t a
     e->attempt = attempt;
     e->tag = tag;
     e->status = status;
+    e->run_ns = run_ns;
     /* release: publishes the fields (and the arena bytes written above). */
     atomic_store_explicit(&e->seq, 2 * n + 2, memory_order_release);
     shmq_jobs_header *jh = h->jobs;
@@ -71,7 +72,7 @@ static int result_read(const shmq_handle *h, uint64_t n, uint64_t job_id, shmq_r
         return 0;
     uint64_t id = e->job_id;
     shmq_result_info copy = {.finished_ns = e->finished_ns, .length = e->length, .attempt = e->attempt,
-                             .tag = e->tag, .status = e->status};
+                             .tag = e->tag, .status = e->status, .run_ns = e->run_ns};
     uint64_t at = e->arena_pos;
     /* acquire fence: the field reads above happen before the seq re-check. */
     atomic_thread_fence(memory_order_acquire);

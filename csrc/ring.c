@@ -666,5 +666,6 @@ void shmq_lane_info_read(const shmq_handle *h, uint32_t index, shmq_lane_info *i
     info->popped = atomic_load_explicit(&lane.header->popped, memory_order_relaxed);
     info->gate = atomic_load_explicit(&lane.header->gate, memory_order_relaxed);
     info->gate_due_ns = atomic_load_explicit(&lane.header->gate_due, memory_order_relaxed);
+    info->gate_since_ns = atomic_load_explicit(&lane.header->gate_since, memory_order_relaxed); /* relaxed: a look */
     info->ordered = (uint32_t)shmq_lane_ordered(h, index);
 }

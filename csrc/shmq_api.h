@@ -145,6 +145,8 @@ typedef struct shmq_delivery {
     uint16_t attempt;
     uint8_t tag;
     uint8_t flags;
+    uint32_t task;             /* 0 from fetch; the consumer may set its task's slot + 1 (shmq_task_slot)
+                                  before ack or fail: the end counts in that task (as shmq_task_bind) */
 } shmq_delivery;
 
 /* Options of shmq_enqueue. */
@@ -156,6 +158,7 @@ typedef struct shmq_enqueue_options {
     int64_t not_before_ns;     /* CLOCK_REALTIME; 0: at once */
     uint64_t unique_hi;        /* a 128-bit hash of the unique key; both 0: none */
     uint64_t unique_lo;
+    uint32_t task;             /* its task's slot + 1 (shmq_task_slot): counted there once accepted; 0: none */
 } shmq_enqueue_options;
 
 /* A finished job's outcome (shmq_job_status, shmq_result_wait). */
@@ -165,7 +168,18 @@ typedef struct shmq_result_info {
     uint16_t attempt;
     uint8_t tag;
     uint8_t status;            /* SHMQ_JOB_* */
+    int64_t run_ns;            /* the last attempt's run time (its start: finished_ns - run_ns); -1: none */
 } shmq_result_info;
+
+/* A task's counters (shmq_task_read), indexed by SHMQ_TASK_*. */
+enum { SHMQ_TASK_ENQUEUED, SHMQ_TASK_DONE, SHMQ_TASK_FAILED, SHMQ_TASK_RETRIED, SHMQ_TASK_DEAD, SHMQ_TASK_COUNTERS };
+#define SHMQ_TASK_SLOTS 32
+typedef struct shmq_task_stats {
+    char name[57];             /* NUL-terminated */
+    uint64_t counts[5];        /* SHMQ_TASK_ENQUEUED .. SHMQ_TASK_DEAD */
+    int64_t wait_max_ns;
+    int64_t run_max_ns;
+} shmq_task_stats;
 
 /* Job counters, per lane or summed (shmq_job_stats_read). */
 typedef struct shmq_job_stats {
@@ -363,6 +377,16 @@ int shmq_result_wait(shmq_handle *handle, uint64_t job_id, int64_t timeout_ns, c
 void shmq_job_stats_read(const shmq_handle *handle, int lane, shmq_job_stats *stats /* OUT */);
 void shmq_histogram_read(const shmq_handle *handle, int which, uint64_t *buckets /* OUT [SHMQ_HIST_BUCKETS] */);
 uint64_t shmq_histogram_bucket_low(uint32_t bucket);
+/* Per-task counters and histograms (every job of a task whose producer
+ * counted it and whose consumer bound its lease). shmq_task_slot finds or
+ * takes the slot of a name (the last slot, "*", when the table is full);
+ * shmq_task_bind ties a lease to a slot, so its finish counts there;
+ * shmq_task_read copies slot `slot` (0: free, 1: copied). */
+int shmq_task_slot(shmq_handle *handle, const char *name, uint32_t length);
+int shmq_task_enqueued(shmq_handle *handle, int slot, uint32_t count);
+int shmq_task_bind(shmq_handle *handle, const shmq_delivery *delivery, int slot);
+int shmq_task_read(const shmq_handle *handle, int slot, shmq_task_stats *stats /* OUT */,
+                   uint64_t *wait_buckets /* OUT [SHMQ_HIST_BUCKETS] */, uint64_t *run_buckets /* OUT */);
 int shmq_unique_release(shmq_handle *handle, uint64_t unique_hi, uint64_t unique_lo, uint64_t job_id);
 
 /* Job control (csrc/jobs_cancel.c). shmq_job_cancel: a queued or scheduled
@@ -403,6 +427,7 @@ typedef struct shmq_lane_info {
     int64_t gate_due_ns;
     uint32_t ordered;
     uint32_t reserved;
+    int64_t gate_since_ns;     /* ordered lanes: CLOCK_REALTIME its job took the gate (kept while it retries) */
 } shmq_lane_info;
 typedef struct shmq_participant_info {
     uint64_t start_time;

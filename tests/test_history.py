@@ -178,3 +178,68 @@ def test_delete_a_waiting_job_and_it_stays_deleted(make_queue, qpath):
         while True:
             got.append(again.fetch(timeout=0.5).id)
     assert later.id not in got and first.id not in got, got
+
+
+def test_run_time_of_finished_jobs_and_since_when_a_gate_is_held(make_queue):
+    """A finished job's run time and start (its last attempt's, from the core),
+    and since when an ordered lane's gate is held: from the job's first
+    attempt, kept while it waits for its retry."""
+    from datetime import datetime
+
+    from shmq.backends import shm_inspect
+
+    q = make_queue(retries=1, backoff=600.0, ordered_lanes=1)
+    ok = q.enqueue(["app.ok", [], {}])
+    d = q.fetch(timeout=5)
+    time.sleep(0.3)
+    d.ack()
+    before = time.time()
+    grouped = q.enqueue(["app.grouped", [], {}], group="g")
+    d = q.fetch(timeout=5)
+    after = time.time()
+    gate = [lane for lane in shm_inspect.snapshot(q)["lanes"] if lane["ordered"]][0]
+    since = datetime.fromisoformat(gate["gate_since"]).timestamp()
+    assert gate["gate"] == "held" and gate["gate_job"] == grouped.id and before - 0.01 <= since <= after + 0.01
+    d.fail(ValueError("later"))  # it waits 600 s for its retry, holding the gate
+    gate = [lane for lane in shm_inspect.snapshot(q)["lanes"] if lane["ordered"]][0]
+    assert gate["gate"] == "held" and datetime.fromisoformat(gate["gate_since"]).timestamp() == since
+    job = by_id(ShmBackend(q).jobs())[ok.id]
+    assert 0.3 <= job["run_s"] < 30
+    started = datetime.fromisoformat(job["started_at"]).timestamp()
+    finished = datetime.fromisoformat(job["finished_at"]).timestamp()
+    assert abs(finished - started - job["run_s"]) < 0.01
+    assert grouped.delete()
+
+
+def test_the_newest_jobs_are_exact_on_a_busy_queue(make_queue):
+    """Between two reads far more log came in than one read used to take
+    (128 KiB): the newest `limit` jobs are still each read with their end,
+    and a reader bounded per call catches up over calls instead of skipping."""
+    from shmq.channel.history import LogHistory
+
+    q = make_queue(max_message_bytes=1 << 16, segment_bytes=1 << 20)
+    history = LogHistory(q, limit=200)
+    first = q.enqueue(["app.first", [], {}])
+    history.refresh()
+    held = q.fetch(timeout=5)  # its lease keeps the log from its record on (no retention meanwhile)
+    body = "x" * 2000
+    ids = [first.id]
+    for i in range(1500):  # ~3 MiB of log
+        ids.append(q.enqueue(["app.busy", [i, body], {}]).id)
+        q.fetch(timeout=5).ack()
+    history.refresh()
+    jobs = history.jobs()
+    newest = sorted(ids)[-200:]
+    assert [job["id"] for job in jobs] == newest[::-1]
+    assert {job["state"] for job in jobs} == {"done"}, [(j["id"], j["state"]) for j in jobs if j["state"] != "done"]
+    assert history.skipped_bytes > 0  # the older records were skipped, once there were enough newer ones
+
+    slow = LogHistory(q, limit=200, max_bytes_per_refresh=64 << 10)
+    calls = 0
+    while slow.position is None or slow.position < (q.log_stats()["tail"] & ~(1 << 63)):
+        slow.refresh()
+        calls += 1
+        assert calls < 100
+    assert calls > 3 and [job["id"] for job in slow.jobs()][:200] == newest[::-1]
+    assert {job["state"] for job in slow.jobs()} == {"done"}
+    held.ack()

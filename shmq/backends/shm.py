@@ -45,8 +45,10 @@ class ShmBackend(JobBackend):
     def enqueue(self, body: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
                 delay: Any = None, retries: int | None = None, timeout: float | None = None,
                 priority: int | None = None):
+        # An App's call, [task, args, kwargs]: counted under its task by the core (q.stats()["tasks"]).
+        task = body[0] if type(body) is list and len(body) == 3 and type(body[0]) is str else None
         return self.queue.enqueue(body, group=group, unique=unique, unique_until=unique_until, delay=delay,
-                                  retries=retries, timeout=timeout, priority=priority)
+                                  retries=retries, timeout=timeout, priority=priority, _task=task)
 
     def job(self, job_id: int):
         return self.queue.job(job_id)

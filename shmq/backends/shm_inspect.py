@@ -138,11 +138,12 @@ def job_list(q, history, limit: int) -> list[dict]:
         out.append(_merged(job, live))
     for live in table.values():  # in the table but older than the history read
         out.append(_merged({"id": live["job_id"], "task": None, "state": "waiting", "attempts": live["attempt"],
-                            "enqueued_at": None, "due_at": None, "finished_at": None, "group": None,
+                            "enqueued_at": None, "due_at": None, "finished_at": None, "started_at": None,
+                            "run_s": None, "group": None,
                             "unique": None, "errors": [], "bytes": live["bytes"]}, live))
     out.sort(key=lambda job: job["id"], reverse=True)
     for job in out:
-        for key in ("enqueued_at", "due_at", "finished_at"):
+        for key in ("enqueued_at", "due_at", "finished_at", "started_at"):
             job[key] = iso(job[key]) if isinstance(job[key], float) else job[key]
     return out[:limit]
 
@@ -192,6 +193,7 @@ def _lanes(q, lib, ffi, jobs: list[dict], participants: list[dict]) -> list[dict
                 job = by_entry.get(gate - 1)
                 lane["gate"], lane["gate_job"] = "held", job["job_id"] if job else None
             lane["gate_due_at"] = iso(info.gate_due_ns / 1e9) if info.gate_due_ns > 0 else None
+            lane["gate_since"] = iso(info.gate_since_ns / 1e9) if gate and info.gate_since_ns > 0 else None
         out.append(lane)
     return out
 

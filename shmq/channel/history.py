@@ -14,11 +14,13 @@ every few seconds (``keep()``). Anyone else (the dashboard, ``shmq jobs``)
 loads that file and reads the log on from where it ends.
 
 Bounds: the newest ``limit`` jobs (default 1000), finished jobs for at most
-``max_age`` seconds (default a week), and at most ``max_bytes_per_refresh``
-of log read per refresh (128 KiB, about a thousand records: a reader then
-skips ahead to the newest records, so the jobs of a busy queue are a sample,
-the newest; a job whose record was skipped is told by the core's status or
-not at all). Reading costs about 250 ms of CPU per MiB of log. A reader trusts nothing in the
+``max_age`` seconds (default a week). A refresh reads on from where the last
+one stopped, at most ``max_bytes_per_refresh`` (the rest next time), and
+skips ahead only when more than twice ``limit`` jobs' worth of log came in
+between (the log bytes per job are learnt from what was read): so the newest
+``limit`` jobs are exact (each of their records read) on a busy queue too,
+and a pass reads at most about 2 x ``limit`` jobs' records however fast they
+come. A reader trusts nothing in the
 log: a record counts only if its length, type, position and CRC32C are right
 (as recovery checks them); the history file is read only if it is ours and
 private, and one that does not parse is ignored (and written anew).
@@ -67,6 +69,17 @@ def task_of(body: Any) -> str | None:
     return None
 
 
+def _times(job: dict, info) -> None:
+    """A finished job's finish time, and its last attempt's start and run
+    time, from its entry in the result ring (the log's records carry no times
+    of a run)."""
+    if info.finished_ns:
+        job["finished_at"] = info.finished_ns / 1e9
+        if info.run_ns >= 0:
+            job["started_at"] = (info.finished_ns - info.run_ns) / 1e9
+            job["run_s"] = info.run_ns / 1e9
+
+
 class LogHistory:
     """The last ``limit`` jobs of one queue, as its log tells them.
 
@@ -74,21 +87,26 @@ class LogHistory:
     ``state`` (``waiting``, ``retrying``, ``done``, ``dead``: what the log
     says; the job table says more for jobs still there), ``enqueued_at``,
     ``due_at``, ``attempts``, ``group``, ``unique`` (the key's hash, hex),
-    ``errors`` (one per failed attempt: attempt, reason, error), ``bytes``.
+    ``errors`` (one per failed attempt: attempt, reason, error), ``bytes``,
+    and once finished ``finished_at``, ``started_at`` and ``run_s`` (its last
+    attempt's, from the result ring while it holds the job: None if it no
+    longer did when the job's end was read).
     """
 
     def __init__(self, queue, limit: int = 1000, max_age: float = 7 * 86400.0,
-                 max_bytes_per_refresh: int = 128 << 10):
+                 max_bytes_per_refresh: int = 16 << 20):
         self.queue = queue
         self.limit = limit
         self.max_age = max_age
         self.max_bytes = max_bytes_per_refresh
+        self.bytes_per_job = 256.0  # log bytes per job (all its records), learnt from what was read
         self.segment_bytes = queue.params.segment_bytes
         self.position: int | None = None
         self.skipped_bytes = 0  # log bytes never read (appended faster than max_bytes_per_refresh)
         self._jobs: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._payloads: dict[int, tuple[int, bytes]] = {}
         self._hole: tuple[int, float] | None = None
+        self._enqueues = 0
         self._changed = False
         self._saved_at = 0.0
         self.load()
@@ -181,7 +199,7 @@ class LogHistory:
         for job in self._jobs.values():
             if job["state"] in ("done", "dead") and job["finished_at"] is None:
                 if lib.shmq_job_status(handle, job["id"], info) in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
-                    job["finished_at"] = info.finished_ns / 1e9 if info.finished_ns else None
+                    _times(job, info)
 
     # ---------------------------------------------------------------- reading
 
@@ -196,15 +214,25 @@ class LogHistory:
         if start is not None and start < base:
             self.load()  # retention removed what we had not read: the supervisor's file may have it
             start = self.position
-        resync = start is None or start < base or tail - start > self.max_bytes
+        # The newest `limit` jobs are exact if every record from the first
+        # ENQUEUE of the limit-th newest job on is read: records further back
+        # are skipped only when more than twice the history's bound of jobs
+        # came in between (they would be trimmed anyway).
+        window = int(2 * self.limit * self.bytes_per_job)
+        if start is None or start < base or tail - start > window:
+            self._learn(directory, max(base, tail - min(window, 256 << 10)) & ~7, tail)
+            window = int(2 * self.limit * self.bytes_per_job)
+        resync = start is None or start < base or tail - start > window
         if resync:
-            begin = max(base, tail - self.max_bytes) & ~7
+            begin = max(base, tail - window) & ~7
             if start is not None and begin > start:
                 self.skipped_bytes += begin - start
             start = begin
+        first, self._enqueues = start, 0
+        stop_at = min(tail, start + self.max_bytes)  # the rest on the next call: it catches up
         S = self.segment_bytes
-        while start < tail:
-            end = min(tail, (start // S + 1) * S)
+        while start < stop_at:
+            end = min(stop_at, (start // S + 1) * S)
             stop = self._read_segment(directory, start, end, resync)
             resync = False
             if stop is None:
@@ -213,8 +241,23 @@ class LogHistory:
             start = stop
             break
         self.position = start
+        if self._enqueues >= 16:  # enough to learn from
+            self.bytes_per_job = max(64.0, (start - first) / self._enqueues)
 
-    def _read_segment(self, directory: str, start: int, end: int, resync: bool) -> int | None:
+    def _learn(self, directory: str, start: int, end: int) -> None:
+        """The log bytes per job, from the ENQUEUE records among [start, end)
+        (counted, not applied): how far back the newest `limit` jobs begin."""
+        self._enqueues, first, S = 0, start, self.segment_bytes
+        while start < end:
+            segment_end = min(end, (start // S + 1) * S)
+            self._read_segment(directory, start, segment_end, True, count_only=True)
+            start = segment_end
+        if self._enqueues:
+            self.bytes_per_job = max(64.0, (end - first) / self._enqueues)
+        self._enqueues = 0
+
+    def _read_segment(self, directory: str, start: int, end: int, resync: bool,
+                      count_only: bool = False) -> int | None:
         """Reads records [start, end) of one segment; the position it stopped
         at (an unwritten record), or None when it read to `end`."""
         S = self.segment_bytes
@@ -231,8 +274,12 @@ class LogHistory:
         while off + 8 <= len(data):
             length = self._valid(data, off, start + off, S)
             if length:
-                self._apply(data, off, length)
+                if not count_only:
+                    self._apply(data, off, length)
+                elif data[off + 4] == _REC_ENQUEUE:
+                    self._enqueues += 1
                 off += length
+                resync = count_only  # in step with the records now: a record cut at `end` is read next time
                 continue
             if resync or self._skip_hole(start + off):
                 off += 8  # find the next whole record at 8-byte steps
@@ -274,6 +321,7 @@ class LogHistory:
         body = data[off + _RECORD_HEADER: off + _RECORD_HEADER + body_bytes]
         self._changed = True
         if rtype == _REC_ENQUEUE and len(body) >= _ENQUEUE.size:
+            self._enqueues += 1
             self._enqueued(job_id, body)
         elif rtype == _REC_DONE:
             self._finished(job_id, "done")
@@ -402,13 +450,12 @@ class LogHistory:
                     state = "finished"  # not pending, its outcome no longer kept (its DONE not read)
                 elif status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
                     state = "done" if status == lib.SHMQ_JOB_DONE else "dead"
-                    if info.finished_ns:
-                        job["finished_at"] = info.finished_ns / 1e9
+                    _times(job, info)
                     if state == "done":
                         job["state"], job["due_at"] = state, None
                 elif status == lib.SHMQ_JOB_RUNNING and state not in ("done", "dead"):
                     state = "running"
-            out.append(dict(job, state=state, errors=list(job["errors"])))
+            out.append({"started_at": None, "run_s": None, **job, "state": state, "errors": list(job["errors"])})
         return out
 
     def body(self, job_id: int) -> Any:

@@ -323,6 +323,15 @@ class Delivery:
     def __repr__(self) -> str:
         return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r}>"
 
+    def _bind_task(self, name: str) -> None:
+        """This attempt runs task `name`: its end counts in that task's counters and histograms."""
+        queue = self.queue
+        slot = queue._task_slots.get(name)
+        if slot is None:
+            slot = queue._task_slot(name)
+        if slot >= 0:
+            self._c.task = slot + 1  # the ack or fail counts there
+
     def ack(self, result: Any = None) -> None:
         """The job is done; `result` is kept for Job.wait() (encoded with the
         queue's codec). Raises shmq.LeaseLost if the lease expired meanwhile."""
@@ -479,7 +488,26 @@ class JobsMixin:
         self._options_free: list = []
         self._prioritized = False  # shmq_priority_on done by this handle
         self.priority_aging = 0.25  # seconds a job waits per band behind higher bands, at most (see priority_lane)
+        self._task_slots: dict = {}
         self._has_jobs = self.params.jobs_capacity > 0
+
+    def _task_slot(self, name: str) -> int:
+        """The slot of a task's counters in shared memory (-1: none)."""
+        slot = self._task_slots.get(name)
+        if slot is None:
+            data = name.encode(errors="replace")
+            slot = lib.shmq_task_slot(self._live_handle(), data, len(data))
+            if slot >= 0 and len(self._task_slots) < 4096:
+                self._task_slots[name] = slot
+        return slot
+
+    def _task_enqueued(self, name: str) -> None:
+        """Counts a job of task `name` enqueued (its per-task counters, q.stats()["tasks"])."""
+        slot = self._task_slots.get(name)
+        if slot is None:
+            slot = self._task_slot(name)
+        if slot >= 0:
+            lib.shmq_task_enqueued(self._handle, slot, 1)  # the enqueue just used the handle
 
     def _jobs_handle(self):
         handle = self._live_handle()
@@ -494,7 +522,7 @@ class JobsMixin:
 
     def enqueue(self, obj: Any, *, group: Any = None, unique: Any = None, unique_until: str = "start",
                 delay: Any = None, retries: int | None = None, timeout: float | None = None,
-                priority: int | None = None) -> Job:
+                priority: int | None = None, _task: str | None = None) -> Job:
         """Enqueues a job and returns its Job handle.
 
         - ``group``: jobs of one group start in enqueue order, one at a time.
@@ -543,6 +571,13 @@ class JobsMixin:
                     raise errors.ConfigError(f"unique_until={unique_until!r} must be 'start' or 'finish'")
                 o.unique_hi, o.unique_lo = unique_hash(unique)
             o.unique_until_finish = unique_until == "finish"
+            if _task is None:
+                o.task = 0
+            else:  # counted under its task once accepted (q.stats()["tasks"])
+                slot = self._task_slots.get(_task)
+                if slot is None:
+                    slot = self._task_slot(_task)
+                o.task = slot + 1 if slot >= 0 else 0
             buf = data if type(data) is bytes else ffi.from_buffer(data)
             total_ns = _args.timeout_ns(timeout)
             budget = _Budget(total_ns, _first_wait(total_ns))

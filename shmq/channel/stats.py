@@ -78,6 +78,7 @@ def snapshot(queue, lanes: bool = False) -> dict:
         out["held"] = int(lib.shmq_admission_held(handle))
     out["wait_ns"] = percentiles(_buckets(handle, lib.SHMQ_HIST_WAIT), values["wait_max_ns"])
     out["run_ns"] = percentiles(_buckets(handle, lib.SHMQ_HIST_RUN), values["run_max_ns"])
+    out["tasks"] = tasks(handle) if queue._has_jobs else []
     if lanes:
         total = queue.params.lanes + queue.params.ordered_lanes
         out["lanes"] = []
@@ -87,6 +88,27 @@ def snapshot(queue, lanes: bool = False) -> dict:
             lane["lane"] = index
             lane["ordered"] = index >= queue.params.lanes
             out["lanes"].append(lane)
+    return out
+
+
+_TASK_COUNTERS = ("enqueued", "done", "failed", "retried", "dead")
+
+
+def tasks(handle) -> list[dict]:
+    """Per task (by name): counters and wait/run percentiles, every job counted by the core."""
+    s = ffi.new("shmq_task_stats *")
+    wait = ffi.new("uint64_t[]", lib.SHMQ_HIST_BUCKETS)
+    run = ffi.new("uint64_t[]", lib.SHMQ_HIST_BUCKETS)
+    out = []
+    for slot in range(lib.SHMQ_TASK_SLOTS):
+        if lib.shmq_task_read(handle, slot, s, wait, run) != 1:
+            continue
+        row = {"task": ffi.string(s.name).decode(errors="replace")}
+        row.update(zip(_TASK_COUNTERS, s.counts))
+        row["wait_ns"] = percentiles(list(wait), s.wait_max_ns)
+        row["run_ns"] = percentiles(list(run), s.run_max_ns)
+        out.append(row)
+    out.sort(key=lambda row: row["task"])
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import threading
 import time
 from typing import Any
@@ -293,19 +292,13 @@ def _release(d: Dashboard, params: dict) -> dict:
 def _drain(d: Dashboard, params: dict) -> dict:
     """SIGTERM to a worker of this directory's queues: it finishes its jobs and exits."""
     try:
-        pid = int(params.get("pid"))
+        int(params.get("pid"))
     except (TypeError, ValueError):
         raise errors.ArgumentError(f"pid={params.get('pid')!r} is not a process id") from None
-    rows = {p["pid"]: p for p in views.processes_report(d.path, d.backends())["processes"]}
-    row = rows.get(pid)
-    if row is None or not row["alive"] or row["role"] != "worker":
-        raise Refused(f"pid {pid} is not a live worker of the queues in {d.path} (see the processes page); "
-                      "only those are drained", 409)
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        raise Refused(f"worker {pid} exited meanwhile", 409) from None
-    return {"signalled": pid, "signal": "SIGTERM"}
+        return views.drain(d.path, d.backends(), params.get("pid"))  # the call `shmq ps --drain PID` makes
+    except errors.ArgumentError as exc:
+        raise Refused(str(exc), 409) from None
 
 
 _ACTIONS = {

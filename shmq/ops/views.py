@@ -16,6 +16,7 @@ naming the value and what is allowed.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 from typing import Any, Iterable
@@ -235,6 +236,53 @@ def _proc(pid: int) -> dict:
     return out
 
 
+def worker_pools(path: str) -> dict[int, dict]:
+    """{child pid: {"parent", "slot", "restarts"}} of the ``shmq worker``
+    pools of a data directory (each parent's ``workers.<pid>.json``; a file
+    whose parent is gone is ignored)."""
+    from shmq.tasks.worker import POOL_PREFIX
+
+    out: dict[int, dict] = {}
+    try:
+        names = [n for n in os.listdir(path) if n.startswith(POOL_PREFIX) and n.endswith(".json")]
+    except OSError:
+        return out
+    for name in names:
+        try:
+            parent = int(name[len(POOL_PREFIX):-len(".json")])
+            os.kill(parent, 0)
+            with open(os.path.join(path, name)) as f:
+                document = json.load(f)
+            for pid, child in document["children"].items():
+                out[int(pid)] = {"parent": parent, "slot": int(child["slot"]), "restarts": int(child["restarts"])}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            continue  # not ours, its parent gone, or being replaced: no restarts shown
+    return out
+
+
+def drain(path: str, backends: dict, pid: Any) -> dict:
+    """SIGTERM to a live worker of this directory's queues (``shmq ps --drain``,
+    the dashboard's drain): it finishes the jobs it holds and exits; a pool's
+    parent starts another in its place."""
+    import signal
+
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        raise errors.ArgumentError(f"pid={pid!r} is not a process id") from None
+    rows = {p["pid"]: p for p in processes_report(path, backends)["processes"]}
+    row = rows.get(pid)
+    if row is None or not row["alive"] or row["role"] != "worker":
+        what = "not attached to them" if row is None else ("dead" if not row["alive"] else f"a {row['role']}")
+        raise errors.ArgumentError(f"pid {pid} is not a live worker of the queues in {path} ({what}; "
+                                   "`shmq ps` lists them): only those are drained")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise errors.ArgumentError(f"worker {pid} exited meanwhile: nothing to drain") from None
+    return {"signalled": pid, "signal": "SIGTERM"}
+
+
 def processes_report(path: str, backends: dict) -> dict:
     """Processes attached to the queues of a data directory, one row per
     pid (``shmq ps --json``), and the directory's supervisor."""
@@ -263,7 +311,10 @@ def processes_report(path: str, backends: dict) -> dict:
                 if role not in row["roles"]:
                     row["roles"].append(role)
     supervisor = holder(path)
+    pools = worker_pools(path)
     for row in rows.values():
+        pool = pools.get(row["pid"])
+        row["pool"], row["restarts"] = (pool["parent"], pool["restarts"]) if pool else (None, None)
         if not row["roles"]:
             row["roles"] = ["supervisor"] if row["pid"] == supervisor else ["producer"]
         row["role"] = "worker" if "consumer" in row["roles"] else row["roles"][0]

@@ -20,6 +20,8 @@ in each process, for tasks that wait on I/O.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -28,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from shmq import _args, errors
+from shmq import _args, _fs, errors
 from shmq.tasks import admission
 from shmq.tasks.current import thread_cell
 
@@ -44,6 +46,7 @@ _FULL_WARN_EVERY = 30.0
 _DOWN_RETRY = 1.0
 # A worker that dies this soon after its start, repeatedly, is not restarted in a tight loop.
 _RESTART_PAUSE = 1.0
+POOL_PREFIX = "workers."  # <data dir>/workers.<parent pid>.json: a pool's children and their restarts
 # A worker whose parent died gives its running jobs this long, then exits (they run again elsewhere).
 _ORPHAN_GRACE = 1.0
 # How often a worker checks that its parent is still the process that started it.
@@ -141,6 +144,9 @@ def _run_one(app, delivery, task_of, watch: _Watch | None = None, cell: list | N
             f"(it has: {', '.join(sorted(app.tasks)) or 'none'}): start the worker with the module that "
             "defines it (the same code as the producers)"))
         return
+    bind = getattr(delivery, "_bind_task", None)
+    if bind is not None and not admitted:
+        bind(name)  # its end counts in the task's counters (q.stats()["tasks"])
     if not admitted and (task.admission is not None or delivery.pause_hint):
         _run_limited(app, delivery, task_of, task, name, args, kwargs, watch, cell)
         return
@@ -332,7 +338,7 @@ def _child_main(app, threads: int, lease: float | None, parent: int, watch: tupl
 
 
 class _Pool:
-    def __init__(self, app, processes: int, threads: int, lease: float | None):
+    def __init__(self, app, processes: int, threads: int, lease: float | None, directory: str | None = None):
         self.app = app
         self.processes = processes
         self.threads = threads
@@ -340,6 +346,7 @@ class _Pool:
         self.context = multiprocessing.get_context("fork")
         self.workers: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
+        self.restarts: dict[int, int] = {}
         self.replaced = 0
         self.host = None  # the bridge of an App whose jobs are in PostgreSQL (shmq.backends.pg.bridge)
         self.timed_out = 0
@@ -348,6 +355,28 @@ class _Pool:
         self.words = None
         if any(task.timeout is not None for task in app.tasks.values()):
             self.words = self.context.RawArray("q", processes * threads * _Watch.WORDS)
+        # Where `shmq ps` (and the dashboard) read each child's restarts.
+        self.pool_file = None if directory is None else os.path.join(directory, f"{POOL_PREFIX}{os.getpid()}.json")
+
+    def publish(self) -> None:
+        """Writes the pool's file: each child's pid, slot and restarts (temporary file, then rename)."""
+        if self.pool_file is None:
+            return
+        document = {"pid": os.getpid(), "app": self.app.name,
+                    "children": {str(p.pid): {"slot": slot, "restarts": self.restarts.get(slot, 0)}
+                                 for slot, p in self.workers.items()}}
+        try:
+            fd, tmp = _fs.open_temp(os.path.dirname(self.pool_file), "tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(document, f)
+            os.replace(tmp, self.pool_file)
+        except OSError as exc:  # statistics: a worker pool runs without them
+            log.warning("cannot write %s (%s): shmq ps shows no restarts for this pool", self.pool_file, exc)
+
+    def unpublish(self) -> None:
+        if self.pool_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.pool_file)
 
     def start_one(self, slot: int) -> None:
         watch = None
@@ -368,6 +397,7 @@ class _Pool:
         self.workers[slot] = process
         self.started_at[slot] = time.monotonic()
         log.info("worker %d started (pid %d)", slot, process.pid)
+        self.publish()
 
     def watch(self) -> None:
         """Replaces workers that died (and, on a bridged host, a bridge that died: with all its workers)."""
@@ -407,6 +437,7 @@ class _Pool:
             if time.monotonic() - self.started_at[slot] < _RESTART_PAUSE:
                 time.sleep(_RESTART_PAUSE)  # a worker that cannot even start must not spin the machine
             self.replaced += 1
+            self.restarts[slot] = self.restarts.get(slot, 0) + 1
             self.start_one(slot)
 
     def expire(self) -> None:
@@ -506,6 +537,7 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
     # down is waited for (SIGTERM/^C still stop the wait).
     _open_backend(app, threading.Event())
     location = app.backend.describe()["location"]
+    directory = location if app._backend_class.kind == "shm" else None  # where `shmq ps` reads the pool
     app.close()
     if app._backend_class.kind != "shm":
         # Timeouts that kill and periodic schedules live in the shared-memory queue's region and data
@@ -521,7 +553,7 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
                 "enqueue scheduled work from cron")
     stopping = threading.Event()
     previous = {signo: signal.signal(signo, lambda *_: stopping.set()) for signo in (signal.SIGTERM, signal.SIGINT)}
-    pool = _Pool(app, processes, threads, lease)
+    pool = _Pool(app, processes, threads, lease, directory)
     backend_class = app._backend_class
     if backend_class.kind == "postgres":
         # One PostgreSQL client for the host: the bridge claims jobs into a local queue that the
@@ -560,6 +592,7 @@ def run(app, processes: int = 1, threads: int = 1, grace: float = 30.0, lease: f
         if pool.host is not None:
             pool.host.stop()  # after the workers: it writes back what they finished
             app._backend_class = backend_class
+        pool.unpublish()
         for signo, handler in previous.items():
             signal.signal(signo, handler)
     log.info("stopped (%d worker(s) replaced while running)", pool.replaced)

@@ -97,6 +97,7 @@
     X(cancel_force_kills)            \
     X(cancel_lease_take)             \
     X(cancel_race)                   \
+    X(tasks_counted)                 \
     X(trust_fd_checks)               \
     X(trust_log_files)
 
