@@ -551,7 +551,7 @@ void shmq_jobs_end_cancelled(shmq_handle *h, shmq_job_entry *e, uint32_t index, 
     int ordered = (e->flags & SHMQ_JOBF_ORDERED) != 0;
     shmq_jobs_gate_open(h, e, index);
     if (!logged)
-        shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, e->attempt, 0, (const uint8_t *)"", 0);
+        shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, e->attempt, 0, (const uint8_t *)"", 0, -1);
     entry_store(e, SHMQ_JOB_FREE, 0, gen);
     if (ordered)
         shmq_wake_data(h); /* the lane's next job may start */

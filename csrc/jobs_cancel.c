@@ -137,7 +137,7 @@ static int cancel_queued(shmq_handle *h, uint64_t job_id, int *outcome)
     /* Its end, now (a recovery drops it; status and wait answer at once); the fetcher frees it unrun. */
     shmq_jobs_log_outcome(h, SHMQ_REC_DEAD, job_id, 0, 0, SHMQ_RETRY_CANCELLED, SHMQ_CANCELLED_TEXT,
                           sizeof SHMQ_CANCELLED_TEXT - 1);
-    shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, 0, 0, (const uint8_t *)"", 0);
+    shmq_result_put(h, job_id, SHMQ_JOB_CANCELLED, 0, 0, (const uint8_t *)"", 0, -1);
     *outcome = SHMQ_CANCEL_ENDED;
     return SHMQ_OK;
 }
