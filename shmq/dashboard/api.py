@@ -74,14 +74,14 @@ class Dashboard:
 
     def queue_list(self) -> list[dict]:
         with self.lock:
-            rows = views.queue_list(self.backends().values())
+            rows = views.queue_list(self.backends().values(), self.path)
             self._sample(rows)
             return rows
 
     def queue_detail(self, name: str) -> dict:
         with self.lock:
             backend = self.backend(name)
-            return views.queue_detail(backend)
+            return views.queue_detail(backend, self.path)
 
     def gate_groups(self, name: str, job_ids: list[int]) -> dict[int, str | None]:
         """The group of each job that holds an ordered lane's gate (from the recent jobs)."""

@@ -65,17 +65,36 @@ def check_limit(limit: Any, what: str = "limit") -> int:
 # ---------------------------------------------------------------- queues
 
 
-def queue_list(backends: Iterable) -> list[dict]:
+def queue_list(backends: Iterable, path: str | None = None) -> list[dict]:
     """One stats() dict per queue (each with ``name``, ``depth``, ``in_flight``,
-    ``dead_letters``, ``enqueued``, ``done``, ``failed``, ...)."""
-    return [backend.stats() for backend in backends]
+    ``dead_letters``, ``enqueued``, ``done``, ``failed``, ...), and with the
+    data directory `path`, its periodic tasks' next runs (``periodic``)."""
+    rows = []
+    for backend in backends:
+        stats = backend.stats()
+        if path is not None:
+            stats["periodic"] = periodic_rows(path, stats.get("name", backend.name))
+        rows.append(stats)
+    return rows
 
 
-def queue_detail(backend) -> dict:
-    """The inside of one queue (``shmq inspect --json``)."""
+def periodic_rows(path: str, name: str) -> list[dict]:
+    """The periodic tasks of queue `name` in `path`: task, schedule, next run."""
+    from shmq.tasks.periodic import listing
+
+    return [{k: row[k] for k in ("task", "schedule", "next")} for row in listing(path, [name])]
+
+
+def queue_detail(backend, path: str | None = None) -> dict:
+    """The inside of one queue (``shmq inspect --json``); with its data
+    directory `path`, its periodic tasks (``periodic``)."""
     s = backend.inspect()
     for part in s.get("participants", []):
         part.pop("started", None)
+    if path is not None and s.get("kind") != "postgres":
+        from shmq.tasks.periodic import listing
+
+        s["periodic"] = listing(path, [backend.name])
     return s
 
 

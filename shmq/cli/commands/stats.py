@@ -10,7 +10,7 @@ import sys
 import time
 
 from shmq.cli.commands import Command, Stopped, _raise_stopped
-from shmq.tasks.periodic import listing
+from shmq.ops import views
 from shmq.cli.commands._common import add_backend_argument, QueueSet, add_path_argument, check_queue, data_dir, duration, emit, flush, table, when
 
 STATS_DESCRIPTION = """\
@@ -96,7 +96,7 @@ class _Sampler:
         for name, q in attached.items():
             now = time.monotonic()
             stats = q.stats(lanes=self.lanes)
-            stats["periodic"] = [{k: row[k] for k in ("task", "schedule", "next")} for row in listing(self.path, [name])]
+            stats["periodic"] = views.periodic_rows(self.path, name)  # as the dashboard's /api/queues
             if rates:
                 stats["rates_per_second"] = self._rates(name, now, stats)
             out.append(stats)
