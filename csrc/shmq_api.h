@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #define SHMQ_MAGIC 0x31474552514d4853
-#define SHMQ_LAYOUT_VERSION 3
+#define SHMQ_LAYOUT_VERSION 4
 #define SHMQ_MSG_HEADER_BYTES 24
 #define SHMQ_MSG_REF 1
 #define SHMQ_MSG_SKIP 2
