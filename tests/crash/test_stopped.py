@@ -349,6 +349,38 @@ def test_stopped_unique_lock_holder_holds_up_no_consumer(make_queue, end):
     assert enqueue_all() == [True] * len(keys)
 
 
+def test_stopped_maintainer_holds_up_no_job_and_no_other_pass(make_queue):
+    """A process stopped inside the maintenance pass (holding the maintainer
+    and the mover roles, a due job just pushed into its lane): enqueues,
+    fetches, acks and other processes' passes go on (invariant 4)."""
+    q = make_queue(durability="os")
+    q._stop_maintenance()  # the stopped child is the one that moves the due job
+    q.enqueue("later", delay=0.05)
+    time.sleep(0.1)  # due (a wall-clock time, not a wait for another process)
+    maintainer = start("maintain", q.name, q.path, fault="move_after_push:1:stop")
+    others = []
+    try:
+        wait_stopped(maintainer)
+        others.append(start("unique", q.name, q.path, "k1,k2,k3", 1))
+        calls = json.loads(finish(others[-1], 20))
+        assert [c["error"] for c in calls] == [None] * 3 and max(c["took"] for c in calls) < 1.5, calls
+        others.append(start("consume", q.name, q.path, 4, 5))
+        report = json.loads(finish(others[-1], 20))
+        assert sorted(report["bodies"]) == ["k1", "k2", "k3", "later"]
+        assert report["slowest"]["fetch"] < 1.5 and report["slowest"]["finish"] < 1.5, report
+        others.append(start("maintain", q.name, q.path))  # another pass does what it may, and returns
+        finish(others[-1], 20)
+        assert state(maintainer.pid) in "tT", "the maintainer was woken: the test proves nothing"
+        os.kill(maintainer.pid, signal.SIGCONT)
+        finish(maintainer, 30)
+    finally:
+        reap(maintainer, *others)
+    q.maintain()
+    with pytest.raises(shmq.Empty):  # each job ran once
+        q.fetch(timeout=0.2)
+    assert q.stats()["unique_keys"] == 0
+
+
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
     """Whatever it holds when stopped (the flusher role, a log record, a
     lane slot, nothing), the other sync producers go on within a bound."""
