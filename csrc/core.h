@@ -113,6 +113,7 @@ struct shmq_handle {
     shmq_lane_metrics *metrics;        /* [lane_count] */
     shmq_job_entry *entries;           /* [job_slots] */
     shmq_unique_entry *unique;         /* [unique_slots] */
+    shmq_unique_change *unique_changes; /* [unique_slots] */
     shmq_result_entry *results;        /* [result_slots] */
     uint8_t *arena;                    /* [result_bytes] */
     shmq_admission_header *admission;  /* admission.c: pause, seats, rates */

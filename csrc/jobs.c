@@ -617,6 +617,12 @@ int shmq_jobs_references(const shmq_handle *h, unsigned index)
         uint64_t job = atomic_load_explicit(&h->unique[i].job, memory_order_relaxed);
         if ((job & SHMQ_UNIQUE_CLAIMED) && (job & 0x1FFFu) == index)
             return 1;
+        /* A change being written, or a claim's drop waiting: it names the index. */
+        uint64_t state = atomic_load_explicit(&h->unique_changes[i].state, memory_order_relaxed);
+        job = atomic_load_explicit(&h->unique_changes[i].job, memory_order_relaxed);
+        if (((state & SHMQ_CHANGE_FILLING) && (state & SHMQ_STATE_OWNER_MASK) == index) ||
+            (state && !(state & SHMQ_CHANGE_FILLING) && (job & SHMQ_UNIQUE_CLAIMED) && (job & 0x1FFFu) == index))
+            return 1;
     }
     return shmq_admission_references(h, index);
 }

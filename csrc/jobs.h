@@ -139,5 +139,7 @@ int shmq_unique_claim(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existi
 int shmq_unique_claim_until(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t *existing, int64_t deadline);
 void shmq_unique_set(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
 void shmq_unique_drop(shmq_handle *h, uint64_t hi, uint64_t lo, uint64_t job_id);
+/* Applies changes left waiting for the lock, if it is free (the maintenance pass). */
+void shmq_unique_settle(shmq_handle *h);
 
 #endif /* SHMQ_JOBS_H */

@@ -496,6 +496,7 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  *   shmq_lane_metrics[lane_count]            128 bytes each
  *   shmq_job_entry[job_slots]                384 bytes each
  *   shmq_unique_entry[unique_slots]          32 bytes each
+ *   shmq_unique_change[unique_slots]         32 bytes each: changes waiting for the lock
  *   shmq_result_entry[result_slots]          64 bytes each
  *   uint8 arena[result_bytes]                result bytes, a ring, padded to a cache line
  *   shmq_task_entry[SHMQ_TASK_SLOTS]         per-task counters and histograms
@@ -544,6 +545,14 @@ _Static_assert(sizeof(shmq_segment_header) == 56, "format");
  * record, else the job id. The key's hash is also in the job's ENQUEUE
  * record (unique_bytes = 16), so recovery rebuilds the table; unique jobs
  * travel by reference so that a consumer finds the key to free.
+ * Changes that must not wait (storing a job's id, freeing a key) are made
+ * under the lock when it is free; when it is held (by a stopped process,
+ * say) they go into the change list instead, and whoever holds the lock
+ * next applies them before it reads the table (unique.c). A change slot's
+ * state: 0 free --CAS writer--> FILLING | owner --store release--> SET or
+ * DROP --lock holder: TAKEN (drops), applied--> 0. unique_deferred counts
+ * the changes written; unique_drained is its value before the last full
+ * pass of a lock holder over the list (they differ: something may wait).
  *
  * Job control (csrc/jobs_cancel.c): an entry's `control` word holds what
  * was asked of its running job (SHMQ_JOBC_CANCEL, _FORCE; zeroed when the
@@ -609,8 +618,9 @@ typedef struct shmq_jobs_header {
     _Atomic uint64_t in_flight;        /* RUNNING entries */
     _Atomic uint64_t waiting;          /* WAITING entries */
     _Atomic uint32_t entry_cursor;     /* where claimers start looking for a FREE entry; relaxed hint */
-    uint32_t reserved0;
-    uint8_t reserved1[SHMQ_CACHE_LINE - 56];
+    _Atomic uint32_t unique_deferred;  /* changes written to the change list (wraps; compared for equality) */
+    _Atomic uint32_t unique_drained;   /* unique_deferred before the last full pass over the list */
+    uint8_t reserved1[SHMQ_CACHE_LINE - 60];
     /* Results: claimed ring entries and arena bytes (only grow). */
     alignas(SHMQ_CACHE_LINE) _Atomic uint64_t result_seq;
     _Atomic uint64_t arena_head;
@@ -717,6 +727,19 @@ typedef struct shmq_unique_entry {
     uint64_t reserved;
 } shmq_unique_entry;
 _Static_assert(sizeof(shmq_unique_entry) == 32, "format");
+
+/* A change of the unique table waiting for its lock (see "Unique keys"). */
+#define SHMQ_CHANGE_SET 1ull              /* store job as the key's job id (insert if absent) */
+#define SHMQ_CHANGE_DROP 2ull             /* free the key if its job is `job` */
+#define SHMQ_CHANGE_TAKEN 3ull            /* a DROP a lock holder is applying */
+#define SHMQ_CHANGE_FILLING (1ull << 63)  /* | owner: being written */
+typedef struct shmq_unique_change {
+    _Atomic uint64_t state;     /* 0 free; FILLING | owner; SET, DROP, TAKEN */
+    _Atomic uint64_t job;       /* a job id, or SHMQ_UNIQUE_CLAIMED | owner (a claim) */
+    _Atomic uint64_t hi;
+    _Atomic uint64_t lo;
+} shmq_unique_change;
+_Static_assert(sizeof(shmq_unique_change) == 32, "format");
 
 typedef struct shmq_result_entry {
     _Atomic uint64_t seq;       /* 2n + 1 while written, 2n + 2 published */

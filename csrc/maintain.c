@@ -205,6 +205,7 @@ int shmq_log_maintain(shmq_handle *h)
     shmq_log_enter(h);
     shmq_region_header *hdr = h->header;
     int rc = shmq_log_upkeep(h);
+    shmq_unique_settle(h); /* unique-key changes whose writers found the table's lock held */
     int64_t now = shmq_now_ns();
     if (maintainer_take(h)) {
         /* relaxed: a time stamp; the maintainer role orders the work. */

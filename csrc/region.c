@@ -98,7 +98,8 @@ static uint64_t jobs_bytes(const shmq_params *p)
     if (p->job_slots == 0)
         return 0;
     return sizeof(shmq_jobs_header) + sizeof(shmq_lane_metrics) * (uint64_t)p->lane_count +
-           sizeof(shmq_job_entry) * (uint64_t)p->job_slots + sizeof(shmq_unique_entry) * (uint64_t)p->unique_slots +
+           sizeof(shmq_job_entry) * (uint64_t)p->job_slots +
+           (sizeof(shmq_unique_entry) + sizeof(shmq_unique_change)) * (uint64_t)p->unique_slots +
            sizeof(shmq_result_entry) * (uint64_t)p->result_slots + shmq_align_up(p->result_bytes, SHMQ_CACHE_LINE) +
            sizeof(shmq_task_entry) * SHMQ_TASK_SLOTS + SHMQ_ADMISSION_BYTES;
 }
@@ -366,6 +367,8 @@ int shmq_handle_make(void *base, uint64_t size, shmq_handle **out /* OUT */)
         at += sizeof(shmq_job_entry) * (uint64_t)p.job_slots;
         h->unique = (shmq_unique_entry *)at;
         at += sizeof(shmq_unique_entry) * (uint64_t)p.unique_slots;
+        h->unique_changes = (shmq_unique_change *)at;
+        at += sizeof(shmq_unique_change) * (uint64_t)p.unique_slots;
         h->results = (shmq_result_entry *)at;
         at += sizeof(shmq_result_entry) * (uint64_t)p.result_slots;
         h->arena = at;

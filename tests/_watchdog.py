@@ -9,8 +9,10 @@ layer waits in slices of 100 ms), so this is what normally happens.
 A test stuck where no signal reaches it (SIGALRM blocked, or a C call that
 never returns to the interpreter) cannot be failed on its own. Then, a grace
 period after its timeout, this watchdog prints the test's name and its main
-thread's stack and ends the run, rather than leaving it stalled for ever.
-The grace is SHMQ_TEST_WATCHDOG_GRACE seconds (default 60).
+thread's stack and ends the process, rather than leaving it stalled for ever.
+In a pytest-xdist worker (tools/test) that ends the worker only: xdist
+reports the test as crashed and runs the rest in a new worker. In a plain
+run it ends the run. The grace is SHMQ_TEST_WATCHDOG_GRACE seconds (default 60).
 
 Loaded by tests/conftest.py, or with ``-p _watchdog`` (tests/ on sys.path).
 """
@@ -33,11 +35,14 @@ def _end_stuck_run(item, timeout: float, main_ident: int) -> None:
     capture = item.config.pluginmanager.getplugin("capturemanager")
     if capture is not None:
         capture.suspend_global_capture(item)  # else the message goes to pytest's capture file
+    worker = getattr(item.config, "workerinput", None)  # set in a pytest-xdist worker only
+    ends = (f"Worker {worker['workerid']} ends here; pytest-xdist reports the test as crashed and runs the "
+            "rest in a new worker." if worker else "The run ends here; the tests after it did not run.")
     sys.stderr.write(
         f"\n{'+' * 30} watchdog {'+' * 30}\n"
         f"{item.nodeid} did not return {_GRACE:g} s after its timeout of {timeout:g} s: SIGALRM "
         "could not interrupt it (the signal is blocked, or a C call never returns to Python).\n"
-        "The run ends here; the tests after it did not run. The stuck test's main thread:\n"
+        f"{ends} The stuck test's main thread:\n"
         f"{stack}{'+' * 70}\n"
     )
     sys.stderr.flush()

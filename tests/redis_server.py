@@ -46,31 +46,46 @@ def need_sidekiq() -> None:
 
 class RedisServer:
     def __init__(self, workdir, password: str | None = None):
-        import redis
-
         binary = need_redis_server()
-        self.port = free_port()
         self.password = password
         os.makedirs(workdir, exist_ok=True)
+        # A free port can be taken between our look and the server's bind (tests
+        # run in parallel, each with a server): then start again on another. The
+        # server that answers must be ours (its pid), never a neighbour's.
+        for attempt in range(5):
+            if self._start(binary, workdir):
+                return
+        with open(self.log) as f:
+            raise RuntimeError(f"redis-server did not start on any of 5 free ports:\n{f.read()}")
+
+    def _start(self, binary: str, workdir) -> bool:
+        import redis
+
+        self.port = free_port()
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(workdir)]
-        if password:
-            args += ["--requirepass", password]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.log = os.path.join(workdir, f"redis-{self.port}.log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.client = redis.Redis(host="127.0.0.1", port=self.port, password=password)
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         deadline = time.monotonic() + 15
         while True:
             try:
-                self.client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    with open(self.log) as f:
-                        raise RuntimeError(f"redis-server did not start:\n{f.read()}")
-                time.sleep(0.02)
+                if self.client.info("server")["process_id"] == self.proc.pid:
+                    return True
+            except (redis.exceptions.ConnectionError, redis.exceptions.AuthenticationError,
+                    redis.exceptions.ResponseError):
+                pass  # not up yet, or another's server on this port
+            if self.proc.poll() is not None:  # the port was taken: try another
+                self.stop()
+                return False
+            if time.monotonic() > deadline:
+                self.stop()
+                with open(self.log) as f:
+                    raise RuntimeError(f"redis-server did not start:\n{f.read()}")
+            time.sleep(0.02)
 
     @property
     def url(self) -> str:

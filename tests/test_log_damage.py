@@ -35,7 +35,11 @@ def make_log(path, name: str, snapshot: bool) -> None:
     q.put_many([payload(i) for i in range(JOBS)])
     q._snapshot_on_close = snapshot
     q.close()
-    posix_ipc.unlink_shared_memory(region_name(name, path))  # a reboot
+    posix_ipc.unlink_shared_memory(region_name(name, path))  # a reboot: the region goes, and its record
+    try:
+        os.unlink("/dev/shm" + region_name(name, path) + ".dir")
+    except FileNotFoundError:
+        pass
 
 
 def log_of(path, name: str = "d") -> str:

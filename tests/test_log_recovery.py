@@ -33,7 +33,12 @@ def make_log(path, name: str, count: int) -> list[tuple[int, int]]:
         q.put(payload(i))
     q._snapshot_on_close = False
     q.close()
+    # A reboot: the region goes, and the record of its directory beside it.
     posix_ipc.unlink_shared_memory(region_name(name, path))
+    try:
+        os.unlink("/dev/shm" + region_name(name, path) + ".dir")
+    except FileNotFoundError:
+        pass
     return enqueue_records(segments(path, name)[0])
 
 

@@ -61,14 +61,14 @@ STUCK_WITH_THE_ALARM_BLOCKED = """
 """
 
 
-def _run_pytest(tmp_path, source: str, data_path: str) -> tuple[subprocess.CompletedProcess, float]:
+def _run_pytest(tmp_path, source: str, data_path: str, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     test_file = tmp_path / "test_stuck.py"
     test_file.write_text(textwrap.dedent(source))
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"), STUCK_PATH=data_path,
                SHMQ_TEST_WATCHDOG_GRACE=str(GRACE), COLUMNS="300")
     command = [sys.executable, "-m", "pytest", str(test_file), "-c", os.path.join(ROOT, "pyproject.toml"),
                "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-p", "_watchdog", "-o", f"timeout={TIMEOUT}",
-               "-q"]
+               "-q", *extra]
     started = time.monotonic()
     # Bounded: a run that stalls is killed here and fails this test.
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
@@ -97,4 +97,17 @@ def test_a_test_no_signal_reaches_ends_the_run_with_its_name(tmp_path, qpath):
             in output), output
     assert "time.sleep(600)" in output, output  # the stuck test's stack
     assert "test_never_reached" not in output, output
+    assert elapsed < 120, elapsed
+
+
+def test_under_xdist_a_test_no_signal_reaches_ends_its_worker_only(tmp_path, qpath):
+    """As tools/test runs the suite: the watchdog ends the stuck test's worker;
+    xdist reports that test and runs the next in a new worker."""
+    result, elapsed = _run_pytest(tmp_path, STUCK_WITH_THE_ALARM_BLOCKED, qpath, "-p", "xdist", "-n", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert (f"test_stuck.py::test_blocks_the_alarm did not return {GRACE} s after its timeout of {TIMEOUT} s"
+            in output), output
+    assert "Worker gw0 ends here" in output, output
+    assert "1 failed, 1 passed" in output, output  # test_never_reached ran, in the new worker
     assert elapsed < 120, elapsed

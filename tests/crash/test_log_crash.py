@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,23 @@ def start(role: str, name: str, path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def begun(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """Waits until the actor prints its first line (it has begun its work, however
+    loaded the machine), and returns what it printed so far. Reads the pipe
+    itself, not through proc.stdout's buffer, so communicate() gets the rest."""
+    fd, got = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"actor {proc.args[2]} printed nothing in {timeout} s"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break  # it ended
+            got += chunk
+    return got.decode()
 
 
 def seqs(lines: str, word: str) -> list[int]:
@@ -75,12 +93,13 @@ def test_crash_loop_nothing_accepted_is_lost(tmp_path):
             producer = start("produce", name, tmp_path, str(next_seq), "400", mode)
             consumer = start("consume", name, tmp_path, mode)
             victim = rng.choice([producer, consumer])
-            time.sleep(rng.uniform(0.05, 0.4))
+            early = begun(producer)  # the kill comes while they work, not while Python starts
+            time.sleep(rng.uniform(0.0, 0.35))
             victim.send_signal(signal.SIGKILL)
             if victim is consumer:
                 consumer_kills += 1
             out, _ = producer.communicate(timeout=60)
-            accepted.update(seqs(out, "ok"))
+            accepted.update(seqs(early + out, "ok"))
             if victim is not consumer:
                 consumer.send_signal(signal.SIGKILL)  # it idles 2 s otherwise; a kill is as good
                 consumer_kills += 1
@@ -226,6 +245,7 @@ if __name__ == "__main__":
     assert flushes > 0, f"sync never flushed: {result.stderr[-1500:]}"
     assert flushes < 1200 * 0.9, f"{flushes} fdatasync calls for 1200 puts: no group commit"
     posix_ipc.unlink_shared_memory(region_name("sync", tmp_path))
+    os.unlink("/dev/shm" + region_name("sync", tmp_path) + ".dir")  # the record of its directory, too
 
 
 def test_snapshot_with_payloads_held_by_reference(tmp_path):

@@ -21,6 +21,7 @@ import threading
 import time
 
 import posix_ipc
+import pytest
 
 import shmq
 from shmq.channel.queue import region_name
@@ -120,7 +121,28 @@ def child_put_until(name: str, path: str, prefix: str, progress: str, stop: str)
     print(json.dumps({"count": i, "errors": errors}), flush=True)
 
 
-CHILDREN = {"put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
+def child_consume(name: str, path: str, count: str, timeout: str) -> None:
+    """Fetches `count` jobs with fetch(timeout=...) and finishes each: a body
+    starting with "d" is dead-lettered, the others acked. Reports the bodies
+    and the slowest fetch and finish, as one JSON line."""
+    q = shmq.Queue(name, path)
+    bodies, slowest = [], {"fetch": 0.0, "finish": 0.0}
+    for _ in range(int(count)):
+        t0 = time.monotonic()
+        d = q.fetch(timeout=float(timeout))
+        t1 = time.monotonic()
+        if d.body.startswith("d"):
+            d.fail("poison", retry=False)
+        else:
+            d.ack()
+        t2 = time.monotonic()
+        bodies.append(d.body)
+        slowest = {"fetch": max(slowest["fetch"], t1 - t0), "finish": max(slowest["finish"], t2 - t1)}
+    q.close()
+    print(json.dumps({"bodies": bodies, "slowest": slowest}), flush=True)
+
+
+CHILDREN = {"consume": child_consume, "put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
 
 
 # ---------------------------------------------------------------- the parent
@@ -279,6 +301,84 @@ def test_stopped_unique_lock_holder_fails_unique_enqueues_at_their_timeout(make_
         d.ack()
     # "held" once: its second enqueue found the first pending (a duplicate, not a second job).
     assert bodies == collections.Counter(["held", "k1", "k2"])
+
+
+@pytest.mark.parametrize("end", ["cont", "kill"])
+def test_stopped_unique_lock_holder_holds_up_no_consumer(make_queue, end):
+    """Consumers free keys (a fetch of unique_until="start", the ack or the
+    dead letter that ends a "finish" job) without waiting for a stopped
+    holder of the table's lock; each key is freed once it runs again or dies."""
+    q = make_queue(durability="os")
+    keys = [f"s{i}" for i in range(6)] + [f"f{i}" for i in range(6)] + [f"d{i}" for i in range(4)]
+
+    def enqueue_all() -> list[bool]:
+        return [q.enqueue(k, unique=k, unique_until="start" if k[0] == "s" else "finish", timeout=5).duplicate
+                for k in keys]
+
+    assert enqueue_all() == [False] * len(keys)
+    holder = start("unique", q.name, q.path, "held", 30, fault="unique_locked:1:stop")
+    consumer = None
+    try:
+        wait_stopped(holder)  # it holds the unique-key table's lock
+        consumer = start("consume", q.name, q.path, len(keys), 5)
+        report = json.loads(finish(consumer, 20))
+        assert state(holder.pid) in "tT", "the holder was woken: the test proves nothing"
+        assert sorted(report["bodies"]) == sorted(keys)
+        assert report["slowest"]["fetch"] < 1.5 and report["slowest"]["finish"] < 1.5, report
+        # Not freed early: the releases wait for the lock, and so do claims.
+        assert q.stats()["unique_keys"] == len(keys)
+        with pytest.raises(shmq.Timeout):
+            q.enqueue("again", unique="s0", timeout=0.3)
+        if end == "cont":
+            os.kill(holder.pid, signal.SIGCONT)  # its unlock applies what waits
+            assert json.loads(finish(holder, 30))[0]["error"] is None
+            assert q.stats()["unique_keys"] == 1  # "held", whose job is pending
+        else:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.communicate()
+            q.maintain()  # the lock is taken over from the dead holder, and what waits applied
+            assert q.stats()["unique_keys"] == 0  # it died before claiming "held"
+    finally:
+        reap(holder, *([consumer] if consumer else []))
+    # Every key freed, and once: each enqueues again, and its new job holds it.
+    assert enqueue_all() == [False] * len(keys)
+    held = q.enqueue("held", unique="held", timeout=5)
+    assert held.duplicate == (end == "cont")
+    q.maintain()
+    assert q.stats()["unique_keys"] == len(keys) + 1
+    assert enqueue_all() == [True] * len(keys)
+
+
+def test_stopped_maintainer_holds_up_no_job_and_no_other_pass(make_queue):
+    """A process stopped inside the maintenance pass (holding the maintainer
+    and the mover roles, a due job just pushed into its lane): enqueues,
+    fetches, acks and other processes' passes go on (invariant 4)."""
+    q = make_queue(durability="os")
+    q._stop_maintenance()  # the stopped child is the one that moves the due job
+    q.enqueue("later", delay=0.05)
+    time.sleep(0.1)  # due (a wall-clock time, not a wait for another process)
+    maintainer = start("maintain", q.name, q.path, fault="move_after_push:1:stop")
+    others = []
+    try:
+        wait_stopped(maintainer)
+        others.append(start("unique", q.name, q.path, "k1,k2,k3", 1))
+        calls = json.loads(finish(others[-1], 20))
+        assert [c["error"] for c in calls] == [None] * 3 and max(c["took"] for c in calls) < 1.5, calls
+        others.append(start("consume", q.name, q.path, 4, 5))
+        report = json.loads(finish(others[-1], 20))
+        assert sorted(report["bodies"]) == ["k1", "k2", "k3", "later"]
+        assert report["slowest"]["fetch"] < 1.5 and report["slowest"]["finish"] < 1.5, report
+        others.append(start("maintain", q.name, q.path))  # another pass does what it may, and returns
+        finish(others[-1], 20)
+        assert state(maintainer.pid) in "tT", "the maintainer was woken: the test proves nothing"
+        os.kill(maintainer.pid, signal.SIGCONT)
+        finish(maintainer, 30)
+    finally:
+        reap(maintainer, *others)
+    q.maintain()
+    with pytest.raises(shmq.Empty):  # each job ran once
+        q.fetch(timeout=0.2)
+    assert q.stats()["unique_keys"] == 0
 
 
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):

@@ -249,6 +249,11 @@ SETTINGS = settings(
 )
 
 
+# A fixed amount of work (derandomized: 80 runs of 50 steps, some in child
+# processes): 64-74 s in a two-worker run on a loaded 2-core machine, up to
+# 196 s with two busy loops beside it. The timeout guards against a hang; it
+# is no speed limit.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("capacity", [16, 32])
 def test_queue_matches_model(make_queue, qpath, capacity):
     # new_name() lets the fixture verify no region outlives the test.
