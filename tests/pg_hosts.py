@@ -86,6 +86,22 @@ def hang_first(key):
         alive = False
     _log("E", key, HOST, os.getpid(), repr(time.time()))
     return {"first_pid": first, "first_alive": alive, "pid": os.getpid()}
+
+
+@app.task
+def until_cancelled(key, seconds):
+    """Runs until its job is cancelled (then fails: the job ends cancelled), or `seconds` pass."""
+    _log("S", key, HOST, os.getpid(), repr(time.time()))
+    job = shmq.current_job()
+    job.progress(1, 2)
+    deadline = time.monotonic() + seconds
+    while not job.cancelled:
+        if time.monotonic() > deadline:
+            _log("E", key, HOST, os.getpid(), repr(time.time()))
+            return "not cancelled"
+        time.sleep(0.02)
+    _log("F", key, HOST, os.getpid(), repr(time.time()))
+    raise RuntimeError(f"{key} stopped: cancelled")
 '''
 
 

@@ -365,6 +365,36 @@ def test_failures_retries_dead_letters_and_delays_through_a_host(hosts_app, pg_s
     assert attempt == 3
 
 
+def test_cancel_reaches_a_job_running_on_a_host_and_force_kills_its_worker(hosts_app):
+    hosts, m = hosts_app()
+    polite = m.until_cancelled.enqueue("c1", 60)
+    hung = m.hang_first.enqueue("k")  # its first run sleeps 600 s and never looks
+    hosts.start("a", 2)
+    for key in ("c1", "k"):
+        wait_until(lambda: any(r[0] == "S" and r[1] == key for r in hosts.runs()), 30, f"{key} starts")
+    assert polite.cancel() is True
+    with pytest.raises(shmq.JobCancelled):
+        polite.wait(timeout=30)  # the task saw current_job().cancelled and failed: cancelled, never retried
+    assert [r[0] for r in hosts.runs() if r[1] == "c1"] == ["S", "F"]
+    assert polite.status() == "cancelled"
+    pid = next(r[3] for r in hosts.runs() if r[1] == "k")
+    assert hung.cancel(force=True) is True
+    assert hung.status() == "cancelled"
+    with pytest.raises(shmq.JobCancelled):
+        hung.wait(timeout=1)
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+    wait_until(gone, 10, lambda: f"the worker of the force-cancelled job (pid {pid}) is killed: {hosts.output('a')}")
+    assert m.work.enqueue("after", None, 0.0).wait(timeout=30) == ["after", "a"]  # the host runs on
+    assert [r[1] for r in hosts.runs()].count("k") == 1  # never ran again
+    assert m.app.backend.stats()["cancelled"] == 2
+
+
 def test_a_stopped_bridge_is_killed_with_its_workers_before_its_jobs_run_elsewhere(hosts_app):
     hosts, m = hosts_app()
     job = m.hang_first.enqueue("s")  # the first run hangs (600 s), a later one says if the first still lives

@@ -598,3 +598,56 @@ def test_an_idle_worker_asks_postgresql_about_twice_a_second(worker, tmp_path):
     found = re.search(r"(\d+) round trip\(s\) to PostgreSQL", (tmp_path / "worker.log").read_text())
     assert found, (tmp_path / "worker.log").read_text()
     assert int(found.group(1)) <= 2.4 * lived + 6, (found.group(1), lived)
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_cancel_on_a_schema_of_version_2_forced_and_of_a_killed_holder(pg):
+    """A schema made by the previous version gains cancel on open; force ends a running job so that its
+    holder can no longer finish it, and frees its unique key; a job cancelled while its holder was
+    killed (-9) ends cancelled when taken back, never runs again."""
+    dsn, schema, open_queue = pg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            for step in (1, 2):
+                for statement in pg_schema.MIGRATIONS[step]:
+                    conn.execute(statement.replace("{s}", f'"{schema}"'))
+            conn.execute(f'UPDATE "{schema}".schema_version SET version = 2')
+    with pytest.raises(shmq.SchemaError, match="version 2, older than 3"):
+        open_queue(auto_migrate=False)
+    backend = open_queue()  # migrates 2 -> 3
+    with psycopg.connect(dsn) as conn:
+        assert pg_schema.version(conn, schema) == 3
+    held = backend.enqueue("held", unique="k")
+    delivery = backend.fetch(timeout=5)
+    assert backend.cancel(held.id, force=True) is True
+    assert backend.status(held.id) == "cancelled" and delivery.cancelled
+    with pytest.raises(shmq.LeaseLost):
+        delivery.ack("too late")
+    assert backend.status(held.id) == "cancelled"
+    assert not backend.enqueue("again", unique="k").duplicate  # the cancelled job let its key go
+    backend.fetch(timeout=5).ack()
+
+    victim = backend.enqueue("victim")
+    context = multiprocessing.get_context("spawn")
+    taken = context.Queue()
+    holder = context.Process(target=_take_and_hold, args=(dsn, schema, backend.name, taken))
+    holder.start()
+    try:
+        assert taken.get(timeout=60)[0] == victim.id
+        assert backend.cancel(victim.id) is True
+        assert backend.status(victim.id) == "running"  # cancel asked: its holder decides
+        assert backend.cancel(victim.id) is False  # asked once
+        os.kill(holder.pid, signal.SIGKILL)
+    finally:
+        holder.join(30)
+        if holder.is_alive():
+            holder.kill()
+            holder.join()
+    wait_for(lambda: backend.maintain() or backend.status(victim.id) == "cancelled", 30, "the job taken back")
+    with pytest.raises(shmq.JobCancelled):
+        victim.wait(timeout=1)
+    with pytest.raises(shmq.Empty):
+        backend.fetch(timeout=0.3)
+    assert backend.stats()["cancelled"] == 2

@@ -357,6 +357,72 @@ class PostgresBackend(JobBackend):
     def job(self, job_id: int) -> PostgresJob:
         return PostgresJob(self, int(job_id))
 
+    # ------------------------------------------------------------ job control
+
+    def cancel(self, job_id: int, force: bool = False) -> bool:
+        """Cancels a pending job (see JobBackend.cancel). Ready (queued, or
+        scheduled): it ends "cancelled" at once, and fetchers never see it
+        again. Running: ``cancel_requested`` is set (its Delivery's
+        ``cancelled`` reads it; its failure ends it cancelled); with ``force``
+        it ends "cancelled" at once, so that its lease can no longer finish
+        it, and the host bridge that ran it kills the worker still holding it."""
+        if not isinstance(force, bool):
+            raise errors.ConfigError(f"force={force!r} must be True or False")
+        # One statement: a claim racing this cancel either committed first (the row is running: it is
+        # flagged) or finds the row cancelled (its FOR UPDATE SKIP LOCKED passes it by).
+        ends = "(state = 'ready' OR %(force)s)"
+        rows = self._query(
+            f"""WITH u AS (UPDATE {self._s}.jobs SET
+                           state = CASE WHEN {ends} THEN 'cancelled' ELSE state END,
+                           finished_at = CASE WHEN {ends} THEN now() ELSE finished_at END,
+                           owner = CASE WHEN {ends} THEN NULL ELSE owner END,
+                           lease_until = CASE WHEN {ends} THEN NULL ELSE lease_until END,
+                           progress = CASE WHEN {ends} THEN NULL ELSE progress END,
+                           unique_held = unique_held AND NOT {ends},
+                           cancel_requested = true
+                         WHERE id = %(id)s AND queue = %(q)s
+                           AND (state = 'ready' OR (state = 'running' AND (%(force)s OR NOT cancel_requested)))
+                         RETURNING id, state, grp),
+                     c AS (INSERT INTO {self._s}.counters AS c (queue, shard, cancelled)
+                           SELECT %(q)s, %(shard)s, 1 FROM u WHERE u.state = 'cancelled'
+                           ON CONFLICT (queue, shard) DO UPDATE SET cancelled = c.cancelled + 1)
+                SELECT id, CASE WHEN state = 'cancelled' THEN pg_notify(%(done)s, id::text) END,
+                       CASE WHEN state = 'cancelled' AND grp IS NOT NULL THEN pg_notify(%(jobs)s, '') END FROM u""",
+            {"id": int(job_id), "q": self.name, "force": force, "shard": self._shard, "done": self._results_channel,
+             "jobs": self._jobs_channel}, f"cancelling job {job_id} of queue {self.name!r}")
+        return bool(rows)
+
+    def take_over(self, lease: tuple):
+        raise errors.ConfigError(
+            f"queue {self.name!r} is in PostgreSQL (backend 'postgres'): taking a lease over from another process "
+            "(a worker pool's task timeout) needs the shared-memory backend. On PostgreSQL a hung task is killed "
+            "by the host bridge when its lease runs out, and the job runs again: drop timeout= from the task "
+            "and size lease_timeout instead")
+
+    def _job_progress(self, job_id: int) -> float | None:
+        rows = self._query(
+            f"SELECT progress FROM {self._s}.jobs WHERE id = %s AND queue = %s AND state = 'running'",
+            (int(job_id), self.name), f"reading the progress of job {job_id}", idempotent=True)
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def _set_progress(self, delivery: PostgresDelivery, fraction: float) -> bool:
+        rows = self._query(
+            f"""UPDATE {self._s}.jobs SET progress = %(p)s
+                WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s
+                  AND lease_until > now() RETURNING id""",
+            {"p": fraction, "id": delivery.id, "attempt": delivery.attempt, "owner": delivery._owner},
+            f"reporting the progress of job {delivery.id}", idempotent=True)
+        return bool(rows)
+
+    def _cancel_asked(self, delivery: PostgresDelivery) -> bool:
+        """True when the job of `delivery` was cancelled, or its lease is no longer ours."""
+        rows = self._query(
+            f"""SELECT cancel_requested FROM {self._s}.jobs
+                WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s""",
+            {"id": delivery.id, "attempt": delivery.attempt, "owner": delivery._owner},
+            f"reading whether job {delivery.id} was cancelled", idempotent=True)
+        return not rows or bool(rows[0][0])
+
     # ------------------------------------------------------------ consuming
 
     def _consumer_id(self) -> int:
@@ -479,8 +545,11 @@ class PostgresBackend(JobBackend):
     # ------------------------------------------------------------ finishing (PostgresDelivery)
 
     def _finish(self, delivery: PostgresDelivery, how: str, result_tag: int = 0, result: bytes = b"",
-                error: dict | None = None, delay: float = 0.0) -> bool:
-        """Ends an attempt we hold: done, retry or dead. False when the lease is no longer ours."""
+                error: dict | None = None, delay: float = 0.0) -> str | None:
+        """Ends an attempt we hold: done, retry or dead; a failure of a job
+        that was cancelled while it ran ends it cancelled instead. Returns the
+        job's new state ("done", "ready", "dead", "cancelled"); None when the
+        lease is no longer ours."""
         mine = ("id = %(id)s AND state = 'running' AND attempt = %(attempt)s AND owner = %(owner)s "
                 "AND lease_until > now()")
         params = {"id": delivery.id, "attempt": delivery.attempt, "owner": delivery._owner, "q": self.name,
@@ -490,27 +559,31 @@ class PostgresBackend(JobBackend):
         if how == "done":
             change = ("state = 'done', finished_at = now(), result_tag = %(tag)s, result = %(result)s, "
                       "unique_held = false")
-            counts, notify = "done", "done"
         elif how == "retry":
-            change = ("state = 'ready', run_at = now() + make_interval(secs => %(delay)s::float8), "
-                      "error = %(error)s::jsonb")
-            counts, notify = ("failed", "retried"), "jobs"
+            change = ("state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'ready' END, "
+                      "run_at = CASE WHEN cancel_requested THEN run_at "
+                      "ELSE now() + make_interval(secs => %(delay)s::float8) END, "
+                      "finished_at = CASE WHEN cancel_requested THEN now() END, "
+                      "unique_held = unique_held AND NOT cancel_requested, error = %(error)s::jsonb")
         else:
-            change = "state = 'dead', finished_at = now(), error = %(error)s::jsonb, unique_held = false"
-            counts, notify = ("failed", "dead"), "done"
-        counts = (counts,) if isinstance(counts, str) else counts
+            change = ("state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'dead' END, finished_at = now(), "
+                      "error = %(error)s::jsonb, unique_held = false")
+        # Counters by the state the job ends in: a failure counts as failed unless it ends cancelled.
+        counts = {"done": "u.state = 'done'", "failed": "u.state IN ('ready', 'dead')",
+                  "retried": "u.state = 'ready'", "dead": "u.state = 'dead'", "cancelled": "u.state = 'cancelled'"}
         # The end of a group's job may let the next of its group start: wake the fetchers too.
-        wake = ", pg_notify(%(jobs)s, '')" if delivery.group is not None and notify == "done" else ""
-        sets = ", ".join(f"{c} = c.{c} + 1" for c in counts)
+        wake = ", pg_notify(%(jobs)s, '')" if delivery.group is not None else ""
         rows = self._query(
-            f"""WITH u AS (UPDATE {self._s}.jobs SET {change}, owner = NULL, lease_until = NULL WHERE {mine}
-                           RETURNING id),
+            f"""WITH u AS (UPDATE {self._s}.jobs SET {change}, owner = NULL, lease_until = NULL, progress = NULL
+                           WHERE {mine} RETURNING id, state),
                      c AS (INSERT INTO {self._s}.counters AS c (queue, shard, {", ".join(counts)})
-                           SELECT %(q)s, %(shard)s, {", ".join("1" for _ in counts)} FROM u
-                           ON CONFLICT (queue, shard) DO UPDATE SET {sets})
-                SELECT id, pg_notify(%({notify})s, id::text){wake} FROM u""",
+                           SELECT %(q)s, %(shard)s, {", ".join(f"({v})::int" for v in counts.values())} FROM u
+                           ON CONFLICT (queue, shard) DO UPDATE SET
+                           {", ".join(f"{k} = c.{k} + excluded.{k}" for k in counts)})
+                SELECT state, pg_notify(CASE WHEN state = 'ready' THEN %(jobs)s ELSE %(done)s END, id::text){wake}
+                FROM u""",
             params, f"finishing job {delivery.id} of queue {self.name!r}")
-        return bool(rows)
+        return rows[0][0] if rows else None
 
     def _extend(self, delivery: PostgresDelivery, seconds: float) -> bool:
         rows = self._query(
@@ -537,16 +610,25 @@ class PostgresBackend(JobBackend):
                               AND l.database = (SELECT oid FROM pg_catalog.pg_database
                                                 WHERE datname = current_database())))
                     FOR UPDATE SKIP LOCKED),
-                u AS (UPDATE {self._s}.jobs AS t SET state = 'ready', owner = NULL, lease_until = NULL
-                      FROM x WHERE t.id = x.id RETURNING x.expired),
-                c AS (INSERT INTO {self._s}.counters AS c (queue, shard, lease_expired, consumer_died)
-                      SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE expired), count(*) FILTER (WHERE NOT expired)
+                -- a job cancelled while it ran ends cancelled instead of running again
+                u AS (UPDATE {self._s}.jobs AS t SET
+                        state = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'ready' END,
+                        finished_at = CASE WHEN t.cancel_requested THEN now() END,
+                        unique_held = t.unique_held AND NOT t.cancel_requested,
+                        owner = NULL, lease_until = NULL, progress = NULL
+                      FROM x WHERE t.id = x.id RETURNING x.expired, t.state),
+                c AS (INSERT INTO {self._s}.counters AS c (queue, shard, lease_expired, consumer_died, cancelled)
+                      SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE expired), count(*) FILTER (WHERE NOT expired),
+                             count(*) FILTER (WHERE state = 'cancelled')
                       FROM u HAVING count(*) > 0
                       ON CONFLICT (queue, shard) DO UPDATE SET lease_expired = c.lease_expired + excluded.lease_expired,
-                                                               consumer_died = c.consumer_died + excluded.consumer_died)
-            SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify(%(channel)s, '') END FROM u""",
+                                                               consumer_died = c.consumer_died + excluded.consumer_died,
+                                                               cancelled = c.cancelled + excluded.cancelled)
+            SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify(%(channel)s, '') END,
+                   CASE WHEN count(*) FILTER (WHERE state = 'cancelled') > 0 THEN pg_notify(%(done)s, '') END
+            FROM u""",
             {"q": self.name, "space": self._queue_space, "shard": self._shard,
-             "channel": self._jobs_channel}).fetchone()
+             "channel": self._jobs_channel, "done": self._results_channel}).fetchone()
         return rows[0]
 
     def _prune(self) -> int:
@@ -555,10 +637,10 @@ class PostgresBackend(JobBackend):
         for _ in range(100):
             rows = self._conn.execute(
                 f"""WITH old AS (
-                        (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state = 'done'
+                        (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state IN ('done', 'cancelled')
                            AND finished_at < now() - make_interval(secs => %(age)s::float8) LIMIT %(batch)s)
                         UNION
-                        (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state = 'done'
+                        (SELECT id FROM {self._s}.jobs WHERE queue = %(q)s AND state IN ('done', 'cancelled')
                          ORDER BY finished_at DESC OFFSET %(keep)s LIMIT %(batch)s)),
                     -- rows another pruner is deleting are left to it
                     mine AS (SELECT id FROM {self._s}.jobs WHERE id IN (SELECT id FROM old) FOR UPDATE SKIP LOCKED),
@@ -654,6 +736,9 @@ class PostgresBackend(JobBackend):
                 if tag == _TAG_NONE:
                     return None
                 return bytes(data) if tag == 0 else self._decode(tag, bytes(data))
+            if state == "cancelled":
+                raise errors.JobCancelled(f"job {job_id} of queue {self.name!r} was cancelled (job.cancel()): it "
+                                          "has no result", job_id)
             if state == "dead":
                 error = error or {}
                 raise errors.JobFailed(job_id, error.get("type", "Error"), error.get("message", ""),

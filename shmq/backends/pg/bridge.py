@@ -25,6 +25,10 @@ process beside its workers (shmq.tasks.worker). The bridge
 - forwards the jobs of the queue's outbox in its data directory
   (shmq.backends.pg.outbox), left by producers that exited while the
   server was down;
+- passes cancels on (looking every ``_CANCEL_EVERY`` seconds while it holds
+  jobs, one indexed query): a job cancelled while it runs here is cancelled
+  in the local queue too (its worker's ``current_job().cancelled`` is one
+  load), and the worker running a job cancelled with ``force`` is killed;
 - kills a worker whose job's local lease is about to run out (a hung task)
   before the local queue takes the job back: the job is then handed back to
   PostgreSQL as a consumer death, and runs again (anywhere) only once the
@@ -92,6 +96,8 @@ _RESULT_BYTES = 16 << 20
 _STALL = _HOLD / 2
 # The outbox of the queue in the bridge's data directory is looked at this often.
 _OUTBOX_EVERY = 1.0
+# While it holds jobs, the bridge looks for cancels of them this often (one query by primary key).
+_CANCEL_EVERY = 0.25
 # While PostgreSQL is unreachable, the bridge tries again this often.
 _RETRY_CONNECT = 0.5
 # Local outcome kinds (the result of the local job a worker acks).
@@ -142,6 +148,8 @@ class Bridge:
         self._next_reclaim = 0.0
         self._next_local = 0.0
         self._next_outbox = 0.0
+        self._next_cancels = 0.0
+        self._cancelled: set[int] = set()  # local ids already cancelled here
         self.box = None  # the outbox of the queue in this data directory, once one is there
         self._box_held: list = []
         self._down_since = None
@@ -232,7 +240,8 @@ class Bridge:
                                                 %(tags)s::smallint[], %(results)s::bytea[])
                                     AS v(id, attempt, owner, tag, result)),
                      u AS (UPDATE {s}.jobs AS t SET state = 'done', finished_at = now(), result_tag = v.tag,
-                                  result = v.result, unique_held = false, owner = NULL, lease_until = NULL
+                                  result = v.result, unique_held = false, owner = NULL, lease_until = NULL,
+                                  progress = NULL
                            FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
                              AND t.owner = v.owner RETURNING t.id),
                      c AS (INSERT INTO {s}.counters AS c (queue, shard, done)
@@ -247,24 +256,28 @@ class Bridge:
                                                 %(kinds)s::text[], %(errors)s::text[], %(delays)s::float8[])
                                     AS v(id, attempt, owner, kind, error, delay)),
                      u AS (UPDATE {s}.jobs AS t
-                           SET state = CASE WHEN v.kind = 'dead' THEN 'dead' ELSE 'ready' END,
-                               finished_at = CASE WHEN v.kind = 'dead' THEN now() END,
+                           SET state = CASE WHEN t.cancel_requested THEN 'cancelled'
+                                            WHEN v.kind = 'dead' THEN 'dead' ELSE 'ready' END,
+                               finished_at = CASE WHEN v.kind = 'dead' OR t.cancel_requested THEN now() END,
                                run_at = CASE WHEN v.kind = 'retry' THEN now() + make_interval(secs => v.delay)
                                              ELSE now() END,
                                error = coalesce(v.error::jsonb, t.error),
-                               unique_held = t.unique_held AND v.kind <> 'dead',
-                               owner = NULL, lease_until = NULL
+                               unique_held = t.unique_held AND v.kind <> 'dead' AND NOT t.cancel_requested,
+                               owner = NULL, lease_until = NULL, progress = NULL
                            FROM v WHERE t.id = v.id AND t.state = 'running' AND t.attempt = v.attempt
-                             AND t.owner = v.owner RETURNING v.kind),
-                     c AS (INSERT INTO {s}.counters AS c (queue, shard, failed, retried, dead, consumer_died)
-                           SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE kind <> 'requeue'),
+                             AND t.owner = v.owner
+                           RETURNING CASE WHEN t.state = 'cancelled' THEN 'cancelled' ELSE v.kind END AS kind),
+                     c AS (INSERT INTO {s}.counters AS c (queue, shard, failed, retried, dead, consumer_died,
+                                                         cancelled)
+                           SELECT %(q)s, %(shard)s, count(*) FILTER (WHERE kind IN ('retry', 'dead')),
                                   count(*) FILTER (WHERE kind = 'retry'), count(*) FILTER (WHERE kind = 'dead'),
-                                  count(*) FILTER (WHERE kind = 'requeue')
+                                  count(*) FILTER (WHERE kind = 'requeue'), count(*) FILTER (WHERE kind = 'cancelled')
                            FROM u HAVING count(*) > 0
                            ON CONFLICT (queue, shard) DO UPDATE SET
                                failed = c.failed + excluded.failed, retried = c.retried + excluded.retried,
                                dead = c.dead + excluded.dead,
-                               consumer_died = c.consumer_died + excluded.consumer_died)
+                               consumer_died = c.consumer_died + excluded.consumer_died,
+                               cancelled = c.cancelled + excluded.cancelled)
                 SELECT count(*), pg_notify(%(jobs)s, ''), pg_notify(%(done)s, '') FROM u"""
 
     def exchange(self, claim: bool) -> int:
@@ -345,6 +358,28 @@ class Bridge:
                     WHERE queue = %(q)s AND state = 'running' AND owner = ANY(%(owners)s::int[])""",
                 {"hold": _HOLD, "q": self.name, "owners": owners}, f"renewing the jobs of queue {self.name!r}")
 
+    def pass_cancels(self) -> int:
+        """Cancels in the local queue the held jobs cancelled in PostgreSQL (with force: the worker
+        running one is killed by the local cancel). Returns how many it passed on."""
+        by_pg = {entry[0]: local_id for local_id, entry in self.inflight.items() if local_id not in self._cancelled}
+        if not by_pg:
+            return 0
+        rows = self._query(
+            f"SELECT id, state = 'cancelled' FROM {self.pg._s}.jobs WHERE id = ANY(%(ids)s::bigint[]) "
+            "AND cancel_requested", {"ids": list(by_pg)}, f"looking for cancelled jobs of queue {self.name!r}")
+        for job_id, forced in rows:
+            local_id = by_pg[job_id]
+            self._cancelled.add(local_id)
+            try:
+                self.local.cancel_job(local_id, force=bool(forced))
+            except errors.ShmqError as exc:  # the local job ended meanwhile: its outcome tells PostgreSQL
+                log.warning("queue %r: cancel of job %d not passed to its worker: %s", self.name, job_id, exc)
+                continue
+            if forced:
+                self.killed += 1
+                log.warning("queue %r: job %d was cancelled with force: its worker was killed", self.name, job_id)
+        return len(rows)
+
     def reclaim(self) -> None:
         """Jobs of dead hosts (their session ended) or of hung bridges (their hold ran out): ready again."""
         pg = self.pg
@@ -401,7 +436,9 @@ class Bridge:
                     self.outcomes.append((kind, job_id, attempt, owner, kind, json.dumps(error), float(delay)))
                 else:
                     self.outcomes.append(("requeue", job_id, attempt, owner, "requeue", None, 0.0))
-            elif status in (lib.SHMQ_JOB_DEAD, lib.SHMQ_JOB_UNKNOWN):
+            elif status in (lib.SHMQ_JOB_DEAD, lib.SHMQ_JOB_UNKNOWN, lib.SHMQ_JOB_CANCELLED):
+                # A local job ended cancelled (a cancel passed on, its worker killed or failing): the row has
+                # cancel_requested, so the requeue below ends it cancelled (or finds it cancelled already).
                 # The worker died (or was killed, hung): the job goes back, ready now, attempt + 1 at its next start.
                 self.outcomes.append(("requeue", job_id, attempt, owner, "requeue", None, 0.0))
                 if status == lib.SHMQ_JOB_DEAD:
@@ -409,6 +446,7 @@ class Bridge:
             else:
                 continue
             del self.inflight[local_id]
+            self._cancelled.discard(local_id)
             count += 1
         if finished:
             self.local.dead_letters.purge(finished)
@@ -478,6 +516,9 @@ class Bridge:
             if now >= self._next_reclaim:
                 self._next_reclaim = now + _RECLAIM_EVERY
                 self.reclaim()
+            if self.inflight and now >= self._next_cancels:
+                self._next_cancels = now + _CANCEL_EVERY
+                self.pass_cancels()
             self.exchange(self._more or now >= self._next_poll)
         except errors.BackendUnavailable as exc:
             self._lost(exc)
@@ -615,8 +656,22 @@ class HostDelivery:
             wait = max(0.0, self.queue.retry_policy.delay(self.attempt)) if delay_s is None else delay_s
         else:
             kind, wait = "dead", 0.0
+        cancelled = self._local.cancelled  # passed on by the bridge: PostgreSQL ends it cancelled
         self._local.ack([_FAILED, kind, error_info(error), wait])
-        return kind
+        return "cancelled" if cancelled else kind
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the bridge passed on a cancel of this job (within about
+        _CANCEL_EVERY seconds of job.cancel()), or its local lease is no
+        longer ours: one load from shared memory."""
+        return self._local.cancelled
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Accepted and checked, not passed to PostgreSQL: a worker behind a
+        host bridge reports into the host's local queue only (``shmq inspect``
+        of that host shows it; ``Job.progress()`` on PostgreSQL stays None)."""
+        self._local.progress(done, total)
 
     def extend(self, seconds: float) -> None:
         self._local.extend(seconds)

@@ -44,6 +44,14 @@ class PostgresJob:
     def result(self, timeout: float | None = 0) -> Any:
         return self.queue.wait(self.id, timeout)
 
+    def cancel(self, force: bool = False) -> bool:
+        """See shmq.backends.base.JobBackend.cancel."""
+        return self.queue.cancel(self.id, force=force)
+
+    def progress(self) -> float | None:
+        """What the running job reported (0.0 .. 1.0), or None (not running, or nothing reported)."""
+        return self.queue._job_progress(self.id)
+
 
 class PostgresDelivery:
     """A job leased to this process (see shmq.backends.base)."""
@@ -108,7 +116,7 @@ class PostgresDelivery:
     def ack(self, result: Any = None) -> None:
         self._check_open()
         tag, data = self.queue._encode_result(result)
-        if not self.queue._finish(self, "done", result_tag=tag, result=data):
+        if self.queue._finish(self, "done", result_tag=tag, result=data) is None:
             self._lost("ack")
         self._finished = True
 
@@ -122,15 +130,36 @@ class PostgresDelivery:
             retry = False  # the same bytes would fail the same way on every attempt
         if retry and not self.last_attempt:
             wait = max(0.0, self.queue.retry_policy.delay(self.attempt)) if delay_s is None else delay_s
-            ok = self.queue._finish(self, "retry", error=info, delay=wait)
-            outcome = "retry"
+            state = self.queue._finish(self, "retry", error=info, delay=wait)
         else:
-            ok = self.queue._finish(self, "dead", error=info)
-            outcome = "dead"
-        if not ok:
+            state = self.queue._finish(self, "dead", error=info)
+        if state is None:
             self._lost("fail")
         self._finished = True
-        return outcome
+        return {"ready": "retry"}.get(state, state)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled (job.cancel()), or its lease is no
+        longer ours: one query to PostgreSQL each time it is read."""
+        return self.queue._cancel_asked(self)
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Reports progress: a fraction 0.0 .. 1.0, or `done` of `total`
+        (``Job.progress()`` reads it): one UPDATE, so report a few times a
+        second at most."""
+        for what, value in (("done", done), ("total", total)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value != value):
+                raise errors.ArgumentTypeError(f"progress {what}={value!r} must be a number")
+        fraction = done if total is None else (done / total if total else 0.0)
+        if not 0.0 <= fraction <= 1.0:
+            raise errors.ArgumentError(
+                f"progress {done!r}{'' if total is None else f' of {total!r}'} is {fraction:g}: give a fraction "
+                "from 0.0 to 1.0, or done and total with 0 <= done <= total")
+        self._check_open()
+        if not self.queue._set_progress(self, float(fraction)):
+            self._lost("progress")
 
     def extend(self, seconds: float) -> None:
         seconds = _seconds("seconds", seconds, _args.LEASE_MIN, _args.LEASE_MAX)

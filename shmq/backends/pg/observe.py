@@ -14,7 +14,7 @@ from shmq.backends.pg.connect import where
 __all__ = ["COUNTERS", "stats", "histogram", "inspect"]
 
 COUNTERS = ("enqueued", "started", "done", "failed", "retried", "dead", "deduplicated", "scheduled",
-            "lease_expired", "consumer_died")
+            "lease_expired", "consumer_died", "cancelled")
 
 # The histograms have the buckets of the shared-memory queue's (csrc/jobs_info.c), so that
 # shmq.ops.metrics reads both alike.

@@ -30,6 +30,18 @@ Version 2:
   (shmq.backends.pg.outbox), unique (a partial unique index), so that a job
   forwarded twice (its forwarder died between the insert and the outbox's
   ack) is inserted once.
+
+Version 3 (job control):
+
+- ``jobs.state`` may be ``cancelled`` (ended by ``cancel``: it never runs
+  again; kept for ``retention`` like a done job, so the finished-jobs index
+  covers both).
+- ``jobs.cancel_requested``: set by ``cancel`` on a running job; its
+  holder's ``Delivery.cancelled`` reads it, and the failure (or the taking
+  back) of such a job ends it cancelled instead of retrying it.
+- ``jobs.progress``: what the running attempt reported (0.0 .. 1.0),
+  cleared when the attempt ends.
+- ``counters.cancelled``.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from shmq import errors
 
 __all__ = ["VERSION", "MIGRATIONS", "migrate", "version", "lock_space", "check_name"]
 
-VERSION = 2
+VERSION = 3
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
@@ -121,6 +133,16 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE {s}.jobs ADD COLUMN origin text",
         "CREATE UNIQUE INDEX jobs_origin ON {s}.jobs (origin) WHERE origin IS NOT NULL",
+    ],
+    3: [
+        "ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check",
+        "ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check "
+        "CHECK (state IN ('ready', 'running', 'done', 'dead', 'cancelled'))",
+        "ALTER TABLE {s}.jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+        "ALTER TABLE {s}.jobs ADD COLUMN progress real",
+        "DROP INDEX {s}.jobs_done",
+        "CREATE INDEX jobs_done ON {s}.jobs (queue, finished_at) WHERE state IN ('done', 'cancelled')",
+        "ALTER TABLE {s}.counters ADD COLUMN cancelled bigint NOT NULL DEFAULT 0",
     ],
 }
 
