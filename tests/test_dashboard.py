@@ -202,17 +202,21 @@ def test_run_now_and_delete_from_the_cli_and_the_api(queue_with_jobs, server, qp
 
     done = cli("--delete", str(ids["flaky"]))
     assert done.returncode == 0 and f"job {ids['flaky']} of {q.name} deleted" in done.stdout, done.stderr
-    refused = cli("--delete", str(ids["waiting"]))
-    assert refused.returncode == 2 and "waits for no time" in refused.stderr and "nothing was changed" in refused.stderr
+    refused = cli("--delete", str(ids["flaky"]))  # dead now: not pending
+    assert refused.returncode == 2 and "is not pending" in refused.stderr and "nothing was changed" in refused.stderr
     status, answer = s.post("/api/actions/delete", {"queue": q.name, "ids": [ids["flaky"]]})
-    assert status == 409 and "only delayed and retrying jobs are deleted" in answer["error"]
+    assert status == 409 and "only waiting, delayed and retrying jobs are deleted" in answer["error"]
+    # A job waiting in a lane cannot leave the ring: it is cancelled, and a worker drops it unrun.
+    status, answer = s.post("/api/actions/delete", {"queue": q.name, "ids": [ids["waiting"]]})
+    assert status == 200 and answer == {"deleted": [ids["waiting"]], "not_waiting": []}
+    assert q.job(ids["waiting"]).status() == "cancelled"
     status, answer = s.post("/api/actions/delete", {"queue": q.name, "ids": [ids["later"]]})
     assert status == 200 and answer == {"deleted": [ids["later"]], "not_waiting": []}
     _, jobs = s.get(f"/api/jobs?queue={q.name}&state=dead")
     assert {j["id"]: j["errors"][-1]["error"] for j in jobs["jobs"]} == {
         ids["doomed"]: "KeyError: 'no such user'", ids["flaky"]: "Deleted: deleted with shmq jobs --delete",
         ids["later"]: "Deleted: deleted from the dashboard"}
-    ran = cli("--run-now", str(ids["waiting"]))
+    ran = cli("--run-now", str(ids["flaky"]))
     assert ran.returncode == 2 and "waits for no time" in ran.stderr
 
 

@@ -167,8 +167,10 @@ class JobBackend(abc.ABC):
         raise NotImplementedError(f"the {self.kind} backend cannot make a job due now")
 
     def delete(self, job_id: int, reason: str = "deleted") -> bool:
-        """A job waiting for its time ends dead (error type "Deleted"); False if none such."""
+        """A job waiting for its time ends dead (error type "Deleted"); one
+        waiting in line is cancelled (it never runs); False if none such."""
         raise NotImplementedError(f"the {self.kind} backend cannot delete a job")
+
     # Admission (shmq/tasks/admission.py): pause, concurrency seats, rate limits.
     # Not abstract, so a store without them says so when they are used.
 

@@ -120,7 +120,11 @@ class ShmBackend(JobBackend):
         return self.queue.job(job_id).run_now()
 
     def delete(self, job_id: int, reason: str = "deleted") -> bool:
-        return self.queue.job(job_id).delete(reason)
+        job = self.queue.job(job_id)
+        if job.delete(reason):
+            return True
+        # A job in a lane cannot be taken out of the ring: cancelled, the worker that meets it drops it unrun.
+        return job.status() == "queued" and self.queue.cancel_job(job_id)
 
     def _history(self):
         history = getattr(self, "_log_history", None)

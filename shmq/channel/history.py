@@ -48,7 +48,9 @@ _REC_TYPE_MAX = 9
 _TAIL = struct.Struct("<IIQQ")  # crc, body_bytes, seq, job_id (after the word)
 _ENQUEUE = struct.Struct("<qqIHBBHHI")
 _RETRY = struct.Struct("<qHHI")
-_REASONS = {1: "failed", 2: "consumer died", 3: "recovered"}
+_REASONS = {1: "failed", 2: "consumer died", 3: "recovered", 4: "held", 5: "cancelled"}
+_CANCELLED = 5  # SHMQ_RETRY_CANCELLED: the DEAD record of a cancelled job
+_FINAL = ("done", "dead", "cancelled")
 _SPILL = 1 << 63
 _CHUNK = 1 << 20
 _BODY_KEPT = 1024  # payload bytes kept per job, for its detail (the rest is in the log)
@@ -138,7 +140,7 @@ class LogHistory:
             return False  # damaged or of another shape: begin again from the log
         for job_id, job in jobs.items():
             have = self._jobs.get(job_id)
-            if have is None or (job["state"] in ("done", "dead") and have["state"] not in ("done", "dead")):
+            if have is None or (job["state"] in _FINAL and have["state"] not in _FINAL):
                 self._jobs[job_id] = job
                 if job_id in payloads:
                     self._payloads[job_id] = payloads[job_id]
@@ -188,7 +190,7 @@ class LogHistory:
             self._payloads.pop(old, None)
         oldest = time.time() - self.max_age
         for job_id in [j for j, job in self._jobs.items()
-                       if job["state"] in ("done", "dead") and (job["finished_at"] or job["enqueued_at"]) < oldest]:
+                       if job["state"] in _FINAL and (job["finished_at"] or job["enqueued_at"]) < oldest]:
             del self._jobs[job_id]
             self._payloads.pop(job_id, None)
 
@@ -197,7 +199,7 @@ class LogHistory:
         handle = self.queue._live_handle()
         info = ffi.new("shmq_result_info *")
         for job in self._jobs.values():
-            if job["state"] in ("done", "dead") and job["finished_at"] is None:
+            if job["state"] in _FINAL and job["finished_at"] is None:
                 if lib.shmq_job_status(handle, job["id"], info) in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
                     _times(job, info)
 
@@ -352,7 +354,7 @@ class LogHistory:
             if len(self._jobs) > self.limit:  # the oldest goes (the age limit is applied when saved)
                 old, _ = self._jobs.popitem(last=False)
                 self._payloads.pop(old, None)
-        elif job["state"] in ("done", "dead"):
+        elif job["state"] in _FINAL:
             return
         job["attempts"] = max(job["attempts"], attempt or 1)
         if not_before > time.time_ns():
@@ -426,7 +428,7 @@ class LogHistory:
         job["errors"].append({"attempt": attempt if dead else max(1, attempt - 1),
                               "reason": _REASONS.get(reason, str(reason)), "error": error})
         if dead:
-            job["state"], job["due_at"] = "dead", None
+            job["state"], job["due_at"] = ("cancelled" if reason == _CANCELLED else "dead"), None
         else:
             job["state"] = "retrying"
             job["attempts"] = max(job["attempts"], attempt)
@@ -444,16 +446,16 @@ class LogHistory:
         out = []
         for job in reversed(self._jobs.values()):
             state = job["state"]
-            if state not in ("done", "dead") or job["finished_at"] is None:
+            if state not in _FINAL or job["finished_at"] is None:
                 status = lib.shmq_job_status(handle, job["id"], info)
-                if status == lib.SHMQ_JOB_UNKNOWN and state not in ("done", "dead"):
+                if status == lib.SHMQ_JOB_UNKNOWN and state not in _FINAL:
                     state = "finished"  # not pending, its outcome no longer kept (its DONE not read)
-                elif status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD):
-                    state = "done" if status == lib.SHMQ_JOB_DONE else "dead"
+                elif status in (lib.SHMQ_JOB_DONE, lib.SHMQ_JOB_DEAD, lib.SHMQ_JOB_CANCELLED):
+                    state = {lib.SHMQ_JOB_DONE: "done", lib.SHMQ_JOB_DEAD: "dead"}.get(status, "cancelled")
                     _times(job, info)
                     if state == "done":
                         job["state"], job["due_at"] = state, None
-                elif status == lib.SHMQ_JOB_RUNNING and state not in ("done", "dead"):
+                elif status == lib.SHMQ_JOB_RUNNING and state not in _FINAL:
                     state = "running"
             out.append({"started_at": None, "run_s": None, **job, "state": state, "errors": list(job["errors"])})
         return out
@@ -474,7 +476,7 @@ class LogHistory:
         counts: dict[str, dict[str, int]] = {}
         for job in self._jobs.values():
             c = counts.setdefault(job["task"] or "-", {"jobs": 0, "waiting": 0, "delayed": 0, "retrying": 0,
-                                                       "done": 0, "dead": 0, "failed_attempts": 0})
+                                                       "done": 0, "dead": 0, "cancelled": 0, "failed_attempts": 0})
 
             c["jobs"] += 1
             c[job["state"]] += 1

@@ -276,8 +276,8 @@ def _delete(d: Dashboard, params: dict) -> dict:
     for job_id in _ids(params):
         (done if backend.delete(job_id, "deleted from the dashboard") else refused).append(job_id)
     if refused and not done:
-        raise Refused(f"job {', '.join(map(str, refused))} of queue {backend.name!r} waits for no time (it is "
-                      "waiting in a lane, running or finished): only delayed and retrying jobs are deleted", 409)
+        raise Refused(f"job {', '.join(map(str, refused))} of queue {backend.name!r} is not pending (it is running "
+                      "or finished): only waiting, delayed and retrying jobs are deleted", 409)
     return {"deleted": done, "not_waiting": refused}
 
 

@@ -27,7 +27,7 @@ from shmq.backends.shm_inspect import iso
 __all__ = ["JOB_STATES", "MAX_LIMIT", "queue_list", "queue_detail", "jobs_report", "dead_report",
            "dead_groups", "processes_report", "jsonable", "check_limit"]
 
-JOB_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "finished")
+JOB_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "cancelled", "finished")
 MAX_LIMIT = 10000  # jobs in one answer, at most
 
 

@@ -30,7 +30,7 @@ examples:
   shmq jobs emails --run-now 4096           a delayed or retrying job runs now
   shmq jobs emails --delete 4096            ... or never (it ends dead, error type Deleted)"""
 
-_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "finished")
+_STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "cancelled", "finished")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +62,13 @@ def _act(args: argparse.Namespace) -> int:
             job_id, done, what = args.delete, backend.delete(args.delete, "deleted with shmq jobs --delete"), "deleted"
     finally:
         backend.close()
-    if not done:
+    if not done and args.run_now is not None:
         raise CommandError(f"job {job_id} of queue {args.name} waits for no time (it is waiting in a lane, running, "
                            f"or finished; see 'shmq jobs {args.name} --id {job_id}'): nothing was changed")
+    if not done:
+        raise CommandError(f"job {job_id} of queue {args.name} is not pending (it is running or finished; see "
+                           f"'shmq jobs {args.name} --id {job_id}', and 'shmq cancel {job_id} --force' for a "
+                           "running one): nothing was changed")
     emit(f"job {job_id} of {args.name} {what}")
     flush()
     return 0
