@@ -239,6 +239,7 @@ uint32_t shmq_jobs_list(const shmq_handle *h, shmq_job_info *out, uint32_t capac
         if (kind == SHMQ_JOB_RUNNING_KIND || kind == SHMQ_JOB_FINISHING) {
             /* relaxed: a lone word (see shmq_extend). */
             info->lease_left_ns = atomic_load_explicit(&e->deadline_ns, memory_order_relaxed) - now;
+            info->gen = shmq_job_gen(s); /* of the same load as owner: names the lease we saw */
             if (owner && owner < h->participant_capacity)
                 /* relaxed: a look at who holds it. */
                 info->owner_pid = atomic_load_explicit(&h->participants[owner].pid, memory_order_relaxed);

@@ -441,6 +441,7 @@ typedef struct shmq_job_info {
     int64_t enqueued_ns;       /* CLOCK_REALTIME */
     int64_t due_ns;            /* waiting: CLOCK_REALTIME */
     int64_t lease_left_ns;     /* running: until the lease expires */
+    uint64_t gen;              /* running: the lease's generation (for shmq_lease_take) */
     uint32_t entry;
     uint32_t owner_pid;        /* running: the consumer's pid */
     uint32_t lane;

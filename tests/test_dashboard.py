@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+import shmq
+
 pytest.importorskip("starlette", reason="the dashboard extra: pip install -e '.[test]'")
 
 from dashboard_server import Server  # noqa: E402
@@ -299,3 +301,65 @@ def test_queue_page_names_the_group_holding_an_ordered_lane(make_queue, server):
     status, page = server().get(f"/queues/{q.name}")
     assert status == 200
     assert f'by job <a href="/jobs/{q.name}/{job.id}">{job.id}</a> of group <strong class="gate-group">user-42</strong>' in page
+
+
+HUNG = """
+import sys, time, shmq
+q = shmq.Queue(sys.argv[1], path=sys.argv[2])
+d = q.fetch(timeout=30)
+print(d.id, d.attempt, flush=True)
+time.sleep(120)
+"""
+
+
+def test_release_takes_an_ordered_job_from_a_hung_consumer(make_queue, server, qpath):
+    """A consumer alive but stuck inside its lease (sleeping) holds an ordered
+    lane's job: release, from the CLI and then from the API, takes the lease,
+    kills that process (-9) and fails the attempt, so the job runs again at
+    once elsewhere (attempt + 1), never twice, and the group's next job only
+    after it. Read-only refuses; every release is audited."""
+    q = make_queue(ordered_lanes=1, retries=5, lease_timeout=600.0)
+    first = q.enqueue(["app.a", [], {}], group="g")
+    second = q.enqueue(["app.b", [], {}], group="g")
+    s = server()
+    procs = []
+
+    def hung() -> tuple[subprocess.Popen, list[int]]:
+        p = subprocess.Popen([sys.executable, "-c", HUNG, q.name, qpath], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p, [int(x) for x in p.stdout.readline().split()]
+
+    try:
+        p1, got = hung()
+        assert got == [first.id, 1]
+        refused = server(read_only=True).post("/api/actions/release", {"queue": q.name, "job_id": first.id})
+        assert refused[0] == 403 and p1.poll() is None
+        cli = subprocess.run([sys.executable, "-m", "shmq", "jobs", q.name, "--path", qpath,
+                              "--release", str(first.id)], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert f"pid {p1.pid} killed" in cli.stdout and "attempt 1 failed" in cli.stdout, cli.stdout
+        assert p1.wait(30) == -9
+        p2, got = hung()  # elsewhere: the same job again, the group's next one still behind it
+        assert got == [first.id, 2]
+        status, answer = s.post("/api/actions/release", {"queue": q.name, "job_id": second.id})
+        assert status == 409 and "is not running" in answer["error"], answer
+        status, answer = s.post("/api/actions/release", {"queue": q.name, "job_id": first.id})
+        assert status == 200 and answer == {"queue": q.name, "job_id": first.id, "attempt": 2, "owner_pid": p2.pid,
+                                            "killed": p2.pid, "outcome": "retry"}, answer
+        assert p2.wait(30) == -9
+        d = q.fetch(timeout=10)
+        assert (d.id, d.attempt) == (first.id, 3)
+        with pytest.raises(shmq.Empty):  # the lane's gate: b waits for a
+            q.fetch(timeout=0.2)
+        d.ack()
+        d = q.fetch(timeout=10)
+        assert (d.id, d.attempt) == (second.id, 1)
+        d.ack()
+        audited = [json.loads(line) for line in open(os.path.join(qpath, "dashboard-audit.log"))]
+        assert [(a["action"], "error" in a["outcome"]) for a in audited] == [
+            ("release", True), ("release", True), ("release", False)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -282,8 +282,16 @@ def _delete(d: Dashboard, params: dict) -> dict:
 
 
 def _release(d: Dashboard, params: dict) -> dict:
-    """Leases of dead consumers and of leases past their deadline taken back now (the supervisor's pass)."""
+    """With job_id: that running job's lease taken back from its dead or hung
+    holder, which is killed (``shmq jobs NAME --release ID``); without:
+    leases of dead consumers and of leases past their deadline taken back now
+    (the supervisor's pass)."""
     backend = d.backend(str(params.get("queue", "")))
+    if params.get("job_id") is not None:
+        try:
+            return views.release(d.path, {backend.name: backend}, backend.name, params["job_id"])
+        except errors.ArgumentError as exc:
+            raise Refused(str(exc), 409) from None
     before = backend.stats()["in_flight"]
     backend.maintain()
     return {"in_flight_before": before, "in_flight_after": backend.stats()["in_flight"]}

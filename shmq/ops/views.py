@@ -302,6 +302,92 @@ def drain(path: str, backends: dict, pid: Any) -> dict:
     return {"signalled": pid, "signal": "SIGTERM"}
 
 
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (or is a zombie waiting for its parent), within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in (b"Z", b"X"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def release(path: str, backends: dict, name: str, job_id: Any) -> dict:
+    """Takes back the lease of running job `job_id` of queue `name` from its
+    holder, dead or hung (``shmq jobs NAME --release ID``, the dashboard's
+    release): the lease becomes this process's (the holder's ack and fail can
+    no longer land), the holder is killed with SIGKILL if it is alive (only a
+    process of this user attached to that queue), and then the attempt fails
+    with shmq.LeaseLost, so the job runs again at once (attempt + 1; dead if
+    it was the last) and never twice at once. An ordered lane's gate passes
+    on as after any failed attempt."""
+    import signal
+
+    try:
+        job_id = int(job_id)
+    except (TypeError, ValueError):
+        raise errors.ArgumentError(f"job id {job_id!r} is not an integer") from None
+    backend = backends[name]
+    from shmq._lib import ffi, lib
+
+    queue = getattr(backend, "queue", None)
+    if queue is None or not hasattr(queue, "_live_handle"):
+        raise errors.ArgumentError(f"queue {name!r} keeps its jobs outside shared memory: release a lease there "
+                                   "with 'shmq maintain' (a dead holder's lease) or by ending the holder")
+    capacity = queue.params.jobs_capacity
+    entries = ffi.new("shmq_job_info[]", max(1, capacity))
+    count = lib.shmq_jobs_list(queue._live_handle(), entries, capacity) if capacity else 0
+    found = [entries[i] for i in range(count) if entries[i].job_id == job_id]
+    if not found or found[0].kind != 2:  # 2: running
+        state = backend.status(job_id)
+        raise errors.ArgumentError(f"job {job_id} of queue {name!r} is not running (it is {state}; see 'shmq jobs "
+                                   f"{name} --id {job_id}'): only a running job's lease is released; nothing was changed")
+    e = found[0]
+    pid, lease = e.owner_pid, (e.job_id, e.entry, e.gen)
+    rows = {p["pid"]: p for p in processes_report(path, {name: backend})["processes"]}
+    row = rows.get(pid)
+    alive = row is not None and row["alive"]
+    if alive and _uid(pid) != os.getuid():
+        raise errors.ArgumentError(f"job {job_id} of queue {name!r} is held by pid {pid}, a process of uid "
+                                   f"{_uid(pid)}, not of this user (uid {os.getuid()}): release it as that user; nothing was changed")
+    if pid and row is None:
+        raise errors.ArgumentError(f"job {job_id} of queue {name!r} is held by pid {pid}, which is not attached to "
+                                   f"queue {name!r} in {path} ('shmq ps' lists those): nothing was changed")
+    delivery = backend.take_over(lease)
+    if delivery is None:
+        raise errors.ArgumentError(f"job {job_id} of queue {name!r} finished or was taken back meanwhile: "
+                                   "nothing to release")
+    killed = None
+    if alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed = pid
+        except ProcessLookupError:
+            pass
+        if killed and not _gone(pid, 10.0):
+            # Still ours: its lease ends in a minute and the job runs again then, never twice at once.
+            raise errors.ArgumentError(f"pid {pid} (holding job {job_id} of queue {name!r}) was sent SIGKILL but "
+                                       "has not exited after 10 s (in uninterruptible sleep?): the job runs again "
+                                       "within a minute, once the lease taken back ends")
+    outcome = delivery.fail(errors.LeaseLost(f"lease of job {job_id} released from pid {pid}"
+                                             + (" (killed)" if killed else " (dead)")), delay=0.0)
+    return {"queue": name, "job_id": job_id, "attempt": delivery.attempt, "owner_pid": pid, "killed": killed,
+            "outcome": outcome}
+
+
 def processes_report(path: str, backends: dict) -> dict:
     """Processes attached to the queues of a data directory, one row per
     pid (``shmq ps --json``), and the directory's supervisor."""

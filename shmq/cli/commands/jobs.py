@@ -28,7 +28,8 @@ examples:
   shmq jobs emails --state running          what runs now, where
   shmq jobs emails --task myapp.send --error TimeoutError --json
   shmq jobs emails --run-now 4096           a delayed or retrying job runs now
-  shmq jobs emails --delete 4096            ... or never (it ends dead, error type Deleted)"""
+  shmq jobs emails --delete 4096            ... or never (it ends dead, error type Deleted)
+  shmq jobs emails --release 4096           a running job's hung holder is killed; the job runs again"""
 
 _STATES = ("waiting", "delayed", "retrying", "running", "done", "dead", "cancelled", "finished")
 
@@ -51,9 +52,33 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="instead of listing: make this delayed or retrying job due now")
     act.add_argument("--delete", metavar="ID", type=_int_arg(0, (1 << 64) - 1),
                      help="instead of listing: delete this delayed or retrying job (it ends dead, error type Deleted)")
+    act.add_argument("--release", metavar="ID", type=_int_arg(0, (1 << 64) - 1),
+                     help="instead of listing: take back the lease of this running job from its dead or hung holder "
+                     "(a process of this user attached to the queue, killed with SIGKILL); the attempt fails and "
+                     "the job runs again at once (attempt + 1), never twice at once")
+
+
+def _release(args: argparse.Namespace) -> int:
+    from shmq.ops.views import release
+
+    path = data_dir(args)
+    backend = open_jobs(args.name, path, read_only=False)
+    try:
+        outcome = release(path, {args.name: backend}, args.name, args.release)
+    except errors.ArgumentError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        backend.close()
+    how = f"pid {outcome['owner_pid']} killed" if outcome["killed"] else f"pid {outcome['owner_pid']} was dead"
+    then = "runs again" if outcome["outcome"] == "retry" else f"is {outcome['outcome']} (that was its last attempt)"
+    emit(f"job {args.release} of {args.name} released ({how}): attempt {outcome['attempt']} failed, the job {then}")
+    flush()
+    return 0
 
 
 def _act(args: argparse.Namespace) -> int:
+    if args.release is not None:
+        return _release(args)
     backend = open_jobs(args.name, data_dir(args), read_only=False)
     try:
         if args.run_now is not None:
@@ -85,7 +110,7 @@ def report(backend, args: argparse.Namespace) -> dict:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    if args.run_now is not None or args.delete is not None:
+    if args.run_now is not None or args.delete is not None or args.release is not None:
         return _act(args)
     backend = open_jobs(args.name, data_dir(args))
     try:
