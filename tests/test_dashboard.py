@@ -341,6 +341,8 @@ def test_release_takes_an_ordered_job_from_a_hung_consumer(make_queue, server, q
         assert p1.wait(30) == -9
         p2, got = hung()  # elsewhere: the same job again, the group's next one still behind it
         assert got == [first.id, 2]
+        status, page = s.get(f"/jobs?queue={q.name}&state=running")
+        assert status == 200 and f'data-action="release" data-queue="{q.name}" data-job-id="{first.id}"' in page
         status, answer = s.post("/api/actions/release", {"queue": q.name, "job_id": second.id})
         assert status == 409 and "is not running" in answer["error"], answer
         status, answer = s.post("/api/actions/release", {"queue": q.name, "job_id": first.id})

@@ -84,6 +84,7 @@
     const params = {queue: d.queue};
     if (d.ids) params.ids = d.ids.split(",").map(Number);
     if (d.pid) params.pid = Number(d.pid);
+    if (d.jobId) params.job_id = Number(d.jobId);
     if (d.selected) params.ids = Array.from(document.querySelectorAll("input.select:checked")).map(x => Number(x.value));
     if (d.allMatching) { params.all_matching = true; params.task = d.task; params.error_type = d.errorType; }
     try {
