@@ -2,7 +2,10 @@
 """Child processes for the crash tests: run as a script, report on stdout.
 
     produce NAME PATH FIRST COUNT single|batch   "ok <seq>" after each put returns
-    consume NAME PATH single|batch               "got <seq>" per item, until 2 s idle
+    consume NAME PATH single|batch [alone]       "got <seq>" per item, until 2 s idle; alone: the
+                                                 process runs no maintenance thread, so a fault can
+                                                 fire only in the consuming thread, never while it
+                                                 holds items get() returned but not yet reported
     block NAME PATH                              "ready", then get() forever
     create NAME PATH ID                          open (create or attach), put ID
 
@@ -64,6 +67,8 @@ def consume(q: shmq.Queue, mode: str) -> None:
 def main(argv: list[str]) -> None:
     role, name, path = argv[:3]
     q = shmq.Queue(name, path)
+    if role == "consume" and argv[4:] == ["alone"]:
+        q._stop_maintenance()
     if role == "produce":
         produce(q, int(argv[3]), int(argv[4]), argv[5])
     elif role == "consume":
