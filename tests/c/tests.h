@@ -58,6 +58,7 @@
     X(log_fork_while_mapping)      \
     X(stall_flusher_taken_over)    \
     X(stall_segment_maker_taken_over) \
+    X(stall_log_writer_voided)     \
     X(stall_unique_lock_holder)    \
     X(stall_unique_changes_race)   \
     X(jobs_round_trip)               \

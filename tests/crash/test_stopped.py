@@ -381,6 +381,58 @@ def test_stopped_maintainer_holds_up_no_job_and_no_other_pass(make_queue):
     assert q.stats()["unique_keys"] == 0
 
 
+@pytest.mark.parametrize("end", ["cont", "kill"])
+def test_stopped_log_writer_holds_up_the_backlog_only_until_its_hole_is_taken_over(make_queue, end):
+    """A producer stopped with its log record half written (PENDING, its
+    own): the spilled messages behind it reach consumers once the hole is
+    taken over (SHMQ_HOLE_WAIT_NS, 200 ms); the late writer writes its record
+    again further on, so its message arrives once; a killed one never."""
+    q = make_queue(durability="os", codec="raw", throttle="open", capacity=16)
+    spilled0 = q.log_stats()["spilled"]
+    ahead = [f"f{i}".encode() for i in range(16 * q.params.lanes + 8)]
+    for body in ahead:  # the lanes full: what follows spills to the log
+        q.put(body, timeout=0)
+    assert q.log_stats()["spilled"] > spilled0
+    writer = start("put", q.name, q.path, "a", 1, 5, fault="log_mid_record:1:stop")
+    try:
+        wait_stopped(writer)  # its record is reserved and PENDING, half written
+        behind = [f"b{i}".encode().ljust(8, b".") for i in range(40)]
+        for body in behind:
+            q.put(body, timeout=0)
+        want = collections.Counter(ahead + behind)
+        got = collections.Counter()
+        t0 = time.monotonic()
+        while got != want:
+            assert time.monotonic() - t0 < 1.5, f"the backlog stayed held up by the half-written record: {want - got}"
+            try:
+                got.update(q.get_many(64, timeout=0.05))
+            except shmq.Empty:
+                pass
+            assert not got - want, f"delivered more than was put: {got - want}"
+        assert state(writer.pid) in "tT", "the writer was woken: the test proves nothing"
+        if end == "cont":
+            os.kill(writer.pid, signal.SIGCONT)  # its publish fails: it writes the record again further on
+            assert json.loads(finish(writer, 30))["errors"] == []
+        else:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.communicate()
+    finally:
+        reap(writer)
+    late = collections.Counter()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sum(late.values()) < (end == "cont"):
+        try:
+            late.update(q.get_many(64, timeout=0.1))
+        except shmq.Empty:
+            pass
+    late.update(drain(q))
+    assert late == (collections.Counter([b"a0".ljust(8, b".")]) if end == "cont" else collections.Counter())
+    assert q.qsize() == 0 and q.log_stats()["holes_filled"] >= 1
+    q = reboot(q)  # and the log holds the same: nothing twice, nothing lost
+    make_queue.handles.append(q)
+    assert drain(q) == collections.Counter()
+
+
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
     """Whatever it holds when stopped (the flusher role, a log record, a
     lane slot, nothing), the other sync producers go on within a bound."""
