@@ -46,6 +46,7 @@ static const struct {
     {"unique_locked", SHMQ_FAULT_UNIQUE_LOCKED},
     {"seat_looked", SHMQ_FAULT_SEAT_LOOKED},
     {"seat_claimed", SHMQ_FAULT_SEAT_CLAIMED},
+    {"result_writing", SHMQ_FAULT_RESULT_WRITING},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)

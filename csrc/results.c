@@ -41,6 +41,7 @@ void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t a
      * entry is changing; the fence orders it before the field writes. */
     atomic_store_explicit(&e->seq, 2 * n + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
+    shmq_fault(h, SHMQ_FAULT_RESULT_WRITING);
     e->job_id = job_id;
     e->finished_ns = shmq_wall_ns();
     e->arena_pos = pos;

@@ -142,7 +142,16 @@ def child_consume(name: str, path: str, count: str, timeout: str) -> None:
     print(json.dumps({"bodies": bodies, "slowest": slowest}), flush=True)
 
 
-CHILDREN = {"consume": child_consume, "put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
+def child_ack_result(name: str, path: str, timeout: str) -> None:
+    """Fetches one job and acks it with its body and "!" as the result."""
+    q = shmq.Queue(name, path)
+    d = q.fetch(timeout=float(timeout))
+    d.ack(d.body + "!")
+    q.close()
+    print(json.dumps({"body": d.body}), flush=True)
+
+
+CHILDREN = {"ack_result": child_ack_result, "consume": child_consume, "put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
 
 
 # ---------------------------------------------------------------- the parent
@@ -478,6 +487,42 @@ def test_stopped_feeder_holds_up_the_backlog_only(make_queue, end):
         got -= got - want
     assert got == want
     assert q.qsize() == 0
+
+
+def test_stopped_result_writer_holds_up_only_its_own_result(make_queue):
+    """A consumer stopped while it writes a job's result (its ring entry odd):
+    waiting for that job's result times out at the caller's timeout; other
+    jobs finish and their results are read meanwhile; after SIGCONT the
+    result is there, once."""
+    q = make_queue(durability="os")
+    q._stop_maintenance()
+    held = q.enqueue("held")
+    writer = start("ack_result", q.name, q.path, 5, fault="result_writing:1:stop")
+    try:
+        wait_stopped(writer)
+        others = [q.enqueue(f"o{i}") for i in range(80)]  # more than the waiter's look-back of 64 entries
+        for _ in others:
+            d = q.fetch(timeout=5)
+            d.ack(d.body + "!")
+        assert [job.wait(timeout=5) for job in others] == [f"o{i}!" for i in range(80)]
+        t0 = time.monotonic()
+        with pytest.raises(shmq.Timeout):
+            held.wait(timeout=0.5)
+        assert 0.4 < time.monotonic() - t0 < 1.5
+        assert state(writer.pid) in "tT", "the writer was woken: the test proves nothing"
+        late = []
+        waiter = threading.Thread(target=lambda: late.append(held.wait(timeout=10)))
+        waiter.start()  # already waiting when the writer runs again
+        time.sleep(0.1)
+        os.kill(writer.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        waiter.join(timeout=15)
+        assert late == ["held!"] and time.monotonic() - t0 < 2, late
+        assert json.loads(finish(writer, 30))["body"] == "held"
+    finally:
+        reap(writer)
+    with pytest.raises(shmq.Empty):  # each job ran once
+        q.fetch(timeout=0.2)
 
 
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
