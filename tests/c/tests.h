@@ -83,6 +83,7 @@
     X(jobs_unique_key_race)          \
     X(jobs_table_full)               \
     X(jobs_results_ring)             \
+    X(jobs_result_published_late)    \
     X(jobs_results_expire)           \
     X(jobs_result_wait_wakes)        \
     X(jobs_histogram_buckets)        \
