@@ -47,6 +47,7 @@ static const struct {
     {"seat_looked", SHMQ_FAULT_SEAT_LOOKED},
     {"seat_claimed", SHMQ_FAULT_SEAT_CLAIMED},
     {"result_writing", SHMQ_FAULT_RESULT_WRITING},
+    {"gate_claimed", SHMQ_FAULT_GATE_CLAIMED},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)

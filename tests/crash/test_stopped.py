@@ -525,6 +525,58 @@ def test_stopped_result_writer_holds_up_only_its_own_result(make_queue):
         q.fetch(timeout=0.2)
 
 
+@pytest.mark.parametrize("end", ["cont", "kill"])
+def test_stopped_gate_claimer_holds_up_its_ordered_lane_only(make_queue, end):
+    """A consumer stopped with an ordered lane's gate claimed (no job taken
+    yet): the groups of that lane wait (documented: until it runs); the other
+    ordered lane and the plain jobs go on; after SIGCONT, or once the killed
+    claimer's gate is repaired, every job runs once."""
+    q = make_queue(durability="os", ordered_lanes=2)
+    q._stop_maintenance()
+    groups = {f"g{k}": [f"g{k}.{i}" for i in range(3)] for k in range(8)}
+    for group, bodies in groups.items():
+        for body in bodies:
+            q.enqueue(body, group=group)
+    claimer = start("consume", q.name, q.path, 1, 5, fault="gate_claimed:1:stop")
+    others = []
+    try:
+        wait_stopped(claimer)  # it holds one ordered lane's gate
+        plain = [f"p{i}" for i in range(10)]
+        for body in plain:
+            q.enqueue(body)
+        ran = collections.Counter()
+        t0 = time.monotonic()
+        while True:  # everything but the held lane's groups
+            try:
+                d = q.fetch(timeout=0.5)
+            except shmq.Empty:
+                break
+            ran[d.body] += 1
+            d.ack()
+            assert time.monotonic() - t0 < 15, "the consumer never ran dry"
+        waiting = {g for g, bodies in groups.items() if not set(bodies) <= set(ran)}
+        assert set(plain) <= set(ran) and 0 < len(waiting) < len(groups), ran
+        assert not any(b in ran for g in waiting for b in groups[g][1:]), ran  # each waiting group held at its head
+        assert state(claimer.pid) in "tT", "the claimer was woken: the test proves nothing"
+        if end == "cont":
+            os.kill(claimer.pid, signal.SIGCONT)
+            ran.update(json.loads(finish(claimer, 30))["bodies"])
+        else:
+            os.kill(claimer.pid, signal.SIGKILL)
+            claimer.communicate()
+            q.maintain()  # the dead claimer's gate is repaired: the lane opens again
+    finally:
+        reap(claimer, *others)
+    while True:
+        try:
+            d = q.fetch(timeout=0.3)
+        except shmq.Empty:
+            break
+        ran[d.body] += 1
+        d.ack()
+    assert ran == collections.Counter(plain + [b for bodies in groups.values() for b in bodies])
+
+
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
     """Whatever it holds when stopped (the flusher role, a log record, a
     lane slot, nothing), the other sync producers go on within a bound."""
