@@ -151,7 +151,19 @@ def child_ack_result(name: str, path: str, timeout: str) -> None:
     print(json.dumps({"body": d.body}), flush=True)
 
 
-CHILDREN = {"ack_result": child_ack_result, "consume": child_consume, "put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
+def child_controller(name: str, path: str) -> None:
+    """A throttle controller that refills no credit, then stops (SIGSTOP)."""
+    from shmq._lib import lib
+
+    q = shmq.Queue(name, path)
+    refilled = time.monotonic()
+    lib.shmq_throttle_refill(q._live_handle(), 0, 0)
+    print(json.dumps({"refilled": refilled}), flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    q.close()
+
+
+CHILDREN = {"controller": child_controller, "ack_result": child_ack_result, "consume": child_consume, "put_until": child_put_until, "put": child_put, "maintain": child_maintain, "storm": child_storm, "unique": child_enqueue_unique}
 
 
 # ---------------------------------------------------------------- the parent
@@ -575,6 +587,33 @@ def test_stopped_gate_claimer_holds_up_its_ordered_lane_only(make_queue, end):
         ran[d.body] += 1
         d.ack()
     assert ran == collections.Counter(plain + [b for bodies in groups.values() for b in bodies])
+
+
+def test_stopped_throttle_controller_holds_up_producers_one_second(make_queue):
+    """A closed-loop controller stopped after a refill of no credit: producers
+    wait for credit until its refill is 1 s old, then go on without."""
+    q = make_queue(durability="os", throttle="closed")
+    controller = start("controller", q.name, q.path)
+    try:
+        refilled = json.loads(controller.stdout.readline())["refilled"]
+        wait_stopped(controller)
+        jobs = [q.enqueue(f"j{i}", timeout=5) for i in range(5)]
+        done = time.monotonic()
+        assert 0.9 < done - refilled < 1.6, f"producers went on {done - refilled:.2f} s after the last refill"
+        assert state(controller.pid) in "tT", "the controller was woken: the test proves nothing"
+        os.kill(controller.pid, signal.SIGCONT)
+        finish(controller, 30)
+    finally:
+        reap(controller)
+    bodies = collections.Counter()
+    while True:
+        try:
+            d = q.fetch(timeout=0.2)
+        except shmq.Empty:
+            break
+        bodies[d.body] += 1
+        d.ack()
+    assert bodies == collections.Counter(f"j{i}" for i in range(5)) and len(jobs) == 5
 
 
 def test_a_producer_stopped_at_random_moments_holds_up_no_other(make_queue, tmp_path):
