@@ -41,6 +41,8 @@ enum shmq_fault_point {
     SHMQ_FAULT_UNIQUE_LOCKED,      /* the unique-key table's lock held */
     SHMQ_FAULT_SEAT_LOOKED,        /* a seat's window read (not held), nothing claimed yet */
     SHMQ_FAULT_SEAT_CLAIMED,       /* a concurrency seat claimed, the window not yet checked */
+    SHMQ_FAULT_RESULT_WRITING,     /* a result's ring entry odd (being written), not published */
+    SHMQ_FAULT_GATE_CLAIMED,       /* an ordered lane's gate claimed, its job not taken yet */
 };
 
 /* A mapped log segment, per process. Slot i holds segment index with

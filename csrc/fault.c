@@ -46,6 +46,8 @@ static const struct {
     {"unique_locked", SHMQ_FAULT_UNIQUE_LOCKED},
     {"seat_looked", SHMQ_FAULT_SEAT_LOOKED},
     {"seat_claimed", SHMQ_FAULT_SEAT_CLAIMED},
+    {"result_writing", SHMQ_FAULT_RESULT_WRITING},
+    {"gate_claimed", SHMQ_FAULT_GATE_CLAIMED},
 };
 
 int shmq_fault_parse(const char *spec, long *nth)

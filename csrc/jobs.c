@@ -280,6 +280,7 @@ static int fetch_ordered(shmq_handle *h, uint32_t lane, fetch_args *a)
         if (!atomic_compare_exchange_strong_explicit(gate, &open, SHMQ_GATE_CLAIM | h->self, memory_order_acquire,
                                                      memory_order_relaxed))
             return SHMQ_EEMPTY;
+        shmq_fault(h, SHMQ_FAULT_GATE_CLAIMED);
         int rc = fetch_message(h, lane, a, 1);
         if (rc != SHMQ_OK && rc != SHMQ_ECLAIMED)
             /* release: nothing taken; the lane is open again. */

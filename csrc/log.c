@@ -256,6 +256,7 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
                 shmq_fault(h, SHMQ_FAULT_LOG_MID_RECORD);
         }
         memset(at, 0, length - sizeof *rec - body);
+        int counted = 0;
         if (type == SHMQ_REC_ENQUEUE && *spilling) {
             /* The feeder moves it iff it was written while spilling by a
              * writer that does not push it itself (SHMQ_ENQ_LANED). */
@@ -263,6 +264,7 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
             if (!(eb->flags & SHMQ_ENQ_LANED)) {
                 eb->flags |= SHMQ_ENQ_SPILLED;
                 atomic_fetch_add_explicit(&h->header->spilled, 1, memory_order_relaxed); /* statistics (qsize) */
+                counted = 1;
             }
         }
         uint64_t word = shmq_record_word(length, type, 0);
@@ -270,8 +272,13 @@ int shmq_log_append(shmq_handle *h, unsigned type, uint64_t job_id, const part *
         /* release: the record is visible to whoever sees its type; pairs with
          * the acquire loads of the word by the feeder and maintenance. */
         if (!atomic_compare_exchange_strong_explicit(&rec->word, &pending, word, memory_order_release,
-                                                     memory_order_relaxed))
-            continue; /* voided while we wrote: our bytes lie under a PAD */
+                                                     memory_order_relaxed)) {
+            /* Voided while we wrote (we were dead or stalled to a filler): our
+             * bytes lie under a PAD, never fed; counted again further on. */
+            if (counted)
+                atomic_fetch_sub_explicit(&h->header->spilled, 1, memory_order_relaxed); /* statistics (qsize) */
+            continue;
+        }
         /* relaxed: statistics. */
         atomic_fetch_add_explicit(&h->header->records_appended, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&h->header->bytes_appended, length, memory_order_relaxed);
@@ -485,15 +492,25 @@ int shmq_log_read_payload(shmq_handle *h, uint64_t record, uint32_t offset, uint
 /* The record at `position` is unpublished (word 0 or PENDING) although the
  * tail is past it. Turns it into a PAD if its writer is dead, or if `force`
  * (no writer can be live: recovery), or if it has stayed unwritten for
- * SHMQ_HOLE_WAIT_NS. Returns 1 if the position now holds a record (the
- * caller re-reads it), 0 to come back later. */
+ * SHMQ_HOLE_WAIT_NS, even by a live writer (stopped, or starved): that
+ * writer's publish CAS then fails and it writes the record again further
+ * on. Returns 1 if the position now holds a record (the caller re-reads
+ * it), 0 to come back later. */
 int shmq_log_fill_hole(shmq_handle *h, shmq_record_header *rec, uint64_t position, uint64_t tail, int force)
 {
     /* acquire: as any reader of the word. */
     uint64_t word = atomic_load_explicit(&rec->word, memory_order_acquire);
     if (shmq_word_type(word) == SHMQ_REC_PENDING) {
-        if (!force && shmq_participant_alive(h, shmq_word_owner(word)))
-            return 0;
+        if (!force && shmq_participant_alive(h, shmq_word_owner(word))) {
+            int64_t now = shmq_now_ns();
+            if (h->hole_position != position) {
+                h->hole_position = position;
+                h->hole_seen_ns = now;
+                return 0;
+            }
+            if (now - h->hole_seen_ns < SHMQ_HOLE_WAIT_NS)
+                return 0;
+        }
         uint64_t pad = shmq_record_word(shmq_word_length(word), SHMQ_REC_PAD, 0);
         /* relaxed: replaces the claim; the writer's publish CAS then fails. */
         if (atomic_compare_exchange_strong_explicit(&rec->word, &word, pad, memory_order_relaxed,

@@ -41,6 +41,7 @@ void shmq_result_put(shmq_handle *h, uint64_t job_id, uint8_t status, uint16_t a
      * entry is changing; the fence orders it before the field writes. */
     atomic_store_explicit(&e->seq, 2 * n + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
+    shmq_fault(h, SHMQ_FAULT_RESULT_WRITING);
     e->job_id = job_id;
     e->finished_ns = shmq_wall_ns();
     e->arena_pos = pos;
@@ -155,11 +156,9 @@ int shmq_result_wait(shmq_handle *h, uint64_t job_id, int64_t timeout_ns, char *
         /* relaxed: only a value for the futex to compare. */
         uint32_t event = atomic_load_explicit(&jh->result_event, memory_order_relaxed);
         ring_span(h, &oldest, &newest);
+        /* Entries below `seen` were looked at and published (see below). */
         uint64_t from = seen > oldest ? seen : oldest;
         uint64_t pos;
-        /* Entries below `seen` were looked at; a slow writer's entry may
-         * publish late, so look back a little further than that. */
-        from = from > oldest + 64 ? from - 64 : oldest;
         int r = result_find(h, job_id, from, newest, info, &pos);
         if (r < 0)
             return SHMQ_EEMPTY; /* expired: the caller tells the difference by status */
@@ -172,7 +171,18 @@ int shmq_result_wait(shmq_handle *h, uint64_t job_id, int64_t timeout_ns, char *
             }
             return SHMQ_OK;
         }
+        /* Look again next time from the first entry still being written: its
+         * writer may be slow or stopped while any number of later entries are
+         * published, and it may be ours. (A writer that died there leaves it
+         * odd until the ring laps it: at most result_slots entries to look at.) */
         seen = newest;
+        for (uint64_t n = from; n < newest; n++) {
+            /* acquire: as in result_read; below 2n + 2 it is claimed, not published. */
+            if (atomic_load_explicit(&h->results[n % h->result_slots].seq, memory_order_acquire) < 2 * n + 2) {
+                seen = n;
+                break;
+            }
+        }
         if (timeout_ns == 0)
             return SHMQ_EEMPTY;
         result_sleep(h, +1);

@@ -1495,6 +1495,68 @@ static void ack_with_pattern(shmq_handle *h, const shmq_delivery *d, uint64_t se
     CHECK_RC(shmq_ack(h, d, (uint8_t)seq, (const char *)result, length), SHMQ_OK);
 }
 
+typedef struct late_waiter {
+    shmq_handle *h;
+    uint64_t job_id;
+    int rc;
+    int64_t took_ns;
+} late_waiter;
+
+static void *late_wait(void *arg)
+{
+    late_waiter *w = arg;
+    static char out[64];
+    shmq_result_info info;
+    int64_t t0 = now_ns();
+    w->rc = shmq_result_wait(w->h, w->job_id, 5000 * MS, out, sizeof out, &info);
+    w->took_ns = now_ns() - t0;
+    return NULL;
+}
+
+/* A result writer that stalls with its ring entry odd (a stopped process)
+ * while many more results are published after it: a waiter that looked at
+ * the ring meanwhile still finds the entry once it is published, at once,
+ * not at its timeout. */
+void test_jobs_result_published_late(void)
+{
+    enum { LATER = 100 };
+    jobq q;
+    shmq_params p = job_params();
+    p.result_slots = 256;
+    jobq_open(&q, &p);
+    shmq_handle *h = q.h;
+    const uint64_t held = 424242;
+    /* The stalled writer: an entry claimed and marked odd, as in shmq_result_put. */
+    uint64_t n = atomic_fetch_add(&h->jobs->result_seq, 1);
+    shmq_result_entry *e = &h->results[n % h->result_slots];
+    atomic_store(&e->seq, 2 * n + 1);
+    for (uint64_t i = 0; i < LATER; i++)
+        shmq_result_put(h, 1000 + i, SHMQ_JOB_DONE, 1, 0, NULL, 0, 1);
+    late_waiter w = {.h = logged_attach(&q.r, q.dir), .job_id = held};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, late_wait, &w), 0);
+    int64_t deadline = now_ns() + 5000 * MS;
+    while (atomic_load(&h->jobs->result_waiters) == 0) /* it looked, found nothing, and sleeps */
+        CHECK(now_ns() < deadline);
+    /* The writer runs again: its fields, the even seq, the wake (as shmq_result_put). */
+    e->job_id = held;
+    e->finished_ns = wall_now();
+    e->arena_pos = 0;
+    e->length = 0;
+    e->attempt = 1;
+    e->tag = 7;
+    e->status = SHMQ_JOB_DONE;
+    e->run_ns = 1;
+    atomic_store(&e->seq, 2 * n + 2);
+    atomic_fetch_add(&h->jobs->result_event, 1);
+    shmq_futex_wake_all(&h->jobs->result_event);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_RC(w.rc, SHMQ_OK);
+    CHECK(w.took_ns < 2000 * MS); /* found when published, not at the timeout */
+    shmq_detach(w.h);
+    jobq_close(&q);
+}
+
 void test_jobs_results_ring(void)
 {
     enum { JOBS = 8, RESULT = 200 };

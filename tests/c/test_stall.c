@@ -234,6 +234,70 @@ void test_stall_segment_maker_taken_over(void)
     temp_dir_remove(dir);
 }
 
+static shmq_log_stats log_stats(const shmq_handle *h)
+{
+    shmq_log_stats st;
+    shmq_log_stats_read(h, &st);
+    return st;
+}
+
+/* A writer stopped with its log record half written (PENDING, its own)
+ * while jobs spill: the feeder pads over the record after SHMQ_HOLE_WAIT_NS
+ * although its writer lives, and feeds the jobs behind it; the late writer's
+ * publish fails and it writes the record again further on: once, in full. */
+void test_stall_log_writer_voided(void)
+{
+    enum { EACH = 100 };
+    char *dir = temp_dir_create();
+    shmq_params p = logged_params(1, 1024, 128, SHMQ_DURABILITY_OS, STALL_SEGMENT);
+    test_region r;
+    shmq_recovery rep;
+    shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
+    shmq_log_spill_begin(h); /* from here on every put waits in the log for the feeder */
+    pid_t holder = start_holder(&r, dir, SHMQ_FAULT_LOG_MID_RECORD, 0);
+    wait_stopped(holder);
+    uint64_t holes = log_stats(h).holes_filled;
+    int64_t t0 = now_ns();
+    put_threads(&r, dir, 0, EACH);
+    uint8_t *seen = calloc(THREADS * EACH, 1), buf[4096];
+    shmq_message m;
+    for (uint64_t got = 0; got < THREADS * EACH;) {
+        int rc = shmq_pop(h, (char *)buf, sizeof buf, 10 * 1000000ll, &m);
+        CHECK(now_ns() - t0 < 1500 * 1000000ll); /* held up past the hole's bound */
+        if (rc == SHMQ_EEMPTY)
+            continue;
+        CHECK_RC(rc, SHMQ_OK);
+        uint64_t seq;
+        memcpy(&seq, buf, sizeof seq);
+        CHECK(seq < THREADS * EACH); /* the holder's record is not published yet */
+        CHECK_EQ(seen[seq], 0);
+        seen[seq] = 1;
+        got++;
+    }
+    free(seen);
+    CHECK(proc_state(holder) == 'T' || proc_state(holder) == 't');
+    CHECK_EQ(log_stats(h).holes_filled, holes + 1);
+    CHECK_EQ(kill(holder, SIGCONT), 0);
+    int status = 0;
+    CHECK_EQ(waitpid(holder, &status, 0), holder);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    int64_t give_up = now_ns() + 5 * 1000000000ll;
+    int rc;
+    while ((rc = shmq_pop(h, (char *)buf, sizeof buf, 10 * 1000000ll, &m)) == SHMQ_EEMPTY)
+        CHECK(now_ns() < give_up);
+    CHECK_RC(rc, SHMQ_OK);
+    CHECK_EQ(m.length, LENGTH);
+    uint64_t seq;
+    memcpy(&seq, buf, sizeof seq);
+    CHECK_EQ(seq, HOLDER_SEQ);
+    CHECK_EQ(check_pattern(buf + sizeof seq, seq, LENGTH - sizeof seq), 0);
+    CHECK_RC(shmq_pop(h, (char *)buf, sizeof buf, 0, &m), SHMQ_EEMPTY);
+    CHECK_EQ(log_stats(h).spilled, log_stats(h).fed); /* the voided record was not counted */
+    shmq_detach(h);
+    region_destroy(&r);
+    temp_dir_remove(dir);
+}
+
 /* ------------------------------------------------------------ unique-key changes */
 
 enum { KEYS = 40, RELEASERS = 2 };

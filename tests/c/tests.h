@@ -58,6 +58,7 @@
     X(log_fork_while_mapping)      \
     X(stall_flusher_taken_over)    \
     X(stall_segment_maker_taken_over) \
+    X(stall_log_writer_voided)     \
     X(stall_unique_lock_holder)    \
     X(stall_unique_changes_race)   \
     X(jobs_round_trip)               \
@@ -82,6 +83,7 @@
     X(jobs_unique_key_race)          \
     X(jobs_table_full)               \
     X(jobs_results_ring)             \
+    X(jobs_result_published_late)    \
     X(jobs_results_expire)           \
     X(jobs_result_wait_wakes)        \
     X(jobs_histogram_buckets)        \
