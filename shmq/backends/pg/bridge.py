@@ -61,6 +61,7 @@ from typing import Any
 
 from shmq import errors
 from shmq.backends.pg.connect import unavailable as _unavailable_at
+from shmq.backends.pg.handles import PgDelivery
 
 __all__ = ["Bridge", "HostBackend", "HostDelivery", "local_name"]
 
@@ -585,48 +586,15 @@ class Bridge:
 # --------------------------------------------------------------------------- the worker's side
 
 
-class HostDelivery:
+class HostDelivery(PgDelivery):
     """A job of PostgreSQL leased to this worker through the host's local queue."""
 
-    pause_hint = False  # pause is a shared-memory admission feature: never set on PostgreSQL
-
-    __slots__ = ("queue", "_local", "id", "attempt", "group", "enqueued_at", "tag", "_raw", "_retries", "_body",
-                 "decode_error")
+    __slots__ = ("_local",)
 
     def __init__(self, backend: "HostBackend", local_delivery):
-        self.queue = backend
         self._local = local_delivery
         job_id, attempt, grp, retries, enqueued_at, tag, raw = local_delivery.body
-        self.id, self.attempt, self.group, self._retries = job_id, attempt, grp, retries
-        self.enqueued_at, self.tag, self._raw = enqueued_at, tag, raw
-        self.decode_error = None
-        self._body = None
-        try:
-            self._body = raw if tag == 0 else backend.codec.decode(tag, raw)
-        except errors.DecodeError as exc:
-            self.decode_error = errors.UndecodableJob(
-                f"job {job_id} of queue {backend.name!r} cannot be decoded: {exc}", job_id, tag)
-
-    @property
-    def body(self) -> Any:
-        if self.decode_error is not None:
-            raise self.decode_error
-        return self._body
-
-    @property
-    def retries(self) -> int:
-        return self.queue.retry_policy.retries if self._retries is None else self._retries
-
-    @property
-    def last_attempt(self) -> bool:
-        return self.attempt > self.retries
-
-    @property
-    def payload(self) -> tuple[int, bytes]:
-        return self.tag, self._raw
-
-    def __repr__(self) -> str:
-        return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r} in PostgreSQL>"
+        self._fill(backend, backend.codec.decode, job_id, attempt, grp, enqueued_at, tag, raw, retries)
 
     def ack(self, result: Any = None) -> None:
         from shmq.backends.postgres import _TAG_NONE

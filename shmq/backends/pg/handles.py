@@ -53,29 +53,23 @@ class PostgresJob:
         return self.queue._job_progress(self.id)
 
 
-class PostgresDelivery:
-    """A job leased to this process (see shmq.backends.base)."""
+class PgDelivery:
+    """What every delivery of a PostgreSQL job shows (the worker's view, see
+    shmq.backends.base): its row's id, attempt, group and body, decoded once."""
 
     pause_hint = False  # pause is a shared-memory admission feature: never set on PostgreSQL
 
-    __slots__ = ("queue", "id", "attempt", "group", "enqueued_at", "decode_error", "_body", "_retries", "_owner",
-                 "_finished", "tag", "_raw")
+    __slots__ = ("queue", "id", "attempt", "group", "enqueued_at", "tag", "_raw", "_retries", "_body",
+                 "decode_error")
 
-    def __init__(self, backend, job_id, attempt, group, enqueued_at, tag, raw, retries, owner):
+    def _fill(self, backend, decode, job_id, attempt, group, enqueued_at, tag, raw, retries) -> None:
         self.queue = backend
-        self.id = job_id
-        self.attempt = attempt
-        self.group = group
-        self.enqueued_at = enqueued_at
-        self.tag = tag
-        self._raw = raw
-        self._retries = retries
-        self._owner = owner
-        self._finished = False
+        self.id, self.attempt, self.group, self.enqueued_at = job_id, attempt, group, enqueued_at
+        self.tag, self._raw, self._retries = tag, raw, retries
         self.decode_error = None
         self._body = None
         try:
-            self._body = raw if tag == 0 else backend._decode(tag, raw)
+            self._body = raw if tag == 0 else decode(tag, raw)
         except errors.DecodeError as exc:
             self.decode_error = errors.UndecodableJob(
                 f"job {job_id} of queue {backend.name!r} cannot be decoded: {exc}", job_id, tag)
@@ -100,6 +94,17 @@ class PostgresDelivery:
 
     def __repr__(self) -> str:
         return f"<shmq.Delivery job {self.id} attempt {self.attempt} of {self.queue.name!r} in PostgreSQL>"
+
+
+class PostgresDelivery(PgDelivery):
+    """A job leased to this process (see shmq.backends.base)."""
+
+    __slots__ = ("_owner", "_finished")
+
+    def __init__(self, backend, job_id, attempt, group, enqueued_at, tag, raw, retries, owner):
+        self._fill(backend, backend._decode, job_id, attempt, group, enqueued_at, tag, raw, retries)
+        self._owner = owner
+        self._finished = False
 
     def _check_open(self) -> None:
         if self._finished:
