@@ -23,9 +23,11 @@ and mode, and the fix.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import stat
+import zlib
 
 from shmq import errors
 
@@ -207,3 +209,33 @@ def open_temp(directory: str, prefix: str) -> tuple[int, str]:
     path = os.path.join(directory, f"{prefix}.{secrets.token_hex(8)}.tmp")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     return fd, path
+
+
+# ------------------------------------------------------------ checksummed JSON documents
+# A small file written whole: {"format": N, <key>: value, "crc32": zlib.crc32 of the
+# value's canonical JSON}. The kept queue parameters and the periodic schedules use it.
+
+
+def _canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def checked_document(key: str, value: dict, version: int) -> bytes:
+    """The bytes of a document holding `value` under `key`."""
+    doc = {"format": version, key: value, "crc32": zlib.crc32(_canonical(value))}
+    return json.dumps(doc, sort_keys=True).encode() + b"\n"
+
+
+def read_document(data: bytes, key: str, version: int, what: str) -> tuple[dict | None, str | None]:
+    """(value, None) from a document's bytes, or (None, why it is not a whole
+    document of that form: a sentence naming `what` when it is not JSON)."""
+    try:
+        doc = json.loads(data)
+        value = doc[key]
+        if doc.get("format") != version:
+            return None, f"format {doc.get('format')!r}, expected {version}"
+        if not isinstance(value, dict) or zlib.crc32(_canonical(value)) != doc["crc32"]:
+            return None, "its checksum does not match its contents"
+        return value, None
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"it is not the JSON of {what} ({exc.__class__.__name__})"

@@ -20,9 +20,7 @@ opener's settings.
 
 from __future__ import annotations
 
-import json
 import os
-import zlib
 
 from shmq import _fs, errors
 
@@ -42,10 +40,6 @@ class Damaged(Exception):
     """The parameters file is unreadable; str() says why and where it went."""
 
 
-def _canonical(params: dict) -> bytes:
-    return json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
-
-
 def read(log_dir: str, fields: set[str]) -> dict | None:
     """The kept parameters (None: no file). Raises Damaged (after moving the
     file aside) when it fails its checks."""
@@ -61,18 +55,9 @@ def read(log_dir: str, fields: set[str]) -> dict | None:
         data = os.read(fd, 1 << 16)
     finally:
         os.close(fd)
-    problem = None
-    try:
-        doc = json.loads(data)
-        params = doc["params"]
-        if doc.get("format") != FORMAT:
-            problem = f"format {doc.get('format')!r}, expected {FORMAT}"
-        elif not isinstance(params, dict) or zlib.crc32(_canonical(params)) != doc["crc32"]:
-            problem = "its checksum does not match its contents"
-        elif set(params) != fields:
-            problem = f"it names other parameters than {sorted(fields)}"
-    except (ValueError, KeyError, TypeError) as exc:
-        problem = f"it is not the JSON of a parameters file ({exc.__class__.__name__})"
+    params, problem = _fs.read_document(data, "params", FORMAT, "a parameters file")
+    if problem is None and set(params) != fields:
+        problem = f"it names other parameters than {sorted(fields)}"
     if problem is None:
         return params
     aside = _move_aside(log_dir)
@@ -93,10 +78,9 @@ def _move_aside(log_dir: str) -> str:
 
 def write(log_dir: str, params: dict, durable: bool) -> None:
     """Writes the parameters atomically (temp file, flush, rename)."""
-    doc = {"format": FORMAT, "params": params, "crc32": zlib.crc32(_canonical(params))}
     fd, temp = _fs.open_temp(log_dir, _TEMP)
     try:
-        os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
+        os.write(fd, _fs.checked_document("params", params, FORMAT))
         if durable:
             os.fsync(fd)
     finally:

@@ -40,11 +40,9 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
-import json
 import logging
 import os
 import time
-import zlib
 from typing import Any, Callable
 
 from shmq import _fs, errors
@@ -157,10 +155,6 @@ def periodic_options(task_name: str, every: Any, cron: Any, tz: Any, missed: Any
     return Schedule(None, cron, tz, missed, zone)
 
 
-def _canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
 class Scheduler:
     """Enqueues the ticks of `schedules` ({task name: Schedule}) into
     `backend` while this process holds the scheduler role of the queue in
@@ -255,10 +249,9 @@ class Scheduler:
 
 def _write_json(path: str, directory: str, tasks: dict) -> None:
     """{"format", "tasks", "crc32"} into `path`, whole: a temporary file, fsync, rename."""
-    doc = {"format": _FORMAT, "tasks": tasks, "crc32": zlib.crc32(_canonical(tasks))}
     fd, temp = _fs.open_temp(directory, os.path.basename(path))
     try:
-        os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
+        os.write(fd, _fs.checked_document("tasks", tasks, _FORMAT))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -313,16 +306,7 @@ def read_state(path: str) -> dict:
         data = os.read(fd, 1 << 20)
     finally:
         os.close(fd)
-    problem = None
-    try:
-        doc = json.loads(data)
-        tasks = doc["tasks"]
-        if doc.get("format") != _FORMAT:
-            problem = f"format {doc.get('format')!r}, expected {_FORMAT}"
-        elif not isinstance(tasks, dict) or zlib.crc32(_canonical(tasks)) != doc["crc32"]:
-            problem = "its checksum does not match its contents"
-    except (ValueError, KeyError, TypeError) as exc:
-        problem = f"it is not the JSON of a periodic state file ({exc.__class__.__name__})"
+    tasks, problem = _fs.read_document(data, "tasks", _FORMAT, "a periodic state file")
     if problem is None:
         return tasks
     aside = f"{path}.damaged.{int(time.time())}"
