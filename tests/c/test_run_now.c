@@ -37,6 +37,19 @@ static void *fetch_one(void *arg)
     return NULL;
 }
 
+/* Three lanes (the last one ordered) and small job, unique and result tables. */
+static shmq_params small_job_params(void)
+{
+    shmq_params p = logged_params(3, 64, 64, SHMQ_DURABILITY_OS, 256 * 1024);
+    p.ordered_lanes = 1; /* lane 2 */
+    p.job_slots = 64;
+    p.unique_slots = 64;
+    p.result_slots = 64;
+    p.result_bytes = 64 * 1024;
+    p.result_ttl_ns = 600ll * 1000 * 1000 * 1000;
+    return p;
+}
+
 /* Starts a fetcher on `other`, makes `id` due now, and checks that the
  * fetcher gets it (attempt `attempt`) well before its own time. */
 static void run_now_reaches_fetcher(shmq_handle *h, shmq_handle *other, uint64_t id, uint16_t attempt, int line)
@@ -63,13 +76,7 @@ static void run_now_reaches_fetcher(shmq_handle *h, shmq_handle *other, uint64_t
 void test_jobs_run_now(void)
 {
     char *dir = temp_dir_create();
-    shmq_params p = logged_params(3, 64, 64, SHMQ_DURABILITY_OS, 256 * 1024);
-    p.ordered_lanes = 1; /* lane 2 */
-    p.job_slots = 64;
-    p.unique_slots = 64;
-    p.result_slots = 64;
-    p.result_bytes = 64 * 1024;
-    p.result_ttl_ns = 600ll * 1000 * 1000 * 1000;
+    shmq_params p = small_job_params();
     test_region r;
     shmq_recovery rep;
     shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
@@ -108,13 +115,7 @@ void test_jobs_run_now(void)
 void test_jobs_delete_waiting(void)
 {
     char *dir = temp_dir_create();
-    shmq_params p = logged_params(3, 64, 64, SHMQ_DURABILITY_OS, 256 * 1024);
-    p.ordered_lanes = 1; /* lane 2 */
-    p.job_slots = 64;
-    p.unique_slots = 64;
-    p.result_slots = 64;
-    p.result_bytes = 64 * 1024;
-    p.result_ttl_ns = 600ll * 1000 * 1000 * 1000;
+    shmq_params p = small_job_params();
     test_region r;
     shmq_recovery rep;
     shmq_handle *h = logged_region_create(&r, &p, dir, &rep);
